@@ -1,0 +1,237 @@
+"""Window loss, its gradient and Hessian-vector products, by reverse-mode autograd only.
+
+The caller describes a window by a residual function ``residual_fn(w, batch) -> list[Tensor]``
+that is differentiable in the weight ``w``. The loss of one batch is
+``sum_k mean(r_k ** 2)``; the loss of a list of batches is the mean of the batch losses,
+each batch weighing equally. Everything here works on plain tensors: no model knowledge.
+
+Only reverse mode is used (no ``torch.func``, no forward-mode AD) because the residual
+functions run Hugging Face modules whose ops may lack forward-mode derivatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+ResidualFn = Callable[[Tensor, Any], Sequence[Tensor]]
+
+HESSIAN_KINDS = ("exact", "gauss-newton")
+
+
+def batch_loss(residuals: Sequence[Tensor]) -> Tensor:
+    """Loss of one batch from its residuals: ``sum_k mean(r_k ** 2)``.
+
+    Example:
+        >>> batch_loss([torch.ones(2, 3), 2 * torch.ones(4)])
+        tensor(5.)
+    """
+    if len(residuals) == 0:
+        raise ValueError("residual_fn returned no residuals")
+    return sum(r.pow(2).mean() for r in residuals)
+
+
+def window_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any]) -> Tensor:
+    """Mean over ``batches`` of the batch loss ``sum_k mean(r_k ** 2)``.
+
+    Differentiable in ``w`` when called with grad enabled; wrap it in
+    ``torch.no_grad()`` for a plain evaluation.
+
+    Example:
+        >>> X, Y = torch.randn(8, 3), torch.randn(8, 2)
+        >>> fn = lambda w, b: [b[0] @ w.T - b[1]]
+        >>> window_loss(fn, torch.zeros(2, 3), [(X, Y)]).item() == Y.pow(2).mean().item()
+        True
+    """
+    if len(batches) == 0:
+        raise ValueError("window_loss needs at least one batch")
+    return sum(batch_loss(residual_fn(w, b)) for b in batches) / len(batches)
+
+
+def _grad_or_zeros(outputs, inputs, grad_outputs, *, create_graph=False, retain_graph=True):
+    """``torch.autograd.grad`` that returns zeros for inputs the outputs do not depend on."""
+    outputs, grad_outputs = list(outputs), list(grad_outputs)
+    keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+    if not keep:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(
+        [outputs[i] for i in keep],
+        inputs,
+        grad_outputs=[grad_outputs[i] for i in keep],
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+class _ExactGraph:
+    """Gradient graph of the loss of some batches, kept for ``grad(g . v)`` products.
+
+    ``g`` is built with ``create_graph=True`` once; each product is one backward pass
+    through the gradient's graph (double backward).
+    """
+
+    def __init__(
+        self,
+        residual_fn: ResidualFn,
+        w: Tensor,
+        batches: Sequence[Any],
+        scale: float,
+        with_grad: bool = True,
+    ):
+        # The gradient graph is the product's graph, so with_grad changes nothing here.
+        loss = sum(batch_loss(residual_fn(w, b)) for b in batches) * scale
+        self.loss = loss.detach()
+        (self.g,) = _grad_or_zeros([loss], [w], [None], create_graph=True)
+        self.grad = self.g.detach()
+        self.w = w
+
+    def hvp(self, v: Tensor, *, retain: bool) -> Tensor:
+        return _grad_or_zeros([self.g], [self.w], [v], retain_graph=retain)[0]
+
+
+class _GaussNewtonGraph:
+    """Residual graphs of some batches plus the ``J^T u`` graph for the double-vjp trick.
+
+    With dummy ``u_k`` (requiring grad) the vjp ``t(u) = sum_k J_k^T u_k`` is built once
+    with ``create_graph=True``. As ``t`` is linear in ``u``, ``d/du_k [t(u) . v] = J_k v``
+    for any ``u``: one backward gives every ``J_k v``, a second backward through the
+    residual graph gives ``sum_k c_k J_k^T (J_k v)``.
+    """
+
+    def __init__(
+        self,
+        residual_fn: ResidualFn,
+        w: Tensor,
+        batches: Sequence[Any],
+        scale: float,
+        with_grad: bool = True,
+    ):
+        residuals = [r for b in batches for r in residual_fn(w, b)]
+        loss = batch_loss(residuals) * scale
+        self.loss = loss.detach()
+        # The gradient costs one more backward: skipped when only products are wanted.
+        self.grad = _grad_or_zeros([loss], [w], [None])[0] if with_grad else None
+        # Residuals that do not depend on w contribute nothing to J^T J.
+        self.r = [r for r in residuals if r.requires_grad]
+        # d/dr (scale * mean(r^2)) = 2 * scale / numel(r) * r, hence these weights.
+        self.coef = [2.0 * scale / r.numel() for r in self.r]
+        self.u = [torch.zeros_like(r, requires_grad=True) for r in self.r]
+        self.w = w
+        self.jtu = None
+        if self.r:
+            self.jtu = _grad_or_zeros(self.r, [w], self.u, create_graph=True)[0]
+
+    def hvp(self, v: Tensor, *, retain: bool) -> Tensor:
+        if self.jtu is None or not self.jtu.requires_grad:
+            return torch.zeros_like(self.w)
+        jv = _grad_or_zeros([self.jtu], self.u, [v], retain_graph=True)
+        weighted = [c * j for c, j in zip(self.coef, jv)]
+        return _grad_or_zeros(self.r, [self.w], weighted, retain_graph=retain)[0]
+
+
+_GRAPHS = {"exact": _ExactGraph, "gauss-newton": _GaussNewtonGraph}
+
+
+class HessianOperator:
+    """Loss, gradient and Hessian-vector products of the mean window loss at ``w``.
+
+    Built once per Newton step: the forward pass over ``batches`` runs once in the
+    constructor and its autograd graph is kept, so every ``op(v)`` (e.g. each CG
+    iteration) costs backward passes only. The product is that of the Hessian of the
+    *mean* loss over the batches, i.e. the sum of per-batch products divided by
+    ``len(batches)`` (exact: batches split the samples, never the weight vector).
+
+    ``kind="exact"`` is the true Hessian (double backward, may be indefinite);
+    ``kind="gauss-newton"`` is ``sum_k (2 / numel(r_k)) J_k^T J_k`` (positive
+    semi-definite), computed with two reverse-mode passes per product.
+
+    ``keep_graphs=False`` keeps no graph: each product re-runs the forward per batch
+    and frees it before the next batch (less memory, one more forward per product;
+    same result). Call ``close()`` (or use it as a context manager) to free the graphs.
+
+    Example:
+        >>> X, Y = torch.randn(16, 3), torch.randn(16, 2)
+        >>> fn = lambda w, b: [b[0] @ w.T - b[1]]
+        >>> with HessianOperator(fn, torch.zeros(2, 3), [(X, Y)], "exact") as op:
+        ...     hv = op(torch.ones(2, 3))
+        >>> torch.allclose(hv, (2 / 32) * torch.ones(2, 3) @ X.T @ X)
+        True
+    """
+
+    def __init__(
+        self,
+        residual_fn: ResidualFn,
+        w: Tensor,
+        batches: Sequence[Any],
+        kind: str = "gauss-newton",
+        *,
+        keep_graphs: bool = True,
+    ):
+        if kind not in _GRAPHS:
+            raise ValueError(f"kind must be one of {HESSIAN_KINDS}, got {kind!r}")
+        if len(batches) == 0:
+            raise ValueError("HessianOperator needs at least one batch")
+        self.kind = kind
+        self.keep_graphs = keep_graphs
+        self.residual_fn = residual_fn
+        self.batches = list(batches)
+        # A fresh leaf sharing storage with w: the caller's tensor gets no grad state.
+        self._w = w.detach().requires_grad_(True)
+        self._closed = False
+        with torch.enable_grad():
+            if keep_graphs:
+                scale = 1.0 / len(self.batches)
+                self._graph = _GRAPHS[kind](residual_fn, self._w, self.batches, scale)
+                loss, grad = self._graph.loss, self._graph.grad
+            else:
+                self._graph = None
+                loss, grad = self._loss_and_grad_streamed()
+        self.loss: float = float(loss)
+        self.grad: Tensor = grad
+
+    def _loss_and_grad_streamed(self) -> tuple[float, Tensor]:
+        """One forward + backward per batch, nothing kept (for ``keep_graphs=False``)."""
+        scale = 1.0 / len(self.batches)
+        loss_sum, grad_sum = 0.0, torch.zeros_like(self._w)
+        for b in self.batches:
+            loss = batch_loss(self.residual_fn(self._w, b)) * scale
+            grad_sum += _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
+            loss_sum += float(loss.detach())
+        return loss_sum, grad_sum
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """Hessian of the mean loss times ``v`` (same shape as ``w``)."""
+        if self._closed:
+            raise RuntimeError("HessianOperator is closed")
+        if v.shape != self._w.shape:
+            raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(self._w.shape)}")
+        v = v.detach().to(dtype=self._w.dtype, device=self._w.device)
+        with torch.enable_grad():
+            if self._graph is not None:
+                return self._graph.hvp(v, retain=True).detach()
+            return self._hvp_streamed(v)
+
+    def _hvp_streamed(self, v: Tensor) -> Tensor:
+        """Sum of per-batch products, each on a graph built and freed on the spot."""
+        scale = 1.0 / len(self.batches)
+        out = torch.zeros_like(self._w)
+        for b in self.batches:
+            graph = _GRAPHS[self.kind](self.residual_fn, self._w, [b], scale, with_grad=False)
+            out += graph.hvp(v, retain=False).detach()
+            del graph
+        return out
+
+    def close(self) -> None:
+        """Free the kept graphs; further products raise ``RuntimeError``."""
+        self._graph = None
+        self._closed = True
+
+    def __enter__(self) -> "HessianOperator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

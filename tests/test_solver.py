@@ -1,0 +1,365 @@
+"""The SNOWS solver against closed forms: explicit Hessians, linear solves, least squares."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import hessian, jacobian
+
+from snows_hf.solver import (
+    HessianOperator,
+    NewtonConfig,
+    masked_cg,
+    newton_refit,
+    window_loss,
+)
+
+DT = torch.float64
+D_IN, D_H, D_OUT = 5, 4, 3
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def make_window(seed=0, n_batches=3, n=8):
+    """Two-term window: r0 = X W^T - T0 (the module itself), r1 = gelu(X W^T) V^T - T1."""
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(D_OUT, D_H, generator=g, dtype=DT)
+    batches = [
+        (
+            torch.randn(n, D_IN, generator=g, dtype=DT),
+            torch.randn(n, D_H, generator=g, dtype=DT),
+            torch.randn(n, D_OUT, generator=g, dtype=DT),
+        )
+        for _ in range(n_batches)
+    ]
+
+    def residual_fn(w, batch):
+        X, T0, T1 = batch
+        h = X @ w.T
+        return [0.5 * (h - T0), F.gelu(h) @ V.T - T1]
+
+    W = torch.randn(D_H, D_IN, generator=g, dtype=DT)
+    return residual_fn, W, batches
+
+
+def explicit_hessian(residual_fn, W, batches):
+    H = hessian(lambda w: window_loss(residual_fn, w, batches), W)
+    return H.reshape(W.numel(), W.numel())
+
+
+def explicit_gauss_newton(residual_fn, W, batches):
+    """(1/B) sum_b sum_k (2 / numel r_k) J_k^T J_k, from explicit Jacobians."""
+    G = torch.zeros(W.numel(), W.numel(), dtype=DT)
+    for b in batches:
+        jacs = jacobian(lambda w: tuple(residual_fn(w, b)), W)
+        for J in jacs:
+            J = J.reshape(-1, W.numel())
+            G += 2.0 / J.shape[0] * J.T @ J
+    return G / len(batches)
+
+
+# 1. exact HVP = explicit Hessian times v
+
+
+def test_exact_hvp_matches_explicit_hessian():
+    residual_fn, W, batches = make_window()
+    v = torch.randn_like(W)
+    with HessianOperator(residual_fn, W, batches, "exact") as op:
+        hv = op(v)
+        loss, grad = op.loss, op.grad
+    H = explicit_hessian(residual_fn, W, batches)
+    assert rel_err(hv.reshape(-1), H @ v.reshape(-1)) < 1e-6
+    Wg = W.clone().requires_grad_(True)
+    ref_loss = window_loss(residual_fn, Wg, batches)
+    (ref_grad,) = torch.autograd.grad(ref_loss, Wg)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-12)
+    assert rel_err(grad, ref_grad) < 1e-12
+
+
+def test_hvp_reuses_the_graph_and_leaves_w_alone():
+    residual_fn, W, batches = make_window()
+    calls = []
+
+    def counted(w, b):
+        calls.append(1)
+        return residual_fn(w, b)
+
+    for kind in ("exact", "gauss-newton"):
+        calls.clear()
+        op = HessianOperator(counted, W, batches, kind)
+        for _ in range(4):
+            op(torch.randn_like(W))
+        assert len(calls) == len(batches)  # one forward per batch, at construction
+        op.close()
+        with pytest.raises(RuntimeError):
+            op(W)
+    assert not W.requires_grad and W.grad is None
+
+
+# 2. Gauss-Newton = explicit J^T J; linear window: exact == GN == closed form
+
+
+def test_gauss_newton_matches_explicit_jtj():
+    residual_fn, W, batches = make_window(seed=1)
+    v = torch.randn_like(W)
+    with HessianOperator(residual_fn, W, batches, "gauss-newton") as op:
+        hv = op(v)
+    G = explicit_gauss_newton(residual_fn, W, batches)
+    assert rel_err(hv.reshape(-1), G @ v.reshape(-1)) < 1e-6
+    # PSD, unlike the exact Hessian of this nonlinear window
+    assert torch.linalg.eigvalsh(G).min() > -1e-10
+    assert float((v * hv).sum()) >= 0
+
+
+def test_linear_window_exact_equals_gauss_newton_equals_closed_form():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(20, D_IN, generator=g, dtype=DT)
+    Y = torch.randn(20, D_OUT, generator=g, dtype=DT)
+    W = torch.randn(D_OUT, D_IN, generator=g, dtype=DT)
+    v = torch.randn_like(W)
+    fn = lambda w, b: [b[0] @ w.T - b[1]]
+    hv = {k: HessianOperator(fn, W, [(X, Y)], k)(v) for k in ("exact", "gauss-newton")}
+    closed = 2.0 / Y.numel() * v @ X.T @ X
+    assert rel_err(hv["exact"], hv["gauss-newton"]) < 1e-10
+    assert rel_err(hv["exact"], closed) < 1e-10
+    assert rel_err(hv["gauss-newton"], closed) < 1e-10
+
+
+# 3. several batches: mean of single-batch operators; keep_graphs=False is the same
+
+
+@pytest.mark.parametrize("kind", ["exact", "gauss-newton"])
+def test_multi_batch_is_mean_of_single_batches(kind):
+    residual_fn, W, batches = make_window(seed=3, n_batches=4)
+    v = torch.randn_like(W)
+    full = HessianOperator(residual_fn, W, batches, kind)
+    singles = [HessianOperator(residual_fn, W, [b], kind) for b in batches]
+    mean_hv = sum(op(v) for op in singles) / len(singles)
+    assert rel_err(full(v), mean_hv) < 1e-12
+    assert rel_err(full.grad, sum(op.grad for op in singles) / 4) < 1e-12
+    assert full.loss == pytest.approx(sum(op.loss for op in singles) / 4, rel=1e-12)
+
+    streamed = HessianOperator(residual_fn, W, batches, kind, keep_graphs=False)
+    assert rel_err(streamed(v), full(v)) < 1e-12
+    assert rel_err(streamed.grad, full.grad) < 1e-12
+    assert streamed.loss == pytest.approx(full.loss, rel=1e-12)
+
+
+def test_operator_rejects_bad_arguments():
+    residual_fn, W, batches = make_window()
+    with pytest.raises(ValueError):
+        HessianOperator(residual_fn, W, batches, "fisher")
+    with pytest.raises(ValueError):
+        HessianOperator(residual_fn, W, [], "exact")
+    with pytest.raises(ValueError):
+        HessianOperator(residual_fn, W, batches, "exact")(torch.zeros(3))
+
+
+# 4. masked CG against torch.linalg.solve on the support
+
+
+def spd_matrix(n, seed, shift=0.1):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=DT)
+    return A @ A.T / n + shift * torch.eye(n, dtype=DT)
+
+
+def test_masked_cg_matches_support_solve():
+    shape = (6, 5)
+    n = 30
+    A = spd_matrix(n, seed=4)
+    g = torch.Generator().manual_seed(5)
+    b = torch.randn(shape, generator=g, dtype=DT)
+    mask = torch.rand(shape, generator=g) > 0.4
+    hvp = lambda v: (A @ v.reshape(-1)).reshape(shape)
+    damping = 1e-3
+
+    res = masked_cg(hvp, b, mask, damping=damping, rtol=1e-13, max_iter=200)
+
+    S = mask.reshape(-1)
+    ref = torch.linalg.solve(A[S][:, S] + damping * torch.eye(int(S.sum()), dtype=DT), b.reshape(-1)[S])
+    assert res.converged and not res.negative_curvature
+    assert res.relative_residual <= 1e-13
+    assert rel_err(res.x.reshape(-1)[S], ref) < 1e-8
+    assert bool((res.x[~mask] == 0).all())
+    assert res.x.shape == shape and res.x.dtype == DT
+
+    warm = masked_cg(hvp, b, mask, damping=damping, rtol=1e-8, max_iter=200, x0=res.x)
+    assert warm.iterations == 0 and warm.converged
+    assert torch.equal(warm.x, res.x)
+
+
+def test_masked_cg_stops_at_rtol_and_max_iter():
+    n = 40
+    A = spd_matrix(n, seed=6, shift=1e-3)
+    b = torch.randn(n, dtype=DT, generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(n, dtype=torch.bool)
+    loose = masked_cg(lambda v: A @ v, b, mask, rtol=0.5, max_iter=100)
+    assert loose.converged and loose.relative_residual <= 0.5
+    assert float((b - A @ loose.x - 1e-4 * loose.x).norm() / b.norm()) == pytest.approx(
+        loose.relative_residual, rel=1e-6
+    )
+    capped = masked_cg(lambda v: A @ v, b, mask, rtol=1e-14, max_iter=3)
+    assert capped.iterations == 3 and not capped.converged
+    zero = masked_cg(lambda v: A @ v, torch.zeros(n, dtype=DT), mask)
+    assert zero.converged and zero.iterations == 0 and bool((zero.x == 0).all())
+
+
+def test_masked_cg_negative_curvature():
+    A = torch.diag(torch.tensor([-1.0, 2.0, 3.0, 4.0], dtype=DT))
+    mask = torch.tensor([True, True, False, True])
+    b = torch.tensor([1.0, 0.0, 5.0, 0.0], dtype=DT)
+    # first iteration: p = P b sees curvature -1 -> steepest descent P b returned
+    res = masked_cg(lambda v: A @ v, b, mask, damping=0.0)
+    assert res.negative_curvature and not res.converged and res.iterations == 1
+    assert torch.equal(res.x, torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=DT))
+    # later iteration: a positive first direction, then negative curvature -> current iterate
+    b2 = torch.tensor([0.3, 1.0, 0.0, 1.0], dtype=DT)
+    res2 = masked_cg(lambda v: A @ v, b2, mask, damping=0.0, rtol=1e-12)
+    assert res2.negative_curvature and res2.iterations >= 2
+    assert float((res2.x * (A @ res2.x)).sum()) > 0 and res2.x[2] == 0
+
+
+# 5. K=0 SNOWS = per-row least squares on the support
+
+
+def test_k0_newton_equals_rowwise_least_squares():
+    g = torch.Generator().manual_seed(8)
+    n, d_in, d_out = 200, 12, 6
+    X = torch.randn(n, d_in, generator=g, dtype=DT) @ torch.randn(d_in, d_in, generator=g, dtype=DT)
+    W_true = torch.randn(d_out, d_in, generator=g, dtype=DT)
+    Y = X @ W_true.T + 0.1 * torch.randn(n, d_out, generator=g, dtype=DT)
+    # 2:4 along the input dimension, chosen by magnitude
+    groups = W_true.abs().reshape(d_out, -1, 4)
+    keep = groups.topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True).reshape(d_out, d_in)
+    train = [(X[i : i + 40], Y[i : i + 40]) for i in range(0, 160, 40)]
+    heldout = [(X[160:], Y[160:])]
+    fn = lambda w, b: [b[0] @ w.T - b[1]]
+    cfg = NewtonConfig(steps=2, damping=0.0, cg_iters=200, cg_rtol=1e-12)
+    w0 = W_true.clone()
+
+    res = newton_refit(w0, mask, fn, train, heldout, cfg)
+
+    X_tr, Y_tr = X[:160], Y[:160]
+    ref = torch.zeros_like(W_true)
+    for j in range(d_out):
+        S = mask[j]
+        ref[j, S] = torch.linalg.lstsq(X_tr[:, S], Y_tr[:, j : j + 1]).solution[:, 0]
+    assert res.steps_accepted >= 1
+    assert rel_err(res.weight, ref) < 1e-4
+    assert bool((res.weight[~mask] == 0).all())
+    assert torch.equal(w0, W_true)  # caller's tensor untouched
+    assert not res.weight.requires_grad
+    assert res.train_loss_after < res.train_loss_before
+    assert res.history[0]["step_size"] == 1.0  # a full Newton step on a quadratic
+
+
+# 6. held-out loss never increases; a forced line-search failure changes nothing
+
+
+@pytest.mark.parametrize("kind", ["exact", "gauss-newton"])
+def test_heldout_loss_never_increases(kind):
+    residual_fn, W, batches = make_window(seed=9, n_batches=5, n=16)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(10)) > 0.5
+    cfg = NewtonConfig(steps=4, hessian=kind, batches_per_step=2, cg_iters=20)
+    res = newton_refit(W, mask, residual_fn, batches[:4], batches[4:], cfg)
+    assert res.steps_accepted >= 1
+    accepted = [h for h in res.history if h["accepted"]]
+    losses = [res.heldout_loss_before] + [h["heldout_loss_after"] for h in accepted]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert res.heldout_loss_after <= res.heldout_loss_before
+    assert res.heldout_loss_after == pytest.approx(
+        window_loss(residual_fn, res.weight, batches[4:]).item(), rel=1e-12
+    )
+    for h in res.history:
+        assert set(h) == {
+            "step", "train_loss", "heldout_loss_before", "heldout_loss_after",
+            "step_size", "accepted", "cg_iterations", "cg_relative_residual",
+        }
+    assert res.cg_iterations == [h["cg_iterations"] for h in res.history]
+    assert bool((res.weight[~mask] == 0).all())
+
+
+def test_failed_line_search_keeps_weights():
+    residual_fn, W, batches = make_window(seed=11, n_batches=3, n=16)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(12)) > 0.5
+    w_start = W * mask
+    X, _, _ = batches[-1]
+    # held-out targets are the outputs of w0*mask itself: any move raises the held-out loss
+    with torch.no_grad():
+        h = X @ w_start.T
+        _, out = residual_fn(w_start, (X, h, torch.zeros(16, D_OUT, dtype=DT)))  # = gelu(h) V^T
+    heldout = [(X, h, out)]
+    assert window_loss(residual_fn, w_start, heldout).item() == 0.0
+    res = newton_refit(W, mask, residual_fn, batches[:2], heldout, NewtonConfig(steps=3))
+    assert res.steps_accepted == 0 and res.steps_rejected == 1
+    assert res.line_search_failed and res.stop_reason == "line_search_failed"
+    assert torch.equal(res.weight, w_start)
+    assert res.heldout_loss_after == res.heldout_loss_before == 0.0
+    assert res.train_loss_after == res.train_loss_before
+    assert res.history[0]["accepted"] is False and res.history[0]["step_size"] == 0.0
+
+
+def test_zero_gradient_stops_without_failure():
+    g = torch.Generator().manual_seed(13)
+    X = torch.randn(10, D_IN, generator=g, dtype=DT)
+    W = torch.randn(D_OUT, D_IN, generator=g, dtype=DT)
+    fn = lambda w, b: [b[0] @ w.T - b[1]]
+    train = [(X, X @ W.T)]
+    res = newton_refit(W, torch.ones_like(W, dtype=torch.bool), fn, train, [(X[:5], X[:5] @ W.T)])
+    assert res.stop_reason == "zero_gradient" and not res.line_search_failed
+    assert torch.equal(res.weight, W) and res.history == []
+
+
+def test_exact_hessian_flags_negative_curvature_in_newton():
+    # loss = mean((w^2 - 1)^2) has negative curvature at w = 0.1 (3 w^2 - 1 < 0)
+    fn = lambda w, b: [w * w - b]
+    train, heldout = [torch.ones(4, dtype=DT)], [torch.ones(4, dtype=DT)]
+    w0 = torch.full((4,), 0.1, dtype=DT)
+    mask = torch.ones(4, dtype=torch.bool)
+    res = newton_refit(w0, mask, fn, train, heldout, NewtonConfig(hessian="exact", steps=1))
+    assert res.negative_curvature and res.steps_accepted == 1
+    assert res.heldout_loss_after < res.heldout_loss_before
+
+
+# 7. bad inputs
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(steps=-1),
+        dict(steps=1.5),
+        dict(hessian="fisher"),
+        dict(cg_iters=0),
+        dict(cg_rtol=-0.1),
+        dict(cg_rtol=1.0),
+        dict(damping=-1e-3),
+        dict(damping=float("nan")),
+        dict(armijo_c=0.0),
+        dict(armijo_c=1.0),
+        dict(max_backtracks=-1),
+        dict(backtrack_factor=1.0),
+        dict(backtrack_factor=0.0),
+        dict(batches_per_step=0),
+        dict(batches_per_step=True),
+    ],
+)
+def test_bad_config_raises(kwargs):
+    with pytest.raises(ValueError, match="NewtonConfig"):
+        NewtonConfig(**kwargs)
+
+
+def test_bad_batches_raise():
+    residual_fn, W, batches = make_window()
+    mask = torch.ones_like(W, dtype=torch.bool)
+    with pytest.raises(ValueError, match="overlap"):
+        newton_refit(W, mask, residual_fn, batches, batches[-1:])
+    with pytest.raises(ValueError, match="heldout_batches is empty"):
+        newton_refit(W, mask, residual_fn, batches, [])
+    with pytest.raises(ValueError, match="train_batches is empty"):
+        newton_refit(W, mask, residual_fn, [], batches)
+    with pytest.raises(ValueError, match="mask"):
+        newton_refit(W, mask.double(), residual_fn, batches[:2], batches[2:])
