@@ -1,0 +1,143 @@
+"""Architecture knowledge as data: where a model's blocks are and what in them is pruned.
+
+One :class:`Adapter` per ``config.model_type``, added by one :func:`register_adapter`
+call. Models without an entry fall back to :func:`find_block_list`, which takes the
+longest list of identical blocks it finds and says what it saw when it finds none.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+try:  # GPT-2 style (in, out) weights
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers always ships it today
+    Conv1D = ()
+
+_LAYOUT_BY_TYPE: tuple[tuple[type, str], ...] = ((nn.Linear, "linear"), (Conv1D, "conv1d"), (nn.Conv2d, "conv2d"))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to find and prune the blocks of one architecture family.
+
+    Attributes:
+        model_type: ``config.model_type`` this entry serves.
+        blocks: dotted path of the block ``ModuleList``, relative to ``model.base_model``.
+        target_types: module types pruned by default inside each block.
+        ignore: regular expressions over module names (relative to the block) never pruned.
+
+    Example:
+        >>> Adapter("vit", blocks="layers")
+        Adapter(model_type='vit', blocks='layers', target_types=('linear', 'conv1d'), ignore=())
+    """
+
+    model_type: str
+    blocks: str
+    target_types: tuple[str, ...] = ("linear", "conv1d")
+    ignore: tuple[str, ...] = field(default=())
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Add an architecture entry; a second entry for the same ``model_type`` is an error.
+
+    Example:
+        >>> register_adapter(Adapter("my-arch", blocks="encoder.layers"))  # doctest: +SKIP
+    """
+    if adapter.model_type in ADAPTERS:
+        raise ValueError(f"an adapter for model_type {adapter.model_type!r} is already registered")
+    ADAPTERS[adapter.model_type] = adapter
+    return adapter
+
+
+def weight_layout(module: nn.Module) -> str | None:
+    """``"linear"``, ``"conv1d"`` or ``"conv2d"`` for prunable modules, else ``None``."""
+    for cls, layout in _LAYOUT_BY_TYPE:
+        if cls and isinstance(module, cls):
+            return layout
+    return None
+
+
+def _get_path(root: nn.Module, path: str) -> nn.Module | None:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _candidate_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every ModuleList whose children all share one class, longest first."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(child) for child in module}) == 1:
+                found.append((name, module))
+    found.sort(key=lambda item: -len(item[1]))
+    return found
+
+
+def find_block_list(model: nn.Module, block_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """Locate the block list of ``model``: explicit path, registered adapter, or fallback.
+
+    Returns the list's full dotted name inside ``model`` and the list itself.
+
+    Example:
+        >>> name, blocks = find_block_list(vit_model)  # doctest: +SKIP
+        >>> name, len(blocks)
+        ('vit.layers', 12)
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    if block_path:
+        module = _get_path(model, block_path)
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
+        return block_path, module
+    adapter = adapter_for(model)
+    if adapter is not None:
+        module = _get_path(model.base_model, adapter.blocks)
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return names[id(module)], module
+    candidates = _candidate_lists(model)
+    if not candidates:
+        raise ValueError(
+            f"cannot find the blocks of this {type(model).__name__}: it has no list of identical "
+            "modules; pass --block-path with the dotted name of its block list"
+        )
+    if len(candidates) > 1 and len(candidates[0][1]) == len(candidates[1][1]):
+        seen = ", ".join(f"{n} ({len(m)})" for n, m in candidates[:5])
+        raise ValueError(f"ambiguous block lists in {type(model).__name__}: {seen}; pass --block-path to choose")
+    return candidates[0]
+
+
+def adapter_for(model: nn.Module) -> Adapter | None:
+    """The registered adapter for ``model.config.model_type``, or ``None``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return ADAPTERS.get(model_type)
+
+
+def block_targets(block: nn.Module, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Prunable modules of ``block`` (relative names), per the model's adapter.
+
+    Example:
+        >>> [n for n, _ in block_targets(vit.vit.layers[0], vit)]  # doctest: +SKIP
+        ['attention.q_proj', 'attention.k_proj', 'attention.v_proj', 'attention.o_proj', 'mlp.fc1', 'mlp.fc2']
+    """
+    adapter = adapter_for(model)
+    types = adapter.target_types if adapter else ("linear", "conv1d")
+    ignore = [re.compile(p) for p in (adapter.ignore if adapter else ())]
+    targets = []
+    for name, module in block.named_modules():
+        layout = weight_layout(module)
+        if layout in types and not any(p.search(name) for p in ignore):
+            if isinstance(getattr(module, "weight", None), torch.Tensor):
+                targets.append((name, module))
+    return targets

@@ -1,0 +1,85 @@
+"""The public entry point: :func:`prune_`."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Union
+
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .pipeline import prune_blocks
+from .report import PruneReport
+
+Calibration = Union[torch.Tensor, Mapping[str, Any], Iterable[Union[Mapping[str, Any], torch.Tensor]]]
+
+
+def as_batches(calibration: Calibration, batch_size: int, main_input_name: str = "input_ids") -> list[dict]:
+    """Normalise calibration data into a list of model-input micro-batches.
+
+    Accepts a tensor (the model's main input), one mapping of stacked inputs (split into
+    micro-batches of ``batch_size`` along the first dimension), or an iterable of either
+    (a ``DataLoader`` included), each item taken as one micro-batch.
+
+    Example:
+        >>> batches = as_batches({"input_ids": torch.zeros(10, 16, dtype=torch.long)}, 4)
+        >>> [b["input_ids"].shape[0] for b in batches]
+        [4, 4, 2]
+    """
+    if isinstance(calibration, torch.Tensor):
+        calibration = {main_input_name: calibration}
+    if isinstance(calibration, Mapping):
+        tensors = {k: v for k, v in calibration.items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise ValueError("calibration mapping holds no tensors")
+        n = next(iter(tensors.values())).shape[0]
+        if any(v.shape[0] != n for v in tensors.values()):
+            raise ValueError("calibration tensors disagree on the number of samples (first dimension)")
+        batches = [
+            {k: (v[i : i + batch_size] if isinstance(v, torch.Tensor) else v) for k, v in calibration.items()}
+            for i in range(0, n, batch_size)
+        ]
+    else:
+        batches = [{main_input_name: b} if isinstance(b, torch.Tensor) else dict(b) for b in calibration]
+    if not batches or all(_num_samples(b) == 0 for b in batches):
+        raise ValueError("calibration data is empty: at least one sample is needed")
+    return batches
+
+
+def _num_samples(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return 0
+
+
+def prune_(
+    model: nn.Module, config: PruneConfig | Mapping[str, Any], calibration: Calibration, *, progress: bool = False
+) -> PruneReport:
+    """Prune ``model`` in place and return a per-layer report.
+
+    Blocks are processed in order; in each, every targeted module gets a mask (and, for
+    re-fitting methods, new surviving weights) from the calibration inputs that reach it.
+    Embeddings, heads and anything outside the blocks are never touched.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` (or any module with a ``config`` and a
+            list of blocks).
+        config: a :class:`PruneConfig` or a dict of its fields.
+        calibration: model inputs (see :func:`as_batches`).
+        progress: show a progress bar over blocks.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
+        >>> report = prune_(model, PruneConfig(sparsity="2:4"), torch.randint(0, 100, (4, 16)))
+        >>> round(report.sparsity, 2)
+        0.5
+    """
+    if not isinstance(config, PruneConfig):
+        config = PruneConfig(**dict(config))
+    main_input = getattr(model, "main_input_name", "input_ids")
+    batches = as_batches(calibration, config.batch_size, main_input)
+    torch.manual_seed(config.seed)
+    return prune_blocks(model, config, batches, progress=progress)

@@ -1,0 +1,184 @@
+"""The ``snows-hf`` command line. Option help comes from the config dataclasses.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit code;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+from . import __version__
+
+logger = logging.getLogger("snows_hf")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors on one line (no usage dump) and exits with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"snows-hf: error: {message}\n")
+
+
+def _help(cls: type, name: str) -> str:
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = field.default
+    text = field.metadata.get("help", "")
+    suffix = f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
+    return (text + suffix).replace("%", "%%")
+
+
+def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default."""
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``snows-hf`` parser (``prune`` and ``demo`` subcommands)."""
+    from .calibration import CalibrationConfig
+    from .config import PruneConfig
+    from .methods import METHODS
+
+    parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
+    parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    prune = sub.add_parser("prune", help="prune a model folder or Hub id and save the result")
+    prune.add_argument("model", metavar="MODEL", help="local model folder or Hugging Face Hub id")
+    prune.add_argument("--sparsity", required=True, help=_help(PruneConfig, "sparsity"))
+    _add(prune, PruneConfig, "method", choices=sorted(METHODS))
+    _add(prune, CalibrationConfig, "dataset")
+    _add(prune, CalibrationConfig, "split")
+    _add(prune, CalibrationConfig, "num_samples", type=_positive_int)
+    _add(prune, CalibrationConfig, "seq_len", type=_positive_int)
+    _add(prune, CalibrationConfig, "text_column")
+    _add(prune, CalibrationConfig, "image_column")
+    _add(prune, PruneConfig, "batch_size", type=_positive_int)
+    _add(prune, PruneConfig, "device")
+    _add(prune, PruneConfig, "block_path")
+    _add(prune, PruneConfig, "seed", type=int)
+    prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
+    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
+    prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    _common(prune)
+    prune.set_defaults(func=cmd_prune)
+
+    demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
+    demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that is not an earlier demo")
+    _common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="print only warnings, errors and the result")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def default_output_dir(model: str, sparsity: str) -> str:
+    """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder."""
+    name = model.rstrip("/").split("/")[-1] or "model"
+    tag = re.sub(r"[^\w.-]", "", sparsity.replace(":", "of").replace("%", "pct"))
+    return f"{name}-pruned-{tag}"
+
+
+def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``snows-hf prune``: validate everything, load, calibrate, prune, save."""
+    from .api import prune_
+    from .calibration import CalibrationConfig, build_calibration
+    from .config import PruneConfig
+    from .devices import resolve_device
+    from .export import check_output_dir, save_pruned
+    from .loading import load_model
+
+    config = PruneConfig(**_split_fields(args, PruneConfig))
+    cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
+    resolve_device(config.device)  # an absent device fails before any loading
+    output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
+    check_output_dir(output_dir, args.overwrite)
+
+    start = time.perf_counter()
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    calibration = build_calibration(cal_cfg, model, processor)
+    report = prune_(model, config, calibration, progress=not args.quiet)
+    extra = {"source_model": args.model, "calibration": dataclasses.asdict(cal_cfg)}
+    save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra)
+    print(
+        f"pruned {len(report.layers)} layers in {report.num_blocks} blocks to {config.sparsity} "
+        f"({config.method}); measured sparsity {report.sparsity:.2%}; "
+        f"{time.perf_counter() - start:.1f} s; saved to {output_dir}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``snows-hf demo``: the offline end-to-end run on a real model."""
+    from .demo import DemoSettings, format_table, run_demo
+
+    settings = DemoSettings()
+    print(f"snows-hf demo: all-MiniLM-L6-v2, {settings.sparsity} {settings.method}, BBC News calibration (offline)")
+    figures = run_demo(args.output_dir, args.overwrite, settings, progress=not args.quiet)
+    print()
+    print(format_table(figures, settings))
+    print(f"\npruned model saved to {args.output_dir} (load it with AutoModel.from_pretrained)")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _configure_logging(quiet: bool, debug: bool) -> None:
+    """Our own messages to stderr, one line each; other libraries keep their settings."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "snows-hf: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``snows-hf`` console script.
+
+    Example:
+        >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.quiet, args.debug)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("snows-hf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure reaches the user as one line
+        if args.debug:
+            raise
+        print(f"snows-hf: error: {_one_line(exc)}", file=sys.stderr)
+        return 1

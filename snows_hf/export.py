@@ -1,0 +1,91 @@
+"""Writing a pruned model: an output folder that appears only when it is complete.
+
+The folder holds what ``save_pretrained`` writes (safetensors + config.json with a
+``sparsity`` block of its own, never inside ``quantization_config``), the tokenizer or
+processor files, and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .report import PruneReport
+
+SPARSITY_KEY = "sparsity"
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an output path that would lose data: a file, or a non-empty folder without ``overwrite``.
+
+    Example:
+        >>> check_output_dir("pruned-model", overwrite=False)  # doctest: +SKIP
+        PosixPath('pruned-model')
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {str(out)!r} is not empty; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    On error the temporary folder (and any parent folder created for it) is removed and
+    whatever was at ``path`` before is left untouched.
+
+    Example:
+        >>> with atomic_output_dir("out") as tmp:  # doctest: +SKIP
+        ...     model.save_pretrained(tmp)
+    """
+    out = check_output_dir(path, overwrite).absolute()
+    created = [p for p in reversed(out.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+
+
+def save_pruned(
+    model: Any, report: PruneReport, path: str | os.PathLike, processor: Any = None, overwrite: bool = False,
+    extra_report: dict[str, Any] | None = None,
+) -> Path:
+    """Save a pruned model, its processor and ``report.json`` atomically to ``path``.
+
+    The ``sparsity`` block (pattern, method, measured per-layer sparsity) is added to the
+    model's config, so it travels in ``config.json``.
+
+    Example:
+        >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
+    """
+    setattr(model.config, SPARSITY_KEY, report.sparsity_block())
+    with atomic_output_dir(path, overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        payload = report.to_dict()
+        payload.update(extra_report or {})
+        (tmp / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return Path(path)

@@ -1,0 +1,85 @@
+"""Loading a model and its tokenizer or image processor from a folder or a Hub id."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """Silence huggingface_hub's per-retry warnings; the final failure is reported once."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
+def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load ``source`` (local folder or Hub id) with the class its config names, plus its processor.
+
+    The class comes from ``config.architectures`` (falling back to ``AutoModel``), so a
+    classifier stays a classifier and a causal LM keeps its head. Returns
+    ``(model, processor)``; the processor is ``None`` when the folder has none.
+
+    Example:
+        >>> model, tokenizer = load_model("path/to/llama")  # doctest: +SKIP
+    """
+    import transformers
+
+    path = os.path.expanduser(source)
+    is_local = os.path.isdir(path)
+    if not is_local:
+        if os.path.exists(path):
+            raise ValueError(f"model path {source!r} is a file; pass the folder that holds config.json")
+        if not _REPO_ID.match(source):
+            raise ValueError(f"model folder {source!r} does not exist")
+    elif not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"model folder {source!r} has no config.json")
+    target = path if is_local else source
+    if not is_local:
+        logger.info("%s is not a local folder: fetching it from the Hugging Face Hub", source)
+    try:
+        with _quiet_hub_retries():
+            config = transformers.AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        where = "local folder" if is_local else "local folder, and the Hugging Face Hub could not serve it"
+        raise ValueError(f"cannot load model {source!r}: not a usable {where} ({_first_line(exc)})") from None
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        cls = transformers.AutoModel
+    try:
+        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}") from None
+    return model, load_processor(target, model)
+
+
+def load_processor(target: str, model: Any) -> Any:
+    """The tokenizer (text models) or image processor (vision models) saved with the model."""
+    import transformers
+
+    image = getattr(model, "main_input_name", "input_ids") == "pixel_values"
+    auto = transformers.AutoImageProcessor if image else transformers.AutoTokenizer
+    try:
+        return auto.from_pretrained(target)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        kind = "image processor" if image else "tokenizer"
+        logger.warning("no %s found with the model (%s); only random calibration is possible", kind, _first_line(exc))
+        return None

@@ -1,0 +1,21 @@
+"""Pure mask math: patterns, weight views and selectors. Imports only torch."""
+
+from .layout import from_rows, to_rows
+from .patterns import ACCEPTED_FORMS, SparsityPattern, parse_sparsity
+from .selectors import SELECTORS, get_selector, register_selector, select_mask
+from .topk import nm_keep_count, satisfies, select_topk
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "SELECTORS",
+    "SparsityPattern",
+    "from_rows",
+    "get_selector",
+    "nm_keep_count",
+    "parse_sparsity",
+    "register_selector",
+    "satisfies",
+    "select_mask",
+    "select_topk",
+    "to_rows",
+]

@@ -1,0 +1,74 @@
+"""Sparsity patterns: parsing the user's spec and describing what a mask must satisfy.
+
+Pure Python and torch; nothing here knows about models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ACCEPTED_FORMS = (
+    "N:M with 0 < N < M (e.g. 2:4, 4:8, 1:4), or an unstructured fraction "
+    "strictly between 0 and 1 (e.g. 0.5 or 50%)"
+)
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class SparsityPattern:
+    """What fraction of a weight is zeroed, and how the zeros are arranged.
+
+    ``n`` and ``m`` are set for N:M patterns (keep ``n`` of every ``m`` consecutive
+    weights along the input dimension); ``fraction`` is the share of zeros.
+
+    Example:
+        >>> parse_sparsity("2:4")
+        SparsityPattern(fraction=0.5, n=2, m=4)
+        >>> parse_sparsity("70%").fraction
+        0.7
+    """
+
+    fraction: float
+    n: int | None = None
+    m: int | None = None
+
+    @property
+    def is_nm(self) -> bool:
+        """True for N:M semi-structured patterns."""
+        return self.m is not None
+
+    def __str__(self) -> str:
+        if self.is_nm:
+            return f"{self.n}:{self.m}"
+        return f"{self.fraction:g}"
+
+
+def parse_sparsity(spec: str | float | SparsityPattern) -> SparsityPattern:
+    """Parse ``2:4``, ``4:8``, ``1:4`` (N:M) or ``0.5`` / ``50%`` (unstructured).
+
+    Raises ``ValueError`` naming the accepted forms for anything else.
+
+    Example:
+        >>> parse_sparsity("4:8").n, parse_sparsity("4:8").m
+        (4, 8)
+        >>> parse_sparsity(0.25).fraction
+        0.25
+    """
+    if isinstance(spec, SparsityPattern):
+        return spec
+    text = str(spec).strip()
+    match = _NM.match(text)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}")
+        return SparsityPattern(fraction=1.0 - n / m, n=n, m=m)
+    try:
+        fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}") from None
+    if not 0.0 < fraction < 1.0:  # also rejects nan
+        raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}")
+    return SparsityPattern(fraction=fraction)

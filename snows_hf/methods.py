@@ -1,0 +1,103 @@
+"""Pruning methods: what happens to one targeted module, given its block's inputs.
+
+A method turns a :class:`ModuleJob` into a :class:`MethodResult` (new weight and keep-mask,
+both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`). It never writes
+into the model itself: the pipeline does, so every method gets the same bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .masks import SparsityPattern, select_mask, to_rows
+
+
+@dataclass
+class ModuleJob:
+    """Everything a method may use to prune one module.
+
+    Attributes:
+        name: full module name in the model.
+        module: the module itself (its weight is still the current, unpruned one).
+        layout: weight layout (``linear``, ``conv1d`` or ``conv2d``).
+        pattern: the sparsity pattern to meet.
+        block_index: index of the enclosing block.
+        block: the enclosing block, on the execution device.
+        calls: the block's calibration inputs (one :class:`~snows_hf.pipeline.BlockCall` per micro-batch).
+        run_block: runs ``block`` on one call and returns its hidden-state output.
+    """
+
+    name: str
+    module: nn.Module
+    layout: str
+    pattern: SparsityPattern
+    block_index: int
+    block: nn.Module
+    calls: list
+    run_block: Callable[[nn.Module, Any], torch.Tensor]
+
+    def weight_rows(self) -> torch.Tensor:
+        """The current weight as a detached ``(rows, inputs)`` matrix."""
+        return to_rows(self.module.weight.detach(), self.layout)
+
+
+@dataclass
+class MethodResult:
+    """A method's answer: the new weight and its keep-mask (``(rows, inputs)`` view)."""
+
+    weight_rows: torch.Tensor
+    mask_rows: torch.Tensor
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of pruning methods; subclasses set ``name`` and ``prune_module``."""
+
+    name: str = ""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method under ``cls.name``; duplicates are an error.
+
+    Example:
+        >>> @register_method  # doctest: +SKIP
+        ... class Keep(Method):
+        ...     name = "keep"
+    """
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """Look up a method class, with an error listing the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
+
+
+@register_method
+class MagnitudeMethod(Method):
+    """Mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
+
+    name = "magnitude"
+
+    def prune_module(self, job: ModuleJob) -> MethodResult:
+        rows = job.weight_rows()
+        mask = select_mask("magnitude", rows, job.pattern)
+        return MethodResult(weight_rows=rows * mask, mask_rows=mask)

@@ -1,0 +1,246 @@
+"""The block loop: capture block inputs, prune each targeted module, propagate.
+
+    capture inputs (+ kwargs) of block 0 -> for each block:
+        for each targeted module in execution order: method -> write weight
+        run the block on its inputs to get the next block's inputs
+
+Activations are kept as one :class:`BlockCall` per calibration micro-batch: the
+positional and keyword arguments the model itself passed to the block (attention masks,
+rotary position embeddings, ...), so blocks run exactly as inside the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .adapters import adapter_for, block_targets, find_block_list, weight_layout
+from .masks import from_rows
+from .methods import ModuleJob, get_method
+from .report import LayerReport, PruneReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockCall:
+    """The arguments of one call of a block: hidden states first, then the rest."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The hidden-state input (the block's first positional argument)."""
+        return self.args[0]
+
+    def with_hidden(self, hidden: torch.Tensor) -> "BlockCall":
+        """The same call with new hidden states (the next block's inputs)."""
+        return BlockCall((hidden, *self.args[1:]), self.kwargs)
+
+    def to(self, device: torch.device) -> "BlockCall":
+        """A copy with every tensor moved to ``device``."""
+        return BlockCall(map_tensors(self.args, lambda t: t.to(device)), map_tensors(self.kwargs, lambda t: t.to(device)))
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(map_tensors(x, fn) for x in obj)
+    if isinstance(obj, list):
+        return [map_tensors(x, fn) for x in obj]
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def tracked_hooks() -> Iterator[list]:
+    """Collect hook handles in a list; every one is removed on exit, also on error.
+
+    Example:
+        >>> with tracked_hooks() as hooks:
+        ...     hooks.append(module.register_forward_hook(fn))  # doctest: +SKIP
+    """
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook so the model stops right after its embeddings."""
+
+
+def _model_input_device(model: nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        return next(embeddings.parameters()).device
+    except (AttributeError, StopIteration, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device
+) -> list[BlockCall]:
+    """Run the model's real embeddings on each batch and keep what reaches ``first_block``.
+
+    A pre-forward hook records the block's positional and keyword arguments, then stops
+    the forward pass, so nothing after the embeddings runs. Captured tensors are moved
+    to ``device``. Caches are switched off for the capture (``use_cache=False``).
+
+    Example:
+        >>> calls = capture_block_inputs(model, model.model.layers[0], batches, torch.device("cpu"))  # doctest: +SKIP
+    """
+    calls: list[BlockCall] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append(BlockCall(args, kwargs).to(device))
+        raise _StopForward
+
+    extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+    input_device = _model_input_device(model)
+    with tracked_hooks() as hooks, torch.no_grad():
+        hooks.append(first_block.register_forward_pre_hook(hook, with_kwargs=True))
+        for batch in batches:
+            inputs = {k: (v.to(input_device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            try:
+                model(**inputs, **extra)
+            except _StopForward:
+                continue
+            raise RuntimeError("the model finished its forward pass without calling its first block")
+    return calls
+
+
+def block_output(output: Any) -> torch.Tensor:
+    """The hidden states a block returns (a tensor, or the first item of a tuple/output)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0]
+
+
+def run_block(block: nn.Module, call: BlockCall) -> torch.Tensor:
+    """Run ``block`` on one captured call and return its hidden-state output."""
+    return block_output(block(*call.args, **call.kwargs))
+
+
+def execution_order(block: nn.Module, targets: list[tuple[str, nn.Module]], call: BlockCall) -> list[tuple[str, nn.Module]]:
+    """Sort ``targets`` by when they first run in one traced forward of ``block``.
+
+    Modules that never run on this input (unused branches) are left out: pruning them
+    without data would be blind.
+    """
+    order: dict[int, int] = {}
+
+    def record(module: nn.Module, args: tuple, output: Any) -> None:
+        order.setdefault(id(module), len(order))
+
+    with tracked_hooks() as hooks, torch.no_grad():
+        for _, module in targets:
+            hooks.append(module.register_forward_hook(record))
+        run_block(block, call)
+    used = [t for t in targets if id(t[1]) in order]
+    skipped = [name for name, module in targets if id(module) not in order]
+    if skipped:
+        logger.warning("not pruned (never ran on the calibration input): %s", ", ".join(skipped))
+    return sorted(used, key=lambda t: order[id(t[1])])
+
+
+def _write_weight(module: nn.Module, layout: str, weight_rows: torch.Tensor, mask_rows: torch.Tensor) -> None:
+    weight = module.weight
+    new = from_rows((weight_rows * mask_rows).to(weight.dtype), layout, weight.shape)
+    with torch.no_grad():
+        weight.copy_(new.to(weight.device))
+
+
+def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
+    if not pattern.is_nm or layout_rows.shape[1] % pattern.m == 0:
+        return 0
+    return layout_rows.shape[0]
+
+
+def prune_blocks(
+    model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False
+) -> PruneReport:
+    """Prune every targeted module of ``model`` in place, block by block.
+
+    This is the engine behind :func:`snows_hf.prune_`, which validates inputs first.
+    """
+    from tqdm.auto import tqdm
+
+    from .devices import resolve_device
+
+    device = resolve_device(config.device)
+    pattern = config.pattern
+    method = get_method(config.method)(config)
+    block_path, blocks = find_block_list(model, config.block_path)
+    num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+    report = PruneReport(
+        config=config.to_dict(),
+        model_type=getattr(model.config, "model_type", None),
+        block_path=block_path,
+        num_blocks=len(blocks),
+        num_calibration_samples=num_samples,
+    )
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        calls = capture_block_inputs(model, blocks[0], batches, device)
+        report.timings["capture"] = time.perf_counter() - start
+        logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), block_path, len(blocks))
+        bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress)
+        for index in bar:
+            calls = _prune_block(model, blocks, index, block_path, calls, method, pattern, device, report)
+    finally:
+        model.train(was_training)
+    report.timings["total"] = time.perf_counter() - start
+    _check_all_pruned(report, blocks)
+    return report
+
+
+def _prune_block(model, blocks, index, block_path, calls, method, pattern, device, report) -> list[BlockCall]:
+    block = blocks[index]
+    home = next(block.parameters()).device
+    block.to(device)
+    try:
+        targets = execution_order(block, block_targets(block, model), calls[0])
+        for rel_name, module in targets:
+            t0 = time.perf_counter()
+            name = f"{block_path}.{index}.{rel_name}"
+            layout = weight_layout(module)
+            job = ModuleJob(name, module, layout, pattern, index, block, calls, run_block)
+            result = method.prune_module(job)
+            _write_weight(module, layout, result.weight_rows, result.mask_rows)
+            sparsity = float((module.weight == 0).float().mean())
+            report.layers.append(
+                LayerReport(
+                    name=name,
+                    block=index,
+                    shape=list(module.weight.shape),
+                    layout=layout,
+                    sparsity=sparsity,
+                    seconds=time.perf_counter() - t0,
+                    partial_groups=_partial_groups(result.mask_rows, pattern),
+                    metrics=result.metrics,
+                )
+            )
+        with torch.no_grad():
+            return [call.with_hidden(run_block(block, call)) for call in calls]
+    finally:
+        block.to(home)
+
+
+def _check_all_pruned(report: PruneReport, blocks: nn.ModuleList) -> None:
+    if not report.layers:
+        raise RuntimeError("no module was pruned: the blocks hold no Linear/Conv1D targets that ran")

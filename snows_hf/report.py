@@ -1,0 +1,76 @@
+"""What a pruning run did, layer by layer: returned by :func:`snows_hf.prune_`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class LayerReport:
+    """Figures for one pruned module.
+
+    ``sparsity`` is measured on the written weight (share of exact zeros), not the target.
+    ``metrics`` holds what the method measured (losses, solver iterations, ...).
+    """
+
+    name: str
+    block: int
+    shape: list[int]
+    layout: str
+    sparsity: float
+    seconds: float
+    partial_groups: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneReport:
+    """The result of :func:`snows_hf.prune_`: settings, per-layer figures and timings.
+
+    Example:
+        >>> report = snows_hf.prune_(model, PruneConfig(sparsity="2:4"), batches)  # doctest: +SKIP
+        >>> round(report.sparsity, 3)
+        0.5
+    """
+
+    config: dict[str, Any]
+    model_type: str | None
+    block_path: str
+    num_blocks: int
+    num_calibration_samples: int
+    layers: list[LayerReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """Share of zeros over all pruned weights together."""
+        total = sum(_numel(layer.shape) for layer in self.layers)
+        zeros = sum(layer.sparsity * _numel(layer.shape) for layer in self.layers)
+        return zeros / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``report.json`` holds)."""
+        out = asdict(self)
+        out["sparsity"] = self.sparsity
+        return out
+
+    def sparsity_block(self) -> dict[str, Any]:
+        """The ``sparsity`` entry written into ``config.json`` next to the weights."""
+        from . import __version__
+
+        return {
+            "pattern": self.config["sparsity"],
+            "method": self.config["method"],
+            "format": "dense",
+            "overall": round(self.sparsity, 6),
+            "layers": {layer.name: round(layer.sparsity, 6) for layer in self.layers},
+            "tool": f"snows-hf {__version__}",
+        }
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n

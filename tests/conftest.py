@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny random models built from configs, saved as model folders.
+
+No test reaches the network: the Hub is switched off before any Hugging Face import.
+Every test runs inside its own temporary folder so nothing is left in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB = 128
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """Run each test in an empty folder; relative outputs land there, never in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer with VOCAB entries (w0, w1, ...), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    vocab.update({f"w{i}": i + 4 for i in range(VOCAB - 4)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_vit(seed: int = 0):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=68,
+        image_size=32, patch_size=8, num_labels=3,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_bert(seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=VOCAB, max_position_embeddings=64,
+    )
+    return BertModel(config).eval()
+
+
+def _save(model, processor, path):
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def vit_dir(tmp_path):
+    from transformers import ViTImageProcessor
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    return _save(tiny_vit(), processor, tmp_path / "tiny-vit")
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    return _save(tiny_llama(), tiny_tokenizer(), tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def bert_dir(tmp_path):
+    return _save(tiny_bert(), tiny_tokenizer(), tmp_path / "tiny-bert")

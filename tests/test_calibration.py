@@ -1,0 +1,64 @@
+"""Calibration tensors from datasets: counts, seeding, columns, and clear errors."""
+
+import json
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_llama, tiny_tokenizer, tiny_vit
+
+from snows_hf.calibration import CalibrationConfig, build_calibration, calibration_from_split
+
+
+def _texts(n=20, words=25):
+    return [" ".join(f"w{(i * 13 + j) % 120}" for j in range(words)) for i in range(n)]
+
+
+def test_text_packing_exact_count_and_seeded():
+    model, tok = tiny_llama(), tiny_tokenizer()
+    split = datasets.Dataset.from_dict({"text": _texts()})
+    cfg = CalibrationConfig(num_samples=5, seq_len=16, seed=3)
+    a = calibration_from_split(split, cfg, model, tok)
+    b = calibration_from_split(split, cfg, model, tok)
+    assert a["input_ids"].shape == (5, 16)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    c = calibration_from_split(split, CalibrationConfig(num_samples=5, seq_len=16, seed=4), model, tok)
+    assert not torch.equal(a["input_ids"], c["input_ids"])
+
+
+def test_fewer_samples_than_asked_uses_all(caplog):
+    split = datasets.Dataset.from_dict({"text": _texts(n=2, words=20)})
+    cal = calibration_from_split(split, CalibrationConfig(num_samples=50, seq_len=8), tiny_llama(), tiny_tokenizer())
+    assert cal["input_ids"].shape == (5, 8)  # 2 x 21 tokens -> 5 full sequences
+    assert "fewer than the 50 asked for" in caplog.text
+
+
+def test_seq_len_capped_at_model_positions(caplog):
+    cal = build_calibration(CalibrationConfig(num_samples=2, seq_len=4096), tiny_llama())
+    assert cal["input_ids"].shape == (2, 128)
+    assert "exceeds the model's 128 positions" in caplog.text
+
+
+def test_random_calibration_shapes():
+    assert build_calibration(CalibrationConfig(num_samples=3), tiny_vit())["pixel_values"].shape == (3, 3, 32, 32)
+
+
+def test_jsonl_file_and_column_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"body": t, "n": i}) for i, t in enumerate(_texts())))
+    model, tok = tiny_llama(), tiny_tokenizer()
+    cal = build_calibration(CalibrationConfig(dataset=str(path), num_samples=3, seq_len=8), model, tok)
+    assert cal["input_ids"].shape == (3, 8)
+    with pytest.raises(ValueError, match="column 'text' not in the dataset; columns: body, n"):
+        build_calibration(CalibrationConfig(dataset=str(path), text_column="text"), model, tok)
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        build_calibration(CalibrationConfig(dataset=str(path), split="test"), model, tok)
+    with pytest.raises(ValueError, match="holds int, not strings"):
+        build_calibration(CalibrationConfig(dataset=str(path), text_column="n"), model, tok)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="num_samples must be at least 1"):
+        CalibrationConfig(num_samples=0)
+    with pytest.raises(ValueError, match="empty"):
+        calibration_from_split(datasets.Dataset.from_dict({"text": []}), CalibrationConfig(), tiny_llama(), tiny_tokenizer())

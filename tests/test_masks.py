@@ -1,0 +1,89 @@
+"""Sparsity specs, pattern-valid masks and weight layouts."""
+
+import pytest
+import torch
+
+from snows_hf.masks import from_rows, nm_keep_count, parse_sparsity, satisfies, select_mask, select_topk, to_rows
+
+INVALID_SPECS = ["3:2", "0:4", "4:4", "1.5", "-0.1", "abc", "", "0", "1", "100%", "0%", "2:0", "nan", "2:4:8", "a:b"]
+
+
+@pytest.mark.parametrize(
+    "spec, fraction, nm",
+    [("2:4", 0.5, (2, 4)), ("4:8", 0.5, (4, 8)), ("1:4", 0.75, (1, 4)), (" 2 : 4 ", 0.5, (2, 4)),
+     ("0.5", 0.5, None), ("50%", 0.5, None), ("12.5%", 0.125, None), (0.7, 0.7, None)],
+)
+def test_parse_valid(spec, fraction, nm):
+    pattern = parse_sparsity(spec)
+    assert pattern.fraction == pytest.approx(fraction)
+    assert ((pattern.n, pattern.m) if pattern.is_nm else None) == nm
+
+
+@pytest.mark.parametrize("spec", INVALID_SPECS)
+def test_parse_invalid_names_accepted_forms(spec):
+    with pytest.raises(ValueError, match=r"invalid sparsity .*N:M .*2:4.*50%"):
+        parse_sparsity(spec)
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "0.3", "70%"])
+@pytest.mark.parametrize("shape", [(7, 16), (5, 24), (3, 8)])
+def test_topk_masks_satisfy_pattern(spec, shape):
+    pattern = parse_sparsity(spec)
+    mask = select_topk(torch.randn(*shape), pattern)
+    assert mask.dtype == torch.bool and mask.shape == shape
+    assert satisfies(mask, pattern)
+
+
+def test_nm_keeps_largest_in_each_group():
+    scores = torch.tensor([[1.0, 4.0, 3.0, 2.0, 8.0, 5.0, 7.0, 6.0]])
+    mask = select_topk(scores, parse_sparsity("2:4"))
+    assert mask.tolist() == [[False, True, True, False, True, False, True, False]]
+
+
+def test_unstructured_keeps_global_top_of_layer():
+    scores = torch.arange(12.0).reshape(3, 4)
+    mask = select_topk(scores, parse_sparsity("75%"))
+    assert mask.sum() == 3 and mask.reshape(-1)[-3:].all()
+
+
+def test_partial_trailing_group_is_pruned_too():
+    # 10 inputs under 2:4: two full groups and a group of 2 that keeps 1, never left dense.
+    pattern = parse_sparsity("2:4")
+    mask = select_topk(torch.randn(6, 10), pattern)
+    assert (mask[:, 8:].sum(-1) == 1).all()
+    assert nm_keep_count(2, pattern) == 1 and nm_keep_count(3, pattern) == 2
+    assert satisfies(mask, pattern)
+
+
+def test_satisfies_rejects_invalid():
+    assert not satisfies(torch.tensor([[True, True, True, False]]), parse_sparsity("2:4"))
+    assert not satisfies(torch.ones(2, 4, dtype=torch.bool), parse_sparsity("0.5"))
+
+
+@pytest.mark.parametrize(
+    "layout, shape", [("linear", (6, 8)), ("conv1d", (8, 6)), ("conv2d", (4, 8, 3, 3))]
+)
+def test_layout_roundtrip_and_grouping_axis(layout, shape):
+    weight = torch.randn(*shape)
+    rows = to_rows(weight, layout)
+    assert torch.equal(from_rows(rows, layout, weight.shape), weight)
+    mask = select_mask("magnitude", rows, parse_sparsity("2:4"))
+    pruned = from_rows(rows * mask, layout, weight.shape)
+    # groups run along the input dimension of the module's own weight layout
+    if layout == "linear":
+        groups = pruned.reshape(6, 2, 4)
+    elif layout == "conv1d":
+        groups = pruned.t().reshape(6, 2, 4)
+    else:
+        groups = pruned.permute(0, 2, 3, 1).reshape(-1, 2, 4)
+    assert ((groups != 0).sum(-1) == 2).all()
+
+
+def test_magnitude_scores_absolute_value():
+    mask = select_mask("magnitude", torch.tensor([[0.1, -3.0, 2.0, 0.5]]), parse_sparsity("2:4"))
+    assert mask.tolist() == [[False, True, True, False]]
+
+
+def test_unknown_selector():
+    with pytest.raises(ValueError, match="unknown mask selector 'nope'; choose one of: magnitude"):
+        select_mask("nope", torch.ones(1, 4), parse_sparsity("2:4"))

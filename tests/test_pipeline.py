@@ -1,0 +1,139 @@
+"""The block pipeline: capture, propagation, in-place pruning, hooks, reports."""
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
+
+import snows_hf
+from snows_hf.adapters import block_targets, find_block_list
+from snows_hf.masks import parse_sparsity, satisfies, to_rows
+from snows_hf.methods import Method, register_method, METHODS
+from snows_hf.pipeline import capture_block_inputs, run_block
+
+
+def _inputs(kind, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "vit":
+        return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g)}
+    ids = torch.randint(4, VOCAB, (n, 12), generator=g)
+    mask = torch.ones_like(ids)
+    if kind == "bert":
+        mask[1, 8:] = 0  # padding in one sample: the mask must reach the blocks as captured
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+FACTORIES = {"vit": tiny_vit, "llama": tiny_llama, "bert": tiny_bert}
+
+
+def _all_hooks(model):
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_captured_inputs_reproduce_model_forward(kind):
+    model = FACTORIES[kind]()
+    _, blocks = find_block_list(model)
+    batches = [_inputs(kind, seed=s) for s in (0, 1)]
+    calls = capture_block_inputs(model, blocks[0], batches, torch.device("cpu"))
+    assert len(calls) == 2
+
+    expected = []
+    handle = blocks[-1].register_forward_hook(lambda m, a, o: expected.append(o if torch.is_tensor(o) else o[0]))
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    handle.remove()
+
+    with torch.no_grad():
+        for call, want in zip(calls, expected):
+            for block in blocks:
+                call = call.with_hidden(run_block(block, call))
+            torch.testing.assert_close(call.hidden, want, rtol=0, atol=1e-6)
+    assert _all_hooks(model) == 0
+
+
+@pytest.mark.parametrize("kind, spec", [("vit", "2:4"), ("llama", "50%"), ("bert", "4:8"), ("llama", "1:4")])
+def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
+    model = FACTORIES[kind]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = snows_hf.prune_(model, {"sparsity": spec, "batch_size": 2}, _inputs(kind, n=5))
+    pattern = parse_sparsity(spec)
+    _, blocks = find_block_list(model)
+    targeted = {f"{n}.weight" for n, _ in model.named_modules() if n in {layer.name for layer in report.layers}}
+    n_targets = sum(len(block_targets(b, model)) for b in blocks)
+    assert len(report.layers) == n_targets == len(targeted)
+    for name, module in model.named_modules():
+        if f"{name}.weight" in targeted:
+            assert satisfies(to_rows(module.weight, "linear") != 0, pattern), name
+    for key, value in model.state_dict().items():
+        if key not in targeted:
+            assert torch.equal(value, before[key]), key
+    assert report.sparsity == pytest.approx(pattern.fraction, abs=1e-6)
+    assert report.num_calibration_samples == 5
+    assert not model.training
+    assert _all_hooks(model) == 0
+
+
+def test_targets_exclude_embeddings_and_heads():
+    model = tiny_llama()
+    report = snows_hf.prune_(model, {"sparsity": "2:4"}, _inputs("llama"))
+    names = [layer.name for layer in report.layers]
+    assert all(name.startswith("model.layers.") for name in names)
+    assert names[:4] == [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"]
+    assert not (model.lm_head.weight == 0).any()
+
+
+def test_hooks_removed_when_a_method_fails():
+    class Boom(Method):
+        name = "boom-test"
+
+        def prune_module(self, job):
+            raise RuntimeError("boom")
+
+    register_method(Boom)
+    try:
+        model = tiny_vit()
+        with pytest.raises(RuntimeError, match="boom"):
+            snows_hf.prune_(model, {"sparsity": "2:4", "method": "boom-test"}, _inputs("vit"))
+        assert _all_hooks(model) == 0
+    finally:
+        del METHODS["boom-test"]
+
+
+def test_register_method_rejects_duplicates():
+    class Again(Method):
+        name = "magnitude"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(Again)
+
+
+def test_bad_config_and_calibration():
+    model = tiny_vit()
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        snows_hf.prune_(model, {"sparsity": "2:4", "method": "nope"}, _inputs("vit"))
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        snows_hf.prune_(model, {"sparsity": "2:4"}, [])
+    with pytest.raises(ValueError, match="invalid sparsity"):
+        snows_hf.PruneConfig(sparsity="4:4")
+    with pytest.raises(ValueError, match="batch_size"):
+        snows_hf.PruneConfig(sparsity="2:4", batch_size=0)
+
+
+def test_as_batches_splits_mappings():
+    batches = snows_hf.as_batches({"input_ids": torch.zeros(10, 3, dtype=torch.long)}, 4)
+    assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
+    assert len(snows_hf.as_batches([torch.zeros(2, 3)] * 3, 99, "pixel_values")) == 3
+
+
+def test_generic_fallback_and_block_path():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # no registered adapter
+
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=4, vocab_size=VOCAB)).eval()
+    name, blocks = find_block_list(model)
+    assert name == "gpt_neox.layers" and len(blocks) == 3
+    report = snows_hf.prune_(model, {"sparsity": "2:4"}, torch.randint(0, VOCAB, (2, 8)))
+    assert report.sparsity == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
+        find_block_list(model, "gpt_neox.embed_in")
