@@ -10,6 +10,11 @@ from .masks import parse_sparsity
 CONFIG_VERSION = 1
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 def _field(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -25,7 +30,23 @@ class PruneConfig:
     """
 
     sparsity: str = _field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
-    method: str = _field("magnitude", "pruning method", choices_from="methods")
+    method: str = _field(
+        "magnitude", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
+        "magnitude (magnitude mask only)"
+    )
+    mask: str = _field("magnitude", "mask selector used by the snows and none methods")
+    k_step: int = _field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
+    target: str = _field(
+        "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
+        "or from the pruned network's (official)"
+    )
+    term_scale: str = _field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)")
+    hessian: str = _field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact")
+    newton_steps: int = _field(3, "SNOWS: Newton steps per module")
+    cg_iters: int = _field(50, "SNOWS: conjugate-gradient iterations per Newton step at most")
+    damping: float = _field(1e-4, "SNOWS: damping added to the Hessian")
+    holdout: float = _field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
+    batches_per_step: int | None = _field(None, "SNOWS: micro-batches per Newton step (default: all)")
     batch_size: int = _field(8, "calibration samples per micro-batch")
     device: str = _field("auto", "execution device: auto, cpu, cuda, cuda:1, mps, ...")
     block_path: str | None = _field(None, "dotted name of the model's block list (overrides discovery)")
@@ -38,11 +59,23 @@ class PruneConfig:
         self.sparsity = str(parse_sparsity(self.sparsity))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
+        _check(self.target in ("dense-stream", "official"), f"target must be dense-stream or official, got {self.target!r}")
+        _check(self.term_scale in ("energy", "none"), f"term_scale must be energy or none, got {self.term_scale!r}")
+        _check(self.hessian in ("gauss-newton", "exact"), f"hessian must be gauss-newton or exact, got {self.hessian!r}")
+        _check(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
+        _check(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
+        _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
+        _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
+        _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
         if self.config_version != CONFIG_VERSION:
             raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
         from .methods import get_method
 
-        get_method(self.method)  # fails early with the list of known methods
+        from .masks import get_selector
+
+        get_method(self.method)  # fail early, listing the known names
+        get_selector(self.mask)
 
     @property
     def pattern(self):

@@ -74,7 +74,6 @@ def run_demo(output_dir: str, overwrite: bool = False, settings: DemoSettings = 
         True
     """
     import datasets
-    import torch
 
     from .api import prune_
     from .calibration import CalibrationConfig, calibration_from_split

@@ -27,8 +27,15 @@ class ModuleJob:
         pattern: the sparsity pattern to meet.
         block_index: index of the enclosing block.
         block: the enclosing block, on the execution device.
-        calls: the block's calibration inputs (one :class:`~snows_hf.pipeline.BlockCall` per micro-batch).
+        calls: the block's calibration inputs (one :class:`~snows_hf.pipeline.BlockCall` per
+            micro-batch), as the partly pruned network produces them.
         run_block: runs ``block`` on one call and returns its hidden-state output.
+        blocks: every block of the model (windows may run on into later blocks).
+        param_name: the weight's name relative to ``block`` (``"mlp.fc1.weight"``).
+        dense_calls: the dense network's own inputs to this block, when the method asked
+            for them (``needs_dense_stream``), else ``None``.
+        dense_overrides: dense weights of the modules of this block pruned before this
+            one (names relative to the block), to run the block as the dense model.
     """
 
     name: str
@@ -39,6 +46,10 @@ class ModuleJob:
     block: nn.Module
     calls: list
     run_block: Callable[[nn.Module, Any], torch.Tensor]
+    blocks: nn.ModuleList | None = None
+    param_name: str = "weight"
+    dense_calls: list | None = None
+    dense_overrides: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def weight_rows(self) -> torch.Tensor:
         """The current weight as a detached ``(rows, inputs)`` matrix."""
@@ -58,6 +69,8 @@ class Method:
     """Base class of pruning methods; subclasses set ``name`` and ``prune_module``."""
 
     name: str = ""
+    #: whether the pipeline must also propagate the dense network's activations
+    needs_dense_stream: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -92,12 +105,28 @@ def get_method(name: str) -> type[Method]:
 
 
 @register_method
-class MagnitudeMethod(Method):
-    """Mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
+class MaskOnly(Method):
+    """Mask only (``--mask`` selector), no re-fit: the surviving weights keep their values."""
 
-    name = "magnitude"
+    name = "none"
+
+    def selector(self) -> str:
+        return self.config.mask
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
         rows = job.weight_rows()
-        mask = select_mask("magnitude", rows, job.pattern)
+        mask = select_mask(self.selector(), rows, job.pattern)
         return MethodResult(weight_rows=rows * mask, mask_rows=mask)
+
+
+@register_method
+class MagnitudeMethod(MaskOnly):
+    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
+
+    name = "magnitude"
+
+    def selector(self) -> str:
+        return "magnitude"
+
+
+from . import refit  # noqa: E402,F401  (registers "snows"; it builds on the classes above)

@@ -14,68 +14,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from .adapters import adapter_for, block_targets, find_block_list, weight_layout
+from .adapters import block_targets, find_block_list, weight_layout
+from .blocks import BlockCall, block_output, run_block, tracked_hooks
 from .masks import from_rows
 from .methods import ModuleJob, get_method
 from .report import LayerReport, PruneReport
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BlockCall:
-    """The arguments of one call of a block: hidden states first, then the rest."""
-
-    args: tuple
-    kwargs: dict
-
-    @property
-    def hidden(self) -> torch.Tensor:
-        """The hidden-state input (the block's first positional argument)."""
-        return self.args[0]
-
-    def with_hidden(self, hidden: torch.Tensor) -> "BlockCall":
-        """The same call with new hidden states (the next block's inputs)."""
-        return BlockCall((hidden, *self.args[1:]), self.kwargs)
-
-    def to(self, device: torch.device) -> "BlockCall":
-        """A copy with every tensor moved to ``device``."""
-        return BlockCall(map_tensors(self.args, lambda t: t.to(device)), map_tensors(self.kwargs, lambda t: t.to(device)))
-
-
-def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple):
-        return tuple(map_tensors(x, fn) for x in obj)
-    if isinstance(obj, list):
-        return [map_tensors(x, fn) for x in obj]
-    if isinstance(obj, dict):
-        return {k: map_tensors(v, fn) for k, v in obj.items()}
-    return obj
-
-
-@contextlib.contextmanager
-def tracked_hooks() -> Iterator[list]:
-    """Collect hook handles in a list; every one is removed on exit, also on error.
-
-    Example:
-        >>> with tracked_hooks() as hooks:
-        ...     hooks.append(module.register_forward_hook(fn))  # doctest: +SKIP
-    """
-    handles: list = []
-    try:
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _StopForward(Exception):
@@ -120,18 +71,6 @@ def capture_block_inputs(
                 continue
             raise RuntimeError("the model finished its forward pass without calling its first block")
     return calls
-
-
-def block_output(output: Any) -> torch.Tensor:
-    """The hidden states a block returns (a tensor, or the first item of a tuple/output)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    return output[0]
-
-
-def run_block(block: nn.Module, call: BlockCall) -> torch.Tensor:
-    """Run ``block`` on one captured call and return its hidden-state output."""
-    return block_output(block(*call.args, **call.kwargs))
 
 
 def execution_order(block: nn.Module, targets: list[tuple[str, nn.Module]], call: BlockCall) -> list[tuple[str, nn.Module]]:
@@ -197,11 +136,14 @@ def prune_blocks(
     start = time.perf_counter()
     try:
         calls = capture_block_inputs(model, blocks[0], batches, device)
+        dense_calls = list(calls) if method.needs_dense_stream else None
         report.timings["capture"] = time.perf_counter() - start
         logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), block_path, len(blocks))
-        bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress)
-        for index in bar:
-            calls = _prune_block(model, blocks, index, block_path, calls, method, pattern, device, report)
+        with blocks_on(blocks, device):
+            for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
+                stream = _BlockStream(blocks, index, calls, dense_calls)
+                _prune_block(model, stream, block_path, method, pattern, report)
+                calls, dense_calls = stream.propagate()
     finally:
         model.train(was_training)
     report.timings["total"] = time.perf_counter() - start
@@ -209,36 +151,77 @@ def prune_blocks(
     return report
 
 
-def _prune_block(model, blocks, index, block_path, calls, method, pattern, device, report) -> list[BlockCall]:
-    block = blocks[index]
-    home = next(block.parameters()).device
-    block.to(device)
+class _BlockStream:
+    """One block's inputs (pruned network, and dense network when asked) and dense weights."""
+
+    def __init__(self, blocks: nn.ModuleList, index: int, calls: list[BlockCall], dense_calls: list[BlockCall] | None):
+        self.blocks, self.index, self.block = blocks, index, blocks[index]
+        self.calls, self.dense_calls = calls, dense_calls
+        self.dense_weights: dict[str, torch.Tensor] = {}
+
+    def remember_dense(self, param_name: str, weight: torch.Tensor) -> None:
+        """Keep a pruned module's dense weight, to run this block as the dense model."""
+        if self.dense_calls is not None:
+            self.dense_weights[param_name] = weight.detach().clone()
+
+    @torch.no_grad()
+    def propagate(self) -> tuple[list[BlockCall], list[BlockCall] | None]:
+        """The next block's inputs: this (pruned) block's outputs, and the dense ones."""
+        calls = [call.with_hidden(run_block(self.block, call)) for call in self.calls]
+        if self.dense_calls is None:
+            return calls, None
+        dense = [
+            call.with_hidden(block_output(functional_call(self.block, self.dense_weights, call.args, call.kwargs, strict=False)))
+            for call in self.dense_calls
+        ]
+        return calls, dense
+
+
+@contextlib.contextmanager
+def blocks_on(blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
+    """Keep the blocks on the execution device for the run, then put each back where it was.
+
+    Windows may run on into later blocks, so all blocks move together; embeddings and
+    heads stay where they are (block inputs are captured on the model's own device).
+    """
+    homes = [next(block.parameters()).device for block in blocks]
     try:
-        targets = execution_order(block, block_targets(block, model), calls[0])
-        for rel_name, module in targets:
-            t0 = time.perf_counter()
-            name = f"{block_path}.{index}.{rel_name}"
-            layout = weight_layout(module)
-            job = ModuleJob(name, module, layout, pattern, index, block, calls, run_block)
-            result = method.prune_module(job)
-            _write_weight(module, layout, result.weight_rows, result.mask_rows)
-            sparsity = float((module.weight == 0).float().mean())
-            report.layers.append(
-                LayerReport(
-                    name=name,
-                    block=index,
-                    shape=list(module.weight.shape),
-                    layout=layout,
-                    sparsity=sparsity,
-                    seconds=time.perf_counter() - t0,
-                    partial_groups=_partial_groups(result.mask_rows, pattern),
-                    metrics=result.metrics,
-                )
-            )
-        with torch.no_grad():
-            return [call.with_hidden(run_block(block, call)) for call in calls]
+        for block in blocks:
+            block.to(device)
+        yield
     finally:
-        block.to(home)
+        for block, home in zip(blocks, homes):
+            block.to(home)
+
+
+def _prune_block(model, stream: _BlockStream, block_path, method, pattern, report) -> None:
+    block, index = stream.block, stream.index
+    targets = execution_order(block, block_targets(block, model), stream.calls[0])
+    for rel_name, module in targets:
+        t0 = time.perf_counter()
+        name = f"{block_path}.{index}.{rel_name}"
+        layout = weight_layout(module)
+        job = ModuleJob(
+            name, module, layout, pattern, index, block, stream.calls, run_block,
+            blocks=stream.blocks, param_name=f"{rel_name}.weight",
+            dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights),
+        )
+        result = method.prune_module(job)
+        stream.remember_dense(job.param_name, module.weight)
+        _write_weight(module, layout, result.weight_rows, result.mask_rows)
+        sparsity = float((module.weight == 0).float().mean())
+        report.layers.append(
+            LayerReport(
+                name=name,
+                block=index,
+                shape=list(module.weight.shape),
+                layout=layout,
+                sparsity=sparsity,
+                seconds=time.perf_counter() - t0,
+                partial_groups=_partial_groups(result.mask_rows, pattern),
+                metrics=result.metrics,
+            )
+        )
 
 
 def _check_all_pruned(report: PruneReport, blocks: nn.ModuleList) -> None:

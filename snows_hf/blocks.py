@@ -1,0 +1,72 @@
+"""Block calls and hooks: the small pieces every stage that runs blocks shares."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BlockCall:
+    """The arguments of one call of a block: hidden states first, then the rest."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The hidden-state input (the block's first positional argument)."""
+        return self.args[0]
+
+    def with_hidden(self, hidden: torch.Tensor) -> "BlockCall":
+        """The same call with new hidden states (the next block's inputs)."""
+        return BlockCall((hidden, *self.args[1:]), self.kwargs)
+
+    def to(self, device: torch.device) -> "BlockCall":
+        """A copy with every tensor moved to ``device``."""
+        return BlockCall(map_tensors(self.args, lambda t: t.to(device)), map_tensors(self.kwargs, lambda t: t.to(device)))
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(map_tensors(x, fn) for x in obj)
+    if isinstance(obj, list):
+        return [map_tensors(x, fn) for x in obj]
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def tracked_hooks() -> Iterator[list]:
+    """Collect hook handles in a list; every one is removed on exit, also on error.
+
+    Example:
+        >>> with tracked_hooks() as hooks:
+        ...     hooks.append(module.register_forward_hook(fn))  # doctest: +SKIP
+    """
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_output(output: Any) -> torch.Tensor:
+    """The hidden states a block returns (a tensor, or the first item of a tuple/output)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0]
+
+
+def run_block(block: nn.Module, call: BlockCall) -> torch.Tensor:
+    """Run ``block`` on one captured call and return its hidden-state output."""
+    return block_output(block(*call.args, **call.kwargs))

@@ -1,0 +1,136 @@
+"""The SNOWS method: mask, then re-fit the surviving weights over a K-step window.
+
+For a module with dense weight ``W0`` and mask ``Z`` the re-fit solves
+
+    min_W  sum_{k=0..K} s_k * mean((o_k(W) - t_k) ** 2)   s.t.  W[~Z] = 0
+
+where ``o_k`` are the window's operation outputs (:mod:`snows_hf.windows`) on the partly
+pruned network's inputs and ``t_k`` the dense targets, computed once per module:
+
+- ``dense-stream``: the dense network on its own activations;
+- ``official``: the dense window on the pruned network's activations (what the released
+  research code does).
+
+``s_k`` is 1 (``term_scale="none"``) or ``1 / mean(t_k ** 2)`` (``"energy"``: every term
+is a relative error, so wide or large-valued outputs do not drown the others). The solve
+is Hessian-free Newton-CG (:mod:`snows_hf.solver`) with the last micro-batches held out
+for the Armijo line search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .masks import from_rows, select_mask, to_rows
+from .methods import Method, MethodResult, ModuleJob, register_method
+from .solver import NewtonConfig, newton_refit
+from .windows import WindowRunner
+
+TARGETS = ("dense-stream", "official")
+TERM_SCALES = ("energy", "none")
+
+
+class _Batch:
+    """One calibration micro-batch by index; distinct objects keep train and held-out apart."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    """Indices of training and held-out micro-batches: the last ``ceil(fraction * n)`` are held out.
+
+    Example:
+        >>> split_holdout(8, 0.125)
+        ([0, 1, 2, 3, 4, 5, 6], [7])
+    """
+    if n < 2:
+        raise ValueError(
+            "SNOWS needs at least 2 calibration micro-batches (one is held out for the line search); "
+            "lower --batch-size or raise --num-samples"
+        )
+    held = min(n - 1, max(1, math.ceil(fraction * n - 1e-9)))
+    return list(range(n - held)), list(range(n - held, n))
+
+
+def _double_differentiable() -> contextlib.AbstractContextManager:
+    # Fused attention kernels have no second derivative; the math kernel does, and
+    # Hessian-vector products differentiate through the backward pass.
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+@register_method
+class SnowsMethod(Method):
+    """Mask with ``config.mask``, then re-fit the kept weights over the K-step window."""
+
+    name = "snows"
+
+    @property
+    def needs_dense_stream(self) -> bool:  # type: ignore[override]
+        return self.config.target == "dense-stream"
+
+    def newton_config(self) -> NewtonConfig:
+        cfg = self.config
+        return NewtonConfig(
+            steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
+            batches_per_step=cfg.batches_per_step,
+        )
+
+    def prune_module(self, job: ModuleJob) -> MethodResult:
+        cfg = self.config
+        start = time.perf_counter()
+        rows = job.weight_rows()
+        mask_rows = select_mask(cfg.mask, rows, job.pattern)
+        weight = job.module.weight.detach()
+        mask = from_rows(mask_rows, job.layout, weight.shape).bool()
+        train, held = split_holdout(len(job.calls), cfg.holdout)
+        with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
+            window = runner.trace(job.calls[0], weight, cfg.k_step)
+            targets = self._targets(job, runner, window)
+            scales = self._scales(targets)
+
+            def residuals(w: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
+                outputs = runner.run(job.calls[batch.index], window, {job.param_name: w})
+                return [(o - t) * s for o, t, s in zip(outputs, targets[batch.index], scales)]
+
+            batches = [_Batch(i) for i in range(len(job.calls))]
+            result = newton_refit(
+                weight, mask, residuals, [batches[i] for i in train], [batches[i] for i in held], self.newton_config()
+            )
+        metrics = {
+            "k": window.k,
+            "window": window.names(),
+            "train_loss_before": result.train_loss_before,
+            "train_loss_after": result.train_loss_after,
+            "heldout_loss_before": result.heldout_loss_before,
+            "heldout_loss_after": result.heldout_loss_after,
+            "newton_steps": result.steps_accepted,
+            "rejected_steps": result.steps_rejected,
+            "cg_iterations": result.cg_iterations,
+            "line_search_failed": result.line_search_failed,
+            "stop_reason": result.stop_reason,
+            "solver_seconds": time.perf_counter() - start,
+        }
+        return MethodResult(weight_rows=to_rows(result.weight, job.layout), mask_rows=mask_rows, metrics=metrics)
+
+    def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
+        """Dense outputs of the window for every micro-batch, computed once per module."""
+        if self.config.target == "dense-stream":
+            calls, overrides = job.dense_calls, job.dense_overrides
+        else:  # the module and everything after it are still dense in the model
+            calls, overrides = job.calls, {}
+        with torch.no_grad():
+            return [[t.detach() for t in runner.run(call, window, overrides)] for call in calls]
+
+    def _scales(self, targets: list[list[torch.Tensor]]) -> list[float]:
+        if self.config.term_scale == "none":
+            return [1.0] * len(targets[0])
+        energy = [sum(float(t[k].float().pow(2).mean()) for t in targets) / len(targets) for k in range(len(targets[0]))]
+        return [1.0 / max(e, 1e-12) ** 0.5 for e in energy]

@@ -1,0 +1,170 @@
+"""K-step reconstruction windows: a module's output and the next K operations downstream.
+
+An *operation* is the output of a leaf module (Linear, Conv, Conv1D, norms, activation
+modules; dropout and identity excluded), of an attention module, or of a block. The
+window of a module is found by tracing one forward pass with hooks: the module's own
+output, then the next K operation outputs that *depend on its weight* (so the sibling
+``k_proj`` does not count as downstream of ``q_proj``, and a repeated tensor, such as an
+MLP whose output is its last Linear's output, counts once). The trace runs on through
+later blocks when K is large, and simply ends with the network's last block, so windows
+near the end are shorter.
+
+Later blocks are called with the current block's keyword arguments (attention masks,
+rotary embeddings): every block of the supported stacks receives the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .blocks import BlockCall, block_output, tracked_hooks
+
+_NOT_OPS = (nn.Dropout, nn.Identity)
+
+OpKey = tuple[str, int]  # (module name relative to the block list, occurrence in one forward)
+
+
+class _StopWindow(Exception):
+    """Raised by a hook once the window's last operation has run."""
+
+
+def is_operation(module: nn.Module) -> bool:
+    """Whether ``module``'s output counts as one operation of a window."""
+    if isinstance(module, _NOT_OPS):
+        return False
+    if next(module.children(), None) is None:
+        return True
+    return "Attention" in type(module).__name__
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The operations a module's re-fit looks at: its own output first, then K more."""
+
+    ops: tuple[OpKey, ...]
+    last_block: int
+
+    @property
+    def k(self) -> int:
+        """Downstream operations beyond the module itself (shorter near the network's end)."""
+        return len(self.ops) - 1
+
+    def names(self) -> list[str]:
+        """Readable names of the window's operations (``"3.mlp.fc1"``, ``"4"`` for a block)."""
+        return [name if occurrence == 0 else f"{name}#{occurrence}" for name, occurrence in self.ops]
+
+
+class WindowRunner:
+    """Runs the blocks from ``block_index`` on, collecting window outputs through hooks.
+
+    Use it as a context manager: hooks are registered on entry and always removed on exit.
+    Inside, the parameters of the blocks it runs do not require grad (so the only graph
+    built is the one through the re-fitted weight); their flags are restored on exit.
+
+    Example:
+        >>> with WindowRunner(blocks, 0, "mlp.fc1.weight") as runner:  # doctest: +SKIP
+        ...     window = runner.trace(call, weight, k=3)
+        ...     outputs = runner.run(call, window, {"mlp.fc1.weight": w})
+    """
+
+    def __init__(self, blocks: nn.ModuleList, block_index: int, param_name: str):
+        self.blocks = blocks
+        self.block_index = block_index
+        self.param_name = param_name
+        self._hooks = tracked_hooks()
+        self._mode: str | None = None
+        self._seen: dict[str, int] = {}
+        self._wanted: dict[OpKey, int] = {}
+        self._outputs: list[torch.Tensor | None] = []
+        self._trace: list[tuple[OpKey, torch.Tensor]] = []
+        self._trace_limit = 0
+
+    def __enter__(self) -> "WindowRunner":
+        self._frozen = [p for b in self.blocks[self.block_index :] for p in b.parameters() if p.requires_grad]
+        for param in self._frozen:
+            param.requires_grad_(False)
+        handles = self._hooks.__enter__()
+        for index in range(self.block_index, len(self.blocks)):
+            for name, module in self.blocks[index].named_modules():
+                if name == "" or is_operation(module):
+                    key = f"{index}.{name}" if name else str(index)
+                    handles.append(module.register_forward_hook(self._make_hook(key)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+        for param in self._frozen:
+            param.requires_grad_(True)
+
+    def _make_hook(self, key: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if self._mode is None:
+                return
+            occurrence = self._seen.get(key, 0)
+            self._seen[key] = occurrence + 1
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return
+            op = (key, occurrence)
+            if self._mode == "trace":
+                if tensor.requires_grad and all(tensor is not t for _, t in self._trace):
+                    self._trace.append((op, tensor))
+                    if len(self._trace) >= self._trace_limit:
+                        raise _StopWindow
+            elif op in self._wanted:
+                self._outputs[self._wanted[op]] = tensor
+                if all(o is not None for o in self._outputs):
+                    raise _StopWindow
+
+        return hook
+
+    def _forward(self, call: BlockCall, overrides: dict[str, torch.Tensor], last_block: int) -> None:
+        self._seen = {}
+        try:
+            hidden = block_output(functional_call(self.blocks[self.block_index], overrides, call.args, call.kwargs, strict=False))
+            for index in range(self.block_index + 1, last_block + 1):
+                hidden = block_output(self.blocks[index](*call.with_hidden(hidden).args, **call.kwargs))
+        except _StopWindow:
+            pass
+        finally:
+            self._mode = None
+
+    def trace(self, call: BlockCall, weight: torch.Tensor, k: int) -> Window:
+        """Find the window: the module's output and the next ``k`` operations depending on ``weight``."""
+        if k < 0:
+            raise ValueError(f"k_step must be >= 0, got {k}")
+        self._mode, self._trace, self._trace_limit = "trace", [], k + 1
+        probe = weight.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            self._forward(call, {self.param_name: probe}, len(self.blocks) - 1)
+        ops = tuple(op for op, _ in self._trace)
+        self._trace = []
+        if not ops:
+            raise RuntimeError(f"tracing found no output depending on {self.param_name}")
+        last_block = max(int(name.split(".")[0]) for name, _ in ops)
+        return Window(ops=ops, last_block=last_block)
+
+    def run(self, call: BlockCall, window: Window, overrides: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Outputs of the window's operations for one call, with parameters ``overrides``."""
+        self._mode = "run"
+        self._wanted = {op: i for i, op in enumerate(window.ops)}
+        self._outputs = [None] * len(window.ops)
+        self._forward(call, overrides, window.last_block)
+        outputs, self._outputs = self._outputs, []
+        missing = [window.names()[i] for i, o in enumerate(outputs) if o is None]
+        if missing:
+            raise RuntimeError(f"window operations did not run: {', '.join(missing)}")
+        return outputs
