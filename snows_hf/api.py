@@ -73,9 +73,10 @@ def prune_(
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64,
         ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
-        >>> report = prune_(model, PruneConfig(sparsity="2:4"), torch.randint(0, 100, (4, 16)))
-        >>> round(report.sparsity, 2)
-        0.5
+        >>> config = PruneConfig(sparsity="2:4", method="snows", k_step=2, batch_size=4)
+        >>> report = prune_(model, config, torch.randint(0, 100, (16, 16)))
+        >>> round(report.sparsity, 2), report.layers[0].metrics["k"]
+        (0.5, 2)
     """
     if not isinstance(config, PruneConfig):
         config = PruneConfig(**dict(config))

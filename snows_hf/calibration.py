@@ -65,7 +65,7 @@ def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Te
 
     Example:
         >>> batch = random_calibration(vit, CalibrationConfig(num_samples=4))  # doctest: +SKIP
-        >>> batch["pixel_values"].shape
+        >>> batch["pixel_values"].shape  # doctest: +SKIP
         torch.Size([4, 3, 224, 224])
     """
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -140,11 +140,14 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
     Example:
         >>> cal = build_calibration(CalibrationConfig(dataset="bbc.jsonl", num_samples=8, seq_len=64),
         ...                         model, tokenizer)  # doctest: +SKIP
-        >>> cal["input_ids"].shape
+        >>> cal["input_ids"].shape  # doctest: +SKIP
         torch.Size([8, 64])
     """
     if cfg.dataset is None:
-        logger.warning("no --dataset given: calibrating on random inputs (fine for magnitude masks only)")
+        logger.warning(
+            "no --dataset given: calibrating on random inputs; masks alone do not mind, but SNOWS "
+            "re-fits to the data it sees, so pass --dataset with real samples"
+        )
         return random_calibration(model, cfg)
     if processor is None:
         raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found with the model")

@@ -39,17 +39,30 @@ def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -
     parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type for integers >= ``minimum``, with a one-line error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune`` and ``demo`` subcommands)."""
     from .calibration import CalibrationConfig
     from .config import PruneConfig
+    from .masks import SELECTORS
     from .methods import METHODS
 
     parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
@@ -61,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("model", metavar="MODEL", help="local model folder or Hugging Face Hub id")
     prune.add_argument("--sparsity", required=True, help=_help(PruneConfig, "sparsity"))
     _add(prune, PruneConfig, "method", choices=sorted(METHODS))
+    _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
     _add(prune, CalibrationConfig, "dataset")
     _add(prune, CalibrationConfig, "split")
     _add(prune, CalibrationConfig, "num_samples", type=_positive_int)
@@ -71,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "block_path")
     _add(prune, PruneConfig, "seed", type=int)
+    snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
+    _add(snows, PruneConfig, "k_step", type=_non_negative_int)
+    _add(snows, PruneConfig, "target", choices=["dense-stream", "official"])
+    _add(snows, PruneConfig, "term_scale", choices=["energy", "none"])
+    _add(snows, PruneConfig, "init", choices=["lsq", "mask"])
+    _add(snows, PruneConfig, "hessian", choices=["gauss-newton", "exact"])
+    _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
+    _add(snows, PruneConfig, "cg_iters", type=_positive_int)
+    _add(snows, PruneConfig, "damping", type=float)
+    _add(snows, PruneConfig, "holdout", type=float)
+    _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
@@ -80,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
     demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that is not an earlier demo")
+    demo.add_argument("--num-samples", type=_positive_int, default=64, help="calibration sequences of 128 tokens (default: 64)")
+    demo.add_argument("--eval-samples", type=_positive_int, default=300, help="held-out articles to compare on (default: 300)")
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -135,12 +162,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``snows-hf demo``: the offline end-to-end run on a real model."""
     from .demo import DemoSettings, format_table, run_demo
 
-    settings = DemoSettings()
-    print(f"snows-hf demo: all-MiniLM-L6-v2, {settings.sparsity} {settings.method}, BBC News calibration (offline)")
+    settings = DemoSettings(num_samples=args.num_samples, eval_samples=args.eval_samples)
+    print(f"snows-hf demo: all-MiniLM-L6-v2 to {settings.sparsity} on BBC News, magnitude mask vs SNOWS (offline)")
     figures = run_demo(args.output_dir, args.overwrite, settings, progress=not args.quiet)
     print()
-    print(format_table(figures, settings))
-    print(f"\npruned model saved to {args.output_dir} (load it with AutoModel.from_pretrained)")
+    print(format_table(figures))
+    print(f"\n{figures['saved']} model saved to {args.output_dir} (load it with AutoModel.from_pretrained)")
     return 0
 
 

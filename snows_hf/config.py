@@ -31,7 +31,7 @@ class PruneConfig:
 
     sparsity: str = _field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
     method: str = _field(
-        "magnitude", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
+        "snows", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
         "magnitude (magnitude mask only)"
     )
     mask: str = _field("magnitude", "mask selector used by the snows and none methods")
@@ -41,9 +41,10 @@ class PruneConfig:
         "or from the pruned network's (official)"
     )
     term_scale: str = _field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)")
+    init: str = _field("lsq", "SNOWS: start from the closed-form K=0 least-squares fit (lsq) or the masked weight (mask)")
     hessian: str = _field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact")
-    newton_steps: int = _field(3, "SNOWS: Newton steps per module")
-    cg_iters: int = _field(50, "SNOWS: conjugate-gradient iterations per Newton step at most")
+    newton_steps: int = _field(2, "SNOWS: Newton steps per module")
+    cg_iters: int = _field(10, "SNOWS: conjugate-gradient iterations per Newton step at most")
     damping: float = _field(1e-4, "SNOWS: damping added to the Hessian")
     holdout: float = _field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
     batches_per_step: int | None = _field(None, "SNOWS: micro-batches per Newton step (default: all)")
@@ -62,6 +63,7 @@ class PruneConfig:
         _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
         _check(self.target in ("dense-stream", "official"), f"target must be dense-stream or official, got {self.target!r}")
         _check(self.term_scale in ("energy", "none"), f"term_scale must be energy or none, got {self.term_scale!r}")
+        _check(self.init in ("lsq", "mask"), f"init must be lsq or mask, got {self.init!r}")
         _check(self.hessian in ("gauss-newton", "exact"), f"hessian must be gauss-newton or exact, got {self.hessian!r}")
         _check(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
         _check(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")

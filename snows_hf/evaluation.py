@@ -15,7 +15,7 @@ def mean_pooled_embeddings(
 
     Example:
         >>> emb = mean_pooled_embeddings(model, tokenizer, ["a sentence", "another"])  # doctest: +SKIP
-        >>> emb.shape
+        >>> emb.shape  # doctest: +SKIP
         torch.Size([2, 384])
     """
     device = next(model.parameters()).device

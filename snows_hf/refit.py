@@ -15,6 +15,11 @@ pruned network's inputs and ``t_k`` the dense targets, computed once per module:
 is a relative error, so wide or large-valued outputs do not drown the others). The solve
 is Hessian-free Newton-CG (:mod:`snows_hf.solver`) with the last micro-batches held out
 for the Armijo line search.
+
+With ``init="lsq"`` (Linear and Conv1D layers) Newton starts from the closed-form K=0
+solution (per-row least squares of the module's own output on its support, from the
+Gram matrices of its inputs), which a few Newton-CG steps on the K-window then refine;
+the start is kept only if its held-out window loss beats the masked dense weight's.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import math
 import time
 
 import torch
+from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .masks import from_rows, select_mask, to_rows
 from .methods import Method, MethodResult, ModuleJob, register_method
-from .solver import NewtonConfig, newton_refit
+from .blocks import tracked_hooks
+from .solver import NewtonConfig, newton_refit, window_loss
+from .solver.lsq import masked_lstsq
 from .windows import WindowRunner
 
 TARGETS = ("dense-stream", "official")
@@ -91,6 +99,13 @@ class SnowsMethod(Method):
         weight = job.module.weight.detach()
         mask = from_rows(mask_rows, job.layout, weight.shape).bool()
         train, held = split_holdout(len(job.calls), cfg.holdout)
+        start_weight = weight * mask
+        if cfg.init == "lsq" and job.layout in ("linear", "conv1d"):
+            gram, cross = self._grams(job, train)
+            start_rows = masked_lstsq(gram, cross, rows, mask_rows)
+            lsq_weight = from_rows(start_rows, job.layout, weight.shape)
+        else:
+            lsq_weight = None
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
             targets = self._targets(job, runner, window)
@@ -101,12 +116,21 @@ class SnowsMethod(Method):
                 return [(o - t) * s for o, t, s in zip(outputs, targets[batch.index], scales)]
 
             batches = [_Batch(i) for i in range(len(job.calls))]
+            held_batches = [batches[i] for i in held]
+            with torch.no_grad():
+                masked_loss = float(window_loss(residuals, start_weight, held_batches))
+                if lsq_weight is not None and float(window_loss(residuals, lsq_weight, held_batches)) < masked_loss:
+                    start_weight, init = lsq_weight, "lsq"
+                else:
+                    init = "mask"
             result = newton_refit(
-                weight, mask, residuals, [batches[i] for i in train], [batches[i] for i in held], self.newton_config()
+                start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config()
             )
         metrics = {
             "k": window.k,
             "window": window.names(),
+            "init": init,
+            "heldout_loss_masked": masked_loss,
             "train_loss_before": result.train_loss_before,
             "train_loss_after": result.train_loss_after,
             "heldout_loss_before": result.heldout_loss_before,
@@ -119,6 +143,37 @@ class SnowsMethod(Method):
             "solver_seconds": time.perf_counter() - start,
         }
         return MethodResult(weight_rows=to_rows(result.weight, job.layout), mask_rows=mask_rows, metrics=metrics)
+
+    @torch.no_grad()
+    def _grams(self, job: ModuleJob, train: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X^T X`` of the module's inputs and ``X^T X_t`` with its target-side inputs.
+
+        ``X`` comes from the partly pruned network; ``X_t`` from the dense network
+        (``dense-stream``) or is ``X`` itself (``official``), sample for sample.
+        """
+        captured: list[torch.Tensor] = []
+
+        def grab(module, args, output):
+            x = args[0]
+            captured.append(x.reshape(-1, x.shape[-1]).float())
+
+        gram = cross = None
+        dense = self.config.target == "dense-stream"
+        with tracked_hooks() as hooks:
+            hooks.append(job.module.register_forward_hook(grab))
+            for i in train:
+                captured.clear()
+                job.run_block(job.block, job.calls[i])
+                x = captured[0]
+                if dense:
+                    call = job.dense_calls[i]
+                    functional_call(job.block, job.dense_overrides, call.args, call.kwargs, strict=False)
+                    x_t = captured[1]
+                else:
+                    x_t = x
+                gram = x.T @ x if gram is None else gram.addmm_(x.T, x)
+                cross = (x.T @ x_t if cross is None else cross.addmm_(x.T, x_t)) if dense else gram
+        return gram, cross
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
         """Dense outputs of the window for every micro-batch, computed once per module."""

@@ -30,7 +30,7 @@ class PruneReport:
 
     Example:
         >>> report = snows_hf.prune_(model, PruneConfig(sparsity="2:4"), batches)  # doctest: +SKIP
-        >>> round(report.sparsity, 3)
+        >>> round(report.sparsity, 3)  # doctest: +SKIP
         0.5
     """
 
@@ -59,9 +59,15 @@ class PruneReport:
         """The ``sparsity`` entry written into ``config.json`` next to the weights."""
         from . import __version__
 
-        return {
+        block = {
             "pattern": self.config["sparsity"],
             "method": self.config["method"],
+        }
+        if self.config["method"] != "magnitude":
+            block["mask"] = self.config["mask"]
+        if self.config["method"] == "snows":
+            block.update(k_step=self.config["k_step"], target=self.config["target"])
+        return block | {
             "format": "dense",
             "overall": round(self.sparsity, 6),
             "layers": {layer.name: round(layer.sparsity, 6) for layer in self.layers},

@@ -30,7 +30,7 @@ def _check_output(out, source_dir, auto_cls, block_prefix, spec):
     targets = _targets(pruned, block_prefix)
     assert targets
     block = json.loads((Path(out) / "config.json").read_text())["sparsity"]
-    assert block["pattern"] == str(pattern) and block["method"] == "magnitude"
+    assert block["pattern"] == str(pattern) and block["method"] == "magnitude" and "k_step" not in block
     assert set(block["layers"]) == set(targets)
     for name, module in targets.items():
         assert satisfies(to_rows(module.weight, "linear") != 0, pattern), name
@@ -64,7 +64,7 @@ def test_prune_tiny_llama_50pct_from_jsonl(llama_dir, tmp_path):
     data = tmp_path / "calib.jsonl"
     rows = [{"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(40))} for i in range(30)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    args = ["prune", str(llama_dir), "--sparsity", "50%", "--dataset", str(data), "--num-samples", "6",
+    args = ["prune", str(llama_dir), "--sparsity", "50%", "--method", "magnitude", "--dataset", str(data), "--num-samples", "6",
             "--seq-len", "32", "--batch-size", "4", "--output-dir", "out", "--quiet"]
     assert main(args) == 0
     _check_output("out", llama_dir, AutoModelForCausalLM, "model.layers.", "50%")
@@ -82,7 +82,7 @@ def test_prune_vit_from_image_folder(vit_dir, tmp_path):
         folder.mkdir(parents=True)
         for i in range(3):
             Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(folder / f"{i}.png")
-    args = ["prune", str(vit_dir), "--sparsity", "4:8", "--dataset", str(tmp_path / "images"),
+    args = ["prune", str(vit_dir), "--sparsity", "4:8", "--method", "magnitude", "--dataset", str(tmp_path / "images"),
             "--num-samples", "10", "--output-dir", "out", "--quiet"]
     assert main(args) == 0
     assert json.loads(Path("out/report.json").read_text())["num_calibration_samples"] == 6  # all that exist
@@ -91,22 +91,25 @@ def test_prune_vit_from_image_folder(vit_dir, tmp_path):
 def test_overwrite_replaces_only_when_asked(vit_dir):
     os.makedirs("out")
     Path("out/keep.txt").write_text("mine")
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--quiet"]) == 1
+    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]
+    assert main(args) == 1
     assert Path("out/keep.txt").read_text() == "mine"
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]) == 0
+    assert main(args + ["--overwrite"]) == 0
     assert not Path("out/keep.txt").exists() and Path("out/model.safetensors").exists()
     assert [p.name for p in Path(".").iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
-def test_default_output_dir_name(vit_dir):
-    assert main(["prune", str(vit_dir), "--sparsity", "50%", "--quiet"]) == 0
-    assert Path("tiny-vit-pruned-0.5/config.json").exists()
+def test_defaults_run_snows_and_name_the_output(vit_dir):
+    assert main(["prune", str(vit_dir), "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
+    block = json.loads(Path("tiny-vit-pruned-0.5/config.json").read_text())["sparsity"]
+    assert (block["method"], block["k_step"], block["mask"]) == ("snows", 3, "magnitude")
+    assert block["overall"] == pytest.approx(0.5)
 
 
 BAD_INPUTS = [
     pytest.param(["prune", "./no/such/model", "--sparsity", "2:4"], "does not exist", id="missing-model"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "not empty; pass --overwrite", id="non-empty-output"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--num-samples", "0"], "--num-samples: must be a positive integer", id="num-samples-0"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--num-samples", "0"], "--num-samples: must be an integer >= 1", id="num-samples-0"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "nope"], "invalid choice: 'nope'", id="unknown-method"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "./missing.jsonl"], "does not exist", id="missing-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),

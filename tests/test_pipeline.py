@@ -56,7 +56,7 @@ def test_captured_inputs_reproduce_model_forward(kind):
 def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
     model = FACTORIES[kind]()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = snows_hf.prune_(model, {"sparsity": spec, "batch_size": 2}, _inputs(kind, n=5))
+    report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 2}, _inputs(kind, n=5))
     pattern = parse_sparsity(spec)
     _, blocks = find_block_list(model)
     targeted = {f"{n}.weight" for n, _ in model.named_modules() if n in {layer.name for layer in report.layers}}
@@ -76,7 +76,7 @@ def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
 
 def test_targets_exclude_embeddings_and_heads():
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "2:4"}, _inputs("llama"))
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs("llama"))
     names = [layer.name for layer in report.layers]
     assert all(name.startswith("model.layers.") for name in names)
     assert names[:4] == [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"]
@@ -120,6 +120,11 @@ def test_bad_config_and_calibration():
         snows_hf.PruneConfig(sparsity="2:4", batch_size=0)
 
 
+def test_default_method_is_snows():
+    config = snows_hf.PruneConfig(sparsity="2:4")
+    assert (config.method, config.mask, config.k_step) == ("snows", "magnitude", 3)
+
+
 def test_as_batches_splits_mappings():
     batches = snows_hf.as_batches({"input_ids": torch.zeros(10, 3, dtype=torch.long)}, 4)
     assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
@@ -133,7 +138,7 @@ def test_generic_fallback_and_block_path():
                                              num_attention_heads=4, vocab_size=VOCAB)).eval()
     name, blocks = find_block_list(model)
     assert name == "gpt_neox.layers" and len(blocks) == 3
-    report = snows_hf.prune_(model, {"sparsity": "2:4"}, torch.randint(0, VOCAB, (2, 8)))
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, torch.randint(0, VOCAB, (2, 8)))
     assert report.sparsity == pytest.approx(0.5)
     with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
         find_block_list(model, "gpt_neox.embed_in")

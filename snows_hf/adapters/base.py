@@ -92,7 +92,7 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> tuple[st
 
     Example:
         >>> name, blocks = find_block_list(vit_model)  # doctest: +SKIP
-        >>> name, len(blocks)
+        >>> name, len(blocks)  # doctest: +SKIP
         ('vit.layers', 12)
     """
     names = {id(m): n for n, m in model.named_modules()}

@@ -58,6 +58,7 @@ def select_mask(
     """Score ``weight_rows`` with selector ``name`` and keep the top under ``pattern``.
 
     Example:
+        >>> from snows_hf.masks import parse_sparsity
         >>> w = torch.tensor([[0.1, -3.0, 2.0, 0.5]])
         >>> select_mask("magnitude", w, parse_sparsity("2:4"))
         tensor([[False,  True,  True, False]])

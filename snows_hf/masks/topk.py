@@ -19,6 +19,7 @@ def nm_keep_count(group_size: int, pattern: SparsityPattern) -> int:
     same share, rounded half up, so it is pruned too rather than left silently dense.
 
     Example:
+        >>> from snows_hf.masks import parse_sparsity
         >>> nm_keep_count(4, parse_sparsity("2:4")), nm_keep_count(2, parse_sparsity("2:4"))
         (2, 1)
     """
@@ -39,6 +40,7 @@ def select_topk(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
     """Keep the highest scores so that the result satisfies ``pattern``.
 
     Example:
+        >>> from snows_hf.masks import parse_sparsity
         >>> s = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
         >>> select_topk(s, parse_sparsity("2:4"))
         tensor([[ True, False,  True, False]])
@@ -66,6 +68,7 @@ def satisfies(mask: torch.Tensor, pattern: SparsityPattern) -> bool:
     group keeps :func:`nm_keep_count`). Unstructured: the zero count is the rounded target.
 
     Example:
+        >>> from snows_hf.masks import parse_sparsity
         >>> satisfies(torch.tensor([[True, False, False, True]]), parse_sparsity("2:4"))
         True
     """
