@@ -147,7 +147,7 @@ def prune_blocks(
     finally:
         model.train(was_training)
     report.timings["total"] = time.perf_counter() - start
-    _check_all_pruned(report, blocks)
+    _check_all_pruned(report)
     return report
 
 
@@ -224,6 +224,6 @@ def _prune_block(model, stream: _BlockStream, block_path, method, pattern, repor
         )
 
 
-def _check_all_pruned(report: PruneReport, blocks: nn.ModuleList) -> None:
+def _check_all_pruned(report: PruneReport) -> None:
     if not report.layers:
         raise RuntimeError("no module was pruned: the blocks hold no Linear/Conv1D targets that ran")
