@@ -145,8 +145,8 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
     """
     if cfg.dataset is None:
         logger.warning(
-            "no --dataset given: calibrating on random inputs; masks alone do not mind, but SNOWS "
-            "re-fits to the data it sees, so pass --dataset with real samples"
+            "no --dataset given: calibrating on random inputs; only the magnitude mask ignores data "
+            "(wanda/hessian masks and SNOWS fit what they see), so pass --dataset with real samples"
         )
         return random_calibration(model, cfg)
     if processor is None:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .masks import SparsityPattern, select_mask, to_rows
+from .masks import SparsityPattern, get_selector, select_mask, to_rows
 
 
 @dataclass
@@ -54,6 +54,31 @@ class ModuleJob:
     def weight_rows(self) -> torch.Tensor:
         """The current weight as a detached ``(rows, inputs)`` matrix."""
         return to_rows(self.module.weight.detach(), self.layout)
+
+    @torch.no_grad()
+    def input_stats(self, needs: frozenset[str]) -> dict[str, torch.Tensor]:
+        """Statistics of the module's inputs over all calls, as mask selectors ask for them.
+
+        ``input_sq[j]``: the sum over every token of the squared ``j``-th input feature
+        (the diagonal of ``X^T X``), streamed micro-batch by micro-batch.
+        """
+        if not needs:
+            return {}
+        if self.layout == "conv2d":
+            raise ValueError(f"{self.name}: input statistics for Conv2d are not supported yet; use --mask magnitude")
+        sums: dict[str, torch.Tensor] = {}
+
+        def grab(module: nn.Module, args: tuple, output: Any) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            sums["input_sq"] = sums.get("input_sq", 0) + x.pow(2).sum(0)
+
+        handle = self.module.register_forward_hook(grab)
+        try:
+            for call in self.calls:
+                self.run_block(self.block, call)
+        finally:
+            handle.remove()
+        return sums
 
 
 @dataclass
@@ -115,7 +140,8 @@ class MaskOnly(Method):
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
         rows = job.weight_rows()
-        mask = select_mask(self.selector(), rows, job.pattern)
+        stats = job.input_stats(get_selector(self.selector()).needs)
+        mask = select_mask(self.selector(), rows, job.pattern, stats)
         return MethodResult(weight_rows=rows * mask, mask_rows=mask)
 
 

@@ -32,7 +32,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .masks import from_rows, select_mask, to_rows
+from .masks import from_rows, get_selector, select_mask, to_rows
 from .methods import Method, MethodResult, ModuleJob, register_method
 from .blocks import tracked_hooks
 from .solver import NewtonConfig, newton_refit, window_loss
@@ -95,7 +95,7 @@ class SnowsMethod(Method):
         cfg = self.config
         start = time.perf_counter()
         rows = job.weight_rows()
-        mask_rows = select_mask(cfg.mask, rows, job.pattern)
+        mask_rows = select_mask(cfg.mask, rows, job.pattern, job.input_stats(get_selector(cfg.mask).needs))
         weight = job.module.weight.detach()
         mask = from_rows(mask_rows, job.layout, weight.shape).bool()
         train, held = split_holdout(len(job.calls), cfg.holdout)

@@ -85,5 +85,20 @@ def test_magnitude_scores_absolute_value():
 
 
 def test_unknown_selector():
-    with pytest.raises(ValueError, match="unknown mask selector 'nope'; choose one of: magnitude"):
+    with pytest.raises(ValueError, match="unknown mask selector 'nope'; choose one of: hessian, magnitude, wanda"):
         select_mask("nope", torch.ones(1, 4), parse_sparsity("2:4"))
+
+
+def test_wanda_and_hessian_scores_by_hand():
+    from snows_hf.masks.selectors import hessian_scores, wanda_scores
+
+    w = torch.tensor([[0.5, -1.0, 2.0, 0.1]])
+    stats = {"input_sq": torch.tensor([16.0, 1.0, 0.01, 100.0])}
+    assert torch.allclose(wanda_scores(w, stats), torch.tensor([[2.0, 1.0, 0.2, 1.0]]))
+    assert torch.allclose(hessian_scores(w, stats), torch.tensor([[4.0, 1.0, 0.04, 1.0]]))
+    # the largest weight sits on an input with almost no energy: magnitude keeps it, Hessian scaling does not
+    pattern = parse_sparsity("2:4")
+    assert select_mask("magnitude", w, pattern).tolist() == [[False, True, True, False]]
+    assert select_mask("hessian", w, pattern, stats)[0, 0] and not select_mask("hessian", w, pattern, stats)[0, 2]
+    with pytest.raises(ValueError, match="needs input statistics"):
+        select_mask("wanda", w, pattern)

@@ -142,3 +142,24 @@ def test_generic_fallback_and_block_path():
     assert report.sparsity == pytest.approx(0.5)
     with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
         find_block_list(model, "gpt_neox.embed_in")
+
+
+@pytest.mark.parametrize("mask", ["wanda", "hessian"])
+def test_data_aware_masks_match_hand_computed_statistics(mask):
+    """The first module's mask equals the selector applied to its inputs' energy, computed apart."""
+    from snows_hf.masks import select_mask
+
+    batch = _inputs("llama", n=8)
+    reference = tiny_llama()
+    _, blocks = find_block_list(reference)
+    calls = capture_block_inputs(reference, blocks[0], snows_hf.as_batches(batch, 4), torch.device("cpu"))
+    with torch.no_grad():
+        x = torch.cat([blocks[0].input_layernorm(c.hidden).reshape(-1, 32) for c in calls])
+    q = blocks[0].self_attn.q_proj.weight.detach()
+    expected = select_mask(mask, q, parse_sparsity("2:4"), {"input_sq": x.pow(2).sum(0)})
+
+    model = tiny_llama()
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "none", "mask": mask, "batch_size": 4}, batch)
+    assert report.layers[0].name == "model.layers.0.self_attn.q_proj"
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight != 0, expected)
+    assert not torch.equal(expected, select_mask("magnitude", q, parse_sparsity("2:4")))

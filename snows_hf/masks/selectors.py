@@ -67,4 +67,39 @@ def select_mask(
     return select_topk(selector.score(weight_rows, stats or {}), pattern)
 
 
+def _input_sq(weight_rows: torch.Tensor, stats: dict) -> torch.Tensor:
+    try:
+        sq = stats["input_sq"]
+    except KeyError:
+        raise ValueError("this mask selector needs input statistics ('input_sq')") from None
+    if sq.shape != weight_rows.shape[1:]:
+        raise ValueError(f"input_sq has shape {tuple(sq.shape)}, expected ({weight_rows.shape[1]},)")
+    return sq.to(weight_rows.device, torch.float32)
+
+
+def wanda_scores(weight_rows: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Wanda: ``|W_ij| * ||X_j||`` (``stats["input_sq"][j] = sum of x_j^2`` over tokens).
+
+    Example:
+        >>> wanda_scores(torch.tensor([[1.0, -2.0]]), {"input_sq": torch.tensor([9.0, 1.0])})
+        tensor([[3., 2.]])
+    """
+    return weight_rows.detach().float().abs() * _input_sq(weight_rows, stats).sqrt()
+
+
+def hessian_scores(weight_rows: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Covariance-scaled importance ``W_ij^2 * H_jj`` with ``H = X^T X`` (its diagonal).
+
+    For a linear model this is the loss increase of removing one weight alone, which
+    is why it, unlike ``|W|``, keeps small weights on high-variance inputs.
+
+    Example:
+        >>> hessian_scores(torch.tensor([[1.0, -2.0]]), {"input_sq": torch.tensor([9.0, 1.0])})
+        tensor([[9., 4.]])
+    """
+    return weight_rows.detach().float().pow(2) * _input_sq(weight_rows, stats)
+
+
 register_selector("magnitude", lambda w, stats: w.detach().abs())
+register_selector("wanda", wanda_scores, needs=("input_sq",))
+register_selector("hessian", hessian_scores, needs=("input_sq",))
