@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 @dataclass
@@ -67,6 +68,12 @@ def block_output(output: Any) -> torch.Tensor:
     return output[0]
 
 
-def run_block(block: nn.Module, call: BlockCall) -> torch.Tensor:
-    """Run ``block`` on one captured call and return its hidden-state output."""
+def run_block(block: nn.Module, call: BlockCall, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Run ``block`` on one captured call and return its hidden-state output.
+
+    ``overrides`` maps parameter names (relative to the block) to tensors used in their
+    place for this call only, e.g. the dense weights of already pruned modules.
+    """
+    if overrides:
+        return block_output(functional_call(block, overrides, call.args, call.kwargs, strict=False))
     return block_output(block(*call.args, **call.kwargs))

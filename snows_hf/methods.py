@@ -8,11 +8,12 @@ into the model itself: the pipeline does, so every method gets the same bookkeep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from .blocks import run_block, tracked_hooks
 from .masks import SparsityPattern, get_selector, select_mask, to_rows
 
 
@@ -29,7 +30,6 @@ class ModuleJob:
         block: the enclosing block, on the execution device.
         calls: the block's calibration inputs (one :class:`~snows_hf.pipeline.BlockCall` per
             micro-batch), as the partly pruned network produces them.
-        run_block: runs ``block`` on one call and returns its hidden-state output.
         blocks: every block of the model (windows may run on into later blocks).
         param_name: the weight's name relative to ``block`` (``"mlp.fc1.weight"``).
         dense_calls: the dense network's own inputs to this block, when the method asked
@@ -45,7 +45,6 @@ class ModuleJob:
     block_index: int
     block: nn.Module
     calls: list
-    run_block: Callable[[nn.Module, Any], torch.Tensor]
     blocks: nn.ModuleList | None = None
     param_name: str = "weight"
     dense_calls: list | None = None
@@ -56,6 +55,34 @@ class ModuleJob:
         return to_rows(self.module.weight.detach(), self.layout)
 
     @torch.no_grad()
+    def module_inputs(self, indices: Iterable[int], dense: bool = False) -> Iterator[torch.Tensor]:
+        """The module's input, as ``(tokens, features)``, for each call in ``indices``.
+
+        ``dense=False``: as the partly pruned network feeds it (``calls``); ``dense=True``:
+        as the dense network does (``dense_calls`` with ``dense_overrides``), sample for
+        sample in the same order. One block forward per call; the hook is always removed.
+        """
+        calls, overrides = (self.dense_calls, self.dense_overrides) if dense else (self.calls, None)
+        if calls is None:
+            raise RuntimeError("the dense stream was not kept for this method")
+        seen: list[torch.Tensor] = []
+        active = [False]  # two of these generators may be open at once on the same module
+
+        def grab(module: nn.Module, args: tuple, output: Any) -> None:
+            if active[0]:
+                seen.append(args[0].reshape(-1, args[0].shape[-1]).float())
+
+        with tracked_hooks() as hooks:
+            hooks.append(self.module.register_forward_hook(grab))
+            for i in indices:
+                seen.clear()
+                active[0] = True
+                try:
+                    run_block(self.block, calls[i], overrides)
+                finally:
+                    active[0] = False
+                yield seen[0]
+
     def input_stats(self, needs: frozenset[str]) -> dict[str, torch.Tensor]:
         """Statistics of the module's inputs over all calls, as mask selectors ask for them.
 
@@ -66,19 +93,7 @@ class ModuleJob:
             return {}
         if self.layout == "conv2d":
             raise ValueError(f"{self.name}: input statistics for Conv2d are not supported yet; use --mask magnitude")
-        sums: dict[str, torch.Tensor] = {}
-
-        def grab(module: nn.Module, args: tuple, output: Any) -> None:
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums["input_sq"] = sums.get("input_sq", 0) + x.pow(2).sum(0)
-
-        handle = self.module.register_forward_hook(grab)
-        try:
-            for call in self.calls:
-                self.run_block(self.block, call)
-        finally:
-            handle.remove()
-        return sums
+        return {"input_sq": sum(x.pow(2).sum(0) for x in self.module_inputs(range(len(self.calls))))}
 
 
 @dataclass

@@ -18,10 +18,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .adapters import block_targets, find_block_list, weight_layout
-from .blocks import BlockCall, block_output, run_block, tracked_hooks
+from .blocks import BlockCall, run_block, tracked_hooks
 from .masks import from_rows
 from .methods import ModuleJob, get_method
 from .report import LayerReport, PruneReport
@@ -170,10 +169,7 @@ class _BlockStream:
         calls = [call.with_hidden(run_block(self.block, call)) for call in self.calls]
         if self.dense_calls is None:
             return calls, None
-        dense = [
-            call.with_hidden(block_output(functional_call(self.block, self.dense_weights, call.args, call.kwargs, strict=False)))
-            for call in self.dense_calls
-        ]
+        dense = [call.with_hidden(run_block(self.block, call, self.dense_weights)) for call in self.dense_calls]
         return calls, dense
 
 
@@ -202,7 +198,7 @@ def _prune_block(model, stream: _BlockStream, block_path, method, pattern, repor
         name = f"{block_path}.{index}.{rel_name}"
         layout = weight_layout(module)
         job = ModuleJob(
-            name, module, layout, pattern, index, block, stream.calls, run_block,
+            name, module, layout, pattern, index, block, stream.calls,
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
             dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights),
         )

@@ -29,12 +29,10 @@ import math
 import time
 
 import torch
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .masks import from_rows, get_selector, select_mask, to_rows
 from .methods import Method, MethodResult, ModuleJob, register_method
-from .blocks import tracked_hooks
 from .solver import NewtonConfig, newton_refit, window_loss
 from .solver.lsq import masked_lstsq
 from .windows import WindowRunner
@@ -151,28 +149,13 @@ class SnowsMethod(Method):
         ``X`` comes from the partly pruned network; ``X_t`` from the dense network
         (``dense-stream``) or is ``X`` itself (``official``), sample for sample.
         """
-        captured: list[torch.Tensor] = []
-
-        def grab(module, args, output):
-            x = args[0]
-            captured.append(x.reshape(-1, x.shape[-1]).float())
-
-        gram = cross = None
-        dense = self.config.target == "dense-stream"
-        with tracked_hooks() as hooks:
-            hooks.append(job.module.register_forward_hook(grab))
-            for i in train:
-                captured.clear()
-                job.run_block(job.block, job.calls[i])
-                x = captured[0]
-                if dense:
-                    call = job.dense_calls[i]
-                    functional_call(job.block, job.dense_overrides, call.args, call.kwargs, strict=False)
-                    x_t = captured[1]
-                else:
-                    x_t = x
-                gram = x.T @ x if gram is None else gram.addmm_(x.T, x)
-                cross = (x.T @ x_t if cross is None else cross.addmm_(x.T, x_t)) if dense else gram
+        gram = cross = 0
+        if self.config.target != "dense-stream":
+            for x in job.module_inputs(train):
+                gram = gram + x.T @ x
+            return gram, gram
+        for x, x_t in zip(job.module_inputs(train), job.module_inputs(train, dense=True), strict=True):
+            gram, cross = gram + x.T @ x, cross + x.T @ x_t
         return gram, cross
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:

@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from .blocks import BlockCall, block_output, tracked_hooks
+from .blocks import BlockCall, run_block, tracked_hooks
 
 _NOT_OPS = (nn.Dropout, nn.Identity)
 
@@ -134,9 +133,9 @@ class WindowRunner:
     def _forward(self, call: BlockCall, overrides: dict[str, torch.Tensor], last_block: int) -> None:
         self._seen = {}
         try:
-            hidden = block_output(functional_call(self.blocks[self.block_index], overrides, call.args, call.kwargs, strict=False))
+            hidden = run_block(self.blocks[self.block_index], call, overrides)
             for index in range(self.block_index + 1, last_block + 1):
-                hidden = block_output(self.blocks[index](*call.with_hidden(hidden).args, **call.kwargs))
+                hidden = run_block(self.blocks[index], call.with_hidden(hidden))
         except _StopWindow:
             pass
         finally:
