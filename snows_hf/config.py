@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -35,6 +36,17 @@ class PruneConfig:
         "magnitude (magnitude mask only)"
     )
     mask: str = _field("magnitude", "mask selector used by the snows and none methods")
+    allocation: str = _field(
+        "uniform", "unstructured sparsity per layer: uniform (every layer at the target) or global "
+        "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)"
+    )
+    max_layer_sparsity: float | None = _field(None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)")
+    targets: list[str] | None = _field(
+        None, "regular expressions: prune only block modules whose name (in memory or as saved) "
+        "contains a match, or whose type (Linear, Conv1D, Conv2d) matches one (default: the family's targets)"
+    )
+    ignore: list[str] | None = _field(None, "regular expressions, matched like targets: never prune these modules")
+    stats_dtype: str = _field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)")
     k_step: int = _field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
     target: str = _field(
         "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
@@ -70,6 +82,28 @@ class PruneConfig:
         _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
         _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
         _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        _check(self.allocation in ("uniform", "global"), f"allocation must be uniform or global, got {self.allocation!r}")
+        _check(self.stats_dtype in ("float32", "float64"), f"stats_dtype must be float32 or float64, got {self.stats_dtype!r}")
+        if self.allocation == "global":
+            _check(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
+            if self.max_layer_sparsity is None:
+                self.max_layer_sparsity = max(0.95, self.pattern.fraction)
+        elif self.max_layer_sparsity is not None:
+            raise ValueError("max_layer_sparsity applies to allocation='global' only (--allocation global)")
+        if self.max_layer_sparsity is not None:
+            cap = self.max_layer_sparsity
+            _check(0 < cap < 1, f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
+            _check(cap >= self.pattern.fraction, f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
+        for name in ("targets", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [value]
+                setattr(self, name, value)
+            for pattern in value or ():
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{name} pattern {pattern!r} is not a regular expression: {err}") from None
         if self.config_version != CONFIG_VERSION:
             raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
         from .methods import get_method

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .blocks import run_block, tracked_hooks
-from .masks import SparsityPattern, get_selector, select_mask, to_rows
+from .masks import SparsityPattern, apply_selector, get_selector, to_rows
 
 
 @dataclass
@@ -36,6 +36,7 @@ class ModuleJob:
             for them (``needs_dense_stream``), else ``None``.
         dense_overrides: dense weights of the modules of this block pruned before this
             one (names relative to the block), to run the block as the dense model.
+        stats_dtype: dtype in which input statistics are accumulated.
     """
 
     name: str
@@ -49,6 +50,8 @@ class ModuleJob:
     param_name: str = "weight"
     dense_calls: list | None = None
     dense_overrides: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats_dtype: torch.dtype = torch.float32
+    _stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def weight_rows(self) -> torch.Tensor:
         """The current weight as a detached ``(rows, inputs)`` matrix."""
@@ -70,7 +73,8 @@ class ModuleJob:
 
         def grab(module: nn.Module, args: tuple, output: Any) -> None:
             if active[0]:
-                seen.append(args[0].reshape(-1, args[0].shape[-1]).float())
+                x = input_features(module, self.layout, args[0])
+                seen.append(x.to(torch.promote_types(x.dtype, torch.float32)))
 
         with tracked_hooks() as hooks:
             hooks.append(self.module.register_forward_hook(grab))
@@ -83,17 +87,63 @@ class ModuleJob:
                     active[0] = False
                 yield seen[0]
 
-    def input_stats(self, needs: frozenset[str]) -> dict[str, torch.Tensor]:
+    def input_stats(self, needs: Iterable[str]) -> dict[str, torch.Tensor]:
         """Statistics of the module's inputs over all calls, as mask selectors ask for them.
 
-        ``input_sq[j]``: the sum over every token of the squared ``j``-th input feature
-        (the diagonal of ``X^T X``), streamed micro-batch by micro-batch.
+        ``input_sq``: the diagonal of ``X^T X`` (the sum over every token of each squared
+        input feature), shape ``(inputs,)``, or ``(positions, inputs)`` for Conv2d;
+        ``gram``: the full ``X^T X``. Streamed micro-batch by micro-batch in
+        ``stats_dtype`` on the block's device, in one pass for everything asked, and
+        kept for the job's later calls.
         """
-        if not needs:
-            return {}
-        if self.layout == "conv2d":
-            raise ValueError(f"{self.name}: input statistics for Conv2d are not supported yet; use --mask magnitude")
-        return {"input_sq": sum(x.pow(2).sum(0) for x in self.module_inputs(range(len(self.calls))))}
+        missing = set(needs) - set(self._stats)
+        if not missing:
+            return {k: self._stats[k] for k in needs}
+        unknown = missing - {"input_sq", "gram"}
+        if unknown:
+            raise ValueError(f"unknown input statistics {sorted(unknown)}")
+        sq = gram = None
+        for x in self.module_inputs(range(len(self.calls))):
+            x = x.to(self.stats_dtype)
+            sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
+            if "gram" in missing:
+                gram = x.T @ x if gram is None else gram + x.T @ x
+        positions = _kernel_positions(self.module) if self.layout == "conv2d" else 1
+        self._stats["input_sq"] = sq.reshape(positions, -1) if positions > 1 else sq
+        if gram is not None:
+            self._stats["gram"] = gram
+        return {k: self._stats[k] for k in needs}
+
+
+def _kernel_positions(module: nn.Module) -> int:
+    return int(module.weight.shape[2] * module.weight.shape[3])
+
+
+def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Tensor:
+    """A module's input as ``(tokens, features)``, features matching its weight columns.
+
+    Linear and Conv1D: the last dimension. Conv2d: every receptive field (``unfold``),
+    features ordered kernel-position-major so they line up with the ``(out * positions,
+    in)`` weight view, one row per output pixel.
+
+    Example:
+        >>> conv = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        >>> input_features(conv, "conv2d", torch.randn(1, 2, 5, 5)).shape
+        torch.Size([25, 18])
+    """
+    if layout != "conv2d":
+        return x.reshape(-1, x.shape[-1])
+    if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+        raise ValueError(
+            f"input statistics for grouped, string-padded or non-zero-padded Conv2d are not supported "
+            f"({module}); use --mask magnitude or leave the module out with --ignore"
+        )
+    n, c = x.shape[:2]
+    cols = torch.nn.functional.unfold(
+        x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+    )  # (n, c * positions, pixels), channel-major
+    positions = cols.shape[1] // c
+    return cols.reshape(n, c, positions, -1).permute(0, 3, 2, 1).reshape(-1, positions * c)
 
 
 @dataclass
@@ -114,6 +164,11 @@ class Method:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def mask_selector(self) -> str:
+        """Name of the mask selector this method prunes with."""
+        return self.config.mask
 
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -146,18 +201,15 @@ def get_method(name: str) -> type[Method]:
 
 @register_method
 class MaskOnly(Method):
-    """Mask only (``--mask`` selector), no re-fit: the surviving weights keep their values."""
+    """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
+    the selector's own update where it makes one (SparseGPT)."""
 
     name = "none"
 
-    def selector(self) -> str:
-        return self.config.mask
-
     def prune_module(self, job: ModuleJob) -> MethodResult:
-        rows = job.weight_rows()
-        stats = job.input_stats(get_selector(self.selector()).needs)
-        mask = select_mask(self.selector(), rows, job.pattern, stats)
-        return MethodResult(weight_rows=rows * mask, mask_rows=mask)
+        stats = job.input_stats(get_selector(self.mask_selector).needs)
+        weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
+        return MethodResult(weight_rows=weight_rows, mask_rows=mask)
 
 
 @register_method
@@ -166,7 +218,8 @@ class MagnitudeMethod(MaskOnly):
 
     name = "magnitude"
 
-    def selector(self) -> str:
+    @property
+    def mask_selector(self) -> str:
         return "magnitude"
 
 

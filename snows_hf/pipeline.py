@@ -19,10 +19,12 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .adapters import block_targets, find_block_list, weight_layout
+from .adapters import block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
-from .masks import from_rows
-from .methods import ModuleJob, get_method
+from .masks import SparsityPattern, from_rows, get_selector, to_rows
+from .masks.allocation import allocate_global
+from .masks.diagnostics import importance_diagnostics, magnitude_warning
+from .methods import ModuleJob, get_method, input_features
 from .report import LayerReport, PruneReport
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,8 @@ class _StopForward(Exception):
 
 
 def _model_input_device(model: nn.Module) -> torch.device:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    try:
-        return next(embeddings.parameters()).device
+    try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
+        return next(model.get_input_embeddings().parameters()).device
     except (AttributeError, StopIteration, NotImplementedError):
         return next(model.parameters()).device
 
@@ -107,6 +108,86 @@ def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
     return layout_rows.shape[0]
 
 
+class _Targets:
+    """Which modules of each block are pruned, and at what pattern (global allocation)."""
+
+    def __init__(self, model: nn.Module, config: Any, block_path: str, blocks: nn.ModuleList):
+        self.model, self.config, self.block_path, self.blocks = model, config, block_path, blocks
+        wanted = bool(config.targets or config.ignore)
+        self.saved_names = checkpoint_names(model) if wanted else {}
+        unmatched = check_patterns(blocks, block_path, config.targets, self.saved_names, "--targets")
+        if unmatched:
+            raise ValueError(
+                f"--targets {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
+                f"blocks at {block_path} (names look like {self._example()})"
+            )
+        unused = check_patterns(blocks, block_path, config.ignore, self.saved_names, "--ignore")
+        if unused:
+            logger.warning("--ignore %s matches no module in the blocks", " ".join(map(repr, unused)))
+        self.patterns: dict[str, SparsityPattern] = {}
+        if not any(self.of(i) for i in range(len(blocks))):
+            raise ValueError(f"no module is left to prune in the blocks at {block_path} (check --targets / --ignore)")
+
+    def _example(self) -> str:
+        names = [f"{self.block_path}.0.{n}" for n, m in self.blocks[0].named_modules() if weight_layout(m)]
+        return ", ".join(names[:2] + [self.saved_names[n] for n in names[:1] if n in self.saved_names]) or "?"
+
+    def of(self, index: int) -> list[tuple[str, nn.Module]]:
+        """The targeted modules of block ``index`` (names relative to the block)."""
+        cfg = self.config
+        return block_targets(
+            self.blocks[index], self.model, f"{self.block_path}.{index}", cfg.targets, cfg.ignore, self.saved_names
+        )
+
+    def pattern(self, name: str) -> SparsityPattern:
+        return self.patterns.get(name, self.config.pattern)
+
+    def allocate(self, calls: list[BlockCall], selector: str) -> None:
+        """Global allocation: per-layer sparsities from one threshold on dense-model scores."""
+        cfg = self.config
+        score = _allocation_score(selector)
+        modules = {f"{self.block_path}.{i}.{n}": m for i in range(len(self.blocks)) for n, m in self.of(i)}
+        input_sq = _dense_input_sq(self.blocks, self.of, self.block_path, calls) if score.needs else {}
+
+        def scores_of(name: str, module: nn.Module):
+            return lambda: score.score(to_rows(module.weight.detach(), weight_layout(module)), {"input_sq": input_sq.get(name)})
+
+        try:
+            counts = allocate_global({n: scores_of(n, m) for n, m in modules.items()}, cfg.pattern.fraction, cfg.max_layer_sparsity)
+        except ValueError as err:
+            raise ValueError(f"{err}; raise --max-layer-sparsity") from None
+        self.patterns = {n: SparsityPattern(fraction=counts[n] / m.weight.numel()) for n, m in modules.items()}
+
+
+def _allocation_score(selector: str):
+    """The score one global threshold is set on: the selector's own, or for SparseGPT the
+    Hessian-scaled one (its saliency with the diagonal of ``H`` in place of ``H^-1``)."""
+    return get_selector("hessian" if selector == "sparsegpt" else selector)
+
+
+@torch.no_grad()
+def _dense_input_sq(blocks, targets_of, block_path: str, calls: list[BlockCall]) -> dict[str, torch.Tensor]:
+    """``input_sq`` of every targeted module on the dense model, one pass over the blocks."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str, layout: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            sq = input_features(module, layout, args[0]).float().pow(2).sum(0)
+            if layout == "conv2d":
+                sq = sq.reshape(-1, module.weight.shape[1])  # (positions, inputs)
+            sums[name] = sums[name] + sq if name in sums else sq
+
+        return hook
+
+    for index, block in enumerate(blocks):
+        with tracked_hooks() as hooks:
+            for rel, module in targets_of(index):
+                hooks.append(module.register_forward_hook(hook_for(f"{block_path}.{index}.{rel}", weight_layout(module))))
+            outputs = [run_block(block, call) for call in calls]
+        calls = [call.with_hidden(out) for call, out in zip(calls, outputs)]
+    return sums
+
+
 def prune_blocks(
     model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False
 ) -> PruneReport:
@@ -119,7 +200,6 @@ def prune_blocks(
     from .devices import resolve_device
 
     device = resolve_device(config.device)
-    pattern = config.pattern
     method = get_method(config.method)(config)
     block_path, blocks = find_block_list(model, config.block_path)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
@@ -133,20 +213,25 @@ def prune_blocks(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    targets = _Targets(model, config, block_path, blocks)
     try:
         calls = capture_block_inputs(model, blocks[0], batches, device)
         dense_calls = list(calls) if method.needs_dense_stream else None
         report.timings["capture"] = time.perf_counter() - start
         logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), block_path, len(blocks))
         with blocks_on(blocks, device):
+            if config.allocation == "global":
+                targets.allocate(calls, method.mask_selector)
+                report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
             for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
                 stream = _BlockStream(blocks, index, calls, dense_calls)
-                _prune_block(model, stream, block_path, method, pattern, report)
+                _prune_block(stream, block_path, method, targets, report)
                 calls, dense_calls = stream.propagate()
     finally:
         model.train(was_training)
     report.timings["total"] = time.perf_counter() - start
     _check_all_pruned(report)
+    _log_summary(report, method)
     return report
 
 
@@ -190,18 +275,20 @@ def blocks_on(blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
             block.to(home)
 
 
-def _prune_block(model, stream: _BlockStream, block_path, method, pattern, report) -> None:
+def _prune_block(stream: _BlockStream, block_path, method, targets: _Targets, report) -> None:
     block, index = stream.block, stream.index
-    targets = execution_order(block, block_targets(block, model), stream.calls[0])
-    for rel_name, module in targets:
+    stats_dtype = getattr(torch, targets.config.stats_dtype)
+    for rel_name, module in execution_order(block, targets.of(index), stream.calls[0]):
         t0 = time.perf_counter()
         name = f"{block_path}.{index}.{rel_name}"
         layout = weight_layout(module)
+        pattern = targets.pattern(name)
         job = ModuleJob(
             name, module, layout, pattern, index, block, stream.calls,
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
-            dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights),
+            dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights), stats_dtype=stats_dtype,
         )
+        diagnostics = _diagnostics(job, method)
         result = method.prune_module(job)
         stream.remember_dense(job.param_name, module.weight)
         _write_weight(module, layout, result.weight_rows, result.mask_rows)
@@ -216,8 +303,36 @@ def _prune_block(model, stream: _BlockStream, block_path, method, pattern, repor
                 seconds=time.perf_counter() - t0,
                 partial_groups=_partial_groups(result.mask_rows, pattern),
                 metrics=result.metrics,
+                diagnostics=diagnostics,
             )
         )
+
+
+def _diagnostics(job: ModuleJob, method) -> dict | None:
+    """Magnitude vs Hessian-scaled masks on this layer; statistics the selector needs are
+    collected in the same pass. ``None`` where input statistics are not available."""
+    selector = get_selector(method.mask_selector)
+    try:
+        stats = job.input_stats(selector.needs | {"input_sq"})
+    except ValueError as err:
+        if selector.needs:
+            raise
+        logger.debug("%s: no diagnostics (%s)", job.name, err)
+        return None
+    return importance_diagnostics(job.weight_rows(), stats["input_sq"], job.pattern)
+
+
+def _log_summary(report: PruneReport, method) -> None:
+    partial = [layer.name for layer in report.layers if layer.partial_groups]
+    if partial:
+        logger.warning(
+            "%d layers have inputs not divisible by M (last group per row pruned at the same share, "
+            "not N:M-accelerable): %s", len(partial), ", ".join(partial[:3]) + (" ..." if len(partial) > 3 else ""),
+        )
+    if method.mask_selector == "magnitude":
+        line = magnitude_warning([(layer.name, layer.diagnostics) for layer in report.layers])
+        if line:
+            logger.warning(line)
 
 
 def _check_all_pruned(report: PruneReport) -> None:

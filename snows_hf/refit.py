@@ -19,7 +19,8 @@ for the Armijo line search.
 With ``init="lsq"`` (Linear and Conv1D layers) Newton starts from the closed-form K=0
 solution (per-row least squares of the module's own output on its support, from the
 Gram matrices of its inputs), which a few Newton-CG steps on the K-window then refine;
-the start is kept only if its held-out window loss beats the masked dense weight's.
+the start is kept only if its held-out window loss beats the selector's weight (the
+masked dense weight, or SparseGPT's OBS-updated one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .masks import from_rows, get_selector, select_mask, to_rows
+from .masks import apply_selector, from_rows, get_selector, to_rows
 from .methods import Method, MethodResult, ModuleJob, register_method
 from .solver import NewtonConfig, newton_refit, window_loss
 from .solver.lsq import masked_lstsq
@@ -93,11 +94,14 @@ class SnowsMethod(Method):
         cfg = self.config
         start = time.perf_counter()
         rows = job.weight_rows()
-        mask_rows = select_mask(cfg.mask, rows, job.pattern, job.input_stats(get_selector(cfg.mask).needs))
+        selector = get_selector(self.mask_selector)
+        start_rows, mask_rows = apply_selector(self.mask_selector, rows, job.pattern, job.input_stats(selector.needs))
         weight = job.module.weight.detach()
         mask = from_rows(mask_rows, job.layout, weight.shape).bool()
         train, held = split_holdout(len(job.calls), cfg.holdout)
-        start_weight = weight * mask
+        # the masked dense weight, or the selector's own update of it (SparseGPT's OBS step)
+        start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
+        start_name = cfg.mask if selector.updates_weights else "mask"
         if cfg.init == "lsq" and job.layout in ("linear", "conv1d"):
             gram, cross = self._grams(job, train)
             start_rows = masked_lstsq(gram, cross, rows, mask_rows)
@@ -120,7 +124,7 @@ class SnowsMethod(Method):
                 if lsq_weight is not None and float(window_loss(residuals, lsq_weight, held_batches)) < masked_loss:
                     start_weight, init = lsq_weight, "lsq"
                 else:
-                    init = "mask"
+                    init = start_name
             result = newton_refit(
                 start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config()
             )

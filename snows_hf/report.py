@@ -11,7 +11,9 @@ class LayerReport:
     """Figures for one pruned module.
 
     ``sparsity`` is measured on the written weight (share of exact zeros), not the target.
-    ``metrics`` holds what the method measured (losses, solver iterations, ...).
+    ``metrics`` holds what the method measured (losses, solver iterations, ...);
+    ``diagnostics`` compares magnitude and Hessian-scaled masks on the layer's own inputs
+    (:func:`~snows_hf.masks.diagnostics.importance_diagnostics`), or is ``None``.
     """
 
     name: str
@@ -22,6 +24,7 @@ class LayerReport:
     seconds: float
     partial_groups: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] | None = None
 
 
 @dataclass
@@ -67,6 +70,8 @@ class PruneReport:
             block["mask"] = self.config["mask"]
         if self.config["method"] == "snows":
             block.update(k_step=self.config["k_step"], target=self.config["target"])
+        if self.config.get("allocation") == "global":
+            block.update(allocation="global", max_layer_sparsity=self.config["max_layer_sparsity"])
         return block | {
             "format": "dense",
             "overall": round(self.sparsity, 6),

@@ -115,6 +115,15 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),
     pytest.param(["prune", "{vit}"], "--sparsity", id="no-sparsity"),
     pytest.param(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4"], "Hugging Face Hub could not serve it", id="hub-id-offline"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "none", "--targets", "nope"], "--targets 'nope' matches no", id="targets-unmatched"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--targets", "("], "not a regular expression", id="targets-bad-regex"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "none", "--ignore", ".*"], "no module is left to prune", id="ignore-everything"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--allocation", "global"], "unstructured sparsity", id="global-nm"),
+    pytest.param(["prune", "{vit}", "--sparsity", "0.5", "--max-layer-sparsity", "0.9"], "allocation='global' only", id="cap-without-global"),
+    pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "0.5"], "below the target", id="cap-below-target"),
+    pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
 ] + [
     pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
     for spec in BAD_SPECS
@@ -153,3 +162,21 @@ def test_module_entry_point_and_real_process_errors(tmp_path):
     result = _run("prune", str(tmp_path), "--sparsity", "abc")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_sparsegpt_global_with_targets_from_the_command_line(llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    argv = ["prune", str(llama_dir), "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
+            "--allocation", "global", "--max-layer-sparsity", "0.8", "--targets", "mlp", "--ignore", "down_proj",
+            "--stats-dtype", "float64", "--num-samples", "8", "--output-dir", "out", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(Path("out/report.json").read_text())
+    names = [layer["name"] for layer in report["layers"]]
+    assert names == [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj")]
+    assert report["config"]["max_layer_sparsity"] == 0.8 and report["config"]["targets"] == ["mlp"]
+    assert all(layer["sparsity"] <= 0.8 + 1e-9 for layer in report["layers"])
+    assert report["sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert all(layer["diagnostics"]["jaccard"] <= 1 for layer in report["layers"])
+    pruned = AutoModelForCausalLM.from_pretrained("out")
+    assert bool((pruned.model.layers[0].mlp.down_proj.weight != 0).all())

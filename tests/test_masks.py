@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from snows_hf.masks import from_rows, nm_keep_count, parse_sparsity, satisfies, select_mask, select_topk, to_rows
+from snows_hf.masks import apply_selector, from_rows, nm_keep_count, parse_sparsity, satisfies, select_mask, select_topk, to_rows
 
 INVALID_SPECS = ["3:2", "0:4", "4:4", "1.5", "-0.1", "abc", "", "0", "1", "100%", "0%", "2:0", "nan", "2:4:8", "a:b"]
 
@@ -85,7 +85,7 @@ def test_magnitude_scores_absolute_value():
 
 
 def test_unknown_selector():
-    with pytest.raises(ValueError, match="unknown mask selector 'nope'; choose one of: hessian, magnitude, wanda"):
+    with pytest.raises(ValueError, match="unknown mask selector 'nope'; choose one of: hessian, magnitude, sparsegpt, wanda"):
         select_mask("nope", torch.ones(1, 4), parse_sparsity("2:4"))
 
 
@@ -102,3 +102,53 @@ def test_wanda_and_hessian_scores_by_hand():
     assert select_mask("hessian", w, pattern, stats)[0, 0] and not select_mask("hessian", w, pattern, stats)[0, 2]
     with pytest.raises(ValueError, match="needs input statistics"):
         select_mask("wanda", w, pattern)
+
+
+def test_wanda_compares_within_each_output_row():
+    # Row 0 has all the large scores: a layer-wide threshold would empty row 1; Wanda's
+    # per-row comparison prunes each row to the target while the layer total stays exact.
+    w = torch.tensor([[9.0, 8.0, 7.0, 6.0, 5.0], [0.1, 0.2, 0.3, 0.4, 0.5]])
+    stats = {"input_sq": torch.ones(5)}
+    pattern = parse_sparsity("0.5")
+    mask = select_mask("wanda", w, pattern, stats)
+    assert mask.sum(1).tolist() == [3, 2]  # cumulative rounding: 2 then 3 zeros, 5 in all
+    assert satisfies(mask, pattern)
+    assert mask[1].tolist() == [False, False, False, True, True]
+    assert select_mask("hessian", w, pattern, stats)[1].sum() == 0  # layer-wide comparison
+
+
+def test_conv2d_statistics_are_per_kernel_position():
+    from snows_hf.masks.selectors import hessian_scores
+
+    rows = torch.ones(2 * 3, 4)  # 2 output channels, 3 kernel positions, 4 input channels
+    sq = torch.arange(12.0).reshape(3, 4)
+    scores = hessian_scores(rows, {"input_sq": sq})
+    assert torch.equal(scores, torch.cat([sq, sq]))
+    with pytest.raises(ValueError, match="does not fit"):
+        hessian_scores(torch.ones(5, 4), {"input_sq": sq})
+
+
+def _odd_modules():
+    from transformers.pytorch_utils import Conv1D
+
+    yield "linear", torch.nn.Linear(13, 7)
+    yield "conv1d", Conv1D(7, 13)  # GPT-2 stores (in=13, out=7)
+    yield "conv2d", torch.nn.Conv2d(6, 5, kernel_size=(3, 2))
+    yield "conv2d", torch.nn.Conv2d(9, 3, kernel_size=1)
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "0.3", "70%"])
+@pytest.mark.parametrize("selector", ["magnitude", "wanda", "hessian", "sparsegpt"])
+def test_every_pattern_exact_on_odd_linear_conv1d_conv2d(spec, selector):
+    pattern = parse_sparsity(spec)
+    for layout, module in _odd_modules():
+        weight = module.weight.detach()
+        rows = to_rows(weight, layout)
+        positions = weight.shape[2] * weight.shape[3] if layout == "conv2d" else 1
+        x = torch.randn(64, positions * rows.shape[1])
+        stats = {"input_sq": x.pow(2).sum(0).reshape(positions, -1), "gram": x.T @ x}
+        new, mask = apply_selector(selector, rows, pattern, stats)
+        assert satisfies(mask, pattern), (layout, tuple(weight.shape))
+        back = from_rows(new, layout, weight.shape)
+        assert back.shape == weight.shape
+        assert int((back == 0).sum()) == int((~mask).sum())  # zeros land exactly on the pruned entries

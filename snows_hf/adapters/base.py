@@ -124,20 +124,72 @@ def adapter_for(model: nn.Module) -> Adapter | None:
     return ADAPTERS.get(model_type)
 
 
-def block_targets(block: nn.Module, model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Prunable modules of ``block`` (relative names), per the model's adapter.
+def _compile(patterns: list[str] | tuple[str, ...] | None) -> list[re.Pattern]:
+    return [re.compile(p) for p in patterns or ()]
+
+
+def _matches(patterns: list[re.Pattern], names: tuple[str, ...], type_name: str) -> list[re.Pattern]:
+    return [p for p in patterns if p.fullmatch(type_name) or any(p.search(n) for n in names)]
+
+
+def block_targets(
+    block: nn.Module,
+    model: nn.Module,
+    prefix: str = "",
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+    saved_names: dict[str, str] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """Prunable modules of ``block`` (names relative to it).
+
+    By default the model's adapter decides (its target types, minus its ``ignore``).
+    ``targets`` / ``ignore`` are regular expressions searched in each module's full name
+    (``prefix`` + relative name) and in its saved-checkpoint spelling (``saved_names``,
+    see :func:`~snows_hf.adapters.naming.checkpoint_names`), or matching its class name
+    whole (``Linear``, ``Conv1D``, ``Conv2d``). Only Linear, Conv1D and Conv2d modules
+    with a weight are ever returned.
 
     Example:
         >>> [n for n, _ in block_targets(vit.vit.layers[0], vit)]  # doctest: +SKIP
         ['attention.q_proj', 'attention.k_proj', 'attention.v_proj', 'attention.o_proj', 'mlp.fc1', 'mlp.fc2']
+        >>> [n for n, _ in block_targets(vit.vit.layers[0], vit, "vit.layers.0", ignore=["query"])]  # doctest: +SKIP
+        ['attention.k_proj', 'attention.v_proj', 'attention.o_proj', 'mlp.fc1', 'mlp.fc2']
     """
     adapter = adapter_for(model)
     types = adapter.target_types if adapter else ("linear", "conv1d")
-    ignore = [re.compile(p) for p in (adapter.ignore if adapter else ())]
-    targets = []
+    family_ignore = _compile(adapter.ignore if adapter else ())
+    wanted, unwanted = _compile(targets), _compile(ignore)
+    saved_names = saved_names or {}
+    found = []
     for name, module in block.named_modules():
         layout = weight_layout(module)
-        if layout in types and not any(p.search(name) for p in ignore):
-            if isinstance(getattr(module, "weight", None), torch.Tensor):
-                targets.append((name, module))
-    return targets
+        if layout is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        names = (full, saved_names.get(full, full))
+        if wanted:
+            selected = bool(_matches(wanted, names, type(module).__name__))
+        else:
+            selected = layout in types and not any(p.search(name) for p in family_ignore)
+        if selected and not _matches(unwanted, names, type(module).__name__):
+            found.append((name, module))
+    return found
+
+
+def check_patterns(
+    blocks: nn.ModuleList, prefix: str, patterns: list[str] | None, saved_names: dict[str, str], flag: str
+) -> list[str]:
+    """Patterns of ``flag`` that match no Linear/Conv1D/Conv2d module in ``blocks``.
+
+    Example:
+        >>> check_patterns(vit.vit.layers, "vit.layers", ["q_proj", "nope"], {}, "--targets")  # doctest: +SKIP
+        ['nope']
+    """
+    unmatched = list(_compile(patterns))
+    for index, block in enumerate(blocks):
+        for name, module in block.named_modules():
+            if unmatched and weight_layout(module) is not None:
+                full = f"{prefix}.{index}.{name}"
+                hits = _matches(unmatched, (full, saved_names.get(full, full)), type(module).__name__)
+                unmatched = [p for p in unmatched if p not in hits]
+    return [p.pattern for p in unmatched]

@@ -2,13 +2,15 @@
 
 from .layout import from_rows, to_rows
 from .patterns import ACCEPTED_FORMS, SparsityPattern, parse_sparsity
-from .selectors import SELECTORS, get_selector, register_selector, select_mask
+from .selectors import SELECTORS, apply_selector, get_selector, register_selector, select_mask
+from .sparsegpt import sparsegpt_prune
 from .topk import nm_keep_count, satisfies, select_topk
 
 __all__ = [
     "ACCEPTED_FORMS",
     "SELECTORS",
     "SparsityPattern",
+    "apply_selector",
     "from_rows",
     "get_selector",
     "nm_keep_count",
@@ -17,5 +19,6 @@ __all__ = [
     "satisfies",
     "select_mask",
     "select_topk",
+    "sparsegpt_prune",
     "to_rows",
 ]

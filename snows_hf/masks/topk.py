@@ -36,8 +36,12 @@ def _keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def select_topk(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
+def select_topk(scores: torch.Tensor, pattern: SparsityPattern, per_row: bool = False) -> torch.Tensor:
     """Keep the highest scores so that the result satisfies ``pattern``.
+
+    Unstructured patterns compare all scores of the layer, or, with ``per_row``, each
+    output row's scores among themselves (Wanda's comparison group); per-row counts are
+    rounded cumulatively so the layer still has exactly ``round(fraction * numel)`` zeros.
 
     Example:
         >>> from snows_hf.masks import parse_sparsity
@@ -49,6 +53,12 @@ def select_topk(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
         raise ValueError(f"scores must be 2-D (rows, inputs), got shape {tuple(scores.shape)}")
     scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     rows, cols = scores.shape
+    if not pattern.is_nm and per_row:
+        cuts = torch.tensor([round(pattern.fraction * cols * r) for r in range(rows + 1)], device=scores.device)
+        keep_counts = cols - (cuts[1:] - cuts[:-1])
+        order = scores.argsort(dim=1, descending=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(cols, device=scores.device).expand(rows, cols))
+        return rank < keep_counts[:, None]
     if not pattern.is_nm:
         keep = scores.numel() - int(round(pattern.fraction * scores.numel()))
         return _keep_top(scores.reshape(1, -1), keep).reshape(rows, cols)
