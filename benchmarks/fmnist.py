@@ -87,3 +87,13 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float
     for i in range(0, len(x), batch):
         correct += (model(pixel_values=x[i : i + batch]).logits.argmax(-1) == y[i : i + batch]).sum().item()
     return correct / len(x)
+
+
+def benchmark_data(num_samples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(calibration images, test images, test labels)``: a seeded draw of ``num_samples``
+    training images, and the whole test set. Also pins torch to this machine's 2 threads."""
+    torch.set_num_threads(2)
+    x_train, _ = load("train")
+    x_test, y_test = load("test")
+    g = torch.Generator().manual_seed(seed)
+    return x_train[torch.randperm(len(x_train), generator=g)[:num_samples]], x_test, y_test

@@ -59,12 +59,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the rows whose label contains one of these")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "snows_solver.json"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
-
-    x_train, _ = fmnist.load("train")
-    x_test, y_test = fmnist.load("test")
-    g = torch.Generator().manual_seed(0)
-    calib = x_train[torch.randperm(len(x_train), generator=g)[: args.num_samples]]
+    calib, x_test, y_test = fmnist.benchmark_data(args.num_samples)
     probe = x_test[:1000]
 
     dense = fmnist.trained_vit()

@@ -115,13 +115,13 @@ class _Targets:
         self.model, self.config, self.block_path, self.blocks = model, config, block_path, blocks
         wanted = bool(config.targets or config.ignore)
         self.saved_names = checkpoint_names(model) if wanted else {}
-        unmatched = check_patterns(blocks, block_path, config.targets, self.saved_names, "--targets")
+        unmatched = check_patterns(blocks, block_path, config.targets, self.saved_names)
         if unmatched:
             raise ValueError(
                 f"--targets {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
                 f"blocks at {block_path} (names look like {self._example()})"
             )
-        unused = check_patterns(blocks, block_path, config.ignore, self.saved_names, "--ignore")
+        unused = check_patterns(blocks, block_path, config.ignore, self.saved_names)
         if unused:
             logger.warning("--ignore %s matches no module in the blocks", " ".join(map(repr, unused)))
         self.patterns: dict[str, SparsityPattern] = {}

@@ -177,12 +177,12 @@ def block_targets(
 
 
 def check_patterns(
-    blocks: nn.ModuleList, prefix: str, patterns: list[str] | None, saved_names: dict[str, str], flag: str
+    blocks: nn.ModuleList, prefix: str, patterns: list[str] | None, saved_names: dict[str, str]
 ) -> list[str]:
-    """Patterns of ``flag`` that match no Linear/Conv1D/Conv2d module in ``blocks``.
+    """The ``patterns`` that match no Linear/Conv1D/Conv2d module in ``blocks``.
 
     Example:
-        >>> check_patterns(vit.vit.layers, "vit.layers", ["q_proj", "nope"], {}, "--targets")  # doctest: +SKIP
+        >>> check_patterns(vit.vit.layers, "vit.layers", ["q_proj", "nope"], {})  # doctest: +SKIP
         ['nope']
     """
     unmatched = list(_compile(patterns))
