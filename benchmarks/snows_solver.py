@@ -40,7 +40,7 @@ RUNS = [
 
 @torch.no_grad()
 def block_outputs(model, x):
-    _, blocks = find_block_list(model)
+    blocks = find_block_list(model).modules
     outs = []
     hooks = [b.register_forward_hook(lambda m, a, o: outs.append(o if torch.is_tensor(o) else o[0])) for b in blocks]
     try:

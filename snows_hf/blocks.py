@@ -13,23 +13,37 @@ from torch.func import functional_call
 
 @dataclass
 class BlockCall:
-    """The arguments of one call of a block: hidden states first, then the rest."""
+    """The arguments of one call of a block: its hidden states and everything else.
+
+    The hidden states are the first positional argument, or the ``hidden_states``
+    keyword when a model passes them by name.
+    """
 
     args: tuple
     kwargs: dict
 
     @property
     def hidden(self) -> torch.Tensor:
-        """The hidden-state input (the block's first positional argument)."""
-        return self.args[0]
+        """The hidden-state input."""
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
 
     def with_hidden(self, hidden: torch.Tensor) -> "BlockCall":
         """The same call with new hidden states (the next block's inputs)."""
-        return BlockCall((hidden, *self.args[1:]), self.kwargs)
+        if self.args:
+            return BlockCall((hidden, *self.args[1:]), self.kwargs)
+        return BlockCall((), {**self.kwargs, "hidden_states": hidden})
 
     def to(self, device: torch.device) -> "BlockCall":
         """A copy with every tensor moved to ``device``."""
         return BlockCall(map_tensors(self.args, lambda t: t.to(device)), map_tensors(self.kwargs, lambda t: t.to(device)))
+
+
+NextCall = Callable[[nn.Module, BlockCall, torch.Tensor], BlockCall]
+
+
+def default_next_call(block: nn.Module, call: BlockCall, hidden: torch.Tensor) -> BlockCall:
+    """The next block's call: the same arguments with ``block``'s output as hidden states."""
+    return call.with_hidden(hidden)
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

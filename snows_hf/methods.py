@@ -46,7 +46,7 @@ class ModuleJob:
     block_index: int
     block: nn.Module
     calls: list
-    blocks: nn.ModuleList | None = None
+    blocks: Any = None  # the model's BlockList
     param_name: str = "weight"
     dense_calls: list | None = None
     dense_overrides: dict[str, torch.Tensor] = field(default_factory=dict)

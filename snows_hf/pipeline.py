@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .adapters import block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
+from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
@@ -111,33 +111,40 @@ def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
 class _Targets:
     """Which modules of each block are pruned, and at what pattern (global allocation)."""
 
-    def __init__(self, model: nn.Module, config: Any, block_path: str, blocks: nn.ModuleList):
-        self.model, self.config, self.block_path, self.blocks = model, config, block_path, blocks
+    def __init__(self, model: nn.Module, config: Any, blocks: BlockList):
+        self.model, self.config, self.blocks = model, config, blocks
         wanted = bool(config.targets or config.ignore)
         self.saved_names = checkpoint_names(model) if wanted else {}
-        unmatched = check_patterns(blocks, block_path, config.targets, self.saved_names)
+        self.tied = _tied_parameters(model)
+        unmatched = check_patterns(blocks.modules, blocks.names, config.targets, self.saved_names)
         if unmatched:
             raise ValueError(
                 f"--targets {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
-                f"blocks at {block_path} (names look like {self._example()})"
+                f"blocks at {blocks.path} (names look like {self._example()})"
             )
-        unused = check_patterns(blocks, block_path, config.ignore, self.saved_names)
+        unused = check_patterns(blocks.modules, blocks.names, config.ignore, self.saved_names)
         if unused:
             logger.warning("--ignore %s matches no module in the blocks", " ".join(map(repr, unused)))
         self.patterns: dict[str, SparsityPattern] = {}
         if not any(self.of(i) for i in range(len(blocks))):
-            raise ValueError(f"no module is left to prune in the blocks at {block_path} (check --targets / --ignore)")
+            raise ValueError(f"no module is left to prune in the blocks at {blocks.path} (check --targets / --ignore)")
 
     def _example(self) -> str:
-        names = [f"{self.block_path}.0.{n}" for n, m in self.blocks[0].named_modules() if weight_layout(m)]
+        names = [f"{self.blocks.names[0]}.{n}" for n, m in self.blocks.modules[0].named_modules() if weight_layout(m)]
         return ", ".join(names[:2] + [self.saved_names[n] for n in names[:1] if n in self.saved_names]) or "?"
 
     def of(self, index: int) -> list[tuple[str, nn.Module]]:
-        """The targeted modules of block ``index`` (names relative to the block)."""
+        """The targeted modules of block ``index`` (names relative to the block); weights
+        tied to another parameter (shared embeddings, shared layers) are never pruned."""
         cfg = self.config
-        return block_targets(
-            self.blocks[index], self.model, f"{self.block_path}.{index}", cfg.targets, cfg.ignore, self.saved_names
+        found = block_targets(
+            self.blocks.modules[index], self.model, self.blocks.names[index], cfg.targets, cfg.ignore, self.saved_names
         )
+        return [(name, module) for name, module in found if id(module.weight) not in self.tied]
+
+    def name(self, index: int, rel_name: str) -> str:
+        """Full module name of ``rel_name`` in block ``index``."""
+        return f"{self.blocks.names[index]}.{rel_name}"
 
     def pattern(self, name: str) -> SparsityPattern:
         return self.patterns.get(name, self.config.pattern)
@@ -146,8 +153,8 @@ class _Targets:
         """Global allocation: per-layer sparsities from one threshold on dense-model scores."""
         cfg = self.config
         score = _allocation_score(selector)
-        modules = {f"{self.block_path}.{i}.{n}": m for i in range(len(self.blocks)) for n, m in self.of(i)}
-        input_sq = _dense_input_sq(self.blocks, self.of, self.block_path, calls) if score.needs else {}
+        modules = {self.name(i, n): m for i in range(len(self.blocks)) for n, m in self.of(i)}
+        input_sq = _dense_input_sq(self, calls) if score.needs else {}
 
         def scores_of(name: str, module: nn.Module):
             return lambda: score.score(to_rows(module.weight.detach(), weight_layout(module)), {"input_sq": input_sq.get(name)})
@@ -166,7 +173,7 @@ def _allocation_score(selector: str):
 
 
 @torch.no_grad()
-def _dense_input_sq(blocks, targets_of, block_path: str, calls: list[BlockCall]) -> dict[str, torch.Tensor]:
+def _dense_input_sq(targets: _Targets, calls: list[BlockCall]) -> dict[str, torch.Tensor]:
     """``input_sq`` of every targeted module on the dense model, one pass over the blocks."""
     sums: dict[str, torch.Tensor] = {}
 
@@ -179,13 +186,33 @@ def _dense_input_sq(blocks, targets_of, block_path: str, calls: list[BlockCall])
 
         return hook
 
-    for index, block in enumerate(blocks):
+    blocks = targets.blocks
+    for index, block in enumerate(blocks.modules):
         with tracked_hooks() as hooks:
-            for rel, module in targets_of(index):
-                hooks.append(module.register_forward_hook(hook_for(f"{block_path}.{index}.{rel}", weight_layout(module))))
-            outputs = [run_block(block, call) for call in calls]
-        calls = [call.with_hidden(out) for call, out in zip(calls, outputs)]
+            for rel, module in targets.of(index):
+                hooks.append(module.register_forward_hook(hook_for(targets.name(index, rel), weight_layout(module))))
+            calls = [blocks.next_call(block, call, run_block(block, call)) for call in calls]
     return sums
+
+
+def _tied_parameters(model: nn.Module) -> set[int]:
+    """Ids of parameters reachable under more than one name (tied or shared weights)."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
+def _check_block_inputs(model: nn.Module) -> None:
+    """Refuse stacks whose blocks get different attention inputs per layer: every block
+    here runs with the first block's (attention masks, rotary embeddings)."""
+    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or ()
+    kinds = {t for t in layer_types if isinstance(t, str) and "attention" in t}  # not ResNet's "bottleneck"
+    if len(kinds) > 1:
+        raise ValueError(
+            f"this {type(model).__name__} mixes attention types across layers ({', '.join(sorted(kinds))}); "
+            "per-layer attention inputs are not supported yet"
+        )
 
 
 def prune_blocks(
@@ -201,31 +228,32 @@ def prune_blocks(
 
     device = resolve_device(config.device)
     method = get_method(config.method)(config)
-    block_path, blocks = find_block_list(model, config.block_path)
+    blocks = find_block_list(model, config.block_path)
+    _check_block_inputs(model)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
     report = PruneReport(
         config=config.to_dict(),
         model_type=getattr(model.config, "model_type", None),
-        block_path=block_path,
+        block_path=blocks.path,
         num_blocks=len(blocks),
         num_calibration_samples=num_samples,
     )
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    targets = _Targets(model, config, block_path, blocks)
+    targets = _Targets(model, config, blocks)
     try:
-        calls = capture_block_inputs(model, blocks[0], batches, device)
+        calls = capture_block_inputs(model, blocks.modules[0], batches, device)
         dense_calls = list(calls) if method.needs_dense_stream else None
         report.timings["capture"] = time.perf_counter() - start
-        logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), block_path, len(blocks))
-        with blocks_on(blocks, device):
+        logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), blocks.path, len(blocks))
+        with blocks_on(blocks.modules, device):
             if config.allocation == "global":
                 targets.allocate(calls, method.mask_selector)
                 report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
             for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
                 stream = _BlockStream(blocks, index, calls, dense_calls)
-                _prune_block(stream, block_path, method, targets, report)
+                _prune_block(stream, method, targets, report)
                 calls, dense_calls = stream.propagate()
     finally:
         model.train(was_training)
@@ -238,8 +266,8 @@ def prune_blocks(
 class _BlockStream:
     """One block's inputs (pruned network, and dense network when asked) and dense weights."""
 
-    def __init__(self, blocks: nn.ModuleList, index: int, calls: list[BlockCall], dense_calls: list[BlockCall] | None):
-        self.blocks, self.index, self.block = blocks, index, blocks[index]
+    def __init__(self, blocks: BlockList, index: int, calls: list[BlockCall], dense_calls: list[BlockCall] | None):
+        self.blocks, self.index, self.block = blocks, index, blocks.modules[index]
         self.calls, self.dense_calls = calls, dense_calls
         self.dense_weights: dict[str, torch.Tensor] = {}
 
@@ -251,10 +279,11 @@ class _BlockStream:
     @torch.no_grad()
     def propagate(self) -> tuple[list[BlockCall], list[BlockCall] | None]:
         """The next block's inputs: this (pruned) block's outputs, and the dense ones."""
-        calls = [call.with_hidden(run_block(self.block, call)) for call in self.calls]
+        block, next_call = self.block, self.blocks.next_call
+        calls = [next_call(block, call, run_block(block, call)) for call in self.calls]
         if self.dense_calls is None:
             return calls, None
-        dense = [call.with_hidden(run_block(self.block, call, self.dense_weights)) for call in self.dense_calls]
+        dense = [next_call(block, call, run_block(block, call, self.dense_weights)) for call in self.dense_calls]
         return calls, dense
 
 
@@ -275,12 +304,12 @@ def blocks_on(blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
             block.to(home)
 
 
-def _prune_block(stream: _BlockStream, block_path, method, targets: _Targets, report) -> None:
+def _prune_block(stream: _BlockStream, method, targets: _Targets, report) -> None:
     block, index = stream.block, stream.index
     stats_dtype = getattr(torch, targets.config.stats_dtype)
     for rel_name, module in execution_order(block, targets.of(index), stream.calls[0]):
         t0 = time.perf_counter()
-        name = f"{block_path}.{index}.{rel_name}"
+        name = targets.name(index, rel_name)
         layout = weight_layout(module)
         pattern = targets.pattern(name)
         job = ModuleJob(

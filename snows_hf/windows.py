@@ -9,19 +9,23 @@ MLP whose output is its last Linear's output, counts once). The trace runs on th
 later blocks when K is large, and simply ends with the network's last block, so windows
 near the end are shorter.
 
-Later blocks are called with the current block's keyword arguments (attention masks,
-rotary embeddings): every block of the supported stacks receives the same ones.
+Later blocks are called as the pipeline chains them (:attr:`BlockList.next_call
+<snows_hf.adapters.BlockList>`): the current block's other arguments (attention masks,
+rotary embeddings) with new hidden states, or what the family's adapter says.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .blocks import BlockCall, run_block, tracked_hooks
+
+if TYPE_CHECKING:
+    from .adapters import BlockList
 
 _NOT_OPS = (nn.Dropout, nn.Identity)
 
@@ -34,7 +38,7 @@ class _StopWindow(Exception):
 
 def is_operation(module: nn.Module) -> bool:
     """Whether ``module``'s output counts as one operation of a window."""
-    if isinstance(module, _NOT_OPS):
+    if isinstance(module, _NOT_OPS) or type(module).__name__.endswith("DropPath"):  # identity in eval
         return False
     if next(module.children(), None) is None:
         return True
@@ -74,13 +78,14 @@ class WindowRunner:
     built is the one through the re-fitted weight); their flags are restored on exit.
 
     Example:
-        >>> with WindowRunner(blocks, 0, "mlp.fc1.weight") as runner:  # doctest: +SKIP
+        >>> with WindowRunner(find_block_list(model), 0, "mlp.fc1.weight") as runner:  # doctest: +SKIP
         ...     window = runner.trace(call, weight, k=3)
         ...     outputs = runner.run(call, window, {"mlp.fc1.weight": w})
     """
 
-    def __init__(self, blocks: nn.ModuleList, block_index: int, param_name: str):
-        self.blocks = blocks
+    def __init__(self, blocks: "BlockList", block_index: int, param_name: str):
+        self.blocks = blocks.modules
+        self.next_call = blocks.next_call
         self.block_index = block_index
         self.param_name = param_name
         self._hooks = tracked_hooks()
@@ -133,9 +138,12 @@ class WindowRunner:
     def _forward(self, call: BlockCall, overrides: dict[str, torch.Tensor], last_block: int) -> None:
         self._seen = {}
         try:
-            hidden = run_block(self.blocks[self.block_index], call, overrides)
+            block = self.blocks[self.block_index]
+            hidden = run_block(block, call, overrides)
             for index in range(self.block_index + 1, last_block + 1):
-                hidden = run_block(self.blocks[index], call.with_hidden(hidden))
+                call = self.next_call(block, call, hidden)
+                block = self.blocks[index]
+                hidden = run_block(block, call)
         except _StopWindow:
             pass
         finally:

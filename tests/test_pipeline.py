@@ -32,7 +32,7 @@ def _all_hooks(model):
 @pytest.mark.parametrize("kind", sorted(FACTORIES))
 def test_captured_inputs_reproduce_model_forward(kind):
     model = FACTORIES[kind]()
-    _, blocks = find_block_list(model)
+    blocks = find_block_list(model).modules
     batches = [_inputs(kind, seed=s) for s in (0, 1)]
     calls = capture_block_inputs(model, blocks[0], batches, torch.device("cpu"))
     assert len(calls) == 2
@@ -58,7 +58,7 @@ def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 2}, _inputs(kind, n=5))
     pattern = parse_sparsity(spec)
-    _, blocks = find_block_list(model)
+    blocks = find_block_list(model).modules
     targeted = {f"{n}.weight" for n, _ in model.named_modules() if n in {layer.name for layer in report.layers}}
     n_targets = sum(len(block_targets(b, model)) for b in blocks)
     assert len(report.layers) == n_targets == len(targeted)
@@ -136,8 +136,8 @@ def test_generic_fallback_and_block_path():
 
     model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                              num_attention_heads=4, vocab_size=VOCAB)).eval()
-    name, blocks = find_block_list(model)
-    assert name == "gpt_neox.layers" and len(blocks) == 3
+    blocks = find_block_list(model)
+    assert blocks.path == "gpt_neox.layers" and len(blocks) == 3 and blocks.names[2] == "gpt_neox.layers.2"
     report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, torch.randint(0, VOCAB, (2, 8)))
     assert report.sparsity == pytest.approx(0.5)
     with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
@@ -151,7 +151,7 @@ def test_data_aware_masks_match_hand_computed_statistics(mask):
 
     batch = _inputs("llama", n=8)
     reference = tiny_llama()
-    _, blocks = find_block_list(reference)
+    blocks = find_block_list(reference).modules
     calls = capture_block_inputs(reference, blocks[0], snows_hf.as_batches(batch, 4), torch.device("cpu"))
     with torch.no_grad():
         x = torch.cat([blocks[0].input_layernorm(c.hidden).reshape(-1, 32) for c in calls])

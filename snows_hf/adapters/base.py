@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..blocks import NextCall, default_next_call
+
 try:  # GPT-2 style (in, out) weights
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers always ships it today
@@ -27,19 +29,45 @@ class Adapter:
 
     Attributes:
         model_type: ``config.model_type`` this entry serves.
-        blocks: dotted path of the block ``ModuleList``, relative to ``model.base_model``.
+        blocks: dotted path of the block list, relative to ``model.base_model``. A ``*``
+            part flattens nested lists (``encoder.stages.*.layers``: every residual block
+            of every stage, in order), for stacks whose stages only chain their blocks.
         target_types: module types pruned by default inside each block.
         ignore: regular expressions over module names (relative to the block) never pruned.
+        next_call: how one block's output becomes the next block's call, for blocks whose
+            other arguments change along the stack (Swin's stage resolution); ``None``
+            passes the same arguments with the new hidden states.
 
     Example:
         >>> Adapter("vit", blocks="layers")
-        Adapter(model_type='vit', blocks='layers', target_types=('linear', 'conv1d'), ignore=())
+        Adapter(model_type='vit', blocks='layers', target_types=('linear', 'conv1d'), ignore=(), next_call=None)
     """
 
     model_type: str
     blocks: str
     target_types: tuple[str, ...] = ("linear", "conv1d")
     ignore: tuple[str, ...] = field(default=())
+    next_call: NextCall | None = None
+
+
+@dataclass
+class BlockList:
+    """The blocks of a model, in execution order.
+
+    Attributes:
+        path: where they were found (``vit.layers``, ``resnet.encoder.stages.*.layers``).
+        modules: the blocks (the model's own list, or one gathering nested lists; never copies).
+        names: each block's full module name in the model.
+        next_call: ``(block, call, hidden) -> call`` of the following block.
+    """
+
+    path: str
+    modules: nn.ModuleList
+    names: list[str]
+    next_call: NextCall = default_next_call
+
+    def __len__(self) -> int:
+        return len(self.modules)
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -65,13 +93,19 @@ def weight_layout(module: nn.Module) -> str | None:
     return None
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module | None:
-    module = root
+def _resolve(root: nn.Module, path: str) -> list[nn.Module] | None:
+    """The blocks under ``path``: children of the container it names (``*`` expands)."""
+    containers = [root]
     for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
+        if part == "*":
+            containers = [child for c in containers for child in c.children()]
+        else:
+            containers = [getattr(c, part, None) for c in containers]
+            if any(not isinstance(c, nn.Module) for c in containers):
+                return None
+    if "*" not in path and not isinstance(containers[0], nn.ModuleList):
+        return None
+    return [block for c in containers for block in c.children()]
 
 
 def _candidate_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -85,27 +119,31 @@ def _candidate_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return found
 
 
-def find_block_list(model: nn.Module, block_path: str | None = None) -> tuple[str, nn.ModuleList]:
-    """Locate the block list of ``model``: explicit path, registered adapter, or fallback.
+def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockList:
+    """Locate the blocks of ``model``: explicit path, registered adapter, or fallback.
 
-    Returns the list's full dotted name inside ``model`` and the list itself.
+    ``block_path`` is a dotted name from the model's root (``*`` flattens nested lists).
+    Without it, the family's adapter decides; models without one take the longest list
+    of identical modules, and an error names the candidates when that is ambiguous.
 
     Example:
-        >>> name, blocks = find_block_list(vit_model)  # doctest: +SKIP
-        >>> name, len(blocks)  # doctest: +SKIP
-        ('vit.layers', 12)
+        >>> blocks = find_block_list(vit_model)  # doctest: +SKIP
+        >>> blocks.path, len(blocks), blocks.names[0]  # doctest: +SKIP
+        ('vit.layers', 12, 'vit.layers.0')
     """
     names = {id(m): n for n, m in model.named_modules()}
-    if block_path:
-        module = _get_path(model, block_path)
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
-        return block_path, module
     adapter = adapter_for(model)
+    next_call = (adapter.next_call if adapter else None) or default_next_call
+    if block_path:
+        found = _resolve(model, block_path)
+        if not found:
+            raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
+        return _block_list(block_path, found, names, next_call)
     if adapter is not None:
-        module = _get_path(model.base_model, adapter.blocks)
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            return names[id(module)], module
+        found = _resolve(model.base_model, adapter.blocks)
+        if found:
+            prefix = names[id(model.base_model)]
+            return _block_list(f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, next_call)
     candidates = _candidate_lists(model)
     if not candidates:
         raise ValueError(
@@ -115,7 +153,12 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> tuple[st
     if len(candidates) > 1 and len(candidates[0][1]) == len(candidates[1][1]):
         seen = ", ".join(f"{n} ({len(m)})" for n, m in candidates[:5])
         raise ValueError(f"ambiguous block lists in {type(model).__name__}: {seen}; pass --block-path to choose")
-    return candidates[0]
+    name, module = candidates[0]
+    return _block_list(name, list(module), names, next_call)
+
+
+def _block_list(path: str, found: list[nn.Module], names: dict[int, str], next_call: NextCall) -> BlockList:
+    return BlockList(path, nn.ModuleList(found), [names[id(b)] for b in found], next_call)
 
 
 def adapter_for(model: nn.Module) -> Adapter | None:
@@ -177,19 +220,19 @@ def block_targets(
 
 
 def check_patterns(
-    blocks: nn.ModuleList, prefix: str, patterns: list[str] | None, saved_names: dict[str, str]
+    blocks: nn.ModuleList, block_names: list[str], patterns: list[str] | None, saved_names: dict[str, str]
 ) -> list[str]:
     """The ``patterns`` that match no Linear/Conv1D/Conv2d module in ``blocks``.
 
     Example:
-        >>> check_patterns(vit.vit.layers, "vit.layers", ["q_proj", "nope"], {})  # doctest: +SKIP
+        >>> check_patterns(vit.vit.layers, ["vit.layers.0", "vit.layers.1"], ["q_proj", "nope"], {})  # doctest: +SKIP
         ['nope']
     """
     unmatched = list(_compile(patterns))
-    for index, block in enumerate(blocks):
+    for block, prefix in zip(blocks, block_names):
         for name, module in block.named_modules():
             if unmatched and weight_layout(module) is not None:
-                full = f"{prefix}.{index}.{name}"
+                full = f"{prefix}.{name}"
                 hits = _matches(unmatched, (full, saved_names.get(full, full)), type(module).__name__)
                 unmatched = [p for p in unmatched if p not in hits]
     return [p.pattern for p in unmatched]
