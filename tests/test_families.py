@@ -190,3 +190,12 @@ def test_mixed_attention_layers_are_refused_before_pruning():
     with pytest.raises(ValueError, match="mixes attention types across layers"):
         snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs(FAMILIES["qwen2"], 4, 0))
     assert bool((model.model.layers[0].mlp.up_proj.weight != 0).all())
+
+
+def test_block_path_flattens_nested_lists():
+    model = _build("resnet")
+    found = find_block_list(model, "resnet.encoder.stages.*.layers")
+    assert len(found) == 4 and found.names == [f"resnet.encoder.stages.{s}.layers.{i}" for s in range(2) for i in range(2)]
+    assert all(a is b for a, b in zip(found.modules, find_block_list(model).modules))
+    with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
+        find_block_list(model, "resnet.encoder.nothing.*.layers")
