@@ -30,11 +30,14 @@ class CalibrationConfig:
     """
 
     dataset: str | None = field(default=None, metadata={"help": "calibration data: a local folder/file or a Hub dataset id (default: random inputs)"})
-    split: str = field(default="train", metadata={"help": "dataset split to draw calibration samples from"})
+    dataset_config: str | None = field(default=None, metadata={"help": "configuration (subset) name of a Hub dataset"})
+    split: str = field(default="train", metadata={"help": "dataset split to draw calibration and evaluation samples from"})
     num_samples: int = field(default=128, metadata={"help": "number of calibration samples"})
     seq_len: int = field(default=512, metadata={"help": "tokens per calibration sequence (text models)"})
     text_column: str | None = field(default=None, metadata={"help": "text column (default: detected)"})
     image_column: str | None = field(default=None, metadata={"help": "image column (default: detected)"})
+    label_column: str | None = field(default=None, metadata={"help": "label column for evaluation (default: detected)"})
+    eval_samples: int = field(default=128, metadata={"help": "held-out samples (sequences for causal LMs) to evaluate dense and pruned models on"})
     seed: int = field(default=0, metadata={"help": "random seed for sampling"})
 
     def __post_init__(self) -> None:
@@ -42,6 +45,8 @@ class CalibrationConfig:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be at least 1, got {self.seq_len}")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples must be at least 0, got {self.eval_samples}")
 
 
 def _is_image_model(model: Any) -> bool:
@@ -98,11 +103,11 @@ def load_dataset_split(cfg: CalibrationConfig):
                 raise ValueError(f"unsupported data file {source!r}: use {', '.join(sorted(_BUILDERS))}")
             data = datasets.load_dataset(_BUILDERS[ext], data_files=path)  # one file: split "train"
         elif os.path.isdir(path):
-            data = datasets.load_dataset(path)
+            data = datasets.load_dataset(path, cfg.dataset_config)
         elif source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise ValueError(f"dataset path {source!r} does not exist")
         else:
-            data = datasets.load_dataset(source)
+            data = datasets.load_dataset(source, cfg.dataset_config)
     except ValueError:
         raise
     except Exception as exc:  # datasets raises many types for offline/missing data
@@ -116,20 +121,29 @@ def load_dataset_split(cfg: CalibrationConfig):
     return split
 
 
-def _detect_column(split, wanted: str | None, kind: str) -> str:
+def _detect_column(split, wanted: str | None, kind: str) -> str | None:
+    """The ``kind`` (image, text, label) column: ``wanted`` if given, else detected.
+
+    Images and texts are found by feature type; labels by a ``ClassLabel`` feature or a
+    column named ``label``/``labels``, and are optional (``None`` when there is none).
+    """
     import datasets
 
     names = list(split.column_names)
     if wanted is not None:
         if wanted not in names:
-            raise ValueError(f"column {wanted!r} not in the dataset; columns: {', '.join(names)}")
+            raise ValueError(f"{kind} column {wanted!r} not in the dataset; columns: {', '.join(names)}")
         return wanted
     for name, feature in split.features.items():
         if kind == "image" and isinstance(feature, datasets.Image):
             return name
+        if kind == "label" and isinstance(feature, datasets.ClassLabel):
+            return name
         if kind == "text" and getattr(feature, "dtype", None) in ("string", "large_string"):
             if name == "text" or "text" not in names:
                 return name
+    if kind == "label":
+        return next((n for n in ("label", "labels") if n in names), None)
     flag = "--image-column" if kind == "image" else "--text-column"
     raise ValueError(f"no {kind} column found in the dataset (columns: {', '.join(names)}); pass {flag}")
 
@@ -146,7 +160,8 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
     if cfg.dataset is None:
         logger.warning(
             "no --dataset given: calibrating on random inputs; only the magnitude mask ignores data "
-            "(wanda/hessian masks and SNOWS fit what they see), so pass --dataset with real samples"
+            "(wanda/hessian masks and SNOWS fit what they see), and nothing is held out to evaluate on; "
+            "pass --dataset with real samples"
         )
         return random_calibration(model, cfg)
     if processor is None:
@@ -155,46 +170,12 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
 
 
 def calibration_from_split(split, cfg: CalibrationConfig, model: Any, processor: Any) -> dict[str, torch.Tensor]:
-    """Calibration tensors from an already loaded ``datasets.Dataset`` (shuffled with ``cfg.seed``).
+    """Calibration tensors from an already loaded ``datasets.Dataset`` (rows in a ``cfg.seed`` order).
 
     Example:
         >>> split = datasets.Dataset.from_dict({"text": articles})  # doctest: +SKIP
         >>> calibration_from_split(split, CalibrationConfig(num_samples=16, seq_len=128), model, tokenizer)  # doctest: +SKIP
     """
-    if len(split) == 0:
-        raise ValueError("the calibration dataset is empty")
-    split = split.shuffle(seed=cfg.seed)
-    if _is_image_model(model):
-        return _image_calibration(split, cfg, model, processor)
-    return _text_calibration(split, cfg, model, processor)
+    from .data import prepare_data
 
-
-def _image_calibration(split, cfg, model, processor) -> dict[str, torch.Tensor]:
-    column = _detect_column(split, cfg.image_column, "image")
-    mode = "L" if getattr(model.config, "num_channels", 3) == 1 else "RGB"
-    count = min(cfg.num_samples, len(split))
-    if count < cfg.num_samples:
-        logger.warning("the dataset has %d samples, fewer than the %d asked for; using all", count, cfg.num_samples)
-    images = [split[i][column].convert(mode) for i in range(count)]
-    return {"pixel_values": processor(images=images, return_tensors="pt")["pixel_values"]}
-
-
-def _text_calibration(split, cfg, model, tokenizer) -> dict[str, torch.Tensor]:
-    column = _detect_column(split, cfg.text_column, "text")
-    seq_len = _seq_len(cfg, model)
-    need = cfg.num_samples * seq_len
-    tokens: list[int] = []
-    for row in split:
-        text = row[column]
-        if not isinstance(text, str):
-            raise ValueError(f"text column {column!r} holds {type(text).__name__}, not strings")
-        tokens.extend(tokenizer(text, verbose=False)["input_ids"])  # long texts are packed, not fed whole
-        if len(tokens) >= need:
-            break
-    count = min(len(tokens) // seq_len, cfg.num_samples)
-    if count == 0:
-        raise ValueError(f"the dataset holds {len(tokens)} tokens, fewer than one sequence of {seq_len}; lower --seq-len")
-    if count < cfg.num_samples:
-        logger.warning("the dataset fills %d sequences of %d tokens, fewer than the %d asked for; using all", count, seq_len, cfg.num_samples)
-    ids = torch.tensor(tokens[: count * seq_len], dtype=torch.long).reshape(count, seq_len)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return prepare_data(split, cfg, model, processor).calibration

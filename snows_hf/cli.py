@@ -59,8 +59,7 @@ _non_negative_int = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``snows-hf`` parser (``prune`` and ``demo`` subcommands)."""
-    from .calibration import CalibrationConfig
+    """The full ``snows-hf`` parser (``prune``, ``eval`` and ``demo`` subcommands)."""
     from .config import PruneConfig
     from .masks import SELECTORS
     from .methods import METHODS
@@ -80,16 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "stats_dtype", choices=["float32", "float64"])
-    _add(prune, CalibrationConfig, "dataset")
-    _add(prune, CalibrationConfig, "split")
-    _add(prune, CalibrationConfig, "num_samples", type=_positive_int)
-    _add(prune, CalibrationConfig, "seq_len", type=_positive_int)
-    _add(prune, CalibrationConfig, "text_column")
-    _add(prune, CalibrationConfig, "image_column")
+    _data_options(prune)
+    prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "block_path")
-    _add(prune, PruneConfig, "seed", type=int)
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
     _add(snows, PruneConfig, "k_step", type=_non_negative_int)
     _add(snows, PruneConfig, "target", choices=["dense-stream", "official"])
@@ -107,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(prune)
     prune.set_defaults(func=cmd_prune)
 
+    evaluation = sub.add_parser("eval", help="evaluate a saved model (optionally against a reference) on held-out data")
+    evaluation.add_argument("model", metavar="MODEL", help="model folder or Hub id to evaluate")
+    evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
+    _data_options(evaluation, dataset_required=True)
+    _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
+    evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    _common(evaluation)
+    evaluation.set_defaults(func=cmd_eval)
+
     demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
     demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that is not an earlier demo")
@@ -115,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _data_options(parser: argparse.ArgumentParser, dataset_required: bool = False) -> None:
+    from .calibration import CalibrationConfig
+
+    group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
+    _add(group, CalibrationConfig, "dataset", **({"required": True} if dataset_required else {}))
+    _add(group, CalibrationConfig, "dataset_config")
+    _add(group, CalibrationConfig, "split")
+    _add(group, CalibrationConfig, "num_samples", type=_positive_int)
+    _add(group, CalibrationConfig, "seq_len", type=_positive_int)
+    _add(group, CalibrationConfig, "eval_samples", type=_positive_int)
+    _add(group, CalibrationConfig, "text_column")
+    _add(group, CalibrationConfig, "image_column")
+    _add(group, CalibrationConfig, "label_column")
+    _add(group, CalibrationConfig, "seed", type=int)
+    group.add_argument("--processor", help="tokenizer or image processor folder/id (default: the model's own)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -135,9 +156,9 @@ def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """``snows-hf prune``: validate everything, load, calibrate, prune, save."""
+    """``snows-hf prune``: validate everything, load, calibrate, evaluate, prune, evaluate, save."""
     from .api import prune_
-    from .calibration import CalibrationConfig, build_calibration
+    from .calibration import CalibrationConfig
     from .config import PruneConfig
     from .devices import resolve_device
     from .export import check_output_dir, save_pruned
@@ -149,18 +170,126 @@ def cmd_prune(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
     check_output_dir(output_dir, args.overwrite)
 
-    start = time.perf_counter()
-    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    calibration = build_calibration(cal_cfg, model, processor)
-    report = prune_(model, config, calibration, progress=not args.quiet)
-    extra = {"source_model": args.model, "calibration": dataclasses.asdict(cal_cfg)}
-    save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra)
-    print(
-        f"pruned {len(report.layers)} layers in {report.num_blocks} blocks to {config.sparsity} "
-        f"({config.method}); measured sparsity {report.sparsity:.2%}; "
-        f"{time.perf_counter() - start:.1f} s; saved to {output_dir}"
-    )
+    phases = _Phases()
+    with phases("load"):
+        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        processor = _processor(args, model, processor)
+    with phases("data"):
+        data = _prepare(cal_cfg, model, processor, evaluate=not args.no_eval)
+    evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None else None
+    if evaluation:
+        with phases("dense eval"):
+            evaluation.run("dense", model)
+    with phases("prune"):
+        report = prune_(model, config, data.calibration, progress=not args.quiet)
+    if evaluation:
+        with phases("pruned eval"):
+            evaluation.run("pruned", model)
+    extra = {
+        "source_model": args.model, "calibration": dataclasses.asdict(cal_cfg), "data": data.source,
+        "evaluation": evaluation.figures() if evaluation else None, "phases": phases.seconds,
+    }
+    with phases("save"):
+        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra)
+    print(report.format_table(extra["evaluation"], phases.seconds))
+    print(f"saved to {output_dir}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
+    import json
+
+    from .calibration import CalibrationConfig
+    from .loading import load_model
+    from .report import format_metrics
+
+    cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
+    batch_size = getattr(args, "batch_size", 8)
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    processor = _processor(args, model, processor)
+    data = _prepare(cal_cfg, model, processor, evaluate=True)
+    if data.evaluation is None:
+        raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
+    evaluation = _Evaluation(data.evaluation, batch_size)
+    if args.reference:
+        reference, _ = load_model(args.reference, trust_remote_code=args.trust_remote_code)
+        evaluation.run("dense", reference)
+        del reference
+    evaluation.run("pruned" if args.reference else "model", model)
+    figures = evaluation.figures() | {"data": data.source, "model": args.model, "reference": args.reference}
+    print(format_metrics(figures, columns=("dense", "pruned") if args.reference else ("model",),
+                         headers=("reference", "model") if args.reference else ("model",)))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
+    return 0
+
+
+class _Phases:
+    """Wall time per phase of a run, in order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(time.perf_counter() - start, 3)
+
+        return timed()
+
+
+class _Evaluation:
+    """Dense and pruned figures on the same held-out samples."""
+
+    def __init__(self, eval_set: Any, batch_size: int) -> None:
+        self.eval_set, self.batch_size = eval_set, batch_size
+        self.outputs: dict[str, Any] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def run(self, label: str, model: Any) -> None:
+        from .evaluation import compute_metrics, model_outputs
+
+        outputs = model_outputs(model, self.eval_set, self.batch_size)
+        reference = self.outputs.get("dense")
+        self.metrics[label] = compute_metrics(self.eval_set, outputs, reference)
+        self.outputs[label] = outputs
+
+    def figures(self) -> dict[str, Any]:
+        return {"task": self.eval_set.task, "samples": len(self.eval_set), **self.metrics}
+
+
+def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:
+    if not getattr(args, "processor", None):
+        return processor
+    from .loading import load_processor
+
+    loaded = load_processor(args.processor, model)
+    if loaded is None:
+        raise ValueError(f"--processor {args.processor!r} holds no tokenizer or image processor for this model")
+    return loaded
+
+
+def _prepare(cal_cfg: Any, model: Any, processor: Any, evaluate: bool):
+    """Calibration (and held-out evaluation) data; random calibration without a dataset."""
+    from .calibration import build_calibration, load_dataset_split
+    from .data import PreparedData, prepare_data
+
+    if cal_cfg.dataset is None:
+        return PreparedData(build_calibration(cal_cfg, model, processor), None, {"dataset": None})
+    if processor is None:
+        raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
+    split = load_dataset_split(cal_cfg)
+    data = prepare_data(split, cal_cfg, model, processor, cal_cfg.eval_samples if evaluate else 0)
+    data.source.update(dataset=cal_cfg.dataset, dataset_config=cal_cfg.dataset_config, split=cal_cfg.split)
+    return data
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

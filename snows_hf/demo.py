@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +81,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Prune MiniLM on BBC News with each compared method, measure, save the SNOWS model.
 
-    Returns the figures per method (cosine of pruned vs dense embeddings on held-out
-    articles, measured sparsity, seconds).
+    Returns the figures per method on held-out articles that calibration never saw: cosine
+    of pruned vs dense embeddings, accuracy of a topic linear probe on the embeddings,
+    measured sparsity, seconds.
 
     Example:
         >>> figures = run_demo("snows-hf-demo")  # doctest: +SKIP
@@ -93,9 +93,10 @@ def run_demo(
     import datasets
 
     from .api import prune_
-    from .calibration import CalibrationConfig, calibration_from_split
+    from .calibration import CalibrationConfig
     from .config import PruneConfig
-    from .evaluation import cosine_to_reference, mean_pooled_embeddings
+    from .data import prepare_data
+    from .evaluation import compute_metrics, cosine_to_reference, model_outputs
     from .export import check_output_dir, save_pruned
     from .loading import load_model
 
@@ -106,19 +107,21 @@ def run_demo(
         for label, options in settings.methods().items()
     }
     check_output_dir(out, overwrite or is_demo_output(out))
-    articles = bbc_articles()
-    random.Random(settings.seed).shuffle(articles)
-    held_out = [text for _, text in articles[: settings.eval_samples]]
-    calibration_texts = [text for _, text in articles[settings.eval_samples :]]
+    categories, texts = zip(*bbc_articles())
+    split = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
 
     model, tokenizer = load_model(str(minilm_path()), dtype="float32")
-    cal_cfg = CalibrationConfig(num_samples=settings.num_samples, seq_len=settings.seq_len, seed=settings.seed)
-    calibration = calibration_from_split(datasets.Dataset.from_dict({"text": calibration_texts}), cal_cfg, model, tokenizer)
-    dense = mean_pooled_embeddings(model, tokenizer, held_out, max_length=settings.seq_len)
+    cal_cfg = CalibrationConfig(
+        num_samples=settings.num_samples, seq_len=settings.seq_len, seed=settings.seed, label_column="category"
+    )
+    data = prepare_data(split, cal_cfg, model, tokenizer, eval_samples=settings.eval_samples)
+    calibration, held_out = data.calibration, data.evaluation
+    dense = model_outputs(model, held_out)
     figures: dict[str, Any] = {
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "calibration": f"BBC News, {calibration['input_ids'].shape[0]} x {calibration['input_ids'].shape[1]} tokens",
         "eval_articles": len(held_out),
+        "dense": compute_metrics(held_out, dense),
         "methods": {},
     }
     for label, config in configs.items():
@@ -126,15 +129,17 @@ def run_demo(
             model, _ = load_model(str(minilm_path()), dtype="float32")
         logger.info("pruning with %s", label)
         report = prune_(model, config, calibration, progress=progress)
-        cosine = cosine_to_reference(mean_pooled_embeddings(model, tokenizer, held_out, max_length=settings.seq_len), dense)
+        outputs = model_outputs(model, held_out)
+        cosine = cosine_to_reference(outputs["embeddings"], dense["embeddings"])
         figures["methods"][label] = {
+            **compute_metrics(held_out, outputs, dense),
             "cosine_mean": float(cosine.mean()),
             "cosine_min": float(cosine.min()),
             "sparsity": report.sparsity,
             "prune_seconds": report.timings["total"],
         }
         last_model, last_report, model = model, report, None
-    save_pruned(last_model, last_report, out, tokenizer, overwrite=True, extra_report={"demo": figures})
+    save_pruned(last_model, last_report, out, tokenizer, overwrite=True, extra_report={"demo": figures, "data": data.source})
     figures["saved"] = label
     return figures
 
@@ -149,6 +154,8 @@ def format_table(figures: dict[str, Any]) -> str:
         ("sparsity of block Linear weights", "0.0%", *(f"{m['sparsity']:.1%}" for m in methods.values())),
         (f"embedding cosine to dense, mean of {n}", "1.0000", *(f"{m['cosine_mean']:.4f}" for m in methods.values())),
         ("embedding cosine to dense, worst", "1.0000", *(f"{m['cosine_min']:.4f}" for m in methods.values())),
+        ("topic linear-probe accuracy", f"{figures['dense']['linear_probe_accuracy']:.4f}",
+         *(f"{m['linear_probe_accuracy']:.4f}" for m in methods.values())),
         ("seconds to prune", "", *(f"{m['prune_seconds']:.1f}" for m in methods.values())),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

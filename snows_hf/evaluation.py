@@ -2,32 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-
-
-@torch.no_grad()
-def mean_pooled_embeddings(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 32
-) -> torch.Tensor:
-    """Sentence embeddings as sentence-transformers computes them: masked mean, L2-normalised.
-
-    Example:
-        >>> emb = mean_pooled_embeddings(model, tokenizer, ["a sentence", "another"])  # doctest: +SKIP
-        >>> emb.shape  # doctest: +SKIP
-        torch.Size([2, 384])
-    """
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items()}
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
-    return torch.cat(out)
 
 
 def cosine_to_reference(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -38,3 +15,104 @@ def cosine_to_reference(embeddings: torch.Tensor, reference: torch.Tensor) -> to
         tensor([1., 1.])
     """
     return torch.nn.functional.cosine_similarity(embeddings.float(), reference.float(), dim=-1)
+
+
+@torch.no_grad()
+def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """What the metrics need from one model on an :class:`~snows_hf.data.EvalSet`.
+
+    ``classification``: ``logits``; ``causal-lm``: summed next-token ``nll`` and scored
+    ``tokens`` per sequence; ``embedding``: L2-normalised pooled ``embeddings``.
+
+    Example:
+        >>> outs = model_outputs(model, data.evaluation)  # doctest: +SKIP
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    try:
+        for i in range(0, len(eval_set), batch_size):
+            batch = {k: v[i : i + batch_size].to(device) for k, v in eval_set.inputs.items()}
+            for key, value in _batch_outputs(model, eval_set.task, batch).items():
+                chunks.setdefault(key, []).append(value.float().cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def _batch_outputs(model: Any, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if task == "classification":
+        return {"logits": model(**batch).logits}
+    if task == "causal-lm":
+        logits = model(**batch).logits[:, :-1]
+        targets = batch["input_ids"][:, 1:]
+        keep = batch["attention_mask"][:, 1:].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+        return {"nll": (nll * keep).sum(1), "tokens": keep.sum(1)}
+    out = model(**batch)
+    hidden = out.last_hidden_state
+    if hidden.dim() == 3 and "attention_mask" in batch:  # text: masked mean, as sentence-transformers does
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    elif getattr(out, "pooler_output", None) is not None:
+        pooled = out.pooler_output.flatten(1)
+    else:
+        pooled = hidden.flatten(2).mean(-1) if hidden.dim() == 4 else hidden.mean(1)
+    return {"embeddings": torch.nn.functional.normalize(pooled.float(), dim=-1)}
+
+
+def compute_metrics(eval_set: Any, outputs: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Metrics of one model's ``outputs`` (from :func:`model_outputs`), through ``evaluate``.
+
+    ``reference`` is the dense model's outputs on the same samples: it adds top-1
+    agreement for classifiers and cosine similarity for embeddings.
+
+    Example:
+        >>> compute_metrics(data.evaluation, model_outputs(pruned, data.evaluation), dense_outputs)  # doctest: +SKIP
+        {'top1_accuracy': 0.87, 'top5_accuracy': 0.99, 'top1_agreement': 0.95}
+    """
+    from .metrics import load_metric
+
+    metrics: dict[str, float] = {}
+    if eval_set.task == "causal-lm":
+        result = load_metric("perplexity_from_nll").compute(
+            predictions=outputs["nll"].double().tolist(), references=outputs["tokens"].long().tolist()
+        )
+        return {"perplexity": result["perplexity"], "nll_per_token": result["nll_per_token"]}
+    if eval_set.task == "classification":
+        logits = outputs["logits"]
+        if eval_set.labels is not None:
+            accuracy = load_metric("top_k_accuracy")
+            for k in (1, 5) if logits.shape[1] > 5 else (1,):
+                metrics.update(accuracy.compute(predictions=logits.tolist(), references=eval_set.labels.tolist(), k=k))
+        if reference is not None:
+            metrics["top1_agreement"] = float((logits.argmax(1) == reference["logits"].argmax(1)).float().mean())
+        return metrics
+    embeddings = outputs["embeddings"]
+    if reference is not None:
+        metrics["cosine_to_dense"] = float(cosine_to_reference(embeddings, reference["embeddings"]).mean())
+    if eval_set.labels is not None:
+        metrics["linear_probe_accuracy"] = linear_probe_accuracy(embeddings, eval_set.labels)
+    return metrics
+
+
+def linear_probe_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, ridge: float = 1e-2) -> float:
+    """Accuracy of a ridge-regression probe fitted on the first half, scored on the second.
+
+    Example:
+        >>> x = torch.cat([torch.ones(10, 2), -torch.ones(10, 2)])[torch.arange(20) % 2 * 10 + torch.arange(20) // 2]
+        >>> linear_probe_accuracy(x, (torch.arange(20) % 2))
+        1.0
+    """
+    from .metrics import load_metric
+
+    n = len(labels) // 2
+    if n < 2:
+        raise ValueError("a linear probe needs at least 4 labelled evaluation samples")
+    x = torch.cat([embeddings.double(), torch.ones(len(embeddings), 1, dtype=torch.float64)], dim=1)
+    targets = torch.nn.functional.one_hot(labels.long(), int(labels.max()) + 1).double()
+    a = x[:n].T @ x[:n] + ridge * n * torch.eye(x.shape[1], dtype=torch.float64)
+    weights = torch.linalg.solve(a, x[:n].T @ targets[:n])
+    scores = x[n:] @ weights
+    return load_metric("top_k_accuracy").compute(predictions=scores.tolist(), references=labels[n:].tolist(), k=1)["top1_accuracy"]

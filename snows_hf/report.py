@@ -80,6 +80,59 @@ class PruneReport:
         }
 
 
+    def format_table(self, evaluation: dict[str, Any] | None = None, phases: dict[str, float] | None = None,
+                     max_layers: int = 40) -> str:
+        """The terminal summary: dense vs pruned metrics, sparsity per layer and overall, phases.
+
+        Layers are listed one per line up to ``max_layers``; beyond that, the range and
+        a pointer to ``report.json``.
+        """
+        cfg = self.config
+        lines = []
+        if evaluation:
+            lines += [format_metrics(evaluation), ""]
+        settings = f"method {cfg['method']}" + (f", mask {cfg['mask']}" if cfg["method"] != "magnitude" else "")
+        if cfg["method"] == "snows":
+            settings += f", K={cfg['k_step']}, {cfg['target']} targets"
+        lines.append(f"sparsity {cfg['sparsity']} ({settings}): {len(self.layers)} layers in {self.num_blocks} blocks, "
+                     f"{self.num_calibration_samples} calibration samples")
+        if len(self.layers) <= max_layers:
+            width = max(len(layer.name) for layer in self.layers)
+            lines += [f"  {layer.name:<{width}}  {layer.sparsity:7.2%}" for layer in self.layers]
+        else:
+            values = [layer.sparsity for layer in self.layers]
+            lines.append(f"  per layer: {min(values):.2%} to {max(values):.2%} (each layer in report.json)")
+        lines.append(f"  overall measured sparsity: {self.sparsity:.2%}")
+        if phases:
+            lines.append("time: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items()))
+        return "\n".join(lines)
+
+
+def format_metrics(figures: dict[str, Any], columns: tuple[str, ...] = ("dense", "pruned"),
+                   headers: tuple[str, ...] | None = None) -> str:
+    """A metric table: one row per metric, one column per model, on ``figures["samples"]``.
+
+    Example:
+        >>> print(format_metrics({"task": "causal-lm", "samples": 4, "dense": {"perplexity": 27.0},
+        ...                       "pruned": {"perplexity": 31.5}}))
+        metric (4 held-out samples, causal-lm)      dense     pruned
+        perplexity                                27.0000    31.5000
+    """
+    headers = headers or columns
+    names = [n for c in columns for n in figures.get(c, {}) if n]
+    names = list(dict.fromkeys(names))
+    title = f"metric ({figures['samples']} held-out samples, {figures['task']})"
+    width = max([len(title)] + [len(n) for n in names])
+    lines = [f"{title:<{width}} " + " ".join(f"{h:>10}" for h in headers)]
+    for name in names:
+        cells = []
+        for column in columns:
+            value = figures.get(column, {}).get(name)
+            cells.append(f"{value:>10.4f}" if value is not None else f"{'':>10}")
+        lines.append(f"{name:<{width}} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def _numel(shape: list[int]) -> int:
     n = 1
     for dim in shape:

@@ -51,7 +51,7 @@ def test_prune_tiny_vit_2of4(vit_dir, capsys):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]) == 0
-    assert "measured sparsity 50.00%" in capsys.readouterr().out
+    assert "overall measured sparsity: 50.00%" in capsys.readouterr().out
     _check_output("out", vit_dir, AutoModelForImageClassification, "vit.layers.", "2:4")
     AutoImageProcessor.from_pretrained("out")  # processor files travel with the model
     # the checkpoint keeps transformers' saved key names, so older loaders read it too
@@ -124,20 +124,43 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot load dataset 'nobody/nothing'", id="hub-dataset-offline"),
+    pytest.param(["eval", "{vit}"], "the following arguments are required: --dataset", id="eval-without-dataset"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "empty.jsonl"], "empty", id="empty-dataset"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "broken"], "could be decoded (2 tried)", id="undecodable-images"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--label-column", "nope"], "label column 'nope' not in the dataset", id="missing-label-column"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--eval-samples", "0"], "--eval-samples: must be an integer >= 1", id="eval-samples-0"),
+    pytest.param(["eval", "{vit}", "--dataset", "imgs", "--num-samples", "6"], "no held-out samples are left", id="eval-nothing-left"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--processor", "./nowhere"], "holds no tokenizer or image processor", id="bad-processor"),
 ] + [
     pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
     for spec in BAD_SPECS
 ]
 
 
+def _tiny_image_folder(root, per_class):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(root / label / f"{i}.png")
+
+
 @pytest.mark.parametrize("argv, message", BAD_INPUTS)
 def test_bad_inputs_one_line_no_output(argv, message, vit_dir, capsys):
     Path("full").mkdir()
     Path("full/x").write_text("x")
+    Path("empty.jsonl").write_text("")
+    (Path("broken") / "cat").mkdir(parents=True)
+    for i in range(2):
+        (Path("broken") / "cat" / f"{i}.png").write_bytes(b"garbage")
+    _tiny_image_folder(Path("imgs"), 3)
     before = sorted(p.name for p in Path(".").iterdir())
     argv = [a.format(vit=vit_dir, full="full") for a in argv]
     try:
-        code = main(argv + ["--output-dir", "out"] if "--output-dir" not in argv and len(argv) > 2 else argv)
+        prune = argv[0] == "prune" and "--output-dir" not in argv and len(argv) > 2
+        code = main(argv + ["--output-dir", "out"] if prune else argv)
     except SystemExit as exc:  # argparse errors
         code = exc.code
     err = capsys.readouterr().err
