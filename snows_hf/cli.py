@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "stats_dtype", choices=["float32", "float64"])
+    prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
+                       help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
     prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
     _add(prune, PruneConfig, "batch_size", type=_positive_int)

@@ -46,6 +46,10 @@ class PruneConfig:
         "contains a match, or whose type (Linear, Conv1D, Conv2d) matches one (default: the family's targets)"
     )
     ignore: list[str] | None = _field(None, "regular expressions, matched like targets: never prune these modules")
+    diagnostics: bool = _field(
+        True, "compare magnitude and Hessian-scaled masks per layer in the report (one extra block "
+        "forward per module when the mask itself needs no statistics)"
+    )
     stats_dtype: str = _field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)")
     k_step: int = _field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
     target: str = _field(

@@ -341,6 +341,8 @@ def _diagnostics(job: ModuleJob, method) -> dict | None:
     """Magnitude vs Hessian-scaled masks on this layer; statistics the selector needs are
     collected in the same pass. ``None`` where input statistics are not available."""
     selector = get_selector(method.mask_selector)
+    if not method.config.diagnostics:
+        return None
     try:
         stats = job.input_stats(selector.needs | {"input_sq"})
     except ValueError as err:

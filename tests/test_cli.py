@@ -125,6 +125,9 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot load dataset 'nobody/nothing'", id="hub-dataset-offline"),
+    pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--split", "test"], "has no split 'test'", id="missing-split"),
+    pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "n"], "holds int, not strings", id="text-column-not-strings"),
+    pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "body"], "text column 'body' not in the dataset", id="missing-text-column"),
     pytest.param(["eval", "{vit}"], "the following arguments are required: --dataset", id="eval-without-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "empty.jsonl"], "empty", id="empty-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "broken"], "could be decoded (2 tried)", id="undecodable-images"),
@@ -148,16 +151,17 @@ def _tiny_image_folder(root, per_class):
 
 
 @pytest.mark.parametrize("argv, message", BAD_INPUTS)
-def test_bad_inputs_one_line_no_output(argv, message, vit_dir, capsys):
+def test_bad_inputs_one_line_no_output(argv, message, vit_dir, llama_dir, capsys):
     Path("full").mkdir()
     Path("full/x").write_text("x")
     Path("empty.jsonl").write_text("")
+    Path("numbers.jsonl").write_text("".join(json.dumps({"text": f"w{i} w{i + 1}", "n": i}) + "\n" for i in range(20)))
     (Path("broken") / "cat").mkdir(parents=True)
     for i in range(2):
         (Path("broken") / "cat" / f"{i}.png").write_bytes(b"garbage")
     _tiny_image_folder(Path("imgs"), 3)
     before = sorted(p.name for p in Path(".").iterdir())
-    argv = [a.format(vit=vit_dir, full="full") for a in argv]
+    argv = [a.format(vit=vit_dir, llama=llama_dir, full="full") for a in argv]
     try:
         prune = argv[0] == "prune" and "--output-dir" not in argv and len(argv) > 2
         code = main(argv + ["--output-dir", "out"] if prune else argv)

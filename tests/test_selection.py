@@ -163,3 +163,14 @@ def test_diagnostics_in_report_and_warning_when_magnitude_drops_importance(caplo
     assert diag["input_variance_spread"] > 100 and diag["jaccard"] < 0.5
     assert "consider --mask hessian" in caplog.text
     assert report.to_dict()["layers"][0]["diagnostics"] == diag
+
+
+def test_diagnostics_can_be_switched_off(monkeypatch):
+    from snows_hf.methods import ModuleJob
+
+    calls = []
+    original = ModuleJob.input_stats
+    monkeypatch.setattr(ModuleJob, "input_stats", lambda self, needs: calls.append(set(needs)) or original(self, needs))
+    report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "magnitude", "diagnostics": False}, _pixels())
+    assert all(layer.diagnostics is None for layer in report.layers)
+    assert all(not needs for needs in calls)  # magnitude needs nothing, so no statistics pass ran
