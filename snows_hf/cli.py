@@ -165,6 +165,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .export import check_output_dir, save_pruned
     from .loading import load_model
+    from .recipe import recipe_dict
 
     config = PruneConfig(**_split_fields(args, PruneConfig))
     cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
@@ -192,7 +193,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "evaluation": evaluation.figures() if evaluation else None, "phases": phases.seconds,
     }
     with phases("save"):
-        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra)
+        recipe = recipe_dict(config, cal_cfg, args.model)
+        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe)
     print(report.format_table(extra["evaluation"], phases.seconds))
     print(f"saved to {output_dir}")
     return 0

@@ -70,12 +70,14 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
 
 def save_pruned(
     model: Any, report: PruneReport, path: str | os.PathLike, processor: Any = None, overwrite: bool = False,
-    extra_report: dict[str, Any] | None = None,
+    extra_report: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a pruned model, its processor and ``report.json`` atomically to ``path``.
+    """Save a pruned model, its processor, ``report.json``, ``recipe.yaml`` and a model card
+    (``README.md`` with its plot) atomically to ``path``.
 
     The ``sparsity`` block (pattern, method, measured per-layer sparsity) is added to the
-    model's config, so it travels in ``config.json``.
+    model's config, so it travels in ``config.json``. ``recipe`` (see
+    :func:`snows_hf.recipe.recipe_dict`) defaults to the run's pruning settings.
 
     Example:
         >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
@@ -88,4 +90,18 @@ def save_pruned(
         payload = report.to_dict()
         payload.update(extra_report or {})
         (tmp / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
+        _write_recipe(tmp, recipe or {"prune": report.config})
+        from .card import write_card
+
+        write_card(tmp, model, payload)
     return Path(path)
+
+
+def _write_recipe(folder: Path, recipe: dict[str, Any]) -> None:
+    import yaml
+
+    from . import __version__
+    from .recipe import RECIPE_FILE
+
+    recipe = {"snows_hf_version": __version__, **recipe}
+    (folder / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -1,0 +1,180 @@
+"""Model cards: ``README.md`` for a pruned model, from the package's Jinja template.
+
+Rendered with ``huggingface_hub.ModelCard.from_template`` and ``ModelCardData`` so the
+Hub reads its metadata: base model, tags, calibration dataset, and the dense and pruned
+metrics as ``eval_results`` (which become the ``model-index``). A small PNG plots the
+per-layer sparsity and, for SNOWS, the per-layer reconstruction error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).parent / "model_cards" / "model_card.md"
+PLOT_FILE = "sparsity_per_layer.png"
+
+_TASKS = (  # (class name suffix, pipeline tag, Auto class)
+    ("ForImageClassification", "image-classification", "AutoModelForImageClassification"),
+    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
+    ("ForCausalLM", "text-generation", "AutoModelForCausalLM"),
+    ("LMHeadModel", "text-generation", "AutoModelForCausalLM"),
+)
+_METRIC_NAMES = {"top1_accuracy": "accuracy", "top5_accuracy": "top-5 accuracy", "perplexity": "perplexity",
+                 "cosine_to_dense": "cosine to dense embeddings", "linear_probe_accuracy": "linear-probe accuracy",
+                 "top1_agreement": "top-1 agreement with dense", "nll_per_token": "NLL per token"}
+
+
+def pipeline_and_auto_class(model: Any) -> tuple[str, str]:
+    """The Hub ``pipeline_tag`` and the ``transformers`` Auto class that loads ``model``.
+
+    Example:
+        >>> pipeline_and_auto_class(LlamaForCausalLM(config))  # doctest: +SKIP
+        ('text-generation', 'AutoModelForCausalLM')
+    """
+    name = type(model).__name__
+    for suffix, tag, auto in _TASKS:
+        if name.endswith(suffix):
+            return tag, auto
+    image = getattr(model, "main_input_name", "") == "pixel_values"
+    return ("image-feature-extraction" if image else "feature-extraction"), "AutoModel"
+
+
+def _hub_id(value: str | None) -> str | None:
+    """``value`` when it looks like a Hub id rather than a local path."""
+    if not value or os.path.exists(os.path.expanduser(value)) or value.startswith((".", "/", "~")):
+        return None
+    return value if value.count("/") <= 1 else None
+
+
+def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None):
+    """The ``ModelCard`` of a pruned model from its ``report.json`` payload.
+
+    Example:
+        >>> card = build_card(model, json.loads(Path("out/report.json").read_text()))  # doctest: +SKIP
+        >>> card.data.tags  # doctest: +SKIP
+        ['pruned', 'sparse', 'snows', 'sparsity-2of4', 'magnitude']
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    cfg = payload["config"]
+    pattern = cfg["sparsity"]
+    pipeline_tag, auto_class = pipeline_and_auto_class(model)
+    source = payload.get("source_model")
+    data = payload.get("data") or {}
+    dataset = _hub_id(data.get("dataset"))
+    evaluation = payload.get("evaluation") or {}
+    tag = pattern.replace(":", "of")
+    name = repo_id or (Path(source).name if source else type(model).__name__) + f"-pruned-{tag}"
+    eval_results = []
+    for metric, value in (evaluation.get("pruned") or {}).items():
+        if metric in _METRIC_NAMES and metric != "nll_per_token":
+            for label, number in (("pruned", value), ("dense baseline", (evaluation.get("dense") or {}).get(metric))):
+                if number is not None:
+                    eval_results.append(EvalResult(
+                        task_type=pipeline_tag, dataset_type=dataset or "custom",
+                        dataset_name=data.get("dataset") and Path(str(data["dataset"])).name or "held-out data",
+                        dataset_split=data.get("split"), metric_type=metric,
+                        metric_name=f"{_METRIC_NAMES[metric]} ({label})", metric_value=float(number),
+                    ))
+    card_data = ModelCardData(
+        base_model=_hub_id(source), library_name="transformers", pipeline_tag=pipeline_tag,
+        tags=list(dict.fromkeys(["pruned", "sparse", "snows", f"sparsity-{tag}", cfg["method"]])),
+        datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), **_body(payload, model, name, auto_class, plot, repo_id)
+    )
+
+
+def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot: str | None, repo_id: str | None) -> dict:
+    cfg = payload["config"]
+    source = payload.get("source_model")
+    data = payload.get("data") or {}
+    calibration = payload.get("calibration") or {}
+    evaluation = payload.get("evaluation") or {}
+    method = cfg["method"]
+    settings = [("pattern", cfg["sparsity"]), ("method", method)]
+    if method != "magnitude":
+        settings.append(("mask", cfg["mask"]))
+    if method == "snows":
+        settings += [("K (operations downstream)", cfg["k_step"]), ("targets", cfg["target"]),
+                     ("Newton steps x CG iterations", f"{cfg['newton_steps']} x {cfg['cg_iters']}"), ("start", cfg["init"])]
+    if cfg.get("allocation") == "global":
+        settings.append(("allocation", f"global, at most {cfg['max_layer_sparsity']} per layer"))
+    text_model = getattr(model, "main_input_name", "input_ids") == "input_ids"
+    where = f" of {data['dataset']} (split {data.get('split')})" if data.get("dataset") else " (random inputs)"
+    tokens = f", {calibration['seq_len']} tokens each" if text_model and calibration.get("seq_len") else ""
+    settings.append(("calibration", f"{payload['num_calibration_samples']} samples{where}{tokens}"))
+    method_line = {
+        "snows": "After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
+                 "the network's outputs several operations downstream stay close to the dense model.",
+        "none": "Masks only: the surviving weights are those of the mask selector.",
+        "magnitude": "Magnitude masks only: the largest weights were kept as they were.",
+    }.get(method, "")
+    results = []
+    for metric in (evaluation.get("pruned") or {}):
+        dense = (evaluation.get("dense") or {}).get(metric)
+        results.append((_METRIC_NAMES.get(metric, metric), "" if dense is None else f"{dense:.4f}",
+                        f"{evaluation['pruned'][metric]:.4f}"))
+    snows = any("heldout_loss_after" in layer.get("metrics", {}) for layer in payload["layers"])
+    layers = []
+    for layer in payload["layers"]:
+        m = layer.get("metrics", {})
+        error = f"{m['heldout_loss_masked']:.4g} -> {m['heldout_loss_after']:.4g}" if "heldout_loss_after" in m else ""
+        layers.append((layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.2%}", error))
+    return {
+        "title": f"{name}",
+        "source_line": f"[{source}](https://huggingface.co/{source})" if _hub_id(source) else (f"`{Path(source).name}`" if source else "A model"),
+        "pattern": cfg["sparsity"], "method_line": method_line, "settings": settings,
+        "results": results, "eval_samples": evaluation.get("samples"),
+        "eval_source": f"{data.get('dataset')}, split {data.get('split')}" if data.get("dataset") else "",
+        "overall": f"{payload['sparsity']:.2%}", "plot": plot,
+        "error_header": "held-out window loss, masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
+        "layers": layers, "auto_class": auto_class, "repo_hint": repo_id or "path/to/this/model",
+    }
+
+
+def plot_layers(payload: dict[str, Any], path: str | Path) -> bool:
+    """Save a PNG of per-layer sparsity (and SNOWS reconstruction error); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: the model card has no plot")
+        return False
+    layers = payload["layers"]
+    x = range(len(layers))
+    refit = [layer.get("metrics", {}) for layer in layers]
+    has_error = all("heldout_loss_after" in m for m in refit)
+    fig, axes = plt.subplots(2 if has_error else 1, 1, figsize=(8, 4.5 if has_error else 2.5), sharex=True, squeeze=False)
+    axes[0][0].bar(x, [layer["sparsity"] for layer in layers], color="#4c72b0")
+    axes[0][0].set_ylabel("sparsity")
+    axes[0][0].set_ylim(0, 1)
+    if has_error:
+        ax = axes[1][0]
+        ax.plot(x, [m["heldout_loss_masked"] for m in refit], "o-", ms=3, label="mask only", color="#c44e52")
+        ax.plot(x, [m["heldout_loss_after"] for m in refit], "o-", ms=3, label="SNOWS", color="#55a868")
+        ax.set_yscale("log")
+        ax.set_ylabel("held-out window loss")
+        ax.legend(fontsize=8)
+    axes[-1][0].set_xlabel("pruned layer (execution order)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def write_card(folder: str | Path, model: Any, payload: dict[str, Any], repo_id: str | None = None) -> Path:
+    """Write ``README.md`` (and the plot) into ``folder``; returns the card's path."""
+    folder = Path(folder)
+    plot = PLOT_FILE if plot_layers(payload, folder / PLOT_FILE) else None
+    card = build_card(model, payload, plot, repo_id)
+    card.save(folder / "README.md")
+    return folder / "README.md"

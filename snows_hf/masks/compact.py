@@ -1,0 +1,149 @@
+"""Compact storage of sparse weights: kept values plus small position metadata.
+
+Pure torch, on the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`:
+
+- N:M: each row's kept values in order, and for each kept value its position inside
+  its group of M, in ``ceil(log2 M)`` bits (2:4: two 2-bit indices per group of four);
+  a trailing partial group keeps :func:`~snows_hf.masks.topk.nm_keep_count` values.
+- unstructured: the kept values in row-major order and a 1-bit-per-weight mask.
+
+Bits are packed little-endian into ``uint8``. Decoding checks every size, so a
+truncated or mismatched tensor is an error, not a wrong weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .patterns import SparsityPattern
+from .topk import nm_keep_count
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integers below ``2**bits`` into a ``uint8`` bitstream.
+
+    Example:
+        >>> pack_bits(torch.tensor([1, 2, 3, 0]), 2)
+        tensor([57], dtype=torch.uint8)
+    """
+    flat = values.reshape(-1).to(torch.int64)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2**bits):
+        raise ValueError(f"values do not fit in {bits} bits")
+    shifts = torch.arange(bits, device=flat.device)
+    stream = ((flat[:, None] >> shifts) & 1).reshape(-1)
+    stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8))
+    return (stream.reshape(-1, 8) << torch.arange(8, device=flat.device)).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``count`` integers of ``bits`` bits each.
+
+    Example:
+        >>> unpack_bits(torch.tensor([57], dtype=torch.uint8), 2, 4)
+        tensor([1, 2, 3, 0])
+    """
+    need = math.ceil(count * bits / 8)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != need:
+        raise ValueError(f"expected {need} packed bytes (uint8, 1-D), got {packed.numel()} ({packed.dtype})")
+    stream = ((packed.to(torch.int64)[:, None] >> torch.arange(8, device=packed.device)) & 1).reshape(-1)
+    return (stream[: count * bits].reshape(count, bits) << torch.arange(bits, device=packed.device)).sum(1)
+
+
+def _group_index(cols: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input column: its group and its position inside the group."""
+    col = torch.arange(cols)
+    return col // m, col % m
+
+
+def encode(weight_rows: torch.Tensor, pattern: SparsityPattern) -> dict[str, torch.Tensor]:
+    """Compact tensors of a pruned ``(rows, inputs)`` weight that follows ``pattern``.
+
+    Returns ``{"values": ..., "indices": ...}`` (N:M) or ``{"values": ..., "bitmask": ...}``
+    (unstructured). The weight's zeros must sit exactly where the pattern prunes: for N:M
+    every group must hold exactly its kept count of non-zeros, or the kept entries are
+    given by ``~(weight == 0)`` padded with explicit zeros where a group has fewer.
+
+    Example:
+        >>> from snows_hf.masks import parse_sparsity
+        >>> enc = encode(torch.tensor([[0.0, 2.0, 0.0, 3.0]]), parse_sparsity("2:4"))
+        >>> enc["values"], enc["indices"]
+        (tensor([2., 3.]), tensor([13], dtype=torch.uint8))
+    """
+    rows, cols = weight_rows.shape
+    if not pattern.is_nm:
+        keep = weight_rows != 0
+        return {"values": weight_rows[keep].contiguous(), "bitmask": pack_bits(keep.reshape(-1), 1)}
+    m = pattern.m
+    keep = _nm_keep(weight_rows, pattern)
+    positions = _group_index(cols, m)[1].expand(rows, cols)[keep]
+    return {
+        "values": weight_rows[keep].contiguous(),
+        "indices": pack_bits(positions, max(1, math.ceil(math.log2(m)))),
+    }
+
+
+def _nm_keep(weight_rows: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
+    """The kept positions of an N:M weight: its non-zeros, topped up to exactly the kept
+    count per group with the first zero positions (a kept weight may be exactly zero)."""
+    rows, cols = weight_rows.shape
+    m = pattern.m
+    group, position = _group_index(cols, m)
+    keep = weight_rows != 0
+    for start in range(0, cols, m):
+        stop = min(start + m, cols)
+        want = pattern.n if stop - start == m else nm_keep_count(stop - start, pattern)
+        block = keep[:, start:stop]
+        have = block.sum(1)
+        if bool((have > want).any()):
+            raise ValueError(f"the weight has more than {want} non-zeros in a group of {stop - start}: not {pattern}")
+        if bool((have < want).any()):  # kept weights that happen to be zero: keep the first zeros
+            rank = (~block).cumsum(1)
+            block |= (~block) & (rank <= (want - have)[:, None])
+            keep[:, start:stop] = block
+    return keep
+
+
+def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int], pattern: SparsityPattern) -> torch.Tensor:
+    """The dense ``(rows, inputs)`` weight from :func:`encode`'s tensors; sizes are checked.
+
+    Example:
+        >>> from snows_hf.masks import parse_sparsity
+        >>> decode({"values": torch.tensor([2.0, 3.0]), "indices": torch.tensor([13], dtype=torch.uint8)},
+        ...        (1, 4), parse_sparsity("2:4"))
+        tensor([[0., 2., 0., 3.]])
+    """
+    rows, cols = shape
+    values = tensors.get("values")
+    if values is None or values.dim() != 1:
+        raise ValueError("missing or malformed 'values' tensor")
+    if not pattern.is_nm:
+        if "bitmask" not in tensors:
+            raise ValueError("missing 'bitmask' tensor")
+        keep = unpack_bits(tensors["bitmask"], 1, rows * cols).bool().reshape(rows, cols)
+        if int(keep.sum()) != values.numel():
+            raise ValueError(f"'values' holds {values.numel()} entries, the bitmask keeps {int(keep.sum())}")
+        out = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
+        out[keep] = values
+        return out
+    if "indices" not in tensors:
+        raise ValueError("missing 'indices' tensor")
+    m, full = pattern.m, cols - cols % pattern.m
+    per_row = (full // m) * pattern.n + (nm_keep_count(cols - full, pattern) if full < cols else 0)
+    if values.numel() != rows * per_row:
+        raise ValueError(f"'values' holds {values.numel()} entries, {pattern} keeps {rows * per_row}")
+    positions = unpack_bits(tensors["indices"], max(1, math.ceil(math.log2(m))), rows * per_row).reshape(rows, per_row)
+    groups = torch.cat([
+        torch.arange(full // m).repeat_interleave(pattern.n),
+        torch.full((per_row - (full // m) * pattern.n,), full // m, dtype=torch.long),
+    ])
+    cols_of = groups[None, :] * m + positions
+    head = positions[:, : (full // m) * pattern.n].reshape(rows, full // m, pattern.n)
+    tail = positions[:, (full // m) * pattern.n :]
+    ordered = bool((head[..., 1:] > head[..., :-1]).all()) and bool((tail[:, 1:] > tail[:, :-1]).all())
+    if bool((cols_of >= cols).any()) or not ordered:
+        raise ValueError("'indices' point outside their groups or repeat a position")
+    out = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
+    out.scatter_(1, cols_of.to(values.device), values.reshape(rows, per_row))
+    return out
