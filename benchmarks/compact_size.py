@@ -2,8 +2,9 @@
 
 all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (ASSETS.md) are pruned by magnitude (a
 data-free mask, so random calibration inputs suffice); each pruned weight is then stored
-dense or compact (:mod:`snows_hf.masks.compact`: kept values + 2-bit in-group positions
-for N:M, kept values + 1-bit mask for unstructured). Sizes are of real safetensors files:
+dense or compact (:mod:`snows_hf.masks.compact`: kept values + each group's kept set as
+one of C(M, N) codes for N:M, 3 bits per 2:4 group; kept values + 1-bit mask for
+unstructured). Sizes are of real safetensors files:
 the pruned tensors alone, and the whole checkpoint (embeddings and heads stay dense).
 
     python benchmarks/compact_size.py
@@ -44,7 +45,11 @@ def _bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def measure(model, report, pattern, dtype) -> dict[str, int]:
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():  # tied weights (SmolLM2's lm_head) are stored once
+        if value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            state[key] = value.to(dtype) if value.is_floating_point() else value
     pruned = {f"{layer.name}.weight": layer.layout for layer in report.layers}
     dense_pruned = {k: state[k] for k in pruned}
     compact_pruned = {}

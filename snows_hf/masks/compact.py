@@ -2,9 +2,10 @@
 
 Pure torch, on the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`:
 
-- N:M: each row's kept values in order, and for each kept value its position inside
-  its group of M, in ``ceil(log2 M)`` bits (2:4: two 2-bit indices per group of four);
-  a trailing partial group keeps :func:`~snows_hf.masks.topk.nm_keep_count` values.
+- N:M: each row's kept values in order, and for each group which of its C(M, N) possible
+  kept sets it uses, in ``ceil(log2 C(M, N))`` bits (2:4: one of six, 3 bits per group of
+  four, where two 2-bit positions would take 4); a trailing partial group keeps
+  :func:`~snows_hf.masks.topk.nm_keep_count` values and is coded the same way.
 - unstructured: the kept values in row-major order and a 1-bit-per-weight mask.
 
 Bits are packed little-endian into ``uint8``. Decoding checks every size, so a
@@ -13,7 +14,9 @@ truncated or mismatched tensor is an error, not a wrong weight.
 
 from __future__ import annotations
 
+import itertools
 import math
+from functools import lru_cache
 
 import torch
 
@@ -51,10 +54,24 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return (stream[: count * bits].reshape(count, bits) << torch.arange(bits, device=packed.device)).sum(1)
 
 
-def _group_index(cols: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input column: its group and its position inside the group."""
-    col = torch.arange(cols)
-    return col // m, col % m
+@lru_cache(maxsize=None)
+def _combinations(size: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept-set tables of a group: ``positions[code]`` (C x keep) and ``code_of[bitmask]``."""
+    combos = list(itertools.combinations(range(size), keep))
+    code_of = torch.full((2**size,), -1, dtype=torch.long)
+    for code, combo in enumerate(combos):
+        code_of[sum(1 << p for p in combo)] = code
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), keep), code_of
+
+
+def _code_bits(m: int, n: int) -> int:
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def _groups(cols: int, pattern: SparsityPattern) -> list[tuple[int, int, int]]:
+    """``(start, size, kept)`` of every N:M group along the inputs."""
+    m = pattern.m
+    return [(a, min(m, cols - a), pattern.n if cols - a >= m else nm_keep_count(cols - a, pattern)) for a in range(0, cols, m)]
 
 
 def encode(weight_rows: torch.Tensor, pattern: SparsityPattern) -> dict[str, torch.Tensor]:
@@ -69,31 +86,27 @@ def encode(weight_rows: torch.Tensor, pattern: SparsityPattern) -> dict[str, tor
         >>> from snows_hf.masks import parse_sparsity
         >>> enc = encode(torch.tensor([[0.0, 2.0, 0.0, 3.0]]), parse_sparsity("2:4"))
         >>> enc["values"], enc["indices"]
-        (tensor([2., 3.]), tensor([13], dtype=torch.uint8))
+        (tensor([2., 3.]), tensor([4], dtype=torch.uint8))
     """
     rows, cols = weight_rows.shape
     if not pattern.is_nm:
         keep = weight_rows != 0
         return {"values": weight_rows[keep].contiguous(), "bitmask": pack_bits(keep.reshape(-1), 1)}
-    m = pattern.m
     keep = _nm_keep(weight_rows, pattern)
-    positions = _group_index(cols, m)[1].expand(rows, cols)[keep]
-    return {
-        "values": weight_rows[keep].contiguous(),
-        "indices": pack_bits(positions, max(1, math.ceil(math.log2(m)))),
-    }
+    bits, codes = _code_bits(pattern.m, pattern.n), []
+    for start, size, kept in _groups(cols, pattern):
+        weights = 1 << torch.arange(size)
+        codes.append(_combinations(size, kept)[1][(keep[:, start : start + size].long() * weights).sum(1)])
+    return {"values": weight_rows[keep].contiguous(), "indices": pack_bits(torch.stack(codes, 1), bits)}
 
 
 def _nm_keep(weight_rows: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
     """The kept positions of an N:M weight: its non-zeros, topped up to exactly the kept
     count per group with the first zero positions (a kept weight may be exactly zero)."""
     rows, cols = weight_rows.shape
-    m = pattern.m
-    group, position = _group_index(cols, m)
     keep = weight_rows != 0
-    for start in range(0, cols, m):
-        stop = min(start + m, cols)
-        want = pattern.n if stop - start == m else nm_keep_count(stop - start, pattern)
+    for start, size, want in _groups(cols, pattern):
+        stop = start + size
         block = keep[:, start:stop]
         have = block.sum(1)
         if bool((have > want).any()):
@@ -110,7 +123,7 @@ def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int], pattern: Sp
 
     Example:
         >>> from snows_hf.masks import parse_sparsity
-        >>> decode({"values": torch.tensor([2.0, 3.0]), "indices": torch.tensor([13], dtype=torch.uint8)},
+        >>> decode({"values": torch.tensor([2.0, 3.0]), "indices": torch.tensor([4], dtype=torch.uint8)},
         ...        (1, 4), parse_sparsity("2:4"))
         tensor([[0., 2., 0., 3.]])
     """
@@ -129,21 +142,17 @@ def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int], pattern: Sp
         return out
     if "indices" not in tensors:
         raise ValueError("missing 'indices' tensor")
-    m, full = pattern.m, cols - cols % pattern.m
-    per_row = (full // m) * pattern.n + (nm_keep_count(cols - full, pattern) if full < cols else 0)
+    groups = _groups(cols, pattern)
+    per_row = sum(kept for _, _, kept in groups)
     if values.numel() != rows * per_row:
         raise ValueError(f"'values' holds {values.numel()} entries, {pattern} keeps {rows * per_row}")
-    positions = unpack_bits(tensors["indices"], max(1, math.ceil(math.log2(m))), rows * per_row).reshape(rows, per_row)
-    groups = torch.cat([
-        torch.arange(full // m).repeat_interleave(pattern.n),
-        torch.full((per_row - (full // m) * pattern.n,), full // m, dtype=torch.long),
-    ])
-    cols_of = groups[None, :] * m + positions
-    head = positions[:, : (full // m) * pattern.n].reshape(rows, full // m, pattern.n)
-    tail = positions[:, (full // m) * pattern.n :]
-    ordered = bool((head[..., 1:] > head[..., :-1]).all()) and bool((tail[:, 1:] > tail[:, :-1]).all())
-    if bool((cols_of >= cols).any()) or not ordered:
-        raise ValueError("'indices' point outside their groups or repeat a position")
+    codes = unpack_bits(tensors["indices"], _code_bits(pattern.m, pattern.n), rows * len(groups)).reshape(rows, len(groups))
+    columns = []
+    for g, (start, size, kept) in enumerate(groups):
+        positions = _combinations(size, kept)[0]
+        if bool((codes[:, g] >= positions.shape[0]).any()):
+            raise ValueError("'indices' hold a code that names no kept set")
+        columns.append(start + positions[codes[:, g]])
     out = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
-    out.scatter_(1, cols_of.to(values.device), values.reshape(rows, per_row))
+    out.scatter_(1, torch.cat(columns, 1).to(values.device), values.reshape(rows, per_row))
     return out
