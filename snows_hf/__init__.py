@@ -32,6 +32,49 @@ if TYPE_CHECKING:  # pragma: no cover
     from .report import LayerReport, PruneReport
 
 
+def _register_compact_format_when_transformers_loads() -> None:
+    """Make ``from_pretrained`` read compact snows-hf checkpoints, without importing
+    transformers now: registration runs once ``transformers.modeling_utils`` (which every
+    ``from_pretrained`` needs) has been imported, or right away if it already was."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    target = "transformers.modeling_utils"
+
+    def register() -> None:
+        from .compact_format import register as _register
+
+        _register()
+
+    if target in sys.modules:
+        register()
+        return
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target_module=None):  # noqa: ANN001
+            if name != target:
+                return None
+            sys.meta_path.remove(self)  # once, and never while finding the real spec
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):  # noqa: ANN001
+                exec_module(module)
+                register()
+
+            spec.loader.exec_module = exec_and_register
+            return spec
+
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+_register_compact_format_when_transformers_loads()
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib

@@ -51,7 +51,8 @@ def _hub_id(value: str | None) -> str | None:
     return value if value.count("/") <= 1 else None
 
 
-def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None):
+def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None,
+               save_format: str = "dense"):
     """The ``ModelCard`` of a pruned model from its ``report.json`` payload.
 
     Example:
@@ -87,7 +88,8 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
         datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
     )
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), **_body(payload, model, name, auto_class, plot, repo_id)
+        card_data, template_path=str(TEMPLATE), **_body(payload, model, name, auto_class, plot, repo_id),
+        compact=save_format == "compact",
     )
 
 
@@ -171,10 +173,11 @@ def plot_layers(payload: dict[str, Any], path: str | Path) -> bool:
     return True
 
 
-def write_card(folder: str | Path, model: Any, payload: dict[str, Any], repo_id: str | None = None) -> Path:
+def write_card(folder: str | Path, model: Any, payload: dict[str, Any], repo_id: str | None = None,
+               save_format: str = "dense") -> Path:
     """Write ``README.md`` (and the plot) into ``folder``; returns the card's path."""
     folder = Path(folder)
     plot = PLOT_FILE if plot_layers(payload, folder / PLOT_FILE) else None
-    card = build_card(model, payload, plot, repo_id)
+    card = build_card(model, payload, plot, repo_id, save_format)
     card.save(folder / "README.md")
     return folder / "README.md"

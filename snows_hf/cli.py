@@ -59,7 +59,7 @@ _non_negative_int = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``snows-hf`` parser (``prune``, ``eval`` and ``demo`` subcommands)."""
+    """The full ``snows-hf`` parser (``prune``, ``eval``, ``convert`` and ``demo`` subcommands)."""
     from .config import PruneConfig
     from .masks import SELECTORS
     from .methods import METHODS
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
+    prune.add_argument("--save-format", choices=["dense", "compact"], default="dense",
+                       help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
+                       "read by from_pretrained after `import snows_hf` (default: dense)")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     _common(prune)
     prune.set_defaults(func=cmd_prune)
@@ -112,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     _common(evaluation)
     evaluation.set_defaults(func=cmd_eval)
+
+    convert = sub.add_parser("convert", help="rewrite a snows-hf output in the dense or the compact format")
+    convert.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune")
+    convert.add_argument("--to", required=True, choices=["dense", "compact"], help="the format to write")
+    convert.add_argument("--output-dir", help="where to write (default: DIR-FORMAT)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (DIR itself included)")
+    _common(convert)
+    convert.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
     demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
@@ -194,7 +205,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     }
     with phases("save"):
         recipe = recipe_dict(config, cal_cfg, args.model)
-        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe)
+        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe,
+                    save_format=args.save_format)
     print(report.format_table(extra["evaluation"], phases.seconds))
     print(f"saved to {output_dir}")
     return 0
@@ -227,6 +239,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``snows-hf convert``: the same pruned weights, bit for bit, in the other format."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .export import check_output_dir, save_pruned
+    from .loading import load_model
+    from .report import LayerReport, PruneReport
+
+    source = Path(args.model)
+    try:
+        payload = json.loads((source / "report.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
+    output_dir = args.output_dir or f"{str(source).rstrip('/')}-{args.to}"
+    check_output_dir(output_dir, args.overwrite)
+    model, processor = load_model(str(source))
+    fields = {"config", "model_type", "block_path", "num_blocks", "num_calibration_samples", "timings"}
+    report = PruneReport(**{k: v for k, v in payload.items() if k in fields},
+                         layers=[LayerReport(**layer) for layer in payload["layers"]])
+    extra = {k: v for k, v in payload.items() if k not in fields | {"layers", "sparsity"}}
+    recipe_file = source / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else None
+    if isinstance(recipe, dict):
+        recipe.pop("snows_hf_version", None)
+    save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra,
+                recipe=recipe, save_format=args.to)
+    print(f"wrote {args.to} checkpoint of {len(report.layers)} pruned layers to {output_dir}")
     return 0
 
 

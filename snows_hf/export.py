@@ -70,7 +70,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
 
 def save_pruned(
     model: Any, report: PruneReport, path: str | os.PathLike, processor: Any = None, overwrite: bool = False,
-    extra_report: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
+    extra_report: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None, save_format: str = "dense",
 ) -> Path:
     """Save a pruned model, its processor, ``report.json``, ``recipe.yaml`` and a model card
     (``README.md`` with its plot) atomically to ``path``.
@@ -78,13 +78,21 @@ def save_pruned(
     The ``sparsity`` block (pattern, method, measured per-layer sparsity) is added to the
     model's config, so it travels in ``config.json``. ``recipe`` (see
     :func:`snows_hf.recipe.recipe_dict`) defaults to the run's pruning settings.
+    ``save_format="compact"`` stores pruned weights as kept values plus codes
+    (:mod:`snows_hf.compact_format`); ``from_pretrained`` reads both once ``snows_hf`` is imported.
 
     Example:
         >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
     """
-    setattr(model.config, SPARSITY_KEY, report.sparsity_block())
+    setattr(model.config, SPARSITY_KEY, report.sparsity_block() | {"format": save_format})
     with atomic_output_dir(path, overwrite) as tmp:
         model.save_pretrained(tmp)
+        if save_format == "compact":
+            from .compact_format import write_compact
+
+            write_compact(tmp, model, report)
+        elif save_format != "dense":
+            raise ValueError(f"save_format must be dense or compact, got {save_format!r}")
         if processor is not None:
             processor.save_pretrained(tmp)
         payload = report.to_dict()
@@ -93,7 +101,7 @@ def save_pruned(
         _write_recipe(tmp, recipe or {"prune": report.config})
         from .card import write_card
 
-        write_card(tmp, model, payload)
+        write_card(tmp, model, payload, save_format=save_format)
     return Path(path)
 
 

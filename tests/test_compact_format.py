@@ -1,0 +1,161 @@
+"""Compact checkpoints: from_pretrained reads them back bit for bit, and refuses bad ones."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama, tiny_vit
+from safetensors.torch import load_file, save_file
+
+import snows_hf
+from snows_hf.cli import main
+from snows_hf.export import save_pruned
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64)).eval()
+
+
+def _resnet():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[12, 20], depths=[1, 1], num_labels=3)).eval()
+
+
+CASES = {  # factory, inputs, config, Auto class name
+    "llama-2:4": (tiny_llama, lambda: torch.randint(4, VOCAB, (8, 12)), {"sparsity": "2:4"}, "AutoModelForCausalLM"),
+    "vit-60%": (tiny_vit, lambda: torch.randn(8, 3, 32, 32), {"sparsity": "0.6"}, "AutoModelForImageClassification"),
+    "gpt2-conv1d-1:4": (_gpt2, lambda: torch.randint(4, VOCAB, (8, 12)), {"sparsity": "1:4"}, "AutoModelForCausalLM"),
+    "resnet-conv2d-2:4": (_resnet, lambda: torch.randn(8, 3, 32, 32), {"sparsity": "2:4"}, "AutoModelForImageClassification"),
+    "llama-global": (tiny_llama, lambda: torch.randint(4, VOCAB, (8, 12)),
+                     {"sparsity": "0.5", "allocation": "global", "max_layer_sparsity": 0.8}, "AutoModelForCausalLM"),
+}
+
+
+def _pruned(case):
+    factory, inputs, config, auto = CASES[case]
+    model = factory()
+    report = snows_hf.prune_(model, {"method": "magnitude", "diagnostics": False, "batch_size": 4} | config, inputs())
+    return model, report, auto
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compact_round_trip_is_bit_identical_and_smaller(case, tmp_path):
+    import transformers
+
+    model, report, auto = _pruned(case)
+    save_pruned(model, report, tmp_path / "dense")
+    save_pruned(model, report, tmp_path / "compact", save_format="compact")
+    loaded = getattr(transformers, auto).from_pretrained(tmp_path / "compact")
+    assert type(loaded) is type(model) and not getattr(loaded, "is_quantized", False)
+    expected = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert json.loads((tmp_path / "compact" / "config.json").read_text())["sparsity"]["format"] == "compact"
+    size = {f: (tmp_path / f / "model.safetensors").stat().st_size for f in ("dense", "compact")}
+    assert size["compact"] < size["dense"]
+
+
+def test_sharded_compact_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from snows_hf.compact_format import write_compact
+
+    model, report, _ = _pruned("llama-2:4")
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    write_compact(tmp_path, model, report)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_import_snows_hf_is_all_from_pretrained_needs(tmp_path):
+    model, report, _ = _pruned("llama-2:4")
+    save_pruned(model, report, tmp_path / "compact", save_format="compact")
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp_path / "expected.pt")
+    code = (
+        "import sys, torch, snows_hf\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'compact')!r})\n"
+        f"e = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        "sys.exit(0 if all(torch.equal(v, e[k]) for k, v in m.state_dict().items()) else 3)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("remove-code", "model.layers.0.mlp.up_proj.weight_code is missing"),
+    ("rename-values", "model.layers.0.mlp.up_proj.weight_values is missing"),
+    ("truncate-values", "model.layers.0.mlp.up_proj.weight: 'values' holds"),
+    ("truncate-code", "model.layers.0.mlp.up_proj.weight: expected"),
+    ("remove-both", "model.layers.0.mlp.up_proj: no compact tensors in the checkpoint"),
+])
+def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, report, _ = _pruned("llama-2:4")
+    save_pruned(model, report, tmp_path / "c", save_format="compact")
+    path = tmp_path / "c" / "model.safetensors"
+    tensors = load_file(path)
+    key = "model.layers.0.mlp.up_proj.weight"
+    if damage == "remove-code":
+        del tensors[key + "_code"]
+    elif damage == "rename-values":
+        tensors[key + "_valuez"] = tensors.pop(key + "_values")
+    elif damage == "truncate-values":
+        tensors[key + "_values"] = tensors[key + "_values"][:-1].clone()
+    elif damage == "truncate-code":
+        tensors[key + "_code"] = tensors[key + "_code"][:-1].clone()
+    else:
+        del tensors[key + "_code"], tensors[key + "_values"]
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="cannot load the compact checkpoint: .*" + message.replace("(", r"\(")):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "c")
+
+
+def test_cli_save_format_compact(vit_dir):
+    from transformers import AutoModelForImageClassification
+
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--save-format", "compact",
+                 "--output-dir", "out", "--quiet"]) == 0
+    keys = load_file("out/model.safetensors")
+    assert any(k.endswith("weight_code") for k in keys) and "vit.encoder.layer.0.attention.attention.query.weight" not in keys
+    model = AutoModelForImageClassification.from_pretrained("out")
+    weight = model.vit.layers[0].attention.q_proj.weight
+    assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()
+    shutil.rmtree("out")
+
+
+def test_convert_both_ways_keeps_weights_card_and_recipe(vit_dir):
+    from transformers import AutoModelForImageClassification
+
+    assert main(["prune", str(vit_dir), "--sparsity", "0.5", "--method", "magnitude", "--output-dir", "dense", "--quiet"]) == 0
+    assert main(["convert", "dense", "--to", "compact", "--quiet"]) == 0
+    assert main(["convert", "dense-compact", "--to", "dense", "--output-dir", "back", "--quiet"]) == 0
+    models = {d: AutoModelForImageClassification.from_pretrained(d) for d in ("dense", "dense-compact", "back")}
+    reference = models["dense"].state_dict()
+    for name in ("dense-compact", "back"):
+        assert all(torch.equal(v, reference[k]) for k, v in models[name].state_dict().items()), name
+    assert load_file("back/model.safetensors").keys() == load_file("dense/model.safetensors").keys()
+    assert Path("dense-compact/recipe.yaml").read_text() == Path("dense/recipe.yaml").read_text()
+    assert "compact format" in Path("dense-compact/README.md").read_text()
+    assert "compact format" not in Path("back/README.md").read_text() and Path("back/sparsity_per_layer.png").is_file()
+    report = json.loads(Path("back/report.json").read_text())
+    assert report["source_model"] == str(vit_dir) and len(report["layers"]) == 12
+
+
+def test_convert_refuses_non_snows_folders(vit_dir, capsys):
+    assert main(["convert", str(vit_dir), "--to", "compact", "--output-dir", "x"]) == 1
+    assert "not a snows-hf output folder" in capsys.readouterr().err
+    assert not Path("x").exists()
