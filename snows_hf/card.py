@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,17 @@ def pipeline_and_auto_class(model: Any) -> tuple[str, str]:
 
 
 def _hub_id(value: str | None) -> str | None:
-    """``value`` when it looks like a Hub id rather than a local path."""
-    if not value or os.path.exists(os.path.expanduser(value)) or value.startswith((".", "/", "~")):
+    """``value`` when it looks like a Hub id (``name`` or ``namespace/name``), not a local path.
+
+    Example:
+        >>> _hub_id("org/model"), _hub_id("./model"), _hub_id("BBC News (local)")
+        ('org/model', None, None)
+    """
+    if not value or value.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(value)):
         return None
-    return value if value.count("/") <= 1 else None
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value):
+        return None
+    return value
 
 
 def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None,
@@ -120,7 +128,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
     }.get(method, "")
     results = []
     for metric in (evaluation.get("pruned") or {}):
-        dense = (evaluation.get("dense") or {}).get(metric)
+        dense = (evaluation.get("dense") or {}).get(metric, 1.0 if metric in ("cosine_to_dense", "top1_agreement") else None)
         results.append((_METRIC_NAMES.get(metric, metric), "" if dense is None else f"{dense:.4f}",
                         f"{evaluation['pruned'][metric]:.4f}"))
     snows = any("heldout_loss_after" in layer.get("metrics", {}) for layer in payload["layers"])

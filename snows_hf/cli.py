@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
                        "read by from_pretrained after `import snows_hf` (default: dense)")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    _push_options(prune, "--push-to-hub", "after saving, push the output folder to this Hub repo (NAME or NAMESPACE/NAME)")
     _common(prune)
     prune.set_defaults(func=cmd_prune)
 
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     _common(evaluation)
     evaluation.set_defaults(func=cmd_eval)
+
+    push = sub.add_parser("push", help="push a saved output folder to the Hugging Face Hub")
+    push.add_argument("model", metavar="DIR", help="the folder to push")
+    push.add_argument("repo", metavar="REPO", help="Hub repo id (NAME or NAMESPACE/NAME); created if missing")
+    _push_options(push)
+    _common(push)
+    push.set_defaults(func=cmd_push)
 
     convert = sub.add_parser("convert", help="rewrite a snows-hf output in the dense or the compact format")
     convert.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune")
@@ -132,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None, repo_help: str = "") -> None:
+    if repo_flag:
+        parser.add_argument(repo_flag, dest="push_to_hub", metavar="REPO", help=repo_help)
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached `hf auth login`); never written anywhere")
 
 
 def _data_options(parser: argparse.ArgumentParser, dataset_required: bool = False) -> None:
@@ -209,7 +224,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     save_format=args.save_format)
     print(report.format_table(extra["evaluation"], phases.seconds))
     print(f"saved to {output_dir}")
+    if args.push_to_hub:
+        _push(output_dir, args.push_to_hub, args, saved=True)
     return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``snows-hf push``: one commit of a saved folder to a Hub model repo."""
+    _push(args.model, args.repo, args, saved=False)
+    return 0
+
+
+def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None:
+    from .hub import PushError, push_folder
+
+    try:
+        url = push_folder(folder, repo, token=args.token, private=args.private)
+    except PushError as err:
+        hint = f"; the model is saved in {folder}, retry with: snows-hf push {folder} {repo}" if saved else ""
+        raise ValueError(f"{err}{hint}") from None
+    print(f"pushed {folder} to {repo}: {url}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -38,6 +38,15 @@ def test_demo_prints_table_and_saves_loadable_model():
     # SNOWS keeps the embeddings closer to the dense model than the mask alone
     assert methods["snows K=3"]["cosine_mean"] > methods["magnitude"]["cosine_mean"] + 0.05
     assert report["config"]["method"] == "snows"  # the saved model is the SNOWS one
+    import yaml
+
+    card = Path("snows-hf-demo/README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert header["pipeline_tag"] == "feature-extraction" and "sparsity-2of4" in header["tags"]
+    metrics = {m["name"]: m["value"] for r in header["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics["cosine to dense embeddings (pruned)"] == pytest.approx(methods["snows K=3"]["cosine_to_dense"])
+    assert Path("snows-hf-demo/sparsity_per_layer.png").read_bytes().startswith(b"\x89PNG")
     model = AutoModel.from_pretrained("snows-hf-demo")
     weight = model.encoder.layer[0].intermediate.dense.weight
     assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()
