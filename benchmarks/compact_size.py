@@ -4,8 +4,9 @@ all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (ASSETS.md) are pruned by magnitude (
 data-free mask, so random calibration inputs suffice); each pruned weight is then stored
 dense or compact (:mod:`snows_hf.masks.compact`: kept values + each group's kept set as
 one of C(M, N) codes for N:M, 3 bits per 2:4 group; kept values + 1-bit mask for
-unstructured). Sizes are of real safetensors files:
-the pruned tensors alone, and the whole checkpoint (embeddings and heads stay dense).
+unstructured). Sizes are of real safetensors files (the pruned tensors alone, and the
+whole checkpoint, where embeddings and heads stay dense), plus the ratio of the tensors'
+own bytes without the safetensors headers.
 
     python benchmarks/compact_size.py
 """
@@ -57,7 +58,9 @@ def measure(model, report, pattern, dtype) -> dict[str, int]:
         for part, tensor in encode(to_rows(state[key], layout), pattern).items():
             compact_pruned[f"{key}.{part}"] = tensor
     rest = {k: v for k, v in state.items() if k not in pruned}
+    payload = sum(t.numel() * t.element_size() for t in compact_pruned.values())
     return {
+        "pruned_payload": payload / sum(t.numel() * t.element_size() for t in dense_pruned.values()),
         "pruned_dense": _bytes(dense_pruned), "pruned_compact": _bytes(compact_pruned),
         "all_dense": _bytes(state), "all_compact": _bytes(rest | compact_pruned),
     }
@@ -75,11 +78,11 @@ def main() -> None:
             print(f"  done: {name} {spec}", flush=True)
     mib = 2**20
     head = (f"{'model':<17} {'sparsity':<8} {'dtype':<8} {'pruned dense MiB':>16} {'compact':>8} {'ratio':>6}"
-            f" {'checkpoint dense MiB':>20} {'compact':>8} {'ratio':>6}")
+            f" {'tensor bytes ratio':>18} {'checkpoint dense MiB':>20} {'compact':>8} {'ratio':>6}")
     print("\n" + head + "\n" + "-" * len(head))
     for name, spec, dtype, m in rows:
         print(f"{name:<17} {spec:<8} {dtype:<8} {m['pruned_dense'] / mib:>16.2f} {m['pruned_compact'] / mib:>8.2f} "
-              f"{m['pruned_compact'] / m['pruned_dense']:>6.4f} {m['all_dense'] / mib:>20.2f} "
+              f"{m['pruned_compact'] / m['pruned_dense']:>6.4f} {m['pruned_payload']:>18.4f} {m['all_dense'] / mib:>20.2f} "
               f"{m['all_compact'] / mib:>8.2f} {m['all_compact'] / m['all_dense']:>6.4f}")
 
 
