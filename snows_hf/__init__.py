@@ -52,23 +52,30 @@ def _register_compact_format_when_transformers_loads() -> None:
         return
 
     class _Finder(importlib.abc.MetaPathFinder):
+        busy = False
+
         def find_spec(self, name, path, target_module=None):  # noqa: ANN001
-            if name != target:
+            if name != target or self.busy:
                 return None
-            sys.meta_path.remove(self)  # once, and never while finding the real spec
-            spec = importlib.util.find_spec(name)
+            self.busy = True  # the lookup below runs the meta path again, us included
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                self.busy = False
             if spec is None or spec.loader is None:
                 return spec
-            exec_module = spec.loader.exec_module
+            exec_module, finder = spec.loader.exec_module, self
 
             def exec_and_register(module):  # noqa: ANN001
                 exec_module(module)
+                if finder in sys.meta_path:  # only once the module really loaded
+                    sys.meta_path.remove(finder)
                 register()
 
             spec.loader.exec_module = exec_and_register
             return spec
 
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    if not any(type(f).__name__ == "_Finder" and type(f).__module__ == __name__ for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 
 

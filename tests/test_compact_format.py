@@ -83,7 +83,8 @@ def test_import_snows_hf_is_all_from_pretrained_needs(tmp_path):
     save_pruned(model, report, tmp_path / "compact", save_format="compact")
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp_path / "expected.pt")
     code = (
-        "import sys, torch, snows_hf\n"
+        "import importlib.util, sys, torch, snows_hf\n"
+        "importlib.util.find_spec('transformers.modeling_utils')  # a mere probe must not use up the hook\n"
         "from transformers import AutoModelForCausalLM\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'compact')!r})\n"
         f"e = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
