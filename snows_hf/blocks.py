@@ -46,16 +46,16 @@ def default_next_call(block: nn.Module, call: BlockCall, hidden: torch.Tensor) -
     return call.with_hidden(hidden)
 
 
-def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
+def map_tensors(obj: Any, fn: Callable[[Any], Any], leaf: type = torch.Tensor) -> Any:
+    """Apply ``fn`` to every ``leaf`` (tensors by default) inside nested tuples, lists and dicts."""
+    if isinstance(obj, leaf):
         return fn(obj)
     if isinstance(obj, tuple):
-        return tuple(map_tensors(x, fn) for x in obj)
+        return tuple(map_tensors(x, fn, leaf) for x in obj)
     if isinstance(obj, list):
-        return [map_tensors(x, fn) for x in obj]
+        return [map_tensors(x, fn, leaf) for x in obj]
     if isinstance(obj, dict):
-        return {k: map_tensors(v, fn) for k, v in obj.items()}
+        return {k: map_tensors(v, fn, leaf) for k, v in obj.items()}
     return obj
 
 

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
+    _add(prune, PruneConfig, "offload_activations", choices=["device", "cpu", "disk"])
+    _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
     _add(snows, PruneConfig, "k_step", type=_non_negative_int)
@@ -198,6 +200,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     resolve_device(config.device)  # an absent device fails before any loading
     output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
     check_output_dir(output_dir, args.overwrite)
+    if config.offload_activations == "disk" and config.offload_dir is None:
+        from pathlib import Path
+
+        config.offload_dir = str(Path(output_dir).absolute().parent)  # the output's filesystem
 
     phases = _Phases()
     with phases("load"):

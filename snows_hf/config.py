@@ -65,6 +65,11 @@ class PruneConfig:
     holdout: float = _field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
     batches_per_step: int | None = _field(None, "SNOWS: micro-batches per Newton step (default: all)")
     batch_size: int = _field(8, "calibration samples per micro-batch")
+    offload_activations: str = _field(
+        "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
+        "(memory-mapped files, removed at the end)"
+    )
+    offload_dir: str | None = _field(None, "folder for disk-offloaded activations (default: the system's temp folder)")
     device: str = _field("auto", "execution device: auto, cpu, cuda, cuda:1, mps, ...")
     block_path: str | None = _field(None, "dotted name of the model's block list (overrides discovery)")
     seed: int = _field(0, "random seed")
@@ -86,6 +91,8 @@ class PruneConfig:
         _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
         _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
         _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        _check(self.offload_activations in ("device", "cpu", "disk"),
+               f"offload_activations must be device, cpu or disk, got {self.offload_activations!r}")
         _check(self.allocation in ("uniform", "global"), f"allocation must be uniform or global, got {self.allocation!r}")
         _check(self.stats_dtype in ("float32", "float64"), f"stats_dtype must be float32 or float64, got {self.stats_dtype!r}")
         if self.allocation == "global":

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
@@ -42,21 +43,24 @@ def _model_input_device(model: nn.Module) -> torch.device:
 
 
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device
-) -> list[BlockCall]:
+    model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device,
+    store: Any = None,
+) -> Any:
     """Run the model's real embeddings on each batch and keep what reaches ``first_block``.
 
     A pre-forward hook records the block's positional and keyword arguments, then stops
     the forward pass, so nothing after the embeddings runs. Captured tensors are moved
-    to ``device``. Caches are switched off for the capture (``use_cache=False``).
+    to ``device``, or appended to ``store`` (an :class:`~snows_hf.activations.ActivationStore`,
+    returned) when one is given. Caches are switched off for the capture (``use_cache=False``).
 
     Example:
         >>> calls = capture_block_inputs(model, model.model.layers[0], batches, torch.device("cpu"))  # doctest: +SKIP
     """
-    calls: list[BlockCall] = []
+    calls: Any = [] if store is None else store
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls.append(BlockCall(args, kwargs).to(device))
+        call = BlockCall(args, kwargs)
+        calls.append(call.to(device) if store is None else call)
         raise _StopForward
 
     extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
@@ -149,12 +153,12 @@ class _Targets:
     def pattern(self, name: str) -> SparsityPattern:
         return self.patterns.get(name, self.config.pattern)
 
-    def allocate(self, calls: list[BlockCall], selector: str) -> None:
+    def allocate(self, calls: Any, selector: str, space: Any) -> None:
         """Global allocation: per-layer sparsities from one threshold on dense-model scores."""
         cfg = self.config
         score = _allocation_score(selector)
         modules = {self.name(i, n): m for i in range(len(self.blocks)) for n, m in self.of(i)}
-        input_sq = _dense_input_sq(self, calls) if score.needs else {}
+        input_sq = _dense_input_sq(self, calls, space) if score.needs else {}
 
         def scores_of(name: str, module: nn.Module):
             return lambda: score.score(to_rows(module.weight.detach(), weight_layout(module)), {"input_sq": input_sq.get(name)})
@@ -173,7 +177,7 @@ def _allocation_score(selector: str):
 
 
 @torch.no_grad()
-def _dense_input_sq(targets: _Targets, calls: list[BlockCall]) -> dict[str, torch.Tensor]:
+def _dense_input_sq(targets: _Targets, calls: Any, space: Any) -> dict[str, torch.Tensor]:
     """``input_sq`` of every targeted module on the dense model, one pass over the blocks."""
     sums: dict[str, torch.Tensor] = {}
 
@@ -186,12 +190,16 @@ def _dense_input_sq(targets: _Targets, calls: list[BlockCall]) -> dict[str, torc
 
         return hook
 
-    blocks = targets.blocks
+    blocks, first = targets.blocks, calls
     for index, block in enumerate(blocks.modules):
         with tracked_hooks() as hooks:
             for rel, module in targets.of(index):
                 hooks.append(module.register_forward_hook(hook_for(targets.name(index, rel), weight_layout(module))))
-            calls = [blocks.next_call(block, call, run_block(block, call)) for call in calls]
+            following = space.store(blocks.next_call(block, call, run_block(block, call)) for call in calls)
+        if calls is not first:
+            calls.close()
+        calls = following
+    calls.close()
     return sums
 
 
@@ -243,18 +251,20 @@ def prune_blocks(
     start = time.perf_counter()
     targets = _Targets(model, config, blocks)
     try:
-        calls = capture_block_inputs(model, blocks.modules[0], batches, device)
-        dense_calls = list(calls) if method.needs_dense_stream else None
-        report.timings["capture"] = time.perf_counter() - start
-        logger.info("captured %d micro-batches at %s (%d blocks)", len(calls), blocks.path, len(blocks))
-        with blocks_on(blocks.modules, device):
-            if config.allocation == "global":
-                targets.allocate(calls, method.mask_selector)
-                report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
-            for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
-                stream = _BlockStream(blocks, index, calls, dense_calls)
-                _prune_block(stream, method, targets, report)
-                calls, dense_calls = stream.propagate()
+        with ActivationSpace(config.offload_activations, device, config.offload_dir) as space:
+            calls = capture_block_inputs(model, blocks.modules[0], batches, device, store=space.store())
+            dense_calls = calls if method.needs_dense_stream else None  # the same inputs until block 0 is pruned
+            report.timings["capture"] = time.perf_counter() - start
+            logger.info("captured %d micro-batches at %s (%d blocks, activations on %s)",
+                        len(calls), blocks.path, len(blocks), config.offload_activations)
+            with blocks_on(blocks.modules, device):
+                if config.allocation == "global":
+                    targets.allocate(calls, method.mask_selector, space)
+                    report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
+                for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
+                    stream = _BlockStream(blocks, index, calls, dense_calls)
+                    _prune_block(stream, method, targets, report)
+                    calls, dense_calls = stream.propagate(space)
     finally:
         model.train(was_training)
     report.timings["total"] = time.perf_counter() - start
@@ -277,13 +287,17 @@ class _BlockStream:
             self.dense_weights[param_name] = weight.detach().clone()
 
     @torch.no_grad()
-    def propagate(self) -> tuple[list[BlockCall], list[BlockCall] | None]:
-        """The next block's inputs: this (pruned) block's outputs, and the dense ones."""
+    def propagate(self, space: ActivationSpace) -> tuple[ActivationStore, ActivationStore | None]:
+        """The next block's inputs (this pruned block's outputs, and the dense ones); this
+        block's inputs are freed."""
         block, next_call = self.block, self.blocks.next_call
-        calls = [next_call(block, call, run_block(block, call)) for call in self.calls]
-        if self.dense_calls is None:
-            return calls, None
-        dense = [next_call(block, call, run_block(block, call, self.dense_weights)) for call in self.dense_calls]
+        calls = space.store(next_call(block, call, run_block(block, call)) for call in self.calls)
+        dense = None
+        if self.dense_calls is not None:
+            dense = space.store(next_call(block, c, run_block(block, c, self.dense_weights)) for c in self.dense_calls)
+            if self.dense_calls is not self.calls:
+                self.dense_calls.close()
+        self.calls.close()
         return calls, dense
 
 

@@ -1,0 +1,138 @@
+"""Where calibration activations live between blocks: the device, CPU memory, or disk.
+
+An :class:`ActivationStore` holds one block's calls (one :class:`~snows_hf.blocks.BlockCall`
+per micro-batch) and hands each back on the execution device when indexed, so the
+pipeline and the methods read it like a list. ``cpu`` keeps tensors in (pinned, when the
+device is a GPU) host memory; ``disk`` writes each call's tensors to a safetensors file
+in a temporary folder and memory-maps it back. :class:`ActivationSpace` owns that folder
+and removes it at the end, also on error.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from .blocks import BlockCall, map_tensors
+
+PLACES = ("device", "cpu", "disk")
+
+
+class ActivationStore(Sequence[BlockCall]):
+    """A list of block calls stored at ``place``; items come back on ``device``.
+
+    Example:
+        >>> with ActivationSpace("disk", torch.device("cpu")) as space:
+        ...     store = space.store([BlockCall((torch.ones(2),), {"flag": True})])
+        ...     store[0].args[0].tolist(), store[0].kwargs
+        ([1.0, 1.0], {'flag': True})
+    """
+
+    def __init__(self, place: str, device: torch.device, folder: Path | None = None) -> None:
+        if place not in PLACES:
+            raise ValueError(f"offload_activations must be one of {', '.join(PLACES)}, got {place!r}")
+        self.place, self.device, self.folder = place, device, folder
+        self._items: list[Any] = []
+
+    def append(self, call: BlockCall) -> None:
+        """Store one call (moved off the device unless ``place`` is ``device``)."""
+        if self.place == "device":
+            self._items.append(call.to(self.device))
+        elif self.place == "cpu":
+            pin = self.device.type == "cuda"
+            self._items.append(BlockCall(*map_tensors((call.args, call.kwargs), lambda t: _to_host(t, pin))))
+        else:
+            self._items.append(self._write(call))
+
+    def _write(self, call: BlockCall) -> tuple[Path, Any]:
+        tensors: dict[str, torch.Tensor] = {}
+        seen: dict[int, str] = {}
+
+        def take(t: torch.Tensor) -> _Slot:
+            key = seen.get(id(t))
+            if key is None:
+                key = seen[id(t)] = str(len(tensors))
+                tensors[key] = t.detach().to("cpu").contiguous()
+            return _Slot(key)
+
+        skeleton = map_tensors((call.args, call.kwargs), take)
+        path = self.folder / f"call-{id(self)}-{len(self._items)}.safetensors"
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path))
+        return path, skeleton
+
+    def __getitem__(self, index: int) -> BlockCall:  # type: ignore[override]
+        item = self._items[index]
+        if self.place == "device":
+            return item
+        if self.place == "cpu":
+            return item.to(self.device) if self.device.type != "cpu" else item
+        from safetensors.torch import load_file
+
+        path, skeleton = item
+        tensors = load_file(str(path), device=str(self.device))
+        args, kwargs = map_tensors(skeleton, lambda slot: tensors[slot.key], leaf=_Slot)
+        return BlockCall(args, kwargs)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[BlockCall]:
+        return (self[i] for i in range(len(self)))
+
+    def close(self) -> None:
+        """Free what the store holds (its files, for ``disk``)."""
+        if self.place == "disk":
+            for path, _ in self._items:
+                Path(path).unlink(missing_ok=True)
+        self._items = []
+
+
+class _Slot:
+    """Placeholder for a tensor written to disk."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    t = t.detach().to("cpu")
+    return t.pin_memory() if pin else t
+
+
+class ActivationSpace:
+    """Makes :class:`ActivationStore` objects; owns (and always removes) the disk folder.
+
+    ``root`` is where the temporary folder goes (the output's filesystem, ideally).
+    """
+
+    def __init__(self, place: str, device: torch.device, root: str | Path | None = None) -> None:
+        if place not in PLACES:
+            raise ValueError(f"offload_activations must be one of {', '.join(PLACES)}, got {place!r}")
+        self.place, self.device, self.root = place, device, root
+        self.folder: Path | None = None
+
+    def __enter__(self) -> "ActivationSpace":
+        if self.place == "disk":  # beside the output when that folder exists, else the system's temp
+            root = Path(self.root) if self.root and Path(self.root).is_dir() else None
+            self.folder = Path(tempfile.mkdtemp(prefix=".snows-hf-activations-", dir=root))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def store(self, calls: Iterable[BlockCall] = ()) -> ActivationStore:
+        """A new store, filled with ``calls``."""
+        store = ActivationStore(self.place, self.device, self.folder)
+        for call in calls:
+            store.append(call)
+        return store

@@ -1,0 +1,67 @@
+"""Activations on the device, in CPU memory or on disk: same weights, no files left behind."""
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_llama, tiny_vit
+
+import snows_hf
+from snows_hf.cli import main
+from snows_hf.methods import MagnitudeMethod
+
+
+def _inputs(kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "vit":
+        return {"pixel_values": torch.randn(16, 3, 32, 32, generator=g)}
+    ids = torch.randint(4, VOCAB, (16, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0  # attention masks and rotary embeddings must survive the round trip
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("kind", ["llama", "vit"])
+@pytest.mark.parametrize("options", [{"k_step": 2}, {"k_step": 2, "target": "official"},
+                                     {"method": "none", "mask": "sparsegpt", "sparsity": "0.5", "allocation": "global"}])
+def test_cpu_and_disk_offload_give_the_same_weights(kind, options, tmp_path):
+    factory = tiny_llama if kind == "llama" else tiny_vit
+    weights = {}
+    for place in ("device", "cpu", "disk"):
+        model = factory()
+        config = {"sparsity": "2:4", "method": "snows", "batch_size": 4, "newton_steps": 1, "cg_iters": 3,
+                  "offload_activations": place, "offload_dir": str(tmp_path)} | options
+        snows_hf.prune_(model, config, _inputs(kind))
+        weights[place] = model.state_dict()
+        assert list(tmp_path.iterdir()) == []  # the disk folder is gone
+    for place in ("cpu", "disk"):
+        for key, value in weights["device"].items():
+            assert torch.equal(weights[place][key], value), (place, key)
+
+
+def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = MagnitudeMethod.prune_module
+
+    def fail_later(self, job):
+        calls["n"] += 1
+        if calls["n"] == 9:  # in the second block, after activations were written twice
+            raise RuntimeError("boom")
+        return original(self, job)
+
+    monkeypatch.setattr(MagnitudeMethod, "prune_module", fail_later)
+    with pytest.raises(RuntimeError, match="boom"):
+        snows_hf.prune_(tiny_llama(), {"sparsity": "2:4", "method": "magnitude", "batch_size": 4,
+                                       "offload_activations": "disk", "offload_dir": str(tmp_path)}, _inputs("llama"))
+    assert calls["n"] == 9 and list(tmp_path.iterdir()) == []
+
+
+def test_cli_disk_offload_next_to_the_output(llama_dir, tmp_path):
+    out = tmp_path / "runs" / "pruned"
+    out.parent.mkdir()
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--offload-activations", "disk",
+                 "--output-dir", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pruned"]
+
+
+def test_bad_offload_place():
+    with pytest.raises(ValueError, match="offload_activations must be device, cpu or disk"):
+        snows_hf.PruneConfig(sparsity="2:4", offload_activations="ram")
