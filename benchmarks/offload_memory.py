@@ -67,7 +67,8 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  done: {place}", flush=True)
     size = rows[0]["activation_gib"]
-    print(f"\nSmolLM2-135M, 2:4, {args.method} (mask {args.mask}), {args.num_samples} x {args.seq_len} tokens "
+    method = args.method if args.method == "magnitude" else f"{args.method} (mask {args.mask})"
+    print(f"\nSmolLM2-135M, 2:4, {method}, {args.num_samples} x {args.seq_len} tokens "
           f"(one block's hidden states: {size:.2f} GiB fp32)")
     head = f"{'activations':<12} {'seconds':>8} {'RSS after load GiB':>19} {'peak RSS GiB':>13} {'peak GPU GiB':>13}"
     print(head + "\n" + "-" * len(head))
