@@ -19,12 +19,13 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).parent / "model_cards" / "model_card.md"
 PLOT_FILE = "sparsity_per_layer.png"
 
-_TASKS = (  # (class name suffix, pipeline tag, Auto class)
-    ("ForImageClassification", "image-classification", "AutoModelForImageClassification"),
-    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
-    ("ForCausalLM", "text-generation", "AutoModelForCausalLM"),
-    ("LMHeadModel", "text-generation", "AutoModelForCausalLM"),
-)
+_TASKS = {  # model_task -> (pipeline tag, Auto class); images and texts differ for two of them
+    ("classification", True): ("image-classification", "AutoModelForImageClassification"),
+    ("classification", False): ("text-classification", "AutoModelForSequenceClassification"),
+    ("causal-lm", False): ("text-generation", "AutoModelForCausalLM"),
+    ("embedding", True): ("image-feature-extraction", "AutoModel"),
+    ("embedding", False): ("feature-extraction", "AutoModel"),
+}
 _METRIC_NAMES = {"top1_accuracy": "accuracy", "top5_accuracy": "top-5 accuracy", "perplexity": "perplexity",
                  "cosine_to_dense": "cosine to dense embeddings", "linear_probe_accuracy": "linear-probe accuracy",
                  "top1_agreement": "top-1 agreement with dense", "nll_per_token": "NLL per token"}
@@ -37,12 +38,10 @@ def pipeline_and_auto_class(model: Any) -> tuple[str, str]:
         >>> pipeline_and_auto_class(LlamaForCausalLM(config))  # doctest: +SKIP
         ('text-generation', 'AutoModelForCausalLM')
     """
-    name = type(model).__name__
-    for suffix, tag, auto in _TASKS:
-        if name.endswith(suffix):
-            return tag, auto
+    from .data import model_task
+
     image = getattr(model, "main_input_name", "") == "pixel_values"
-    return ("image-feature-extraction" if image else "feature-extraction"), "AutoModel"
+    return _TASKS.get((model_task(model), image), _TASKS[("embedding", image)])
 
 
 def _hub_id(value: str | None) -> str | None:

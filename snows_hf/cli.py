@@ -7,12 +7,13 @@ Every failure a user can cause ends as one line on stderr and a non-zero exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import re
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import __version__
 
@@ -291,7 +292,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .export import check_output_dir, save_pruned
     from .loading import load_model
-    from .report import LayerReport, PruneReport
+    from .report import PruneReport
 
     source = Path(args.model)
     try:
@@ -301,10 +302,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or f"{str(source).rstrip('/')}-{args.to}"
     check_output_dir(output_dir, args.overwrite)
     model, processor = load_model(str(source))
-    fields = {"config", "model_type", "block_path", "num_blocks", "num_calibration_samples", "timings"}
-    report = PruneReport(**{k: v for k, v in payload.items() if k in fields},
-                         layers=[LayerReport(**layer) for layer in payload["layers"]])
-    extra = {k: v for k, v in payload.items() if k not in fields | {"layers", "sparsity"}}
+    report = PruneReport.from_dict(payload)
+    extra = {k: v for k, v in payload.items() if k not in report.to_dict()}
     recipe_file = source / "recipe.yaml"
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else None
     if isinstance(recipe, dict):
@@ -321,18 +320,13 @@ class _Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed():
-            start = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.seconds[name] = round(time.perf_counter() - start, 3)
-
-        return timed()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
 class _Evaluation:

@@ -77,19 +77,13 @@ def write_compact(folder: str | os.PathLike, model: Any, report: Any) -> None:
 def layer_pattern(report: Any, layer: Any):
     """The pattern a layer was pruned to (its own share under global allocation)."""
     from .masks import SparsityPattern, parse_sparsity
+    from .report import _numel
 
     pattern = parse_sparsity(report.config["sparsity"])
     if pattern.is_nm:
         return pattern
     zeros = round(layer.sparsity * _numel(layer.shape))
     return SparsityPattern(fraction=zeros / _numel(layer.shape)) if zeros else pattern
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
 
 
 def register() -> None:
@@ -173,7 +167,7 @@ def register() -> None:
 def _decode_layer(quantizer: Any, target: str, tensors: dict) -> torch.Tensor:
     """Decode one layer; a problem is recorded (and a zero weight returned) so the loader
     finishes and the quantizer reports every bad tensor by name at once."""
-    from .masks import from_rows, parse_sparsity
+    from .masks import from_rows, parse_sparsity, to_rows
     from .masks.compact import decode
 
     name = target.removesuffix(".weight")
@@ -188,8 +182,7 @@ def _decode_layer(quantizer: Any, target: str, tensors: dict) -> torch.Tensor:
             raise ValueError("has compact tensors but is not listed in quantization_config")
         pattern = parse_sparsity(meta["pattern"])
         shape = torch.Size(meta["shape"])
-        rows = shape[0] * shape[2] * shape[3] if meta["layout"] == "conv2d" else (shape[1] if meta["layout"] == "conv1d" else shape[0])
-        cols = shape.numel() // rows
+        rows, cols = to_rows(torch.empty(shape, device="meta"), meta["layout"]).shape
         for part in ("values", "code"):
             if f"weight_{part}" not in tensors:
                 raise ValueError(f"tensor {key}_{part} is missing")

@@ -120,6 +120,7 @@ class _Targets:
         wanted = bool(config.targets or config.ignore)
         self.saved_names = checkpoint_names(model) if wanted else {}
         self.tied = _tied_parameters(model)
+        self._of: dict[int, list[tuple[str, nn.Module]]] = {}
         unmatched = check_patterns(blocks.modules, blocks.names, config.targets, self.saved_names)
         if unmatched:
             raise ValueError(
@@ -140,11 +141,13 @@ class _Targets:
     def of(self, index: int) -> list[tuple[str, nn.Module]]:
         """The targeted modules of block ``index`` (names relative to the block); weights
         tied to another parameter (shared embeddings, shared layers) are never pruned."""
-        cfg = self.config
-        found = block_targets(
-            self.blocks.modules[index], self.model, self.blocks.names[index], cfg.targets, cfg.ignore, self.saved_names
-        )
-        return [(name, module) for name, module in found if id(module.weight) not in self.tied]
+        if index not in self._of:
+            cfg = self.config
+            found = block_targets(
+                self.blocks.modules[index], self.model, self.blocks.names[index], cfg.targets, cfg.ignore, self.saved_names
+            )
+            self._of[index] = [(name, module) for name, module in found if id(module.weight) not in self.tied]
+        return self._of[index]
 
     def name(self, index: int, rel_name: str) -> str:
         """Full module name of ``rel_name`` in block ``index``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -57,6 +57,14 @@ class PruneReport:
         out = asdict(self)
         out["sparsity"] = self.sparsity
         return out
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "PruneReport":
+        """A report back from :meth:`to_dict` (``report.json``); other keys are ignored."""
+        names = {f.name for f in fields(cls)} - {"layers"}
+        layer_names = {f.name for f in fields(LayerReport)}
+        layers = [LayerReport(**{k: v for k, v in layer.items() if k in layer_names}) for layer in payload["layers"]]
+        return cls(**{k: v for k, v in payload.items() if k in names}, layers=layers)
 
     def sparsity_block(self) -> dict[str, Any]:
         """The ``sparsity`` entry written into ``config.json`` next to the weights."""
