@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.autograd.functional import hessian, jacobian
 
 from snows_hf.solver import (
+    BatchShard,
     HessianOperator,
     NewtonConfig,
     masked_cg,
@@ -144,6 +145,83 @@ def test_multi_batch_is_mean_of_single_batches(kind):
     assert rel_err(streamed(v), full(v)) < 1e-12
     assert rel_err(streamed.grad, full.grad) < 1e-12
     assert streamed.loss == pytest.approx(full.loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["exact", "gauss-newton"])
+@pytest.mark.parametrize("max_graphs", [None, 2, 1])
+def test_shards_add_up_to_the_whole(kind, max_graphs):
+    """Two processes' shards (even / odd batches) sum to the one-process operator: what
+    the all-reduce of a data-parallel run relies on; chunked graphs change nothing."""
+    residual_fn, W, batches = make_window(seed=4, n_batches=5)
+    v = torch.randn_like(W)
+    whole = HessianOperator(residual_fn, W, batches, kind)
+    ids = {id(b): i for i, b in enumerate(batches)}
+    parts = [
+        HessianOperator(residual_fn, W, batches, kind, max_graphs=max_graphs,
+                        shard=BatchShard(owns=lambda b, r=r: ids[id(b)] % 2 == r))
+        for r in (0, 1)
+    ]
+    assert [len(p.local) for p in parts] == [3, 2]
+    assert rel_err(sum(p.grad for p in parts), whole.grad) < 1e-12
+    assert rel_err(sum(p(v) for p in parts), whole(v)) < 1e-12
+    assert sum(p.loss for p in parts) == pytest.approx(whole.loss, rel=1e-12)
+    held = [batches[-1]]
+    assert float(window_loss(residual_fn, W, held, parts[1].shard)) == 0.0  # owns none of them: adds nothing
+    assert float(window_loss(residual_fn, W, held, parts[0].shard)) == pytest.approx(float(window_loss(residual_fn, W, held)))
+
+
+class _FakeMemory:
+    """A residual function that runs out of memory when more than ``limit`` batches'
+    graphs are alive at once (tracked through weak references to its outputs)."""
+
+    def __init__(self, residual_fn, limit):
+        import weakref
+
+        self.residual_fn, self.limit, self.alive, self.ooms = residual_fn, limit, weakref.WeakSet(), 0
+
+    def __call__(self, w, batch):
+        if len(self.alive) >= self.limit:
+            self.ooms += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake)")
+        out = self.residual_fn(w, batch)
+        marker = out[0].view_as(out[0])  # any tensor the graph holds on to lives as long as it
+        self.alive.add(out[0])
+        return [marker, *out[1:]]
+
+
+@pytest.mark.parametrize("kind", ["exact", "gauss-newton"])
+def test_out_of_memory_halves_the_graphs_held_and_gives_the_same_products(kind):
+    residual_fn, W, batches = make_window(seed=5, n_batches=6)
+    v = torch.randn_like(W)
+    whole = HessianOperator(residual_fn, W, batches, kind)
+    tight = _FakeMemory(residual_fn, limit=2)
+    op = HessianOperator(tight, W, batches, kind)
+    assert tight.ooms >= 1 and op.graph_batches <= 2
+    assert not op.keeps_graphs
+    assert rel_err(op.grad, whole.grad) < 1e-12
+    assert rel_err(op(v), whole(v)) < 1e-12
+    assert op.loss == pytest.approx(whole.loss, rel=1e-12)
+
+
+def test_out_of_memory_with_one_batch_per_graph_says_what_to_lower():
+    residual_fn, W, batches = make_window(seed=6, n_batches=3)
+    with pytest.raises(RuntimeError, match="lower --batch-size"):
+        HessianOperator(_FakeMemory(residual_fn, limit=0), W, batches, "exact")
+    with pytest.raises(ValueError, match="max_graphs"):
+        HessianOperator(residual_fn, W, batches, "exact", max_graphs=0)
+
+
+def test_newton_settles_on_the_graphs_that_fit():
+    """A re-fit whose kept graphs do not fit runs to the same weights as one that fits."""
+    residual_fn, W, batches = make_window(seed=7, n_batches=6)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(0), dtype=DT) > 0.4
+    cfg = NewtonConfig(steps=3, hessian="gauss-newton", cg_rtol=1e-8)
+    free = newton_refit(W, mask, residual_fn, batches[:5], batches[5:], cfg)
+    tight = _FakeMemory(residual_fn, limit=2)
+    squeezed = newton_refit(W, mask, tight, batches[:5], batches[5:], cfg)
+    assert free.graph_batches == 5 and squeezed.graph_batches <= 2
+    assert tight.ooms == 1 == squeezed.memory_retries and free.memory_retries == 0  # later steps start from what fitted
+    assert (squeezed.weight - free.weight).abs().max() < 1e-9  # summation order only
 
 
 def test_operator_rejects_bad_arguments():

@@ -15,10 +15,12 @@ Example:
 """
 
 from .cg import CGResult, masked_cg
-from .hvp import HessianOperator, batch_loss, window_loss
+from .hvp import ONE_PROCESS, BatchShard, HessianOperator, batch_loss, window_loss
 from .newton import NewtonConfig, NewtonResult, newton_refit
 
 __all__ = [
+    "ONE_PROCESS",
+    "BatchShard",
     "CGResult",
     "HessianOperator",
     "NewtonConfig",

@@ -11,6 +11,7 @@ functions run Hugging Face modules whose ops may lack forward-mode derivatives.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +20,46 @@ from torch import Tensor
 ResidualFn = Callable[[Tensor, Any], Sequence[Tensor]]
 
 HESSIAN_KINDS = ("exact", "gauss-newton")
+
+
+def _owns_all(batch: Any) -> bool:
+    return True
+
+
+def _no_reduce(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class BatchShard:
+    """Which batches this process computes, and how partial sums combine across processes.
+
+    Every loss, gradient and Hessian product here is a sum of per-batch terms over a
+    *global* batch list. In a data-parallel run each process computes the terms of the
+    batches it ``owns`` and ``reduce`` adds the partial sums of all processes (an
+    all-reduce), so every process gets the same numbers and takes the same steps. The
+    default owns every batch and reduces nothing: one process.
+
+    Example:
+        >>> shard = BatchShard(owns=lambda b: b % 2 == 0)
+        >>> shard.local([0, 1, 2, 3])
+        [0, 2]
+    """
+
+    owns: Callable[[Any], bool] = _owns_all
+    reduce: Callable[[Tensor], Tensor] = _no_reduce
+
+    def local(self, batches: Sequence[Any]) -> list:
+        """The batches of ``batches`` this process computes."""
+        return [b for b in batches if self.owns(b)]
+
+
+ONE_PROCESS = BatchShard()
+
+
+def _total(terms: Sequence[Tensor], like: Tensor) -> Tensor:
+    """Sum of ``terms``, or a zero of ``like``'s dtype when a process owns none of them."""
+    return sum(terms[1:], terms[0]) if terms else like.new_zeros(())
 
 
 def batch_loss(residuals: Sequence[Tensor]) -> Tensor:
@@ -33,11 +74,12 @@ def batch_loss(residuals: Sequence[Tensor]) -> Tensor:
     return sum(r.pow(2).mean() for r in residuals)
 
 
-def window_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any]) -> Tensor:
+def window_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any], shard: BatchShard = ONE_PROCESS) -> Tensor:
     """Mean over ``batches`` of the batch loss ``sum_k mean(r_k ** 2)``.
 
-    Differentiable in ``w`` when called with grad enabled; wrap it in
-    ``torch.no_grad()`` for a plain evaluation.
+    Differentiable in ``w`` when called with grad enabled in one process; wrap it in
+    ``torch.no_grad()`` for a plain evaluation. With a data-parallel ``shard`` this
+    process evaluates its own batches and the sum is reduced across processes.
 
     Example:
         >>> X, Y = torch.randn(8, 3), torch.randn(8, 2)
@@ -47,7 +89,8 @@ def window_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any]) -> T
     """
     if len(batches) == 0:
         raise ValueError("window_loss needs at least one batch")
-    return sum(batch_loss(residual_fn(w, b)) for b in batches) / len(batches)
+    local = [batch_loss(residual_fn(w, b)) for b in shard.local(batches)]
+    return shard.reduce(_total(local, w)) / len(batches)
 
 
 def _grad_or_zeros(outputs, inputs, grad_outputs, *, create_graph=False, retain_graph=True):
@@ -149,9 +192,16 @@ class HessianOperator:
     ``kind="gauss-newton"`` is ``sum_k (2 / numel(r_k)) J_k^T J_k`` (positive
     semi-definite), computed with two reverse-mode passes per product.
 
-    ``keep_graphs=False`` keeps no graph: each product re-runs the forward per batch
-    and frees it before the next batch (less memory, one more forward per product;
-    same result). Call ``close()`` (or use it as a context manager) to free the graphs.
+    Memory: ``max_graphs`` caps how many batches' graphs are held at once (``None``: all
+    of them, kept across products). Below that, each product re-runs the forward chunk
+    by chunk and frees each chunk's graph before the next (one more forward per
+    product; same result). ``keep_graphs=False`` is ``max_graphs=1``. On an
+    out-of-memory error the operator halves the chunk and retries, down to one batch
+    (``graph_batches`` says where it settled), so a step that does not fit still runs.
+
+    ``shard`` splits the batches across data-parallel processes (:class:`BatchShard`);
+    results are reduced, so every process sees the same loss, gradient and products.
+    Call ``close()`` (or use it as a context manager) to free the graphs.
 
     Example:
         >>> X, Y = torch.randn(16, 3), torch.randn(16, 2)
@@ -170,37 +220,73 @@ class HessianOperator:
         kind: str = "gauss-newton",
         *,
         keep_graphs: bool = True,
+        max_graphs: int | None = None,
+        shard: BatchShard = ONE_PROCESS,
     ):
         if kind not in _GRAPHS:
             raise ValueError(f"kind must be one of {HESSIAN_KINDS}, got {kind!r}")
         if len(batches) == 0:
             raise ValueError("HessianOperator needs at least one batch")
+        if max_graphs is not None and max_graphs < 1:
+            raise ValueError(f"max_graphs must be None or >= 1, got {max_graphs}")
         self.kind = kind
-        self.keep_graphs = keep_graphs
         self.residual_fn = residual_fn
-        self.batches = list(batches)
+        self.shard = shard
+        self.local = shard.local(batches)
+        self.scale = 1.0 / len(batches)
+        cap = len(self.local) if keep_graphs else 1
+        #: batches whose graphs are held at once (halved on out-of-memory errors)
+        self.graph_batches = max(1, min(cap, max_graphs or cap))
         # A fresh leaf sharing storage with w: the caller's tensor gets no grad state.
         self._w = w.detach().requires_grad_(True)
+        self._graph = None
         self._closed = False
-        with torch.enable_grad():
-            if keep_graphs:
-                scale = 1.0 / len(self.batches)
-                self._graph = _GRAPHS[kind](residual_fn, self._w, self.batches, scale)
-                loss, grad = self._graph.loss, self._graph.grad
-            else:
-                self._graph = None
-                loss, grad = self._loss_and_grad_streamed()
-        self.loss: float = float(loss)
-        self.grad: Tensor = grad
+        self.retries = 0  #: out-of-memory errors recovered from
+        loss, grad = self._retrying(self._loss_and_grad)
+        self.loss: float = float(shard.reduce(loss.detach()))
+        self.grad: Tensor = shard.reduce(grad)
 
-    def _loss_and_grad_streamed(self) -> tuple[float, Tensor]:
-        """One forward + backward per batch, nothing kept (for ``keep_graphs=False``)."""
-        scale = 1.0 / len(self.batches)
-        loss_sum, grad_sum = 0.0, torch.zeros_like(self._w)
-        for b in self.batches:
-            loss = batch_loss(self.residual_fn(self._w, b)) * scale
+    @property
+    def keeps_graphs(self) -> bool:
+        """Whether every local batch's graph is kept across products."""
+        return self.graph_batches >= len(self.local)
+
+    def _chunks(self) -> list[list]:
+        n = self.graph_batches
+        return [self.local[i : i + n] for i in range(0, len(self.local), n)]
+
+    def _retrying(self, compute: Callable[[], Any]) -> Any:
+        """``compute()``, halving ``graph_batches`` and retrying after out-of-memory errors."""
+        while True:
+            try:
+                with torch.enable_grad():
+                    return compute()
+            except Exception as exc:  # noqa: BLE001 - re-raised unless it is an out-of-memory error
+                if not is_out_of_memory(exc):
+                    raise
+                if self.graph_batches <= 1:
+                    raise RuntimeError(
+                        "out of memory in a Hessian product even with one micro-batch per graph; "
+                        "lower --batch-size or --k-step, or move activations off the device (--offload-activations)"
+                    ) from exc
+            # Out of the except block: the traceback (and the tensors its frames hold) is gone.
+            self._graph = None
+            free_memory()
+            self.graph_batches = max(1, self.graph_batches // 2)
+            self.retries += 1
+
+    def _loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Local loss and gradient; kept graphs when they all fit, else one chunk at a time."""
+        if not self.local:
+            return self._w.new_zeros(()), torch.zeros_like(self._w)
+        if self.keeps_graphs:
+            self._graph = _GRAPHS[self.kind](self.residual_fn, self._w, self.local, self.scale)
+            return self._graph.loss, self._graph.grad
+        loss_sum, grad_sum = self._w.new_zeros(()), torch.zeros_like(self._w)
+        for chunk in self._chunks():
+            loss = _total([batch_loss(self.residual_fn(self._w, b)) for b in chunk], self._w) * self.scale
             grad_sum += _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
         return loss_sum, grad_sum
 
     def __call__(self, v: Tensor) -> Tensor:
@@ -210,17 +296,15 @@ class HessianOperator:
         if v.shape != self._w.shape:
             raise ValueError(f"v has shape {tuple(v.shape)}, expected {tuple(self._w.shape)}")
         v = v.detach().to(dtype=self._w.dtype, device=self._w.device)
-        with torch.enable_grad():
-            if self._graph is not None:
-                return self._graph.hvp(v, retain=True).detach()
-            return self._hvp_streamed(v)
+        return self.shard.reduce(self._retrying(lambda: self._product(v)))
 
-    def _hvp_streamed(self, v: Tensor) -> Tensor:
-        """Sum of per-batch products, each on a graph built and freed on the spot."""
-        scale = 1.0 / len(self.batches)
+    def _product(self, v: Tensor) -> Tensor:
+        if self._graph is not None and self.keeps_graphs:
+            return self._graph.hvp(v, retain=True).detach()
+        self._graph = None
         out = torch.zeros_like(self._w)
-        for b in self.batches:
-            graph = _GRAPHS[self.kind](self.residual_fn, self._w, [b], scale, with_grad=False)
+        for chunk in self._chunks():
+            graph = _GRAPHS[self.kind](self.residual_fn, self._w, chunk, self.scale, with_grad=False)
             out += graph.hvp(v, retain=False).detach()
             del graph
         return out
@@ -235,3 +319,27 @@ class HessianOperator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error of any device (CUDA, MPS, XPU, CPU, ...).
+
+    Example:
+        >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        True
+    """
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return should_reduce_batch_size(exc)
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached blocks of the current accelerator, if any."""
+    import gc
+
+    gc.collect()
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        accelerator.empty_cache()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .cg import _dot, _project, masked_cg
-from .hvp import HESSIAN_KINDS, HessianOperator, ResidualFn, window_loss
+from .hvp import HESSIAN_KINDS, ONE_PROCESS, BatchShard, HessianOperator, ResidualFn, window_loss
 
 
 @dataclass
@@ -36,6 +36,8 @@ class NewtonConfig:
       above the number of batches means all of them.
     - ``keep_graphs``: keep the forward graphs across the CG iterations of a step (fast);
       ``False`` re-runs the forward per batch for each product (less memory, same result).
+    - ``max_graphs``: batches whose graphs are held at once (``None``: all). Halved
+      automatically on out-of-memory errors; the next steps start where it settled.
 
     Example:
         >>> NewtonConfig(steps=2, hessian="exact").cg_iters
@@ -52,6 +54,7 @@ class NewtonConfig:
     backtrack_factor: float = 0.5
     batches_per_step: Optional[int] = None
     keep_graphs: bool = True
+    max_graphs: Optional[int] = None
 
     def __post_init__(self):
         finite = 0.0 <= self.damping < float("inf")
@@ -72,6 +75,10 @@ class NewtonConfig:
             "batches_per_step", "None or an int >= 1", per_step,
         )
         _require(isinstance(self.keep_graphs, bool), "keep_graphs", "a bool", self.keep_graphs)
+        _require(
+            self.max_graphs is None or (_is_int(self.max_graphs) and self.max_graphs >= 1),
+            "max_graphs", "None or an int >= 1", self.max_graphs,
+        )
 
 
 def _is_int(x) -> bool:
@@ -89,6 +96,8 @@ class NewtonResult:
 
     ``weight`` is detached and exactly zero off the mask. ``train_loss_*`` are over all
     training batches, ``heldout_loss_*`` over all held-out batches. ``history`` holds
+    ``graph_batches`` is how many batches' graphs the last step held at once, lowered
+    by ``memory_retries`` out-of-memory recoveries. ``history`` holds
     one dict per attempted step with keys ``step, train_loss`` (on that step's batches,
     before the step), ``heldout_loss_before, heldout_loss_after, step_size`` (0.0 when
     rejected), ``accepted, cg_iterations, cg_relative_residual``. ``stop_reason`` is one
@@ -115,6 +124,8 @@ class NewtonResult:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     stop_reason: str = "steps"
+    graph_batches: Optional[int] = None
+    memory_retries: int = 0
 
 
 def _check_inputs(w0: Tensor, mask: Tensor, train_batches, heldout_batches) -> None:
@@ -142,18 +153,18 @@ def _step_batches(train_batches: Sequence[Any], step: int, per_step: Optional[in
     return [train_batches[(start + i) % n] for i in range(per_step)]
 
 
-def _eval_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any]) -> float:
+def _eval_loss(residual_fn: ResidualFn, w: Tensor, batches: Sequence[Any], shard: BatchShard) -> float:
     with torch.no_grad():
-        return float(window_loss(residual_fn, w, batches))
+        return float(window_loss(residual_fn, w, batches, shard))
 
 
-def _line_search(residual_fn, w, d, slope, heldout_batches, loss0, config):
+def _line_search(residual_fn, w, d, slope, heldout_batches, loss0, config, shard):
     """Armijo backtracking on the held-out loss. Returns ``(step_size, loss)`` or ``None``."""
     if not slope < 0.0:  # not a descent direction (or nan)
         return None
     a = 1.0
     for _ in range(config.max_backtracks + 1):
-        trial = _eval_loss(residual_fn, w + a * d, heldout_batches)
+        trial = _eval_loss(residual_fn, w + a * d, heldout_batches, shard)
         if trial <= loss0 + config.armijo_c * a * slope:  # False for nan
             return a, trial
         a *= config.backtrack_factor
@@ -167,6 +178,7 @@ def newton_refit(
     train_batches: Sequence[Any],
     heldout_batches: Sequence[Any],
     config: NewtonConfig = NewtonConfig(),
+    shard: BatchShard = ONE_PROCESS,
 ) -> NewtonResult:
     """Re-fit the on-mask entries of ``w0`` to minimise the window loss, by Newton-CG.
 
@@ -175,6 +187,8 @@ def newton_refit(
     weight starts at ``w0 * mask``; each step takes a masked CG direction on the
     training batches of the step, and an Armijo step size on ``heldout_batches``
     (disjoint from the training batches, by identity). ``w0`` is left untouched.
+    ``shard`` spreads the batches over data-parallel processes (every sum is reduced, so
+    all processes take identical steps); by default one process computes them all.
 
     Example:
         >>> X, Y = torch.randn(64, 4), torch.randn(64, 3)
@@ -187,7 +201,7 @@ def newton_refit(
     _check_inputs(w0, mask, train_batches, heldout_batches)
     start = time.perf_counter()
     with torch.enable_grad():
-        res = _NewtonLoop(residual_fn, mask.to(w0.device), train_batches, heldout_batches, config).run(w0)
+        res = _NewtonLoop(residual_fn, mask.to(w0.device), train_batches, heldout_batches, config, shard).run(w0)
     res.seconds = time.perf_counter() - start
     return res
 
@@ -195,8 +209,11 @@ def newton_refit(
 class _NewtonLoop:
     """The state shared by the steps of one re-fit (kept apart so each step stays short)."""
 
-    def __init__(self, residual_fn, mask, train_batches, heldout_batches, config):
+    def __init__(self, residual_fn, mask, train_batches, heldout_batches, config, shard):
         self.residual_fn = residual_fn
+        self.shard = shard
+        self.max_graphs = config.max_graphs
+        self.retries = 0
         self.mask = mask
         self.train = list(train_batches)
         self.heldout = list(heldout_batches)
@@ -204,8 +221,8 @@ class _NewtonLoop:
 
     def run(self, w0: Tensor) -> NewtonResult:
         w = _project(w0.detach(), self.mask).clone()
-        train_before = _eval_loss(self.residual_fn, w, self.train)
-        heldout = _eval_loss(self.residual_fn, w, self.heldout)
+        train_before = _eval_loss(self.residual_fn, w, self.train, self.shard)
+        heldout = _eval_loss(self.residual_fn, w, self.heldout, self.shard)
         res = NewtonResult(w, train_before, train_before, heldout, heldout, 0, 0)
         for step in range(self.config.steps):
             w, heldout, stop = self.step(w, heldout, step, res)
@@ -213,8 +230,9 @@ class _NewtonLoop:
                 res.stop_reason = stop
                 break
         if res.steps_accepted:
-            res.train_loss_after = _eval_loss(self.residual_fn, w, self.train)
+            res.train_loss_after = _eval_loss(self.residual_fn, w, self.train, self.shard)
         res.weight = w.detach()
+        res.graph_batches, res.memory_retries = self.max_graphs, self.retries
         res.heldout_loss_after = heldout
         return res
 
@@ -222,12 +240,23 @@ class _NewtonLoop:
         """Masked gradient, CG result and step training loss, or ``None`` at a zero gradient."""
         cfg = self.config
         batches = _step_batches(self.train, step, cfg.batches_per_step)
-        with HessianOperator(self.residual_fn, w, batches, cfg.hessian, keep_graphs=cfg.keep_graphs) as op:
-            g = _project(op.grad, self.mask)
-            if not bool(g.any()):
-                return None
-            cg = masked_cg(op, -g, self.mask, damping=cfg.damping, rtol=cfg.cg_rtol, max_iter=cfg.cg_iters)
-            return g, cg, op.loss
+        with HessianOperator(
+            self.residual_fn, w, batches, cfg.hessian, keep_graphs=cfg.keep_graphs, max_graphs=self.max_graphs,
+            shard=self.shard,
+        ) as op:
+            try:
+                return self._solve(op)
+            finally:
+                self.max_graphs = op.graph_batches  # later steps start where memory allowed
+                self.retries += op.retries
+
+    def _solve(self, op: HessianOperator):
+        g = _project(op.grad, self.mask)
+        if not bool(g.any()):
+            return None
+        cfg = self.config
+        cg = masked_cg(op, -g, self.mask, damping=cfg.damping, rtol=cfg.cg_rtol, max_iter=cfg.cg_iters)
+        return g, cg, op.loss
 
     def step(self, w: Tensor, heldout: float, step: int, res: NewtonResult):
         """One Newton-CG step; updates ``res`` and returns ``(w, heldout_loss, stop_reason)``."""
@@ -236,7 +265,7 @@ class _NewtonLoop:
             return w, heldout, "zero_gradient"
         g, cg, train_loss = found
         d = cg.x
-        searched = _line_search(self.residual_fn, w, d, _dot(g, d), self.heldout, heldout, self.config)
+        searched = _line_search(self.residual_fn, w, d, _dot(g, d), self.heldout, heldout, self.config, self.shard)
         step_size, heldout_after = searched if searched is not None else (0.0, heldout)
         res.cg_iterations.append(cg.iterations)
         res.negative_curvature |= cg.negative_curvature
