@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
+    _add(prune, PruneConfig, "max_memory", metavar="SIZES")
     _add(prune, PruneConfig, "offload_activations", choices=["device", "cpu", "disk"])
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
@@ -187,43 +188,66 @@ def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """``snows-hf prune``: validate everything, load, calibrate, evaluate, prune, evaluate, save."""
-    from .api import prune_
+    """``snows-hf prune``: validate everything, load, calibrate, evaluate, prune, evaluate, save.
+
+    Under ``torchrun`` or ``accelerate launch`` every process prunes its shard of the
+    calibration micro-batches in step with the others; the main one evaluates, saves and pushes.
+    """
     from .calibration import CalibrationConfig
     from .config import PruneConfig
     from .devices import resolve_device
-    from .export import check_output_dir, save_pruned
-    from .loading import load_model
-    from .recipe import recipe_dict
+    from .distributed import start_processes
+    from .export import check_output_dir
 
     config = PruneConfig(**_split_fields(args, PruneConfig))
     cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
-    resolve_device(config.device)  # an absent device fails before any loading
+    device = resolve_device(config.device)  # an absent device fails before any loading
     output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
     check_output_dir(output_dir, args.overwrite)
     if config.offload_activations == "disk" and config.offload_dir is None:
         from pathlib import Path
 
         config.offload_dir = str(Path(output_dir).absolute().parent)  # the output's filesystem
+    processes = start_processes(device)
+    main = processes.is_main
+    if not main:  # the main process speaks for all
+        logger.setLevel(logging.ERROR)
+    placement = _placement(config, device, processes, output_dir)
 
+    with placement as load_options:
+        return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options)
+
+
+def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
+                    load_options: dict[str, Any]) -> int:
+    from .api import prune_
+    from .export import save_pruned
+    from .loading import load_model
+    from .recipe import recipe_dict
+
+    main = processes.is_main
     phases = _Phases()
     with phases("load"):
-        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, **load_options)
         processor = _processor(args, model, processor)
     with phases("data"):
         data = _prepare(cal_cfg, model, processor, evaluate=not args.no_eval)
-    evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None else None
+    evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
     if evaluation:
         with phases("dense eval"):
             evaluation.run("dense", model)
     with phases("prune"):
-        report = prune_(model, config, data.calibration, progress=not args.quiet)
+        report = prune_(model, config, data.calibration, progress=not args.quiet and main)
+    if not main:
+        processes.finish()
+        return 0
     if evaluation:
         with phases("pruned eval"):
             evaluation.run("pruned", model)
     extra = {
         "source_model": args.model, "calibration": dataclasses.asdict(cal_cfg), "data": data.source,
         "evaluation": evaluation.figures() if evaluation else None, "phases": phases.seconds,
+        "processes": processes.world_size,
     }
     with phases("save"):
         recipe = recipe_dict(config, cal_cfg, args.model)
@@ -233,7 +257,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"saved to {output_dir}")
     if args.push_to_hub:
         _push(output_dir, args.push_to_hub, args, saved=True)
+    processes.finish()
     return 0
+
+
+@contextlib.contextmanager
+def _placement(config: Any, device: Any, processes: Any, output_dir: str) -> Iterator[dict[str, Any]]:
+    """``from_pretrained`` options for ``--max-memory``: accelerate's ``device_map="auto"``
+    within those limits, offloading the rest to a temporary folder beside the output
+    (removed at the end, also on error)."""
+    if config.max_memory is None:
+        yield {}
+        return
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .placement import parse_max_memory
+
+    if processes.parallel:
+        raise ValueError("--max-memory places one model across devices; it cannot be combined with several processes")
+    max_memory = parse_max_memory(config.max_memory, device)
+    root = Path(config.offload_dir or Path(output_dir).absolute().parent)
+    folder = tempfile.mkdtemp(prefix=".snows-hf-offload-", dir=root if root.is_dir() else None)
+    try:
+        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": folder}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

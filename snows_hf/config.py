@@ -69,8 +69,16 @@ class PruneConfig:
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
         "(memory-mapped files, removed at the end)"
     )
-    offload_dir: str | None = _field(None, "folder for disk-offloaded activations (default: the system's temp folder)")
+    offload_dir: str | None = _field(
+        None, "folder for disk-offloaded activations and (with max_memory) weights, in a temporary subfolder "
+        "removed at the end (default: beside the output, else the system's temp folder)"
+    )
     device: str = _field("auto", "execution device: auto, cpu, cuda, cuda:1, mps, ...")
+    max_memory: str | None = _field(
+        None, "memory for block weights, e.g. 20GiB (the execution device) or cuda:0=20GiB,cpu=64GiB: blocks "
+        "beyond the device's share wait in CPU memory (or on disk beyond the cpu share) and come to the device "
+        "a window at a time (default: half the accelerator's free memory)"
+    )
     block_path: str | None = _field(None, "dotted name of the model's block list (overrides discovery)")
     seed: int = _field(0, "random seed")
     config_version: int = _field(CONFIG_VERSION, "version of this configuration schema", cli=False)
@@ -115,6 +123,12 @@ class PruneConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{name} pattern {pattern!r} is not a regular expression: {err}") from None
+        if self.max_memory is not None:
+            import torch
+
+            from .placement import parse_max_memory
+
+            parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
         if self.config_version != CONFIG_VERSION:
             raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
         from .methods import get_method

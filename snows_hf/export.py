@@ -85,8 +85,10 @@ def save_pruned(
         >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
     """
     setattr(model.config, SPARSITY_KEY, report.sparsity_block() | {"format": save_format})
+    offloaded = {"cpu", "disk"} & set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))
     with atomic_output_dir(path, overwrite) as tmp:
-        model.save_pretrained(tmp)
+        # offloaded weights come into CPU memory one shard at a time while saving
+        model.save_pretrained(tmp, **({"max_shard_size": "2GB"} if offloaded else {}))
         if save_format == "compact":
             from .compact_format import write_compact
 

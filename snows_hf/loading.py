@@ -30,12 +30,13 @@ def _quiet_hub_retries() -> Iterator[None]:
         hub_logger.setLevel(level)
 
 
-def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = False, **placement: Any) -> tuple[Any, Any]:
     """Load ``source`` (local folder or Hub id) with the class its config names, plus its processor.
 
     The class comes from ``config.architectures`` (falling back to ``AutoModel``), so a
     classifier stays a classifier and a causal LM keeps its head. Returns
     ``(model, processor)``; the processor is ``None`` when the folder has none.
+    ``placement`` goes to ``from_pretrained`` (``device_map``, ``max_memory``, ``offload_folder``).
 
     Example:
         >>> model, tokenizer = load_model("path/to/llama")  # doctest: +SKIP
@@ -65,7 +66,7 @@ def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = Fa
     if cls is None:
         cls = transformers.AutoModel
     try:
-        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}") from None
     return model, load_processor(target, model)

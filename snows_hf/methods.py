@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .blocks import run_block, tracked_hooks
+from .distributed import Processes
 from .masks import SparsityPattern, apply_selector, get_selector, to_rows
 
 
@@ -37,6 +38,10 @@ class ModuleJob:
         dense_overrides: dense weights of the modules of this block pruned before this
             one (names relative to the block), to run the block as the dense model.
         stats_dtype: dtype in which input statistics are accumulated.
+        batch_ids: global micro-batch index of each of ``calls`` (data-parallel runs hold
+            a shard; default: ``0 .. len(calls) - 1``).
+        num_batches: micro-batches across all processes (default: ``len(calls)``).
+        processes: the run's :class:`~snows_hf.distributed.Processes` (sums across them).
     """
 
     name: str
@@ -51,7 +56,21 @@ class ModuleJob:
     dense_calls: list | None = None
     dense_overrides: dict[str, torch.Tensor] = field(default_factory=dict)
     stats_dtype: torch.dtype = torch.float32
+    batch_ids: list[int] | None = None
+    num_batches: int | None = None
+    processes: Processes = field(default_factory=Processes)
     _stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_ids is None:
+            self.batch_ids = list(range(len(self.calls)))
+        if self.num_batches is None:
+            self.num_batches = len(self.calls)
+        self._positions = {b: i for i, b in enumerate(self.batch_ids)}
+
+    def local_index(self, batch_id: int) -> int:
+        """Position in ``calls`` of global micro-batch ``batch_id`` (this process's)."""
+        return self._positions[batch_id]
 
     def weight_rows(self) -> torch.Tensor:
         """The current weight as a detached ``(rows, inputs)`` matrix."""
@@ -93,8 +112,8 @@ class ModuleJob:
         ``input_sq``: the diagonal of ``X^T X`` (the sum over every token of each squared
         input feature), shape ``(inputs,)``, or ``(positions, inputs)`` for Conv2d;
         ``gram``: the full ``X^T X``. Streamed micro-batch by micro-batch in
-        ``stats_dtype`` on the block's device, in one pass for everything asked, and
-        kept for the job's later calls.
+        ``stats_dtype`` on the block's device, in one pass for everything asked, summed
+        across data-parallel processes, and kept for the job's later calls.
         """
         missing = set(needs) - set(self._stats)
         if not missing:
@@ -108,10 +127,11 @@ class ModuleJob:
             sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
             if "gram" in missing:
                 gram = x.T @ x if gram is None else gram + x.T @ x
+        sq = self.processes.sum(sq)
         positions = _kernel_positions(self.module) if self.layout == "conv2d" else 1
         self._stats["input_sq"] = sq.reshape(positions, -1) if positions > 1 else sq
         if gram is not None:
-            self._stats["gram"] = gram
+            self._stats["gram"] = self.processes.sum(gram)
         return {k: self._stats[k] for k in needs}
 
 

@@ -22,9 +22,11 @@ from torch import nn
 from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
+from .distributed import Processes, current_processes
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
+from .placement import BlockPlacement, block_budget
 from .methods import ModuleJob, get_method, input_features
 from .report import LayerReport, PruneReport
 
@@ -35,11 +37,12 @@ class _StopForward(Exception):
     """Raised by the capture hook so the model stops right after its embeddings."""
 
 
-def _model_input_device(model: nn.Module) -> torch.device:
+def _model_input_device(model: nn.Module, device: torch.device) -> torch.device:
     try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
-        return next(model.get_input_embeddings().parameters()).device
+        found = next(model.get_input_embeddings().parameters()).device
     except (AttributeError, StopIteration, NotImplementedError):
-        return next(model.parameters()).device
+        found = next(model.parameters()).device
+    return device if found.type == "meta" else found  # offloaded: accelerate's hooks bring inputs along
 
 
 def capture_block_inputs(
@@ -64,7 +67,7 @@ def capture_block_inputs(
         raise _StopForward
 
     extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
-    input_device = _model_input_device(model)
+    input_device = _model_input_device(model, device)
     with tracked_hooks() as hooks, torch.no_grad():
         hooks.append(first_block.register_forward_pre_hook(hook, with_kwargs=True))
         for batch in batches:
@@ -156,12 +159,12 @@ class _Targets:
     def pattern(self, name: str) -> SparsityPattern:
         return self.patterns.get(name, self.config.pattern)
 
-    def allocate(self, calls: Any, selector: str, space: Any) -> None:
+    def allocate(self, calls: Any, selector: str, space: Any, processes: Processes, place: BlockPlacement) -> None:
         """Global allocation: per-layer sparsities from one threshold on dense-model scores."""
         cfg = self.config
         score = _allocation_score(selector)
         modules = {self.name(i, n): m for i in range(len(self.blocks)) for n, m in self.of(i)}
-        input_sq = _dense_input_sq(self, calls, space) if score.needs else {}
+        input_sq = _dense_input_sq(self, calls, space, processes, place) if score.needs else {}
 
         def scores_of(name: str, module: nn.Module):
             return lambda: score.score(to_rows(module.weight.detach(), weight_layout(module)), {"input_sq": input_sq.get(name)})
@@ -180,8 +183,11 @@ def _allocation_score(selector: str):
 
 
 @torch.no_grad()
-def _dense_input_sq(targets: _Targets, calls: Any, space: Any) -> dict[str, torch.Tensor]:
-    """``input_sq`` of every targeted module on the dense model, one pass over the blocks."""
+def _dense_input_sq(
+    targets: _Targets, calls: Any, space: Any, processes: Processes, place: BlockPlacement
+) -> dict[str, torch.Tensor]:
+    """``input_sq`` of every targeted module on the dense model, one pass over the blocks
+    (summed across data-parallel processes)."""
     sums: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str, layout: str):
@@ -198,12 +204,14 @@ def _dense_input_sq(targets: _Targets, calls: Any, space: Any) -> dict[str, torc
         with tracked_hooks() as hooks:
             for rel, module in targets.of(index):
                 hooks.append(module.register_forward_hook(hook_for(targets.name(index, rel), weight_layout(module))))
+            place.need(index)
             following = space.store(blocks.next_call(block, call, run_block(block, call)) for call in calls)
+        place.release_before(index + 1)
         if calls is not first:
             calls.close()
         calls = following
     calls.close()
-    return sums
+    return {name: processes.sum(sums[name]) for name in sorted(sums)}
 
 
 def _tied_parameters(model: nn.Module) -> set[int]:
@@ -237,11 +245,13 @@ def prune_blocks(
 
     from .devices import resolve_device
 
-    device = resolve_device(config.device)
+    processes = current_processes()
+    device = processes.device(resolve_device(config.device))
     method = get_method(config.method)(config)
     blocks = find_block_list(model, config.block_path)
     _check_block_inputs(model)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+    shards = _Shards(processes, len(batches))
     report = PruneReport(
         config=config.to_dict(),
         model_type=getattr(model.config, "model_type", None),
@@ -255,19 +265,24 @@ def prune_blocks(
     targets = _Targets(model, config, blocks)
     try:
         with ActivationSpace(config.offload_activations, device, config.offload_dir) as space:
-            calls = capture_block_inputs(model, blocks.modules[0], batches, device, store=space.store())
+            calls = capture_block_inputs(model, blocks.modules[0], processes.shard(batches), device, store=space.store())
             dense_calls = calls if method.needs_dense_stream else None  # the same inputs until block 0 is pruned
             report.timings["capture"] = time.perf_counter() - start
             logger.info("captured %d micro-batches at %s (%d blocks, activations on %s)",
                         len(calls), blocks.path, len(blocks), config.offload_activations)
-            with blocks_on(blocks.modules, device):
+            budget = block_budget(config.max_memory, device)
+            with BlockPlacement(blocks.modules, device, budget, written=lambda i: [m for _, m in targets.of(i)]) as place:
                 if config.allocation == "global":
-                    targets.allocate(calls, method.mask_selector, space)
+                    targets.allocate(calls, method.mask_selector, space, processes, place)
                     report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
-                for index in tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not progress):
+                bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not (progress and processes.is_main))
+                for index in bar:
+                    place.need(index)
                     stream = _BlockStream(blocks, index, calls, dense_calls)
-                    _prune_block(stream, method, targets, report)
+                    _prune_block(stream, method, targets, report, shards)
                     calls, dense_calls = stream.propagate(space)
+                    place.release_before(index + 1)
+                report.placement = {"streamed": place.streaming, "peak_blocks_on_device": place.peak_blocks}
     finally:
         model.train(was_training)
     report.timings["total"] = time.perf_counter() - start
@@ -304,24 +319,20 @@ class _BlockStream:
         return calls, dense
 
 
-@contextlib.contextmanager
-def blocks_on(blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
-    """Keep the blocks on the execution device for the run, then put each back where it was.
+class _Shards:
+    """Which global micro-batches this process holds (all of them in a one-process run)."""
 
-    Windows may run on into later blocks, so all blocks move together; embeddings and
-    heads stay where they are (block inputs are captured on the model's own device).
-    """
-    homes = [next(block.parameters()).device for block in blocks]
-    try:
-        for block in blocks:
-            block.to(device)
-        yield
-    finally:
-        for block, home in zip(blocks, homes):
-            block.to(home)
+    def __init__(self, processes: Processes, num_batches: int):
+        if num_batches < processes.world_size:
+            raise ValueError(
+                f"{num_batches} calibration micro-batches cannot be shared by {processes.world_size} processes; "
+                "raise --num-samples or lower --batch-size"
+            )
+        self.processes, self.num_batches = processes, num_batches
+        self.batch_ids = processes.shard(range(num_batches))
 
 
-def _prune_block(stream: _BlockStream, method, targets: _Targets, report) -> None:
+def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards: _Shards) -> None:
     block, index = stream.block, stream.index
     stats_dtype = getattr(torch, targets.config.stats_dtype)
     for rel_name, module in execution_order(block, targets.of(index), stream.calls[0]):
@@ -333,6 +344,7 @@ def _prune_block(stream: _BlockStream, method, targets: _Targets, report) -> Non
             name, module, layout, pattern, index, block, stream.calls,
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
             dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights), stats_dtype=stats_dtype,
+            batch_ids=shards.batch_ids, num_batches=shards.num_batches, processes=shards.processes,
         )
         diagnostics = _diagnostics(job, method)
         result = method.prune_module(job)

@@ -26,6 +26,7 @@ masked dense weight, or SparseGPT's OBS-updated one).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 
@@ -37,6 +38,8 @@ from .methods import Method, MethodResult, ModuleJob, register_method
 from .solver import NewtonConfig, newton_refit, window_loss
 from .solver.lsq import masked_lstsq
 from .windows import WindowRunner
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("dense-stream", "official")
 TERM_SCALES = ("energy", "none")
@@ -79,6 +82,10 @@ class SnowsMethod(Method):
 
     name = "snows"
 
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._max_graphs: int | None = None  # lowered for good after an out-of-memory retry
+
     @property
     def needs_dense_stream(self) -> bool:  # type: ignore[override]
         return self.config.target == "dense-stream"
@@ -87,7 +94,7 @@ class SnowsMethod(Method):
         cfg = self.config
         return NewtonConfig(
             steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
-            batches_per_step=cfg.batches_per_step,
+            batches_per_step=cfg.batches_per_step, max_graphs=self._max_graphs,
         )
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
@@ -98,12 +105,13 @@ class SnowsMethod(Method):
         start_rows, mask_rows = apply_selector(self.mask_selector, rows, job.pattern, job.input_stats(selector.needs))
         weight = job.module.weight.detach()
         mask = from_rows(mask_rows, job.layout, weight.shape).bool()
-        train, held = split_holdout(len(job.calls), cfg.holdout)
+        train, held = split_holdout(job.num_batches, cfg.holdout)  # global micro-batch indices
+        shard = job.processes.batch_shard(lambda batch: batch.index)
         # the masked dense weight, or the selector's own update of it (SparseGPT's OBS step)
         start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
         start_name = cfg.mask if selector.updates_weights else "mask"
         if cfg.init == "lsq" and job.layout in ("linear", "conv1d"):
-            gram, cross = self._grams(job, train)
+            gram, cross = self._grams(job, [job.local_index(i) for i in train if job.processes.owns(i)])
             start_rows = masked_lstsq(gram, cross, rows, mask_rows)
             lsq_weight = from_rows(start_rows, job.layout, weight.shape)
         else:
@@ -111,23 +119,26 @@ class SnowsMethod(Method):
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
             targets = self._targets(job, runner, window)
-            scales = self._scales(targets)
+            scales = self._scales(job, targets)
 
             def residuals(w: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
-                outputs = runner.run(job.calls[batch.index], window, {job.param_name: w})
-                return [(o - t) * s for o, t, s in zip(outputs, targets[batch.index], scales)]
+                local = job.local_index(batch.index)
+                outputs = runner.run(job.calls[local], window, {job.param_name: w})
+                return [(o - t) * s for o, t, s in zip(outputs, targets[local], scales)]
 
-            batches = [_Batch(i) for i in range(len(job.calls))]
+            batches = [_Batch(i) for i in range(job.num_batches)]
             held_batches = [batches[i] for i in held]
             with torch.no_grad():
-                masked_loss = float(window_loss(residuals, start_weight, held_batches))
-                if lsq_weight is not None and float(window_loss(residuals, lsq_weight, held_batches)) < masked_loss:
+                masked_loss = float(window_loss(residuals, start_weight, held_batches, shard))
+                lsq_loss = float(window_loss(residuals, lsq_weight, held_batches, shard)) if lsq_weight is not None else None
+                if lsq_loss is not None and lsq_loss < masked_loss:
                     start_weight, init = lsq_weight, "lsq"
                 else:
                     init = start_name
             result = newton_refit(
-                start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config()
+                start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config(), shard
             )
+        self._remember_graphs(result, job.name)
         metrics = {
             "k": window.k,
             "window": window.names(),
@@ -146,21 +157,34 @@ class SnowsMethod(Method):
         }
         return MethodResult(weight_rows=to_rows(result.weight, job.layout), mask_rows=mask_rows, metrics=metrics)
 
+    def _remember_graphs(self, result, name: str) -> None:
+        """After out-of-memory retries, later modules start from the graphs that fitted."""
+        if result.memory_retries:
+            logger.info("%s: out of memory with every micro-batch graph kept; holding %d at a time from now on",
+                        name, result.graph_batches)
+            self._max_graphs = result.graph_batches
+
     @torch.no_grad()
     def _grams(self, job: ModuleJob, train: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``X^T X`` of the module's inputs and ``X^T X_t`` with its target-side inputs.
+        """``X^T X`` of the module's inputs and ``X^T X_t`` with its target-side inputs,
+        over this process's training calls (positions in ``job.calls``), summed across processes.
 
         ``X`` comes from the partly pruned network; ``X_t`` from the dense network
         (``dense-stream``) or is ``X`` itself (``official``), sample for sample.
         """
-        gram = cross = 0
+        features = job.weight_rows().shape[1]
+        dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
+        gram = torch.zeros(features, features, dtype=dtype, device=job.module.weight.device)
         if self.config.target != "dense-stream":
             for x in job.module_inputs(train):
-                gram = gram + x.T @ x
+                gram += x.T @ x
+            gram = job.processes.sum(gram)
             return gram, gram
+        cross = torch.zeros_like(gram)
         for x, x_t in zip(job.module_inputs(train), job.module_inputs(train, dense=True), strict=True):
-            gram, cross = gram + x.T @ x, cross + x.T @ x_t
-        return gram, cross
+            gram += x.T @ x
+            cross += x.T @ x_t
+        return job.processes.sum(gram), job.processes.sum(cross)
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
         """Dense outputs of the window for every micro-batch, computed once per module."""
@@ -171,8 +195,10 @@ class SnowsMethod(Method):
         with torch.no_grad():
             return [[t.detach() for t in runner.run(call, window, overrides)] for call in calls]
 
-    def _scales(self, targets: list[list[torch.Tensor]]) -> list[float]:
+    def _scales(self, job: ModuleJob, targets: list[list[torch.Tensor]]) -> list[float]:
+        """``1 / sqrt(mean energy)`` of each window term over all micro-batches (all processes)."""
         if self.config.term_scale == "none":
             return [1.0] * len(targets[0])
-        energy = [sum(float(t[k].float().pow(2).mean()) for t in targets) / len(targets) for k in range(len(targets[0]))]
+        local = torch.stack([sum(t[k].double().pow(2).mean() for t in targets) for k in range(len(targets[0]))])
+        energy = (job.processes.sum(local) / job.num_batches).tolist()
         return [1.0 / max(e, 1e-12) ** 0.5 for e in energy]

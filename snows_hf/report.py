@@ -44,6 +44,7 @@ class PruneReport:
     num_calibration_samples: int
     layers: list[LayerReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:

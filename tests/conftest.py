@@ -50,12 +50,12 @@ def tiny_vit(seed: int = 0):
     return ViTForImageClassification(config).eval()
 
 
-def tiny_llama(seed: int = 0):
+def tiny_llama(seed: int = 0, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=32, intermediate_size=72, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).eval()
@@ -94,3 +94,15 @@ def llama_dir(tmp_path):
 @pytest.fixture
 def bert_dir(tmp_path):
     return _save(tiny_bert(), tiny_tokenizer(), tmp_path / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def llama64_dir(tmp_path_factory):
+    """A 3-block tiny Llama in float64 (no tokenizer), shared by a module's tests:
+    exact comparisons between ways of running the same pruning."""
+    return _save_model(tiny_llama(layers=3).to(torch.float64), tmp_path_factory.mktemp("llama64") / "tiny")
+
+
+def _save_model(model, path):
+    model.save_pretrained(path)
+    return path
