@@ -1,13 +1,20 @@
-"""GPU check: SNOWS on CUDA, correctness on tiny models and time per block at real shapes.
+"""GPU check: SNOWS at real shapes on an accelerator, with and without offload (one table).
 
-Run on a machine with a CUDA GPU (prints one table):
+Run on a machine with a GPU:
 
-    python benchmarks/gpu_check.py [--blocks 2] [--samples 128]
+    python benchmarks/gpu_check.py [--blocks 2] [--samples 128] [--quick]
 
-Shapes: ViT-Large (google/vit-large-patch16-224: hidden 1024, MLP 4096, 16 heads, 197
-tokens) and SmolLM2-135M (hidden 576, MLP 1536, 9 heads, 3 KV heads), randomly
-initialised with only ``--blocks`` blocks: the time is per block, so the whole-model
-projection is that times the number of blocks.
+Models are randomly initialised with only ``--blocks`` blocks (time is per block, so a
+whole model costs that times its number of blocks): ViT-Large/16 (hidden 1024, MLP 4096,
+16 heads, 197 tokens) and SmolLM2-135M (hidden 576, MLP 1536, 9 heads, 3 KV heads).
+Every case is 2:4 at the defaults (SNOWS, K=3) unless the row says otherwise:
+
+- activations on the device, in pinned CPU memory, or on disk (``offload_activations``);
+- blocks streamed: the model stays in CPU memory and ``max_memory`` lets one window of
+  blocks onto the device at a time.
+
+``max |dW|`` compares each case's pruned weights with the first SNOWS row of its model:
+offload changes where tensors wait, never the result.
 """
 
 from __future__ import annotations
@@ -38,22 +45,28 @@ def _smollm(blocks: int):
     ))
 
 
-def _time_case(name, model, calibration, config, device):
-    torch.cuda.reset_peak_memory_stats(device)
-    torch.cuda.synchronize(device)
+def _block_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu") for k, v in model.state_dict().items() if ".layer" in k and k.endswith("weight")}
+
+
+def _case(model, calibration, options: dict, device: torch.device) -> dict:
+    accelerator = torch.accelerator
+    accelerator.synchronize(device)
+    accelerator.empty_cache()
+    accelerator.reset_peak_memory_stats(device)
+    config = snows_hf.PruneConfig(**{"sparsity": "2:4", "device": str(device), "batch_size": 8, **options})
     start = time.perf_counter()
     report = snows_hf.prune_(model, config, calibration)
-    torch.cuda.synchronize(device)
+    accelerator.synchronize(device)
     seconds = time.perf_counter() - start
     per_block = [sum(layer.seconds for layer in report.layers if layer.block == b) for b in range(report.num_blocks)]
     return {
-        "case": name,
-        "method": config.method + (f" K={config.k_step}" if config.method == "snows" else ""),
         "seconds": seconds,
-        "per_block": per_block,
-        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "per_block": sum(per_block) / len(per_block),
+        "peak_gib": accelerator.max_memory_allocated(device) / 2**30,
         "sparsity": report.sparsity,
-        "cg": sum(sum(layer.metrics.get("cg_iterations", [])) for layer in report.layers),
+        "streamed": report.placement.get("streamed", False),
+        "weights": _block_weights(model),
     }
 
 
@@ -62,33 +75,51 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--quick", action="store_true", help="ViT-Large only, fewer cases")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run this on a GPU machine")
-    device = torch.device("cuda")
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    if not torch.accelerator.is_available():
+        raise SystemExit("no accelerator: run this on a GPU machine")
+    device = torch.device(torch.accelerator.current_accelerator())
+    print(f"torch {torch.__version__}, snows-hf {snows_hf.__version__}, {device}", flush=True)
     g = torch.Generator().manual_seed(0)
-    rows = []
+    one_block = "1MB"  # below any block: the device holds the current window only
     cases = [
-        ("ViT-L/16 shape", _vit, {"pixel_values": torch.randn(args.samples, 3, 224, 224, generator=g)}),
-        ("SmolLM2-135M shape", _smollm, {"input_ids": torch.randint(0, 49152, (args.samples // 4, args.seq_len), generator=g)}),
+        ("ViT-L/16", _vit, {"pixel_values": torch.randn(args.samples, 3, 224, 224, generator=g)}, [
+            ("magnitude", {"method": "magnitude"}, True),
+            ("snows, activations device", {}, True),
+            ("snows, activations cpu", {"offload_activations": "cpu"}, True),
+            ("snows, activations disk", {"offload_activations": "disk"}, not args.quick),
+            ("snows, blocks streamed + cpu", {"offload_activations": "cpu", "max_memory": f"{device}={one_block}"}, True),
+        ]),
+        ("SmolLM2-135M", _smollm, {"input_ids": torch.randint(0, 49152, (args.samples // 4, args.seq_len), generator=g)}, [
+            ("snows, activations device", {}, not args.quick),
+            ("snows, activations cpu", {"offload_activations": "cpu"}, not args.quick),
+        ]),
     ]
-    for name, factory, calibration in cases:
-        for method, k in (("magnitude", 0), ("snows", 0), ("snows", 3)):
+    rows = []
+    for name, factory, calibration, variants in cases:
+        reference = None
+        for label, options, wanted in variants:
+            if not wanted:
+                continue
             torch.manual_seed(0)
             model = factory(args.blocks).eval()
-            config = snows_hf.PruneConfig(sparsity="2:4", method=method, k_step=k, batch_size=8, device="cuda")
-            rows.append(_time_case(name, model, calibration, config, device))
-            print(f"  done {name} {method} K={k}: {rows[-1]['seconds']:.1f} s", flush=True)
+            if "max_memory" not in options:
+                model.to(device)  # resident; the streamed case leaves the model in CPU memory
+            row = _case(model, calibration, options, device)
+            if label.startswith("snows"):
+                reference = reference or row["weights"]
+                row["max_dw"] = max(float((row["weights"][k] - reference[k]).abs().max()) for k in reference)
+            rows.append({"model": name, "case": label, **row})
+            print(f"  done {name} / {label}: {row['seconds']:.1f} s", flush=True)
             del model
-            torch.cuda.empty_cache()
     print(f"\n2:4, {args.blocks} blocks, fp32, {args.samples} images / {args.samples // 4} x {args.seq_len} tokens, micro-batch 8")
-    head = f"{'model':<20} {'method':<14} {'s/block':>9} {'total s':>8} {'peak GiB':>9} {'CG iters':>9} {'sparsity':>9}"
-    print(head)
-    print("-" * len(head))
+    head = f"{'model':<13} {'case':<30} {'s/block':>8} {'total s':>8} {'peak GiB':>9} {'sparsity':>9} {'max |dW|':>9}"
+    print(head + "\n" + "-" * len(head))
     for r in rows:
-        per_block = sum(r["per_block"]) / len(r["per_block"])
-        print(f"{r['case']:<20} {r['method']:<14} {per_block:>9.2f} {r['seconds']:>8.1f} {r['peak_gib']:>9.2f} {r['cg']:>9d} {r['sparsity']:>9.3f}")
+        dw = f"{r['max_dw']:.1e}" if "max_dw" in r else "-"
+        print(f"{r['model']:<13} {r['case']:<30} {r['per_block']:>8.2f} {r['seconds']:>8.1f} {r['peak_gib']:>9.2f} "
+              f"{r['sparsity']:>9.3f} {dw:>9}")
 
 
 if __name__ == "__main__":

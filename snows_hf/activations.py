@@ -2,7 +2,9 @@
 
 An :class:`ActivationStore` holds one block's calls (one :class:`~snows_hf.blocks.BlockCall`
 per micro-batch) and hands each back on the execution device when indexed, so the
-pipeline and the methods read it like a list. ``cpu`` keeps tensors in (pinned, when the
+pipeline and the methods read it like a list. Reads run one micro-batch ahead: while
+call ``i`` is in use, call ``i + 1`` is already being read from disk (or copied from
+pinned memory) on a background thread, since every pass over a store is in order. ``cpu`` keeps tensors in (pinned, when the
 device is a GPU) host memory; ``disk`` writes each call's tensors to a safetensors file
 in a temporary folder and memory-maps it back. :class:`ActivationSpace` owns that folder
 and removes it at the end, also on error.
@@ -32,11 +34,13 @@ class ActivationStore(Sequence[BlockCall]):
         ([1.0, 1.0], {'flag': True})
     """
 
-    def __init__(self, place: str, device: torch.device, folder: Path | None = None) -> None:
+    def __init__(self, place: str, device: torch.device, folder: Path | None = None, reader: Any = None) -> None:
         if place not in PLACES:
             raise ValueError(f"offload_activations must be one of {', '.join(PLACES)}, got {place!r}")
         self.place, self.device, self.folder = place, device, folder
         self._items: list[Any] = []
+        self._reader = reader  # a one-thread executor for read-ahead, or None
+        self._ahead: tuple[int, Any] | None = None
 
     def append(self, call: BlockCall) -> None:
         """Store one call (moved off the device unless ``place`` is ``device``)."""
@@ -67,11 +71,28 @@ class ActivationStore(Sequence[BlockCall]):
         return path, skeleton
 
     def __getitem__(self, index: int) -> BlockCall:  # type: ignore[override]
+        if self.place == "device" or self._reader is None or not self._moves():
+            return self._load(index)
+        index = range(len(self._items))[index]  # negative indices, and IndexError as a list gives it
+        if self._ahead is not None and self._ahead[0] == index:
+            call, self._ahead = self._ahead[1].result(), None
+        else:
+            call = self._load(index)
+        following = index + 1
+        if following < len(self._items) and (self._ahead is None or self._ahead[0] != following):
+            self._ahead = (following, self._reader.submit(self._load, following))
+        return call
+
+    def _moves(self) -> bool:
+        """Whether reading an item costs anything (disk, or host memory to an accelerator)."""
+        return self.place == "disk" or self.device.type != "cpu"
+
+    def _load(self, index: int) -> BlockCall:
         item = self._items[index]
         if self.place == "device":
             return item
         if self.place == "cpu":
-            return item.to(self.device) if self.device.type != "cpu" else item
+            return _to_device(item, self.device) if self.device.type != "cpu" else item
         from safetensors.torch import load_file
 
         path, skeleton = item
@@ -87,6 +108,9 @@ class ActivationStore(Sequence[BlockCall]):
 
     def close(self) -> None:
         """Free what the store holds (its files, for ``disk``)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].cancel() or ahead[1].exception()  # never delete a file while it is being read
         if self.place == "disk":
             for path, _ in self._items:
                 Path(path).unlink(missing_ok=True)
@@ -100,6 +124,11 @@ class _Slot:
 
     def __init__(self, key: str) -> None:
         self.key = key
+
+
+def _to_device(call: BlockCall, device: torch.device) -> BlockCall:
+    # from pinned memory the copy is asynchronous, so read-ahead overlaps it with compute
+    return BlockCall(*map_tensors((call.args, call.kwargs), lambda t: t.to(device, non_blocking=t.is_pinned())))
 
 
 def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -118,21 +147,29 @@ class ActivationSpace:
             raise ValueError(f"offload_activations must be one of {', '.join(PLACES)}, got {place!r}")
         self.place, self.device, self.root = place, device, root
         self.folder: Path | None = None
+        self._reader: Any = None
 
     def __enter__(self) -> "ActivationSpace":
         if self.place == "disk":  # beside the output when that folder exists, else the system's temp
             root = Path(self.root) if self.root and Path(self.root).is_dir() else None
             self.folder = Path(tempfile.mkdtemp(prefix=".snows-hf-activations-", dir=root))
+        if self.place != "device":
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snows-hf-read-ahead")
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)  # no read outlives the files
+            self._reader = None
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
     def store(self, calls: Iterable[BlockCall] = ()) -> ActivationStore:
         """A new store, filled with ``calls``."""
-        store = ActivationStore(self.place, self.device, self.folder)
+        store = ActivationStore(self.place, self.device, self.folder, self._reader)
         for call in calls:
             store.append(call)
         return store

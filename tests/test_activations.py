@@ -65,3 +65,23 @@ def test_cli_disk_offload_next_to_the_output(llama_dir, tmp_path):
 def test_bad_offload_place():
     with pytest.raises(ValueError, match="offload_activations must be device, cpu or disk"):
         snows_hf.PruneConfig(sparsity="2:4", offload_activations="ram")
+
+
+def test_disk_reads_run_one_call_ahead_and_any_order_is_right(tmp_path):
+    from snows_hf.activations import ActivationSpace
+    from snows_hf.blocks import BlockCall
+
+    with ActivationSpace("disk", torch.device("cpu"), tmp_path) as space:
+        store = space.store(BlockCall((torch.full((2,), float(i)),), {"mask": torch.ones(1) * i}) for i in range(5))
+        loads = []
+        original = store._load
+        store._load = lambda i: loads.append(i) or original(i)
+        assert store[0].args[0].tolist() == [0.0, 0.0]
+        assert store._ahead[0] == 1  # the next call is being read already
+        order = [1, 2, 2, 4, -1, 0, 3]
+        assert [int(store[i].kwargs["mask"]) for i in order] == [1, 2, 2, 4, 4, 0, 3]
+        with pytest.raises(IndexError):
+            store[5]
+        store.close()
+        assert list(space.folder.iterdir()) == []
+    assert sorted(set(loads)) == [0, 1, 2, 3, 4] and list(tmp_path.iterdir()) == []

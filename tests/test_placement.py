@@ -100,3 +100,32 @@ def test_sizes_and_budgets():
     assert block_budget(None, torch.device("cpu")) is None
     assert block_budget("0=1GB", torch.device("cpu")) is None  # names another device only
     assert block_budget("5GB", torch.device("cpu")) == 5 * 10**9
+
+
+def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_path, monkeypatch, capsys):
+    from snows_hf.methods import MagnitudeMethod
+
+    calls = {"n": 0}
+    original = MagnitudeMethod.prune_module
+
+    def fail_in_block_two(self, job):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise RuntimeError("boom")
+        return original(self, job)
+
+    monkeypatch.setattr(MagnitudeMethod, "prune_module", fail_in_block_two)
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, device_map="auto", max_memory={"cpu": 60_000}, offload_folder=str(tmp_path / "offload"))
+    with pytest.raises(RuntimeError, match="boom"):
+        prune_(model, PruneConfig(sparsity="2:4", method="magnitude", batch_size=3), CAL)
+    layer = model.model.layers[1].mlp.up_proj
+    assert layer.weight.device.type == "meta" and layer._hf_hook.offload
+    with torch.no_grad():
+        assert torch.isfinite(model(CAL[:1]).logits).all()  # the model still runs through its hooks
+
+    calls["n"] = 0
+    code = main(["prune", str(checkpoint), "--sparsity", "2:4", "--method", "magnitude", "--no-eval", "--quiet",
+                 "--max-memory", "cpu=60KB", "--output-dir", str(tmp_path / "out"), "--offload-dir", str(tmp_path)])
+    assert code == 1 and "boom" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["offload"]  # no .snows-hf-offload-*, no output
