@@ -11,10 +11,9 @@ rotary position embeddings, ...), so blocks run exactly as inside the model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
