@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping, Union
 import torch
 from torch import nn
 
+from .checkpoint import RunCheckpoint
 from .config import PruneConfig
 from .pipeline import prune_blocks
 from .report import PruneReport
@@ -54,7 +55,8 @@ def _num_samples(batch: Mapping[str, Any]) -> int:
 
 
 def prune_(
-    model: nn.Module, config: PruneConfig | Mapping[str, Any], calibration: Calibration, *, progress: bool = False
+    model: nn.Module, config: PruneConfig | Mapping[str, Any], calibration: Calibration, *, progress: bool = False,
+    checkpoint: RunCheckpoint | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place and return a per-layer report.
 
@@ -68,6 +70,9 @@ def prune_(
         config: a :class:`PruneConfig` or a dict of its fields.
         calibration: model inputs (see :func:`as_batches`).
         progress: show a progress bar over blocks.
+        checkpoint: a :class:`~snows_hf.checkpoint.RunCheckpoint`: every finished block is
+            saved there, and a run it already holds blocks of continues after them
+            (same final weights as an uninterrupted run).
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,4 +88,4 @@ def prune_(
     main_input = getattr(model, "main_input_name", "input_ids")
     batches = as_batches(calibration, config.batch_size, main_input)
     torch.manual_seed(config.seed)
-    return prune_blocks(model, config, batches, progress=progress)
+    return prune_blocks(model, config, batches, progress=progress, checkpoint=checkpoint)

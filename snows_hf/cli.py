@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
+    prune.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its checkpoint (kept beside the output after each block)")
     prune.add_argument("--save-format", choices=["dense", "compact"], default="dense",
                        help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
                        "read by from_pretrained after `import snows_hf` (default: dense)")
@@ -195,6 +197,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """
     from .calibration import CalibrationConfig
     from .config import PruneConfig
+    from .checkpoint import RunCheckpoint
     from .devices import resolve_device
     from .distributed import start_processes
     from .export import check_output_dir
@@ -208,20 +211,38 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         config.offload_dir = str(Path(output_dir).absolute().parent)  # the output's filesystem
+    checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=args.resume)
+    checkpoint.check_resumable()  # before any loading
+    if args.resume and not checkpoint.exists:
+        logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
     processes = start_processes(device)
     main = processes.is_main
     if not main:  # the main process speaks for all
         logger.setLevel(logging.ERROR)
     placement = _placement(config, device, processes, output_dir)
 
-    with placement as load_options:
-        return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options)
+    try:
+        with placement as load_options:
+            return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options, checkpoint)
+    except KeyboardInterrupt:
+        if checkpoint.exists and main:
+            print(f"snows-hf: the finished blocks are kept in {checkpoint.folder}; "
+                  "rerun the same command with --resume to continue", file=sys.stderr)
+        raise
+
+
+def checkpoint_dir(output_dir: str) -> str:
+    """Where a run writing ``output_dir`` keeps its checkpoint: a hidden folder beside it."""
+    from pathlib import Path
+
+    out = Path(output_dir).absolute()
+    return str(out.parent / f".{out.name}.snows-hf-checkpoint")
 
 
 def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
-                    load_options: dict[str, Any]) -> int:
+                    load_options: dict[str, Any], checkpoint: Any) -> int:
     from .api import prune_
-    from .export import save_pruned
+    from .export import check_free_space, model_bytes, save_pruned
     from .loading import load_model
     from .recipe import recipe_dict
 
@@ -230,6 +251,8 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
     with phases("load"):
         model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, **load_options)
         processor = _processor(args, model, processor)
+    if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
+        check_free_space(output_dir, 2 * model_bytes(model))
     with phases("data"):
         data = _prepare(cal_cfg, model, processor, evaluate=not args.no_eval)
     evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
@@ -237,7 +260,7 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
         with phases("dense eval"):
             evaluation.run("dense", model)
     with phases("prune"):
-        report = prune_(model, config, data.calibration, progress=not args.quiet and main)
+        report = prune_(model, config, data.calibration, progress=not args.quiet and main, checkpoint=checkpoint)
     if not main:
         processes.finish()
         return 0
@@ -253,6 +276,7 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
         recipe = recipe_dict(config, cal_cfg, args.model)
         save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe,
                     save_format=args.save_format)
+    checkpoint.remove()
     print(report.format_table(extra["evaluation"], phases.seconds))
     print(f"saved to {output_dir}")
     if args.push_to_hub:
@@ -456,6 +480,23 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) ends the command like Ctrl-C: cleanly, keeping
+    what is saved. The previous handler comes back after; off the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snows-hf`` console script.
 
@@ -467,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.debug)
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except KeyboardInterrupt:
         print("snows-hf: interrupted", file=sys.stderr)
         return 130

@@ -35,6 +35,29 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def model_bytes(model: Any) -> int:
+    """Bytes of the model's parameters and buffers (what a dense checkpoint takes)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_free_space(path: str | os.PathLike, needed: int) -> None:
+    """Refuse to start writing ``needed`` bytes beside ``path`` when its filesystem has less free.
+
+    Example:
+        >>> check_free_space("pruned-model", 10**6)  # doctest: +SKIP
+    """
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ValueError(
+            f"not enough free disk space in {str(folder)!r}: about {needed / 2**30:.2f} GiB needed, "
+            f"{free / 2**30:.2f} GiB free; free some space or choose another --output-dir"
+        )
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
@@ -86,6 +109,7 @@ def save_pruned(
     """
     setattr(model.config, SPARSITY_KEY, report.sparsity_block() | {"format": save_format})
     offloaded = {"cpu", "disk"} & set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))
+    check_free_space(path, model_bytes(model))
     with atomic_output_dir(path, overwrite) as tmp:
         # offloaded weights come into CPU memory one shard at a time while saving
         model.save_pretrained(tmp, **({"max_shard_size": "2GB"} if offloaded else {}))

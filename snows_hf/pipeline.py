@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
+from .checkpoint import RunCheckpoint, run_fingerprint
 from .distributed import Processes, current_processes
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
@@ -234,11 +236,14 @@ def _check_block_inputs(model: nn.Module) -> None:
 
 
 def prune_blocks(
-    model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False
+    model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False,
+    checkpoint: RunCheckpoint | None = None,
 ) -> PruneReport:
     """Prune every targeted module of ``model`` in place, block by block.
 
     This is the engine behind :func:`snows_hf.prune_`, which validates inputs first.
+    With a ``checkpoint``, each finished block is saved, and blocks a checkpoint already
+    holds are restored (not pruned again) while their outputs are recomputed.
     """
     from tqdm.auto import tqdm
 
@@ -262,6 +267,12 @@ def prune_blocks(
     model.eval()
     start = time.perf_counter()
     targets = _Targets(model, config, blocks)
+    done = checkpoint.start(run_fingerprint(model, config, batches)) if checkpoint is not None else 0
+    if done:
+        report.layers = [LayerReport(**layer) for layer in checkpoint.state["layers"]]
+        targets.patterns = {n: SparsityPattern(fraction=f) for n, f in (checkpoint.state["patterns"] or {}).items()}
+        checkpoint.restore_rng()
+        logger.info("resuming: %d of %d blocks are done (%s)", done, len(blocks), checkpoint.folder)
     try:
         with ActivationSpace(config.offload_activations, device, config.offload_dir) as space:
             calls = capture_block_inputs(model, blocks.modules[0], processes.shard(batches), device, store=space.store())
@@ -271,16 +282,21 @@ def prune_blocks(
                         len(calls), blocks.path, len(blocks), config.offload_activations)
             budget = block_budget(config.max_memory, device)
             with BlockPlacement(blocks.modules, device, budget, written=lambda i: [m for _, m in targets.of(i)]) as place:
-                if config.allocation == "global":
+                if config.allocation == "global" and not done:
                     targets.allocate(calls, method.mask_selector, space, processes, place)
                     report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
                 bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not (progress and processes.is_main))
                 for index in bar:
                     place.need(index)
                     stream = _BlockStream(blocks, index, calls, dense_calls)
-                    _prune_block(stream, method, targets, report, shards)
+                    if index < done:
+                        _restore_block(stream, targets, checkpoint.block_weights(index))
+                    else:
+                        _prune_block(stream, method, targets, report, shards)
                     calls, dense_calls = stream.propagate(space)
                     place.release_before(index + 1)
+                    if checkpoint is not None and index >= done and processes.is_main:
+                        _save_block(checkpoint, index, targets, report)
                 report.placement = {"streamed": place.streaming, "peak_blocks_on_device": place.peak_blocks}
     finally:
         model.train(was_training)
@@ -363,6 +379,26 @@ def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards
                 diagnostics=diagnostics,
             )
         )
+
+
+def _block_weights(targets: _Targets, index: int) -> dict[str, torch.Tensor]:
+    return {f"{targets.name(index, rel)}.weight": module.weight for rel, module in targets.of(index)}
+
+
+def _save_block(checkpoint: RunCheckpoint, index: int, targets: _Targets, report: PruneReport) -> None:
+    patterns = {name: pattern.fraction for name, pattern in targets.patterns.items()}
+    checkpoint.save_block(index, _block_weights(targets, index), [asdict(layer) for layer in report.layers], patterns)
+
+
+@torch.no_grad()
+def _restore_block(stream: _BlockStream, targets: _Targets, weights: dict[str, torch.Tensor]) -> None:
+    """Put a finished block's pruned weights back, keeping the dense ones for the dense stream
+    (what :meth:`_BlockStream.propagate` then needs, as after pruning the block)."""
+    for key, param in _block_weights(targets, stream.index).items():
+        if key not in weights:
+            raise ValueError(f"the checkpoint has no weight {key}; delete it to start over")
+        stream.remember_dense(key[len(stream.blocks.names[stream.index]) + 1 :], param)
+        param.copy_(weights[key].to(param.device, param.dtype))
 
 
 def _diagnostics(job: ModuleJob, method) -> dict | None:

@@ -99,6 +99,22 @@ def test_overwrite_replaces_only_when_asked(vit_dir):
     assert [p.name for p in Path(".").iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
+def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_dir, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    os.makedirs("out")
+    Path("out/keep.txt").write_text("mine")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "not enough free disk space" in err and err.count("\n") == 1
+    assert Path("out/keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]  # no temporary folder, no checkpoint
+
+
 def test_defaults_run_snows_and_name_the_output(vit_dir):
     assert main(["prune", str(vit_dir), "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
     block = json.loads(Path("tiny-vit-pruned-0.5/config.json").read_text())["sparsity"]
@@ -124,6 +140,8 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--k-step", "-1"], "--k-step: must be an integer >= 0", id="k-negative"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--max-memory", "lots"], "not a memory size", id="max-memory-bad"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot load dataset 'nobody/nothing'", id="hub-dataset-offline"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--split", "test"], "has no split 'test'", id="missing-split"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "n"], "holds int, not strings", id="text-column-not-strings"),
