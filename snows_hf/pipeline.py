@@ -294,9 +294,12 @@ def prune_blocks(
                     else:
                         _prune_block(stream, method, targets, report, shards)
                     calls, dense_calls = stream.propagate(space)
-                    place.release_before(index + 1)
+                    if stream.non_finite:
+                        _warn(report, f"block {index} outputs hold NaN/Inf in {stream.non_finite} of {len(calls)} "
+                                      "micro-batches; the layers after it keep their best finite weights (numerics in report.json)")
                     if checkpoint is not None and index >= done and processes.is_main:
-                        _save_block(checkpoint, index, targets, report)
+                        _save_block(checkpoint, index, targets, report)  # while its weights are real, not offloaded
+                    place.release_before(index + 1)
                 report.placement = {"streamed": place.streaming, "peak_blocks_on_device": place.peak_blocks}
     finally:
         model.train(was_training)
@@ -313,18 +316,24 @@ class _BlockStream:
         self.blocks, self.index, self.block = blocks, index, blocks.modules[index]
         self.calls, self.dense_calls = calls, dense_calls
         self.dense_weights: dict[str, torch.Tensor] = {}
+        self.non_finite = 0  # micro-batches whose outputs hold NaN/Inf
 
     def remember_dense(self, param_name: str, weight: torch.Tensor) -> None:
         """Keep a pruned module's dense weight, to run this block as the dense model."""
         if self.dense_calls is not None:
             self.dense_weights[param_name] = weight.detach().clone()
 
+    def _checked(self, call: BlockCall) -> BlockCall:
+        if not bool(torch.isfinite(call.hidden).all()):
+            self.non_finite += 1
+        return call
+
     @torch.no_grad()
     def propagate(self, space: ActivationSpace) -> tuple[ActivationStore, ActivationStore | None]:
         """The next block's inputs (this pruned block's outputs, and the dense ones); this
         block's inputs are freed."""
         block, next_call = self.block, self.blocks.next_call
-        calls = space.store(next_call(block, call, run_block(block, call)) for call in self.calls)
+        calls = space.store(self._checked(next_call(block, call, run_block(block, call))) for call in self.calls)
         dense = None
         if self.dense_calls is not None:
             dense = space.store(next_call(block, c, run_block(block, c, self.dense_weights)) for c in self.dense_calls)
@@ -417,7 +426,33 @@ def _diagnostics(job: ModuleJob, method) -> dict | None:
     return importance_diagnostics(job.weight_rows(), stats["input_sq"], job.pattern)
 
 
+def _warn(report: PruneReport, message: str) -> None:
+    logger.warning(message)
+    report.warnings.append(message)
+
+
+def _solver_summary(report: PruneReport) -> dict[str, int]:
+    """How the re-fits ended, over all layers: nothing here is hidden in averages."""
+    refits = [layer.metrics for layer in report.layers if "stop_reason" in layer.metrics]
+    converged = [c for m in refits for c in m.get("cg_converged", [])]
+    return {
+        "layers": len(refits),
+        "rejected_line_search": sum(m["stop_reason"] == "line_search_failed" for m in refits),
+        "non_finite": sum(bool(m.get("numerics")) for m in refits),
+        "newton_steps": sum(m["newton_steps"] for m in refits),
+        "cg_solves": len(converged),
+        "cg_not_converged": converged.count(False),
+    } if refits else {}
+
+
 def _log_summary(report: PruneReport, method) -> None:
+    report.solver = _solver_summary(report)
+    if report.solver:
+        s = report.solver
+        logger.info("solver: %d Newton steps over %d layers; %d ended on a rejected line search; CG reached its "
+                    "tolerance in %d of %d solves (the rest stopped at --cg-iters)%s", s["newton_steps"], s["layers"],
+                    s["rejected_line_search"], s["cg_solves"] - s["cg_not_converged"], s["cg_solves"],
+                    f"; {s['non_finite']} layers met NaN/Inf" if s["non_finite"] else "")
     partial = [layer.name for layer in report.layers if layer.partial_groups]
     if partial:
         logger.warning(

@@ -45,6 +45,25 @@ TARGETS = ("dense-stream", "official")
 TERM_SCALES = ("energy", "none")
 
 
+def _finite_weight(result, start: torch.Tensor, masked: torch.Tensor, init: str) -> tuple[torch.Tensor, str | None]:
+    """The re-fitted weight, or, after NaN/Inf, the best finite one seen: the last accepted
+    Newton iterate, the start, or the masked dense weight. Says what happened, if anything."""
+    problem = {
+        "non_finite_loss": "NaN/Inf in the window loss (its inputs or dense targets)",
+        "non_finite_gradient": "NaN/Inf in the gradient",
+        "non_finite_direction": "NaN/Inf in the conjugate-gradient solve",
+    }.get(result.stop_reason)
+    if bool(torch.isfinite(result.weight).all()):
+        if problem is None:
+            return result.weight, None
+        kept = "the last accepted Newton step" if result.steps_accepted else f"its starting weights ({init})"
+        return result.weight, f"{problem}; kept {kept}"
+    for candidate, name in ((start, f"its starting weights ({init})"), (masked, "the masked dense weights")):
+        if bool(torch.isfinite(candidate).all()):
+            return candidate, f"{problem or 'NaN/Inf in the re-fitted weights'}; kept {name}"
+    return masked, "NaN/Inf in the dense weights themselves; kept them masked"
+
+
 class _Batch:
     """One calibration micro-batch by index; distinct objects keep train and held-out apart."""
 
@@ -112,8 +131,8 @@ class SnowsMethod(Method):
         start_name = cfg.mask if selector.updates_weights else "mask"
         if cfg.init == "lsq" and job.layout in ("linear", "conv1d"):
             gram, cross = self._grams(job, [job.local_index(i) for i in train if job.processes.owns(i)])
-            start_rows = masked_lstsq(gram, cross, rows, mask_rows)
-            lsq_weight = from_rows(start_rows, job.layout, weight.shape)
+            finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
+            lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape) if finite else None
         else:
             lsq_weight = None
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
@@ -139,6 +158,9 @@ class SnowsMethod(Method):
                 start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config(), shard
             )
         self._remember_graphs(result, job.name)
+        weight, numerics = _finite_weight(result, start_weight, weight * mask, init)
+        if numerics:
+            logger.warning("%s: %s", job.name, numerics)
         metrics = {
             "k": window.k,
             "window": window.names(),
@@ -153,9 +175,12 @@ class SnowsMethod(Method):
             "cg_iterations": result.cg_iterations,
             "line_search_failed": result.line_search_failed,
             "stop_reason": result.stop_reason,
+            "cg_converged": [h["cg_converged"] for h in result.history],
             "solver_seconds": time.perf_counter() - start,
         }
-        return MethodResult(weight_rows=to_rows(result.weight, job.layout), mask_rows=mask_rows, metrics=metrics)
+        if numerics:
+            metrics["numerics"] = numerics
+        return MethodResult(weight_rows=to_rows(weight, job.layout), mask_rows=mask_rows, metrics=metrics)
 
     def _remember_graphs(self, result, name: str) -> None:
         """After out-of-memory retries, later modules start from the graphs that fitted."""

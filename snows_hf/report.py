@@ -45,6 +45,8 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     placement: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    solver: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:

@@ -182,3 +182,38 @@ def test_snows_needs_two_micro_batches():
 def test_bad_snows_options(field, value, message):
     with pytest.raises(ValueError, match=message):
         snows_hf.PruneConfig(**_snows(**{field: value}))
+
+
+def test_nan_activations_fall_back_to_finite_weights_and_say_so(caplog):
+    from conftest import tiny_llama
+
+    model = tiny_llama(layers=3)
+    with torch.no_grad():
+        model.model.layers[1].input_layernorm.weight[0] = float("nan")  # NaN from block 1 on
+    ids = torch.randint(4, 128, (12, 16), generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="snows_hf"):
+        report = snows_hf.prune_(model, {"sparsity": "2:4", "batch_size": 3, "k_step": 2}, ids)
+    by_block = {b: [layer for layer in report.layers if layer.block == b] for b in range(3)}
+    assert "numerics" not in by_block[0][0].metrics  # q_proj of block 0: its window ends before block 1
+    hit = [layer for layer in by_block[1] + by_block[2] if "numerics" in layer.metrics]
+    assert hit and all("NaN/Inf" in layer.metrics["numerics"] and "kept" in layer.metrics["numerics"] for layer in hit)
+    for name, module in model.named_modules():
+        if name.startswith("model.layers.") and isinstance(module, torch.nn.Linear):
+            w = module.weight
+            assert torch.isfinite(w).all(), name
+            assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), name
+    assert any("block 1 outputs hold NaN/Inf" in w for w in report.warnings)
+    flagged = sum("numerics" in layer.metrics for layer in report.layers)  # hit, and windows reaching block 1
+    assert report.solver["non_finite"] == flagged == len(hit) + 1 and report.solver["layers"] == 21
+    assert any("NaN/Inf" in r.getMessage() for r in caplog.records)
+
+
+def test_solver_stops_on_non_finite_losses_keeping_its_start():
+    from snows_hf.solver import newton_refit
+
+    w0 = torch.randn(3, 4, dtype=torch.float64)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    nan_fn = lambda w, b: [b @ w.T * float("nan")]  # noqa: E731
+    x = [torch.randn(8, 4, dtype=torch.float64) for _ in range(2)]
+    result = newton_refit(w0, mask, nan_fn, x[:1], x[1:])
+    assert result.stop_reason == "non_finite_loss" and torch.equal(result.weight, w0) and result.steps_accepted == 0

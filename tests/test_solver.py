@@ -354,7 +354,7 @@ def test_heldout_loss_never_increases(kind):
     for h in res.history:
         assert set(h) == {
             "step", "train_loss", "heldout_loss_before", "heldout_loss_after",
-            "step_size", "accepted", "cg_iterations", "cg_relative_residual",
+            "step_size", "accepted", "cg_iterations", "cg_relative_residual", "cg_converged",
         }
     assert res.cg_iterations == [h["cg_iterations"] for h in res.history]
     assert bool((res.weight[~mask] == 0).all())

@@ -8,6 +8,7 @@ never increases across accepted steps.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -95,14 +96,17 @@ class NewtonResult:
     """Outcome of :func:`newton_refit`.
 
     ``weight`` is detached and exactly zero off the mask. ``train_loss_*`` are over all
-    training batches, ``heldout_loss_*`` over all held-out batches. ``history`` holds
+    training batches, ``heldout_loss_*`` over all held-out batches.
     ``graph_batches`` is how many batches' graphs the last step held at once, lowered
     by ``memory_retries`` out-of-memory recoveries. ``history`` holds
     one dict per attempted step with keys ``step, train_loss`` (on that step's batches,
     before the step), ``heldout_loss_before, heldout_loss_after, step_size`` (0.0 when
-    rejected), ``accepted, cg_iterations, cg_relative_residual``. ``stop_reason`` is one
+    rejected), ``accepted, cg_iterations, cg_relative_residual, cg_converged``. ``stop_reason`` is one
     of ``"steps"`` (all steps ran), ``"line_search_failed"`` (including a non-descent
-    direction), ``"zero_gradient"`` (already stationary on the support, nothing to do).
+    direction), ``"zero_gradient"`` (already stationary on the support, nothing to do),
+    ``"non_finite_loss"``, ``"non_finite_gradient"`` or ``"non_finite_direction"`` (NaN or
+    Inf in the losses, the gradient or the CG solve: the weight stays the last finite one,
+    ``w0`` when no step was taken).
 
     Example:
         >>> r = newton_refit(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool),
@@ -224,6 +228,9 @@ class _NewtonLoop:
         train_before = _eval_loss(self.residual_fn, w, self.train, self.shard)
         heldout = _eval_loss(self.residual_fn, w, self.heldout, self.shard)
         res = NewtonResult(w, train_before, train_before, heldout, heldout, 0, 0)
+        if not (math.isfinite(train_before) and math.isfinite(heldout)):
+            res.stop_reason = "non_finite_loss"
+            return res
         for step in range(self.config.steps):
             w, heldout, stop = self.step(w, heldout, step, res)
             if stop is not None:
@@ -237,7 +244,7 @@ class _NewtonLoop:
         return res
 
     def direction(self, w: Tensor, step: int):
-        """Masked gradient, CG result and step training loss, or ``None`` at a zero gradient."""
+        """Masked gradient, CG result and step training loss, or why there is no step."""
         cfg = self.config
         batches = _step_batches(self.train, step, cfg.batches_per_step)
         with HessianOperator(
@@ -252,17 +259,21 @@ class _NewtonLoop:
 
     def _solve(self, op: HessianOperator):
         g = _project(op.grad, self.mask)
+        if not bool(torch.isfinite(g).all()):
+            return "non_finite_gradient"
         if not bool(g.any()):
-            return None
+            return "zero_gradient"
         cfg = self.config
         cg = masked_cg(op, -g, self.mask, damping=cfg.damping, rtol=cfg.cg_rtol, max_iter=cfg.cg_iters)
+        if not bool(torch.isfinite(cg.x).all()):
+            return "non_finite_direction"
         return g, cg, op.loss
 
     def step(self, w: Tensor, heldout: float, step: int, res: NewtonResult):
         """One Newton-CG step; updates ``res`` and returns ``(w, heldout_loss, stop_reason)``."""
         found = self.direction(w, step)
-        if found is None:
-            return w, heldout, "zero_gradient"
+        if isinstance(found, str):
+            return w, heldout, found
         g, cg, train_loss = found
         d = cg.x
         searched = _line_search(self.residual_fn, w, d, _dot(g, d), self.heldout, heldout, self.config, self.shard)
@@ -279,6 +290,7 @@ class _NewtonLoop:
                 accepted=searched is not None,
                 cg_iterations=cg.iterations,
                 cg_relative_residual=cg.relative_residual,
+                cg_converged=cg.converged,
             )
         )
         if searched is None:
