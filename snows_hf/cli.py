@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
                        "read by from_pretrained after `import snows_hf` (default: dense)")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    prune.add_argument("--allow-pickle", action="store_true",
+                       help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
     _push_options(prune, "--push-to-hub", "after saving, push the output folder to this Hub repo (NAME or NAMESPACE/NAME)")
     _common(prune)
     prune.set_defaults(func=cmd_prune)
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
     evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    evaluation.add_argument("--allow-pickle", action="store_true",
+                            help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
     _common(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
@@ -229,6 +233,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"snows-hf: the finished blocks are kept in {checkpoint.folder}; "
                   "rerun the same command with --resume to continue", file=sys.stderr)
         raise
+    except Exception as exc:
+        if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
+            raise RuntimeError(f"{_one_line(exc)} (the finished blocks are kept in {checkpoint.folder}: "
+                               "rerun with --resume to continue)") from exc
+        raise
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -249,8 +258,10 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
     main = processes.is_main
     phases = _Phases()
     with phases("load"):
-        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, **load_options)
+        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code,
+                                      allow_pickle=args.allow_pickle, **load_options)
         processor = _processor(args, model, processor)
+    _check_seq_len(args, model)
     if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
         check_free_space(output_dir, 2 * model_bytes(model))
     with phases("data"):
@@ -337,14 +348,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
     batch_size = getattr(args, "batch_size", 8)
-    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     processor = _processor(args, model, processor)
+    _check_seq_len(args, model)
     data = _prepare(cal_cfg, model, processor, evaluate=True)
     if data.evaluation is None:
         raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
     evaluation = _Evaluation(data.evaluation, batch_size)
     if args.reference:
-        reference, _ = load_model(args.reference, trust_remote_code=args.trust_remote_code)
+        reference, _ = load_model(args.reference, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         evaluation.run("dense", reference)
         del reference
     evaluation.run("pruned" if args.reference else "model", model)
@@ -421,6 +433,15 @@ class _Evaluation:
 
     def figures(self) -> dict[str, Any]:
         return {"task": self.eval_set.task, "samples": len(self.eval_set), **self.metrics}
+
+
+def _check_seq_len(args: argparse.Namespace, model: Any) -> None:
+    """An explicit --seq-len beyond the model's positions is a mistake (the default is shortened)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    asked = getattr(args, "seq_len", None)
+    if asked is not None and limit is not None and asked > limit:
+        raise ValueError(f"--seq-len {asked} exceeds the model's {limit} positions (max_position_embeddings); "
+                         f"use --seq-len {limit} or less")
 
 
 def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:

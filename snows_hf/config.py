@@ -16,6 +16,28 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+_KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _check_types(config: Any) -> None:
+    """Each plain field holds its declared type (recipes and dicts can carry anything)."""
+    for f in fields(config):
+        declared = str(f.type).replace(" ", "")
+        base = declared.removesuffix("|None")
+        value = getattr(config, f.name)
+        if value is None or f.name == "sparsity":  # sparsity: parse_sparsity's own errors
+            continue
+        if base == "list[str]":
+            if not (isinstance(value, str) or isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{f.name} must be a list of regular expressions (strings), got {value!r}")
+            continue
+        if base not in _KINDS:
+            continue
+        if isinstance(value, bool) and base != "bool" or not isinstance(value, _KINDS[base]):
+            optional = " or None" if declared.endswith("|None") else ""
+            raise ValueError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}")
+
+
 def _field(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -84,6 +106,7 @@ class PruneConfig:
     config_version: int = _field(CONFIG_VERSION, "version of this configuration schema", cli=False)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.sparsity is None:
             raise ValueError("a sparsity is required, e.g. sparsity='2:4' or sparsity='50%'")
         self.sparsity = str(parse_sparsity(self.sparsity))

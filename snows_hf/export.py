@@ -30,6 +30,11 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {str(out)!r} is a file, not a folder")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):  # the new folder is written beside the old one
+        raise ValueError(f"cannot write the output {str(out)!r}: {str(parent)!r} is not writable; choose another --output-dir")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output folder {str(out)!r} is not empty; pass --overwrite to replace it")
     return out

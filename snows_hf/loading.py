@@ -30,13 +30,17 @@ def _quiet_hub_retries() -> Iterator[None]:
         hub_logger.setLevel(level)
 
 
-def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = False, **placement: Any) -> tuple[Any, Any]:
+def load_model(
+    source: str, *, dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False, **placement: Any
+) -> tuple[Any, Any]:
     """Load ``source`` (local folder or Hub id) with the class its config names, plus its processor.
 
     The class comes from ``config.architectures`` (falling back to ``AutoModel``), so a
     classifier stays a classifier and a causal LM keeps its head. Returns
     ``(model, processor)``; the processor is ``None`` when the folder has none.
     ``placement`` goes to ``from_pretrained`` (``device_map``, ``max_memory``, ``offload_folder``).
+    Only safetensors weights are read unless ``allow_pickle`` (then transformers reads
+    ``.bin`` files with ``torch.load(weights_only=True)``).
 
     Example:
         >>> model, tokenizer = load_model("path/to/llama")  # doctest: +SKIP
@@ -65,11 +69,28 @@ def load_model(source: str, *, dtype: str = "auto", trust_remote_code: bool = Fa
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         cls = transformers.AutoModel
+    if is_local and not allow_pickle and _pickle_only(path):
+        raise ValueError(
+            f"{source!r} holds only pickle weights ({', '.join(_pickle_only(path))}); pickles can run code when "
+            "loaded: pass --allow-pickle to read them anyway (weights only), or convert them to safetensors"
+        )
     try:
-        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}") from None
+        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=None if allow_pickle else True, **placement)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
+        if not isinstance(exc, (OSError, ValueError, RuntimeError)) and "safetensor" not in type(exc).__name__.lower():
+            raise
+        hint = "; the file is corrupt or truncated: download or save it again" if "deserializ" in str(exc) else ""
+        raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}{hint}") from None
     return model, load_processor(target, model)
+
+
+def _pickle_only(path: str) -> list[str]:
+    """The pickle weight files of a local folder that has no safetensors ones."""
+    names = os.listdir(path)
+    if any(name.endswith(".safetensors") for name in names):
+        return []
+    return sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and "training_args" not in n)
 
 
 def load_processor(target: str, model: Any) -> Any:

@@ -115,6 +115,41 @@ def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_d
     assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]  # no temporary folder, no checkpoint
 
 
+def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vit_dir, monkeypatch, capsys):
+    import snows_hf.card
+
+    os.makedirs("out")
+    Path("out/keep.txt").write_text("mine")
+
+    def card_fails(*args, **kwargs):  # after the weights, before the card: a half-written new folder exists
+        raise OSError(28, "No space left on device")
+
+    original = snows_hf.card.write_card
+    monkeypatch.setattr(snows_hf.card, "write_card", card_fails)
+    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--overwrite",
+            "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "rerun with --resume" in err
+    assert sorted(p.name for p in Path("out").iterdir()) == ["keep.txt"]
+    # no .out.tmp-* folder; the pruned blocks wait in the checkpoint, so nothing is computed twice
+    assert sorted(p.name for p in Path(".").iterdir()) == [".out.snows-hf-checkpoint", "out", "tiny-vit"]
+    monkeypatch.setattr(snows_hf.card, "write_card", original)
+    assert main(args + ["--resume"]) == 0
+    assert Path("out/model.safetensors").exists() and not Path("out/keep.txt").exists()
+    assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]
+
+
+def test_a_read_only_output_place_is_refused_before_loading(vit_dir, monkeypatch, capsys):
+    import snows_hf.export
+
+    monkeypatch.setattr(snows_hf.export.os, "access", lambda path, mode: False)  # as root, nothing is read-only
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "ro/out", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "is not writable; choose another --output-dir" in err and err.count("\n") == 1
+    assert not Path("ro").exists()
+
+
 def test_defaults_run_snows_and_name_the_output(vit_dir):
     assert main(["prune", str(vit_dir), "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
     block = json.loads(Path("tiny-vit-pruned-0.5/config.json").read_text())["sparsity"]
@@ -141,6 +176,12 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--k-step", "-1"], "--k-step: must be an integer >= 0", id="k-negative"),
+    pytest.param(["prune", "noweights", "--sparsity", "2:4"], "cannot load the weights of 'noweights'", id="model-without-weights"),
+    pytest.param(["prune", "corrupt", "--sparsity", "2:4"], "corrupt or truncated", id="corrupt-safetensors"),
+    pytest.param(["prune", "pickled", "--sparsity", "2:4"], "pass --allow-pickle", id="pickle-only-checkpoint"),
+    pytest.param(["prune", "unknown-arch", "--sparsity", "2:4"], "does not recognize this architecture", id="unsupported-architecture"),
+    pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--seq-len", "4096"], "exceeds the model's 128 positions", id="seq-len-too-long"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--resume", "--output-dir", "stale"], "is from a different run", id="resume-other-run"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--max-memory", "lots"], "not a memory size", id="max-memory-bad"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot load dataset 'nobody/nothing'", id="hub-dataset-offline"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--split", "test"], "has no split 'test'", id="missing-split"),
@@ -157,6 +198,25 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
     for spec in BAD_SPECS
 ]
+
+
+def _bad_model_folders(source):
+    """Model folders that cannot be pruned: no weights, corrupt weights, pickles only, unknown type."""
+    import shutil
+
+    for name in ("noweights", "corrupt", "pickled", "unknown-arch"):
+        shutil.copytree(source, name)
+    Path("noweights/model.safetensors").unlink()
+    Path("corrupt/model.safetensors").write_bytes(Path("corrupt/model.safetensors").read_bytes()[:100])
+    from safetensors.torch import load_file
+
+    torch.save(load_file("pickled/model.safetensors"), "pickled/pytorch_model.bin")
+    Path("pickled/model.safetensors").unlink()
+    config = json.loads(Path("unknown-arch/config.json").read_text())
+    Path("unknown-arch/config.json").write_text(json.dumps(config | {"model_type": "no-such-family", "architectures": ["NoSuch"]}))
+    stale = Path(".stale.snows-hf-checkpoint")  # a checkpoint of some other run
+    stale.mkdir()
+    (stale / "state.json").write_text(json.dumps({"format": 1, "fingerprint": {"config": {"k_step": 9}}}))
 
 
 def _tiny_image_folder(root, per_class):
@@ -178,6 +238,7 @@ def test_bad_inputs_one_line_no_output(argv, message, vit_dir, llama_dir, capsys
     for i in range(2):
         (Path("broken") / "cat" / f"{i}.png").write_bytes(b"garbage")
     _tiny_image_folder(Path("imgs"), 3)
+    _bad_model_folders(llama_dir)
     before = sorted(p.name for p in Path(".").iterdir())
     argv = [a.format(vit=vit_dir, llama=llama_dir, full="full") for a in argv]
     try:

@@ -127,5 +127,8 @@ def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_
     calls["n"] = 0
     code = main(["prune", str(checkpoint), "--sparsity", "2:4", "--method", "magnitude", "--no-eval", "--quiet",
                  "--max-memory", "cpu=60KB", "--output-dir", str(tmp_path / "out"), "--offload-dir", str(tmp_path)])
-    assert code == 1 and "boom" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["offload"]  # no .snows-hf-offload-*, no output
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]
+    assert code == 1 and len(errors) == 1 and "boom" in errors[0] and "rerun with --resume" in errors[0]
+    # no .snows-hf-offload-* folder, no output; the first block's checkpoint stays for --resume
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.snows-hf-checkpoint", "offload"]
