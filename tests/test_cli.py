@@ -140,6 +140,21 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
     assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]
 
 
+@pytest.mark.parametrize("mode, size, suffix", [("L", (8, 8), "png"), ("RGBA", (8, 8), "png"), ("RGB", (1, 1), "png"),
+                                               ("I;16", (8, 8), "png"), ("CMYK", (40, 20), "jpg")])
+def test_images_of_any_mode_or_size_are_converted_not_refused(vit_dir, mode, size, suffix):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (Path("odd") / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new(mode, size).save(Path("odd") / label / f"{i}.{suffix}")
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "odd",
+                 "--num-samples", "4", "--output-dir", "out", "--quiet"]) == 0
+    report = json.loads(Path("out/report.json").read_text())
+    assert report["num_calibration_samples"] == 4 and report["evaluation"]["samples"] == 2
+
+
 def test_a_read_only_output_place_is_refused_before_loading(vit_dir, monkeypatch, capsys):
     import snows_hf.export
 
