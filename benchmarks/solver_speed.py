@@ -1,0 +1,163 @@
+"""Where SNOWS spends its time, one HVP against one forward+backward, and SNOWS against SparseGPT.
+
+SmolLM2-135M-Instruct (ASSETS.md; cached by benchmarks/smollm2_bbc.py), its first
+``--blocks`` blocks, 2:4, BBC News calibration; both methods in one process on the same
+model and data:
+
+- SparseGPT (mask + its own weight update, ``--method none --mask sparsegpt``);
+- SNOWS at the defaults (magnitude mask, K=3, 2 Newton steps), timed as it is;
+- SNOWS again, instrumented: dense targets, Gram matrices (K=0 start), Hessian-operator
+  builds (the forward and the gradient backward whose graphs the products reuse),
+  Hessian-vector products, CG, line searches. For every Hessian operator one extra
+  forward+backward of the same window on the same micro-batches is timed (not counted in
+  the breakdown), so one HVP is given as a multiple of it. Writes ``benchmarks/results/solver_speed.json``.
+
+    python benchmarks/solver_speed.py [--blocks 2] [--num-samples 16] [--seq-len 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+TIMES: dict[str, float] = defaultdict(float)
+COUNTS: dict[str, int] = defaultdict(int)
+
+
+def _timed(name, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES[name] += time.perf_counter() - start
+            COUNTS[name] += 1
+
+    return wrapper
+
+
+def _instrument() -> None:
+    """Wrap the SNOWS pieces with timers (the benchmark's own process only)."""
+    from snows_hf import refit
+    from snows_hf.solver import hvp, newton
+
+    class TimedOperator(hvp.HessianOperator):
+        def __init__(self, residual_fn, w, batches, *args, **kwargs):
+            start = time.perf_counter()  # the reference: one forward + backward of the window, not kept
+            probe = w.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = sum(hvp.batch_loss(residual_fn(probe, b)) for b in batches)
+                torch.autograd.grad(loss, probe)
+            TIMES["reference forward+backward"] += time.perf_counter() - start
+            COUNTS["reference forward+backward"] += 1
+            start = time.perf_counter()
+            super().__init__(residual_fn, w, batches, *args, **kwargs)
+            TIMES["operator build (forward + gradient)"] += time.perf_counter() - start
+            COUNTS["operator build (forward + gradient)"] += 1
+
+        def __call__(self, v):
+            start = time.perf_counter()
+            out = super().__call__(v)
+            TIMES["Hessian-vector products"] += time.perf_counter() - start
+            COUNTS["Hessian-vector products"] += 1
+            return out
+
+    newton.HessianOperator = TimedOperator
+    newton._line_search = _timed("line searches (held-out forwards)", newton._line_search)
+    newton.masked_cg = _timed("CG total (incl. its products)", newton.masked_cg)
+    refit.SnowsMethod._targets = _timed("dense targets (once per module)", refit.SnowsMethod._targets)
+    refit.SnowsMethod._grams = _timed("Gram matrices (K=0 start)", refit.SnowsMethod._grams)
+    refit.newton_refit = _timed("Newton re-fit total", refit.newton_refit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "solver_speed.json"))
+    args = parser.parse_args()
+
+    import snows_hf
+    from smollm2_bbc import bbc_jsonl, smollm2_folder
+    from snows_hf.calibration import CalibrationConfig, load_dataset_split
+    from snows_hf.data import prepare_data
+    from snows_hf.loading import load_model
+
+    torch.set_num_threads(2)
+
+    def truncated():
+        model, tokenizer = load_model(str(smollm2_folder()), dtype="float32")
+        model.model.layers = model.model.layers[: args.blocks]
+        model.config.num_hidden_layers = args.blocks
+        return model, tokenizer
+
+    model, tokenizer = truncated()
+    cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=args.num_samples, seq_len=args.seq_len)
+    calibration = prepare_data(load_dataset_split(cfg), cfg, model, tokenizer).calibration
+    common = {"sparsity": "2:4", "diagnostics": False, "batch_size": 4}
+
+    start = time.perf_counter()
+    sparsegpt = snows_hf.prune_(model, {**common, "method": "none", "mask": "sparsegpt"}, calibration)
+    sparsegpt_total = time.perf_counter() - start
+
+    model, _ = truncated()
+    start = time.perf_counter()
+    snows = snows_hf.prune_(model, {**common, "method": "snows"}, calibration)
+    snows_total = time.perf_counter() - start
+
+    _instrument()
+    model, _ = truncated()
+    start = time.perf_counter()
+    snows_hf.prune_(model, {**common, "method": "snows"}, calibration)
+    timed_total = time.perf_counter() - start - TIMES["reference forward+backward"]
+    TIMES["Newton re-fit total"] -= TIMES["reference forward+backward"]  # the reference passes ran inside it
+
+    per_layer = [
+        {"layer": a.name, "sparsegpt_s": a.seconds, "snows_s": b.seconds, "ratio": b.seconds / a.seconds,
+         "k": b.metrics["k"], "cg": sum(b.metrics["cg_iterations"]), "steps": b.metrics["newton_steps"]}
+        for a, b in zip(sparsegpt.layers, snows.layers)
+    ]
+    hvp_each = TIMES["Hessian-vector products"] / max(1, COUNTS["Hessian-vector products"])
+    fb_each = TIMES["reference forward+backward"] / max(1, COUNTS["reference forward+backward"])
+    refit_total = TIMES["Newton re-fit total"]
+    result = {
+        "blocks": args.blocks, "num_samples": args.num_samples, "seq_len": args.seq_len,
+        "sparsegpt_seconds": sparsegpt_total, "snows_seconds": snows_total, "instrumented_seconds": timed_total,
+        "per_layer": per_layer, "times": dict(TIMES), "counts": dict(COUNTS),
+        "hvp_over_forward_backward": hvp_each / fb_each,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+    print(f"\nSmolLM2-135M, first {args.blocks} blocks, 2:4, {args.num_samples} x {args.seq_len} tokens "
+          f"(micro-batch 4), 2 CPU threads")
+    head = f"{'layer':<32} {'SparseGPT s':>11} {'SNOWS s':>8} {'ratio':>6} {'K':>2} {'steps':>5} {'CG':>4}"
+    print(head + "\n" + "-" * len(head))
+    for row in per_layer:
+        print(f"{row['layer'].removeprefix('model.layers.'):<32} {row['sparsegpt_s']:>11.2f} {row['snows_s']:>8.2f} "
+              f"{row['ratio']:>6.1f} {row['k']:>2} {row['steps']:>5} {row['cg']:>4}")
+    print(f"{'total (run)':<32} {sparsegpt_total:>11.1f} {result['snows_seconds']:>8.1f} "
+          f"{result['snows_seconds'] / sparsegpt_total:>6.1f}")
+    print(f"\nwhere SNOWS's time goes (instrumented run, {timed_total:.1f} s without the reference passes):")
+    for name in ("dense targets (once per module)", "Gram matrices (K=0 start)", "operator build (forward + gradient)",
+                 "Hessian-vector products", "CG total (incl. its products)", "line searches (held-out forwards)",
+                 "Newton re-fit total"):
+        print(f"  {name:<40} {TIMES[name]:>7.1f} s  {100 * TIMES[name] / timed_total:>5.1f}%  "
+              f"({COUNTS[name]} calls)")
+    print(f"  {'outside the re-fit (masks, stats, propagation)':<40} "
+          f"{timed_total - refit_total - TIMES['dense targets (once per module)'] - TIMES['Gram matrices (K=0 start)']:>7.1f} s")
+    print(f"\none HVP: {1000 * hvp_each:.0f} ms = {result['hvp_over_forward_backward']:.2f} x one forward+backward of "
+          f"its window on the same micro-batches ({1000 * fb_each:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
