@@ -75,6 +75,7 @@ def _instrument() -> None:
     newton.masked_cg = _timed("CG total (incl. its products)", newton.masked_cg)
     refit.SnowsMethod._targets = _timed("dense targets (once per module)", refit.SnowsMethod._targets)
     refit.SnowsMethod._grams = _timed("Gram matrices (K=0 start)", refit.SnowsMethod._grams)
+    refit.masked_lstsq = _timed("least-squares solves (K=0 start)", refit.masked_lstsq)
     refit.newton_refit = _timed("Newton re-fit total", refit.newton_refit)
 
 
@@ -148,13 +149,15 @@ def main() -> None:
     print(f"{'total (run)':<32} {sparsegpt_total:>11.1f} {result['snows_seconds']:>8.1f} "
           f"{result['snows_seconds'] / sparsegpt_total:>6.1f}")
     print(f"\nwhere SNOWS's time goes (instrumented run, {timed_total:.1f} s without the reference passes):")
-    for name in ("dense targets (once per module)", "Gram matrices (K=0 start)", "operator build (forward + gradient)",
+    for name in ("dense targets (once per module)", "Gram matrices (K=0 start)", "least-squares solves (K=0 start)",
+                 "operator build (forward + gradient)",
                  "Hessian-vector products", "CG total (incl. its products)", "line searches (held-out forwards)",
                  "Newton re-fit total"):
         print(f"  {name:<40} {TIMES[name]:>7.1f} s  {100 * TIMES[name] / timed_total:>5.1f}%  "
               f"({COUNTS[name]} calls)")
-    print(f"  {'outside the re-fit (masks, stats, propagation)':<40} "
-          f"{timed_total - refit_total - TIMES['dense targets (once per module)'] - TIMES['Gram matrices (K=0 start)']:>7.1f} s")
+    rest = timed_total - refit_total - sum(TIMES[k] for k in (
+        "dense targets (once per module)", "Gram matrices (K=0 start)", "least-squares solves (K=0 start)"))
+    print(f"  {'the rest (trace, masks, start choice, propagation)':<40} {rest:>7.1f} s  {100 * rest / timed_total:>5.1f}%")
     print(f"\none HVP: {1000 * hvp_each:.0f} ms = {result['hvp_over_forward_backward']:.2f} x one forward+backward of "
           f"its window on the same micro-batches ({1000 * fb_each:.0f} ms)")
 
