@@ -441,3 +441,31 @@ def test_bad_batches_raise():
         newton_refit(W, mask, residual_fn, [], batches)
     with pytest.raises(ValueError, match="mask"):
         newton_refit(W, mask.double(), residual_fn, batches[:2], batches[2:])
+
+
+def test_lstsq_start_solves_in_float32_and_falls_back_to_float64_when_cholesky_fails(monkeypatch):
+    from snows_hf.solver import lsq
+    from snows_hf.solver.lsq import masked_lstsq
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(256, 8, generator=g, dtype=DT)
+    x[:, 1] = x[:, 0] + 1e-7 * x[:, 1]  # nearly collinear: float32 Cholesky fails without damping, float64 does not
+    solved_in, solve_rows = [], lsq._solve_rows
+    monkeypatch.setattr(lsq, "_solve_rows", lambda *a: solved_in.append(a[-1]) or solve_rows(*a))
+    weight = torch.randn(3, 8, generator=g, dtype=DT)
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    gram = x.T @ x
+    exact = masked_lstsq(gram, gram, weight, mask, damping=0.0)
+    assert exact.dtype == DT and torch.allclose(x @ exact.T, x @ weight.T, atol=1e-6)  # the fit, not the weights
+    solved_in.clear()
+    fallback = masked_lstsq(gram.float(), gram.float(), weight.float(), mask, damping=0.0)
+    assert solved_in == [torch.float32, torch.float64]
+    assert fallback.dtype == torch.float32 and torch.isfinite(fallback).all()
+    fit = lambda w: float((x.float() @ w.T - x.float() @ weight.float().T).pow(2).mean())  # noqa: E731
+    assert fit(fallback) < 1e-3 * fit(torch.zeros_like(fallback))
+    with pytest.raises(ValueError, match="raise the damping"):  # singular even in float64
+        masked_lstsq(torch.zeros(8, 8), torch.zeros(8, 8), weight.float(), mask, damping=0.0)
+    well = torch.randn(512, 8, generator=g)
+    solved_in.clear()
+    assert torch.allclose(masked_lstsq(well.T @ well, well.T @ well, weight.float(), mask), weight.float(), atol=1e-3)
+    assert solved_in == [torch.float32]
