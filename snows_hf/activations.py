@@ -12,6 +12,7 @@ and removes it at the end, also on error.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,6 +137,24 @@ def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
     return t.pin_memory() if pin else t
 
 
+@contextlib.contextmanager
+def scratch_folder(prefix: str, root: str | Path | None = None) -> Iterator[Path]:
+    """A temporary folder in ``root`` when that folder exists (the output's filesystem,
+    ideally), else in the system's temp; removed at the end, also on error.
+
+    Example:
+        >>> with scratch_folder(".snows-hf-demo-") as folder:
+        ...     folder.is_dir()
+        True
+    """
+    where = Path(root) if root and Path(root).is_dir() else None
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class ActivationSpace:
     """Makes :class:`ActivationStore` objects; owns (and always removes) the disk folder.
 
@@ -147,12 +166,13 @@ class ActivationSpace:
             raise ValueError(f"offload_activations must be one of {', '.join(PLACES)}, got {place!r}")
         self.place, self.device, self.root = place, device, root
         self.folder: Path | None = None
+        self._scratch: Any = None
         self._reader: Any = None
 
     def __enter__(self) -> "ActivationSpace":
-        if self.place == "disk":  # beside the output when that folder exists, else the system's temp
-            root = Path(self.root) if self.root and Path(self.root).is_dir() else None
-            self.folder = Path(tempfile.mkdtemp(prefix=".snows-hf-activations-", dir=root))
+        if self.place == "disk":
+            self._scratch = scratch_folder(".snows-hf-activations-", self.root)
+            self.folder = self._scratch.__enter__()
         if self.place != "device":
             from concurrent.futures import ThreadPoolExecutor
 
@@ -163,9 +183,9 @@ class ActivationSpace:
         if self._reader is not None:
             self._reader.shutdown(wait=True, cancel_futures=True)  # no read outlives the files
             self._reader = None
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        if self._scratch is not None:
+            self._scratch.__exit__(*exc)
+            self._scratch = self.folder = None
 
     def store(self, calls: Iterable[BlockCall] = ()) -> ActivationStore:
         """A new store, filled with ``calls``."""

@@ -304,21 +304,16 @@ def _placement(config: Any, device: Any, processes: Any, output_dir: str) -> Ite
     if config.max_memory is None:
         yield {}
         return
-    import shutil
-    import tempfile
     from pathlib import Path
 
+    from .activations import scratch_folder
     from .placement import parse_max_memory
 
     if processes.parallel:
         raise ValueError("--max-memory places one model across devices; it cannot be combined with several processes")
     max_memory = parse_max_memory(config.max_memory, device)
-    root = Path(config.offload_dir or Path(output_dir).absolute().parent)
-    folder = tempfile.mkdtemp(prefix=".snows-hf-offload-", dir=root if root.is_dir() else None)
-    try:
-        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": folder}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with scratch_folder(".snows-hf-offload-", config.offload_dir or Path(output_dir).absolute().parent) as folder:
+        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
 
 
 def cmd_push(args: argparse.Namespace) -> int:

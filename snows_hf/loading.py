@@ -69,9 +69,10 @@ def load_model(
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         cls = transformers.AutoModel
-    if is_local and not allow_pickle and _pickle_only(path):
+    pickles = _pickle_only(path) if is_local and not allow_pickle else []
+    if pickles:
         raise ValueError(
-            f"{source!r} holds only pickle weights ({', '.join(_pickle_only(path))}); pickles can run code when "
+            f"{source!r} holds only pickle weights ({', '.join(pickles)}); pickles can run code when "
             "loaded: pass --allow-pickle to read them anyway (weights only), or convert them to safetensors"
         )
     try:
