@@ -49,15 +49,35 @@ def vit_config():
     )
 
 
+def resnet_config():
+    from transformers import ResNetConfig
+
+    return ResNetConfig(
+        num_channels=1, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+        layer_type="basic", downsample_in_first_stage=False, num_labels=10,
+    )
+
+
 def trained_vit(epochs: int = 8, seed: int = 0):
     """A 4-block ViT trained on Fashion-MNIST (cached; about 5 CPU minutes the first time)."""
     from transformers import ViTForImageClassification
 
-    path = CACHE / f"fmnist-vit-e{epochs}-s{seed}"
+    return _trained(ViTForImageClassification, vit_config(), f"fmnist-vit-e{epochs}-s{seed}", epochs, seed)
+
+
+def trained_resnet(epochs: int = 4, seed: int = 0):
+    """A ResNet (basic blocks, 5 of them, 32-256 channels) trained on Fashion-MNIST (cached)."""
+    from transformers import ResNetForImageClassification
+
+    return _trained(ResNetForImageClassification, resnet_config(), f"fmnist-resnet-e{epochs}-s{seed}", epochs, seed)
+
+
+def _trained(cls, config, name: str, epochs: int, seed: int):
+    path = CACHE / name
     if (path / "config.json").exists():
-        return ViTForImageClassification.from_pretrained(path).eval()
+        return cls.from_pretrained(path).eval()
     torch.manual_seed(seed)
-    model = ViTForImageClassification(vit_config())
+    model = cls(config)
     x, y = load("train")
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = epochs * (len(x) // 128)

@@ -44,6 +44,25 @@ def smollm2_folder() -> Path:
     return folder
 
 
+def truncated_smollm2(blocks: int):
+    """``(model, tokenizer)``: the fp32 SmolLM2 cut to its first ``blocks`` blocks."""
+    from snows_hf.loading import load_model
+
+    model, tokenizer = load_model(str(smollm2_folder()), dtype="float32")
+    model.model.layers = model.model.layers[:blocks]
+    model.config.num_hidden_layers = blocks
+    return model, tokenizer
+
+
+def bbc_data(model, tokenizer, num_samples: int, seq_len: int, eval_samples: int = 0):
+    """Calibration sequences of BBC News and the held-out ones after them (``PreparedData``)."""
+    from snows_hf.calibration import CalibrationConfig, load_dataset_split
+    from snows_hf.data import prepare_data
+
+    cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=seq_len)
+    return prepare_data(load_dataset_split(cfg), cfg, model, tokenizer, eval_samples=eval_samples)
+
+
 def bbc_jsonl() -> Path:
     """BBC News articles as JSONL (``text``, ``category``), in a fixed order."""
     path = CACHE / "bbc-news.jsonl"

@@ -5,7 +5,8 @@ SmolLM2-135M-Instruct (ASSETS.md; cached by benchmarks/smollm2_bbc.py), its firs
 model and data:
 
 - SparseGPT (mask + its own weight update, ``--method none --mask sparsegpt``);
-- SNOWS at the defaults (magnitude mask, K=3, 2 Newton steps), timed as it is;
+- SNOWS at the defaults (SparseGPT mask and its update as the start, K=3, 2 Newton steps
+  of at most 5 preconditioned CG iterations), timed as it is;
 - SNOWS again, instrumented: dense targets, Gram matrices (K=0 start), Hessian-operator
   builds (the forward and the gradient backward whose graphs the products reuse),
   Hessian-vector products, CG, line searches. For every Hessian operator one extra
@@ -88,22 +89,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import snows_hf
-    from smollm2_bbc import bbc_jsonl, smollm2_folder
-    from snows_hf.calibration import CalibrationConfig, load_dataset_split
-    from snows_hf.data import prepare_data
-    from snows_hf.loading import load_model
+    from smollm2_bbc import bbc_data, truncated_smollm2
 
     torch.set_num_threads(2)
 
     def truncated():
-        model, tokenizer = load_model(str(smollm2_folder()), dtype="float32")
-        model.model.layers = model.model.layers[: args.blocks]
-        model.config.num_hidden_layers = args.blocks
-        return model, tokenizer
+        return truncated_smollm2(args.blocks)
 
     model, tokenizer = truncated()
-    cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=args.num_samples, seq_len=args.seq_len)
-    calibration = prepare_data(load_dataset_split(cfg), cfg, model, tokenizer).calibration
+    calibration = bbc_data(model, tokenizer, args.num_samples, args.seq_len).calibration
     common = {"sparsity": "2:4", "diagnostics": False, "batch_size": 4}
 
     start = time.perf_counter()

@@ -61,7 +61,7 @@ _non_negative_int = _int_at_least(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``convert`` and ``demo`` subcommands)."""
-    from .config import PruneConfig
+    from .config import INITS, PRECONDITIONERS, PruneConfig
     from .masks import SELECTORS
     from .methods import METHODS
 
@@ -94,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add(snows, PruneConfig, "k_step", type=_non_negative_int)
     _add(snows, PruneConfig, "target", choices=["dense-stream", "official"])
     _add(snows, PruneConfig, "term_scale", choices=["energy", "none"])
-    _add(snows, PruneConfig, "init", choices=["lsq", "mask"])
+    _add(snows, PruneConfig, "init", choices=list(INITS))
     _add(snows, PruneConfig, "hessian", choices=["gauss-newton", "exact"])
     _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
     _add(snows, PruneConfig, "cg_iters", type=_positive_int)
     _add(snows, PruneConfig, "damping", type=float)
+    _add(snows, PruneConfig, "preconditioner", choices=list(PRECONDITIONERS))
     _add(snows, PruneConfig, "holdout", type=float)
     _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
+    _add(snows, PruneConfig, "hessian_batches", type=_positive_int)
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",

@@ -9,6 +9,8 @@ from typing import Any
 from .masks import parse_sparsity
 
 CONFIG_VERSION = 1
+PRECONDITIONERS = ("input-energy", "none")
+INITS = ("auto", "lsq", "mask")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -57,7 +59,10 @@ class PruneConfig:
         "snows", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
         "magnitude (magnitude mask only)"
     )
-    mask: str = _field("magnitude", "mask selector used by the snows and none methods")
+    mask: str = _field(
+        "sparsegpt", "mask selector used by the snows and none methods (sparsegpt also updates the kept weights; "
+        "benchmarks/solver_budget.py measures it against magnitude under SNOWS)"
+    )
     allocation: str = _field(
         "uniform", "unstructured sparsity per layer: uniform (every layer at the target) or global "
         "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)"
@@ -79,13 +84,24 @@ class PruneConfig:
         "or from the pruned network's (official)"
     )
     term_scale: str = _field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)")
-    init: str = _field("lsq", "SNOWS: start from the closed-form K=0 least-squares fit (lsq) or the masked weight (mask)")
+    init: str = _field(
+        "auto", "SNOWS: start from the closed-form K=0 least-squares fit (lsq), from the mask selector's weight "
+        "(mask: SparseGPT's own update, or the masked weight), or auto (mask when the selector updates weights, else lsq)"
+    )
     hessian: str = _field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact")
     newton_steps: int = _field(2, "SNOWS: Newton steps per module")
-    cg_iters: int = _field(10, "SNOWS: conjugate-gradient iterations per Newton step at most")
+    cg_iters: int = _field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
     damping: float = _field(1e-4, "SNOWS: damping added to the Hessian")
+    preconditioner: str = _field(
+        "input-energy", "SNOWS: CG preconditioner, input-energy (each weight scaled by the energy of the input "
+        "feature it multiplies, the diagonal of the layer's Gram matrix) or none"
+    )
     holdout: float = _field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
     batches_per_step: int | None = _field(None, "SNOWS: micro-batches per Newton step (default: all)")
+    hessian_batches: int | None = _field(
+        None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
+        "(sub-sampled Newton; the gradient uses all of them; default: all)"
+    )
     batch_size: int = _field(8, "calibration samples per micro-batch")
     offload_activations: str = _field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
@@ -115,13 +131,15 @@ class PruneConfig:
         _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
         _check(self.target in ("dense-stream", "official"), f"target must be dense-stream or official, got {self.target!r}")
         _check(self.term_scale in ("energy", "none"), f"term_scale must be energy or none, got {self.term_scale!r}")
-        _check(self.init in ("lsq", "mask"), f"init must be lsq or mask, got {self.init!r}")
+        _check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        _check(self.preconditioner in PRECONDITIONERS, f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {self.preconditioner!r}")
         _check(self.hessian in ("gauss-newton", "exact"), f"hessian must be gauss-newton or exact, got {self.hessian!r}")
         _check(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
         _check(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
         _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
         _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
         _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        _check(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
         _check(self.offload_activations in ("device", "cpu", "disk"),
                f"offload_activations must be device, cpu or disk, got {self.offload_activations!r}")
         _check(self.allocation in ("uniform", "global"), f"allocation must be uniform or global, got {self.allocation!r}")

@@ -113,7 +113,7 @@ class SnowsMethod(Method):
         cfg = self.config
         return NewtonConfig(
             steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
-            batches_per_step=cfg.batches_per_step, max_graphs=self._max_graphs,
+            batches_per_step=cfg.batches_per_step, hessian_batches=cfg.hessian_batches, max_graphs=self._max_graphs,
         )
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
@@ -129,12 +129,20 @@ class SnowsMethod(Method):
         # the masked dense weight, or the selector's own update of it (SparseGPT's OBS step)
         start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
         start_name = cfg.mask if selector.updates_weights else "mask"
-        if cfg.init == "lsq" and job.layout in ("linear", "conv1d"):
-            gram, cross = self._grams(job, [job.local_index(i) for i in train if job.processes.owns(i)])
-            finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
-            lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape) if finite else None
-        else:
-            lsq_weight = None
+        lsq_weight = preconditioner = None
+        use_lsq = cfg.init == "lsq" or (cfg.init == "auto" and not selector.updates_weights)
+        if job.layout in ("linear", "conv1d") and (use_lsq or cfg.preconditioner != "none"):
+            local = [job.local_index(i) for i in train if job.processes.owns(i)]
+            if use_lsq:
+                gram, cross = self._grams(job, local)
+                finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
+                if finite:
+                    lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape)
+                energy = gram.diagonal()
+            else:
+                energy = self._input_energy(job, local)
+            if cfg.preconditioner == "input-energy" and bool(torch.isfinite(energy).all()):
+                preconditioner = self._preconditioner(energy, rows, job, weight)
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
             targets = self._targets(job, runner, window)
@@ -155,7 +163,8 @@ class SnowsMethod(Method):
                 else:
                     init = start_name
             result = newton_refit(
-                start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config(), shard
+                start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config(), shard,
+                preconditioner=preconditioner,
             )
         self._remember_graphs(result, job.name)
         weight, numerics = _finite_weight(result, start_weight, weight * mask, init)
@@ -188,6 +197,29 @@ class SnowsMethod(Method):
             logger.info("%s: out of memory with every micro-batch graph kept; holding %d at a time from now on",
                         name, result.graph_batches)
             self._max_graphs = result.graph_batches
+
+    @staticmethod
+    def _preconditioner(energy: torch.Tensor, rows: torch.Tensor, job: ModuleJob, weight: torch.Tensor) -> torch.Tensor:
+        """CG's diagonal: weight ``(j, i)`` scaled by the energy of input feature ``i``.
+
+        For K=0 the window Hessian of each row is ``X^T X`` itself, so this is its exact
+        diagonal; downstream operations mostly rescale rows, which the diagonal of the
+        inputs' Gram leaves to CG. Features that are never active get the mean energy.
+        """
+        energy = energy.float()
+        floor = 1e-6 * float(energy.mean().clamp(min=1e-30))
+        energy = torch.where(energy > floor, energy, energy.mean().clamp(min=1e-30))
+        return from_rows(energy.expand(rows.shape[0], -1), job.layout, weight.shape).to(weight.device)
+
+    @torch.no_grad()
+    def _input_energy(self, job: ModuleJob, train: list[int]) -> torch.Tensor:
+        """``diag(X^T X)``: each input feature's energy over the training calls, all processes."""
+        features = job.weight_rows().shape[1]
+        dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
+        energy = torch.zeros(features, dtype=dtype, device=job.module.weight.device)
+        for x in job.module_inputs(train):
+            energy += x.to(dtype).pow(2).sum(0)
+        return job.processes.sum(energy)
 
     @torch.no_grad()
     def _grams(self, job: ModuleJob, train: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,13 @@ def tiny_llama(seed: int = 0, layers: int = 2):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64)).eval()
+
+
 def tiny_bert(seed: int = 0):
     from transformers import BertConfig, BertModel
 

@@ -168,7 +168,7 @@ def test_a_read_only_output_place_is_refused_before_loading(vit_dir, monkeypatch
 def test_defaults_run_snows_and_name_the_output(vit_dir):
     assert main(["prune", str(vit_dir), "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
     block = json.loads(Path("tiny-vit-pruned-0.5/config.json").read_text())["sparsity"]
-    assert (block["method"], block["k_step"], block["mask"]) == ("snows", 3, "magnitude")
+    assert (block["method"], block["k_step"], block["mask"]) == ("snows", 3, "sparsegpt")
     assert block["overall"] == pytest.approx(0.5)
 
 

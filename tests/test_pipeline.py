@@ -122,7 +122,7 @@ def test_bad_config_and_calibration():
 
 def test_default_method_is_snows():
     config = snows_hf.PruneConfig(sparsity="2:4")
-    assert (config.method, config.mask, config.k_step) == ("snows", "magnitude", 3)
+    assert (config.method, config.mask, config.k_step) == ("snows", "sparsegpt", 3)
 
 
 def test_as_batches_splits_mappings():

@@ -88,7 +88,7 @@ def test_failed_line_search_keeps_masked_weights_and_says_so(monkeypatch):
     monkeypatch.setattr(SnowsMethod, "_targets", rigged)
     dense = tiny_vit()
     model = tiny_vit()
-    report = snows_hf.prune_(model, _snows(k_step=0), _inputs("vit"))
+    report = snows_hf.prune_(model, _snows(k_step=0, mask="magnitude", init="lsq"), _inputs("vit"))
     for layer in report.layers:
         assert layer.metrics["line_search_failed"] is True and layer.metrics["newton_steps"] == 0, layer.name
         w = model.get_submodule(layer.name).weight
@@ -217,3 +217,38 @@ def test_solver_stops_on_non_finite_losses_keeping_its_start():
     x = [torch.randn(8, 4, dtype=torch.float64) for _ in range(2)]
     result = newton_refit(w0, mask, nan_fn, x[:1], x[1:])
     assert result.stop_reason == "non_finite_loss" and torch.equal(result.weight, w0) and result.steps_accepted == 0
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_start_and_preconditioner_follow_the_mask_and_the_layout(monkeypatch, kind):
+    """init=auto starts from SparseGPT's own update (no least-squares solve) and from the
+    closed-form fit on a magnitude mask; CG's diagonal is each input feature's energy,
+    the same down a column for Linear (out, in) and along a row for GPT-2's Conv1D (in, out)."""
+    import snows_hf.refit as refit
+    from conftest import tiny_gpt2
+
+    seen = []
+    original = refit.newton_refit
+
+    def spy(w0, mask, *args, preconditioner=None, **kwargs):
+        seen.append(preconditioner)
+        return original(w0, mask, *args, preconditioner=preconditioner, **kwargs)
+
+    monkeypatch.setattr(refit, "newton_refit", spy)
+    make = tiny_gpt2 if kind == "gpt2" else tiny_llama
+    axis = 0 if kind == "gpt2" else 1  # the input dimension of the stored weight
+    report = snows_hf.prune_(make(), _snows(k_step=1, newton_steps=1), _inputs("llama"))
+    assert {layer.metrics["init"] for layer in report.layers} == {"sparsegpt"}
+    assert len(seen) == len(report.layers)
+    for layer, pre in zip(report.layers, seen):
+        weight = make().get_submodule(layer.name).weight
+        assert pre is not None and pre.shape == weight.shape and bool((pre > 0).all()), layer.name
+        along_outputs = pre.amax(dim=1 - axis) - pre.amin(dim=1 - axis)
+        assert float(along_outputs.abs().max()) == 0.0, layer.name  # one value per input feature
+        assert float(pre.std()) > 0, layer.name  # features differ in energy
+    seen.clear()
+    report = snows_hf.prune_(make(), _snows(k_step=1, newton_steps=1, mask="magnitude", preconditioner="none"),
+                             _inputs("llama"))
+    assert {layer.metrics["init"] for layer in report.layers} <= {"lsq", "mask"}
+    assert "lsq" in {layer.metrics["init"] for layer in report.layers}
+    assert seen == [None] * len(report.layers)

@@ -12,6 +12,7 @@ statistics say so in ``needs`` so the pipeline collects only what is used:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,8 @@ import torch
 from .patterns import SparsityPattern
 from .sparsegpt import sparsegpt_prune
 from .topk import select_topk
+
+logger = logging.getLogger(__name__)
 
 Scorer = Callable[[torch.Tensor, dict], torch.Tensor]
 Solver = Callable[[torch.Tensor, dict, SparsityPattern], tuple[torch.Tensor, torch.Tensor]]
@@ -181,6 +184,11 @@ def sparsegpt_solve(weight_rows: torch.Tensor, stats: dict, pattern: SparsityPat
     positions = gram.shape[-1] // cols if cols else 0
     if positions < 1 or gram.shape != (positions * cols, positions * cols) or rows % positions:
         raise ValueError(f"gram has shape {tuple(gram.shape)}, which does not fit weights of {(rows, cols)}")
+    if not bool(torch.isfinite(gram).all()):
+        # NaN/Inf activations upstream: no Hessian to solve with; the weights decide alone.
+        logger.warning("input statistics hold NaN/Inf: SparseGPT falls back to the magnitude mask, weights unchanged")
+        mask = select_topk(weight_rows.detach().abs(), pattern, per_row=False)
+        return weight_rows * mask, mask
     flat = weight_rows.reshape(rows // positions, positions * cols)
     new, keep = sparsegpt_prune(flat, gram, pattern, segment=cols)
     return new.reshape(rows, cols), keep.reshape(rows, cols)

@@ -199,6 +199,11 @@ class HessianOperator:
     out-of-memory error the operator halves the chunk and retries, down to one batch
     (``graph_batches`` says where it settled), so a step that does not fit still runs.
 
+    ``gradient_batches`` are further batches that count in ``loss`` and ``grad`` (then
+    the mean over both lists) but not in the products: sub-sampled Newton, where the
+    curvature comes from fewer batches than the gradient. They cost one forward+backward
+    each and keep no graph.
+
     ``shard`` splits the batches across data-parallel processes (:class:`BatchShard`);
     results are reduced, so every process sees the same loss, gradient and products.
     Call ``close()`` (or use it as a context manager) to free the graphs.
@@ -222,6 +227,7 @@ class HessianOperator:
         keep_graphs: bool = True,
         max_graphs: int | None = None,
         shard: BatchShard = ONE_PROCESS,
+        gradient_batches: Sequence[Any] = (),
     ):
         if kind not in _GRAPHS:
             raise ValueError(f"kind must be one of {HESSIAN_KINDS}, got {kind!r}")
@@ -243,6 +249,15 @@ class HessianOperator:
         self._closed = False
         self.retries = 0  #: out-of-memory errors recovered from
         loss, grad = self._retrying(self._loss_and_grad)
+        rest = shard.local(gradient_batches)
+        if gradient_batches:
+            # Back from the products' mean over ``batches`` to sums, then the mean over all.
+            total = len(batches) + len(gradient_batches)
+            loss, grad = loss * len(batches), grad * len(batches)
+            for b in rest:
+                extra_loss, extra_grad = self._retrying(lambda: self._batch_loss_and_grad(b))
+                loss, grad = loss + extra_loss, grad + extra_grad
+            loss, grad = loss / total, grad / total
         self.loss: float = float(shard.reduce(loss.detach()))
         self.grad: Tensor = shard.reduce(grad)
 
@@ -288,6 +303,11 @@ class HessianOperator:
             grad_sum += _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
             loss_sum += loss.detach()
         return loss_sum, grad_sum
+
+    def _batch_loss_and_grad(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Loss and gradient of one batch, its graph freed at once."""
+        loss = _total([batch_loss(self.residual_fn(self._w, batch))], self._w)
+        return loss.detach(), _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
 
     def __call__(self, v: Tensor) -> Tensor:
         """Hessian of the mean loss times ``v`` (same shape as ``w``)."""

@@ -35,6 +35,9 @@ class NewtonConfig:
     - ``batches_per_step``: training batches per step, taken in turn (cycling through
       the list); ``None`` uses all of them every step (full-batch accumulation). A value
       above the number of batches means all of them.
+    - ``hessian_batches``: of a step's batches, how many give the Hessian-vector products
+      (taken in turn, cycling); the gradient and loss still use all of them (sub-sampled
+      Newton: CG's many products get cheaper, the gradient stays exact). ``None``: all.
     - ``keep_graphs``: keep the forward graphs across the CG iterations of a step (fast);
       ``False`` re-runs the forward per batch for each product (less memory, same result).
     - ``max_graphs``: batches whose graphs are held at once (``None``: all). Halved
@@ -54,6 +57,7 @@ class NewtonConfig:
     max_backtracks: int = 10
     backtrack_factor: float = 0.5
     batches_per_step: Optional[int] = None
+    hessian_batches: Optional[int] = None
     keep_graphs: bool = True
     max_graphs: Optional[int] = None
 
@@ -74,6 +78,10 @@ class NewtonConfig:
         _require(
             per_step is None or (_is_int(per_step) and per_step >= 1),
             "batches_per_step", "None or an int >= 1", per_step,
+        )
+        _require(
+            self.hessian_batches is None or (_is_int(self.hessian_batches) and self.hessian_batches >= 1),
+            "hessian_batches", "None or an int >= 1", self.hessian_batches,
         )
         _require(isinstance(self.keep_graphs, bool), "keep_graphs", "a bool", self.keep_graphs)
         _require(
@@ -183,6 +191,7 @@ def newton_refit(
     heldout_batches: Sequence[Any],
     config: NewtonConfig = NewtonConfig(),
     shard: BatchShard = ONE_PROCESS,
+    preconditioner: Optional[Tensor] = None,
 ) -> NewtonResult:
     """Re-fit the on-mask entries of ``w0`` to minimise the window loss, by Newton-CG.
 
@@ -193,6 +202,7 @@ def newton_refit(
     (disjoint from the training batches, by identity). ``w0`` is left untouched.
     ``shard`` spreads the batches over data-parallel processes (every sum is reduced, so
     all processes take identical steps); by default one process computes them all.
+    ``preconditioner`` (positive, ``w0``'s shape) is the diagonal CG preconditions with.
 
     Example:
         >>> X, Y = torch.randn(64, 4), torch.randn(64, 3)
@@ -205,7 +215,8 @@ def newton_refit(
     _check_inputs(w0, mask, train_batches, heldout_batches)
     start = time.perf_counter()
     with torch.enable_grad():
-        res = _NewtonLoop(residual_fn, mask.to(w0.device), train_batches, heldout_batches, config, shard).run(w0)
+        loop = _NewtonLoop(residual_fn, mask.to(w0.device), train_batches, heldout_batches, config, shard, preconditioner)
+        res = loop.run(w0)
     res.seconds = time.perf_counter() - start
     return res
 
@@ -213,7 +224,7 @@ def newton_refit(
 class _NewtonLoop:
     """The state shared by the steps of one re-fit (kept apart so each step stays short)."""
 
-    def __init__(self, residual_fn, mask, train_batches, heldout_batches, config, shard):
+    def __init__(self, residual_fn, mask, train_batches, heldout_batches, config, shard, preconditioner=None):
         self.residual_fn = residual_fn
         self.shard = shard
         self.max_graphs = config.max_graphs
@@ -222,6 +233,7 @@ class _NewtonLoop:
         self.train = list(train_batches)
         self.heldout = list(heldout_batches)
         self.config = config
+        self.preconditioner: Optional[Tensor] = preconditioner
 
     def run(self, w0: Tensor) -> NewtonResult:
         w = _project(w0.detach(), self.mask).clone()
@@ -247,9 +259,11 @@ class _NewtonLoop:
         """Masked gradient, CG result and step training loss, or why there is no step."""
         cfg = self.config
         batches = _step_batches(self.train, step, cfg.batches_per_step)
+        curvature = _step_batches(batches, step, cfg.hessian_batches)
+        chosen = {id(b) for b in curvature}
         with HessianOperator(
-            self.residual_fn, w, batches, cfg.hessian, keep_graphs=cfg.keep_graphs, max_graphs=self.max_graphs,
-            shard=self.shard,
+            self.residual_fn, w, curvature, cfg.hessian, keep_graphs=cfg.keep_graphs, max_graphs=self.max_graphs,
+            shard=self.shard, gradient_batches=[b for b in batches if id(b) not in chosen],
         ) as op:
             try:
                 return self._solve(op)
@@ -264,7 +278,8 @@ class _NewtonLoop:
         if not bool(g.any()):
             return "zero_gradient"
         cfg = self.config
-        cg = masked_cg(op, -g, self.mask, damping=cfg.damping, rtol=cfg.cg_rtol, max_iter=cfg.cg_iters)
+        cg = masked_cg(op, -g, self.mask, damping=cfg.damping, rtol=cfg.cg_rtol, max_iter=cfg.cg_iters,
+                       preconditioner=self.preconditioner)
         if not bool(torch.isfinite(cg.x).all()):
             return "non_finite_direction"
         return g, cg, op.loss

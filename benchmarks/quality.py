@@ -1,0 +1,281 @@
+"""Accuracy kept, time and memory: magnitude, Wanda, SparseGPT and SNOWS on real models.
+
+One model per run; every (sparsity, method) row prunes the dense model afresh with the
+same calibration data and is scored on held-out data calibration never saw:
+
+- ``vit`` / ``resnet``: a ViT / ResNet trained on Fashion-MNIST by ``benchmarks/fmnist.py``
+  (cached), top-1 on the 10,000 test images; calibration: training images.
+- ``minilm``: all-MiniLM-L6-v2 (ASSETS.md), BBC News: mean cosine of pruned to dense
+  sentence embeddings and a 5-topic linear probe's accuracy on held-out articles.
+- ``smollm2``: SmolLM2-135M-Instruct (fp32 from its GGUF, cached by
+  ``benchmarks/smollm2_bbc.py``), perplexity on held-out BBC News sequences.
+
+Methods: ``magnitude``, ``wanda``, ``sparsegpt`` (its mask and its own weight update),
+and SNOWS (``snows-k0``, ``snows-k1``, ``snows-k3``: the re-fit over a window of K
+operations, on the mask ``--snows-mask``, default the library's own default).
+Wall time is the ``prune_`` call; peak memory is the process's resident memory above
+what it held just before the call (sampled every 20 ms), on this CPU machine.
+
+Rows are merged into ``benchmarks/results/quality_<model>.json`` as they finish, so runs
+of different rows add up; ``--table`` prints the file without running anything.
+
+    python benchmarks/quality.py --model vit
+    python benchmarks/quality.py --model smollm2 --sparsity 2:4 50% --methods magnitude wanda sparsegpt snows-k3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+RESULTS = Path(__file__).parent / "results"
+
+METHODS = {
+    "magnitude": {"method": "none", "mask": "magnitude"},
+    "wanda": {"method": "none", "mask": "wanda"},
+    "sparsegpt": {"method": "none", "mask": "sparsegpt"},
+    "snows-k0": {"method": "snows", "k_step": 0},
+    "snows-k1": {"method": "snows", "k_step": 1},
+    "snows-k3": {"method": "snows", "k_step": 3},
+}
+
+
+class Model:
+    """How one benchmark model is loaded, calibrated and scored."""
+
+    name = ""
+    metric = ""  # the headline metric
+    higher_is_better = True
+    patterns: tuple[str, ...] = ()
+    batch_size = 8
+
+    def load(self):
+        raise NotImplementedError
+
+    def data(self, num_samples: int):
+        """``(calibration inputs, held-out data)``."""
+        raise NotImplementedError
+
+    def score(self, model, held, dense) -> dict[str, float]:
+        raise NotImplementedError
+
+    def dense_outputs(self, model, held):
+        return None
+
+
+class FashionMNIST(Model):
+    metric = "top-1"
+    patterns = ("2:4", "4:8", "1:4", "50%", "70%")
+    batch_size = 32
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def load(self):
+        import fmnist
+
+        return fmnist.trained_vit() if self.name == "vit" else fmnist.trained_resnet()
+
+    def data(self, num_samples: int):
+        import fmnist
+
+        calib, x_test, y_test = fmnist.benchmark_data(num_samples)
+        return {"pixel_values": calib}, (x_test, y_test)
+
+    def score(self, model, held, dense):
+        import fmnist
+
+        return {"top-1": fmnist.accuracy(model, *held)}
+
+
+class TextModel(Model):
+    seq_len = 256
+    eval_samples = 128
+
+    def _prepared(self, model, tokenizer, num_samples: int, label_column=None):
+        from smollm2_bbc import bbc_jsonl
+        from snows_hf.calibration import CalibrationConfig, load_dataset_split
+        from snows_hf.data import prepare_data
+
+        cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=self.seq_len,
+                                label_column=label_column)
+        return prepare_data(load_dataset_split(cfg), cfg, model, tokenizer, eval_samples=self.eval_samples)
+
+    def data(self, num_samples: int):
+        model, tokenizer = self.load(with_tokenizer=True)
+        prepared = self._prepared(model, tokenizer, num_samples, self.label_column)
+        return prepared.calibration, prepared.evaluation
+
+    def dense_outputs(self, model, held):
+        from snows_hf.evaluation import model_outputs
+
+        return model_outputs(model, held)
+
+    def score(self, model, held, dense):
+        from snows_hf.evaluation import compute_metrics, model_outputs
+
+        return compute_metrics(held, model_outputs(model, held), dense)
+
+
+class MiniLM(TextModel):
+    name = "minilm"
+    metric = "cosine_to_dense"
+    patterns = ("2:4", "4:8", "50%", "70%")
+    seq_len = 128
+    eval_samples = 400
+    label_column = "category"
+
+    def load(self, with_tokenizer: bool = False):
+        from snows_hf.demo import minilm_path
+        from snows_hf.loading import load_model
+
+        model, tokenizer = load_model(str(minilm_path()), dtype="float32")
+        return (model, tokenizer) if with_tokenizer else model
+
+
+class SmolLM2(TextModel):
+    name = "smollm2"
+    metric = "perplexity"
+    higher_is_better = False
+    patterns = ("2:4", "4:8", "50%", "70%")
+    eval_samples = 32
+    label_column = None
+    batch_size = 4
+
+    def load(self, with_tokenizer: bool = False):
+        from smollm2_bbc import smollm2_folder
+        from snows_hf.loading import load_model
+
+        model, tokenizer = load_model(str(smollm2_folder()), dtype="float32")
+        return (model, tokenizer) if with_tokenizer else model
+
+
+MODELS = {"vit": FashionMNIST("vit"), "resnet": FashionMNIST("resnet"), "minilm": MiniLM(), "smollm2": SmolLM2()}
+DEFAULT_SAMPLES = {"vit": 512, "resnet": 512, "minilm": 128, "smollm2": 32}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled in a thread."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def gib(self) -> float:
+        return (self.peak - self.base) / 2**30
+
+
+def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snows_mask: str | None) -> dict:
+    import snows_hf
+
+    options = {"sparsity": spec, "batch_size": bench.batch_size, "diagnostics": False, **METHODS[method]}
+    if options["method"] == "snows" and snows_mask:
+        options["mask"] = snows_mask
+    model = bench.load()
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        report = snows_hf.prune_(model, options, calibration)
+        seconds = time.perf_counter() - start
+    scores = bench.score(model, held, dense)
+    return {
+        "sparsity": spec, "method": method, "mask": report.config.get("mask"),
+        "scores": scores, "seconds": seconds, "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity,
+        "options": options,
+    }
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"rows": []}
+
+
+def merge(results: dict, row: dict) -> None:
+    results["rows"] = [r for r in results["rows"] if (r["sparsity"], r["method"]) != (row["sparsity"], row["method"])]
+    results["rows"].append(row)
+
+
+def print_table(results: dict) -> None:
+    metric, dense = results["metric"], results["dense"]
+    higher = results["higher_is_better"]
+    print(f"\n{results['title']}")
+    print(f"dense {metric}: {dense[metric]:.4f}" + "".join(f", {k}: {v:.4f}" for k, v in dense.items() if k != metric))
+    extra = [k for k in dense if k != metric]
+    head = f"{'sparsity':<8} {'method':<10} {metric:>15} {'drop':>8} " + "".join(f"{k:>22}" for k in extra)
+    head += f" {'seconds':>8} {'peak GiB':>8}"
+    print(head + "\n" + "-" * len(head))
+    for row in results["rows"]:
+        value = row["scores"][metric]
+        drop = (dense[metric] - value) if higher else (value - dense[metric])
+        cells = "".join(f"{row['scores'].get(k, float('nan')):>22.4f}" for k in extra)
+        print(f"{row['sparsity']:<8} {row['method']:<10} {value:>15.4f} {drop:>8.4f} {cells} "
+              f"{row['seconds']:>8.1f} {row['peak_memory_gib']:>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--sparsity", nargs="+", help="patterns (default: the model's set)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--num-samples", type=int, help="calibration samples (default: per model)")
+    parser.add_argument("--snows-mask", help="mask under SNOWS (default: the library's default)")
+    parser.add_argument("--table", action="store_true", help="print the saved results and stop")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/quality_<model>.json)")
+    args = parser.parse_args()
+
+    bench = MODELS[args.model]
+    out = Path(args.out or RESULTS / f"quality_{args.model}.json")
+    results = load_results(out)
+    if args.table:
+        print_table(results)
+        return
+    torch.set_num_threads(2)
+    num_samples = args.num_samples or DEFAULT_SAMPLES[args.model]
+    calibration, held = bench.data(num_samples)
+    dense_model = bench.load()
+    dense = bench.dense_outputs(dense_model, held)
+    dense_scores = bench.score(dense_model, held, dense)
+    del dense_model
+    shape = {k: list(v.shape) for k, v in calibration.items() if hasattr(v, "shape")}
+    results.update({
+        "model": args.model, "metric": bench.metric, "higher_is_better": bench.higher_is_better,
+        "dense": dense_scores,
+        "calibration": shape, "title": f"{args.model}: calibration {shape}, held-out {args.model} data, 2 CPU threads",
+    })
+    for spec in args.sparsity or bench.patterns:
+        for method in args.methods:
+            row = run_row(bench, spec, method, calibration, held, dense, args.snows_mask)
+            merge(results, row)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
+            print(f"  {spec} {method}: {row['scores']} ({row['seconds']:.1f} s, {row['peak_memory_gib']:.2f} GiB)",
+                  flush=True)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
