@@ -5,9 +5,10 @@ Run on a machine with a GPU:
     python benchmarks/gpu_check.py [--blocks 2] [--samples 128] [--quick]
 
 Models are randomly initialised with only ``--blocks`` blocks (time is per block, so a
-whole model costs that times its number of blocks): ViT-Large/16 (hidden 1024, MLP 4096,
-16 heads, 197 tokens) and SmolLM2-135M (hidden 576, MLP 1536, 9 heads, 3 KV heads).
-Every case is 2:4 at the defaults (SNOWS, K=3) unless the row says otherwise:
+whole model costs that times its number of blocks): ViT-Base/16 and ViT-Large/16 (hidden
+768 / 1024, MLP 4x, 197 tokens) and SmolLM2-135M (hidden 576, MLP 1536, 9 heads, 3 KV
+heads). Every case is 2:4 at the defaults (SNOWS, K=3) unless the row says otherwise;
+SparseGPT (its mask and update) is each model's time baseline (``x SparseGPT``):
 
 - activations on the device, in pinned CPU memory, or on disk (``offload_activations``);
 - blocks streamed: the model stays in CPU memory and ``max_memory`` lets one window of
@@ -27,13 +28,17 @@ import torch
 import snows_hf
 
 
-def _vit(blocks: int):
+def _vit(blocks: int, hidden: int = 1024, heads: int = 16):
     from transformers import ViTConfig, ViTForImageClassification
 
     return ViTForImageClassification(ViTConfig(
-        hidden_size=1024, num_hidden_layers=blocks, num_attention_heads=16, intermediate_size=4096,
+        hidden_size=hidden, num_hidden_layers=blocks, num_attention_heads=heads, intermediate_size=4 * hidden,
         image_size=224, patch_size=16, num_labels=1000,
     ))
+
+
+def _vit_base(blocks: int):
+    return _vit(blocks, hidden=768, heads=12)
 
 
 def _smollm(blocks: int):
@@ -83,22 +88,30 @@ def main() -> None:
     print(f"torch {torch.__version__}, snows-hf {snows_hf.__version__}, {device}", flush=True)
     g = torch.Generator().manual_seed(0)
     one_block = "1MB"  # below any block: the device holds the current window only
+    images = {"pixel_values": torch.randn(args.samples, 3, 224, 224, generator=g)}
+    sparsegpt = {"method": "none", "mask": "sparsegpt"}
     cases = [
-        ("ViT-L/16", _vit, {"pixel_values": torch.randn(args.samples, 3, 224, 224, generator=g)}, [
+        ("ViT-B/16", _vit_base, images, [
+            ("sparsegpt (mask + update)", sparsegpt, True),
+            ("snows, activations device", {}, True),
+        ]),
+        ("ViT-L/16", _vit, images, [
             ("magnitude", {"method": "magnitude"}, True),
+            ("sparsegpt (mask + update)", sparsegpt, True),
             ("snows, activations device", {}, True),
             ("snows, activations cpu", {"offload_activations": "cpu"}, True),
             ("snows, activations disk", {"offload_activations": "disk"}, not args.quick),
             ("snows, blocks streamed + cpu", {"offload_activations": "cpu", "max_memory": f"{device}={one_block}"}, True),
         ]),
         ("SmolLM2-135M", _smollm, {"input_ids": torch.randint(0, 49152, (args.samples // 4, args.seq_len), generator=g)}, [
+            ("sparsegpt (mask + update)", sparsegpt, not args.quick),
             ("snows, activations device", {}, not args.quick),
             ("snows, activations cpu", {"offload_activations": "cpu"}, not args.quick),
         ]),
     ]
     rows = []
     for name, factory, calibration, variants in cases:
-        reference = None
+        reference = base = None
         for label, options, wanted in variants:
             if not wanted:
                 continue
@@ -107,19 +120,24 @@ def main() -> None:
             if "max_memory" not in options:
                 model.to(device)  # resident; the streamed case leaves the model in CPU memory
             row = _case(model, calibration, options, device)
+            if label.startswith("sparsegpt"):
+                base = row["per_block"]
             if label.startswith("snows"):
                 reference = reference or row["weights"]
                 row["max_dw"] = max(float((row["weights"][k] - reference[k]).abs().max()) for k in reference)
+                row["x_sparsegpt"] = row["per_block"] / base if base else None
             rows.append({"model": name, "case": label, **row})
             print(f"  done {name} / {label}: {row['seconds']:.1f} s", flush=True)
             del model
     print(f"\n2:4, {args.blocks} blocks, fp32, {args.samples} images / {args.samples // 4} x {args.seq_len} tokens, micro-batch 8")
-    head = f"{'model':<13} {'case':<30} {'s/block':>8} {'total s':>8} {'peak GiB':>9} {'sparsity':>9} {'max |dW|':>9}"
+    head = (f"{'model':<13} {'case':<30} {'s/block':>8} {'x SparseGPT':>11} {'total s':>8} {'peak GiB':>9} "
+            f"{'sparsity':>9} {'max |dW|':>9}")
     print(head + "\n" + "-" * len(head))
     for r in rows:
         dw = f"{r['max_dw']:.1e}" if "max_dw" in r else "-"
-        print(f"{r['model']:<13} {r['case']:<30} {r['per_block']:>8.2f} {r['seconds']:>8.1f} {r['peak_gib']:>9.2f} "
-              f"{r['sparsity']:>9.3f} {dw:>9}")
+        ratio = f"{r['x_sparsegpt']:.1f}" if r.get("x_sparsegpt") else "-"
+        print(f"{r['model']:<13} {r['case']:<30} {r['per_block']:>8.2f} {ratio:>11} {r['seconds']:>8.1f} "
+              f"{r['peak_gib']:>9.2f} {r['sparsity']:>9.3f} {dw:>9}")
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def main() -> None:
     results.update({
         "model": args.model, "metric": bench.metric, "higher_is_better": bench.higher_is_better,
         "dense": dense_scores,
-        "calibration": shape, "title": f"{args.model}: calibration {shape}, held-out {args.model} data, 2 CPU threads",
+        "calibration": shape, "title": f"{args.model}: calibration {shape}, 2 CPU threads",
     })
     for spec in args.sparsity or bench.patterns:
         for method in args.methods:
