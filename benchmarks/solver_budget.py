@@ -37,7 +37,7 @@ PLAIN, JACOBI = {"preconditioner": "none"}, {"preconditioner": "input-energy"}
 VARIANTS = [
     ("SparseGPT (mask + update)", {"method": "none", "mask": "sparsegpt"}),
     ("SNOWS, magnitude mask, 2 steps x 10 CG", {"mask": "magnitude", "newton_steps": 2, "cg_iters": 10, **PLAIN}),
-    ("SNOWS, SparseGPT mask, K=0 start only", {**SPARSEGPT_MASK, "newton_steps": 0}),
+    ("SNOWS, SparseGPT mask, K=0 least-squares start only", {**SPARSEGPT_MASK, "init": "lsq", "newton_steps": 0}),
     ("SNOWS, SparseGPT mask, 2 x 10 CG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 10, **PLAIN}),
     ("SNOWS, SparseGPT mask, 2 x 10 PCG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 10, **JACOBI}),
     ("SNOWS, SparseGPT mask, 2 x 5 PCG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 5, **JACOBI}),
@@ -45,8 +45,10 @@ VARIANTS = [
     ("SNOWS, SparseGPT mask, 1 x 5 PCG", {**SPARSEGPT_MASK, "newton_steps": 1, "cg_iters": 5, **JACOBI}),
     ("SNOWS, SparseGPT mask, 2 x 5 PCG, Hessian on 1 micro-batch",
      {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 5, "hessian_batches": 1, **JACOBI}),
-    ("SNOWS, SparseGPT mask + update start, 2 x 5 PCG",
+    ("SNOWS, SparseGPT mask + update start, 2 x 5 PCG (the defaults)",
      {**SPARSEGPT_MASK, "init": "mask", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
+    ("SNOWS, SparseGPT mask, least-squares start, 2 x 5 PCG",
+     {**SPARSEGPT_MASK, "init": "lsq", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
 ]
 
 
@@ -108,8 +110,8 @@ def main() -> None:
         if all(old.get(k) == result[k] for k in ("blocks", "num_samples", "seq_len", "sparsity", "eval_samples")):
             names = [name for name, _ in VARIANTS]
             done = {r["variant"] for r in rows}
-            rows = sorted([r for r in old["rows"] if r["variant"] not in done] + rows,
-                          key=lambda r: names.index(r["variant"]) if r["variant"] in names else len(names))
+            kept = [r for r in old["rows"] if r["variant"] not in done and r["variant"] in names]  # renamed: gone
+            rows = sorted(kept + rows, key=lambda r: names.index(r["variant"]))
             result["rows"] = rows
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
