@@ -41,6 +41,9 @@ class CalibrationConfig:
     seed: int = field(default=0, metadata={"help": "random seed for sampling"})
 
     def __post_init__(self) -> None:
+        from .config import _check_types
+
+        _check_types(self)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.seq_len < 1:

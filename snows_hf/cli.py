@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     prune = sub.add_parser("prune", help="prune a model folder or Hub id and save the result")
-    prune.add_argument("model", metavar="MODEL", help="local model folder or Hugging Face Hub id")
-    prune.add_argument("--sparsity", required=True, help=_help(PruneConfig, "sparsity"))
+    prune.add_argument("model", metavar="MODEL", nargs="?", help="local model folder or Hugging Face Hub id "
+                       "(default: the recipe's model)")
+    prune.add_argument("--recipe", metavar="FILE|NAME",
+                       help="a recipe.yaml (of an earlier run, or your own) or a bundled recipe's name "
+                       "(snows-hf recipes); flags given here override its fields")
+    _add(prune, PruneConfig, "sparsity")
     _add(prune, PruneConfig, "method", choices=sorted(METHODS))
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
     _add(prune, PruneConfig, "allocation", choices=["uniform", "global"])
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
     prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="print the plan (blocks, modules, shapes, windows, calibration, HVPs, memory) and exit; "
+                       "reads no weights when it can and writes nothing")
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "max_memory", metavar="SIZES")
@@ -143,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (DIR itself included)")
     _common(convert)
     convert.set_defaults(func=cmd_convert)
+
+    recipes = sub.add_parser("recipes", help="list the bundled recipes (use one with prune --recipe NAME)")
+    recipes.add_argument("name", metavar="NAME", nargs="?", help="print this recipe in full")
+    _common(recipes)
+    recipes.set_defaults(func=cmd_recipes)
 
     demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
     demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
@@ -208,8 +220,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .distributed import start_processes
     from .export import check_output_dir
 
-    config = PruneConfig(**_split_fields(args, PruneConfig))
-    cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
+    config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
+    if args.dry_run:
+        return _dry_run(args, config, cal_cfg)
     device = resolve_device(config.device)  # an absent device fails before any loading
     output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
     check_output_dir(output_dir, args.overwrite)
@@ -240,6 +253,81 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise RuntimeError(f"{_one_line(exc)} (the finished blocks are kept in {checkpoint.folder}: "
                                "rerun with --resume to continue)") from exc
         raise
+
+
+def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple[Any, Any]:
+    """The run's ``PruneConfig`` and ``CalibrationConfig``: the recipe's, if any, with the
+    flags given on the command line on top (unset flags never override). Sets ``args.model``."""
+    from .recipe import load_recipe
+
+    prune_fields, data_fields = _split_fields(args, prune_cls), _split_fields(args, data_cls)
+    if args.recipe is None:
+        base_prune, base_data, model = None, None, None
+    else:
+        base_prune, base_data, model = load_recipe(args.recipe)
+    args.model = args.model or model
+    if args.model is None:
+        raise ValueError("MODEL is required (or a --recipe whose model: names one)")
+    if base_prune is None and "sparsity" not in prune_fields:
+        raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
+    prune = dataclasses.replace(base_prune, **prune_fields) if base_prune else prune_cls(**prune_fields)
+    data = dataclasses.replace(base_data, **data_fields) if base_data else data_cls(**data_fields)
+    return prune, data
+
+
+def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
+    """Print what ``prune`` would do: traced without weights (meta device) when the
+    family's code allows, else on the loaded weights. Writes nothing."""
+    from .calibration import _seq_len, random_calibration
+    from .loading import load_model
+    from .plan import empty_model, plan_run
+
+    model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
+    image = getattr(model, "main_input_name", "input_ids") == "pixel_values"
+    source = f"of {cal_cfg.dataset}" if cal_cfg.dataset else "of random inputs (no --dataset)"
+    size = f"{cal_cfg.num_samples} images" if image else f"{cal_cfg.num_samples} x {_seq_len(cal_cfg, model)} tokens"
+    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=None))
+    # Some mask code asks an all-ones attention mask for its values, which meta tensors
+    # cannot give: without one it is all ones anyway. Only then are the weights read.
+    bare = {k: v for k, v in example.items() if k != "attention_mask"}
+    plan = None
+    for inputs in (example, bare) if len(bare) < len(example) else (example,):
+        try:
+            plan = plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
+            break
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc).lower():
+                raise
+            reason = _one_line(exc)
+    if plan is None:
+        logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
+        model, _ = load_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        plan = plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
+    print(plan.format())
+    output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
+    print(f"\nwould save to {output_dir}")
+    print("dry run: nothing was loaded beyond the config" + ("" if plan.traced_on == "meta" else " and weights")
+          + ", nothing written")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """``snows-hf recipes [NAME]``: the bundled recipes, one line each, or one in full."""
+    from .recipe import bundled_recipes, load_recipe, recipe_summary, resolve_recipe
+
+    if args.name:
+        print(resolve_recipe(args.name).read_text(), end="")
+        return 0
+    recipes = bundled_recipes()
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        prune, _, model = load_recipe(path)
+        print(f"{name:<{width}}  {prune.pattern.label:>4}  {model}")
+        summary = recipe_summary(path)
+        print(f"    {summary if len(summary) <= 92 else summary[:89] + '...'}")
+    print("\nrun one:  snows-hf prune --recipe NAME [flags that override its fields]")
+    print("show one: snows-hf recipes NAME")
+    return 0
 
 
 def checkpoint_dir(output_dir: str) -> str:

@@ -45,6 +45,31 @@ def load_model(
     Example:
         >>> model, tokenizer = load_model("path/to/llama")  # doctest: +SKIP
     """
+    _, cls, target = load_model_config(source, trust_remote_code=trust_remote_code)
+    path = os.path.expanduser(source)
+    is_local = os.path.isdir(path)
+    pickles = _pickle_only(path) if is_local and not allow_pickle else []
+    if pickles:
+        raise ValueError(
+            f"{source!r} holds only pickle weights ({', '.join(pickles)}); pickles can run code when "
+            "loaded: pass --allow-pickle to read them anyway (weights only), or convert them to safetensors"
+        )
+    try:
+        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=None if allow_pickle else True, **placement)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
+        if not isinstance(exc, (OSError, ValueError, RuntimeError)) and "safetensor" not in type(exc).__name__.lower():
+            raise
+        hint = "; the file is corrupt or truncated: download or save it again" if "deserializ" in str(exc) else ""
+        raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}{hint}") from None
+    return model, load_processor(target, model)
+
+
+def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, type, str]:
+    """``(config, model class, where to load from)`` for ``source``, reading no weights.
+
+    The class comes from ``config.architectures`` (falling back to ``AutoModel``).
+    """
     import transformers
 
     path = os.path.expanduser(source)
@@ -69,21 +94,7 @@ def load_model(
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         cls = transformers.AutoModel
-    pickles = _pickle_only(path) if is_local and not allow_pickle else []
-    if pickles:
-        raise ValueError(
-            f"{source!r} holds only pickle weights ({', '.join(pickles)}); pickles can run code when "
-            "loaded: pass --allow-pickle to read them anyway (weights only), or convert them to safetensors"
-        )
-    try:
-        model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code,
-                                    use_safetensors=None if allow_pickle else True, **placement)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
-        if not isinstance(exc, (OSError, ValueError, RuntimeError)) and "safetensor" not in type(exc).__name__.lower():
-            raise
-        hint = "; the file is corrupt or truncated: download or save it again" if "deserializ" in str(exc) else ""
-        raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}{hint}") from None
-    return model, load_processor(target, model)
+    return config, cls, target
 
 
 def _pickle_only(path: str) -> list[str]:

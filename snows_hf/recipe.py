@@ -35,16 +35,23 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[
 
 
 def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
-    """``(PruneConfig, CalibrationConfig or None, model or None)`` from a recipe file.
+    """``(PruneConfig, CalibrationConfig or None, model or None)`` from a recipe file or
+    the name of a bundled recipe (``snows-hf recipes`` lists them).
+
+    Every key is checked: an unknown one or a value of the wrong type is an error that
+    names its path in the file (``prune.k_step``).
 
     Example:
-        >>> prune, data, model = load_recipe("vit-2of4/recipe.yaml")  # doctest: +SKIP
+        >>> prune, data, model = load_recipe("smollm2-135m-2of4")
+        >>> prune.sparsity, model
+        ('2:4', 'HuggingFaceTB/SmolLM2-135M')
     """
     import yaml
 
     from .calibration import CalibrationConfig
     from .config import PruneConfig
 
+    path = resolve_recipe(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as err:
@@ -55,17 +62,62 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
         raise ValueError(f"recipe {str(path)!r} needs a 'prune:' section")
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
-        raise ValueError(f"recipe {str(path)!r} has unknown sections: {', '.join(sorted(unknown))}")
+        raise ValueError(f"recipe {str(path)!r} has unknown sections: {', '.join(sorted(map(str, unknown)))}")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"recipe {str(path)!r}: model must be a Hub id or a folder (a string), got {model!r}")
     prune = _build(PruneConfig, raw["prune"], "prune", path)
     data = _build(CalibrationConfig, raw["data"], "data", path) if raw.get("data") is not None else None
-    return prune, data, raw.get("model")
+    return prune, data, model
 
 
 def _build(cls: type, values: Any, section: str, path: Any) -> Any:
     if not isinstance(values, dict):
         raise ValueError(f"recipe {str(path)!r}: '{section}:' must be a mapping")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    unknown = sorted(map(str, set(values) - names))
     if unknown:
-        raise ValueError(f"recipe {str(path)!r}: unknown {section} keys: {', '.join(sorted(unknown))}")
-    return cls(**values)
+        raise ValueError(f"recipe {str(path)!r}: unknown keys {', '.join(f'{section}.{k}' for k in unknown)}")
+    try:
+        return cls(**values)
+    except ValueError as err:
+        message = str(err)
+        # Errors of one field start with its name: give the key's whole path in the file.
+        if message.split(" ", 1)[0] in names:
+            message = f"{section}.{message}"
+        raise ValueError(f"recipe {str(path)!r}: {message}") from None
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """The recipes shipped with snows-hf, by name (file name without ``.yaml``).
+
+    Example:
+        >>> "vit-base-patch16-224-2of4" in bundled_recipes()
+        True
+    """
+    folder = Path(__file__).parent / "recipes"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file path, or the bundled recipe of that name when no such file exists."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    bundled = bundled_recipes()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)]
+    raise ValueError(f"no recipe file {str(name_or_path)!r} and no bundled recipe of that name "
+                     f"(snows-hf recipes lists them: {', '.join(bundled)})")
+
+
+def recipe_summary(path: Path) -> str:
+    """The first line of a recipe's leading comment (what it is for)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            if text:
+                return text
+        elif line.strip():
+            break
+    return ""

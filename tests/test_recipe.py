@@ -23,16 +23,16 @@ def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("prune: {sparsity: '2:4', k_stpe: 2}", "unknown prune keys: k_stpe"),
+    [("prune: {sparsity: '2:4', k_stpe: 2}", "unknown keys prune.k_stpe"),
      ("prune: {sparsity: '2:4'}\nextra: 1", "unknown sections: extra"),
      ("data: {}", "needs a 'prune:' section"),
      ("prune: [1, 2]", "must be a mapping"),
      ("prune: {sparsity: '2:4'\n", "not valid YAML"),
      ("prune: {sparsity: '5:4'}", "invalid sparsity"),
      ("prune: !!python/object:os.system {}", "not valid YAML"),
-     ("prune: {sparsity: '2:4', k_step: three}", "k_step must be an int, got 'three'"),
-     ("prune: {sparsity: '2:4', targets: 3}", "targets must be a list of regular expressions"),
-     ("prune: {sparsity: '2:4', diagnostics: 'no'}", "diagnostics must be a bool")],
+     ("prune: {sparsity: '2:4', k_step: three}", "prune.k_step must be an int, got 'three'"),
+     ("prune: {sparsity: '2:4', targets: 3}", "prune.targets must be a list of regular expressions"),
+     ("prune: {sparsity: '2:4', diagnostics: 'no'}", "prune.diagnostics must be a bool")],
 )
 def test_bad_recipes(tmp_path, text, message):
     path = tmp_path / "recipe.yaml"

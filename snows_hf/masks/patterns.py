@@ -44,6 +44,16 @@ class SparsityPattern:
             return f"{self.n}:{self.m}"
         return f"{self.fraction:g}"
 
+    @property
+    def label(self) -> str:
+        """How people write it: ``2:4`` or ``50%``.
+
+        Example:
+            >>> parse_sparsity("0.5").label, parse_sparsity("2:4").label
+            ('50%', '2:4')
+        """
+        return str(self) if self.is_nm else f"{self.fraction * 100:g}%"
+
 
 def parse_sparsity(spec: str | float | SparsityPattern) -> SparsityPattern:
     """Parse ``2:4``, ``4:8``, ``1:4`` (N:M) or ``0.5`` / ``50%`` (unstructured).
