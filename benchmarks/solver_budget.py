@@ -49,6 +49,8 @@ VARIANTS = [
      {**SPARSEGPT_MASK, "init": "mask", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
     ("SNOWS, SparseGPT mask, least-squares start, 2 x 5 PCG",
      {**SPARSEGPT_MASK, "init": "lsq", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
+    ("SNOWS, the defaults with the exact Hessian (not Gauss-Newton)",
+     {**SPARSEGPT_MASK, "init": "mask", "newton_steps": 2, "cg_iters": 5, "hessian": "exact", **JACOBI}),
 ]
 
 

@@ -60,7 +60,7 @@ _non_negative_int = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``snows-hf`` parser (``prune``, ``eval``, ``convert`` and ``demo`` subcommands)."""
+    """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
     from .config import INITS, PRECONDITIONERS, PruneConfig
     from .masks import SELECTORS
     from .methods import METHODS
@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(convert)
     convert.set_defaults(func=cmd_convert)
 
+    inspect = sub.add_parser("inspect", help="per-layer sparsity and pattern check, format, metadata and size of a folder")
+    inspect.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune (or any model folder)")
+    inspect.add_argument("--json", metavar="FILE", help="also write the findings to this JSON file")
+    inspect.add_argument("--allow-pickle", action="store_true",
+                         help="read pickle (.bin) weights when a folder has no safetensors (weights only; off by default)")
+    _common(inspect)
+    inspect.set_defaults(func=cmd_inspect)
+
     recipes = sub.add_parser("recipes", help="list the bundled recipes (use one with prune --recipe NAME)")
     recipes.add_argument("name", metavar="NAME", nargs="?", help="print this recipe in full")
     _common(recipes)
@@ -191,7 +199,10 @@ def _data_options(parser: argparse.ArgumentParser, dataset_required: bool = Fals
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="print only warnings, errors and the result")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", action="store_true", help="print only warnings, errors and the result")
+    noise.add_argument("--verbose", action="store_true", help="also print one line per pruned layer "
+                       "(window loss before and after, CG iterations, seconds)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
@@ -241,8 +252,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     placement = _placement(config, device, processes, output_dir)
 
     try:
-        with placement as load_options:
-            return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options, checkpoint)
+        with placement as load_options, _run_log() as log:
+            return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options, checkpoint, log)
     except KeyboardInterrupt:
         if checkpoint.exists and main:
             print(f"snows-hf: the finished blocks are kept in {checkpoint.folder}; "
@@ -311,6 +322,20 @@ def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``snows-hf inspect DIR``: exit 0 when every layer follows its pattern, 1 when one breaks it."""
+    import json
+    from pathlib import Path
+
+    from .inspection import inspect_folder
+
+    found = inspect_folder(args.model, allow_pickle=args.allow_pickle)
+    print(found.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(found) | {"valid": found.valid}, indent=2) + "\n")
+    return 0 if found.valid else 1
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     """``snows-hf recipes [NAME]``: the bundled recipes, one line each, or one in full."""
     from .recipe import bundled_recipes, load_recipe, recipe_summary, resolve_recipe
@@ -339,7 +364,7 @@ def checkpoint_dir(output_dir: str) -> str:
 
 
 def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
-                    load_options: dict[str, Any], checkpoint: Any) -> int:
+                    load_options: dict[str, Any], checkpoint: Any, log: _RunLog) -> int:
     from .api import prune_
     from .export import check_free_space, model_bytes, save_pruned
     from .loading import load_model
@@ -375,8 +400,9 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
     }
     with phases("save"):
         recipe = recipe_dict(config, cal_cfg, args.model)
+        logger.info("saving to %s", output_dir)
         save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe,
-                    save_format=args.save_format)
+                    save_format=args.save_format, extra_files={LOG_FILE: log.text()})
     checkpoint.remove()
     print(report.format_table(extra["evaluation"], phases.seconds))
     print(f"saved to {output_dir}")
@@ -573,12 +599,62 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _configure_logging(quiet: bool, debug: bool) -> None:
-    """Our own messages to stderr, one line each; other libraries keep their settings."""
-    handler = logging.StreamHandler()
+LOG_FILE = "snows-hf.log"
+
+
+class _RunLog(logging.Handler):
+    """Every record of a run, timestamped, kept in memory until the output is saved
+    (so a refused or failed run leaves no file behind)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+@contextlib.contextmanager
+def _run_log() -> Iterator[_RunLog]:
+    handler = _RunLog()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+class _Console(logging.Handler):
+    """stderr through ``tqdm.write``, so lines land above the progress bars, never through
+    them; per-layer lines (``snows_hf.layers``) only when ``verbose``."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "snows_hf.layers" and not self.verbose:
+            return
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging(quiet: bool, debug: bool, verbose: bool = False) -> None:
+    """Our own messages to stderr, one line each; other libraries keep their settings.
+    The logger itself passes everything from INFO up, so a log file gets it all."""
+    handler = _Console(verbose or debug)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "snows-hf: %(message)s"))
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
     if quiet:
         import transformers
@@ -612,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.quiet, args.debug)
+    _configure_logging(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
         with _sigterm_as_interrupt():
             return args.func(args)

@@ -99,6 +99,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
 def save_pruned(
     model: Any, report: PruneReport, path: str | os.PathLike, processor: Any = None, overwrite: bool = False,
     extra_report: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None, save_format: str = "dense",
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save a pruned model, its processor, ``report.json``, ``recipe.yaml`` and a model card
     (``README.md`` with its plot) atomically to ``path``.
@@ -108,6 +109,7 @@ def save_pruned(
     :func:`snows_hf.recipe.recipe_dict`) defaults to the run's pruning settings.
     ``save_format="compact"`` stores pruned weights as kept values plus codes
     (:mod:`snows_hf.compact_format`); ``from_pretrained`` reads both once ``snows_hf`` is imported.
+    ``extra_files`` maps file names to text written beside them (the CLI's ``snows-hf.log``).
 
     Example:
         >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
@@ -133,6 +135,8 @@ def save_pruned(
         from .card import write_card
 
         write_card(tmp, model, payload, save_format=save_format)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -31,13 +31,15 @@ def _quiet_hub_retries() -> Iterator[None]:
 
 
 def load_model(
-    source: str, *, dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False, **placement: Any
+    source: str, *, dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False,
+    processor: bool = True, **placement: Any
 ) -> tuple[Any, Any]:
     """Load ``source`` (local folder or Hub id) with the class its config names, plus its processor.
 
     The class comes from ``config.architectures`` (falling back to ``AutoModel``), so a
     classifier stays a classifier and a causal LM keeps its head. Returns
-    ``(model, processor)``; the processor is ``None`` when the folder has none.
+    ``(model, processor)``; the processor is ``None`` when the folder has none (or
+    ``processor=False``).
     ``placement`` goes to ``from_pretrained`` (``device_map``, ``max_memory``, ``offload_folder``).
     Only safetensors weights are read unless ``allow_pickle`` (then transformers reads
     ``.bin`` files with ``torch.load(weights_only=True)``).
@@ -62,7 +64,7 @@ def load_model(
             raise
         hint = "; the file is corrupt or truncated: download or save it again" if "deserializ" in str(exc) else ""
         raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}{hint}") from None
-    return model, load_processor(target, model)
+    return model, load_processor(target, model) if processor else None
 
 
 def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, type, str]:

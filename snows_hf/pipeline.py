@@ -32,6 +32,9 @@ from .methods import ModuleJob, get_method, input_features
 from .report import LayerReport, PruneReport
 
 logger = logging.getLogger(__name__)
+#: one line per pruned layer (loss before/after, CG iterations, seconds): the log file
+#: always has them, the terminal with ``--verbose``
+layer_logger = logging.getLogger("snows_hf.layers")
 
 
 class _StopForward(Exception):
@@ -285,14 +288,15 @@ def prune_blocks(
                 if config.allocation == "global" and not done:
                     targets.allocate(calls, method.mask_selector, space, processes, place)
                     report.timings["allocation"] = time.perf_counter() - start - report.timings["capture"]
-                bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not (progress and processes.is_main))
+                show = progress and processes.is_main
+                bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not show, dynamic_ncols=True)
                 for index in bar:
                     place.need(index)
                     stream = _BlockStream(blocks, index, calls, dense_calls)
                     if index < done:
                         _restore_block(stream, targets, checkpoint.block_weights(index))
                     else:
-                        _prune_block(stream, method, targets, report, shards)
+                        _prune_block(stream, method, targets, report, shards, show)
                     calls, dense_calls = stream.propagate(space)
                     if stream.non_finite:
                         _warn(report, f"block {index} outputs hold NaN/Inf in {stream.non_finite} of {len(calls)} "
@@ -356,10 +360,15 @@ class _Shards:
         self.batch_ids = processes.shard(range(num_batches))
 
 
-def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards: _Shards) -> None:
+def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards: _Shards, progress: bool = False) -> None:
+    from tqdm.auto import tqdm
+
     block, index = stream.block, stream.index
     stats_dtype = getattr(torch, targets.config.stats_dtype)
-    for rel_name, module in execution_order(block, targets.of(index), stream.calls[0]):
+    modules = execution_order(block, targets.of(index), stream.calls[0])
+    bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
+    for rel_name, module in bar:
+        bar.set_postfix_str(rel_name, refresh=False)
         t0 = time.perf_counter()
         name = targets.name(index, rel_name)
         layout = weight_layout(module)
@@ -388,6 +397,25 @@ def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards
                 diagnostics=diagnostics,
             )
         )
+        layer_logger.info(layer_line(report.layers[-1]))
+
+
+def layer_line(layer: LayerReport) -> str:
+    """One line on a pruned layer: sparsity, held-out window loss before and after the
+    re-fit, Newton steps and CG iterations, seconds.
+
+    Example:
+        >>> layer_line(LayerReport("h.0.fc", 0, [4, 8], "linear", 0.5, 1.25))
+        'h.0.fc: 50.0% sparse, 1.2 s'
+    """
+    m = layer.metrics
+    text = f"{layer.name}: {layer.sparsity:.1%} sparse"
+    if "heldout_loss_after" in m:
+        before, after = m.get("heldout_loss_masked", m["heldout_loss_before"]), m["heldout_loss_after"]
+        steps = m.get("newton_steps", 0)
+        text += (f", window loss {before:.3g} -> {after:.3g}, {steps} Newton step{'' if steps == 1 else 's'}, "
+                 f"CG {'+'.join(map(str, m.get('cg_iterations', []))) or '0'}")
+    return f"{text}, {layer.seconds:.1f} s"
 
 
 def _block_weights(targets: _Targets, index: int) -> dict[str, torch.Tensor]:

@@ -139,10 +139,11 @@ class _ExactGraph:
 class _GaussNewtonGraph:
     """Residual graphs of some batches plus the ``J^T u`` graph for the double-vjp trick.
 
-    With dummy ``u_k`` (requiring grad) the vjp ``t(u) = sum_k J_k^T u_k`` is built once
-    with ``create_graph=True``. As ``t`` is linear in ``u``, ``d/du_k [t(u) . v] = J_k v``
-    for any ``u``: one backward gives every ``J_k v``, a second backward through the
-    residual graph gives ``sum_k c_k J_k^T (J_k v)``.
+    With ``u_k`` (requiring grad) the vjp ``t(u) = sum_k J_k^T u_k`` is built once with
+    ``create_graph=True``. As ``t`` is linear in ``u``, ``d/du_k [t(u) . v] = J_k v`` for
+    any ``u``: one backward gives every ``J_k v``, a second backward through the residual
+    graph gives ``sum_k c_k J_k^T (J_k v)``. Taking ``u_k = c_k r_k`` makes ``t(u)`` the
+    loss gradient itself, so building the operator costs one backward, not two.
     """
 
     def __init__(
@@ -156,17 +157,18 @@ class _GaussNewtonGraph:
         residuals = [r for b in batches for r in residual_fn(w, b)]
         loss = batch_loss(residuals) * scale
         self.loss = loss.detach()
-        # The gradient costs one more backward: skipped when only products are wanted.
-        self.grad = _grad_or_zeros([loss], [w], [None])[0] if with_grad else None
         # Residuals that do not depend on w contribute nothing to J^T J.
         self.r = [r for r in residuals if r.requires_grad]
         # d/dr (scale * mean(r^2)) = 2 * scale / numel(r) * r, hence these weights.
         self.coef = [2.0 * scale / r.numel() for r in self.r]
-        self.u = [torch.zeros_like(r, requires_grad=True) for r in self.r]
+        # u_k starts at coef_k * r_k, so t(u) = sum_k J_k^T u_k *is* the gradient: the one
+        # backward that builds t gives it, and t stays linear in u for the products.
+        self.u = [(c * r.detach()).requires_grad_(True) for c, r in zip(self.coef, self.r)]
         self.w = w
         self.jtu = None
         if self.r:
             self.jtu = _grad_or_zeros(self.r, [w], self.u, create_graph=True)[0]
+        self.grad = (self.jtu.detach() if self.jtu is not None else torch.zeros_like(w)) if with_grad else None
 
     def hvp(self, v: Tensor, *, retain: bool) -> Tensor:
         if self.jtu is None or not self.jtu.requires_grad:

@@ -1,0 +1,126 @@
+"""``snows-hf inspect DIR``: what a pruned folder really holds.
+
+Loads the folder's model (either format: compact checkpoints decode through the
+quantizer snows-hf registers), and for every layer its ``config.json`` lists, measures
+the sparsity of the stored weight and checks the pattern itself: every group of M
+inputs keeps exactly N for N:M, the recorded share of zeros for unstructured layers.
+Folders without snows-hf metadata are inspected too: every Linear/Conv1D/Conv2d weight
+with zeros, checked against 2:4.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LayerCheck:
+    name: str
+    shape: tuple[int, ...]
+    sparsity: float
+    pattern: str
+    valid: bool
+
+
+@dataclass
+class Inspection:
+    folder: str
+    metadata: dict[str, Any] | None
+    files: dict[str, int]  #: file name -> bytes
+    layers: list[LayerCheck] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return all(layer.valid for layer in self.layers)
+
+    def format(self, max_layers: int = 60) -> str:
+        meta = self.metadata or {}
+        total = sum(self.files.values())
+        weights = sum(n for f, n in self.files.items() if f.endswith(".safetensors"))
+        lines = [f"{self.folder}"]
+        if meta:
+            settings = ", ".join(f"{k} {meta[k]}" for k in ("pattern", "method", "mask", "k_step", "format") if k in meta)
+            lines.append(f"written by {meta.get('tool', '?')}: {settings}")
+        else:
+            lines.append("no snows-hf metadata in config.json: checking every weight with zeros against 2:4")
+        lines.append(f"size on disk: {_mib(total)} in {len(self.files)} files, weights {_mib(weights)}")
+        lines += ["", f"{'layer':<58} {'shape':>12} {'sparsity':>8} {'pattern':>8}  ok", "-" * 94]
+        shown = self.layers if len(self.layers) <= max_layers else self.layers[: max_layers - 1]
+        for layer in shown:
+            name = layer.name if len(layer.name) <= 58 else "..." + layer.name[-55:]
+            shape = "x".join(map(str, layer.shape))
+            lines.append(f"{name:<58} {shape:>12} {layer.sparsity:>8.2%} {layer.pattern:>8}  {'yes' if layer.valid else 'NO'}")
+        if len(shown) < len(self.layers):
+            lines.append(f"... and {len(self.layers) - len(shown)} more layers")
+        bad = [layer.name for layer in self.layers if not layer.valid]
+        numel = sum(_numel(layer.shape) for layer in self.layers)
+        zeros = sum(layer.sparsity * _numel(layer.shape) for layer in self.layers)
+        lines += ["", f"{len(self.layers)} layers, {zeros / max(numel, 1):.2%} of their weights are zero; "
+                  + ("every layer follows its pattern" if not bad else f"{len(bad)} break their pattern: {', '.join(bad[:3])}")]
+        return "\n".join(lines)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _report_order(path: Path) -> dict[str, int]:
+    try:
+        report = json.loads((path / "report.json").read_text())
+        return {layer["name"]: i for i, layer in enumerate(report["layers"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def inspect_folder(folder: str | Path, allow_pickle: bool = False) -> Inspection:
+    """Measure and check every pruned layer of a saved folder.
+
+    Example:
+        >>> report = inspect_folder("vit-pruned-2of4")  # doctest: +SKIP
+        >>> report.valid  # doctest: +SKIP
+        True
+    """
+    from .adapters import weight_layout
+    from .loading import load_model
+    from .masks import parse_sparsity, satisfies, to_rows
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{str(folder)!r} is not a model folder (no config.json)")
+    config = json.loads((path / "config.json").read_text())
+    metadata = config.get("sparsity") if isinstance(config.get("sparsity"), dict) else None
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+    model, _ = load_model(str(path), dtype="auto", allow_pickle=allow_pickle, processor=False)
+    result = Inspection(str(folder), metadata, files)
+    if metadata:
+        target = parse_sparsity(metadata["pattern"])
+        layers = metadata.get("layers", {})
+        order = _report_order(path)  # execution order when the run's report is there
+        names = sorted(layers, key=lambda n: order.get(n, len(order)))
+        named = [(name, model.get_submodule(name)) for name in names]
+    else:
+        target, layers = parse_sparsity("2:4"), {}
+        named = [(n, m) for n, m in model.named_modules() if weight_layout(m) and bool((m.weight == 0).any())]
+    for name, module in named:
+        layout = weight_layout(module)
+        weight = module.weight.detach()
+        keep = to_rows(weight, layout) != 0
+        sparsity = 1.0 - float(keep.float().mean())
+        if target.is_nm:
+            pattern, valid = target.label, satisfies(keep, target)
+        else:
+            recorded = layers.get(name, target.fraction)
+            pattern = f"{recorded * 100:.4g}%"
+            valid = abs(sparsity - recorded) <= 1.0 / keep.numel() + 1e-6
+        result.layers.append(LayerCheck(name, tuple(weight.shape), sparsity, pattern, valid))
+    return result
