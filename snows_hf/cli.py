@@ -118,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
                        "read by from_pretrained after `import snows_hf` (default: dense)")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
-    prune.add_argument("--allow-pickle", action="store_true",
-                       help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
+    _allow_pickle(prune)
     _push_options(prune, "--push-to-hub", "after saving, push the output folder to this Hub repo (NAME or NAMESPACE/NAME)")
     _common(prune)
     prune.set_defaults(func=cmd_prune)
@@ -131,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
     evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
-    evaluation.add_argument("--allow-pickle", action="store_true",
-                            help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
+    _allow_pickle(evaluation)
     _common(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
@@ -154,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="per-layer sparsity and pattern check, format, metadata and size of a folder")
     inspect.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune (or any model folder)")
     inspect.add_argument("--json", metavar="FILE", help="also write the findings to this JSON file")
-    inspect.add_argument("--allow-pickle", action="store_true",
-                         help="read pickle (.bin) weights when a folder has no safetensors (weights only; off by default)")
+    _allow_pickle(inspect)
     _common(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
@@ -172,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _allow_pickle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
 
 
 def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None, repo_help: str = "") -> None:
