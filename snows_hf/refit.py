@@ -164,7 +164,7 @@ class SnowsMethod(Method):
                     init = start_name
             result = newton_refit(
                 start_weight, mask, residuals, [batches[i] for i in train], held_batches, self.newton_config(), shard,
-                preconditioner=preconditioner,
+                preconditioner=preconditioner, heldout_loss=lsq_loss if init == "lsq" else masked_loss,
             )
         self._remember_graphs(result, job.name)
         weight, numerics = _finite_weight(result, start_weight, weight * mask, init)

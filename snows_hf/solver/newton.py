@@ -192,6 +192,7 @@ def newton_refit(
     config: NewtonConfig = NewtonConfig(),
     shard: BatchShard = ONE_PROCESS,
     preconditioner: Optional[Tensor] = None,
+    heldout_loss: Optional[float] = None,
 ) -> NewtonResult:
     """Re-fit the on-mask entries of ``w0`` to minimise the window loss, by Newton-CG.
 
@@ -203,6 +204,8 @@ def newton_refit(
     ``shard`` spreads the batches over data-parallel processes (every sum is reduced, so
     all processes take identical steps); by default one process computes them all.
     ``preconditioner`` (positive, ``w0``'s shape) is the diagonal CG preconditions with.
+    ``heldout_loss`` is the held-out loss at ``w0 * mask`` when the caller has it already
+    (it must be exactly that: the line search compares against it).
 
     Example:
         >>> X, Y = torch.randn(64, 4), torch.randn(64, 3)
@@ -216,7 +219,7 @@ def newton_refit(
     start = time.perf_counter()
     with torch.enable_grad():
         loop = _NewtonLoop(residual_fn, mask.to(w0.device), train_batches, heldout_batches, config, shard, preconditioner)
-        res = loop.run(w0)
+        res = loop.run(w0, heldout_loss)
     res.seconds = time.perf_counter() - start
     return res
 
@@ -234,17 +237,24 @@ class _NewtonLoop:
         self.heldout = list(heldout_batches)
         self.config = config
         self.preconditioner: Optional[Tensor] = preconditioner
+        self.first_loss: Optional[float] = None  #: training loss of the first step's operator
 
-    def run(self, w0: Tensor) -> NewtonResult:
+    def run(self, w0: Tensor, heldout_loss: Optional[float] = None) -> NewtonResult:
         w = _project(w0.detach(), self.mask).clone()
-        train_before = _eval_loss(self.residual_fn, w, self.train, self.shard)
-        heldout = _eval_loss(self.residual_fn, w, self.heldout, self.shard)
+        heldout = _eval_loss(self.residual_fn, w, self.heldout, self.shard) if heldout_loss is None else heldout_loss
+        # The first step's operator sees every training batch at w0: its loss is the
+        # training loss before, with no forward of its own.
+        per_step = self.config.batches_per_step
+        first_sees_all = self.config.steps > 0 and (per_step is None or per_step >= len(self.train))
+        train_before = float("nan") if first_sees_all else _eval_loss(self.residual_fn, w, self.train, self.shard)
         res = NewtonResult(w, train_before, train_before, heldout, heldout, 0, 0)
-        if not (math.isfinite(train_before) and math.isfinite(heldout)):
+        if not math.isfinite(heldout) or not (first_sees_all or math.isfinite(train_before)):
             res.stop_reason = "non_finite_loss"
             return res
         for step in range(self.config.steps):
             w, heldout, stop = self.step(w, heldout, step, res)
+            if step == 0 and first_sees_all:
+                res.train_loss_before = res.train_loss_after = self.first_loss
             if stop is not None:
                 res.stop_reason = stop
                 break
@@ -272,6 +282,10 @@ class _NewtonLoop:
                 self.retries += op.retries
 
     def _solve(self, op: HessianOperator):
+        if self.first_loss is None:
+            self.first_loss = op.loss
+        if not math.isfinite(op.loss):
+            return "non_finite_loss"
         g = _project(op.grad, self.mask)
         if not bool(torch.isfinite(g).all()):
             return "non_finite_gradient"
