@@ -291,15 +291,15 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     """Print what ``prune`` would do: traced without weights (meta device) when the
     family's code allows, else on the loaded weights. Writes nothing."""
-    from .calibration import _seq_len, random_calibration
+    from .calibration import random_calibration
     from .loading import load_model
     from .plan import empty_model, plan_run
 
     model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
-    image = getattr(model, "main_input_name", "input_ids") == "pixel_values"
-    source = f"of {cal_cfg.dataset}" if cal_cfg.dataset else "of random inputs (no --dataset)"
-    size = f"{cal_cfg.num_samples} images" if image else f"{cal_cfg.num_samples} x {_seq_len(cal_cfg, model)} tokens"
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=None))
+    source = f"of {cal_cfg.dataset}" if cal_cfg.dataset else "of random inputs (no --dataset)"
+    ids = example.get("input_ids")
+    size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
     # Some mask code asks an all-ones attention mask for its values, which meta tensors
     # cannot give: without one it is all ones anyway. Only then are the weights read.
     bare = {k: v for k, v in example.items() if k != "attention_mask"}

@@ -8,7 +8,7 @@ from typing import Any
 
 from .masks import parse_sparsity
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 PRECONDITIONERS = ("input-energy", "none")
 INITS = ("auto", "lsq", "mask")
 
@@ -46,7 +46,8 @@ def _field(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class PruneConfig:
-    """Settings of one pruning run (``config_version`` 1).
+    """Settings of one pruning run (``config_version`` 2; a version-1 recipe is read with
+    what its keys meant then).
 
     Example:
         >>> cfg = PruneConfig(sparsity="2:4", method="magnitude")

@@ -4,8 +4,9 @@ Loads the folder's model (either format: compact checkpoints decode through the
 quantizer snows-hf registers), and for every layer its ``config.json`` lists, measures
 the sparsity of the stored weight and checks the pattern itself: every group of M
 inputs keeps exactly N for N:M, the recorded share of zeros for unstructured layers.
-Folders without snows-hf metadata are inspected too: every Linear/Conv1D/Conv2d weight
-with zeros, checked against 2:4.
+Stored zeros only count: a kept weight that is itself zero is allowed (at most N per
+group). Folders without snows-hf metadata are inspected too: every Linear/Conv1D/Conv2d
+weight with zeros and which of 4:8, 2:4, 1:4 its zeros follow, with nothing to fail.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+NM_PATTERNS = ("4:8", "2:4", "1:4")  #: checked on folders without metadata, the loosest first
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Inspection:
             settings = ", ".join(f"{k} {meta[k]}" for k in ("pattern", "method", "mask", "k_step", "format") if k in meta)
             lines.append(f"written by {meta.get('tool', '?')}: {settings}")
         else:
-            lines.append("no snows-hf metadata in config.json: checking every weight with zeros against 2:4")
+            lines.append("no snows-hf metadata: weights with zeros and the N:M pattern they follow (nothing to check)")
         lines.append(f"size on disk: {_mib(total)} in {len(self.files)} files, weights {_mib(weights)}")
         lines += ["", f"{'layer':<58} {'shape':>12} {'sparsity':>8} {'pattern':>8}  ok", "-" * 94]
         shown = self.layers if len(self.layers) <= max_layers else self.layers[: max_layers - 1]
@@ -109,18 +113,21 @@ def inspect_folder(folder: str | Path, allow_pickle: bool = False) -> Inspection
         names = sorted(layers, key=lambda n: order.get(n, len(order)))
         named = [(name, model.get_submodule(name)) for name in names]
     else:
-        target, layers = parse_sparsity("2:4"), {}
+        target, layers = None, {}
         named = [(n, m) for n, m in model.named_modules() if weight_layout(m) and bool((m.weight == 0).any())]
     for name, module in named:
         layout = weight_layout(module)
         weight = module.weight.detach()
-        keep = to_rows(weight, layout) != 0
-        sparsity = 1.0 - float(keep.float().mean())
-        if target.is_nm:
-            pattern, valid = target.label, satisfies(keep, target)
+        nonzero = to_rows(weight, layout) != 0  # a kept weight may be zero itself: "at most" N per group
+        sparsity = 1.0 - float(nonzero.float().mean())
+        if target is None:  # nothing recorded: say which N:M patterns the zeros happen to follow
+            held = [spec for spec in NM_PATTERNS if satisfies(nonzero, parse_sparsity(spec), at_most=True)]
+            pattern, valid = (held[-1] if held else "-"), True
+        elif target.is_nm:
+            pattern, valid = target.label, satisfies(nonzero, target, at_most=True)
         else:
             recorded = layers.get(name, target.fraction)
             pattern = f"{recorded * 100:.4g}%"
-            valid = abs(sparsity - recorded) <= 1.0 / keep.numel() + 1e-6
+            valid = sparsity >= recorded - 1.0 / nonzero.numel() - 1e-6
         result.layers.append(LayerCheck(name, tuple(weight.shape), sparsity, pattern, valid))
     return result

@@ -51,10 +51,12 @@ class RunPlan:
     micro_batches: int
     heldout_batches: int
     modules: list[ModulePlan] = field(default_factory=list)
-    block_activation_bytes: int = 0  #: one block's inputs for every calibration sample
+    block_activation_bytes: int = 0  #: one block's inputs for every calibration sample, per stream
     traced_on: str = "meta"
     newton_steps: int = 0
     cg_iters: int = 0
+    streams: int = 1  #: 2 when SNOWS's targets come from a second, dense activation stream
+    graph_batches: int = 0  #: micro-batches whose graphs a Newton step keeps (its curvature batches)
 
     @property
     def max_hvps(self) -> int:
@@ -63,10 +65,10 @@ class RunPlan:
 
     @property
     def window_graph_bytes(self) -> int:
-        """The largest window's activations over the training micro-batches, whose graphs
-        CG keeps (about what a window holds on the device beyond the weights)."""
-        train_samples = max(0, self.num_samples - self.heldout_batches * self.batch_size)
-        return max((m.window_bytes for m in self.modules), default=0) * train_samples
+        """The largest window's activations over the micro-batches whose graphs a Newton
+        step keeps for CG (all training ones, or ``batches_per_step`` / ``hessian_batches``):
+        about what a window holds on the device beyond the weights and activations."""
+        return max((m.window_bytes for m in self.modules), default=0) * self.graph_batches * self.batch_size
 
     def format(self) -> str:
         """The plan as the terminal shows it (fits in 100 columns)."""
@@ -93,7 +95,8 @@ class RunPlan:
             lines.append(f"{_clip(m.name, 44):<44} {shape:>12} {m.pattern:>8} {len(m.window) - 1:>2}  {_clip(last, 27)}")
         lines += [
             "",
-            f"one block's inputs, all {self.num_samples} samples: {_size(self.block_activation_bytes)}",
+            f"one block's inputs, all {self.num_samples} samples: {_size(self.block_activation_bytes * self.streams)}"
+            + (" (pruned and dense streams)" if self.streams == 2 else ""),
         ]
         if self.method == "snows":
             lines.append(f"largest window's kept graphs (estimate): {_size(self.window_graph_bytes)}")
@@ -172,6 +175,8 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
         batch_size=config.batch_size, micro_batches=micro, heldout_batches=len(held),
         traced_on="meta" if device.type == "meta" else "weights",
         newton_steps=config.newton_steps, cg_iters=config.cg_iters,
+        streams=2 if config.method == "snows" and config.target == "dense-stream" else 1,
+        graph_batches=min(micro - len(held), config.batches_per_step or micro, config.hessian_batches or micro),
     )
     with torch.no_grad():
         (call,) = capture_block_inputs(model, blocks.modules[0], [example], device)

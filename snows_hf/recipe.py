@@ -66,9 +66,23 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {str(path)!r}: model must be a Hub id or a folder (a string), got {model!r}")
-    prune = _build(PruneConfig, raw["prune"], "prune", path)
+    prune = _build(PruneConfig, _upgrade(raw["prune"]), "prune", path)
     data = _build(CalibrationConfig, raw["data"], "data", path) if raw.get("data") is not None else None
     return prune, data, model
+
+
+# What version 1 of the settings meant by a key it did not have (or had another default
+# for): a recipe written then keeps producing the same weights.
+_V1_DEFAULTS = {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10}
+
+
+def _upgrade(values: Any) -> Any:
+    """Fill the keys a recipe of an older ``config_version`` lacks with that version's meaning."""
+    if not isinstance(values, dict) or values.get("config_version") != 1:
+        return values
+    from .config import CONFIG_VERSION
+
+    return {**_V1_DEFAULTS, **values, "config_version": CONFIG_VERSION}
 
 
 def _build(cls: type, values: Any, section: str, path: Any) -> Any:

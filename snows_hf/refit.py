@@ -34,6 +34,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .masks import apply_selector, from_rows, get_selector, to_rows
+from .masks.selectors import row_input_sq
 from .methods import Method, MethodResult, ModuleJob, register_method
 from .solver import NewtonConfig, newton_refit, window_loss
 from .solver.lsq import masked_lstsq
@@ -129,20 +130,14 @@ class SnowsMethod(Method):
         # the masked dense weight, or the selector's own update of it (SparseGPT's OBS step)
         start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
         start_name = cfg.mask if selector.updates_weights else "mask"
-        lsq_weight = preconditioner = None
+        lsq_weight = None
         use_lsq = cfg.init == "lsq" or (cfg.init == "auto" and not selector.updates_weights)
-        if job.layout in ("linear", "conv1d") and (use_lsq or cfg.preconditioner != "none"):
-            local = [job.local_index(i) for i in train if job.processes.owns(i)]
-            if use_lsq:
-                gram, cross = self._grams(job, local)
-                finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
-                if finite:
-                    lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape)
-                energy = gram.diagonal()
-            else:
-                energy = self._input_energy(job, local)
-            if cfg.preconditioner == "input-energy" and bool(torch.isfinite(energy).all()):
-                preconditioner = self._preconditioner(energy, rows, job, weight)
+        if use_lsq and job.layout in ("linear", "conv1d"):
+            gram, cross = self._grams(job, [job.local_index(i) for i in train if job.processes.owns(i)])
+            finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
+            if finite:
+                lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape)
+        preconditioner = self._preconditioner(job, rows, weight) if cfg.preconditioner == "input-energy" else None
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
             targets = self._targets(job, runner, window)
@@ -199,27 +194,20 @@ class SnowsMethod(Method):
             self._max_graphs = result.graph_batches
 
     @staticmethod
-    def _preconditioner(energy: torch.Tensor, rows: torch.Tensor, job: ModuleJob, weight: torch.Tensor) -> torch.Tensor:
-        """CG's diagonal: weight ``(j, i)`` scaled by the energy of input feature ``i``.
+    def _preconditioner(job: ModuleJob, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """CG's diagonal: weight ``(j, i)`` scaled by the energy of the input feature it
+        multiplies (per kernel position for Conv2d), the diagonal of the layer's ``X^T X``.
 
-        For K=0 the window Hessian of each row is ``X^T X`` itself, so this is its exact
-        diagonal; downstream operations mostly rescale rows, which the diagonal of the
-        inputs' Gram leaves to CG. Features that are never active get the mean energy.
+        For K=0 that is the exact diagonal of each row's window Hessian; downstream
+        operations mostly rescale rows, which the diagonal leaves to CG. Features never
+        active get the mean energy; non-finite statistics give no preconditioner.
         """
-        energy = energy.float()
-        floor = 1e-6 * float(energy.mean().clamp(min=1e-30))
-        energy = torch.where(energy > floor, energy, energy.mean().clamp(min=1e-30))
-        return from_rows(energy.expand(rows.shape[0], -1), job.layout, weight.shape).to(weight.device)
-
-    @torch.no_grad()
-    def _input_energy(self, job: ModuleJob, train: list[int]) -> torch.Tensor:
-        """``diag(X^T X)``: each input feature's energy over the training calls, all processes."""
-        features = job.weight_rows().shape[1]
-        dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
-        energy = torch.zeros(features, dtype=dtype, device=job.module.weight.device)
-        for x in job.module_inputs(train):
-            energy += x.to(dtype).pow(2).sum(0)
-        return job.processes.sum(energy)
+        energy = row_input_sq(rows, job.input_stats(("input_sq",)))  # the selectors' statistics, cached
+        if not bool(torch.isfinite(energy).all()):
+            return None
+        mean = energy.mean().clamp(min=1e-30)
+        energy = torch.where(energy > 1e-6 * mean, energy, mean)
+        return from_rows(energy, job.layout, weight.shape).to(weight.device)
 
     @torch.no_grad()
     def _grams(self, job: ModuleJob, train: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ def test_verbose_prints_a_line_per_layer_and_the_log_file_keeps_them(llama_dir, 
 def test_default_shows_progress_but_no_layer_lines_quiet_shows_neither(llama_dir, capsys):
     assert main(["prune", str(llama_dir), *RUN, "--output-dir", "d"]) == 0
     err = capsys.readouterr().err
-    assert "window loss" not in err and "blocks" in err  # the tqdm bar over blocks
+    assert "window loss" not in err and "blocks: 100%" in err  # the tqdm bar over blocks
     assert Path("d/snows-hf.log").read_text().count("snows_hf.layers") == 14  # the log has them anyway
     assert main(["prune", str(llama_dir), *RUN, "--output-dir", "q", "--quiet"]) == 0
     err = capsys.readouterr().err
@@ -61,6 +61,10 @@ def test_inspect_checks_every_layer_and_catches_a_broken_group(llama_dir, capsys
         return
     weights = load_file("out/model.safetensors")
     name = "model.layers.1.mlp.up_proj.weight"
+    weights[name][0, :4] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a kept weight that is zero itself: still 2:4
+    save_file(weights, "out/model.safetensors", metadata={"format": "pt"})
+    assert main(["inspect", "out"]) == 0
+    capsys.readouterr()
     weights[name][0, :4] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # one group of four keeps all four
     save_file(weights, "out/model.safetensors", metadata={"format": "pt"})
     assert main(["inspect", "out"]) == 1
@@ -72,6 +76,19 @@ def test_inspect_a_plain_model_folder_and_bad_folders(llama_dir, capsys, tmp_pat
     assert main(["inspect", str(llama_dir)]) == 0
     out = capsys.readouterr().out
     assert "no snows-hf metadata" in out and "0 layers" in out
+    # a plain (dense) folder whose weights happen to hold zeros: reported, never failed
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[:, 1::2] = 0  # 1:2 zeros: 2:4 and 4:8 hold, 1:4 not
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = 0  # one zero: no N:M pattern
+    model.save_pretrained(tmp_path / "plain")
+    assert main(["inspect", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr().out
+    up = next(line for line in out.splitlines() if line.startswith("model.layers.0.mlp.up_proj"))
+    down = next(line for line in out.splitlines() if line.startswith("model.layers.0.mlp.down_proj"))
+    assert "50.00%" in up and " 2:4  yes" in up and " -  yes" in down and "2 layers" in out
     assert main(["inspect", "nowhere"]) == 1
     err = capsys.readouterr().err
     assert "not a model folder" in err and len(err.strip().splitlines()) == 1

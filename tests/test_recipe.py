@@ -39,3 +39,19 @@ def test_bad_recipes(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_recipe(path)
+
+
+def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
+    """Defaults changed in version 2 (SparseGPT mask and start, preconditioned CG, 5 CG
+    iterations): a recipe written by a version-1 run still describes that run."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
+    prune, _, _ = load_recipe(path)
+    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("magnitude", "lsq", 10, "none")
+    assert prune.k_step == 2 and prune.config_version == 2
+    path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
+    prune, _, _ = load_recipe(path)
+    assert (prune.mask, prune.cg_iters, prune.preconditioner) == ("wanda", 7, "none")
+    path.write_text("prune: {sparsity: '2:4'}\n")  # hand-written, no version: today's defaults
+    prune, _, _ = load_recipe(path)
+    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")

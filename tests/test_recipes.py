@@ -66,6 +66,16 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
     assert "8 micro-batches of 4, 1 held out" in out
     assert f"at most {14 * 3 * 4}" in out  # modules x Newton steps x CG iterations
     assert "32 x 16 tokens of random inputs" in out
+    # 32 samples x 16 tokens x hidden 32 x 4 bytes = 64 KiB per stream, two streams (pruned and dense)
+    assert "one block's inputs, all 32 samples: 128.0 KiB (pruned and dense streams)" in out
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--dry-run", "--num-samples", "32", "--seq-len", "16",
+                 "--batch-size", "4", "--hessian-batches", "1"]) == 0
+    one = capsys.readouterr().out
+    graphs = lambda text: next(line for line in text.splitlines() if "kept graphs" in line).split(": ")[1]
+    assert graphs(one) != graphs(out)  # curvature on 1 micro-batch of 7 holds a seventh of the graphs
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--dry-run", "--method", "none"]) == 0
+    plain = capsys.readouterr().out
+    assert "kept graphs" not in plain and "Hessian-vector" not in plain and "streams" not in plain
 
 
 def _prune(argv, tmp_path):

@@ -240,6 +240,12 @@ def test_start_and_preconditioner_follow_the_mask_and_the_layout(monkeypatch, ki
     report = snows_hf.prune_(make(), _snows(k_step=1, newton_steps=1), _inputs("llama"))
     assert {layer.metrics["init"] for layer in report.layers} == {"sparsegpt"}
     assert len(seen) == len(report.layers)
+    if kind == "llama":  # q_proj of block 0 reads RMSNorm(embeddings): its energy, feature by feature
+        dense = make()
+        with torch.no_grad():
+            x = dense.model.layers[0].input_layernorm(dense.model.embed_tokens(_inputs("llama")["input_ids"]))
+        assert report.layers[0].name.endswith("layers.0.self_attn.q_proj")
+        assert torch.allclose(seen[0][0], x.pow(2).sum((0, 1)), rtol=1e-4)
     for layer, pre in zip(report.layers, seen):
         weight = make().get_submodule(layer.name).weight
         assert pre is not None and pre.shape == weight.shape and bool((pre > 0).all()), layer.name

@@ -375,6 +375,59 @@ def test_hessian_batches_take_turns_and_keep_newton_exact_on_quadratics():
     assert min(seen.count(0), seen.count(1)) > max(seen.count(2), seen.count(3)) + 2  # ... 0, 1 in products
 
 
+def test_curvature_batches_take_turns_across_steps():
+    """hessian_batches=2 of three distinct batches: step 0's products run on batches 0
+    and 1, step 1's on batches 2 and 0 (each product re-runs its batches' forwards, as
+    keep_graphs is off); every step's gradient still sees all three."""
+    g = torch.Generator().manual_seed(14)
+    X = torch.randn(90, 6, generator=g, dtype=DT)
+    Y = X @ torch.randn(6, 3, generator=g, dtype=DT) + 0.1 * torch.randn(90, 3, generator=g, dtype=DT)
+    train = [(X[i : i + 30], Y[i : i + 30]) for i in (0, 30)] + [(X[60:80], Y[60:80])]
+    held = [(X[80:], Y[80:])]
+    mask = torch.rand(3, 6, generator=g) > 0.4
+    calls = []
+
+    def spy(w, b):
+        calls.append(next((i for i, t in enumerate(train) if t is b), -1))
+        return [b[0] @ w.T - b[1]]
+
+    cfg = NewtonConfig(steps=2, damping=1e-6, cg_iters=6, cg_rtol=1e-12, hessian_batches=2, keep_graphs=False)
+    res = newton_refit(torch.zeros(3, 6, dtype=DT), mask, spy, train, held, cfg)
+    assert res.steps_accepted == 2 and res.cg_iterations[0] >= 3 and res.cg_iterations[1] >= 3
+    step0, step1 = res.cg_iterations
+    # per batch: one gradient pass per step (2) + the loss after (1) + one forward per product of its steps
+    assert calls.count(0) == 3 + step0 + step1
+    assert calls.count(1) == 3 + step0 and calls.count(2) == 3 + step1
+
+
+def test_training_loss_before_comes_from_the_first_operator_and_heldout_loss_from_the_caller():
+    residual_fn, W, batches = make_window(seed=15, n_batches=4)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(16)) > 0.5
+    train, held = batches[:3], batches[3:]
+    cfg = NewtonConfig(steps=2, cg_iters=20)
+    res = newton_refit(W, mask, residual_fn, train, held, cfg)
+    start = W * mask
+    assert res.train_loss_before == pytest.approx(float(window_loss(residual_fn, start, train)), rel=1e-12)
+    assert res.heldout_loss_before == pytest.approx(float(window_loss(residual_fn, start, held)), rel=1e-12)
+    seen = {"without": [], "given": []}
+
+    def spy(key):
+        def fn(w, b):
+            seen[key].append(id(b))
+            return residual_fn(w, b)
+        return fn
+
+    again = newton_refit(W, mask, spy("without"), train, held, cfg)
+    given = newton_refit(W, mask, spy("given"), train, held, cfg, heldout_loss=res.heldout_loss_before)
+    assert torch.equal(given.weight, res.weight) and torch.equal(again.weight, res.weight)
+    assert seen["without"].count(id(held[0])) == seen["given"].count(id(held[0])) + 1  # no start forward
+    assert seen["without"].count(id(train[0])) == 3  # first operator, second operator, the loss after: no extra
+    lied = newton_refit(W, mask, residual_fn, train, held, cfg, heldout_loss=0.0)  # "already perfect"
+    assert lied.stop_reason == "line_search_failed" and lied.steps_accepted == 0
+    assert newton_refit(W, mask, residual_fn, train, held, NewtonConfig(steps=0)).train_loss_before == pytest.approx(
+        res.train_loss_before, rel=1e-12)
+
+
 # 5. K=0 SNOWS = per-row least squares on the support
 
 

@@ -71,25 +71,31 @@ def select_topk(scores: torch.Tensor, pattern: SparsityPattern, per_row: bool = 
     return mask
 
 
-def satisfies(mask: torch.Tensor, pattern: SparsityPattern) -> bool:
+def satisfies(mask: torch.Tensor, pattern: SparsityPattern, at_most: bool = False) -> bool:
     """True when a 2-D ``(rows, inputs)`` keep-mask follows ``pattern`` exactly.
 
     N:M: every full group of M consecutive inputs keeps exactly N (a trailing partial
     group keeps :func:`nm_keep_count`). Unstructured: the zero count is the rounded target.
+    ``at_most=True`` accepts fewer kept entries (the non-zeros of stored weights, where a
+    kept weight may itself be zero): at most N per group, at least the target's zeros.
 
     Example:
         >>> from snows_hf.masks import parse_sparsity
         >>> satisfies(torch.tensor([[True, False, False, True]]), parse_sparsity("2:4"))
         True
+        >>> satisfies(torch.tensor([[True, False, False, False]]), parse_sparsity("2:4"), at_most=True)
+        True
     """
+    ok = torch.Tensor.le if at_most else torch.Tensor.eq
     rows, cols = mask.shape
     if not pattern.is_nm:
-        return int((~mask).sum()) == int(round(pattern.fraction * mask.numel()))
+        return int(round(pattern.fraction * mask.numel())) <= int((~mask).sum()) if at_most else \
+            int((~mask).sum()) == int(round(pattern.fraction * mask.numel()))
     full = cols - cols % pattern.m
     counts = mask[:, :full].reshape(rows, -1, pattern.m).sum(-1)
-    if not bool((counts == pattern.n).all()):
+    if not bool(ok(counts, pattern.n).all()):
         return False
     if full < cols:
         tail = mask[:, full:].sum(-1)
-        return bool((tail == nm_keep_count(cols - full, pattern)).all())
+        return bool(ok(tail, nm_keep_count(cols - full, pattern)).all())
     return True

@@ -101,6 +101,9 @@ def masked_cg(
         inverse = _project(1.0 / preconditioner.detach().to(device=b.device, dtype=work), mask)
         if not bool(torch.isfinite(inverse).all() and (inverse > 0).eq(mask.to(b.device)).all()):
             raise ValueError("preconditioner must be positive and finite on the mask")
+        # CG does not care about M's scale, but the negative-curvature fallback M^-1 P b
+        # does: a mean of 1 on the support keeps that step on b's own scale.
+        inverse = inverse * (mask.sum() / inverse.sum()).clamp(max=1e30)
 
     def precondition(v: Tensor) -> Tensor:
         return v if preconditioner is None else v * inverse

@@ -250,16 +250,15 @@ class HessianOperator:
         self._graph = None
         self._closed = False
         self.retries = 0  #: out-of-memory errors recovered from
+        # Gradient-only batches first, one at a time and before any graph is kept: they
+        # hold nothing afterwards, so an out-of-memory error there is not the graphs' fault.
+        rest = [self._batch_loss_and_grad(b) for b in shard.local(gradient_batches)]
         loss, grad = self._retrying(self._loss_and_grad)
-        rest = shard.local(gradient_batches)
         if gradient_batches:
             # Back from the products' mean over ``batches`` to sums, then the mean over all.
             total = len(batches) + len(gradient_batches)
-            loss, grad = loss * len(batches), grad * len(batches)
-            for b in rest:
-                extra_loss, extra_grad = self._retrying(lambda: self._batch_loss_and_grad(b))
-                loss, grad = loss + extra_loss, grad + extra_grad
-            loss, grad = loss / total, grad / total
+            loss = (loss * len(batches) + sum(r[0] for r in rest)) / total
+            grad = (grad * len(batches) + sum(r[1] for r in rest)) / total
         self.loss: float = float(shard.reduce(loss.detach()))
         self.grad: Tensor = shard.reduce(grad)
 
@@ -308,8 +307,9 @@ class HessianOperator:
 
     def _batch_loss_and_grad(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Loss and gradient of one batch, its graph freed at once."""
-        loss = _total([batch_loss(self.residual_fn(self._w, batch))], self._w)
-        return loss.detach(), _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
+        with torch.enable_grad():
+            loss = _total([batch_loss(self.residual_fn(self._w, batch))], self._w)
+            return loss.detach(), _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
 
     def __call__(self, v: Tensor) -> Tensor:
         """Hessian of the mean loss times ``v`` (same shape as ``w``)."""
