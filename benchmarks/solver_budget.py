@@ -34,23 +34,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 SPARSEGPT_MASK = {"mask": "sparsegpt"}
 PLAIN, JACOBI = {"preconditioner": "none"}, {"preconditioner": "input-energy"}
+UPDATE = {"mask": "sparsegpt", "init": "mask"}  # SparseGPT's mask, its own update as the start
 VARIANTS = [
     ("SparseGPT (mask + update)", {"method": "none", "mask": "sparsegpt"}),
-    ("SNOWS, magnitude mask, 2 steps x 10 CG", {"mask": "magnitude", "newton_steps": 2, "cg_iters": 10, **PLAIN}),
+    ("SNOWS, magnitude mask, least-squares start, 2 x 10 CG", {"mask": "magnitude", "init": "lsq", "newton_steps": 2,
+                                                               "cg_iters": 10, **PLAIN}),
     ("SNOWS, SparseGPT mask, K=0 least-squares start only", {**SPARSEGPT_MASK, "init": "lsq", "newton_steps": 0}),
-    ("SNOWS, SparseGPT mask, 2 x 10 CG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 10, **PLAIN}),
-    ("SNOWS, SparseGPT mask, 2 x 10 PCG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 10, **JACOBI}),
-    ("SNOWS, SparseGPT mask, 2 x 5 PCG", {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 5, **JACOBI}),
-    ("SNOWS, SparseGPT mask, 1 x 10 PCG", {**SPARSEGPT_MASK, "newton_steps": 1, "cg_iters": 10, **JACOBI}),
-    ("SNOWS, SparseGPT mask, 1 x 5 PCG", {**SPARSEGPT_MASK, "newton_steps": 1, "cg_iters": 5, **JACOBI}),
-    ("SNOWS, SparseGPT mask, 2 x 5 PCG, Hessian on 1 micro-batch",
-     {**SPARSEGPT_MASK, "newton_steps": 2, "cg_iters": 5, "hessian_batches": 1, **JACOBI}),
+    ("SNOWS, SparseGPT mask + update start, 2 x 10 CG", {**UPDATE, "newton_steps": 2, "cg_iters": 10, **PLAIN}),
+    ("SNOWS, SparseGPT mask + update start, 2 x 10 PCG", {**UPDATE, "newton_steps": 2, "cg_iters": 10, **JACOBI}),
     ("SNOWS, SparseGPT mask + update start, 2 x 5 PCG (the defaults)",
-     {**SPARSEGPT_MASK, "init": "mask", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
+     {**UPDATE, "newton_steps": 2, "cg_iters": 5, **JACOBI}),
+    ("SNOWS, SparseGPT mask + update start, 1 x 10 PCG", {**UPDATE, "newton_steps": 1, "cg_iters": 10, **JACOBI}),
+    ("SNOWS, SparseGPT mask + update start, 1 x 5 PCG", {**UPDATE, "newton_steps": 1, "cg_iters": 5, **JACOBI}),
+    ("SNOWS, SparseGPT mask + update start, 2 x 5 PCG, Hessian on 1 micro-batch",
+     {**UPDATE, "newton_steps": 2, "cg_iters": 5, "hessian_batches": 1, **JACOBI}),
     ("SNOWS, SparseGPT mask, least-squares start, 2 x 5 PCG",
      {**SPARSEGPT_MASK, "init": "lsq", "newton_steps": 2, "cg_iters": 5, **JACOBI}),
     ("SNOWS, the defaults with the exact Hessian (not Gauss-Newton)",
-     {**SPARSEGPT_MASK, "init": "mask", "newton_steps": 2, "cg_iters": 5, "hessian": "exact", **JACOBI}),
+     {**UPDATE, "newton_steps": 2, "cg_iters": 5, "hessian": "exact", **JACOBI}),
 ]
 
 
