@@ -83,7 +83,8 @@ def quality_table(model: str, results: dict) -> list[str]:
 
 def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
     """Each goal of the benchmarks, with the figures and whether they meet it."""
-    lines = ["**Goals**, checked against the figures above:", ""]
+    lines = ["**Goals**, checked against the figures above (times on a shared 2-core machine: compare them "
+             "within a table, where one run measured them):", ""]
     for model in ("vit", "resnet"):
         results = quality.get(model)
         if not results:
@@ -118,9 +119,11 @@ def budget_table(budget: dict) -> list[str]:
     lines = [
         f"**Solver budget** (SmolLM2-135M, first {budget['blocks']} blocks, {budget['sparsity']}, "
         f"{budget['num_samples']} x {budget['seq_len']} tokens; output error = relative squared error of the last "
-        f"hidden state on {budget['eval_samples']} held-out sequences): `python benchmarks/solver_budget.py`",
+        f"hidden state on {budget['eval_samples']} held-out sequences; the selector's weight is SparseGPT's own update "
+        f"or the masked weight, before any re-fit): `python benchmarks/solver_budget.py`",
         "",
-        "| variant | output error | window loss / mask alone | HVPs | seconds | x SparseGPT |",
+        "| variant | output error | held-out window loss after / with the selector's weight | HVPs | seconds "
+        "| x SparseGPT |",
         "|---|---|---|---|---|---|",
     ]
     base = next((r["seconds"] for r in budget["rows"] if r["config"].get("method") == "none"), None)

@@ -15,7 +15,8 @@ model with the same data, one after another in one process:
 Accuracy is the relative error ``||h - h_dense||^2 / ||h_dense||^2`` of the truncated
 model's last hidden state on ``--eval-samples`` held-out BBC sequences (never seen in
 calibration), and the mean over modules of the held-out window loss after the re-fit
-divided by that of the mask alone. Writes ``benchmarks/results/solver_budget.json``.
+divided by that with the mask selector's weight before any re-fit (SparseGPT's own update,
+or the masked weight). Writes ``benchmarks/results/solver_budget.json``.
 
     python benchmarks/solver_budget.py [--blocks 2] [--num-samples 16] [--seq-len 512]
 """
@@ -122,12 +123,12 @@ def main() -> None:
     base = next((r["seconds"] for r in rows if r["config"].get("method") == "none"), None)
     print(f"\nSmolLM2-135M, first {args.blocks} blocks, {args.sparsity}, {args.num_samples} x {args.seq_len} tokens "
           f"(micro-batch 4), {len(held)} held-out sequences, 2 CPU threads")
-    head = f"{'variant':<50} {'output error':>12} {'window loss / mask':>18} {'HVPs':>5} {'seconds':>8} {'x SparseGPT':>11}"
+    head = f"{'variant':<50} {'output error':>12} {'loss after/selector':>20} {'HVPs':>5} {'seconds':>8} {'x SparseGPT':>11}"
     print(head + "\n" + "-" * len(head))
     for r in rows:
         loss = "" if r["window_loss_vs_mask"] is None else f"{r['window_loss_vs_mask']:.4f}"
         times = "" if base is None else f"{r['seconds'] / base:.1f}"
-        print(f"{r['variant']:<50} {r['output_error']:>12.5f} {loss:>18} {r['hessian_vector_products']:>5} "
+        print(f"{r['variant']:<50} {r['output_error']:>12.5f} {loss:>20} {r['hessian_vector_products']:>5} "
               f"{r['seconds']:>8.1f} {times:>11}")
 
 
