@@ -161,7 +161,7 @@ def test_diagnostics_in_report_and_warning_when_magnitude_drops_importance(caplo
                          "input_variance_spread", "dead_inputs"}
     assert diag["importance_removed_magnitude"] > 2 * diag["importance_removed_hessian"]
     assert diag["input_variance_spread"] > 100 and diag["jaccard"] < 0.5
-    assert "consider --mask hessian" in caplog.text
+    assert "--mask sparsegpt (the default) or hessian avoids this" in caplog.text
     assert report.to_dict()["layers"][0]["diagnostics"] == diag
 
 
