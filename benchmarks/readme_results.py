@@ -105,6 +105,10 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
                 snows, sgpt = (_drop(results, rows[(spec, m)]) for m in ("snows-k3", "sparsegpt"))
                 lines.append(f"- SmolLM2 {spec}: perplexity increase SNOWS {snows:+.2f} vs SparseGPT {sgpt:+.2f} "
                              f"(goal: below): **{'met' if snows < sgpt else 'not met'}**")
+                seconds = [rows[(spec, m)]["seconds"] for m in ("snows-k3", "sparsegpt")]
+                lines.append(f"- whole SmolLM2 at {spec}: SNOWS {seconds[0]:.0f} s vs SparseGPT {seconds[1]:.0f} s "
+                             f"= {seconds[0] / seconds[1]:.1f}x (goal at most 10x): "
+                             f"**{'met' if seconds[0] <= 10 * seconds[1] else 'not met'}**")
     if speed:
         ratio = speed["snows_seconds"] / speed["sparsegpt_seconds"]
         hvp = speed["hvp_over_forward_backward"]
@@ -120,7 +124,8 @@ def budget_table(budget: dict) -> list[str]:
         f"**Solver budget** (SmolLM2-135M, first {budget['blocks']} blocks, {budget['sparsity']}, "
         f"{budget['num_samples']} x {budget['seq_len']} tokens; output error = relative squared error of the last "
         f"hidden state on {budget['eval_samples']} held-out sequences; the selector's weight is SparseGPT's own update "
-        f"or the masked weight, before any re-fit): `python benchmarks/solver_budget.py`",
+        f"or the masked weight, before any re-fit; seconds from two runs of the command on a shared machine, the "
+        f"errors are what to compare): `python benchmarks/solver_budget.py`",
         "",
         "| variant | output error | held-out window loss after / with the selector's weight | HVPs | seconds "
         "| x SparseGPT |",
