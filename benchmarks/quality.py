@@ -100,18 +100,11 @@ class TextModel(Model):
     seq_len = 256
     eval_samples = 128
 
-    def _prepared(self, model, tokenizer, num_samples: int, label_column=None):
-        from smollm2_bbc import bbc_jsonl
-        from snows_hf.calibration import CalibrationConfig, load_dataset_split
-        from snows_hf.data import prepare_data
-
-        cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=self.seq_len,
-                                label_column=label_column)
-        return prepare_data(load_dataset_split(cfg), cfg, model, tokenizer, eval_samples=self.eval_samples)
-
     def data(self, num_samples: int):
+        from smollm2_bbc import bbc_data
+
         model, tokenizer = self.load(with_tokenizer=True)
-        prepared = self._prepared(model, tokenizer, num_samples, self.label_column)
+        prepared = bbc_data(model, tokenizer, num_samples, self.seq_len, self.eval_samples, self.label_column)
         return prepared.calibration, prepared.evaluation
 
     def dense_outputs(self, model, held):

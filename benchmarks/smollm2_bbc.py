@@ -54,12 +54,14 @@ def truncated_smollm2(blocks: int):
     return model, tokenizer
 
 
-def bbc_data(model, tokenizer, num_samples: int, seq_len: int, eval_samples: int = 0):
-    """Calibration sequences of BBC News and the held-out ones after them (``PreparedData``)."""
+def bbc_data(model, tokenizer, num_samples: int, seq_len: int, eval_samples: int = 0, label_column=None):
+    """Calibration sequences of BBC News and the held-out ones after them (``PreparedData``);
+    ``label_column="category"`` labels the held-out articles by topic."""
     from snows_hf.calibration import CalibrationConfig, load_dataset_split
     from snows_hf.data import prepare_data
 
-    cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=seq_len)
+    cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=seq_len,
+                            label_column=label_column)
     return prepare_data(load_dataset_split(cfg), cfg, model, tokenizer, eval_samples=eval_samples)
 
 
