@@ -252,7 +252,7 @@ class HessianOperator:
         self.retries = 0  #: out-of-memory errors recovered from
         # Gradient-only batches first, one at a time and before any graph is kept: they
         # hold nothing afterwards, so an out-of-memory error there is not the graphs' fault.
-        rest = [self._batch_loss_and_grad(b) for b in shard.local(gradient_batches)]
+        rest = [self._summed_loss_and_grad([b]) for b in shard.local(gradient_batches)]
         loss, grad = self._retrying(self._loss_and_grad)
         if gradient_batches:
             # Back from the products' mean over ``batches`` to sums, then the mean over all.
@@ -298,17 +298,13 @@ class HessianOperator:
         if self.keeps_graphs:
             self._graph = _GRAPHS[self.kind](self.residual_fn, self._w, self.local, self.scale)
             return self._graph.loss, self._graph.grad
-        loss_sum, grad_sum = self._w.new_zeros(()), torch.zeros_like(self._w)
-        for chunk in self._chunks():
-            loss = _total([batch_loss(self.residual_fn(self._w, b)) for b in chunk], self._w) * self.scale
-            grad_sum += _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
-            loss_sum += loss.detach()
-        return loss_sum, grad_sum
+        parts = [self._summed_loss_and_grad(chunk, self.scale) for chunk in self._chunks()]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
-    def _batch_loss_and_grad(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """Loss and gradient of one batch, its graph freed at once."""
+    def _summed_loss_and_grad(self, batches: Sequence[Any], scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``scale`` x the summed loss of ``batches`` and its gradient, the graph freed at once."""
         with torch.enable_grad():
-            loss = _total([batch_loss(self.residual_fn(self._w, batch))], self._w)
+            loss = _total([batch_loss(self.residual_fn(self._w, b)) for b in batches], self._w) * scale
             return loss.detach(), _grad_or_zeros([loss], [self._w], [None], retain_graph=False)[0]
 
     def __call__(self, v: Tensor) -> Tensor:
