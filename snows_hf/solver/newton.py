@@ -275,6 +275,8 @@ class _NewtonLoop:
             self.residual_fn, w, curvature, cfg.hessian, keep_graphs=cfg.keep_graphs, max_graphs=self.max_graphs,
             shard=self.shard, gradient_batches=[b for b in batches if id(b) not in chosen],
         ) as op:
+            if self.first_loss is None:
+                self.first_loss = op.loss
             try:
                 return self._solve(op)
             finally:
@@ -282,8 +284,6 @@ class _NewtonLoop:
                 self.retries += op.retries
 
     def _solve(self, op: HessianOperator):
-        if self.first_loss is None:
-            self.first_loss = op.loss
         if not math.isfinite(op.loss):
             return "non_finite_loss"
         g = _project(op.grad, self.mask)
