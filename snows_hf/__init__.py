@@ -21,6 +21,8 @@ _EXPORTS = {
     "LayerReport": "report",
     "parse_sparsity": "masks",
     "SparsityPattern": "masks",
+    "sparse_inference_": "sparse_inference",
+    "SparseInferenceReport": "sparse_inference",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PruneConfig
     from .masks import SparsityPattern, parse_sparsity
     from .report import LayerReport, PruneReport
+    from .sparse_inference import SparseInferenceReport, sparse_inference_
 
 
 def _register_compact_format_when_transformers_loads() -> None:

@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
     _data_options(evaluation, dataset_required=True)
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
+    _add(evaluation, PruneConfig, "device")
+    evaluation.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                            help="precision to run in (default auto: the checkpoint's own; with --sparse-inference "
+                                 "on a GPU, bfloat16 for float32 checkpoints)")
+    evaluation.add_argument("--sparse-inference", action="store_true",
+                            help="run MODEL's 2:4 Linear layers on PyTorch's sparse GPU kernels (cuSPARSELt or CUTLASS; "
+                                 "NVIDIA GPUs of compute capability 8.0+), print which were converted and why others "
+                                 "were not, and report throughput; elsewhere the model runs unchanged")
     evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     _allow_pickle(evaluation)
@@ -456,30 +464,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .calibration import CalibrationConfig
+    from .devices import resolve_device, semi_structured_support
     from .loading import load_model
     from .report import format_metrics
 
     cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
     batch_size = getattr(args, "batch_size", 8)
-    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    device = resolve_device(getattr(args, "device", "auto"))  # an absent device fails before any loading
+    options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+    model, processor = load_model(args.model, dtype=args.dtype, **options)
     processor = _processor(args, model, processor)
     _check_seq_len(args, model)
     data = _prepare(cal_cfg, model, processor, evaluate=True)
     if data.evaluation is None:
         raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
-    evaluation = _Evaluation(data.evaluation, batch_size)
-    if args.reference:
-        reference, _ = load_model(args.reference, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-        evaluation.run("dense", reference)
+    dtype = _eval_dtype(args, model, device, semi_structured_support(device) is None)
+    evaluation = _Evaluation(data.evaluation, batch_size, timed=True)
+    if args.reference:  # first, alone on the device, in the same precision as MODEL
+        reference, _ = load_model(args.reference, dtype=args.dtype, processor=False, **options)
+        evaluation.run("dense", reference.to(device=device, dtype=dtype))
         del reference
+    model.to(device=device, dtype=dtype)
+    sparse = None
+    if args.sparse_inference:
+        from .sparse_inference import sparse_inference_
+
+        sparse = sparse_inference_(model)
+        print(sparse.format())
     evaluation.run("pruned" if args.reference else "model", model)
-    figures = evaluation.figures() | {"data": data.source, "model": args.model, "reference": args.reference}
+    figures = evaluation.figures() | {"data": data.source, "model_path": args.model, "reference_path": args.reference,
+                                      "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+    if sparse is not None:
+        figures["sparse_inference"] = sparse.to_dict()
     print(format_metrics(figures, columns=("dense", "pruned") if args.reference else ("model",),
                          headers=("reference", "model") if args.reference else ("model",)))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
     return 0
+
+
+def _eval_dtype(args: argparse.Namespace, model: Any, device: Any, kernels: bool) -> Any:
+    """The precision ``eval`` runs in: ``--dtype``, else the checkpoint's, except that
+    ``--sparse-inference`` on a GPU with 2:4 kernels runs float32 checkpoints in bfloat16
+    (the kernels' precision, and float16's range problems avoided)."""
+    import torch
+
+    dtype = model.dtype
+    if args.sparse_inference and args.dtype == "auto" and kernels and dtype == torch.float32:
+        logger.info("--sparse-inference: running the float32 checkpoint in bfloat16, the precision of the 2:4 "
+                    "kernels (--dtype float16 or float32 to choose otherwise)")
+        return torch.bfloat16
+    return dtype
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -531,17 +567,22 @@ class _Phases:
 class _Evaluation:
     """Dense and pruned figures on the same held-out samples."""
 
-    def __init__(self, eval_set: Any, batch_size: int) -> None:
-        self.eval_set, self.batch_size = eval_set, batch_size
+    def __init__(self, eval_set: Any, batch_size: int, timed: bool = False) -> None:
+        self.eval_set, self.batch_size, self.timed = eval_set, batch_size, timed
         self.outputs: dict[str, Any] = {}
         self.metrics: dict[str, dict[str, float]] = {}
 
     def run(self, label: str, model: Any) -> None:
-        from .evaluation import compute_metrics, model_outputs
+        from .evaluation import compute_metrics, model_outputs, throughput
 
-        outputs = model_outputs(model, self.eval_set, self.batch_size)
+        if self.timed:
+            outputs, per_second = throughput(model, self.eval_set, self.batch_size)
+        else:
+            outputs, per_second = model_outputs(model, self.eval_set, self.batch_size), None
         reference = self.outputs.get("dense")
         self.metrics[label] = compute_metrics(self.eval_set, outputs, reference)
+        if per_second is not None:
+            self.metrics[label]["samples_per_second"] = per_second
         self.outputs[label] = outputs
 
     def figures(self) -> dict[str, Any]:

@@ -34,3 +34,69 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         if device.index is not None and hasattr(backend, "device_count") and device.index >= backend.device_count():
             raise ValueError(f"device {spec!r} does not exist: this machine has {backend.device_count()}")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU), so wall times are real.
+
+    Example:
+        >>> synchronize(torch.device("cpu"))
+    """
+    if device.type == "cpu":
+        return
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        accelerator.synchronize(device)
+    elif hasattr(getattr(torch, device.type, None), "synchronize"):
+        getattr(torch, device.type).synchronize(device)
+
+
+SPARSE_TENSOR_CORES = (8, 0)  #: the first compute capability with 2:4 sparse tensor cores (Ampere)
+
+
+def semi_structured_support(device: torch.device) -> str | None:
+    """Why 2:4 sparse kernels cannot run on ``device``, or ``None`` when they can.
+
+    PyTorch's semi-structured sparse tensors run on NVIDIA GPUs of compute capability
+    8.0 or newer (A100, A10, L4, RTX 30xx, H100, H200, ...).
+
+    Example:
+        >>> semi_structured_support(torch.device("cpu"))
+        'on cpu: 2:4 sparse kernels run on NVIDIA GPUs of compute capability 8.0 or newer'
+    """
+    needs = "2:4 sparse kernels run on NVIDIA GPUs of compute capability {}.{} or newer".format(*SPARSE_TENSOR_CORES)
+    if device.type == "meta":
+        return "weights offloaded (on the meta device): only weights that live on the GPU can be converted"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"on {device.type}: {needs}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < SPARSE_TENSOR_CORES:
+        name = torch.cuda.get_device_name(device)
+        return f"on {name} (compute capability {capability[0]}.{capability[1]}): {needs}"
+    return None
+
+
+def semi_structured_backends() -> list[str]:
+    """PyTorch's 2:4 kernel back ends usable in this build, the preferred one first.
+
+    cuSPARSELt (when this torch ships it) is the default of
+    ``torch.sparse.to_sparse_semi_structured``; CUTLASS is its fallback.
+
+    Example:
+        >>> semi_structured_backends()[-1]
+        'cutlass'
+    """
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    return (["cusparselt"] if cusparselt is not None and cusparselt.is_available() else []) + ["cutlass"]
+
+
+def device_label(device: torch.device) -> str:
+    """A short human name for ``device``: the GPU's model name where there is one.
+
+    Example:
+        >>> device_label(torch.device("cpu"))
+        'cpu'
+    """
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return str(device)

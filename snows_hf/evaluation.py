@@ -28,17 +28,41 @@ def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, 
         >>> outs = model_outputs(model, data.evaluation)  # doctest: +SKIP
     """
     device = next(model.parameters()).device
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
     try:
         for i in range(0, len(eval_set), batch_size):
-            batch = {k: v[i : i + batch_size].to(device) for k, v in eval_set.inputs.items()}
+            batch = {k: v[i : i + batch_size].to(device, dtype=dtype if v.is_floating_point() else v.dtype)
+                     for k, v in eval_set.inputs.items()}
             for key, value in _batch_outputs(model, eval_set.task, batch).items():
                 chunks.setdefault(key, []).append(value.float().cpu())
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def throughput(model: Any, eval_set: Any, batch_size: int = 16) -> tuple[dict[str, torch.Tensor], float]:
+    """:func:`model_outputs` and the samples per second it ran at, after one warm-up batch
+    (first-call set-up, such as kernel selection, is not the model's speed).
+
+    Example:
+        >>> outs, per_second = throughput(model, data.evaluation)  # doctest: +SKIP
+    """
+    import dataclasses
+    import time
+
+    from .devices import synchronize
+
+    device = next(model.parameters()).device
+    warm_up = dataclasses.replace(eval_set, inputs={k: v[:batch_size] for k, v in eval_set.inputs.items()}, labels=None)
+    model_outputs(model, warm_up, batch_size)
+    synchronize(device)
+    start = time.perf_counter()
+    outputs = model_outputs(model, eval_set, batch_size)
+    synchronize(device)
+    return outputs, len(eval_set) / max(time.perf_counter() - start, 1e-9)
 
 
 def _batch_outputs(model: Any, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

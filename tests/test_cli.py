@@ -208,6 +208,8 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--label-column", "nope"], "label column 'nope' not in the dataset", id="missing-label-column"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--eval-samples", "0"], "--eval-samples: must be an integer >= 1", id="eval-samples-0"),
     pytest.param(["eval", "{vit}", "--dataset", "imgs", "--num-samples", "6"], "no held-out samples are left", id="eval-nothing-left"),
+    pytest.param(["eval", "{vit}", "--dataset", "imgs", "--sparse-inference", "--device", "cuda:7"], "device 'cuda:7'", id="eval-absent-device"),
+    pytest.param(["eval", "{vit}", "--dataset", "imgs", "--dtype", "float8"], "argument --dtype: invalid choice: 'float8'", id="eval-bad-dtype"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--processor", "./nowhere"], "holds no tokenizer or image processor", id="bad-processor"),
 ] + [
     pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")

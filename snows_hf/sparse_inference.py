@@ -1,0 +1,293 @@
+"""Run 2:4 models on GPU sparse kernels: ``sparse_inference_(model)``.
+
+A 2:4 weight only saves time once its matmul runs on the sparse tensor cores. PyTorch
+core ships the kernels as semi-structured sparse tensors (cuSPARSELt and CUTLASS back
+ends): an ``nn.Linear`` whose weight is swapped for one computes ``F.linear`` with them.
+This module decides which layers can take the swap (a pure plan, testable anywhere),
+performs it, checks each converted layer against its dense self on a random probe, and
+says what it did and why the other layers stayed dense.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .devices import device_label, semi_structured_backends, semi_structured_support
+
+logger = logging.getLogger(__name__)
+
+_BACKEND_CLASSES = {  #: back end name -> torch.sparse class that implements it
+    "cusparselt": "SparseSemiStructuredTensorCUSPARSELT",
+    "cutlass": "SparseSemiStructuredTensorCUTLASS",
+}
+_PROBE_ROWS = 64  #: inputs of the per-layer check (a multiple of every back end's padding)
+_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float32: 1e-2}  #: float32 runs as TF32
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    """One 2:4 kernel back end: what it accepts and how it compresses a weight.
+
+    ``shapes`` maps each weight dtype with a sparse matmul to the ``(rows, cols)`` both
+    sides of the weight must be multiples of; ``compress`` turns a dense 2:4 CUDA weight
+    into the sparse tensor ``F.linear`` dispatches to the kernels; ``support`` says why a
+    device cannot run them (``None`` when it can).
+    """
+
+    name: str
+    shapes: Mapping[torch.dtype, tuple[int, int]]
+    compress: Callable[[torch.Tensor], torch.Tensor]
+    support: Callable[[torch.device], str | None] = semi_structured_support
+
+
+def kernel_backend(name: str = "auto") -> KernelBackend:
+    """PyTorch's cuSPARSELt or CUTLASS back end (``auto``: cuSPARSELt where this torch has it).
+
+    Shape and dtype limits come from torch's own tables, so they follow the installed
+    version. Integer and float8 weights are left out: models hold no such ``nn.Linear``
+    weights, and torch has no plain matmul for float8 ones.
+
+    Example:
+        >>> kernel_backend("cutlass").shapes[torch.float16]
+        (32, 64)
+    """
+    available = semi_structured_backends()
+    if name == "auto":
+        name = available[0]
+    if name not in _BACKEND_CLASSES:
+        raise ValueError(f"unknown 2:4 kernel back end {name!r}; use auto, {', '.join(_BACKEND_CLASSES)}")
+    if name not in available:
+        raise ValueError(f"this torch build has no {name} kernels; use {' or '.join(available)}")
+    cls = getattr(torch.sparse, _BACKEND_CLASSES[name], None)
+    table = getattr(cls, "_DTYPE_SHAPE_CONSTRAINTS", None)
+    if cls is None or table is None:
+        raise ValueError(f"torch {torch.__version__} has no semi-structured sparse tensors; install torch>=2.1")
+    shapes = {dtype: (c.sparse_min_rows, c.sparse_min_cols) for dtype, c in table.items()
+              if dtype.is_floating_point and dtype.itemsize >= 2}
+    return KernelBackend(name, shapes, cls.from_dense)
+
+
+@dataclass
+class LayerDecision:
+    """One layer: converted (``reason`` empty) or kept dense, and why."""
+
+    name: str
+    kind: str  #: the module's class name
+    shape: tuple[int, ...]
+    dtype: str
+    reason: str = ""
+    detail: str = ""  #: the layer's own figure behind the reason (share of dense groups, error, ...)
+
+    @property
+    def converted(self) -> bool:
+        return not self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
+                "converted": self.converted, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class SparseInferenceReport:
+    """What :func:`sparse_inference_` did: every ``nn.Linear`` (and every other 2:4 layer)."""
+
+    backend: str | None
+    device: str
+    layers: list[LayerDecision] = field(default_factory=list)
+    message: str = ""  #: set when nothing could be converted at all, and why
+
+    @property
+    def converted(self) -> list[LayerDecision]:
+        return [layer for layer in self.layers if layer.converted]
+
+    def format(self, max_names: int = 3) -> str:
+        """A short summary: how many layers run on the kernels, and why the others do not.
+
+        Example:
+            >>> print(SparseInferenceReport("cusparselt", "cpu", [LayerDecision("fc", "Linear", (64, 64), "float16")]).format())
+            2:4 sparse inference (cusparselt on cpu): 1 of 1 Linear layers converted (100.0% of their weights)
+        """
+        linear = [layer for layer in self.layers if layer.reason != _NOT_LINEAR]
+        numel = sum(math.prod(layer.shape) for layer in linear)
+        done = sum(math.prod(layer.shape) for layer in self.converted)
+        where = f"{self.backend} on {self.device}" if self.backend else self.device
+        lines = [f"2:4 sparse inference ({where}): {len(self.converted)} of {len(linear)} Linear layers converted"
+                 f" ({done / max(numel, 1):.1%} of their weights)"]
+        if self.message:
+            lines.append(self.message)
+        groups: dict[str, list[LayerDecision]] = {}
+        for layer in self.layers:
+            if layer.reason:
+                groups.setdefault(layer.reason, []).append(layer)
+        for reason, members in groups.items():
+            names = ", ".join(_describe(m) for m in members[:max_names])
+            more = f" and {len(members) - max_names} more" if len(members) > max_names else ""
+            lines.append(f"  kept dense, {reason}: {len(members)} layer{'s' if len(members) > 1 else ''} ({names}{more})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "device": self.device, "message": self.message,
+                "converted": len(self.converted), "layers": [layer.to_dict() for layer in self.layers]}
+
+
+_NOT_2_4 = "not 2:4"
+_NO_KERNELS = "on {}, which has no 2:4 kernels"
+_NOT_LINEAR = "2:4 but not an nn.Linear (the kernels serve Linear layers only)"
+
+
+def _describe(layer: LayerDecision) -> str:
+    shape = "x".join(map(str, layer.shape))
+    extra = f", {layer.detail}" if layer.detail else ""
+    return f"{layer.name or '<model>'} {shape} {layer.dtype}{extra}"
+
+
+def _dense_groups(rows: torch.Tensor) -> float:
+    """Share of full 4-input groups of a ``(rows, inputs)`` weight with more than 2 non-zeros."""
+    full = rows.shape[1] - rows.shape[1] % 4
+    if full == 0:
+        return 1.0
+    counts = (rows[:, :full] != 0).reshape(-1, 4).sum(-1)
+    return float((counts > 2).float().mean())
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    """ids of parameters that more than one module holds (tied embeddings and heads)."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
+def plan_sparse_inference(
+    model: nn.Module, backend: KernelBackend, filter_fn: Callable[[nn.Module, str], bool] | None = None
+) -> list[LayerDecision]:
+    """Which layers of ``model`` can run on ``backend``'s 2:4 kernels, and why the others cannot.
+
+    Every ``nn.Linear`` gets a decision, checked in this order: picked by ``filter_fn``
+    (``(module, name) -> bool``, as in torchao's ``quantize_``), 2:4 (at most 2 non-zeros
+    in every group of 4 consecutive inputs: a kept weight may itself be zero), its own
+    weight (not tied to another module's), a dtype the back end has a matmul for, both
+    sides multiples of the back end's tile, a device the kernels run on. Conv1D and
+    Conv2d layers whose weights are 2:4 are listed too, as kept dense. Nothing is changed.
+
+    Example:
+        >>> decisions = plan_sparse_inference(model, kernel_backend())  # doctest: +SKIP
+        >>> [d.name for d in decisions if d.converted]  # doctest: +SKIP
+        ['encoder.layer.0.attention.attention.query', ...]
+    """
+    from .adapters import weight_layout
+    from .masks import to_rows
+
+    shared = _shared_weights(model)
+    decisions = []
+    for name, module in model.named_modules():
+        layout = weight_layout(module)
+        if layout is None:
+            continue
+        weight = module.weight
+        decision = LayerDecision(name, type(module).__name__, tuple(weight.shape), str(weight.dtype).replace("torch.", ""))
+        on_meta = weight.device.type == "meta"
+        if layout != "linear":
+            if not on_meta and _dense_groups(to_rows(weight.detach(), layout)) == 0.0:
+                decision.reason = _NOT_LINEAR
+                decisions.append(decision)
+            continue
+        decision.reason, decision.detail = _linear_reason(module, name, backend, filter_fn, id(weight) in shared)
+        decisions.append(decision)
+    return decisions
+
+
+def _linear_reason(module: nn.Module, name: str, backend: KernelBackend,
+                   filter_fn: Callable[[nn.Module, str], bool] | None, shared: bool) -> tuple[str, str]:
+    weight = module.weight
+    if filter_fn is not None and not filter_fn(module, name):
+        return "left out by filter_fn", ""
+    if weight.device.type == "meta":  # offloaded by accelerate: the kernels need the weight on the GPU
+        return semi_structured_support(weight.device) or "", ""
+    dense = _dense_groups(weight.detach())
+    if dense > 0.0:
+        return _NOT_2_4, "dense" if dense == 1.0 else f"{dense:.1%} of groups keep more than 2"
+    if shared:
+        return "weight tied to another module (converting it would break the other)", ""
+    if weight.dtype not in backend.shapes:
+        kinds = "/".join(str(d).replace("torch.", "") for d in backend.shapes)
+        return f"dtype: {backend.name} kernels take {kinds} weights (load the model in bfloat16 or float16)", ""
+    rows, cols = backend.shapes[weight.dtype]
+    out_features, in_features = weight.shape
+    if out_features % rows or in_features % cols:
+        return f"shape: {backend.name} needs out x in features in multiples of {rows} x {cols}", ""
+    if backend.support(weight.device):
+        return _NO_KERNELS.format(weight.device), ""
+    return "", ""
+
+
+@torch.no_grad()
+def _convert(module: nn.Module, backend: KernelBackend, verify: bool) -> tuple[str, str]:
+    """Swap ``module.weight`` for its sparse form; ``(reason, detail)`` when it stays dense."""
+    weight = module.weight.detach().contiguous()
+    try:
+        sparse = backend.compress(weight)
+        if verify:
+            generator = torch.Generator(device=weight.device).manual_seed(0)
+            probe = torch.randn(_PROBE_ROWS, weight.shape[1], generator=generator, device=weight.device, dtype=weight.dtype)
+            expected = torch.nn.functional.linear(probe, weight).float()
+            got = torch.nn.functional.linear(probe, sparse).float()
+            error = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+            if not error <= _TOLERANCE.get(weight.dtype, 1e-2):  # NaN included
+                return "kernel output differs from the dense layer", f"relative error {error:.2g}"
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        text = " ".join(str(exc).split())
+        return "kernel failed", text[:120]
+    module.weight = nn.Parameter(sparse, requires_grad=False)
+    return "", ""
+
+
+def sparse_inference_(
+    model: nn.Module,
+    *,
+    backend: str | KernelBackend = "auto",
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    verify: bool = True,
+) -> SparseInferenceReport:
+    """Run the 2:4 ``nn.Linear`` layers of ``model`` on GPU sparse kernels, in place.
+
+    Each layer that :func:`plan_sparse_inference` clears gets its weight swapped for a
+    PyTorch semi-structured sparse tensor (cuSPARSELt, or CUTLASS where torch lacks it);
+    with ``verify`` (the default) a random probe must give the dense layer's output
+    within float16/bfloat16 tolerance, or the layer stays dense. Every other layer stays
+    as it was. The model must already be on the GPU in float16 or bfloat16 (CUTLASS
+    also takes float32, as TF32). On a machine without a supported GPU nothing changes
+    and the report says why. The result is for inference: keep the original checkpoint
+    for saving (converted weights are not ``save_pretrained`` material).
+
+    Example:
+        >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16).to("cuda")  # doctest: +SKIP
+        >>> print(snows_hf.sparse_inference_(model).format())  # doctest: +SKIP
+        2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 Linear layers converted (99.0% of their weights)
+          kept dense, not 2:4: 1 layer (classifier 1000x768 float16, dense)
+    """
+    chosen = kernel_backend(backend) if isinstance(backend, str) else backend
+    devices = {p.device for p in model.parameters() if p.device.type != "meta"} or {torch.device("meta")}
+    report = SparseInferenceReport(chosen.name, ", ".join(sorted(map(device_label, devices))))
+    report.layers = plan_sparse_inference(model, chosen, filter_fn)
+    for decision in report.layers:
+        if decision.converted:
+            decision.reason, decision.detail = _convert(model.get_submodule(decision.name), chosen, verify)
+    if not report.converted:
+        unsupported = {chosen.support(d) for d in devices} - {None}
+        if unsupported and len(unsupported) == len(devices):
+            blocked = {_NO_KERNELS.format(d) for d in devices}
+            ready = sum(layer.reason in blocked for layer in report.layers)
+            report.message = (f"model left unchanged: {sorted(unsupported)[0]} "
+                              f"({ready} Linear layer{'s' if ready != 1 else ''} meet{'' if ready != 1 else 's'} every other condition)")
+        else:
+            report.message = "model left unchanged: no layer meets the kernels' conditions (see below)"
+        logger.warning("2:4 sparse inference: %s", report.message)
+    return report
