@@ -247,3 +247,41 @@ def test_on_a_gpu_converted_models_match_their_dense_selves(dtype):
         sparse = model(ids).logits.float()
     assert len(report.converted) == 14  # 2 blocks x 7 projections; the head is dense
     assert float((sparse - dense).norm() / dense.norm()) < (1e-2 if dtype == torch.float16 else 3e-2)
+
+
+def _benchmark():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "sparse_inference_gpu.py"
+    spec = importlib.util.spec_from_file_location("sparse_inference_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_benchmark_runs_its_whole_table_on_toy_shapes(capsys):
+    bench = _benchmark()
+    code = bench.main(["--tiny", "--dtypes", "bfloat16", "--device", "cpu", "--min-time", "0.005", "--json", "b.json"],
+                      backend=_backend())
+    assert code == 0
+    rows = json.loads(Path("b.json").read_text())
+    assert rows["failures"] == []
+    assert {(r["model"], r["layer"]) for r in rows["layers"]} >= {("ViT-tiny", "fc1"), ("Llama-tiny", "down_proj")}
+    assert [(r["model"], r["input"], r["converted"]) for r in rows["models"]] == [
+        ("ViT-tiny", "1 image", "12/13"), ("ViT-tiny", "8 images", "12/13"), ("ViT-tiny", "64 images", "12/13"),
+        ("Llama-tiny", "1 x 512 tokens", "14/15"), ("Llama-tiny", "8 x 512 tokens", "14/15"),
+        ("Llama-tiny", "16 x 1 tokens", "14/15")]
+    assert all(r["rel_err"] == 0.0 and r["top1_agree"] == 1.0 for r in rows["models"])  # the stand-in is dense
+    assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows["models"])
+    table = capsys.readouterr().out
+    assert "model (14/15 converted)" in table and "fc2" in table
+
+
+def test_the_gpu_benchmark_refuses_a_machine_without_kernels(capsys):
+    bench = _benchmark()
+    if _kernels():
+        pytest.skip("this machine has the kernels")
+    assert bench.main(["--tiny"]) == 1
+    assert "nothing to measure here: on cpu: 2:4 sparse kernels run on NVIDIA GPUs" in capsys.readouterr().err
+    assert bench.main(["--tiny", "--models", "GPT-9"], backend=_backend()) == 2
+    assert "unknown model 'GPT-9'; choose from ViT-tiny, Llama-tiny" in capsys.readouterr().err
