@@ -117,13 +117,21 @@ def median_seconds(fn, device: torch.device, min_seconds: float, repeats: int = 
     return statistics.median(times)
 
 
-def _allocated(device: torch.device) -> int:
+def _free_cache(device: torch.device) -> None:
     accelerator = getattr(torch, "accelerator", None)
-    if device.type == "cpu" or accelerator is None or not hasattr(accelerator, "memory_allocated"):
-        return 0
-    synchronize(device)
-    accelerator.empty_cache()
-    return accelerator.memory_allocated(device)
+    if device.type != "cpu" and accelerator is not None and hasattr(accelerator, "empty_cache"):
+        synchronize(device)
+        accelerator.empty_cache()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes the parameters hold: a semi-structured weight counts its packed values and metadata."""
+    total = 0
+    for param in model.parameters():
+        parts = [getattr(param, name, None) for name in ("packed", "meta", "packed_t", "meta_t", "compressed_swizzled_bitmask")]
+        parts = [t for t in parts if isinstance(t, torch.Tensor)]
+        total += sum(t.numel() * t.element_size() for t in parts) if parts else param.numel() * param.element_size()
+    return total
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -144,12 +152,12 @@ def end_to_end(name: str, spec: dict, dtype: torch.dtype, device: torch.device, 
             if leaf not in entry["layers"]:
                 entry["layers"].append(leaf)
     cases = inputs(spec, device, dtype, args.quick)
-    dense_bytes = _allocated(device)
+    dense_bytes = weight_bytes(model)
     dense = {}
     for label, kwargs, _ in cases:
         dense[label] = (model(**kwargs).logits, median_seconds(lambda: model(**kwargs), device, args.min_time))
     report = sparse_inference_(model, backend=backend)
-    sparse_bytes = _allocated(device)
+    sparse_bytes = weight_bytes(model)
     rows = []
     for label, kwargs, samples in cases:
         logits, dense_s = dense[label]
@@ -164,8 +172,6 @@ def end_to_end(name: str, spec: dict, dtype: torch.dtype, device: torch.device, 
             "rel_err": _relative_error(got, logits),
             "top1_agree": float((got.argmax(-1) == logits.argmax(-1)).float().mean()),
         })
-    del model, dense
-    _allocated(device)
     return rows, shapes
 
 
@@ -194,7 +200,6 @@ def per_layer(name: str, spec: dict, shapes: dict, dtype: torch.dtype, device: t
                 "sparse_tflops": 2 * count * out_features * in_features / sparse_s / 1e12,
                 "rel_err": _relative_error(F.linear(x, sparse, bias), F.linear(x, weight, bias)),
             })
-        del weight, sparse
     return rows
 
 
@@ -273,8 +278,9 @@ def main(argv: list[str] | None = None, backend=None) -> int:
             except (RuntimeError, NotImplementedError, ValueError) as exc:
                 failures.append(f"{name} {str(dtype).replace('torch.', '')}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
                 print(f"  FAILED {failures[-1]}", flush=True)
-                _allocated(device)
+                _free_cache(device)
                 continue
+            _free_cache(device)  # the model is gone: its memory goes back before the next one
             print(f"  done {name} {str(dtype).replace('torch.', '')}: {time.perf_counter() - start:.0f} s", flush=True)
     print()
     print(format_table(layers, models, header))

@@ -273,6 +273,7 @@ def test_the_gpu_benchmark_runs_its_whole_table_on_toy_shapes(capsys):
         ("Llama-tiny", "16 x 1 tokens", "14/15")]
     assert all(r["rel_err"] == 0.0 and r["top1_agree"] == 1.0 for r in rows["models"])  # the stand-in is dense
     assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows["models"])
+    assert all(r["dense_gib"] == r["sparse_gib"] > 0 for r in rows["models"])  # a dense stand-in saves nothing
     table = capsys.readouterr().out
     assert "model (14/15 converted)" in table and "fc2" in table
 
