@@ -117,6 +117,16 @@ def test_wanda_compares_within_each_output_row():
     assert select_mask("hessian", w, pattern, stats)[1].sum() == 0  # layer-wide comparison
 
 
+@pytest.mark.parametrize("spec, rows, cols", [("7%", 5, 30), ("10%", 5, 29), ("27%", 5, 30), ("29%", 6, 25)])
+def test_per_row_counts_add_up_to_the_layer_target_exactly(spec, rows, cols):
+    # fraction * cols * rows and fraction * (rows * cols) round differently in floats for
+    # these shapes: the per-row cuts must use the layer's own product (found by hypothesis)
+    pattern = parse_sparsity(spec)
+    mask = select_topk(torch.randn(rows, cols), pattern, per_row=True)
+    assert int((~mask).sum()) == round(pattern.fraction * mask.numel())
+    assert satisfies(mask, pattern)
+
+
 def test_conv2d_statistics_are_per_kernel_position():
     from snows_hf.masks.selectors import hessian_scores
 

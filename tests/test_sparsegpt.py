@@ -111,3 +111,13 @@ def test_bad_statistics_are_clear_errors():
         apply_selector("sparsegpt", torch.randn(2, 8), pattern, {"gram": torch.eye(5)})
     with pytest.raises(ValueError, match="expected"):
         sparsegpt_prune(torch.randn(2, 8), torch.eye(5), pattern)
+
+
+@pytest.mark.parametrize("spec, rows, cols", [("5%", 3, 30), ("9%", 5, 30), ("10%", 3, 15)])
+def test_unstructured_total_is_the_layer_target_whatever_the_float_rounding(spec, rows, cols):
+    # fraction * rows * cols rounds to the other side of .5 from fraction * (rows * cols) here
+    pattern = parse_sparsity(spec)
+    x = torch.randn(64, cols, generator=torch.Generator().manual_seed(0))
+    _, keep = sparsegpt_prune(torch.randn(rows, cols), x.T @ x, pattern)
+    assert int((~keep).sum()) == round(pattern.fraction * keep.numel())
+    assert satisfies(keep, pattern)

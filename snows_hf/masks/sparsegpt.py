@@ -109,7 +109,7 @@ def sparsegpt_prune(
     keep = torch.ones(rows, cols, dtype=torch.bool, device=h.device)
     groups = nm_groups(cols, pattern.m, segment) if pattern.is_nm else None
     group_at = {start: stop for start, stop in groups} if groups else {}
-    total_pruned = round(pattern.fraction * rows * cols)
+    total_pruned = round(pattern.fraction * (rows * cols))  # the float product satisfies() rounds
     for b0, b1 in _blocks(cols, blocksize, groups):
         w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
         diag_sq = u1.diagonal().pow(2)

@@ -54,7 +54,9 @@ def select_topk(scores: torch.Tensor, pattern: SparsityPattern, per_row: bool = 
     scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     rows, cols = scores.shape
     if not pattern.is_nm and per_row:
-        cuts = torch.tensor([round(pattern.fraction * cols * r) for r in range(rows + 1)], device=scores.device)
+        # fraction * (cols * r): for r = rows the same float product as the layer target's
+        # fraction * numel (fraction * cols * r can round to the other side of .5)
+        cuts = torch.tensor([round(pattern.fraction * (cols * r)) for r in range(rows + 1)], device=scores.device)
         keep_counts = cols - (cuts[1:] - cuts[:-1])
         order = scores.argsort(dim=1, descending=True)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(cols, device=scores.device).expand(rows, cols))
