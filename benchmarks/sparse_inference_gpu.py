@@ -40,11 +40,11 @@ from snows_hf.devices import device_label, resolve_device, synchronize
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.sparse_inference import kernel_backend, sparse_inference_
 
-MODELS = {  #: name -> family and shape
-    "ViT-B/16": {"family": "vit", "hidden": 768, "mlp": 3072, "blocks": 12, "heads": 12},
+MODELS = {  #: name -> family and shape, in the order they run (the most asked-about first, for --budget)
     "ViT-L/16": {"family": "vit", "hidden": 1024, "mlp": 4096, "blocks": 24, "heads": 16},
-    "Llama-2048": {"family": "llama", "hidden": 2048, "mlp": 5632, "blocks": 22, "heads": 32, "kv_heads": 4},
     "Llama-4096": {"family": "llama", "hidden": 4096, "mlp": 11008, "blocks": 32, "heads": 32, "kv_heads": 32},
+    "ViT-B/16": {"family": "vit", "hidden": 768, "mlp": 3072, "blocks": 12, "heads": 12},
+    "Llama-2048": {"family": "llama", "hidden": 2048, "mlp": 5632, "blocks": 22, "heads": 32, "kv_heads": 4},
 }
 TINY = {
     "ViT-tiny": {"family": "vit", "hidden": 64, "mlp": 128, "blocks": 2, "heads": 2, "image": 32, "patch": 8},
@@ -242,8 +242,15 @@ def main(argv: list[str] | None = None, backend=None) -> int:
     parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated (default float16,bfloat16)")
     parser.add_argument("--device", default="auto", help="the GPU to measure on (default: the first accelerator)")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds each end-to-end timing lasts at least")
-    parser.add_argument("--json", metavar="FILE", help="also write every row to this JSON file")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="start no new model and dtype after this many seconds (the table shows what ran)")
+    parser.add_argument("--json", metavar="FILE", help="also write every row to this JSON file (after each case)")
+    parser.add_argument("--from-json", metavar="FILE", help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
+    if args.from_json:
+        payload = json.loads(Path(args.from_json).read_text())
+        print(format_table(payload["layers"], payload["models"], payload["header"]))
+        return 0
     try:
         device = resolve_device(args.device)
         backend = backend or kernel_backend()
@@ -267,10 +274,14 @@ def main(argv: list[str] | None = None, backend=None) -> int:
     header = (f"torch {torch.__version__}, snows-hf {snows_hf.__version__}, {device_label(device)}, back end "
               f"{backend.name}{f' (cuSPARSELt {version})' if version else ''}; medians of 5")
     print(header, flush=True)
-    layers, models, failures = [], [], []
+    layers, models, failures, skipped = [], [], [], []
+    began = time.perf_counter()
     for name in names:
         for dtype in dtypes:
             start = time.perf_counter()
+            if args.budget is not None and start - began > args.budget:
+                skipped.append(f"{name} {str(dtype).replace('torch.', '')}")
+                continue
             try:  # one failing case must not cost the others their figures (GPU time is scarce)
                 rows, shapes = end_to_end(name, catalogue[name], dtype, device, backend, args)
                 models += rows
@@ -282,14 +293,22 @@ def main(argv: list[str] | None = None, backend=None) -> int:
                 continue
             _free_cache(device)  # the model is gone: its memory goes back before the next one
             print(f"  done {name} {str(dtype).replace('torch.', '')}: {time.perf_counter() - start:.0f} s", flush=True)
+            if args.json:  # what ran survives a run stopped from outside
+                _write(args.json, header, layers, models, failures)
     print()
     print(format_table(layers, models, header))
     for failure in failures:
         print(f"failed: {failure}")
+    if skipped:
+        print(f"not run (past --budget {args.budget:g} s): {', '.join(skipped)}")
     if args.json:
-        payload = {"header": header, "layers": layers, "models": models, "failures": failures}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        _write(args.json, header, layers, models, failures)
     return 1 if failures else 0
+
+
+def _write(path: str, header: str, layers: list[dict], models: list[dict], failures: list[str]) -> None:
+    payload = {"header": header, "layers": layers, "models": models, "failures": failures}
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -270,7 +270,7 @@ def sparse_inference_(
     Example:
         >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16).to("cuda")  # doctest: +SKIP
         >>> print(snows_hf.sparse_inference_(model).format())  # doctest: +SKIP
-        2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 Linear layers converted (99.0% of their weights)
+        2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 Linear layers converted (99.1% of their weights)
           kept dense, not 2:4: 1 layer (classifier 1000x768 float16, dense)
     """
     chosen = kernel_backend(backend) if isinstance(backend, str) else backend

@@ -276,6 +276,11 @@ def test_the_gpu_benchmark_runs_its_whole_table_on_toy_shapes(capsys):
     assert all(r["dense_gib"] == r["sparse_gib"] > 0 for r in rows["models"])  # a dense stand-in saves nothing
     table = capsys.readouterr().out
     assert "model (14/15 converted)" in table and "fc2" in table
+    assert bench.main(["--from-json", "b.json"]) == 0
+    again = capsys.readouterr().out
+    assert again.strip() and again.strip() in table  # the same table, reprinted from the file
+    assert bench.main(["--tiny", "--dtypes", "bfloat16", "--device", "cpu", "--budget", "0"], backend=_backend()) == 0
+    assert "not run (past --budget 0 s): ViT-tiny bfloat16, Llama-tiny bfloat16" in capsys.readouterr().out
 
 
 def test_the_gpu_benchmark_refuses_a_machine_without_kernels(capsys):
