@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="precision to run in (default auto: the checkpoint's own; with --sparse-inference "
                                  "on a GPU, bfloat16 for float32 checkpoints)")
     evaluation.add_argument("--sparse-inference", action="store_true",
-                            help="run MODEL's 2:4 Linear layers on PyTorch's sparse GPU kernels (cuSPARSELt or CUTLASS; "
+                            help="run MODEL's 2:4 linear layers on PyTorch's sparse GPU kernels (cuSPARSELt or CUTLASS; "
                                  "NVIDIA GPUs of compute capability 8.0+), print which were converted and why others "
                                  "were not, and report throughput; elsewhere the model runs unchanged")
     evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")

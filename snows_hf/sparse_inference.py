@@ -96,7 +96,7 @@ class LayerDecision:
 
 @dataclass
 class SparseInferenceReport:
-    """What :func:`sparse_inference_` did: every ``nn.Linear`` (and every other 2:4 layer)."""
+    """What :func:`sparse_inference_` did: every linear layer (``nn.Linear``, ``Conv1D``) and 2:4 Conv2d."""
 
     backend: str | None
     device: str
@@ -112,13 +112,13 @@ class SparseInferenceReport:
 
         Example:
             >>> print(SparseInferenceReport("cusparselt", "cpu", [LayerDecision("fc", "Linear", (64, 64), "float16")]).format())
-            2:4 sparse inference (cusparselt on cpu): 1 of 1 Linear layers converted (100.0% of their weights)
+            2:4 sparse inference (cusparselt on cpu): 1 of 1 linear layers converted (100.0% of their weights)
         """
-        linear = [layer for layer in self.layers if layer.reason != _NOT_LINEAR]
+        linear = [layer for layer in self.layers if layer.reason != _CONV2D]
         numel = sum(math.prod(layer.shape) for layer in linear)
         done = sum(math.prod(layer.shape) for layer in self.converted)
         where = f"{self.backend} on {self.device}" if self.backend else self.device
-        lines = [f"2:4 sparse inference ({where}): {len(self.converted)} of {len(linear)} Linear layers converted"
+        lines = [f"2:4 sparse inference ({where}): {len(self.converted)} of {len(linear)} linear layers converted"
                  f" ({done / max(numel, 1):.1%} of their weights)"]
         if self.message:
             lines.append(self.message)
@@ -139,7 +139,7 @@ class SparseInferenceReport:
 
 _NOT_2_4 = "not 2:4"
 _NO_KERNELS = "on {}, which has no 2:4 kernels"
-_NOT_LINEAR = "2:4 but not an nn.Linear (the kernels serve Linear layers only)"
+_CONV2D = "2:4 but a Conv2d (the kernels serve Linear layers only)"
 
 
 def _describe(layer: LayerDecision) -> str:
@@ -170,17 +170,18 @@ def plan_sparse_inference(
 ) -> list[LayerDecision]:
     """Which layers of ``model`` can run on ``backend``'s 2:4 kernels, and why the others cannot.
 
-    Every ``nn.Linear`` gets a decision, checked in this order: picked by ``filter_fn``
-    (``(module, name) -> bool``, as in torchao's ``quantize_``), 2:4 (at most 2 non-zeros
-    in every group of 4 consecutive inputs: a kept weight may itself be zero), its own
-    weight (not tied to another module's), a dtype the back end has a matmul for, both
-    sides multiples of the back end's tile, a device the kernels run on. Conv1D and
-    Conv2d layers whose weights are 2:4 are listed too, as kept dense. Nothing is changed.
+    Every ``nn.Linear`` and GPT-2 ``Conv1D`` (a Linear with its weight stored transposed)
+    gets a decision, checked in this order: picked by ``filter_fn`` (``(module, name) ->
+    bool``, as in torchao's ``quantize_``), 2:4 (at most 2 non-zeros in every group of 4
+    consecutive inputs: a kept weight may itself be zero), its own weight (not tied to
+    another module's), a dtype the back end has a matmul for, out and in features
+    multiples of the back end's tile, a device the kernels run on. Conv2d layers whose
+    weights are 2:4 are listed too, as kept dense. Nothing is changed.
 
     Example:
         >>> decisions = plan_sparse_inference(model, kernel_backend())  # doctest: +SKIP
         >>> [d.name for d in decisions if d.converted]  # doctest: +SKIP
-        ['encoder.layer.0.attention.attention.query', ...]
+        ['vit.layers.0.attention.q_proj', ...]
     """
     from .adapters import weight_layout
     from .masks import to_rows
@@ -193,45 +194,53 @@ def plan_sparse_inference(
             continue
         weight = module.weight
         decision = LayerDecision(name, type(module).__name__, tuple(weight.shape), str(weight.dtype).replace("torch.", ""))
-        on_meta = weight.device.type == "meta"
-        if layout != "linear":
-            if not on_meta and _dense_groups(to_rows(weight.detach(), layout)) == 0.0:
-                decision.reason = _NOT_LINEAR
+        rows = to_rows(weight.detach(), layout)  # (out, in): a view for Linear and Conv1D
+        if layout == "conv2d":
+            if weight.device.type != "meta" and _dense_groups(rows) == 0.0:
+                decision.reason = _CONV2D
                 decisions.append(decision)
             continue
-        decision.reason, decision.detail = _linear_reason(module, name, backend, filter_fn, id(weight) in shared)
+        if filter_fn is not None and not filter_fn(module, name):
+            decision.reason = "left out by filter_fn"
+        elif layout == "conv1d" and hasattr(module, "_hf_hook"):
+            decision.reason = "Conv1D under an accelerate hook (becoming a Linear would drop the hook)"
+        else:
+            decision.reason, decision.detail = _reason(rows, backend, id(weight) in shared)
         decisions.append(decision)
     return decisions
 
 
-def _linear_reason(module: nn.Module, name: str, backend: KernelBackend,
-                   filter_fn: Callable[[nn.Module, str], bool] | None, shared: bool) -> tuple[str, str]:
-    weight = module.weight
-    if filter_fn is not None and not filter_fn(module, name):
-        return "left out by filter_fn", ""
-    if weight.device.type == "meta":  # offloaded by accelerate: the kernels need the weight on the GPU
-        return semi_structured_support(weight.device) or "", ""
-    dense = _dense_groups(weight.detach())
+def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[str, str]:
+    """Why a ``(out, in)`` weight cannot take the kernels (empty when it can), and its figure."""
+    if rows.device.type == "meta":  # offloaded by accelerate: the kernels need the weight on the GPU
+        return semi_structured_support(rows.device) or "", ""
+    dense = _dense_groups(rows)
     if dense > 0.0:
         return _NOT_2_4, "dense" if dense == 1.0 else f"{dense:.1%} of groups keep more than 2"
     if shared:
         return "weight tied to another module (converting it would break the other)", ""
-    if weight.dtype not in backend.shapes:
+    if rows.dtype not in backend.shapes:
         kinds = "/".join(str(d).replace("torch.", "") for d in backend.shapes)
         return f"dtype: {backend.name} kernels take {kinds} weights (load the model in bfloat16 or float16)", ""
-    rows, cols = backend.shapes[weight.dtype]
-    out_features, in_features = weight.shape
-    if out_features % rows or in_features % cols:
-        return f"shape: {backend.name} needs out x in features in multiples of {rows} x {cols}", ""
-    if backend.support(weight.device):
-        return _NO_KERNELS.format(weight.device), ""
+    tile_rows, tile_cols = backend.shapes[rows.dtype]
+    out_features, in_features = rows.shape
+    if out_features % tile_rows or in_features % tile_cols:
+        return f"shape: {backend.name} needs out x in features in multiples of {tile_rows} x {tile_cols}", ""
+    if backend.support(rows.device):
+        return _NO_KERNELS.format(rows.device), ""
     return "", ""
 
 
 @torch.no_grad()
-def _convert(module: nn.Module, backend: KernelBackend, verify: bool) -> tuple[str, str]:
-    """Swap ``module.weight`` for its sparse form; ``(reason, detail)`` when it stays dense."""
-    weight = module.weight.detach().contiguous()
+def _convert(model: nn.Module, name: str, backend: KernelBackend, verify: bool) -> tuple[str, str]:
+    """Give layer ``name`` a sparse weight; ``(reason, detail)`` when it stays dense instead.
+
+    A Linear keeps its module; a Conv1D (``x @ W + b``) is replaced by the Linear that
+    holds ``W^T``, the same map, so ``F.linear`` reaches the kernels.
+    """
+    module = model.get_submodule(name)
+    is_linear = isinstance(module, nn.Linear)
+    weight = (module.weight if is_linear else module.weight.t()).detach().contiguous()
     try:
         sparse = backend.compress(weight)
         if verify:
@@ -245,7 +254,15 @@ def _convert(module: nn.Module, backend: KernelBackend, verify: bool) -> tuple[s
     except (RuntimeError, NotImplementedError, ValueError) as exc:
         text = " ".join(str(exc).split())
         return "kernel failed", text[:120]
-    module.weight = nn.Parameter(sparse, requires_grad=False)
+    if is_linear:
+        module.weight = nn.Parameter(sparse, requires_grad=False)
+        return "", ""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(sparse, requires_grad=False)
+    if module.bias is not None:
+        linear.bias = module.bias
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, linear.train(module.training))
     return "", ""
 
 
@@ -256,10 +273,11 @@ def sparse_inference_(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     verify: bool = True,
 ) -> SparseInferenceReport:
-    """Run the 2:4 ``nn.Linear`` layers of ``model`` on GPU sparse kernels, in place.
+    """Run the 2:4 linear layers of ``model`` on GPU sparse kernels, in place.
 
     Each layer that :func:`plan_sparse_inference` clears gets its weight swapped for a
-    PyTorch semi-structured sparse tensor (cuSPARSELt, or CUTLASS where torch lacks it);
+    PyTorch semi-structured sparse tensor (cuSPARSELt, or CUTLASS where torch lacks it;
+    a GPT-2 ``Conv1D`` becomes the ``nn.Linear`` computing the same map);
     with ``verify`` (the default) a random probe must give the dense layer's output
     within float16/bfloat16 tolerance, or the layer stays dense. Every other layer stays
     as it was. The model must already be on the GPU in float16 or bfloat16 (CUTLASS
@@ -270,7 +288,7 @@ def sparse_inference_(
     Example:
         >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16).to("cuda")  # doctest: +SKIP
         >>> print(snows_hf.sparse_inference_(model).format())  # doctest: +SKIP
-        2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 Linear layers converted (99.1% of their weights)
+        2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 linear layers converted (99.1% of their weights)
           kept dense, not 2:4: 1 layer (classifier 1000x768 float16, dense)
     """
     chosen = kernel_backend(backend) if isinstance(backend, str) else backend
@@ -279,14 +297,14 @@ def sparse_inference_(
     report.layers = plan_sparse_inference(model, chosen, filter_fn)
     for decision in report.layers:
         if decision.converted:
-            decision.reason, decision.detail = _convert(model.get_submodule(decision.name), chosen, verify)
+            decision.reason, decision.detail = _convert(model, decision.name, chosen, verify)
     if not report.converted:
         unsupported = {chosen.support(d) for d in devices} - {None}
         if unsupported and len(unsupported) == len(devices):
             blocked = {_NO_KERNELS.format(d) for d in devices}
             ready = sum(layer.reason in blocked for layer in report.layers)
             report.message = (f"model left unchanged: {sorted(unsupported)[0]} "
-                              f"({ready} Linear layer{'s' if ready != 1 else ''} meet{'' if ready != 1 else 's'} every other condition)")
+                              f"({ready} linear layer{'s' if ready != 1 else ''} meet{'' if ready != 1 else 's'} every other condition)")
         else:
             report.message = "model left unchanged: no layer meets the kernels' conditions (see below)"
         logger.warning("2:4 sparse inference: %s", report.message)

@@ -19,7 +19,7 @@ from snows_hf.cli import main
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.sparse_inference import KernelBackend, kernel_backend, plan_sparse_inference, sparse_inference_
 
-from conftest import tiny_llama, tiny_vit
+from conftest import tiny_gpt2, tiny_llama, tiny_vit
 
 HALF = {torch.float16: (16, 16), torch.bfloat16: (16, 16)}  # cuSPARSELt's table for the float dtypes
 
@@ -88,7 +88,7 @@ def test_the_planner_picks_exactly_the_2_4_layers_that_meet_the_kernel_constrain
     assert reasons["odd_out"] == reasons["odd_in"] == "shape: stand-in needs out x in features in multiples of 16 x 16"
     assert reasons["full_precision"].startswith("dtype: stand-in kernels take float16/bfloat16 weights")
     assert reasons["tied_a"] == reasons["tied_b"] and reasons["tied_a"].startswith("weight tied to another module")
-    assert reasons["conv"] == "2:4 but not an nn.Linear (the kernels serve Linear layers only)"
+    assert reasons["conv"] == "2:4 but a Conv2d (the kernels serve Linear layers only)"
     assert "dense_conv" not in decisions  # a dense conv is no candidate: nothing to say about it
     assert reasons["offloaded"].startswith("weights offloaded (on the meta device)")
     # torch's own CUTLASS table: half precision needs 32 x 64 tiles (none here has them), float32 (as TF32) is accepted
@@ -120,11 +120,11 @@ def test_on_cpu_the_call_leaves_the_model_unchanged_and_says_why(caplog):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     expected = "model left unchanged: on cpu: 2:4 sparse kernels run on NVIDIA GPUs of compute capability 8.0 or newer"
     assert report.message.startswith(expected)
-    assert "(8 Linear layers meet every other condition)" in report.message  # 2 blocks x q, k, v, o
+    assert "(8 linear layers meet every other condition)" in report.message  # 2 blocks x q, k, v, o
     # the MLP (32 -> 68 -> 32) misses CUTLASS's float32 tiles of 32 x 32 whatever the device
     assert expected in caplog.text
     text = report.format()
-    assert text.splitlines()[0].endswith("0 of 13 Linear layers converted (0.0% of their weights)")
+    assert text.splitlines()[0].endswith("0 of 13 linear layers converted (0.0% of their weights)")
     assert "kept dense, not 2:4: 1 layer (classifier 3x32 float32, dense)" in text
     assert "kept dense, shape: cutlass needs out x in features in multiples of 32 x 32: 4 layers" in text
 
@@ -150,8 +150,36 @@ def test_the_swap_keeps_outputs_and_touches_only_the_planned_layers():
         else:
             assert module.weight is kept[name]
     assert report.format().splitlines()[0] == (
-        "2:4 sparse inference (stand-in on cpu): 3 of 11 Linear layers converted (29.2% of their weights)")
+        "2:4 sparse inference (stand-in on cpu): 3 of 11 linear layers converted (29.2% of their weights)")
     assert report.to_dict()["converted"] == 3
+
+
+def test_gpt2_conv1d_layers_become_the_linear_layers_they_stand_for():
+    from transformers.pytorch_utils import Conv1D
+
+    model = tiny_gpt2()  # n_embd 32: c_attn 32 -> 96, c_proj 32 -> 32, c_fc 32 -> 128, mlp.c_proj 128 -> 32
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Conv1D):  # (in, out) storage: 2:4 along the inputs is along dim 0
+                module.weight.mul_(select_topk(module.weight.t().abs(), parse_sparsity("2:4")).t())
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(ids).logits
+    hooked = model.transformer.h[1].mlp.c_fc
+    hooked._hf_hook = object()  # what accelerate leaves on a dispatched module
+    shapes = []
+    report = sparse_inference_(model, backend=_backend(lambda w: shapes.append(tuple(w.shape)) or w.clone(),
+                                                       shapes={torch.float32: (16, 16)}))
+    assert sorted(shapes) == sorted([(96, 32), (32, 32), (128, 32), (32, 128), (96, 32), (32, 32), (32, 128)])
+    assert len(report.converted) == 7 and {d.kind for d in report.converted} == {"Conv1D"}
+    hooked_decision = next(d for d in report.layers if d.name == "transformer.h.1.mlp.c_fc")
+    assert hooked_decision.reason.startswith("Conv1D under an accelerate hook")
+    block = model.transformer.h[0]
+    assert type(block.attn.c_attn) is nn.Linear and block.attn.c_attn.weight.shape == (96, 32)
+    assert type(model.transformer.h[1].mlp.c_fc) is Conv1D  # the hooked one stays as it was
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, dense, atol=1e-5)
+    assert next(d for d in report.layers if d.name == "lm_head").reason.startswith("not 2:4")
 
 
 def test_a_layer_whose_kernel_disagrees_or_fails_stays_dense():
@@ -209,7 +237,7 @@ def test_eval_sparse_inference_on_cpu_runs_the_model_unchanged(tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", "vit24", *data, "--sparse-inference", "--json", "sparse.json", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "0 of 13 Linear layers converted" in out and "model left unchanged: on cpu" in out
+    assert "0 of 13 linear layers converted" in out and "model left unchanged: on cpu" in out
     assert "samples_per_second" in out
     plain, sparse = json.loads(Path("plain.json").read_text()), json.loads(Path("sparse.json").read_text())
     assert sparse["dtype"] == plain["dtype"] == "float32"  # no half precision where no kernel would use it
