@@ -145,6 +145,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,
         "error_header": "held-out window loss, masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
         "layers": layers, "auto_class": auto_class, "repo_hint": repo_id or "path/to/this/model",
+        "sparse_kernels": cfg["sparsity"] in ("2:4", "1:4"),  # at most 2 of every 4: what the GPU kernels take
     }
 
 

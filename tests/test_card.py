@@ -37,6 +37,7 @@ def test_card_renders_parses_and_carries_eval_results(llama_dir, tmp_path):
     for layer in report["layers"]:  # the per-layer table, with the re-fit's held-out losses
         assert f"| `{layer['name']}` | " in text
     assert "->" in text and "AutoModelForCausalLM.from_pretrained" in text and "lucas2025snows" in text
+    assert "## Running it on sparse GPU kernels" in text and "snows_hf.sparse_inference_(model)" in text  # 2:4
     png = Path("out/sparsity_per_layer.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 2000 and "](sparsity_per_layer.png)" in text
 
@@ -53,3 +54,4 @@ def test_card_metadata_for_hub_sources():
     assert card.data.base_model == "org/tiny-llama" and card.data.datasets == ["org/corpus"]
     assert {r.metric_value for r in card.data.eval_results} == {10.0, 12.5}
     assert "magnitude" in card.data.tags and 'from_pretrained("me/tiny-llama-50pct")' in str(card)
+    assert "sparse GPU kernels" not in str(card)  # unstructured 50%: no kernel runs it faster
