@@ -138,6 +138,7 @@ class SparseInferenceReport:
 
 
 _NOT_2_4 = "not 2:4"
+_ALREADY = "already a 2:4 sparse weight (converted earlier)"
 _NO_KERNELS = "on {}, which has no 2:4 kernels"
 _CONV2D = "2:4 but a Conv2d (the kernels serve Linear layers only)"
 
@@ -214,6 +215,8 @@ def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[s
     """Why a ``(out, in)`` weight cannot take the kernels (empty when it can), and its figure."""
     if rows.device.type == "meta":  # offloaded by accelerate: the kernels need the weight on the GPU
         return semi_structured_support(rows.device) or "", ""
+    if isinstance(rows, getattr(torch.sparse, "SparseSemiStructuredTensor", ())):
+        return _ALREADY, ""
     dense = _dense_groups(rows)
     if dense > 0.0:
         return _NOT_2_4, "dense" if dense == 1.0 else f"{dense:.1%} of groups keep more than 2"

@@ -200,6 +200,27 @@ def test_a_layer_whose_kernel_disagrees_or_fails_stays_dense():
     assert len(unchecked.converted) == 1  # verify=False trusts the kernel
 
 
+def _semi_structured(out_features: int, in_features: int) -> torch.Tensor:
+    """A CUTLASS semi-structured tensor built on CPU from its parts (compressing one needs a GPU)."""
+    from torch.sparse import SparseSemiStructuredTensorCUTLASS
+
+    return SparseSemiStructuredTensorCUTLASS(
+        torch.Size([out_features, in_features]), packed=torch.zeros(out_features, in_features // 2, dtype=torch.float16),
+        meta=torch.zeros(out_features, in_features // 16, dtype=torch.int16), packed_t=None, meta_t=None,
+        compressed_swizzled_bitmask=None)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of SparseSemiStructuredTensor is in prototype stage")
+def test_a_second_call_leaves_converted_layers_alone():
+    model = nn.Sequential(_two_four_(nn.Linear(64, 32, dtype=torch.float16)), _two_four_(nn.Linear(32, 64, dtype=torch.float16)))
+    model[0].weight = nn.Parameter(_semi_structured(32, 64), requires_grad=False)
+    sparse = model[0].weight
+    report = sparse_inference_(model, backend=_backend())
+    assert [(d.name, d.reason) for d in report.layers] == [("0", "already a 2:4 sparse weight (converted earlier)"), ("1", "")]
+    assert model[0].weight is sparse
+    assert _benchmark().weight_bytes(model[:1]) == 32 * 32 * 2 + 32 * 4 * 2 + 32 * 2  # packed + meta + bias
+
+
 def test_filter_fn_leaves_layers_out():
     report = sparse_inference_(_Zoo(), backend=_backend(), filter_fn=lambda module, name: name != "ok")
     assert sorted(d.name for d in report.converted) == ["no_bias", "sparser"]
