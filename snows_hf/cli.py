@@ -489,7 +489,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sparse_inference:
         from .sparse_inference import sparse_inference_
 
-        sparse = sparse_inference_(model)
+        quiet = logging.getLogger("snows_hf.sparse_inference")  # its warning repeats the summary printed below
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            sparse = sparse_inference_(model)
+        finally:
+            quiet.setLevel(level)
         print(sparse.format())
     evaluation.run("pruned" if args.reference else "model", model)
     figures = evaluation.figures() | {"data": data.source, "model_path": args.model, "reference_path": args.reference,

@@ -145,7 +145,7 @@ _CONV2D = "2:4 but a Conv2d (the kernels serve Linear layers only)"
 
 def _describe(layer: LayerDecision) -> str:
     shape = "x".join(map(str, layer.shape))
-    extra = f", {layer.detail}" if layer.detail else ""
+    extra = f" [{layer.detail}]" if layer.detail else ""
     return f"{layer.name or '<model>'} {shape} {layer.dtype}{extra}"
 
 
@@ -302,13 +302,22 @@ def sparse_inference_(
         if decision.converted:
             decision.reason, decision.detail = _convert(model, decision.name, chosen, verify)
     if not report.converted:
-        unsupported = {chosen.support(d) for d in devices} - {None}
-        if unsupported and len(unsupported) == len(devices):
-            blocked = {_NO_KERNELS.format(d) for d in devices}
-            ready = sum(layer.reason in blocked for layer in report.layers)
-            report.message = (f"model left unchanged: {sorted(unsupported)[0]} "
-                              f"({ready} linear layer{'s' if ready != 1 else ''} meet{'' if ready != 1 else 's'} every other condition)")
-        else:
-            report.message = "model left unchanged: no layer meets the kernels' conditions (see below)"
+        report.message = _unchanged(report, chosen, devices)
         logger.warning("2:4 sparse inference: %s", report.message)
     return report
+
+
+def _unchanged(report: SparseInferenceReport, backend: KernelBackend, devices: set[torch.device]) -> str:
+    """Why nothing was converted, the most useful reason first."""
+    linear = [layer for layer in report.layers if layer.reason != _CONV2D]
+    ready = sum(layer.reason in {_NO_KERNELS.format(d) for d in devices} for layer in linear)
+    missing = sorted(filter(None, (backend.support(d) for d in devices)))
+    no_device = len(missing) == len(devices)
+    if no_device and ready:
+        return (f"model left unchanged: {missing[0]} ({ready} linear layer{'s' if ready != 1 else ''} "
+                f"meet{'' if ready != 1 else 's'} every other condition)")
+    if all(layer.reason == _NOT_2_4 for layer in linear):
+        return "model left unchanged: no linear layer is 2:4 (prune it with snows-hf prune --sparsity 2:4 first)"
+    if no_device:
+        return f"model left unchanged: {missing[0]}, and no layer meets the other conditions (below)"
+    return "model left unchanged: no layer meets the kernels' conditions (below)"

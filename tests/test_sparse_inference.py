@@ -125,7 +125,7 @@ def test_on_cpu_the_call_leaves_the_model_unchanged_and_says_why(caplog):
     assert expected in caplog.text
     text = report.format()
     assert text.splitlines()[0].endswith("0 of 13 linear layers converted (0.0% of their weights)")
-    assert "kept dense, not 2:4: 1 layer (classifier 3x32 float32, dense)" in text
+    assert "kept dense, not 2:4: 1 layer (classifier 3x32 float32 [dense])" in text
     assert "kept dense, shape: cutlass needs out x in features in multiples of 32 x 32: 4 layers" in text
 
 
@@ -239,7 +239,7 @@ def test_a_layer_whose_kernel_disagrees_or_fails_stays_dense():
     failed = sparse_inference_(nn.Sequential(_two_four_(nn.Linear(32, 32, dtype=torch.float16))), backend=_backend(refuse))
     assert failed.layers[0].reason == "kernel failed"
     assert failed.layers[0].detail == "CUDA error: no kernel image is available for execution on the device"
-    assert failed.message == "model left unchanged: no layer meets the kernels' conditions (see below)"
+    assert failed.message == "model left unchanged: no layer meets the kernels' conditions (below)"
     unchecked = sparse_inference_(nn.Sequential(_two_four_(nn.Linear(32, 32, dtype=torch.float16))),
                                   backend=_backend(lambda w: w * 1.5), verify=False)
     assert len(unchecked.converted) == 1  # verify=False trusts the kernel
@@ -264,6 +264,15 @@ def test_a_second_call_leaves_converted_layers_alone():
     assert [(d.name, d.reason) for d in report.layers] == [("0", "already a 2:4 sparse weight (converted earlier)"), ("1", "")]
     assert model[0].weight is sparse
     assert _benchmark().weight_bytes(model[:1]) == 32 * 32 * 2 + 32 * 4 * 2 + 32 * 2  # packed + meta + bias
+
+
+def test_a_dense_model_is_told_to_be_pruned_first():
+    report = sparse_inference_(tiny_vit())
+    assert report.message == "model left unchanged: no linear layer is 2:4 (prune it with snows-hf prune --sparsity 2:4 first)"
+    half = sparse_inference_(_two_four_(nn.Linear(30, 30)).half())  # 2:4 but on CPU and of no tile
+    assert half.message.startswith("model left unchanged: on cpu: 2:4 sparse kernels run on NVIDIA GPUs")
+    assert half.message.endswith(", and no layer meets the other conditions (below)")
+    assert "[dense]" in report.format()  # each layer's own figure, in brackets
 
 
 def test_filter_fn_leaves_layers_out():
