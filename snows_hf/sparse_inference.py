@@ -113,6 +113,7 @@ class SparseInferenceReport:
         Example:
             >>> print(SparseInferenceReport("cusparselt", "cpu", [LayerDecision("fc", "Linear", (64, 64), "float16")]).format())
             2:4 sparse inference (cusparselt on cpu): 1 of 1 linear layers converted (100.0% of their weights)
+              converted: 1 layer (fc)
         """
         linear = [layer for layer in self.layers if layer.reason != _CONV2D]
         numel = sum(math.prod(layer.shape) for layer in linear)
@@ -122,6 +123,12 @@ class SparseInferenceReport:
                  f" ({done / max(numel, 1):.1%} of their weights)"]
         if self.message:
             lines.append(self.message)
+        if self.converted:  # by the layer's own name within its block: "q_proj x12"
+            kinds: dict[str, int] = {}
+            for layer in self.converted:
+                kinds[layer.name.rsplit(".", 1)[-1]] = kinds.get(layer.name.rsplit(".", 1)[-1], 0) + 1
+            lines.append(f"  converted: {len(self.converted)} layer{'s' if len(self.converted) > 1 else ''} ("
+                         + ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in kinds.items()) + ")")
         groups: dict[str, list[LayerDecision]] = {}
         for layer in self.layers:
             if layer.reason:
@@ -292,7 +299,8 @@ def sparse_inference_(
         >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16).to("cuda")  # doctest: +SKIP
         >>> print(snows_hf.sparse_inference_(model).format())  # doctest: +SKIP
         2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 linear layers converted (99.1% of their weights)
-          kept dense, not 2:4: 1 layer (classifier 1000x768 float16, dense)
+          converted: 72 layers (q_proj x12, k_proj x12, v_proj x12, o_proj x12, fc1 x12, fc2 x12)
+          kept dense, not 2:4: 1 layer (classifier 1000x768 float16 [dense])
     """
     chosen = kernel_backend(backend) if isinstance(backend, str) else backend
     devices = {p.device for p in model.parameters() if p.device.type != "meta"} or {torch.device("meta")}

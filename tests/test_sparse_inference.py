@@ -149,8 +149,9 @@ def test_the_swap_keeps_outputs_and_touches_only_the_planned_layers():
             assert not module.weight.requires_grad and torch.equal(module.weight, kept[name])
         else:
             assert module.weight is kept[name]
-    assert report.format().splitlines()[0] == (
-        "2:4 sparse inference (stand-in on cpu): 3 of 11 linear layers converted (29.2% of their weights)")
+    assert report.format().splitlines()[:2] == [
+        "2:4 sparse inference (stand-in on cpu): 3 of 11 linear layers converted (29.2% of their weights)",
+        "  converted: 3 layers (ok, no_bias, sparser)"]
     assert report.to_dict()["converted"] == 3
 
 
@@ -225,6 +226,9 @@ def test_models_run_through_torchs_semi_structured_tensors(family):
     semi = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.sparse.SparseSemiStructuredTensor)]
     assert len(semi) == len(report.converted) >= 8  # 2 blocks x at least q, k, v, o
     assert torch.allclose(sparse, dense, atol=1e-5)
+    if family == "llama":
+        assert "  converted: 15 layers (q_proj x2, k_proj x2, v_proj x2, o_proj x2, gate_proj x2, up_proj x2, " \
+               "down_proj x2, lm_head)" in report.format()
 
 
 def test_a_layer_whose_kernel_disagrees_or_fails_stays_dense():
