@@ -19,6 +19,8 @@ depend on which weights survive); the head stays dense. For each model and dtype
 
 Times are medians of 5 repeats of back-to-back calls after a warm-up; dense and 2:4 run
 in the same process one after the other, so the speed-up is a ratio measured together.
+Everything runs eagerly, as ``from_pretrained`` models do: the sparse weight's Python
+dispatch is part of each 2:4 time, which weighs most where a matmul is small.
 One table: per model, each block weight shape through ``F.linear``, then the whole model.
 ``--tiny`` runs the same code on toy shapes (what the CPU test exercises).
 """
