@@ -79,6 +79,29 @@ def tiny_bert(seed: int = 0):
     return BertModel(config).eval()
 
 
+def cpu_kernel_backend():
+    """A 2:4 back end built on torch's own semi-structured tensor class (its dispatch
+    table and ``F.linear`` path) with only the matmul done densely, on any device: a model
+    forward then meets every operation the GPU kernels see. Tiles of 4 x 4, float32."""
+    from torch.sparse import SparseSemiStructuredTensorCUTLASS
+
+    from snows_hf.sparse_inference import KernelBackend
+
+    class CPUKernel(SparseSemiStructuredTensorCUTLASS):
+        @classmethod
+        def from_dense(cls, weight, alg_id=0):
+            return cls(weight.shape, packed=weight.clone(), meta=torch.zeros(1, dtype=torch.int16), packed_t=None,
+                       meta_t=None, compressed_swizzled_bitmask=None)
+
+        def _mm(self, B, *, bias=None, should_transpose_dense=False, **kwargs):
+            # the kernels' contract: W @ B, or (W @ B^T)^T = B @ W^T (F.linear's case), plus bias
+            out = self.packed @ (B.t() if should_transpose_dense else B)
+            out = out if bias is None else out + bias[:, None]
+            return out.t() if should_transpose_dense else out
+
+    return KernelBackend("cpu-kernel", {torch.float32: (4, 4)}, CPUKernel.from_dense, support=lambda device: None)
+
+
 def _save(model, processor, path):
     model.save_pretrained(path)
     processor.save_pretrained(path)

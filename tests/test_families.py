@@ -14,6 +14,9 @@ import snows_hf
 from snows_hf.adapters import ADAPTERS, find_block_list
 from snows_hf.export import save_pruned
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
+from snows_hf.sparse_inference import sparse_inference_
+
+from conftest import cpu_kernel_backend
 
 VOCAB = 128
 HIDDEN = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -136,6 +139,24 @@ def test_family_prune_save_reload(name, spec, tmp_path):
     out = _final(loaded, probe)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, _final(model, probe))
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of SparseSemiStructuredTensor is in prototype stage")
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_pruned_family_runs_on_semi_structured_weights(name):
+    """Every pruned linear layer takes a sparse weight (torch's own tensor class, its
+    matmul done densely on CPU) and the model's outputs stay those of the pruned model."""
+    family = FAMILIES[name]
+    model, report = _prune(name, "2:4", "magnitude", _inputs(family, 8, 0))
+    probe = _inputs(family, 4, 1)
+    before = _final(model, probe)
+    linear = {layer.name for layer in report.layers if layer.layout in ("linear", "conv1d")}
+    summary = sparse_inference_(model, backend=cpu_kernel_backend())
+    assert {d.name for d in summary.converted} == linear  # all tiny shapes are multiples of 4
+    if "conv2d" in family.layouts:
+        assert all(d.reason.startswith("2:4 but a Conv2d") for d in summary.layers if d.name in
+                   {layer.name for layer in report.layers})
+    torch.testing.assert_close(_final(model, probe), before, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])

@@ -19,7 +19,7 @@ from snows_hf.cli import main
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.sparse_inference import KernelBackend, kernel_backend, plan_sparse_inference, sparse_inference_
 
-from conftest import tiny_bert, tiny_gpt2, tiny_llama, tiny_vit
+from conftest import tiny_gpt2, tiny_llama, tiny_vit
 
 HALF = {torch.float16: (16, 16), torch.bfloat16: (16, 16)}  # cuSPARSELt's table for the float dtypes
 
@@ -181,54 +181,6 @@ def test_gpt2_conv1d_layers_become_the_linear_layers_they_stand_for():
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, dense, atol=1e-5)
     assert next(d for d in report.layers if d.name == "lm_head").reason.startswith("not 2:4")
-
-
-def _cpu_kernel_backend() -> KernelBackend:
-    """torch's own semi-structured tensor class, its dispatch table and ``F.linear`` path
-    included, with only the matmul done densely: a model forward on CPU then meets every
-    operation the real kernels see."""
-    from torch.sparse import SparseSemiStructuredTensorCUTLASS
-
-    class CPUKernel(SparseSemiStructuredTensorCUTLASS):
-        @classmethod
-        def from_dense(cls, weight, alg_id=0):
-            return cls(weight.shape, packed=weight.clone(), meta=torch.zeros(1, dtype=torch.int16), packed_t=None,
-                       meta_t=None, compressed_swizzled_bitmask=None)
-
-        def _mm(self, B, *, bias=None, should_transpose_dense=False, **kwargs):
-            # the kernels' contract: W @ B, or (W @ B^T)^T = B @ W^T (F.linear's case), plus bias
-            out = self.packed @ (B.t() if should_transpose_dense else B)
-            out = out if bias is None else out + bias[:, None]
-            return out.t() if should_transpose_dense else out
-
-    return KernelBackend("cpu-kernel", {torch.float32: (4, 4)}, CPUKernel.from_dense, support=lambda device: None)
-
-
-@pytest.mark.filterwarnings("ignore:The PyTorch API of SparseSemiStructuredTensor is in prototype stage")
-@pytest.mark.parametrize("family", ["vit", "llama", "gpt2", "bert"])
-def test_models_run_through_torchs_semi_structured_tensors(family):
-    from transformers.pytorch_utils import Conv1D
-
-    model = {"vit": tiny_vit, "llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}[family]()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                _two_four_(module)
-            elif isinstance(module, Conv1D):
-                module.weight.mul_(select_topk(module.weight.t().abs(), parse_sparsity("2:4")).t())
-    g = torch.Generator().manual_seed(0)
-    inputs = {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)} if family == "vit" else \
-        {"input_ids": torch.randint(0, 128, (2, 12), generator=g)}
-    with torch.no_grad():
-        dense = model(**inputs)[0]
-        report = sparse_inference_(model, backend=_cpu_kernel_backend())
-        sparse = model(**inputs)[0]
-    semi = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.sparse.SparseSemiStructuredTensor)]
-    assert len(semi) == len(report.converted) >= 8  # 2 blocks x at least q, k, v, o
-    assert torch.allclose(sparse, dense, atol=1e-5)
-    if family == "llama":
-        assert "  converted: 15 layers (q_proj x2, k_proj x2, v_proj x2, o_proj x2, gate_proj x2, up_proj x2, " \
-               "down_proj x2, lm_head)" in report.format()
 
 
 def test_a_layer_whose_kernel_disagrees_or_fails_stays_dense():
