@@ -296,7 +296,7 @@ def sparse_inference_(
     for saving (converted weights are not ``save_pretrained`` material).
 
     Example:
-        >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16).to("cuda")  # doctest: +SKIP
+        >>> model = AutoModelForImageClassification.from_pretrained("vit-2of4", dtype=torch.float16, device_map="auto")  # doctest: +SKIP
         >>> print(snows_hf.sparse_inference_(model).format())  # doctest: +SKIP
         2:4 sparse inference (cusparselt on NVIDIA H200 (cuda:0)): 72 of 73 linear layers converted (99.1% of their weights)
           converted: 72 layers (q_proj x12, k_proj x12, v_proj x12, o_proj x12, fc1 x12, fc2 x12)
