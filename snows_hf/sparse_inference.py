@@ -224,6 +224,8 @@ def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[s
         return semi_structured_support(rows.device) or "", ""
     if isinstance(rows, getattr(torch.sparse, "SparseSemiStructuredTensor", ())):
         return _ALREADY, ""
+    if not rows.is_floating_point():  # bitsandbytes and other quantized layers pack integers
+        return f"quantized weight ({str(rows.dtype).replace('torch.', '')}): the kernels take floating-point weights", ""
     dense = _dense_groups(rows)
     if dense > 0.0:
         return _NOT_2_4, "dense" if dense == 1.0 else f"{dense:.1%} of groups keep more than 2"

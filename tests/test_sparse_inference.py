@@ -76,6 +76,8 @@ class _Zoo(nn.Module):
             self.conv.weight.copy_((rows * keep).reshape(16, 3, 3, 16).permute(0, 3, 1, 2))
         self.dense_conv = nn.Conv2d(16, 16, 3, dtype=half)
         self.offloaded = nn.Linear(32, 32, device="meta", dtype=half)
+        self.quantized = nn.Linear(32, 32)
+        self.quantized.weight = nn.Parameter(torch.zeros(32, 32, dtype=torch.uint8), requires_grad=False)  # packed ints
 
 
 def test_the_planner_picks_exactly_the_2_4_layers_that_meet_the_kernel_constraints():
@@ -91,6 +93,7 @@ def test_the_planner_picks_exactly_the_2_4_layers_that_meet_the_kernel_constrain
     assert reasons["conv"] == "2:4 but a Conv2d (the kernels serve Linear layers only)"
     assert "dense_conv" not in decisions  # a dense conv is no candidate: nothing to say about it
     assert reasons["offloaded"].startswith("weights offloaded (on the meta device)")
+    assert reasons["quantized"] == "quantized weight (uint8): the kernels take floating-point weights"
     # torch's own CUTLASS table: half precision needs 32 x 64 tiles (none here has them), float32 (as TF32) is accepted
     cutlass = kernel_backend("cutlass")
     cutlass = KernelBackend("cutlass", cutlass.shapes, cutlass.compress, support=lambda device: None)
@@ -150,7 +153,7 @@ def test_the_swap_keeps_outputs_and_touches_only_the_planned_layers():
         else:
             assert module.weight is kept[name]
     assert report.format().splitlines()[:2] == [
-        "2:4 sparse inference (stand-in on cpu): 3 of 11 linear layers converted (29.2% of their weights)",
+        "2:4 sparse inference (stand-in on cpu): 3 of 12 linear layers converted (26.9% of their weights)",
         "  converted: 3 layers (ok, no_bias, sparser)"]
     assert report.to_dict()["converted"] == 3
 
