@@ -228,7 +228,10 @@ def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[s
         return f"quantized weight ({str(rows.dtype).replace('torch.', '')}): the kernels take floating-point weights", ""
     dense = _dense_groups(rows)
     if dense > 0.0:
-        return _NOT_2_4, "dense" if dense == 1.0 else f"{dense:.1%} of groups keep more than 2"
+        if dense == 1.0:
+            return _NOT_2_4, "dense"
+        share = ">99.9%" if dense > 0.999 else f"{dense:.1%}"  # never a rounded "100.0%" that is not all
+        return _NOT_2_4, f"{share} of groups keep more than 2"
     if shared:
         return "weight tied to another module (converting it would break the other)", ""
     if rows.dtype not in backend.shapes:

@@ -87,6 +87,10 @@ def test_the_planner_picks_exactly_the_2_4_layers_that_meet_the_kernel_constrain
     assert reasons["dense"] == reasons["almost"] == "not 2:4"
     assert decisions["dense"].detail == "dense"
     assert decisions["almost"].detail == f"{1 / 256:.1%} of groups keep more than 2"
+    wide = nn.Linear(4000, 1)
+    with torch.no_grad():
+        wide.weight[0, :2] = 0  # 1 of 1000 groups is 2:4: not "100.0%"
+    assert plan_sparse_inference(wide, _backend())[0].detail == ">99.9% of groups keep more than 2"
     assert reasons["odd_out"] == reasons["odd_in"] == "shape: stand-in needs out x in features in multiples of 16 x 16"
     assert reasons["full_precision"].startswith("dtype: stand-in kernels take float16/bfloat16 weights")
     assert reasons["tied_a"] == reasons["tied_b"] and reasons["tied_a"].startswith("weight tied to another module")
