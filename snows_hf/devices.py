@@ -77,17 +77,19 @@ def semi_structured_support(device: torch.device) -> str | None:
 
 
 def semi_structured_backends() -> list[str]:
-    """PyTorch's 2:4 kernel back ends usable in this build, the preferred one first.
+    """PyTorch's 2:4 kernel back ends this torch build runs, the preferred one first.
 
-    cuSPARSELt (when this torch ships it) is the default of
-    ``torch.sparse.to_sparse_semi_structured``; CUTLASS is its fallback.
+    cuSPARSELt (when the build ships it) is the default of
+    ``torch.sparse.to_sparse_semi_structured``; CUTLASS comes with every CUDA build. A
+    CPU-only build has none.
 
     Example:
-        >>> semi_structured_backends()[-1]
-        'cutlass'
+        >>> set(semi_structured_backends()) <= {"cusparselt", "cutlass"}
+        True
     """
     cusparselt = getattr(torch.backends, "cusparselt", None)
-    return (["cusparselt"] if cusparselt is not None and cusparselt.is_available() else []) + ["cutlass"]
+    return (["cusparselt"] if cusparselt is not None and cusparselt.is_available() else []) + \
+        (["cutlass"] if torch.version.cuda else [])
 
 
 def device_label(device: torch.device) -> str:

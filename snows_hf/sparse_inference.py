@@ -52,7 +52,9 @@ def kernel_backend(name: str = "auto") -> KernelBackend:
 
     Shape and dtype limits come from torch's own tables, so they follow the installed
     version. Integer and float8 weights are left out: models hold no such ``nn.Linear``
-    weights, and torch has no plain matmul for float8 ones.
+    weights, and torch has no plain matmul for float8 ones. A CPU-only build has no
+    kernels but still plans: ``auto`` then takes cuSPARSELt's limits, the ones a GPU
+    build uses by default.
 
     Example:
         >>> kernel_backend("cutlass").shapes[torch.float16]
@@ -60,10 +62,10 @@ def kernel_backend(name: str = "auto") -> KernelBackend:
     """
     available = semi_structured_backends()
     if name == "auto":
-        name = available[0]
+        name = available[0] if available else "cusparselt"
     if name not in _BACKEND_CLASSES:
         raise ValueError(f"unknown 2:4 kernel back end {name!r}; use auto, {', '.join(_BACKEND_CLASSES)}")
-    if name not in available:
+    if available and name not in available:
         raise ValueError(f"this torch build has no {name} kernels; use {' or '.join(available)}")
     cls = getattr(torch.sparse, _BACKEND_CLASSES[name], None)
     table = getattr(cls, "_DTYPE_SHAPE_CONSTRAINTS", None)

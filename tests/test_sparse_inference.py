@@ -117,7 +117,7 @@ def test_the_plan_of_a_pruned_llama_follows_its_shapes_and_its_dense_head():
 
 
 def test_on_cpu_the_call_leaves_the_model_unchanged_and_says_why(caplog):
-    model = _prune_model_(tiny_vit(), skip=("classifier",))
+    model = _prune_model_(tiny_vit(), skip=("classifier",)).half()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [id(p) for p in model.parameters()]
     with caplog.at_level(logging.WARNING, logger="snows_hf"):
@@ -128,12 +128,13 @@ def test_on_cpu_the_call_leaves_the_model_unchanged_and_says_why(caplog):
     expected = "model left unchanged: on cpu: 2:4 sparse kernels run on NVIDIA GPUs of compute capability 8.0 or newer"
     assert report.message.startswith(expected)
     assert "(8 linear layers meet every other condition)" in report.message  # 2 blocks x q, k, v, o
-    # the MLP (32 -> 68 -> 32) misses CUTLASS's float32 tiles of 32 x 32 whatever the device
+    # the MLP (32 -> 68 -> 32) misses cuSPARSELt's tiles of 16 x 16 whatever the device: a
+    # CPU-only build plans with the limits of the back end GPU builds use by default
     assert expected in caplog.text
     text = report.format()
-    assert text.splitlines()[0].endswith("0 of 13 linear layers converted (0.0% of their weights)")
-    assert "kept dense, not 2:4: 1 layer (classifier 3x32 float32 [dense])" in text
-    assert "kept dense, shape: cutlass needs out x in features in multiples of 32 x 32: 4 layers" in text
+    assert text.splitlines()[0] == "2:4 sparse inference (cusparselt on cpu): 0 of 13 linear layers converted (0.0% of their weights)"
+    assert "kept dense, not 2:4: 1 layer (classifier 3x32 float16 [dense])" in text
+    assert "kept dense, shape: cusparselt needs out x in features in multiples of 16 x 16: 4 layers" in text
 
 
 def test_the_swap_keeps_outputs_and_touches_only_the_planned_layers():
@@ -244,12 +245,18 @@ def test_filter_fn_leaves_layers_out():
     assert next(d for d in report.layers if d.name == "ok").reason == "left out by filter_fn"
 
 
-def test_back_end_names_are_checked():
+def test_back_end_names_are_checked(monkeypatch):
+    import snows_hf.sparse_inference as module
+
     with pytest.raises(ValueError, match="unknown 2:4 kernel back end 'tensorrt'"):
         kernel_backend("tensorrt")
-    if not torch.backends.cusparselt.is_available():
-        with pytest.raises(ValueError, match="this torch build has no cusparselt kernels; use cutlass"):
-            kernel_backend("cusparselt")
+    monkeypatch.setattr(module, "semi_structured_backends", lambda: ["cutlass"])  # a CUDA build without cuSPARSELt
+    assert kernel_backend().name == "cutlass"
+    with pytest.raises(ValueError, match="this torch build has no cusparselt kernels; use cutlass"):
+        kernel_backend("cusparselt")
+    monkeypatch.setattr(module, "semi_structured_backends", lambda: [])  # CPU-only: plans with the default's limits
+    assert kernel_backend().name == "cusparselt" and kernel_backend().shapes[torch.bfloat16] == (16, 16)
+    assert kernel_backend("cutlass").shapes[torch.float16] == (32, 64)
 
 
 def _image_folder(root: Path) -> Path:
