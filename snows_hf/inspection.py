@@ -7,6 +7,9 @@ inputs keeps exactly N for N:M, the recorded share of zeros for unstructured lay
 Stored zeros only count: a kept weight that is itself zero is allowed (at most N per
 group). Folders without snows-hf metadata are inspected too: every Linear/Conv1D/Conv2d
 weight with zeros and which of 4:8, 2:4, 1:4 its zeros follow, with nothing to fail.
+When some layers are 2:4, it also says how many linear layers the GPU sparse kernels
+would take in half precision (:func:`snows_hf.sparse_inference.plan_for_gpu`) and why
+the others would stay dense.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Inspection:
     metadata: dict[str, Any] | None
     files: dict[str, int]  #: file name -> bytes
     layers: list[LayerCheck] = field(default_factory=list)
+    #: what 2:4 GPU kernels would run, in half precision: back end, ready layers, linear layers, why others not
+    sparse_kernels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -64,6 +69,11 @@ class Inspection:
         zeros = sum(layer.sparsity * _numel(layer.shape) for layer in self.layers)
         lines += ["", f"{len(self.layers)} layers, {zeros / max(numel, 1):.2%} of their weights are zero; "
                   + ("every layer follows its pattern" if not bad else f"{len(bad)} break their pattern: {', '.join(bad[:3])}")]
+        kernels = self.sparse_kernels
+        if kernels.get("ready"):
+            lines.append(f"2:4 GPU kernels ({kernels['backend']}, float16/bfloat16): {kernels['ready']} of "
+                         f"{kernels['linear']} linear layers would run on them")
+            lines += [f"  kept dense, {reason}: {count}" for reason, count in kernels["kept_dense"].items()]
         return "\n".join(lines)
 
 
@@ -130,4 +140,18 @@ def inspect_folder(folder: str | Path, allow_pickle: bool = False) -> Inspection
             pattern = f"{recorded * 100:.4g}%"
             valid = sparsity >= recorded - 1.0 / nonzero.numel() - 1e-6
         result.layers.append(LayerCheck(name, tuple(weight.shape), sparsity, pattern, valid))
+    result.sparse_kernels = _kernel_readiness(model)
     return result
+
+
+def _kernel_readiness(model: Any) -> dict[str, Any]:
+    """How many linear layers the 2:4 GPU kernels would take, and why the others not."""
+    from .sparse_inference import kernel_backend, plan_for_gpu
+
+    decisions = [d for d in plan_for_gpu(model) if d.kind != "Conv2d"]
+    kept: dict[str, int] = {}
+    for decision in decisions:
+        if decision.reason:
+            kept[decision.reason.split(" (")[0]] = kept.get(decision.reason.split(" (")[0], 0) + 1
+    return {"backend": kernel_backend().name, "ready": sum(d.converted for d in decisions), "linear": len(decisions),
+            "kept_dense": kept}

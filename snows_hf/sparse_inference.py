@@ -248,6 +248,23 @@ def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[s
     return "", ""
 
 
+def plan_for_gpu(model: nn.Module, backend: str = "auto") -> list[LayerDecision]:
+    """The plan :func:`sparse_inference_` would follow on a GPU with 2:4 kernels, with the
+    model in half precision, wherever ``model`` is now (nothing is changed or moved).
+
+    For checking a checkpoint on a machine without such a GPU: the pattern, tied weights
+    and the back end's half-precision tiles decide, not the device or the stored dtype.
+
+    Example:
+        >>> ready = [d.name for d in plan_for_gpu(model) if d.converted]  # doctest: +SKIP
+    """
+    chosen = kernel_backend(backend)
+    tiles = chosen.shapes[torch.bfloat16]
+    anywhere = KernelBackend(chosen.name, dict.fromkeys((torch.float32, torch.float16, torch.bfloat16), tiles),
+                             chosen.compress, support=lambda device: None)
+    return plan_sparse_inference(model, anywhere)
+
+
 @torch.no_grad()
 def _convert(model: nn.Module, name: str, backend: KernelBackend, verify: bool) -> tuple[str, str]:
     """Give layer ``name`` a sparse weight; ``(reason, detail)`` when it stays dense instead.

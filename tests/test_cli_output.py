@@ -54,9 +54,15 @@ def test_inspect_checks_every_layer_and_catches_a_broken_group(llama_dir, capsys
     assert "written by snows-hf" in out and "pattern 2:4, method snows" in out and f"format {fmt}" in out
     assert "size on disk" in out
     assert "14 layers, 50.00% of their weights are zero; every layer follows its pattern" in out
+    # hidden 32 and k/v 16 fit cuSPARSELt's 16 x 16 tiles, the 72-wide MLP does not; the head is dense
+    assert "2:4 GPU kernels (cusparselt, float16/bfloat16): 8 of 15 linear layers would run on them" in out
+    assert "  kept dense, shape: cusparselt needs out x in features in multiples of 16 x 16: 6" in out
+    assert "  kept dense, not 2:4: 1" in out
     assert max(map(len, out.splitlines())) <= 100
     found = json.loads(Path("found.json").read_text())
     assert found["valid"] and len(found["layers"]) == 14 and found["files"]["model.safetensors"] > 0
+    assert found["sparse_kernels"] == {"backend": "cusparselt", "ready": 8, "linear": 15, "kept_dense": {
+        "shape: cusparselt needs out x in features in multiples of 16 x 16": 6, "not 2:4": 1}}
     if fmt == "compact":
         return
     weights = load_file("out/model.safetensors")
@@ -75,7 +81,7 @@ def test_inspect_checks_every_layer_and_catches_a_broken_group(llama_dir, capsys
 def test_inspect_a_plain_model_folder_and_bad_folders(llama_dir, capsys, tmp_path):
     assert main(["inspect", str(llama_dir)]) == 0
     out = capsys.readouterr().out
-    assert "no snows-hf metadata" in out and "0 layers" in out
+    assert "no snows-hf metadata" in out and "0 layers" in out and "GPU kernels" not in out  # dense: nothing to say
     # a plain (dense) folder whose weights happen to hold zeros: reported, never failed
     from transformers import AutoModelForCausalLM
 
