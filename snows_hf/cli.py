@@ -465,7 +465,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .calibration import CalibrationConfig
     from .devices import resolve_device, semi_structured_support
-    from .loading import load_model
+    from .loading import load_model, quieted
     from .report import format_metrics
 
     cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
@@ -489,13 +489,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sparse_inference:
         from .sparse_inference import sparse_inference_
 
-        quiet = logging.getLogger("snows_hf.sparse_inference")  # its warning repeats the summary printed below
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
+        with quieted("snows_hf.sparse_inference"):  # its warning repeats the summary printed below
             sparse = sparse_inference_(model)
-        finally:
-            quiet.setLevel(level)
         print(sparse.format())
     evaluation.run("pruned" if args.reference else "model", model)
     figures = evaluation.figures() | {"data": data.source, "model_path": args.model, "reference_path": args.reference,

@@ -19,15 +19,21 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_hub_retries() -> Iterator[None]:
-    """Silence huggingface_hub's per-retry warnings; the final failure is reported once."""
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)
+def quieted(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` while the block runs, for warnings that something
+    else reports once anyway (per-retry Hub warnings, a summary printed in full).
+
+    Example:
+        >>> with quieted("huggingface_hub"):
+        ...     pass
+    """
+    quiet = logging.getLogger(logger_name)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        hub_logger.setLevel(level)
+        quiet.setLevel(level)
 
 
 def load_model(
@@ -87,7 +93,7 @@ def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any
     if not is_local:
         logger.info("%s is not a local folder: fetching it from the Hugging Face Hub", source)
     try:
-        with _quiet_hub_retries():
+        with quieted("huggingface_hub"):  # per-retry warnings; the final failure is reported once
             config = transformers.AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         where = "local folder" if is_local else "local folder, and the Hugging Face Hub could not serve it"
