@@ -146,12 +146,12 @@ def inspect_folder(folder: str | Path, allow_pickle: bool = False) -> Inspection
 
 def _kernel_readiness(model: Any) -> dict[str, Any]:
     """How many linear layers the 2:4 GPU kernels would take, and why the others not."""
-    from .sparse_inference import kernel_backend, plan_for_gpu
+    from .sparse_inference import plan_for_gpu
 
-    decisions = [d for d in plan_for_gpu(model) if d.kind != "Conv2d"]
+    plan = plan_for_gpu(model)
     kept: dict[str, int] = {}
-    for decision in decisions:
-        if decision.reason:
-            kept[decision.reason.split(" (")[0]] = kept.get(decision.reason.split(" (")[0], 0) + 1
-    return {"backend": kernel_backend().name, "ready": sum(d.converted for d in decisions), "linear": len(decisions),
-            "kept_dense": kept}
+    for reason, layers in plan.kept_dense().items():
+        if layers[0] in plan.linear:
+            short = reason.split(" (")[0]  # "weight tied to another module (converting ...)" -> its gist
+            kept[short] = kept.get(short, 0) + len(layers)
+    return {"backend": plan.backend, "ready": len(plan.converted), "linear": len(plan.linear), "kept_dense": kept}

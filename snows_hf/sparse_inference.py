@@ -109,6 +109,19 @@ class SparseInferenceReport:
     def converted(self) -> list[LayerDecision]:
         return [layer for layer in self.layers if layer.converted]
 
+    @property
+    def linear(self) -> list[LayerDecision]:
+        """The linear layers (``nn.Linear``, ``Conv1D``): all but the 2:4 Conv2d listed alongside."""
+        return [layer for layer in self.layers if layer.reason != _CONV2D]
+
+    def kept_dense(self) -> dict[str, list[LayerDecision]]:
+        """The layers that stay dense, by reason, in the order they come."""
+        groups: dict[str, list[LayerDecision]] = {}
+        for layer in self.layers:
+            if layer.reason:
+                groups.setdefault(layer.reason, []).append(layer)
+        return groups
+
     def format(self, max_names: int = 3) -> str:
         """A short summary: how many layers run on the kernels, and why the others do not.
 
@@ -117,11 +130,10 @@ class SparseInferenceReport:
             2:4 sparse inference (cusparselt on cpu): 1 of 1 linear layers converted (100.0% of their weights)
               converted: 1 layer (fc)
         """
-        linear = [layer for layer in self.layers if layer.reason != _CONV2D]
-        numel = sum(math.prod(layer.shape) for layer in linear)
+        numel = sum(math.prod(layer.shape) for layer in self.linear)
         done = sum(math.prod(layer.shape) for layer in self.converted)
         where = f"{self.backend} on {self.device}" if self.backend else self.device
-        lines = [f"2:4 sparse inference ({where}): {len(self.converted)} of {len(linear)} linear layers converted"
+        lines = [f"2:4 sparse inference ({where}): {len(self.converted)} of {len(self.linear)} linear layers converted"
                  f" ({done / max(numel, 1):.1%} of their weights)"]
         if self.message:
             lines.append(self.message)
@@ -131,11 +143,7 @@ class SparseInferenceReport:
                 kinds[layer.name.rsplit(".", 1)[-1]] = kinds.get(layer.name.rsplit(".", 1)[-1], 0) + 1
             lines.append(f"  converted: {len(self.converted)} layer{'s' if len(self.converted) > 1 else ''} ("
                          + ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in kinds.items()) + ")")
-        groups: dict[str, list[LayerDecision]] = {}
-        for layer in self.layers:
-            if layer.reason:
-                groups.setdefault(layer.reason, []).append(layer)
-        for reason, members in groups.items():
+        for reason, members in self.kept_dense().items():
             names = ", ".join(_describe(m) for m in members[:max_names])
             more = f" and {len(members) - max_names} more" if len(members) > max_names else ""
             lines.append(f"  kept dense, {reason}: {len(members)} layer{'s' if len(members) > 1 else ''} ({names}{more})")
@@ -248,7 +256,7 @@ def _reason(rows: torch.Tensor, backend: KernelBackend, shared: bool) -> tuple[s
     return "", ""
 
 
-def plan_for_gpu(model: nn.Module, backend: str = "auto") -> list[LayerDecision]:
+def plan_for_gpu(model: nn.Module, backend: str = "auto") -> SparseInferenceReport:
     """The plan :func:`sparse_inference_` would follow on a GPU with 2:4 kernels, with the
     model in half precision, wherever ``model`` is now (nothing is changed or moved).
 
@@ -256,13 +264,13 @@ def plan_for_gpu(model: nn.Module, backend: str = "auto") -> list[LayerDecision]
     and the back end's half-precision tiles decide, not the device or the stored dtype.
 
     Example:
-        >>> ready = [d.name for d in plan_for_gpu(model) if d.converted]  # doctest: +SKIP
+        >>> ready = [d.name for d in plan_for_gpu(model).converted]  # doctest: +SKIP
     """
     chosen = kernel_backend(backend)
     tiles = chosen.shapes[torch.bfloat16]
     anywhere = KernelBackend(chosen.name, dict.fromkeys((torch.float32, torch.float16, torch.bfloat16), tiles),
                              chosen.compress, support=lambda device: None)
-    return plan_sparse_inference(model, anywhere)
+    return SparseInferenceReport(chosen.name, "a GPU with 2:4 kernels", plan_sparse_inference(model, anywhere))
 
 
 @torch.no_grad()
@@ -341,7 +349,7 @@ def sparse_inference_(
 
 def _unchanged(report: SparseInferenceReport, backend: KernelBackend, devices: set[torch.device]) -> str:
     """Why nothing was converted, the most useful reason first."""
-    linear = [layer for layer in report.layers if layer.reason != _CONV2D]
+    linear = report.linear
     ready = sum(layer.reason in {_NO_KERNELS.format(d) for d in devices} for layer in linear)
     missing = sorted(filter(None, (backend.support(d) for d in devices)))
     no_device = len(missing) == len(devices)
