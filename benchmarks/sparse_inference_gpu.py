@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 import snows_hf
 from snows_hf.devices import device_label, resolve_device, synchronize
+from snows_hf.evaluation import relative_error
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.sparse_inference import kernel_backend, sparse_inference_
 
@@ -136,10 +137,6 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-12))
-
-
 @torch.no_grad()
 def end_to_end(name: str, spec: dict, dtype: torch.dtype, device: torch.device, backend, args) -> tuple[list[dict], dict]:
     """Rows of the end-to-end table for one model and dtype, and its distinct block weight shapes."""
@@ -171,7 +168,7 @@ def end_to_end(name: str, spec: dict, dtype: torch.dtype, device: torch.device, 
             "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3, "speedup": dense_s / sparse_s,
             "dense_per_s": samples / dense_s, "sparse_per_s": samples / sparse_s,
             "dense_gib": dense_bytes / 2**30, "sparse_gib": sparse_bytes / 2**30,
-            "rel_err": _relative_error(got, logits),
+            "rel_err": relative_error(got, logits),
             "top1_agree": float((got.argmax(-1) == logits.argmax(-1)).float().mean()),
         })
     return rows, shapes
@@ -200,7 +197,7 @@ def per_layer(name: str, spec: dict, shapes: dict, dtype: torch.dtype, device: t
                 "tokens": count, "dtype": str(dtype).replace("torch.", ""),
                 "dense_us": dense_s * 1e6, "sparse_us": sparse_s * 1e6, "speedup": dense_s / sparse_s,
                 "sparse_tflops": 2 * count * out_features * in_features / sparse_s / 1e12,
-                "rel_err": _relative_error(F.linear(x, sparse, bias), F.linear(x, weight, bias)),
+                "rel_err": relative_error(F.linear(x, sparse, bias), F.linear(x, weight, bias)),
             })
     return rows
 

@@ -17,6 +17,17 @@ def cosine_to_reference(embeddings: torch.Tensor, reference: torch.Tensor) -> to
     return torch.nn.functional.cosine_similarity(embeddings.float(), reference.float(), dim=-1)
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||got - expected|| / ||expected||`` in float32 (0 when both are zero).
+
+    Example:
+        >>> relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
+        0.7071067690849304
+    """
+    expected = expected.float()
+    return float((got.float() - expected).norm() / expected.norm().clamp_min(1e-12))
+
+
 @torch.no_grad()
 def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """What the metrics need from one model on an :class:`~snows_hf.data.EvalSet`.

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .devices import device_label, semi_structured_backends, semi_structured_support
+from .evaluation import relative_error
 
 logger = logging.getLogger(__name__)
 
@@ -288,9 +289,7 @@ def _convert(model: nn.Module, name: str, backend: KernelBackend, verify: bool) 
         if verify:
             generator = torch.Generator(device=weight.device).manual_seed(0)
             probe = torch.randn(_PROBE_ROWS, weight.shape[1], generator=generator, device=weight.device, dtype=weight.dtype)
-            expected = torch.nn.functional.linear(probe, weight).float()
-            got = torch.nn.functional.linear(probe, sparse).float()
-            error = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+            error = relative_error(torch.nn.functional.linear(probe, sparse), torch.nn.functional.linear(probe, weight))
             if not error <= _TOLERANCE.get(weight.dtype, 1e-2):  # NaN included
                 return "kernel output differs from the dense layer", f"relative error {error:.2g}"
     except (RuntimeError, NotImplementedError, ValueError) as exc:
