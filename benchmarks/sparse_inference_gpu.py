@@ -41,6 +41,7 @@ import snows_hf
 from snows_hf.devices import device_label, resolve_device, synchronize
 from snows_hf.evaluation import relative_error
 from snows_hf.masks import parse_sparsity, select_topk
+from snows_hf.solver.hvp import free_memory
 from snows_hf.sparse_inference import kernel_backend, sparse_inference_
 
 MODELS = {  #: name -> family and shape, in the order they run (the most asked-about first, for --budget)
@@ -118,13 +119,6 @@ def median_seconds(fn, device: torch.device, min_seconds: float, repeats: int = 
         synchronize(device)
         times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
-
-
-def _free_cache(device: torch.device) -> None:
-    accelerator = getattr(torch, "accelerator", None)
-    if device.type != "cpu" and accelerator is not None and hasattr(accelerator, "empty_cache"):
-        synchronize(device)
-        accelerator.empty_cache()
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -288,9 +282,9 @@ def main(argv: list[str] | None = None, backend=None) -> int:
             except (RuntimeError, NotImplementedError, ValueError) as exc:
                 failures.append(f"{name} {str(dtype).replace('torch.', '')}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
                 print(f"  FAILED {failures[-1]}", flush=True)
-                _free_cache(device)
+                free_memory()
                 continue
-            _free_cache(device)  # the model is gone: its memory goes back before the next one
+            free_memory()  # the model is gone: its memory goes back before the next one
             print(f"  done {name} {str(dtype).replace('torch.', '')}: {time.perf_counter() - start:.0f} s", flush=True)
             if args.json:  # what ran survives a run stopped from outside
                 _write(args.json, header, layers, models, failures)
