@@ -2,22 +2,24 @@
 
 Text is tokenised with the model's own tokenizer and packed into ``seq_len``-token
 sequences; images go through the model's image processor. Sampling is seeded, so the same
-seed gives the same tensors. Without a dataset, seeded random inputs of the right shape
-are used (enough for data-free masks, and said so in the log).
+seed gives the same tensors. Hub datasets are streamed (:mod:`snows_hf.datasources`).
+Without a dataset, a default for the model's modality is used
+(:data:`~snows_hf.datasources.DEFAULT_DATASETS`); ``dataset="random"`` asks for seeded
+random inputs of the right shape (enough for data-free masks and smoke tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from .datasources import DEFAULT_DATASETS, RANDOM, model_modality, open_split
 
-_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +31,9 @@ class CalibrationConfig:
         CalibrationConfig(dataset='data/train.jsonl', ...)
     """
 
-    dataset: str | None = field(default=None, metadata={"help": "calibration data: a local folder/file or a Hub dataset id (default: random inputs)"})
+    dataset: str | None = field(default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id "
+                                "(streamed), or 'random' for seeded noise (default: the bundled recipe's for MODEL, "
+                                "else allenai/c4 for text and frgfm/imagenette for images)"})
     dataset_config: str | None = field(default=None, metadata={"help": "configuration (subset) name of a Hub dataset"})
     split: str = field(default="train", metadata={"help": "dataset split to draw calibration and evaluation samples from"})
     num_samples: int = field(default=128, metadata={"help": "number of calibration samples"})
@@ -39,6 +43,8 @@ class CalibrationConfig:
     label_column: str | None = field(default=None, metadata={"help": "label column for evaluation (default: detected)"})
     eval_samples: int = field(default=128, metadata={"help": "held-out samples (sequences for causal LMs) to evaluate dense and pruned models on"})
     seed: int = field(default=0, metadata={"help": "random seed for sampling"})
+    streaming: bool = field(default=True, metadata={"help": "stream Hub datasets, reading only the rows used "
+                            "(false: download and prepare the whole split first)"})
 
     def __post_init__(self) -> None:
         from .config import _check_types
@@ -50,10 +56,6 @@ class CalibrationConfig:
             raise ValueError(f"seq_len must be at least 1, got {self.seq_len}")
         if self.eval_samples < 0:
             raise ValueError(f"eval_samples must be at least 0, got {self.eval_samples}")
-
-
-def _is_image_model(model: Any) -> bool:
-    return getattr(model, "main_input_name", "input_ids") == "pixel_values"
 
 
 def _max_positions(model: Any) -> int | None:
@@ -78,7 +80,7 @@ def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Te
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     config = model.config
-    if _is_image_model(model):
+    if model_modality(model) == "image":
         size = getattr(config, "image_size", 224)
         size = (size, size) if isinstance(size, int) else tuple(size)
         channels = getattr(config, "num_channels", 3)
@@ -90,69 +92,39 @@ def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Te
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def with_default_dataset(cfg: CalibrationConfig, model: Any) -> CalibrationConfig:
+    """``cfg`` itself when it names a dataset (or ``random``), else ``cfg`` with the
+    default dataset of the model's modality filled in (columns the user set are kept),
+    said in one log line.
+
+    Example:
+        >>> with_default_dataset(CalibrationConfig(), llama).dataset  # doctest: +SKIP
+        'allenai/c4'
+    """
+    if cfg.dataset is not None:
+        return cfg
+    default = DEFAULT_DATASETS[model_modality(model)]
+    logger.info("no dataset given: calibrating on %s (%s, split %s, streamed), %s; pass --dataset PATH for your own "
+                "data or --dataset random for seeded noise", default.dataset, default.config, default.split, default.why)
+    columns = {name: getattr(cfg, name) or getattr(default, name) for name in ("text_column", "image_column", "label_column")}
+    return dataclasses.replace(cfg, dataset=default.dataset, dataset_config=default.config, split=default.split, **columns)
+
+
 def load_dataset_split(cfg: CalibrationConfig):
-    """Load ``cfg.dataset`` (folder, file or Hub id) and return the requested split.
+    """The rows of ``cfg``'s split (:class:`~snows_hf.datasources.SplitRows`, in ``cfg.seed`` order).
 
-    Errors are one clear ``ValueError``: a missing path, an unreachable Hub, a bad split.
+    Errors are one clear ``ValueError``: a missing path, an unreachable or gated Hub
+    dataset, a bad split or configuration.
+
+    Example:
+        >>> rows = load_dataset_split(CalibrationConfig(dataset="data/train.jsonl"))  # doctest: +SKIP
     """
-    import datasets
-
-    source = cfg.dataset
-    path = os.path.expanduser(source)
-    try:
-        if os.path.isfile(path):
-            ext = os.path.splitext(path)[1].lower()
-            if ext not in _BUILDERS:
-                raise ValueError(f"unsupported data file {source!r}: use {', '.join(sorted(_BUILDERS))}")
-            data = datasets.load_dataset(_BUILDERS[ext], data_files=path)  # one file: split "train"
-        elif os.path.isdir(path):
-            data = datasets.load_dataset(path, cfg.dataset_config)
-        elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-            raise ValueError(f"dataset path {source!r} does not exist")
-        else:
-            data = datasets.load_dataset(source, cfg.dataset_config)
-    except ValueError:
-        raise
-    except Exception as exc:  # datasets raises many types for offline/missing data
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load dataset {source!r}: {first}") from None
-    if cfg.split not in data:
-        raise ValueError(f"dataset {source!r} has no split {cfg.split!r}; it has: {', '.join(data)}")
-    split = data[cfg.split]
-    if len(split) == 0:
-        raise ValueError(f"dataset {source!r} split {cfg.split!r} is empty")
-    return split
-
-
-def _detect_column(split, wanted: str | None, kind: str) -> str | None:
-    """The ``kind`` (image, text, label) column: ``wanted`` if given, else detected.
-
-    Images and texts are found by feature type; labels by a ``ClassLabel`` feature or a
-    column named ``label``/``labels``, and are optional (``None`` when there is none).
-    """
-    import datasets
-
-    names = list(split.column_names)
-    if wanted is not None:
-        if wanted not in names:
-            raise ValueError(f"{kind} column {wanted!r} not in the dataset; columns: {', '.join(names)}")
-        return wanted
-    for name, feature in split.features.items():
-        if kind == "image" and isinstance(feature, datasets.Image):
-            return name
-        if kind == "label" and isinstance(feature, datasets.ClassLabel):
-            return name
-        if kind == "text" and getattr(feature, "dtype", None) in ("string", "large_string"):
-            if name == "text" or "text" not in names:
-                return name
-    if kind == "label":
-        return next((n for n in ("label", "labels") if n in names), None)
-    flag = "--image-column" if kind == "image" else "--text-column"
-    raise ValueError(f"no {kind} column found in the dataset (columns: {', '.join(names)}); pass {flag}")
+    return open_split(cfg.dataset, cfg.dataset_config, cfg.split, streaming=cfg.streaming, seed=cfg.seed)
 
 
 def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None) -> dict[str, torch.Tensor]:
-    """Calibration tensors for ``model``: from ``cfg.dataset`` or random when there is none.
+    """Calibration tensors for ``model``: from ``cfg.dataset`` (the modality's default when
+    ``None``), or seeded random inputs when it is ``"random"``.
 
     Example:
         >>> cal = build_calibration(CalibrationConfig(dataset="bbc.jsonl", num_samples=8, seq_len=64),
@@ -160,13 +132,9 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
         >>> cal["input_ids"].shape  # doctest: +SKIP
         torch.Size([8, 64])
     """
-    if cfg.dataset is None:
-        logger.warning(
-            "no --dataset given: calibrating on random inputs; only the magnitude mask ignores data "
-            "(wanda/hessian masks and SNOWS fit what they see), and nothing is held out to evaluate on; "
-            "pass --dataset with real samples"
-        )
+    if cfg.dataset == RANDOM:
         return random_calibration(model, cfg)
+    cfg = with_default_dataset(cfg, model)
     if processor is None:
         raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found with the model")
     return calibration_from_split(load_dataset_split(cfg), cfg, model, processor)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import sys
 import time
@@ -124,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=cmd_prune)
 
     evaluation = sub.add_parser("eval", help="evaluate a saved model (optionally against a reference) on held-out data")
-    evaluation.add_argument("model", metavar="MODEL", help="model folder or Hub id to evaluate")
+    evaluation.add_argument("model", metavar="MODEL", help="model folder or Hub id to evaluate; the data settings of a "
+                            "snows-hf output's recipe.yaml are the defaults, so its held-out rows are evaluated")
     evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
-    _data_options(evaluation, dataset_required=True)
+    _data_options(evaluation)
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
     _add(evaluation, PruneConfig, "device")
     evaluation.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
@@ -191,11 +193,11 @@ def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None,
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached `hf auth login`); never written anywhere")
 
 
-def _data_options(parser: argparse.ArgumentParser, dataset_required: bool = False) -> None:
+def _data_options(parser: argparse.ArgumentParser) -> None:
     from .calibration import CalibrationConfig
 
     group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
-    _add(group, CalibrationConfig, "dataset", **({"required": True} if dataset_required else {}))
+    _add(group, CalibrationConfig, "dataset")
     _add(group, CalibrationConfig, "dataset_config")
     _add(group, CalibrationConfig, "split")
     _add(group, CalibrationConfig, "num_samples", type=_positive_int)
@@ -205,6 +207,9 @@ def _data_options(parser: argparse.ArgumentParser, dataset_required: bool = Fals
     _add(group, CalibrationConfig, "image_column")
     _add(group, CalibrationConfig, "label_column")
     _add(group, CalibrationConfig, "seed", type=int)
+    group.add_argument("--no-streaming", dest="streaming", action="store_false", default=argparse.SUPPRESS,
+                       help="download and prepare a Hub dataset's whole split before reading it (default: stream "
+                       "only the rows used)")
     group.add_argument("--processor", help="tokenizer or image processor folder/id (default: the model's own)")
 
 
@@ -281,7 +286,15 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
     flags given on the command line on top (unset flags never override). Sets ``args.model``."""
     from .recipe import load_recipe
 
+    from .recipe import recipe_for_model
+
     prune_fields, data_fields = _split_fields(args, prune_cls), _split_fields(args, data_cls)
+    if args.recipe is None and args.model and "dataset" not in data_fields:
+        found = recipe_for_model(args.model, prune_fields.get("sparsity"))
+        if found is not None:
+            logger.info("%s is the model of the bundled recipe %s: it is the base of this run (flags override its "
+                        "fields; snows-hf recipes %s shows it)", args.model, found.stem, found.stem)
+            args.recipe = str(found)
     if args.recipe is None:
         base_prune, base_data, model = None, None, None
     else:
@@ -299,13 +312,15 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     """Print what ``prune`` would do: traced without weights (meta device) when the
     family's code allows, else on the loaded weights. Writes nothing."""
-    from .calibration import random_calibration
+    from .calibration import random_calibration, with_default_dataset
+    from .datasources import RANDOM
     from .loading import load_model
     from .plan import empty_model, plan_run
 
     model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
-    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=None))
-    source = f"of {cal_cfg.dataset}" if cal_cfg.dataset else "of random inputs (no --dataset)"
+    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
+    cal_cfg = with_default_dataset(cal_cfg, model)
+    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
     ids = example.get("input_ids")
     size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
     # Some mask code asks an all-ones attention mask for its values, which meta tensors
@@ -376,8 +391,10 @@ def checkpoint_dir(output_dir: str) -> str:
 def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
                     load_options: dict[str, Any], checkpoint: Any, log: _RunLog) -> int:
     from .api import prune_
+    from .data import prepare_run_data
     from .export import check_free_space, model_bytes, save_pruned
     from .loading import load_model
+    from .methods import get_method
     from .recipe import recipe_dict
 
     main = processes.is_main
@@ -390,7 +407,8 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
     if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
         check_free_space(output_dir, 2 * model_bytes(model))
     with phases("data"):
-        data = _prepare(cal_cfg, model, processor, evaluate=not args.no_eval)
+        fits_data = get_method(config.method)(config).fits_data
+        data, cal_cfg = prepare_run_data(cal_cfg, model, processor, 0 if args.no_eval else cal_cfg.eval_samples, fits_data)
     evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
     if evaluation:
         with phases("dense eval"):
@@ -468,14 +486,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .loading import load_model, quieted
     from .report import format_metrics
 
-    cal_cfg = CalibrationConfig(**_split_fields(args, CalibrationConfig))
+    from .data import prepare_run_data
+    from .recipe import data_settings_of
+
+    base = data_settings_of(args.model) if os.path.isdir(os.path.expanduser(args.model)) else None
+    fields = _split_fields(args, CalibrationConfig)
+    if base is not None:
+        logger.info("data settings from %s's recipe.yaml (dataset %s, seed %d, the first %d samples calibrated): "
+                    "evaluating the rows that run held out; flags override", args.model, base.dataset, base.seed,
+                    base.num_samples)
+    cal_cfg = dataclasses.replace(base, **fields) if base is not None else CalibrationConfig(**fields)
     batch_size = getattr(args, "batch_size", 8)
     device = resolve_device(getattr(args, "device", "auto"))  # an absent device fails before any loading
     options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     model, processor = load_model(args.model, dtype=args.dtype, **options)
     processor = _processor(args, model, processor)
     _check_seq_len(args, model)
-    data = _prepare(cal_cfg, model, processor, evaluate=True)
+    if cal_cfg.dataset == "random":
+        raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
+    data, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
     if data.evaluation is None:
         raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
     dtype = _eval_dtype(args, model, device, semi_structured_support(device) is None)
@@ -608,21 +637,6 @@ def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:
     if loaded is None:
         raise ValueError(f"--processor {args.processor!r} holds no tokenizer or image processor for this model")
     return loaded
-
-
-def _prepare(cal_cfg: Any, model: Any, processor: Any, evaluate: bool):
-    """Calibration (and held-out evaluation) data; random calibration without a dataset."""
-    from .calibration import build_calibration, load_dataset_split
-    from .data import PreparedData, prepare_data
-
-    if cal_cfg.dataset is None:
-        return PreparedData(build_calibration(cal_cfg, model, processor), None, {"dataset": None})
-    if processor is None:
-        raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
-    split = load_dataset_split(cal_cfg)
-    data = prepare_data(split, cal_cfg, model, processor, cal_cfg.eval_samples if evaluate else 0)
-    data.source.update(dataset=cal_cfg.dataset, dataset_config=cal_cfg.dataset_config, split=cal_cfg.split)
-    return data
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

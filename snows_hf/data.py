@@ -1,9 +1,11 @@
 """One dataset split -> calibration tensors and a disjoint held-out evaluation set.
 
-Rows are visited in one seeded order. Calibration takes rows from the front (texts packed
-into ``seq_len``-token sequences, images decoded through the model's processor); the
-evaluation set takes the rows that follow, so the two never share a row. Which rows each
-used is recorded, with the split, in :attr:`PreparedData.source`.
+Rows are visited in one seeded order (:class:`~snows_hf.datasources.SplitRows`: a
+permutation of a local split, or shuffled shards through a shuffle buffer for a streamed
+one). Calibration takes rows from the front (texts packed into ``seq_len``-token
+sequences, images decoded through the model's processor); the evaluation set takes the
+rows that follow, so the two never share a row. Which rows each used is recorded, with
+the split, in :attr:`PreparedData.source`.
 
 What is evaluated follows the model's head: classifiers get their inputs one sample per
 row with labels; causal LMs get packed held-out sequences (perplexity); bare encoders
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 
-from .calibration import CalibrationConfig, _detect_column, _is_image_model, _seq_len
+from .calibration import CalibrationConfig, _seq_len
+from .datasources import SplitRows, detect_column, model_modality
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,8 @@ class EvalSet:
     Attributes:
         task: ``classification``, ``causal-lm`` or ``embedding``.
         inputs: stacked model inputs (``input_ids`` + ``attention_mask``, or ``pixel_values``).
-        labels: class indices aligned with the inputs, or ``None``.
+        labels: class indices aligned with the inputs (-1: a row whose class the model
+            does not have, left out of accuracy), or ``None``.
     """
 
     task: str
@@ -69,58 +74,59 @@ def model_task(model: Any) -> str:
 def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval_samples: int = 0) -> PreparedData:
     """Calibration tensors and up to ``eval_samples`` held-out evaluation samples.
 
+    ``split`` is a :class:`~snows_hf.datasources.SplitRows` or a ``datasets.Dataset``
+    (visited in ``cfg.seed`` order).
+
     Example:
-        >>> data = prepare_data(load_dataset_split(cfg), cfg, model, tokenizer, eval_samples=64)  # doctest: +SKIP
+        >>> data = prepare_data(open_split("bbc.jsonl"), cfg, model, tokenizer, eval_samples=64)  # doctest: +SKIP
         >>> data.calibration["input_ids"].shape, len(data.evaluation)  # doctest: +SKIP
         (torch.Size([128, 512]), 64)
     """
-    if len(split) == 0:
+    rows = split if isinstance(split, SplitRows) else SplitRows(split, cfg.seed)
+    if rows.size == 0:
         raise ValueError("the calibration dataset is empty")
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     task = model_task(model)
-    label_column = _detect_column(split, cfg.label_column, "label") if eval_samples and task != "causal-lm" else None
-    if _is_image_model(model):
-        prepared = _images(split, order, cfg, model, processor, eval_samples, task, label_column)
-    else:
-        prepared = _texts(split, order, cfg, model, processor, eval_samples, task, label_column)
-    prepared.source.update(seed=cfg.seed, rows_in_split=len(split), label_column=label_column)
-    if eval_samples and prepared.evaluation is not None and len(prepared.evaluation) < eval_samples:
+    label_column = detect_column(rows, cfg.label_column, "label") if eval_samples and task != "causal-lm" else None
+    build = _images if model_modality(model) == "image" else _texts
+    prepared = build(rows, cfg, model, processor, eval_samples, task, label_column)
+    prepared.source.update(seed=cfg.seed, label_column=label_column, **rows.describe())
+    if eval_samples and len(prepared.source["eval_rows"]) < eval_samples:
         logger.warning("only %d held-out evaluation samples were left after calibration (asked for %d)",
-                       len(prepared.evaluation), eval_samples)
+                       len(prepared.source["eval_rows"]), eval_samples)
     return prepared
 
 
 # ---------------------------------------------------------------------------- images
 
 
-def _decoded_images(split, order: list[int], column: str, mode: str) -> Iterator[tuple[int, Any]]:
-    """``(row, PIL image)`` in ``order``; rows that cannot be decoded are skipped (counted)."""
+def _decoded(rows: SplitRows, column: str, mode: str) -> Iterator[tuple[Any, Any, dict]]:
+    """``(row id, PIL image or None, row)`` in the seeded order; None: it cannot be decoded."""
     import datasets
     from PIL import Image
 
-    raw = split.cast_column(column, datasets.Image(decode=False))
-    for row in order:
-        value = raw[row][column]
+    rows.cast_column(column, datasets.Image(decode=False))
+    for row_id, row in rows:
+        value = row[column]
         try:
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
             with Image.open(source) as image:
-                yield row, image.convert(mode)
+                yield row_id, image.convert(mode), row
         except Exception as err:  # PIL raises several types for broken files
-            logger.debug("row %d: cannot decode image (%s)", row, err)
-            yield row, None
+            logger.debug("row %s: cannot decode image (%s)", row_id, err)
+            yield row_id, None, row
 
 
-def _images(split, order, cfg, model, processor, eval_samples, task, label_column) -> PreparedData:
-    column = _detect_column(split, cfg.image_column, "image")
+def _images(rows, cfg, model, processor, eval_samples, task, label_column) -> PreparedData:
+    column = detect_column(rows, cfg.image_column, "image")
     mode = "L" if getattr(model.config, "num_channels", 3) == 1 else "RGB"
     calib, held, skipped = [], [], 0
-    for row, image in _decoded_images(split, order, column, mode):
+    for row_id, image, row in _decoded(rows, column, mode):
         if image is None:
             skipped += 1
         elif len(calib) < cfg.num_samples:
-            calib.append((row, image))
+            calib.append((row_id, image, None))
         elif len(held) < eval_samples:
-            held.append((row, image))
+            held.append((row_id, image, row.get(label_column) if label_column else None))
         if len(calib) == cfg.num_samples and len(held) == eval_samples:
             break
     if skipped:
@@ -131,45 +137,49 @@ def _images(split, order, cfg, model, processor, eval_samples, task, label_colum
         logger.warning("the dataset has %d usable images, fewer than the %d asked for; using all", len(calib), cfg.num_samples)
 
     def pixels(items):
-        return processor(images=[image for _, image in items], return_tensors="pt")["pixel_values"]
+        return processor(images=[image for _, image, _ in items], return_tensors="pt")["pixel_values"]
 
-    evaluation = None
+    evaluation, source = None, {}
     if held:
-        labels = _labels(split, [row for row, _ in held], label_column, model, task)
+        labels = _labels([value for _, _, value in held], label_column, rows, model, task, source)
         evaluation = EvalSet(task, {"pixel_values": pixels(held)}, labels)
-    source = {"calibration_rows": [r for r, _ in calib], "eval_rows": [r for r, _ in held], "skipped_images": skipped}
+    source.update(calibration_rows=[r for r, _, _ in calib], eval_rows=[r for r, _, _ in held], skipped_images=skipped)
     return PreparedData({"pixel_values": pixels(calib)}, evaluation, source)
 
 
 # ---------------------------------------------------------------------------- text
 
 
-def _texts(split, order, cfg, model, tokenizer, eval_samples, task, label_column) -> PreparedData:
-    column = _detect_column(split, cfg.text_column, "text")
+def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> PreparedData:
+    column = detect_column(rows, cfg.text_column, "text")
     seq_len = _seq_len(cfg, model)
-    rows = iter(order)
-    calib_rows: list[int] = []
-    ids = _pack(rows, split, column, tokenizer, cfg.num_samples, seq_len, calib_rows)
+    ordered = iter(rows)
+    calib_rows: list[Any] = []
+    ids = _pack(ordered, column, tokenizer, cfg.num_samples, seq_len, calib_rows)
     if ids.shape[0] == 0:
         raise ValueError(f"the dataset holds fewer tokens than one sequence of {seq_len}; lower --seq-len")
     if ids.shape[0] < cfg.num_samples:
         logger.warning("the dataset fills %d sequences of %d tokens, fewer than the %d asked for; using all",
                        ids.shape[0], seq_len, cfg.num_samples)
     calibration = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    eval_rows: list[int] = []
-    evaluation = None
+    eval_rows: list[Any] = []
+    evaluation, source = None, {}
     if eval_samples and task == "causal-lm":
-        held = _pack(rows, split, column, tokenizer, eval_samples, seq_len, eval_rows)
+        held = _pack(ordered, column, tokenizer, eval_samples, seq_len, eval_rows)
         if held.shape[0]:
             evaluation = EvalSet(task, {"input_ids": held, "attention_mask": torch.ones_like(held)})
     elif eval_samples:
-        eval_rows = [row for _, row in zip(range(eval_samples), rows)]
-        if eval_rows:
-            texts = [_text(split[row][column], column) for row in eval_rows]
+        picked = [item for _, item in zip(range(eval_samples), ordered)]
+        eval_rows = [row_id for row_id, _ in picked]
+        if picked:
+            texts = [_text(row[column], column) for _, row in picked]
             enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            evaluation = EvalSet(task, inputs, _labels(split, eval_rows, label_column, model, task))
-    return PreparedData(calibration, evaluation, {"calibration_rows": calib_rows, "eval_rows": eval_rows})
+            values = [row.get(label_column) for _, row in picked] if label_column else []
+            evaluation = EvalSet(task, inputs, _labels(values, label_column, rows, model, task, source))
+    ordered.close() if hasattr(ordered, "close") else None  # a stream stops reading here
+    source.update(calibration_rows=calib_rows, eval_rows=eval_rows)
+    return PreparedData(calibration, evaluation, source)
 
 
 def _text(value: Any, column: str) -> str:
@@ -178,15 +188,16 @@ def _text(value: Any, column: str) -> str:
     return value
 
 
-def _pack(rows: Iterator[int], split, column: str, tokenizer, count: int, seq_len: int, used: list[int]) -> torch.Tensor:
-    """Up to ``count`` sequences of ``seq_len`` tokens from the next rows (appended to ``used``)."""
+def _pack(rows: Iterator[tuple[Any, dict]], column: str, tokenizer, count: int, seq_len: int, used: list) -> torch.Tensor:
+    """Up to ``count`` sequences of ``seq_len`` tokens from the next rows (their ids appended to ``used``)."""
     need, tokens = count * seq_len, []
     while len(tokens) < need:
-        row = next(rows, None)
-        if row is None:
+        item = next(rows, None)
+        if item is None:
             break
-        used.append(row)
-        tokens.extend(tokenizer(_text(split[row][column], column), verbose=False)["input_ids"])  # packed, not truncated
+        row_id, row = item
+        used.append(row_id)
+        tokens.extend(tokenizer(_text(row[column], column), verbose=False)["input_ids"])  # packed, not truncated
     n = min(len(tokens) // seq_len, count)
     return torch.tensor(tokens[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
 
@@ -194,20 +205,134 @@ def _pack(rows: Iterator[int], split, column: str, tokenizer, count: int, seq_le
 # ---------------------------------------------------------------------------- labels
 
 
-def _labels(split, rows: list[int], column: str | None, model: Any, task: str) -> torch.Tensor | None:
-    """Class indices for ``rows``: integers as they are; strings through ``config.label2id``
-    for classifiers, or numbered in sorted order for bare encoders (a linear probe's classes)."""
-    if column is None:
+def _labels(values: list, column: str | None, rows: SplitRows, model: Any, task: str, source: dict) -> torch.Tensor | None:
+    """Class indices of the model for ``values`` of the label column.
+
+    Bare encoders number the dataset's classes in sorted order (a linear probe's classes).
+    Classifiers: when both the dataset (``ClassLabel`` names, or string labels) and the
+    model (``id2label``) name their classes, labels are matched by name; rows whose class
+    the model lacks get -1 (left out of accuracy) and, when no name matches, there are no
+    labels at all (only top-1 agreement with the dense model is reported). Unnamed integer
+    labels are taken as the model's indices and must lie within its classes. What was
+    done is recorded in ``source["labels"]``.
+    """
+    if column is None or not values:
         return None
-    values = [split[row][column] for row in rows]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return torch.tensor(values, dtype=torch.long)
+    import datasets
+
+    feature = rows.features[column] if rows.features is not None and column in rows.features else None
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    integers = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     if task == "embedding":
         classes = {v: i for i, v in enumerate(sorted(set(map(str, values))))}
         return torch.tensor([classes[str(v)] for v in values], dtype=torch.long)
-    label2id = getattr(model.config, "label2id", None) or {}
-    try:
-        return torch.tensor([label2id[v] if isinstance(v, str) else int(v) for v in values], dtype=torch.long)
-    except (KeyError, TypeError, ValueError):
-        known = ", ".join(map(str, list(label2id)[:5]))
-        raise ValueError(f"labels in column {column!r} do not match the model's classes ({known}); pass --label-column") from None
+    model_names = _class_names(model)
+    if integers and (names is None or model_names is None):  # nothing to match by name
+        num = int(getattr(model.config, "num_labels", 0) or 0)
+        outside = sorted({v for v in values if not 0 <= v < num})
+        if outside:
+            shown = ", ".join(map(str, outside[:8])) + (", ..." if len(outside) > 8 else "")
+            raise ValueError(f"labels in column {column!r} ({shown}) are outside the model's {num} classes "
+                             f"(0..{num - 1}); pass --label-column with the right column")
+        source["labels"] = "dataset class indices taken as the model's"
+        return torch.tensor(values, dtype=torch.long)
+    if integers:
+        values = [names[v] if 0 <= v < len(names) else str(v) for v in values]
+    if model_names is None:
+        raise ValueError(f"labels in column {column!r} are names, but the model's classes are unnamed "
+                         "(config.id2label): pass --label-column with integer labels")
+    lookup = match_class_names(sorted(set(map(str, values))), model_names)
+    matched = [lookup.get(str(v)) for v in values]
+    known = sum(m is not None for m in matched)
+    missing = sorted({str(v) for v, m in zip(values, matched) if m is None})
+    if known == 0:
+        logger.warning("no label name of column %r (%s) is one of the model's classes: reporting top-1 agreement "
+                       "with the dense model only, not accuracy", column, _listed(missing))
+        source["labels"] = f"no label name matched the model's classes ({_listed(missing)}): agreement only"
+        return None
+    if missing:
+        logger.warning("accuracy is measured on the %d of %d held-out samples whose label is one of the model's "
+                       "classes; not: %s", known, len(values), _listed(missing))
+    source["labels"] = f"matched by name: {known} of {len(values)} samples" + (f" (not: {_listed(missing)})" if missing else "")
+    return torch.tensor([-1 if m is None else m for m in matched], dtype=torch.long)
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _class_names(model: Any) -> dict[int, str] | None:
+    """The model's ``id2label``, or ``None`` when its classes are unnamed (``LABEL_0`` ...)."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    if not id2label or all(re.fullmatch(r"LABEL_\d+", str(name)) for name in id2label.values()):
+        return None
+    return {int(i): str(name) for i, name in id2label.items()}
+
+
+def _normal(name: str) -> str:
+    return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
+
+
+def match_class_names(dataset_names: list[str], model_names: dict[int, str]) -> dict[str, int]:
+    """Dataset class name -> model class index, where the names agree.
+
+    Names are compared without case, ``_`` or ``-``; a name matches the model's whole
+    label first, then its first comma-separated synonym, then any synonym (ImageNet's
+    ``"tench, Tinca tinca"``), and only where exactly one model class answers.
+
+    Example:
+        >>> match_class_names(["tench", "golf_ball", "cat"], {0: "tench, Tinca tinca", 1: "golf ball", 2: "dog"})
+        {'tench': 0, 'golf_ball': 1}
+    """
+    whole = {i: _normal(name) for i, name in model_names.items()}
+    synonyms = {i: [_normal(part) for part in name.split(",") if part.strip()] for i, name in model_names.items()}
+    levels = (
+        lambda i, n: whole[i] == n,
+        lambda i, n: bool(synonyms[i]) and synonyms[i][0] == n,
+        lambda i, n: n in synonyms[i],
+    )
+    found = {}
+    for name in dataset_names:
+        wanted = _normal(name)
+        for level in levels:
+            hits = [i for i in model_names if level(i, wanted)]
+            if len(hits) == 1:
+                found[name] = hits[0]
+                break
+            if hits:  # ambiguous at this level: no guess
+                break
+    return found
+
+
+def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_samples: int = 0,
+                     fits_data: bool = True) -> tuple[PreparedData, CalibrationConfig]:
+    """A run's data: calibration tensors and held-out evaluation samples, plus the data
+    settings as used (``cfg`` with the modality's default dataset filled in when it named
+    none, for the recipe and for ``eval`` to find the same held-out rows).
+
+    ``dataset="random"`` gives seeded noise and nothing to evaluate on; with a method that
+    fits what it sees (``fits_data``) a warning names the consequence.
+
+    Example:
+        >>> data, used = prepare_run_data(CalibrationConfig(num_samples=64), model, tokenizer, eval_samples=32)  # doctest: +SKIP
+        >>> used.dataset  # doctest: +SKIP
+        'allenai/c4'
+    """
+    from .calibration import random_calibration, with_default_dataset
+    from .datasources import RANDOM
+
+    if cfg.dataset == RANDOM:
+        if fits_data:
+            logger.warning("calibrating on random inputs (dataset 'random'): the mask statistics and the re-fit are "
+                           "fitted to noise, which damages real accuracy (magnitude masks alone ignore data)")
+        if eval_samples:
+            logger.warning("random inputs leave nothing to evaluate on: no dense/pruned evaluation")
+        return PreparedData(random_calibration(model, cfg), None, {"dataset": RANDOM, "seed": cfg.seed}), cfg
+    cfg = with_default_dataset(cfg, model)
+    if processor is None:
+        raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
+    from .calibration import load_dataset_split
+
+    data = prepare_data(load_dataset_split(cfg), cfg, model, processor, eval_samples)
+    data.source.update(dataset=cfg.dataset, dataset_config=cfg.dataset_config, split=cfg.split)
+    return data, cfg

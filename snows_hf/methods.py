@@ -190,6 +190,12 @@ class Method:
         """Name of the mask selector this method prunes with."""
         return self.config.mask
 
+    @property
+    def fits_data(self) -> bool:
+        """Whether the weights this method writes depend on the calibration inputs (random
+        inputs then give a model fitted to noise)."""
+        return True
+
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -225,6 +231,10 @@ class MaskOnly(Method):
     the selector's own update where it makes one (SparseGPT)."""
 
     name = "none"
+
+    @property
+    def fits_data(self) -> bool:
+        return bool(get_selector(self.mask_selector).needs)
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
         stats = job.input_stats(get_selector(self.mask_selector).needs)

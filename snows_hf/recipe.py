@@ -135,3 +135,39 @@ def recipe_summary(path: Path) -> str:
         elif line.strip():
             break
     return ""
+
+
+def recipe_for_model(model: str, sparsity: str | None = None) -> Path | None:
+    """The bundled recipe whose ``model:`` is ``model`` (a Hub id, compared without case),
+    preferring one with ``sparsity`` when several are; ``None`` when none is.
+
+    Example:
+        >>> recipe_for_model("HuggingFaceTB/SmolLM2-135M", "50%").name
+        'smollm2-135m-50pct.yaml'
+        >>> recipe_for_model("my-org/my-model") is None
+        True
+    """
+    import yaml
+
+    wanted = model.rstrip("/").lower()
+    found = []
+    for path in bundled_recipes().values():
+        raw = yaml.safe_load(path.read_text())
+        if str(raw.get("model", "")).lower() == wanted:
+            found.append((str(raw["prune"].get("sparsity")) != str(sparsity), path))
+    return min(found)[1] if found else None
+
+
+def data_settings_of(folder: str | Path) -> Any:
+    """The ``CalibrationConfig`` of the run that wrote ``folder`` (its ``recipe.yaml``), or
+    ``None`` when the folder holds no recipe with a ``data:`` section.
+
+    Example:
+        >>> data_settings_of("llama-pruned-2of4").num_samples  # doctest: +SKIP
+        128
+    """
+    path = Path(folder).expanduser() / RECIPE_FILE
+    if not path.is_file():
+        return None
+    _, data, _ = load_recipe(path)
+    return data

@@ -16,7 +16,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 TOKEN = "hf_loopbackTestToken0123456789"
 USER = "tester"
@@ -50,6 +50,7 @@ class HubServer(ThreadingHTTPServer):
         self.unknown: list[str] = []
         self.requests: list[str] = []
         self.fail: dict[str, list[int]] = {}
+        self.sent: dict[tuple[str, str, str], int] = {}  # file bytes sent, by (kind, repo, path)
         self.lock = threading.Lock()
 
     @property
@@ -59,6 +60,11 @@ class HubServer(ThreadingHTTPServer):
     def start(self) -> "HubServer":
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
+
+    def bytes_sent(self, kind: str, repo_id: str) -> dict[str, int]:
+        """File bytes sent so far for one repo, by path (range reads count what they sent)."""
+        with self.lock:
+            return {path: n for (k, r, path), n in self.sent.items() if (k, r) == (kind, repo_id)}
 
     def stop(self) -> None:
         self.shutdown()
@@ -159,6 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m and method == "GET":
             return self._tree(_KINDS[m[1]], m[2], m[4] or "")
+        m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/paths-info/([^/]+)", path)
+        if m and method == "POST":
+            return self._paths_info(_KINDS[m[1]], m[2])
         m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/commits/([^/]+)", path)
         if m and method == "GET":
             return self._commits(_KINDS[m[1]], m[2])
@@ -290,18 +299,51 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _tree(self, kind: str, repo_id: str, prefix: str) -> None:
+        """The Hub's listing: the folder's immediate files and folders, or everything below
+        it with ``recursive=true``; a path that is no folder is 404 EntryNotFound."""
         repo = self._repo(kind, repo_id)
         if repo is None:
             return None
-        entries = []
+        recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0].lower() == "true"
+        base = prefix.strip("/")
+        entries, folders = [], set()
         for path, data in sorted(repo.files.items()):
-            if prefix and not path.startswith(prefix.rstrip("/") + "/"):
+            if base and not path.startswith(base + "/"):
                 continue
-            entry = {"type": "file", "oid": git_sha1(data), "size": len(data), "path": path}
-            if path in repo.lfs:
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-            entries.append(entry)
-        self._send(200, entries)
+            rest = path[len(base) + 1 :] if base else path
+            parts = rest.split("/")
+            for depth in range(1, len(parts)):  # the folders on the way to this file
+                if recursive or depth == 1:
+                    folders.add("/".join(([base] if base else []) + parts[:depth]))
+            if recursive or len(parts) == 1:
+                entries.append(self._file_entry(repo, path))
+        if base and not entries and not folders:
+            return self._error(404, f"Entry {base} not found", "EntryNotFound")
+        dirs = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
+        self._send(200, dirs + entries)
+
+    @staticmethod
+    def _file_entry(repo: Repo, path: str) -> dict:
+        data = repo.files[path]
+        entry = {"type": "file", "oid": git_sha1(data), "size": len(data), "path": path}
+        if path in repo.lfs:
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+    def _paths_info(self, kind: str, repo_id: str) -> None:
+        """``POST /api/{t}s/{repo}/paths-info/{rev}``: entries for the paths that exist."""
+        fields = parse_qs(self._body().decode())
+        repo = self._repo(kind, repo_id)
+        if repo is None:
+            return None
+        found = []
+        for path in fields.get("paths", []):
+            path = path.strip("/")
+            if path in repo.files:
+                found.append(self._file_entry(repo, path))
+            elif any(p.startswith(path + "/") for p in repo.files):
+                found.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": path})
+        self._send(200, found)
 
     def _commits(self, kind: str, repo_id: str) -> None:
         repo = self._repo(kind, repo_id)
@@ -325,5 +367,11 @@ class _Handler(BaseHTTPRequestHandler):
             start = int(match[1])
             end = int(match[2]) if match[2] else len(data) - 1
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return self._send(206, headers=headers, raw=data[start : end + 1])
-        self._send(200, headers=headers, raw=data)
+            status, data = 206, data[start : end + 1]
+        else:
+            status = 200
+        if self.command == "GET":
+            with self.server.lock:
+                key = (kind, repo_id, path)
+                self.server.sent[key] = self.server.sent.get(key, 0) + len(data)
+        self._send(status, headers=headers, raw=data)

@@ -57,7 +57,7 @@ def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
 def test_cli_disk_offload_next_to_the_output(llama_dir, tmp_path):
     out = tmp_path / "runs" / "pruned"
     out.parent.mkdir()
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--offload-activations", "disk",
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--offload-activations", "disk",
                  "--output-dir", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["pruned"]
 

@@ -34,13 +34,13 @@ def test_fewer_samples_than_asked_uses_all(caplog):
 
 
 def test_seq_len_capped_at_model_positions(caplog):
-    cal = build_calibration(CalibrationConfig(num_samples=2, seq_len=4096), tiny_llama())
+    cal = build_calibration(CalibrationConfig(dataset="random", num_samples=2, seq_len=4096), tiny_llama())
     assert cal["input_ids"].shape == (2, 128)
     assert "exceeds the model's 128 positions" in caplog.text
 
 
 def test_random_calibration_shapes():
-    assert build_calibration(CalibrationConfig(num_samples=3), tiny_vit())["pixel_values"].shape == (3, 3, 32, 32)
+    assert build_calibration(CalibrationConfig(dataset="random", num_samples=3), tiny_vit())["pixel_values"].shape == (3, 3, 32, 32)
 
 
 def test_jsonl_file_and_column_errors(tmp_path):

@@ -50,7 +50,7 @@ def _check_output(out, source_dir, auto_cls, block_prefix, spec):
 def test_prune_tiny_vit_2of4(vit_dir, capsys):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]) == 0
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]) == 0
     assert "overall measured sparsity: 50.00%" in capsys.readouterr().out
     _check_output("out", vit_dir, AutoModelForImageClassification, "vit.layers.", "2:4")
     AutoImageProcessor.from_pretrained("out")  # processor files travel with the model
@@ -91,7 +91,7 @@ def test_prune_vit_from_image_folder(vit_dir, tmp_path):
 def test_overwrite_replaces_only_when_asked(vit_dir):
     os.makedirs("out")
     Path("out/keep.txt").write_text("mine")
-    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]
     assert main(args) == 1
     assert Path("out/keep.txt").read_text() == "mine"
     assert main(args + ["--overwrite"]) == 0
@@ -107,7 +107,7 @@ def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_d
     Path("out/keep.txt").write_text("mine")
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "not enough free disk space" in err and err.count("\n") == 1
@@ -126,7 +126,7 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
 
     original = snows_hf.card.write_card
     monkeypatch.setattr(snows_hf.card, "write_card", card_fails)
-    args = ["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--overwrite",
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--overwrite",
             "--quiet"]
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -159,50 +159,52 @@ def test_a_read_only_output_place_is_refused_before_loading(vit_dir, monkeypatch
     import snows_hf.export
 
     monkeypatch.setattr(snows_hf.export.os, "access", lambda path, mode: False)  # as root, nothing is read-only
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "ro/out", "--quiet"]) == 1
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "ro/out", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "is not writable; choose another --output-dir" in err and err.count("\n") == 1
     assert not Path("ro").exists()
 
 
 def test_defaults_run_snows_and_name_the_output(vit_dir):
-    assert main(["prune", str(vit_dir), "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "50%", "--num-samples", "16", "--quiet"]) == 0
     block = json.loads(Path("tiny-vit-pruned-0.5/config.json").read_text())["sparsity"]
     assert (block["method"], block["k_step"], block["mask"]) == ("snows", 3, "sparsegpt")
     assert block["overall"] == pytest.approx(0.5)
 
 
 BAD_INPUTS = [
-    pytest.param(["prune", "./no/such/model", "--sparsity", "2:4"], "does not exist", id="missing-model"),
+    pytest.param(["prune", "./no/such/model", "--dataset", "random", "--sparsity", "2:4"], "does not exist", id="missing-model"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "not empty; pass --overwrite", id="non-empty-output"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--num-samples", "0"], "--num-samples: must be an integer >= 1", id="num-samples-0"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "nope"], "invalid choice: 'nope'", id="unknown-method"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "./missing.jsonl"], "does not exist", id="missing-dataset"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),
-    pytest.param(["prune", "{vit}"], "--sparsity", id="no-sparsity"),
-    pytest.param(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4"], "Hugging Face Hub could not serve it", id="hub-id-offline"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "none", "--targets", "nope"], "--targets 'nope' matches no", id="targets-unmatched"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--targets", "("], "not a regular expression", id="targets-bad-regex"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "none", "--ignore", ".*"], "no module is left to prune", id="ignore-everything"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--allocation", "global"], "unstructured sparsity", id="global-nm"),
-    pytest.param(["prune", "{vit}", "--sparsity", "0.5", "--max-layer-sparsity", "0.9"], "allocation='global' only", id="cap-without-global"),
-    pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "0.5"], "below the target", id="cap-below-target"),
-    pytest.param(["prune", "{vit}", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--k-step", "-1"], "--k-step: must be an integer >= 0", id="k-negative"),
-    pytest.param(["prune", "noweights", "--sparsity", "2:4"], "cannot load the weights of 'noweights'", id="model-without-weights"),
-    pytest.param(["prune", "corrupt", "--sparsity", "2:4"], "corrupt or truncated", id="corrupt-safetensors"),
-    pytest.param(["prune", "pickled", "--sparsity", "2:4"], "pass --allow-pickle", id="pickle-only-checkpoint"),
-    pytest.param(["prune", "unknown-arch", "--sparsity", "2:4"], "does not recognize this architecture", id="unsupported-architecture"),
-    pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--seq-len", "4096"], "exceeds the model's 128 positions", id="seq-len-too-long"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--resume", "--output-dir", "stale"], "is from a different run", id="resume-other-run"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--max-memory", "lots"], "not a memory size", id="max-memory-bad"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot load dataset 'nobody/nothing'", id="hub-dataset-offline"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),
+    pytest.param(["prune", "{vit}", "--dataset", "random"], "--sparsity", id="no-sparsity"),
+    pytest.param(["prune", "google/vit-base-patch16-224", "--dataset", "random", "--sparsity", "2:4"], "Hugging Face Hub could not serve it", id="hub-id-offline"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--targets", "nope"], "--targets 'nope' matches no", id="targets-unmatched"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--targets", "("], "not a regular expression", id="targets-bad-regex"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--ignore", ".*"], "no module is left to prune", id="ignore-everything"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--allocation", "global"], "unstructured sparsity", id="global-nm"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.5", "--max-layer-sparsity", "0.9"], "allocation='global' only", id="cap-without-global"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "0.5"], "below the target", id="cap-below-target"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--k-step", "-1"], "--k-step: must be an integer >= 0", id="k-negative"),
+    pytest.param(["prune", "noweights", "--dataset", "random", "--sparsity", "2:4"], "cannot load the weights of 'noweights'", id="model-without-weights"),
+    pytest.param(["prune", "corrupt", "--dataset", "random", "--sparsity", "2:4"], "corrupt or truncated", id="corrupt-safetensors"),
+    pytest.param(["prune", "pickled", "--dataset", "random", "--sparsity", "2:4"], "pass --allow-pickle", id="pickle-only-checkpoint"),
+    pytest.param(["prune", "unknown-arch", "--dataset", "random", "--sparsity", "2:4"], "does not recognize this architecture", id="unsupported-architecture"),
+    pytest.param(["prune", "{llama}", "--dataset", "random", "--sparsity", "2:4", "--seq-len", "4096"], "exceeds the model's 128 positions", id="seq-len-too-long"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--resume", "--output-dir", "stale"], "is from a different run", id="resume-other-run"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--max-memory", "lots"], "not a memory size", id="max-memory-bad"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "nobody/nothing"], "cannot read Hub dataset 'nobody/nothing': Couldn't reach", id="hub-dataset-offline"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--split", "test"], "has no split 'test'", id="missing-split"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "n"], "holds int, not strings", id="text-column-not-strings"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "body"], "text column 'body' not in the dataset", id="missing-text-column"),
-    pytest.param(["eval", "{vit}"], "the following arguments are required: --dataset", id="eval-without-dataset"),
+    pytest.param(["eval", "{vit}"], "cannot read Hub dataset 'frgfm/imagenette'", id="eval-default-dataset-offline"),
+    pytest.param(["eval", "{vit}", "--dataset", "random"], "eval needs real held-out data", id="eval-random"),
+    pytest.param(["prune", "{llama}", "--sparsity", "2:4"], "cannot read Hub dataset 'allenai/c4'", id="default-text-dataset-offline"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "empty.jsonl"], "empty", id="empty-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "broken"], "could be decoded (2 tried)", id="undecodable-images"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--label-column", "nope"], "label column 'nope' not in the dataset", id="missing-label-column"),
@@ -212,7 +214,7 @@ BAD_INPUTS = [
     pytest.param(["eval", "{vit}", "--dataset", "imgs", "--dtype", "float8"], "argument --dtype: invalid choice: 'float8'", id="eval-bad-dtype"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "imgs", "--processor", "./nowhere"], "holds no tokenizer or image processor", id="bad-processor"),
 ] + [
-    pytest.param(["prune", "{vit}", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", spec], "invalid sparsity", id=f"sparsity-{spec or 'empty'}")
     for spec in BAD_SPECS
 ]
 
@@ -279,10 +281,10 @@ def _run(*args):
 
 def test_module_entry_point_and_real_process_errors(tmp_path):
     assert "prune" in _run("--help").stdout
-    result = _run("prune", str(tmp_path / "missing"), "--sparsity", "2:4")
+    result = _run("prune", str(tmp_path / "missing"), "--dataset", "random", "--sparsity", "2:4")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"snows-hf: error: model folder '{tmp_path / 'missing'}' does not exist"]
-    result = _run("prune", str(tmp_path), "--sparsity", "abc")
+    result = _run("prune", str(tmp_path), "--dataset", "random", "--sparsity", "abc")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
 
@@ -290,7 +292,7 @@ def test_module_entry_point_and_real_process_errors(tmp_path):
 def test_sparsegpt_global_with_targets_from_the_command_line(llama_dir):
     from transformers import AutoModelForCausalLM
 
-    argv = ["prune", str(llama_dir), "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
+    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
             "--allocation", "global", "--max-layer-sparsity", "0.8", "--targets", "mlp", "--ignore", "down_proj",
             "--stats-dtype", "float64", "--num-samples", "8", "--output-dir", "out", "--quiet"]
     assert main(argv) == 0

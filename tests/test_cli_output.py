@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from snows_hf.cli import main
 
-RUN = ["--sparsity", "2:4", "--num-samples", "16", "--seq-len", "16", "--batch-size", "4", "--k-step", "1",
+RUN = ["--dataset", "random", "--sparsity", "2:4", "--num-samples", "16", "--seq-len", "16", "--batch-size", "4", "--k-step", "1",
        "--newton-steps", "1", "--no-eval"]
 
 

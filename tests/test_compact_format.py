@@ -128,7 +128,7 @@ def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
 def test_cli_save_format_compact(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--save-format", "compact",
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--save-format", "compact",
                  "--output-dir", "out", "--quiet"]) == 0
     keys = load_file("out/model.safetensors")
     assert any(k.endswith("weight_code") for k in keys) and "vit.encoder.layer.0.attention.attention.query.weight" not in keys
@@ -141,7 +141,7 @@ def test_cli_save_format_compact(vit_dir):
 def test_convert_both_ways_keeps_weights_card_and_recipe(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--sparsity", "0.5", "--method", "magnitude", "--output-dir", "dense", "--quiet"]) == 0
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "0.5", "--method", "magnitude", "--output-dir", "dense", "--quiet"]) == 0
     assert main(["convert", "dense", "--to", "compact", "--quiet"]) == 0
     assert main(["convert", "dense-compact", "--to", "dense", "--output-dir", "back", "--quiet"]) == 0
     models = {d: AutoModelForImageClassification.from_pretrained(d) for d in ("dense", "dense-compact", "back")}

@@ -49,7 +49,7 @@ def test_image_folder_calibration_and_labelled_eval_never_overlap(tmp_path, capl
     assert len(data.evaluation) == 8 and data.evaluation.task == "classification"
     assert not set(data.source["calibration_rows"]) & set(data.source["eval_rows"])
     assert data.source["skipped_images"] == 2 and "skipped 2 images" in caplog.text
-    labels = [split[r]["label"] for r in data.source["eval_rows"]]
+    labels = [split.data[r]["label"] for r in data.source["eval_rows"]]
     assert data.evaluation.labels.tolist() == labels
     again = prepare_data(split, cfg, tiny_vit(), _vit_processor(), eval_samples=8)
     assert torch.equal(again.calibration["pixel_values"], data.calibration["pixel_values"])
@@ -110,7 +110,7 @@ def test_cli_prune_reports_before_after_and_eval_reproduces_it(llama_dir, tmp_pa
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"text": t}) for t in _texts(60)))
     data = ["--dataset", str(path), "--num-samples", "8", "--seq-len", "16", "--eval-samples", "6"]
-    assert main(["prune", str(llama_dir), "--sparsity", "50%", "--method", "magnitude", *data,
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "50%", "--method", "magnitude", *data,
                  "--output-dir", "out", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "perplexity" in out and "dense" in out and "pruned" in out and "overall measured sparsity" in out

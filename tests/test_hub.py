@@ -110,7 +110,7 @@ def test_transient_server_errors_are_retried(hub, llama_dir, tmp_path):
 def test_bad_token_is_one_clear_line_and_keeps_the_output(hub, llama_dir, tmp_path, capsys):
     _prune(llama_dir, tmp_path / "out", tmp_path)
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    argv = ["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--output-dir", str(tmp_path / "new"),
+    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", str(tmp_path / "new"),
             "--push-to-hub", "tester/denied", "--token", "hf_wrong", "--quiet"]
     assert main(argv) == 1
     err = capsys.readouterr().err

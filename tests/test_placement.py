@@ -67,7 +67,7 @@ def test_disk_offloaded_model_is_pruned_in_place_without_touching_its_checkpoint
 
 def test_cli_max_memory_offloads_to_a_folder_it_removes(checkpoint, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["prune", str(checkpoint), "--sparsity", "2:4", "--k-step", "4", "--batch-size", "3", "--init", "mask",
+    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--k-step", "4", "--batch-size", "3", "--init", "mask",
                  "--newton-steps", "1", "--num-samples", "12", "--seq-len", "16", "--no-eval", "--quiet",
                  "--max-memory", "cpu=60KB", "--output-dir", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_cli_max_memory_offloads_to_a_folder_it_removes(checkpoint, reference, t
     ("lots", "not a memory size"), ("gpu=2GB", "not a device"), (",", "empty"),
 ])
 def test_bad_max_memory_is_one_line(checkpoint, tmp_path, capsys, value, message):
-    code = main(["prune", str(checkpoint), "--sparsity", "2:4", "--max-memory", value, "--output-dir", str(tmp_path / "o")])
+    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--max-memory", value, "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
@@ -125,7 +125,7 @@ def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_
         assert torch.isfinite(model(CAL[:1]).logits).all()  # the model still runs through its hooks
 
     calls["n"] = 0
-    code = main(["prune", str(checkpoint), "--sparsity", "2:4", "--method", "magnitude", "--no-eval", "--quiet",
+    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--no-eval", "--quiet",
                  "--max-memory", "cpu=60KB", "--output-dir", str(tmp_path / "out"), "--offload-dir", str(tmp_path)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]

@@ -57,7 +57,7 @@ def test_bundled_recipe_validates_and_dry_runs_on_a_tiny_model_of_its_family(nam
 def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, capsys):
     os.chdir(tmp_path)
     before = _tree(tmp_path)
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--dry-run", "--num-samples", "32",
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--dry-run", "--num-samples", "32",
                  "--seq-len", "16", "--batch-size", "4", "--k-step", "2", "--newton-steps", "3", "--cg-iters", "4"]) == 0
     out = capsys.readouterr().out
     assert _tree(tmp_path) == before
@@ -68,12 +68,12 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
     assert "32 x 16 tokens of random inputs" in out
     # 32 samples x 16 tokens x hidden 32 x 4 bytes = 64 KiB per stream, two streams (pruned and dense)
     assert "one block's inputs, all 32 samples: 128.0 KiB (pruned and dense streams)" in out
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--dry-run", "--num-samples", "32", "--seq-len", "16",
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--dry-run", "--num-samples", "32", "--seq-len", "16",
                  "--batch-size", "4", "--hessian-batches", "1"]) == 0
     one = capsys.readouterr().out
     graphs = lambda text: next(line for line in text.splitlines() if "kept graphs" in line).split(": ")[1]
     assert graphs(one) != graphs(out)  # curvature on 1 micro-batch of 7 holds a seventh of the graphs
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--dry-run", "--method", "none"]) == 0
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--dry-run", "--method", "none"]) == 0
     plain = capsys.readouterr().out
     assert "kept graphs" not in plain and "Hessian-vector" not in plain and "streams" not in plain
 
@@ -114,7 +114,7 @@ def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_
     (["prune", "--recipe", "wrong-type.yaml"], "prune.newton_steps must be an int, got 'two'"),
     (["prune", "--recipe", "wrong-data.yaml"], "data.num_samples must be an int, got '64'"),
     (["prune", "--recipe", "no-model.yaml"], "MODEL is required"),
-    (["prune", "some-model"], "--sparsity is required"),
+    (["prune", "some-model", "--dataset", "random"], "--sparsity is required"),
 ])
 def test_bad_recipes_and_missing_arguments_fail_in_one_line(argv, message, tmp_path, capsys):
     os.chdir(tmp_path)

@@ -93,7 +93,7 @@ def uninterrupted(six_blocks):
 
 
 def _command(model, out, *extra):
-    return [sys.executable, "-m", "snows_hf", "prune", str(model), "--sparsity", "2:4", "--num-samples", "24",
+    return [sys.executable, "-m", "snows_hf", "prune", str(model), "--dataset", "random", "--sparsity", "2:4", "--num-samples", "24",
             "--seq-len", "32", "--batch-size", "4", "--newton-steps", "3", "--no-eval", "--quiet",
             "--output-dir", str(out), *extra]
 
@@ -124,7 +124,7 @@ def test_cli_refuses_to_start_over_a_checkpoint(six_blocks, tmp_path, capsys):
     folder = tmp_path / ".out.snows-hf-checkpoint"
     folder.mkdir()
     (folder / "state.json").write_text("{}")
-    code = main(["prune", str(six_blocks), "--sparsity", "2:4", "--output-dir", str(tmp_path / "out")])
+    code = main(["prune", str(six_blocks), "--dataset", "random", "--sparsity", "2:4", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and "pass --resume to continue it" in err and err.count("\n") == 1
     assert (folder / "state.json").read_text() == "{}"

@@ -1,0 +1,317 @@
+"""Where calibration and evaluation rows come from, and in which order.
+
+A dataset is a local file, a local folder, or a Hub id. Hub datasets are streamed
+(``datasets.load_dataset(..., split=..., streaming=True)``) so that only the rows a run
+uses are read: a few hundred images of ImageNet are a few MB, not 150 GB. Local data, and
+Hub data with ``streaming=False``, is loaded as a ``datasets.Dataset``.
+
+Both are visited in one order fixed by the seed, the same on every run:
+
+* a ``Dataset`` (random access): a seeded permutation of all its rows;
+* a streamed dataset: its shards (data files) in a seeded order, read one after the
+  other, through a seeded shuffle buffer of :data:`SHUFFLE_BUFFER` rows. A run then
+  reads about ``SHUFFLE_BUFFER`` rows more than it uses, from the first shards of that
+  order, and nothing else. (``datasets``' own ``IterableDataset.shuffle`` opens about
+  half of the shards of a parquet dataset before its first row, reading most of its
+  bytes: it is not used.)
+
+Calibration takes rows from the front of the order and evaluation the rows after, so the
+two never share a row (:mod:`snows_hf.data`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+RANDOM = "random"
+"""The dataset name that asks for seeded random inputs instead of data."""
+
+SHUFFLE_BUFFER = 1000
+"""Rows held by the shuffle buffer of a streamed dataset."""
+
+_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class DatasetDefault:
+    """The dataset a run calibrates on when none is named (no bundled recipe for the model).
+
+    Attributes:
+        dataset: Hub dataset id (open, not gated).
+        config: its configuration (subset), if it has several.
+        split: the split rows come from (calibration first, held-out rows after).
+        text_column / image_column / label_column: columns to read (``None``: detected).
+        why: one line on the choice, for the docs and the log.
+    """
+
+    dataset: str
+    config: str | None
+    split: str
+    text_column: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    why: str = ""
+
+
+DEFAULT_DATASETS: dict[str, DatasetDefault] = {
+    "text": DatasetDefault(
+        "allenai/c4", "en", "train", text_column="text",
+        why="English web text: the calibration set of SparseGPT and Wanda (ODC-BY, not gated)",
+    ),
+    "image": DatasetDefault(
+        "frgfm/imagenette", "320px", "validation", image_column="image", label_column="label",
+        why="natural photos of 10 ImageNet classes, ImageNet's own validation images (Apache-2.0, not gated); "
+            "ImageNet-1k itself is gated",
+    ),
+}
+"""Modality -> default calibration data (``model_modality``)."""
+
+
+def model_modality(model: Any) -> str:
+    """``"image"`` for models that read ``pixel_values``, else ``"text"``.
+
+    Example:
+        >>> model_modality(vit)  # doctest: +SKIP
+        'image'
+    """
+    return "image" if getattr(model, "main_input_name", "input_ids") == "pixel_values" else "text"
+
+
+def is_local(source: str) -> bool:
+    """True when ``source`` names a local file or folder (existing or written as a path).
+
+    Example:
+        >>> is_local("./data.jsonl"), is_local("allenai/c4")
+        (True, False)
+    """
+    path = os.path.expanduser(source)
+    return os.path.exists(path) or source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+class SplitRows:
+    """One split of a dataset, visited in its seeded order (see the module docstring).
+
+    Attributes:
+        data: the ``datasets.Dataset`` or ``datasets.IterableDataset``.
+        seed: the order's seed.
+        streamed: whether ``data`` is streamed.
+
+    Example:
+        >>> rows = SplitRows(datasets.Dataset.from_dict({"text": ["a", "b", "c"]}), seed=0)  # doctest: +SKIP
+        >>> [row_id for row_id, _ in rows]  # doctest: +SKIP
+        [2, 0, 1]
+    """
+
+    def __init__(self, data: Any, seed: int = 0, name: str = "the dataset") -> None:
+        import datasets
+
+        self.data, self.seed, self.name = data, seed, name
+        self.streamed = isinstance(data, datasets.IterableDataset)
+        self._first: dict | None = None
+
+    @property
+    def size(self) -> int | None:
+        """Rows in the split, when known without reading it (not for streamed data)."""
+        return None if self.streamed else len(self.data)
+
+    @property
+    def features(self) -> Any:
+        """The split's ``datasets.Features``, or ``None`` when a stream does not declare them."""
+        return self.data.features
+
+    @property
+    def column_names(self) -> list[str]:
+        """Column names, from the features or, for undeclared streams, the first row."""
+        if self.features is not None:
+            return list(self.features)
+        return list(self._first_row())
+
+    def _first_row(self) -> dict:
+        if self._first is None:
+            for _, row in self._read(self.data):
+                self._first = row
+                break
+            else:
+                raise ValueError(f"{self.name} has no rows")
+        return self._first
+
+    def first_value(self, column: str) -> Any:
+        """The value of ``column`` in the first row of the split's storage order."""
+        return self._first_row()[column]
+
+    def cast_column(self, column: str, feature: Any) -> None:
+        """Read ``column`` as ``feature`` from now on (``Image(decode=False)``: raw bytes)."""
+        self.data = self.data.cast_column(column, feature)
+
+    def describe(self) -> dict[str, Any]:
+        """How the rows were read, for report.json."""
+        if not self.streamed:
+            return {"streaming": False, "rows_in_split": len(self.data)}
+        return {"streaming": True, "shards": self.data.n_shards, "shuffle_buffer": SHUFFLE_BUFFER}
+
+    def __iter__(self) -> Iterator[tuple[Any, dict]]:
+        """``(row id, row)`` in the seeded order: an index, or ``[shard, offset]`` when streamed."""
+        if not self.streamed:
+            import torch
+
+            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            return ((i, self.data[i]) for i in order)
+        return _shuffled(self._shards_in_order(), SHUFFLE_BUFFER, random.Random(self.seed))
+
+    def _shards_in_order(self) -> Iterator[tuple[list[int], dict]]:
+        count = self.data.n_shards
+        order = list(range(count))
+        random.Random(self.seed).shuffle(order)
+        for shard in order:
+            piece = self.data.shard(num_shards=count, index=shard) if count > 1 else self.data
+            for offset, row in self._read(piece):
+                yield [shard, offset], row
+
+    def _read(self, data: Any) -> Iterator[tuple[int, dict]]:
+        """Rows of ``data`` with their offsets; a failure while reading is one clear error."""
+        rows = iter(data)
+        offset = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - streams raise network, parquet and decode errors
+                raise ValueError(f"reading {self.name} failed: {_first_line(exc)}") from None
+            yield offset, row
+            offset += 1
+
+
+def _shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """``items`` through a shuffle buffer of ``size``: each new item takes the place of a
+    random buffered one, which is yielded; the rest come out shuffled at the end.
+
+    Example:
+        >>> sorted(_shuffled(iter(range(10)), 4, random.Random(0))) == list(range(10))
+        True
+    """
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def open_split(dataset: str, config: str | None = None, split: str = "train", *, streaming: bool = True,
+               seed: int = 0) -> SplitRows:
+    """The rows of one split of ``dataset`` (file, folder or Hub id) in their seeded order.
+
+    Hub ids are streamed unless ``streaming=False``; local data is always loaded. Errors
+    are one ``ValueError`` naming the dataset and the reason: a missing path, a split or
+    configuration it does not have, a gated or unreachable Hub dataset (with how to pass
+    a local copy instead).
+
+    Example:
+        >>> rows = open_split("allenai/c4", "en", "train", seed=0)  # doctest: +SKIP
+        >>> next(iter(rows))[0]  # doctest: +SKIP
+        [411, 0]
+    """
+    import datasets
+
+    path = os.path.expanduser(dataset)
+    local = is_local(dataset)
+    try:
+        if os.path.isfile(path):
+            ext = os.path.splitext(path)[1].lower()
+            if ext not in _BUILDERS:
+                raise ValueError(f"unsupported data file {dataset!r}: use {', '.join(sorted(_BUILDERS))}")
+            data = datasets.load_dataset(_BUILDERS[ext], data_files=path)  # one file: split "train"
+        elif os.path.isdir(path):
+            data = datasets.load_dataset(path, config)
+        elif local:
+            raise ValueError(f"dataset path {dataset!r} does not exist")
+        else:
+            data = datasets.load_dataset(dataset, config, split=split, streaming=streaming)
+    except ValueError as exc:
+        if local or str(exc).startswith(("unsupported data file", "dataset path")):
+            raise
+        raise ValueError(_hub_error(dataset, config, split, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for offline, gated, missing data
+        if local:
+            raise ValueError(f"cannot load dataset {dataset!r}: {_first_line(exc)}") from None
+        raise ValueError(_hub_error(dataset, config, split, exc)) from None
+    if local:
+        if split not in data:
+            raise ValueError(f"dataset {dataset!r} has no split {split!r}; it has: {', '.join(data)}")
+        data = data[split]
+        if len(data) == 0:
+            raise ValueError(f"dataset {dataset!r} split {split!r} is empty")
+    return SplitRows(data, seed, name=f"dataset {dataset!r}")
+
+
+def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException) -> str:
+    """One line for a Hub dataset that cannot be read: what, why, and the way around it."""
+    text = _first_line(exc)
+    lower = text.lower()
+    if "gated" in lower or "authenticat" in lower or "401" in lower or "403" in lower:
+        reason = "it is gated: accept its terms on the Hub and run `hf auth login`"
+    elif "split" in lower and split in text:
+        reason = f"it has no split {split!r} ({text})"
+    elif config is not None and config in text and ("config" in lower or "not found" in lower):
+        reason = f"it has no configuration {config!r} ({text})"
+    else:
+        reason = text
+    return (f"cannot read Hub dataset {dataset!r}: {reason}; or download it and pass the local folder or file "
+            "as the dataset (--dataset PATH)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def detect_column(rows: SplitRows, wanted: str | None, kind: str) -> str | None:
+    """The ``kind`` (image, text, label) column: ``wanted`` if given, else detected.
+
+    Images and texts are found by feature type (or, for a stream that declares no
+    features, by the first row's values); labels by a ``ClassLabel`` feature or a column
+    named ``label``/``labels``, and are optional (``None`` when there is none).
+
+    Example:
+        >>> detect_column(SplitRows(datasets.Dataset.from_dict({"body": ["x"]})), None, "text")  # doctest: +SKIP
+        'body'
+    """
+    import datasets
+
+    names = rows.column_names
+    if wanted is not None:
+        if wanted not in names:
+            raise ValueError(f"{kind} column {wanted!r} not in the dataset; columns: {', '.join(names)}")
+        return wanted
+    features = rows.features
+    for name in names:
+        feature = features[name] if features is not None else None
+        if kind == "image" and (isinstance(feature, datasets.Image) or (features is None and _looks_like_image(rows.first_value(name)))):
+            return name
+        if kind == "label" and isinstance(feature, datasets.ClassLabel):
+            return name
+        is_text = getattr(feature, "dtype", None) in ("string", "large_string") if features is not None \
+            else isinstance(rows.first_value(name), str)
+        if kind == "text" and is_text and (name == "text" or "text" not in names):
+            return name
+    if kind == "label":
+        return next((n for n in ("label", "labels") if n in names), None)
+    flag = "--image-column" if kind == "image" else "--text-column"
+    raise ValueError(f"no {kind} column found in the dataset (columns: {', '.join(names)}); pass {flag}")
+
+
+def _looks_like_image(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "bytes" in value or "path" in value
+    return type(value).__module__.startswith("PIL")
