@@ -1,0 +1,165 @@
+"""Hub datasets streamed through the real ``datasets``/``huggingface_hub`` clients from the
+loopback Hub (tests/hub_server.py): only the rows a run uses are read, in one seeded order,
+and a run with no dataset calibrates on the modality's default dataset."""
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hub_server import TOKEN, HubServer, Repo
+
+SHARDS, ROWS_PER_SHARD = 20, 3000
+
+
+def _commit(repo: Repo) -> Repo:
+    repo.commits.append({"id": "1" * 40, "title": "upload", "message": ""})
+    return repo
+
+
+def _parquet(columns: dict, row_group_size: int = 250) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer, row_group_size=row_group_size)
+    return buffer.getvalue()
+
+
+def _text_rows(shard: int, count: int) -> list[str]:
+    return [" ".join(f"w{(shard * 7919 + i * 31 + j) % 120}" for j in range(24)) for i in range(count)]
+
+
+def _sharded_text_dataset() -> Repo:
+    """20 parquet shards of 3,000 rows, each row naming its shard and index."""
+    repo = Repo("dataset", False)
+    for shard in range(SHARDS):
+        path = f"data/train-{shard:05d}-of-{SHARDS:05d}.parquet"
+        repo.files[path] = _parquet({"text": _text_rows(shard, ROWS_PER_SHARD),
+                                     "origin": [shard * ROWS_PER_SHARD + i for i in range(ROWS_PER_SHARD)]})
+        repo.lfs.add(path)
+    return _commit(repo)
+
+
+def _c4_like() -> Repo:
+    """The default text dataset's layout: an ``en`` configuration of gzipped JSON lines."""
+    repo = Repo("dataset", False)
+    repo.files["README.md"] = (
+        "---\nconfigs:\n- config_name: en\n  data_files:\n  - split: train\n    path: en/c4-train.*.json.gz\n"
+        "  - split: validation\n    path: en/c4-validation.*.json.gz\n---\n# C4 stand-in\n"
+    ).encode()
+    for shard in range(4):
+        lines = "".join(json.dumps({"text": t, "url": "u", "timestamp": "t"}) + "\n" for t in _text_rows(shard, 400))
+        for split in ("train", "validation"):
+            repo.files[f"en/c4-{split}.{shard:05d}-of-00004.json.gz"] = gzip.compress(lines.encode())
+    return _commit(repo)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    server = HubServer().start()
+    yield server
+    server.stop()
+    assert server.unknown == [], f"requests the loopback hub did not understand: {server.unknown}"
+
+
+def _env(server, tmp_path):
+    return dict(os.environ, HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
+                HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_TOKEN=TOKEN)
+
+
+def _python(code: str, server, tmp_path) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_env(server, tmp_path), timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _cli(args: list[str], server, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snows_hf", *args], capture_output=True, text=True,
+                          env=_env(server, tmp_path), timeout=600, cwd=tmp_path)
+
+
+_ROWS = """
+import json
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from snows_hf.calibration import CalibrationConfig
+from snows_hf.data import prepare_run_data
+out = {{}}
+for seed in {seeds}:
+    cfg = CalibrationConfig(dataset="tester/sharded", num_samples=64, seq_len=24, eval_samples=16, seed=seed)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained({model!r}), AutoTokenizer.from_pretrained({model!r})
+    data, _ = prepare_run_data(cfg, model, tokenizer, cfg.eval_samples)
+    out.setdefault(seed, []).append({{k: data.source[k] for k in ("calibration_rows", "eval_rows", "streaming", "shards")}}
+                                   | {{"ids": data.calibration["input_ids"].sum().item()}})
+print(json.dumps(out))
+"""
+
+
+def test_streamed_calibration_reads_a_fraction_of_the_shards_in_a_seeded_order(hub, tmp_path, llama_dir):
+    hub.repos[("dataset", "tester/sharded")] = repo = _sharded_text_dataset()
+    first = json.loads(_python(_ROWS.format(model=str(llama_dir), seeds=(0,)), hub, tmp_path))["0"][0]
+    total = sum(len(data) for data in repo.files.values())
+    sent = hub.bytes_sent("dataset", "tester/sharded")
+    assert sum(sent.values()) <= total / 4, f"{sum(sent.values())} of {total} bytes read, from {len(sent)} files"
+    assert first["streaming"] is True and first["shards"] == SHARDS
+    assert len(first["calibration_rows"]) == 64 and len(first["eval_rows"]) == 16  # 24-token rows: one each
+    calib = {tuple(r) for r in first["calibration_rows"]}
+    assert not calib & {tuple(r) for r in first["eval_rows"]}  # never overlapping
+
+    runs = json.loads(_python(_ROWS.format(model=str(llama_dir), seeds=(0, 1)), hub, tmp_path))
+    assert runs["0"][0] == first  # the same seed gives the same rows in another process
+    assert {tuple(r) for r in runs["1"][0]["calibration_rows"]} != calib  # another seed, other rows
+
+
+def test_no_dataset_calibrates_on_the_default_text_dataset_streamed(hub, tmp_path, llama_dir):
+    hub.repos[("dataset", "allenai/c4")] = repo = _c4_like()
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--num-samples", "16", "--seq-len", "16",
+                   "--eval-samples", "8", "--output-dir", "out"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no dataset given: calibrating on allenai/c4 (en, split train, streamed)" in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["data"]["dataset"] == "allenai/c4" and report["data"]["streaming"] is True
+    assert report["evaluation"]["samples"] == 8 and "perplexity" in report["evaluation"]["pruned"]
+    sent = hub.bytes_sent("dataset", "allenai/c4")
+    assert sent and not [path for path in sent if "validation" in path]  # the other split is never read
+    recipe = (tmp_path / "out" / "recipe.yaml").read_text()
+    assert "dataset: allenai/c4" in recipe and "dataset_config: en" in recipe
+    assert repo.files  # served, not consumed
+
+    # eval remembers: the same held-out rows, with no data flags
+    evaluated = _cli(["eval", "out", "--json", "eval.json"], hub, tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    assert figures["data"]["eval_rows"] == report["data"]["eval_rows"]
+    assert figures["model"]["perplexity"] == pytest.approx(report["evaluation"]["pruned"]["perplexity"], rel=1e-4)
+
+
+def test_missing_split_and_config_are_one_line(hub, tmp_path, llama_dir):
+    hub.repos[("dataset", "allenai/c4")] = _c4_like()
+    for flags, expected in ((["--split", "test"], "has no split 'test'"),
+                            (["--dataset-config", "fr"], "has no configuration 'fr'")):
+        result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--dataset", "allenai/c4", *flags], hub, tmp_path)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr[-2000:]
+        assert expected in errors[0] and "--dataset PATH" in errors[0], errors[0]
+    assert not any(p.name.endswith("pruned-2of4") for p in tmp_path.iterdir())  # nothing written
+
+
+def test_a_model_repo_with_other_frameworks_weights_fetches_only_safetensors(hub, tmp_path, llama_dir):
+    repo = Repo("model", False)
+    for path in llama_dir.iterdir():
+        repo.files[path.name] = path.read_bytes()
+    for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"):
+        repo.files[name] = b"\0" * 4096
+    repo.lfs.update(n for n in repo.files if n.endswith((".safetensors", ".bin", ".h5", ".msgpack")))
+    hub.repos[("model", "tester/tiny-llama")] = _commit(repo)
+    result = _cli(["prune", "tester/tiny-llama", "--sparsity", "2:4", "--dataset", "random", "--method", "magnitude",
+                   "--num-samples", "4", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fetched = hub.bytes_sent("model", "tester/tiny-llama")
+    assert "model.safetensors" in fetched
+    assert not {"pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"} & set(fetched), fetched
