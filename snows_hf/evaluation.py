@@ -117,10 +117,12 @@ def compute_metrics(eval_set: Any, outputs: dict[str, torch.Tensor], reference: 
         return {"perplexity": result["perplexity"], "nll_per_token": result["nll_per_token"]}
     if eval_set.task == "classification":
         logits = outputs["logits"]
-        if eval_set.labels is not None:
+        labelled = eval_set.labels >= 0 if eval_set.labels is not None else None  # -1: a class the model lacks
+        if labelled is not None and bool(labelled.any()):
             accuracy = load_metric("top_k_accuracy")
             for k in (1, 5) if logits.shape[1] > 5 else (1,):
-                metrics.update(accuracy.compute(predictions=logits.tolist(), references=eval_set.labels.tolist(), k=k))
+                metrics.update(accuracy.compute(predictions=logits[labelled].tolist(),
+                                                references=eval_set.labels[labelled].tolist(), k=k))
         if reference is not None:
             metrics["top1_agreement"] = float((logits.argmax(1) == reference["logits"].argmax(1)).float().mean())
         return metrics

@@ -163,3 +163,119 @@ def test_a_model_repo_with_other_frameworks_weights_fetches_only_safetensors(hub
     fetched = hub.bytes_sent("model", "tester/tiny-llama")
     assert "model.safetensors" in fetched
     assert not {"pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"} & set(fetched), fetched
+
+
+IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn", "garbage truck",
+              "gas pump", "golf ball", "parachute"]
+
+
+def _imagenette_like(per_class: int = 3) -> Repo:
+    """The default image dataset's layout: a ``320px`` configuration of parquet shards whose
+    ``label`` is a ClassLabel with Imagenette's class names."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for label in range(len(IMAGENETTE)):
+        for _ in range(per_class):
+            buffer = io.BytesIO()
+            Image.fromarray((torch.rand(24, 24, 3, generator=g) * 255).to(torch.uint8).numpy()).save(buffer, "PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+            labels.append(label)
+    names = "".join(f"          '{i}': {name}\n" for i, name in enumerate(IMAGENETTE))
+    repo = Repo("dataset", False)
+    repo.files["README.md"] = (
+        "---\ndataset_info:\n- config_name: 320px\n  features:\n  - name: image\n    dtype: image\n  - name: label\n"
+        f"    dtype:\n      class_label:\n        names:\n{names}"
+        "configs:\n- config_name: 320px\n  data_files:\n  - split: validation\n    path: 320px/validation-*.parquet\n---\n"
+    ).encode()
+    half = len(images) // 2
+    for shard, part in enumerate((slice(0, half), slice(half, None))):
+        path = f"320px/validation-{shard:05d}-of-00002.parquet"
+        repo.files[path] = _parquet({"image": images[part], "label": labels[part]}, row_group_size=8)
+        repo.lfs.add(path)
+    return _commit(repo)
+
+
+def _hub_vit(tmp_path) -> Repo:
+    """A tiny ViT whose classes are named like ImageNet's: two of them are Imagenette's."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    id2label = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "golf ball"}
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=68, image_size=32,
+                       patch_size=8, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    folder = tmp_path / "hub-vit"
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    repo = Repo("model", False)
+    for path in folder.iterdir():
+        repo.files[path.name] = path.read_bytes()
+    repo.lfs.add("model.safetensors")
+    return _commit(repo)
+
+
+def test_headline_command_takes_the_bundled_recipe_and_matches_labels_by_name(hub, tmp_path):
+    hub.repos[("model", "google/vit-base-patch16-224")] = _hub_vit(tmp_path)
+    hub.repos[("dataset", "frgfm/imagenette")] = _imagenette_like()
+    result = _cli(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4", "--num-samples", "6",
+                   "--eval-samples", "24", "--batch-size", "3", "--output-dir", "out"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is the model of the bundled recipe vit-base-patch16-224-2of4: it is the base of this run" in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    data = report["data"]
+    assert data["dataset"] == "frgfm/imagenette" and data["dataset_config"] == "320px" and data["streaming"] is True
+    assert len(data["calibration_rows"]) == 6 and len(data["eval_rows"]) == 24
+    # 24 held-out photos of 10 classes, 3 of each: the model names tench and golf ball only
+    assert data["labels"].startswith("matched by name: ") and "English springer" in data["labels"]
+    matched = int(data["labels"].split(": ")[1].split(" of ")[0])
+    assert 0 < matched < 24
+    pruned = report["evaluation"]["pruned"]
+    assert "top1_accuracy" in pruned and "top1_agreement" in pruned
+    assert "accuracy is measured on the" in result.stderr
+
+
+def test_labels_by_name():
+    from snows_hf.data import match_class_names
+
+    model = {0: "tench, Tinca tinca", 1: "crane", 2: "crane", 3: "French horn, horn", 4: "chain saw, chainsaw"}
+    assert match_class_names(["Tench", "crane", "horn", "chain_saw", "cat"], model) == {"Tench": 0, "horn": 3, "chain_saw": 4}
+
+
+@pytest.mark.parametrize("values, names, id2label, expected, note", [
+    ([0, 1, 2], None, None, [0, 1, 2], "indices taken as the model's"),
+    ([0, 1], ["cat", "dog"], None, [0, 1], "indices taken as the model's"),  # unnamed model classes
+    ([1, 0], ["dog", "cat"], {0: "cat", 1: "dog"}, [0, 1], "matched by name: 2 of 2"),  # same names, other order
+    ([0, 1], ["cat", "bird"], {0: "cat", 1: "dog"}, [0, -1], "matched by name: 1 of 2 samples (not: bird)"),
+    ([0, 1], ["fish", "bird"], {0: "cat", 1: "dog"}, None, "agreement only"),
+])
+def test_label_alignment(values, names, id2label, expected, note):
+    import datasets
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from snows_hf.data import _labels
+    from snows_hf.datasources import SplitRows
+
+    features = datasets.Features({"label": datasets.ClassLabel(names=names) if names else datasets.Value("int64")})
+    rows = SplitRows(datasets.Dataset.from_dict({"label": values}, features=features))
+    extra = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}
+    model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=8, image_size=8, patch_size=4, num_labels=3 if not id2label else 2, **extra))
+    source = {}
+    labels = _labels(values, "label", rows, model, "classification", source)
+    assert (labels.tolist() if labels is not None else None) == expected
+    assert note in source["labels"]
+
+
+def test_labels_outside_the_models_classes_are_refused():
+    import datasets
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from snows_hf.data import _labels
+    from snows_hf.datasources import SplitRows
+
+    rows = SplitRows(datasets.Dataset.from_dict({"label": [0, 6]}))
+    model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
+    with pytest.raises(ValueError, match=r"labels in column 'label' \(6\) are outside the model's 3 classes"):
+        _labels([0, 6], "label", rows, model, "classification", {})
