@@ -172,6 +172,24 @@ def test_defaults_run_snows_and_name_the_output(vit_dir):
     assert block["overall"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("method, warned", [(["--method", "snows"], True), (["--method", "none", "--mask", "wanda"], True),
+                                            (["--method", "magnitude"], False), (["--method", "none", "--mask", "magnitude"], False)])
+def test_random_inputs_warn_when_the_method_fits_data(vit_dir, capsys, method, warned):
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--num-samples", "8",
+                 "--batch-size", "4", "--no-diagnostics", *method, "--output-dir", "out"]) == 0
+    err = capsys.readouterr().err
+    assert ("fitted to noise, which damages real accuracy" in err) == warned
+    assert "random inputs leave nothing to evaluate on" in err
+    assert json.loads(Path("out/report.json").read_text())["data"]["dataset"] == "random"
+
+
+def test_dry_run_of_a_bundled_recipes_model_says_so(capsys):
+    code = main(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4", "--dry-run"])
+    err = capsys.readouterr().err
+    assert "is the model of the bundled recipe vit-base-patch16-224-2of4" in err
+    assert code == 1 and "Hugging Face Hub could not serve it" in err  # offline here: the config cannot be fetched
+
+
 BAD_INPUTS = [
     pytest.param(["prune", "./no/such/model", "--dataset", "random", "--sparsity", "2:4"], "does not exist", id="missing-model"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "not empty; pass --overwrite", id="non-empty-output"),

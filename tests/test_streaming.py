@@ -3,30 +3,16 @@ loopback Hub (tests/hub_server.py): only the rows a run uses are read, in one se
 and a run with no dataset calibrates on the modality's default dataset."""
 
 import gzip
-import io
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from hub_repos import commit, imagenette_like, parquet, vit_repo
 from hub_server import TOKEN, HubServer, Repo
 
 SHARDS, ROWS_PER_SHARD = 20, 3000
-
-
-def _commit(repo: Repo) -> Repo:
-    repo.commits.append({"id": "1" * 40, "title": "upload", "message": ""})
-    return repo
-
-
-def _parquet(columns: dict, row_group_size: int = 250) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer, row_group_size=row_group_size)
-    return buffer.getvalue()
 
 
 def _text_rows(shard: int, count: int) -> list[str]:
@@ -38,10 +24,10 @@ def _sharded_text_dataset() -> Repo:
     repo = Repo("dataset", False)
     for shard in range(SHARDS):
         path = f"data/train-{shard:05d}-of-{SHARDS:05d}.parquet"
-        repo.files[path] = _parquet({"text": _text_rows(shard, ROWS_PER_SHARD),
+        repo.files[path] = parquet({"text": _text_rows(shard, ROWS_PER_SHARD),
                                      "origin": [shard * ROWS_PER_SHARD + i for i in range(ROWS_PER_SHARD)]})
         repo.lfs.add(path)
-    return _commit(repo)
+    return commit(repo)
 
 
 def _c4_like() -> Repo:
@@ -55,7 +41,7 @@ def _c4_like() -> Repo:
         lines = "".join(json.dumps({"text": t, "url": "u", "timestamp": "t"}) + "\n" for t in _text_rows(shard, 400))
         for split in ("train", "validation"):
             repo.files[f"en/c4-{split}.{shard:05d}-of-00004.json.gz"] = gzip.compress(lines.encode())
-    return _commit(repo)
+    return commit(repo)
 
 
 @pytest.fixture
@@ -156,7 +142,7 @@ def test_a_model_repo_with_other_frameworks_weights_fetches_only_safetensors(hub
     for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"):
         repo.files[name] = b"\0" * 4096
     repo.lfs.update(n for n in repo.files if n.endswith((".safetensors", ".bin", ".h5", ".msgpack")))
-    hub.repos[("model", "tester/tiny-llama")] = _commit(repo)
+    hub.repos[("model", "tester/tiny-llama")] = commit(repo)
     result = _cli(["prune", "tester/tiny-llama", "--sparsity", "2:4", "--dataset", "random", "--method", "magnitude",
                    "--num-samples", "4", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -165,59 +151,9 @@ def test_a_model_repo_with_other_frameworks_weights_fetches_only_safetensors(hub
     assert not {"pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"} & set(fetched), fetched
 
 
-IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn", "garbage truck",
-              "gas pump", "golf ball", "parachute"]
-
-
-def _imagenette_like(per_class: int = 3) -> Repo:
-    """The default image dataset's layout: a ``320px`` configuration of parquet shards whose
-    ``label`` is a ClassLabel with Imagenette's class names."""
-    import torch
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    images, labels = [], []
-    for label in range(len(IMAGENETTE)):
-        for _ in range(per_class):
-            buffer = io.BytesIO()
-            Image.fromarray((torch.rand(24, 24, 3, generator=g) * 255).to(torch.uint8).numpy()).save(buffer, "PNG")
-            images.append({"bytes": buffer.getvalue(), "path": None})
-            labels.append(label)
-    names = "".join(f"          '{i}': {name}\n" for i, name in enumerate(IMAGENETTE))
-    repo = Repo("dataset", False)
-    repo.files["README.md"] = (
-        "---\ndataset_info:\n- config_name: 320px\n  features:\n  - name: image\n    dtype: image\n  - name: label\n"
-        f"    dtype:\n      class_label:\n        names:\n{names}"
-        "configs:\n- config_name: 320px\n  data_files:\n  - split: validation\n    path: 320px/validation-*.parquet\n---\n"
-    ).encode()
-    half = len(images) // 2
-    for shard, part in enumerate((slice(0, half), slice(half, None))):
-        path = f"320px/validation-{shard:05d}-of-00002.parquet"
-        repo.files[path] = _parquet({"image": images[part], "label": labels[part]}, row_group_size=8)
-        repo.lfs.add(path)
-    return _commit(repo)
-
-
-def _hub_vit(tmp_path) -> Repo:
-    """A tiny ViT whose classes are named like ImageNet's: two of them are Imagenette's."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    id2label = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "golf ball"}
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=68, image_size=32,
-                       patch_size=8, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    folder = tmp_path / "hub-vit"
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    repo = Repo("model", False)
-    for path in folder.iterdir():
-        repo.files[path.name] = path.read_bytes()
-    repo.lfs.add("model.safetensors")
-    return _commit(repo)
-
-
 def test_headline_command_takes_the_bundled_recipe_and_matches_labels_by_name(hub, tmp_path):
-    hub.repos[("model", "google/vit-base-patch16-224")] = _hub_vit(tmp_path)
-    hub.repos[("dataset", "frgfm/imagenette")] = _imagenette_like()
+    hub.repos[("model", "google/vit-base-patch16-224")] = vit_repo(tmp_path / "hub-vit")
+    hub.repos[("dataset", "frgfm/imagenette")] = imagenette_like()
     result = _cli(["prune", "google/vit-base-patch16-224", "--sparsity", "2:4", "--num-samples", "6",
                    "--eval-samples", "24", "--batch-size", "3", "--output-dir", "out"], hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -279,3 +215,29 @@ def test_labels_outside_the_models_classes_are_refused():
                                                 intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
     with pytest.raises(ValueError, match=r"labels in column 'label' \(6\) are outside the model's 3 classes"):
         _labels([0, 6], "label", rows, model, "classification", {})
+
+
+def test_no_streaming_downloads_the_split_and_gives_a_row_order_of_its_own(hub, tmp_path, llama_dir):
+    hub.repos[("dataset", "allenai/c4")] = _c4_like()
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "allenai/c4",
+                   "--dataset-config", "en", "--no-streaming", "--num-samples", "4", "--seq-len", "16",
+                   "--eval-samples", "4", "--output-dir", "out"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["data"]["streaming"] is False and report["data"]["rows_in_split"] == 1600
+    assert all(isinstance(row, int) for row in report["data"]["calibration_rows"])
+    assert "streaming: false" in (tmp_path / "out" / "recipe.yaml").read_text()
+    sent = hub.bytes_sent("dataset", "allenai/c4")
+    assert sum(1 for path in sent if "train" in path) == 4  # every train shard, and only the requested split
+
+
+def test_a_streamed_dataset_with_no_usable_rows_is_one_line(hub, tmp_path, llama_dir):
+    repo = Repo("dataset", False)
+    repo.files["data/train-00000-of-00001.parquet"] = parquet({"text": ["", " ", ""]})
+    hub.repos[("dataset", "tester/blank")] = commit(repo)
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--dataset", "tester/blank", "--output-dir", "out"],
+                  hub, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "fewer tokens than one sequence" in errors[0]
+    assert not (tmp_path / "out").exists()
