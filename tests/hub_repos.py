@@ -59,8 +59,10 @@ def imagenette_like(per_class: int = 3) -> Repo:
 
 def vit_repo(folder: Path) -> Repo:
     """A tiny ViT whose classes are named like ImageNet's: two of them are Imagenette's."""
+    import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
+    torch.manual_seed(0)
     id2label = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "golf ball"}
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=68, image_size=32,
                        patch_size=8, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()})

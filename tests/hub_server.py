@@ -34,6 +34,7 @@ class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     lfs: set[str] = field(default_factory=set)  # paths stored through LFS
     commits: list[dict] = field(default_factory=list)
+    gated: bool = False  # files refused (403 GatedRepo) to everyone: terms never accepted
 
     @property
     def sha(self) -> str:
@@ -357,6 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return None
         commit = {"X-Repo-Commit": repo.sha}
+        if repo.gated:
+            return self._error(403, f"Access to {repo_id} is restricted: you must accept its conditions", "GatedRepo",
+                               commit)
         if path not in repo.files:
             return self._error(404, f"Entry {path} not found", "EntryNotFound", commit)
         data = repo.files[path]

@@ -241,3 +241,15 @@ def test_a_streamed_dataset_with_no_usable_rows_is_one_line(hub, tmp_path, llama
     assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "fewer tokens than one sequence" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gated_dataset_is_one_line_naming_it_and_the_way_around(hub, tmp_path, llama_dir):
+    repo = _c4_like()
+    repo.gated = True
+    hub.repos[("dataset", "tester/gated")] = repo
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--dataset", "tester/gated", "--dataset-config", "en",
+                   "--output-dir", "out"], hub, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cannot read Hub dataset 'tester/gated': it is gated" in errors[0] and "--dataset PATH" in errors[0]
+    assert not (tmp_path / "out").exists()
