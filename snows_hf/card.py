@@ -3,16 +3,20 @@
 Rendered with ``huggingface_hub.ModelCard.from_template`` and ``ModelCardData`` so the
 Hub reads its metadata: base model, tags, calibration dataset, and the dense and pruned
 metrics as ``eval_results`` (which become the ``model-index``). A small PNG plots the
-per-layer sparsity and, for SNOWS, the per-layer reconstruction error.
+per-layer sparsity and, for SNOWS, the per-layer reconstruction error. Models and
+datasets appear by Hub id or by local folder or file name, never by path
+(:func:`snows_hf.provenance.public_source`): the card is what ``--push-to-hub`` publishes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
+
+from .datasources import RANDOM
+from .provenance import Source, public_source
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +48,24 @@ def pipeline_and_auto_class(model: Any) -> tuple[str, str]:
     return _TASKS.get((model_task(model), image), _TASKS[("embedding", image)])
 
 
-def _hub_id(value: str | None) -> str | None:
-    """``value`` when it looks like a Hub id (``name`` or ``namespace/name``), not a local path.
+def _sources(payload: dict[str, Any]) -> tuple[Source | None, Source | None]:
+    """The run's model and dataset as the card may show them: Hub ids, or bare local names.
+
+    A source found on disk is local even when it reads like a Hub id (``org/name`` as a
+    relative folder), as it was when the run loaded it; the card is written by that run.
 
     Example:
-        >>> _hub_id("org/model"), _hub_id("./model"), _hub_id("BBC News (local)")
-        ('org/model', None, None)
+        >>> _sources({"source_model": "/home/me/llama", "data": {"dataset": "org/corpus"}})
+        (Source(name='llama', on_hub=False), Source(name='org/corpus', on_hub=True))
     """
-    if not value or value.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(value)):
-        return None
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value):
-        return None
-    return value
+    def published(value: str | None, repo_type: str) -> Source | None:
+        local = bool(value) and os.path.exists(os.path.expanduser(value))
+        return public_source(value, repo_type, local=local)
+
+    dataset = (payload.get("data") or {}).get("dataset")
+    if dataset == RANDOM:  # seeded noise, not a dataset
+        dataset = None
+    return published(payload.get("source_model"), "model"), published(dataset, "dataset")
 
 
 def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None,
@@ -72,27 +82,28 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
     cfg = payload["config"]
     pattern = cfg["sparsity"]
     pipeline_tag, auto_class = pipeline_and_auto_class(model)
-    source = payload.get("source_model")
+    source, dataset = _sources(payload)
+    hub_dataset = dataset.name if dataset and dataset.on_hub else None
     data = payload.get("data") or {}
-    dataset = _hub_id(data.get("dataset"))
     evaluation = payload.get("evaluation") or {}
     tag = pattern.replace(":", "of")
-    name = repo_id or (Path(source).name if source else type(model).__name__) + f"-pruned-{tag}"
+    name = repo_id or (source.name.split("/")[-1] if source else type(model).__name__) + f"-pruned-{tag}"
     eval_results = []
     for metric, value in (evaluation.get("pruned") or {}).items():
         if metric in _METRIC_NAMES and metric != "nll_per_token":
             for label, number in (("pruned", value), ("dense baseline", (evaluation.get("dense") or {}).get(metric))):
                 if number is not None:
                     eval_results.append(EvalResult(
-                        task_type=pipeline_tag, dataset_type=dataset or "custom",
-                        dataset_name=data.get("dataset") and Path(str(data["dataset"])).name or "held-out data",
+                        task_type=pipeline_tag, dataset_type=hub_dataset or "custom",
+                        dataset_name=dataset.name if dataset else "held-out data",
                         dataset_split=data.get("split"), metric_type=metric,
                         metric_name=f"{_METRIC_NAMES[metric]} ({label})", metric_value=float(number),
                     ))
     card_data = ModelCardData(
-        base_model=_hub_id(source), library_name="transformers", pipeline_tag=pipeline_tag,
+        base_model=source.name if source and source.on_hub else None, library_name="transformers",
+        pipeline_tag=pipeline_tag,
         tags=list(dict.fromkeys(["pruned", "sparse", "snows", f"sparsity-{tag}", cfg["method"]])),
-        datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
+        datasets=[hub_dataset] if hub_dataset else None, model_name=name, eval_results=eval_results or None,
     )
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), **_body(payload, model, name, auto_class, plot, repo_id),
@@ -102,7 +113,7 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
 
 def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot: str | None, repo_id: str | None) -> dict:
     cfg = payload["config"]
-    source = payload.get("source_model")
+    source, dataset = _sources(payload)  # never the raw strings: those can be private local paths
     data = payload.get("data") or {}
     calibration = payload.get("calibration") or {}
     evaluation = payload.get("evaluation") or {}
@@ -116,7 +127,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
     if cfg.get("allocation") == "global":
         settings.append(("allocation", f"global, at most {cfg['max_layer_sparsity']} per layer"))
     text_model = getattr(model, "main_input_name", "input_ids") == "input_ids"
-    where = f" of {data['dataset']} (split {data.get('split')})" if data.get("dataset") else " (random inputs)"
+    where = f" of {dataset.name} (split {data.get('split')})" if dataset else " (random inputs)"
     tokens = f", {calibration['seq_len']} tokens each" if text_model and calibration.get("seq_len") else ""
     settings.append(("calibration", f"{payload['num_calibration_samples']} samples{where}{tokens}"))
     method_line = {
@@ -138,10 +149,11 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         layers.append((layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.2%}", error))
     return {
         "title": f"{name}",
-        "source_line": f"[{source}](https://huggingface.co/{source})" if _hub_id(source) else (f"`{Path(source).name}`" if source else "A model"),
+        "source_line": (f"[{source.name}](https://huggingface.co/{source.name})" if source and source.on_hub
+                        else f"`{source.name}`" if source else "A model"),
         "pattern": cfg["sparsity"], "method_line": method_line, "settings": settings,
         "results": results, "eval_samples": evaluation.get("samples"),
-        "eval_source": f"{data.get('dataset')}, split {data.get('split')}" if data.get("dataset") else "",
+        "eval_source": f"{dataset.name}, split {data.get('split')}" if dataset else "",
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,
         "error_header": "held-out window loss, masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
         "layers": layers, "auto_class": auto_class, "repo_hint": repo_id or "path/to/this/model",
