@@ -11,12 +11,20 @@ from torch import nn
 from torch.func import functional_call
 
 
+#: keyword under which a call of a stack that mixes block kinds (sliding-window and full
+#: attention layers) carries the other kinds' arguments; :func:`run_block` never passes it on
+OTHER_KINDS = "_snows_hf_other_kinds"
+
+
 @dataclass
 class BlockCall:
     """The arguments of one call of a block: its hidden states and everything else.
 
     The hidden states are the first positional argument, or the ``hidden_states``
-    keyword when a model passes them by name.
+    keyword when a model passes them by name. In a stack that mixes block kinds,
+    ``kwargs`` also holds the other kinds' arguments for the same micro-batch under
+    :data:`OTHER_KINDS` (plain tuples and dicts, so activation stores keep them like any
+    argument), and :meth:`as_kind` switches between them.
     """
 
     args: tuple
@@ -27,11 +35,48 @@ class BlockCall:
         """The hidden-state input."""
         return self.args[0] if self.args else self.kwargs["hidden_states"]
 
-    def with_hidden(self, hidden: torch.Tensor) -> "BlockCall":
+    @property
+    def block_kwargs(self) -> dict:
+        """The keyword arguments the block itself takes (without the other kinds')."""
+        if OTHER_KINDS not in self.kwargs:
+            return self.kwargs
+        return {k: v for k, v in self.kwargs.items() if k != OTHER_KINDS}
+
+    def with_hidden(self, hidden: Any) -> "BlockCall":
         """The same call with new hidden states (the next block's inputs)."""
         if self.args:
             return BlockCall((hidden, *self.args[1:]), self.kwargs)
         return BlockCall((), {**self.kwargs, "hidden_states": hidden})
+
+    def with_kinds(self, others: dict[str, "BlockCall"]) -> "BlockCall":
+        """This call, carrying ``others`` (calls of blocks of other kinds, same micro-batch)
+        without their hidden states.
+
+        Example:
+            >>> call = BlockCall((torch.ones(1),), {"mask": "local"})
+            >>> full = call.with_kinds({"full": BlockCall((torch.zeros(1),), {"mask": "global"})}).as_kind("local", "full")
+            >>> full.hidden.tolist(), full.block_kwargs
+            ([1.0], {'mask': 'global'})
+        """
+        packs = {kind: call._bare() for kind, call in others.items()}
+        return BlockCall(self.args, {**self.kwargs, OTHER_KINDS: packs}) if packs else self
+
+    def as_kind(self, kind: str, wanted: str) -> "BlockCall":
+        """The call of a block of kind ``wanted`` on the same hidden states, from this call
+        of a block of kind ``kind`` (see :meth:`with_kinds`)."""
+        if wanted == kind:
+            return self
+        others = dict(self.kwargs.get(OTHER_KINDS) or {})
+        if wanted not in others:
+            raise ValueError(f"this block call carries no arguments for blocks of kind {wanted!r}")
+        args, kwargs = others.pop(wanted)
+        others[kind] = self._bare()
+        return BlockCall(args, {**kwargs, OTHER_KINDS: others}).with_hidden(self.hidden)
+
+    def _bare(self) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` without hidden states or other kinds: what another kind's call keeps of this one."""
+        bare = BlockCall(self.args, self.block_kwargs).with_hidden(None)
+        return bare.args, bare.kwargs
 
     def to(self, device: torch.device) -> "BlockCall":
         """A copy with every tensor moved to ``device``."""
@@ -89,5 +134,5 @@ def run_block(block: nn.Module, call: BlockCall, overrides: dict[str, torch.Tens
     place for this call only, e.g. the dense weights of already pruned modules.
     """
     if overrides:
-        return block_output(functional_call(block, overrides, call.args, call.kwargs, strict=False))
-    return block_output(block(*call.args, **call.kwargs))
+        return block_output(functional_call(block, overrides, call.args, call.block_kwargs, strict=False))
+    return block_output(block(*call.args, **call.block_kwargs))

@@ -6,7 +6,11 @@
 
 Activations are kept as one :class:`BlockCall` per calibration micro-batch: the
 positional and keyword arguments the model itself passed to the block (attention masks,
-rotary position embeddings, ...), so blocks run exactly as inside the model.
+rotary position embeddings, ...), so blocks run exactly as inside the model. In stacks
+that mix block kinds (sliding-window and full attention layers), each call also carries
+the arguments the model passed to the first block of every other kind, and
+:meth:`BlockList.next_call <snows_hf.adapters.BlockList.next_call>` hands each block
+those of its own kind.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def _model_input_device(model: nn.Module, device: torch.device) -> torch.device:
 
 def capture_block_inputs(
     model: nn.Module, first_block: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device,
-    store: Any = None,
+    store: Any = None, kinds: Mapping[str, nn.Module] | None = None,
 ) -> Any:
     """Run the model's real embeddings on each batch and keep what reaches ``first_block``.
 
@@ -60,27 +64,46 @@ def capture_block_inputs(
     to ``device``, or appended to ``store`` (an :class:`~snows_hf.activations.ActivationStore`,
     returned) when one is given. Caches are switched off for the capture (``use_cache=False``).
 
+    ``kinds`` maps each block kind of a stack that mixes them to its first block
+    (:meth:`BlockList.first_of_kinds <snows_hf.adapters.BlockList.first_of_kinds>`,
+    ``first_block`` among them): the pass then runs on until each of those blocks is
+    called, and every call carries the arguments of all kinds (:meth:`BlockCall.with_kinds`).
+
     Example:
         >>> calls = capture_block_inputs(model, model.model.layers[0], batches, torch.device("cpu"))  # doctest: +SKIP
     """
     calls: Any = [] if store is None else store
+    wanted = dict(kinds) if kinds else {"": first_block}
+    first_kind = next((kind for kind, block in wanted.items() if block is first_block), None)
+    if first_kind is None:
+        raise ValueError("first_block must be the first block of one of the kinds")
+    seen: dict[str, BlockCall] = {}
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        call = BlockCall(args, kwargs)
-        calls.append(call.to(device) if store is None else call)
-        raise _StopForward
+    def hook_for(kind: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen[kind] = BlockCall(args, kwargs)
+            if len(seen) < len(wanted):
+                return  # the blocks up to the first of the last kind run, on the dense model
+            call = seen.pop(first_kind).with_kinds(seen)
+            seen.clear()
+            calls.append(call.to(device) if store is None else call)
+            raise _StopForward
+
+        return hook
 
     extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
     input_device = _model_input_device(model, device)
     with tracked_hooks() as hooks, torch.no_grad():
-        hooks.append(first_block.register_forward_pre_hook(hook, with_kwargs=True))
+        for kind, block in wanted.items():
+            hooks.append(block.register_forward_pre_hook(hook_for(kind), with_kwargs=True))
         for batch in batches:
             inputs = {k: (v.to(input_device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             try:
                 model(**inputs, **extra)
             except _StopForward:
                 continue
-            raise RuntimeError("the model finished its forward pass without calling its first block")
+            missing = ", ".join(kind for kind in wanted if kind not in seen) or "first"
+            raise RuntimeError(f"the model finished its forward pass without calling its {missing} block")
     return calls
 
 
@@ -226,18 +249,6 @@ def _tied_parameters(model: nn.Module) -> set[int]:
     return {key for key, count in seen.items() if count > 1}
 
 
-def _check_block_inputs(model: nn.Module) -> None:
-    """Refuse stacks whose blocks get different attention inputs per layer: every block
-    here runs with the first block's (attention masks, rotary embeddings)."""
-    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or ()
-    kinds = {t for t in layer_types if isinstance(t, str) and "attention" in t}  # not ResNet's "bottleneck"
-    if len(kinds) > 1:
-        raise ValueError(
-            f"this {type(model).__name__} mixes attention types across layers ({', '.join(sorted(kinds))}); "
-            "per-layer attention inputs are not supported yet"
-        )
-
-
 def prune_blocks(
     model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False,
     checkpoint: RunCheckpoint | None = None,
@@ -256,7 +267,6 @@ def prune_blocks(
     device = processes.device(resolve_device(config.device))
     method = get_method(config.method)(config)
     blocks = find_block_list(model, config.block_path)
-    _check_block_inputs(model)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
     shards = _Shards(processes, len(batches))
     report = PruneReport(
@@ -278,7 +288,8 @@ def prune_blocks(
         logger.info("resuming: %d of %d blocks are done (%s)", done, len(blocks), checkpoint.folder)
     try:
         with ActivationSpace(config.offload_activations, device, config.offload_dir) as space:
-            calls = capture_block_inputs(model, blocks.modules[0], processes.shard(batches), device, store=space.store())
+            calls = capture_block_inputs(model, blocks.modules[0], processes.shard(batches), device, store=space.store(),
+                                         kinds=blocks.first_of_kinds())
             dense_calls = calls if method.needs_dense_stream else None  # the same inputs until block 0 is pruned
             report.timings["capture"] = time.perf_counter() - start
             logger.info("captured %d micro-batches at %s (%d blocks, activations on %s)",
@@ -495,4 +506,4 @@ def _log_summary(report: PruneReport, method) -> None:
 
 def _check_all_pruned(report: PruneReport) -> None:
     if not report.layers:
-        raise RuntimeError("no module was pruned: the blocks hold no Linear/Conv1D targets that ran")
+        raise RuntimeError("no module was pruned: the blocks hold no Linear/Conv1D/Conv2d targets that ran")

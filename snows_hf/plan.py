@@ -179,7 +179,7 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
         graph_batches=min(micro - len(held), config.batches_per_step or micro, config.hessian_batches or micro),
     )
     with torch.no_grad():
-        (call,) = capture_block_inputs(model, blocks.modules[0], [example], device)
+        (call,) = capture_block_inputs(model, blocks.modules[0], [example], device, kinds=blocks.first_of_kinds())
     hidden = call.args[0] if call.args else next(iter(call.kwargs.values()))
     plan.block_activation_bytes = hidden.numel() * hidden.element_size() * num_samples
     graph_bytes: dict[tuple[int, int], int] = {}

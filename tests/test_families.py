@@ -204,15 +204,6 @@ def test_unmappable_model_names_what_it_found():
     assert bool((model.bert.encoder.layer[0].intermediate.dense.weight != 0).all())  # nothing pruned
 
 
-def test_mixed_attention_layers_are_refused_before_pruning():
-    config = T.Qwen2Config(**DECODER, use_sliding_window=True, sliding_window=4, max_window_layers=1,
-                           layer_types=["full_attention", "sliding_attention"])
-    model = T.Qwen2ForCausalLM(config).eval()
-    with pytest.raises(ValueError, match="mixes attention types across layers"):
-        snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs(FAMILIES["qwen2"], 4, 0))
-    assert bool((model.model.layers[0].mlp.up_proj.weight != 0).all())
-
-
 def test_block_path_flattens_nested_lists():
     model = _build("resnet")
     found = find_block_list(model, "resnet.encoder.stages.*.layers")

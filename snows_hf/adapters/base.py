@@ -2,7 +2,10 @@
 
 One :class:`Adapter` per ``config.model_type``, added by one :func:`register_adapter`
 call. Models without an entry fall back to :func:`find_block_list`, which takes the
-longest list of identical blocks it finds and says what it saw when it finds none.
+longest list of identical blocks it finds and says what it saw when it finds none, and
+to :data:`FALLBACK_TARGET_TYPES`. Stacks whose ``config.layer_types`` mix block kinds
+(sliding-window and full attention) keep each block's kind, so every block gets the
+call arguments of its own kind.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..blocks import NextCall, default_next_call
+from ..blocks import BlockCall, NextCall, default_next_call
 
 try:  # GPT-2 style (in, out) weights
     from transformers.pytorch_utils import Conv1D
@@ -21,6 +24,10 @@ except ImportError:  # pragma: no cover - transformers always ships it today
     Conv1D = ()
 
 _LAYOUT_BY_TYPE: tuple[tuple[type, str], ...] = ((nn.Linear, "linear"), (Conv1D, "conv1d"), (nn.Conv2d, "conv2d"))
+
+#: what models without an adapter entry prune: every layout (grouped and depthwise
+#: convolutions never, see :func:`block_targets`)
+FALLBACK_TARGET_TYPES = ("linear", "conv1d", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -58,16 +65,48 @@ class BlockList:
         path: where they were found (``vit.layers``, ``resnet.encoder.stages.*.layers``).
         modules: the blocks (the model's own list, or one gathering nested lists; never copies).
         names: each block's full module name in the model.
-        next_call: ``(block, call, hidden) -> call`` of the following block.
+        chain: the family's ``(block, call, hidden) -> call`` of the following block.
+        kinds: each block's kind (``config.layer_types``) in a stack that mixes kinds, else ``None``.
     """
 
     path: str
     modules: nn.ModuleList
     names: list[str]
-    next_call: NextCall = default_next_call
+    chain: NextCall = default_next_call
+    kinds: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self._positions = {id(block): index for index, block in enumerate(self.modules)}
 
     def __len__(self) -> int:
         return len(self.modules)
+
+    def next_call(self, block: nn.Module, call: BlockCall, hidden: torch.Tensor) -> BlockCall:
+        """The call of the block after ``block`` (one of :attr:`modules`), whose input is
+        ``hidden``: the family's :attr:`chain`, with the arguments of the following block's
+        own kind where kinds mix (``call`` carries them, see :meth:`first_of_kinds`).
+
+        Example:
+            >>> call = blocks.next_call(blocks.modules[0], call, run_block(blocks.modules[0], call))  # doctest: +SKIP
+        """
+        following = self.chain(block, call, hidden)
+        index = self._positions[id(block)]
+        if self.kinds and index + 1 < len(self.kinds):
+            following = following.as_kind(self.kinds[index], self.kinds[index + 1])
+        return following
+
+    def first_of_kinds(self) -> dict[str, nn.Module]:
+        """The first block of each kind, in order (empty when all blocks are of one kind):
+        the blocks whose call arguments :func:`~snows_hf.pipeline.capture_block_inputs` keeps.
+
+        Example:
+            >>> list(find_block_list(gemma3).first_of_kinds())  # doctest: +SKIP
+            ['sliding_attention', 'full_attention']
+        """
+        first: dict[str, nn.Module] = {}
+        for kind, block in zip(self.kinds or (), self.modules):
+            first.setdefault(kind, block)
+        return first
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -133,17 +172,17 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
     """
     names = {id(m): n for n, m in model.named_modules()}
     adapter = adapter_for(model)
-    next_call = (adapter.next_call if adapter else None) or default_next_call
+    chain = (adapter.next_call if adapter else None) or default_next_call
     if block_path:
         found = _resolve(model, block_path)
         if not found:
             raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
-        return _block_list(block_path, found, names, next_call)
+        return _block_list(model, block_path, found, names, chain)
     if adapter is not None:
         found = _resolve(model.base_model, adapter.blocks)
         if found:
             prefix = names[id(model.base_model)]
-            return _block_list(f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, next_call)
+            return _block_list(model, f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, chain)
     candidates = _candidate_lists(model)
     if not candidates:
         raise ValueError(
@@ -154,11 +193,27 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
         seen = ", ".join(f"{n} ({len(m)})" for n, m in candidates[:5])
         raise ValueError(f"ambiguous block lists in {type(model).__name__}: {seen}; pass --block-path to choose")
     name, module = candidates[0]
-    return _block_list(name, list(module), names, next_call)
+    return _block_list(model, name, list(module), names, chain)
 
 
-def _block_list(path: str, found: list[nn.Module], names: dict[int, str], next_call: NextCall) -> BlockList:
-    return BlockList(path, nn.ModuleList(found), [names[id(b)] for b in found], next_call)
+def _block_list(model: nn.Module, path: str, found: list[nn.Module], names: dict[int, str], chain: NextCall) -> BlockList:
+    return BlockList(path, nn.ModuleList(found), [names[id(b)] for b in found], chain, _block_kinds(model, path, len(found)))
+
+
+def _block_kinds(model: nn.Module, path: str, count: int) -> list[str] | None:
+    """Each block's kind from the config's own ``layer_types`` field when it mixes kinds
+    (ResNet's and RegNet's configs only name the layer types they allow, as a class constant)."""
+    config = getattr(model, "config", None)
+    own = [c for c in (config, getattr(config, "get_text_config", lambda: None)()) if c is not None]
+    layer_types = next((vars(c)["layer_types"] for c in own if "layer_types" in vars(c)), None)
+    if not layer_types or len(set(layer_types)) < 2:
+        return None
+    if len(layer_types) != count:
+        raise ValueError(
+            f"config.layer_types mixes {', '.join(sorted(set(layer_types)))} over {len(layer_types)} layers, "
+            f"but the blocks at {path} are {count}, so their kinds are unknown; point block_path at those layers"
+        )
+    return list(layer_types)
 
 
 def adapter_for(model: nn.Module) -> Adapter | None:
@@ -190,7 +245,9 @@ def block_targets(
     (``prefix`` + relative name) and in its saved-checkpoint spelling (``saved_names``,
     see :func:`~snows_hf.adapters.naming.checkpoint_names`), or matching its class name
     whole (``Linear``, ``Conv1D``, ``Conv2d``). Only Linear, Conv1D and Conv2d modules
-    with a weight are ever returned.
+    with a weight are ever returned; grouped and depthwise convolutions (``groups > 1``)
+    only when ``targets`` names them, since N:M along input channels is meant for dense
+    channel mixing (and a depthwise conv has one input channel per group).
 
     Example:
         >>> [n for n, _ in block_targets(vit.vit.layers[0], vit)]  # doctest: +SKIP
@@ -199,7 +256,7 @@ def block_targets(
         ['attention.k_proj', 'attention.v_proj', 'attention.o_proj', 'mlp.fc1', 'mlp.fc2']
     """
     adapter = adapter_for(model)
-    types = adapter.target_types if adapter else ("linear", "conv1d")
+    types = adapter.target_types if adapter else FALLBACK_TARGET_TYPES
     family_ignore = _compile(adapter.ignore if adapter else ())
     wanted, unwanted = _compile(targets), _compile(ignore)
     saved_names = saved_names or {}
@@ -213,7 +270,8 @@ def block_targets(
         if wanted:
             selected = bool(_matches(wanted, names, type(module).__name__))
         else:
-            selected = layout in types and not any(p.search(name) for p in family_ignore)
+            selected = (layout in types and getattr(module, "groups", 1) == 1
+                        and not any(p.search(name) for p in family_ignore))
         if selected and not _matches(unwanted, names, type(module).__name__):
             found.append((name, module))
     return found

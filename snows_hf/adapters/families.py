@@ -1,8 +1,10 @@
 """Per-family entries. Paths are relative to ``model.base_model`` (transformers 5 names).
 
-Decoder and encoder stacks pass the same attention inputs to every block; vision stacks
-with stages (Swin, ConvNeXt) are pruned stage by stage, since their stages downsample
-between blocks; ResNet's stages only chain their residual blocks, so those are the blocks.
+Decoder and encoder stacks pass the same attention inputs to every block of one kind
+(layers whose ``config.layer_types`` differ get their own kind's); vision stacks with
+stages (Swin, ConvNeXt) are pruned stage by stage, since their stages downsample between
+blocks; ResNet's stages only chain their residual blocks, so those are the blocks.
+Families without an entry prune every Linear, Conv1D and dense Conv2d of their blocks.
 """
 
 from __future__ import annotations
