@@ -286,8 +286,10 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
     flags given on the command line on top (unset flags never override). Sets ``args.model``."""
     from .recipe import load_recipe
 
-    from .recipe import recipe_for_model
+    from .recipe import bundled_recipes, recipe_for_model
 
+    if args.model in bundled_recipes() and not os.path.exists(args.model):
+        raise ValueError(f"{args.model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {args.model}")
     prune_fields, data_fields = _split_fields(args, prune_cls), _split_fields(args, data_cls)
     if args.recipe is None and args.model and "dataset" not in data_fields:
         found = recipe_for_model(args.model, prune_fields.get("sparsity"))
