@@ -47,9 +47,10 @@ class CalibrationConfig:
                             "(false: download and prepare the whole split first)"})
 
     def __post_init__(self) -> None:
-        from .config import _check_types
+        from .config import _check_types, check_seed
 
         _check_types(self)
+        check_seed(self.seed)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.seq_len < 1:

@@ -11,6 +11,7 @@ datasets appear by Hub id or by local folder or file name, never by path
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
     for metric, value in (evaluation.get("pruned") or {}).items():
         if metric in _METRIC_NAMES and metric != "nll_per_token":
             for label, number in (("pruned", value), ("dense baseline", (evaluation.get("dense") or {}).get(metric))):
-                if number is not None:
+                if number is not None and not math.isfinite(number):
+                    logger.warning("the %s model's %s is %s: left out of the card's model-index", label, metric, number)
+                elif number is not None:
                     eval_results.append(EvalResult(
                         task_type=pipeline_tag, dataset_type=hub_dataset or "custom",
                         dataset_name=dataset.name if dataset else "held-out data",

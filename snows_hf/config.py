@@ -40,6 +40,21 @@ def _check_types(config: Any) -> None:
             raise ValueError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}")
 
 
+MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed the random generators cannot take (negative, or past 2**63 - 1).
+
+    Example:
+        >>> check_seed(2**64)
+        Traceback (most recent call last):
+        ValueError: seed must be an integer from 0 to 9223372036854775807, got 18446744073709551616
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+
+
 def _field(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -129,6 +144,7 @@ class PruneConfig:
         self.sparsity = str(parse_sparsity(self.sparsity))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_seed(self.seed)
         _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
         _check(self.target in ("dense-stream", "official"), f"target must be dense-stream or official, got {self.target!r}")
         _check(self.term_scale in ("energy", "none"), f"term_scale must be energy or none, got {self.term_scale!r}")

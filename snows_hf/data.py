@@ -90,9 +90,15 @@ def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval
     build = _images if model_modality(model) == "image" else _texts
     prepared = build(rows, cfg, model, processor, eval_samples, task, label_column)
     prepared.source.update(seed=cfg.seed, label_column=label_column, **rows.describe())
-    if eval_samples and len(prepared.source["eval_rows"]) < eval_samples:
-        logger.warning("only %d held-out evaluation samples were left after calibration (asked for %d)",
-                       len(prepared.source["eval_rows"]), eval_samples)
+    held = len(prepared.evaluation) if prepared.evaluation is not None else 0
+    if eval_samples and held == 0:
+        logger.warning("no held-out evaluation samples are left after the %d calibration rows (asked for %d): "
+                       "no dense/pruned evaluation; lower num_samples or add data",
+                       len(prepared.source["calibration_rows"]), eval_samples)
+        prepared.source["evaluation_skipped"] = "no held-out rows are left after the calibration rows"
+    elif eval_samples and held < eval_samples:
+        logger.warning("only %d held-out evaluation samples were left after calibration (asked for %d)", held, eval_samples)
+    prepared.source["eval_samples"] = held
     return prepared
 
 
@@ -229,7 +235,8 @@ def _labels(values: list, column: str | None, rows: SplitRows, model: Any, task:
     model_names = _class_names(model)
     if integers and (names is None or model_names is None):  # nothing to match by name
         num = int(getattr(model.config, "num_labels", 0) or 0)
-        outside = sorted({v for v in values if not 0 <= v < num})
+        declared = range(len(names)) if names is not None else ()  # a ClassLabel's classes, seen or not
+        outside = sorted({v for v in [*values, *declared] if not 0 <= v < num})
         if outside:
             shown = ", ".join(map(str, outside[:8])) + (", ..." if len(outside) > 8 else "")
             raise ValueError(f"labels in column {column!r} ({shown}) are outside the model's {num} classes "

@@ -231,6 +231,8 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
             ext = os.path.splitext(path)[1].lower()
             if ext not in _BUILDERS:
                 raise ValueError(f"unsupported data file {dataset!r}: use {', '.join(sorted(_BUILDERS))}")
+            if os.path.getsize(path) == 0:
+                raise ValueError(f"dataset file {dataset!r} is empty")
             data = datasets.load_dataset(_BUILDERS[ext], data_files=path)  # one file: split "train"
         elif os.path.isdir(path):
             data = datasets.load_dataset(path, config)
@@ -239,12 +241,14 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
         else:
             data = datasets.load_dataset(dataset, config, split=split, streaming=streaming)
     except ValueError as exc:
-        if local or str(exc).startswith(("unsupported data file", "dataset path")):
+        if str(exc).startswith(("unsupported data file", "dataset path", "dataset file")):
             raise
+        if local:
+            raise ValueError(f"cannot load dataset {dataset!r}: {_reason(exc)}") from None
         raise ValueError(_hub_error(dataset, config, split, exc)) from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for offline, gated, missing data
         if local:
-            raise ValueError(f"cannot load dataset {dataset!r}: {_first_line(exc)}") from None
+            raise ValueError(f"cannot load dataset {dataset!r}: {_reason(exc)}") from None
         raise ValueError(_hub_error(dataset, config, split, exc)) from None
     if local:
         if split not in data:
@@ -269,6 +273,25 @@ def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException)
         reason = text
     return (f"cannot read Hub dataset {dataset!r}: {reason}; or download it and pass the local folder or file "
             "as the dataset (--dataset PATH)")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the innermost cause of ``exc`` (``datasets`` wraps the reader's own
+    error in "An error occurred while generating the dataset"), in words where it is known.
+
+    Example:
+        >>> _reason(ValueError("x"))
+        'x'
+    """
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, StopIteration):  # the json reader's way of saying it found no row
+        return "it holds no rows"
+    if "corresponds to no data" in str(exc):  # datasets, for a split of files with no rows
+        return "it holds no rows"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

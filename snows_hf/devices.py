@@ -102,3 +102,27 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(device)} ({device})"
     return str(device)
+
+
+def model_input_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s inputs go: the device of its input embeddings (or first parameter)
+    or, for a model placed by accelerate whose weights there wait offloaded on the meta
+    device, the execution device of its hooks (which bring each weight along).
+
+    Example:
+        >>> model_input_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
+        found = next(model.get_input_embeddings().parameters()).device
+    except (AttributeError, StopIteration, NotImplementedError):
+        found = next(model.parameters()).device
+    if found.type != "meta":
+        return found
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for single in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+            execution = getattr(single, "execution_device", None)
+            if execution is not None:
+                return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return torch.device("cpu")

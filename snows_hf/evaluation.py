@@ -38,7 +38,9 @@ def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, 
     Example:
         >>> outs = model_outputs(model, data.evaluation)  # doctest: +SKIP
     """
-    device = next(model.parameters()).device
+    from .devices import model_input_device
+
+    device = model_input_device(model)  # offloaded models: accelerate's hooks bring the weights
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
     model.eval()
@@ -64,9 +66,9 @@ def throughput(model: Any, eval_set: Any, batch_size: int = 16) -> tuple[dict[st
     import dataclasses
     import time
 
-    from .devices import synchronize
+    from .devices import model_input_device, synchronize
 
-    device = next(model.parameters()).device
+    device = model_input_device(model)
     warm_up = dataclasses.replace(eval_set, inputs={k: v[:batch_size] for k, v in eval_set.inputs.items()}, labels=None)
     model_outputs(model, warm_up, batch_size)
     synchronize(device)
@@ -74,6 +76,27 @@ def throughput(model: Any, eval_set: Any, batch_size: int = 16) -> tuple[dict[st
     outputs = model_outputs(model, eval_set, batch_size)
     synchronize(device)
     return outputs, len(eval_set) / max(time.perf_counter() - start, 1e-9)
+
+
+def check_reference(model: Any, reference: Any) -> None:
+    """Refuse a reference whose outputs cannot be compared with ``model``'s: another
+    architecture, or another number of classes or vocabulary entries.
+
+    Example:
+        >>> check_reference(pruned_llama, dense_vit)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: the reference is a ViTForImageClassification (model_type vit), the model a LlamaForCausalLM ...
+    """
+    def describe(m: Any) -> str:
+        return f"{type(m).__name__} (model_type {getattr(m.config, 'model_type', '?')})"
+
+    if type(model) is not type(reference) or getattr(model.config, "model_type", None) != getattr(reference.config, "model_type", None):
+        raise ValueError(f"the reference is a {describe(reference)}, the model a {describe(model)}: "
+                         "compare a pruned model with the dense model it came from")
+    for size in ("num_labels", "vocab_size"):
+        mine, theirs = getattr(model.config, size, None), getattr(reference.config, size, None)
+        if mine != theirs:
+            raise ValueError(f"the reference has {size} {theirs}, the model {mine}: their outputs cannot be compared")
 
 
 def _batch_outputs(model: Any, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

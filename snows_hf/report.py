@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -149,3 +151,30 @@ def _numel(shape: list[int]) -> int:
     for dim in shape:
         n *= dim
     return n
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) as ``None``: strict JSON, which
+    ``json.dumps`` would otherwise break with bare ``NaN`` tokens.
+
+    Example:
+        >>> json_ready({"perplexity": float("nan"), "losses": [1.0, float("inf")]})
+        {'perplexity': None, 'losses': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """Strict JSON text of ``value`` (non-finite numbers as ``null``), indented, with a newline.
+
+    Example:
+        >>> dumps_json({"x": float("nan")}).split()
+        ['{', '"x":', 'null', '}']
+    """
+    return json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n"
