@@ -7,8 +7,10 @@ from typing import Any, Iterable, Mapping, Union
 import torch
 from torch import nn
 
+from .adapters import block_targets, checkpoint_names, find_block_list, weight_layout
 from .checkpoint import RunCheckpoint
 from .config import PruneConfig
+from .masks import check_fits, to_rows
 from .pipeline import prune_blocks
 from .report import PruneReport
 
@@ -85,7 +87,31 @@ def prune_(
     """
     if not isinstance(config, PruneConfig):
         config = PruneConfig(**dict(config))
+    check_targets_fit(model, config)
     main_input = getattr(model, "main_input_name", "input_ids")
     batches = as_batches(calibration, config.batch_size, main_input)
     torch.manual_seed(config.seed)
     return prune_blocks(model, config, batches, progress=progress, checkpoint=checkpoint)
+
+
+def check_targets_fit(model: nn.Module, config: PruneConfig) -> None:
+    """Refuse, before any pruning, a sparsity that some targeted layer cannot take: N:M
+    groups wider than its inputs, or a uniform fraction that zeros it whole
+    (:func:`~snows_hf.masks.check_fits`). Under global allocation each layer's share is
+    capped below the whole by ``max_layer_sparsity``, so only N:M is checked there.
+
+    Example:
+        >>> check_targets_fit(vit, PruneConfig(sparsity="1:100"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        ValueError: sparsity 1:100 groups 100 inputs, but vit.layers.0.attention.q_proj has only 32 ...
+    """
+    pattern = config.pattern
+    if config.allocation == "global":
+        return
+    blocks = find_block_list(model, config.block_path)
+    saved_names = checkpoint_names(model) if config.targets or config.ignore else {}
+    for prefix, block in zip(blocks.names, blocks.modules):
+        for name, module in block_targets(block, model, prefix, config.targets, config.ignore, saved_names):
+            shape = to_rows(torch.empty(module.weight.shape, device="meta"), weight_layout(module)).shape
+            check_fits(pattern, tuple(shape), f"{prefix}.{name}")

@@ -97,9 +97,9 @@ def test_import_snows_hf_is_all_from_pretrained_needs(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     ("remove-code", "model.layers.0.mlp.up_proj.weight_code is missing"),
-    ("rename-values", "model.layers.0.mlp.up_proj.weight_values is missing"),
-    ("truncate-values", "model.layers.0.mlp.up_proj.weight: 'values' holds"),
-    ("truncate-code", "model.layers.0.mlp.up_proj.weight: expected"),
+    ("rename-values", "model.layers.0.mlp.up_proj.weight is missing"),
+    ("truncate-values", "model.layers.0.mlp.up_proj.weight holds 1151 entries, 2:4 keeps 1152"),
+    ("truncate-code", "model.layers.0.mlp.up_proj.weight_code does not unpack: expected"),
     ("remove-both", "model.layers.0.mlp.up_proj: no compact tensors in the checkpoint"),
 ])
 def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
@@ -113,13 +113,13 @@ def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
     if damage == "remove-code":
         del tensors[key + "_code"]
     elif damage == "rename-values":
-        tensors[key + "_valuez"] = tensors.pop(key + "_values")
+        tensors[key + "_valuez"] = tensors.pop(key)  # the kept values are stored under the weight's own name
     elif damage == "truncate-values":
-        tensors[key + "_values"] = tensors[key + "_values"][:-1].clone()
+        tensors[key] = tensors[key][:-1].clone()
     elif damage == "truncate-code":
         tensors[key + "_code"] = tensors[key + "_code"][:-1].clone()
     else:
-        del tensors[key + "_code"], tensors[key + "_values"]
+        del tensors[key + "_code"], tensors[key]
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="cannot load the compact checkpoint: .*" + message.replace("(", r"\(")):
         AutoModelForCausalLM.from_pretrained(tmp_path / "c")
@@ -131,7 +131,7 @@ def test_cli_save_format_compact(vit_dir):
     assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--save-format", "compact",
                  "--output-dir", "out", "--quiet"]) == 0
     keys = load_file("out/model.safetensors")
-    assert any(k.endswith("weight_code") for k in keys) and "vit.encoder.layer.0.attention.attention.query.weight" not in keys
+    assert any(k.endswith("weight_code") for k in keys) and keys["vit.encoder.layer.0.attention.attention.query.weight"].dim() == 1
     model = AutoModelForImageClassification.from_pretrained("out")
     weight = model.vit.layers[0].attention.q_proj.weight
     assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()

@@ -10,6 +10,12 @@ Pure torch, on the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`:
 
 Bits are packed little-endian into ``uint8``. Decoding checks every size, so a
 truncated or mismatched tensor is an error, not a wrong weight.
+
+Groups hold at most :data:`MAX_GROUP` (16) inputs. That covers the patterns in use (2:4,
+1:4, 4:8, 8:16: those GPU kernels and the pruning literature use) while keeping a group's
+tables small: at most C(16, 8) = 12,870 kept sets and a 2**16-entry index (512 KiB). The
+index grows as 2**M, so M = 32 would take 32 GiB, and its kept sets can number in the
+hundreds of millions (16:32); a checkpoint that declares such groups is refused, not obeyed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,32 @@ import torch
 
 from .patterns import SparsityPattern
 from .topk import nm_keep_count
+
+MAX_GROUP = 16  #: the widest N:M group (M) the compact code stores
+
+
+class CompactTensorError(ValueError):
+    """A compact tensor that does not decode; ``part`` names it (``values``, ``indices``, ``bitmask``)."""
+
+    def __init__(self, part: str, problem: str) -> None:
+        super().__init__(f"'{part}' {problem}")
+        self.part, self.problem = part, problem
+
+
+def check_storable(pattern: SparsityPattern) -> None:
+    """Refuse an N:M pattern whose groups are wider than :data:`MAX_GROUP`.
+
+    Example:
+        >>> from snows_hf.masks import parse_sparsity
+        >>> check_storable(parse_sparsity("2:4"))
+        >>> check_storable(parse_sparsity("2:32"))
+        Traceback (most recent call last):
+        ...
+        ValueError: sparsity 2:32 groups 32 inputs; the compact format codes groups of at most 16 (M <= 16)
+    """
+    if pattern.is_nm and pattern.m > MAX_GROUP:
+        raise ValueError(f"sparsity {pattern} groups {pattern.m} inputs; the compact format codes groups of at "
+                         f"most {MAX_GROUP} (M <= {MAX_GROUP})")
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -57,6 +89,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 @lru_cache(maxsize=None)
 def _combinations(size: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Kept-set tables of a group: ``positions[code]`` (C x keep) and ``code_of[bitmask]``."""
+    if size > MAX_GROUP:  # the tables grow as 2**size: callers check first, this is the backstop
+        raise ValueError(f"groups of {size} inputs exceed the compact format's {MAX_GROUP}")
     combos = list(itertools.combinations(range(size), keep))
     code_of = torch.full((2**size,), -1, dtype=torch.long)
     for code, combo in enumerate(combos):
@@ -89,6 +123,7 @@ def encode(weight_rows: torch.Tensor, pattern: SparsityPattern) -> dict[str, tor
         (tensor([2., 3.]), tensor([4], dtype=torch.uint8))
     """
     rows, cols = weight_rows.shape
+    check_storable(pattern)
     if not pattern.is_nm:
         keep = weight_rows != 0
         return {"values": weight_rows[keep].contiguous(), "bitmask": pack_bits(keep.reshape(-1), 1)}
@@ -119,7 +154,10 @@ def _nm_keep(weight_rows: torch.Tensor, pattern: SparsityPattern) -> torch.Tenso
 
 
 def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int], pattern: SparsityPattern) -> torch.Tensor:
-    """The dense ``(rows, inputs)`` weight from :func:`encode`'s tensors; sizes are checked.
+    """The dense ``(rows, inputs)`` weight from :func:`encode`'s tensors.
+
+    Every size and dtype is checked before anything of the weight's size is allocated; a
+    problem is a :class:`CompactTensorError` naming the tensor.
 
     Example:
         >>> from snows_hf.masks import parse_sparsity
@@ -128,31 +166,40 @@ def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int], pattern: Sp
         tensor([[0., 2., 0., 3.]])
     """
     rows, cols = shape
+    check_storable(pattern)
+    code = "indices" if pattern.is_nm else "bitmask"
     values = tensors.get("values")
-    if values is None or values.dim() != 1:
-        raise ValueError("missing or malformed 'values' tensor")
+    if values is None:
+        raise CompactTensorError("values", "is missing")
+    if values.dim() != 1 or not values.is_floating_point():
+        raise CompactTensorError("values", f"must be a 1-D floating-point tensor, got {values.dtype} of shape {list(values.shape)}")
+    if code not in tensors:
+        raise CompactTensorError(code, "is missing")
     if not pattern.is_nm:
-        if "bitmask" not in tensors:
-            raise ValueError("missing 'bitmask' tensor")
-        keep = unpack_bits(tensors["bitmask"], 1, rows * cols).bool().reshape(rows, cols)
+        keep = _unpack(tensors[code], code, 1, rows * cols).bool().reshape(rows, cols)
         if int(keep.sum()) != values.numel():
-            raise ValueError(f"'values' holds {values.numel()} entries, the bitmask keeps {int(keep.sum())}")
+            raise CompactTensorError("values", f"holds {values.numel()} entries, the bitmask keeps {int(keep.sum())}")
         out = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
         out[keep] = values
         return out
-    if "indices" not in tensors:
-        raise ValueError("missing 'indices' tensor")
     groups = _groups(cols, pattern)
     per_row = sum(kept for _, _, kept in groups)
     if values.numel() != rows * per_row:
-        raise ValueError(f"'values' holds {values.numel()} entries, {pattern} keeps {rows * per_row}")
-    codes = unpack_bits(tensors["indices"], _code_bits(pattern.m, pattern.n), rows * len(groups)).reshape(rows, len(groups))
+        raise CompactTensorError("values", f"holds {values.numel()} entries, {pattern} keeps {rows * per_row}")
+    codes = _unpack(tensors[code], code, _code_bits(pattern.m, pattern.n), rows * len(groups)).reshape(rows, len(groups))
     columns = []
     for g, (start, size, kept) in enumerate(groups):
         positions = _combinations(size, kept)[0]
         if bool((codes[:, g] >= positions.shape[0]).any()):
-            raise ValueError("'indices' hold a code that names no kept set")
+            raise CompactTensorError(code, "holds a code that names no kept set")
         columns.append(start + positions[codes[:, g]])
     out = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
     out.scatter_(1, torch.cat(columns, 1).to(values.device), values.reshape(rows, per_row))
     return out
+
+
+def _unpack(packed: torch.Tensor, part: str, bits: int, count: int) -> torch.Tensor:
+    try:
+        return unpack_bits(packed, bits, count)
+    except ValueError as err:
+        raise CompactTensorError(part, f"does not unpack: {err}") from None
