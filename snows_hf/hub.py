@@ -5,18 +5,37 @@ the caller, ``HF_TOKEN`` or the cached login (``huggingface_hub`` resolves the l
 and only ever travels in the Authorization header. Transient failures (5xx, dropped
 connections) are retried with exponential backoff; authentication and permission
 failures become one clear message. Nothing in the local folder is changed.
+
+Only regular files inside the folder are uploaded: a symbolic link (to a token file, to
+anything outside) stops the push before any request. Text files are uploaded as public
+copies: the run's model, data and scratch paths (``report.json``, ``recipe.yaml``) become
+what :func:`snows_hf.provenance.public_source` shows, and in any text the home folder,
+the working folder and the folder holding the output become ``~`` and ``.``, so no local
+path of this machine is published. The local files keep what reruns need.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import stat
 import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 CARD_PLACEHOLDER = "path/to/this/model"
+TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".log", ".txt")
+# Fields of report.json (and of an eval --json), recipe.yaml that name a model, a dataset
+# or a local folder, by their path in the document, with the kind of thing they name.
+_SOURCE_FIELDS = {
+    ("source_model",): "model", ("model",): "model", ("model_path",): "model", ("reference_path",): "model",
+    ("calibration", "dataset"): "dataset", ("data", "dataset"): "dataset",
+    ("config", "offload_dir"): "folder", ("prune", "offload_dir"): "folder",
+}
 
 
 class PushError(RuntimeError):
@@ -30,7 +49,9 @@ def push_folder(
     """Upload ``folder`` to the model repo ``repo_id`` in one commit; returns the commit URL.
 
     The model card's loading example names the repo. Files identical to those already in
-    the repo are skipped, so pushing unchanged files makes no new commit.
+    the repo are skipped, so pushing unchanged files makes no new commit. A symbolic link
+    in the folder is an error (:func:`regular_files`); text files go up without the local
+    paths they name (see the module's docstring), the local copies stay as they are.
 
     Example:
         >>> push_folder("vit-2of4", "me/vit-2of4")  # doctest: +SKIP
@@ -44,15 +65,9 @@ def push_folder(
         raise ValueError(f"{str(folder)!r} is not a saved model folder (no config.json)")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"invalid repo id {repo_id!r}: use NAME or NAMESPACE/NAME")
+    files = regular_files(folder)
     api = HfApi(endpoint=endpoint, token=token)
-    operations = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel == "README.md":
-            card = path.read_text().replace(CARD_PLACEHOLDER, repo_id)
-            operations.append(CommitOperationAdd(rel, card.encode()))
-        else:
-            operations.append(CommitOperationAdd(rel, str(path)))
+    operations = [CommitOperationAdd(rel, content) for rel, content in _public_contents(folder, files, repo_id)]
 
     def attempt() -> str:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -74,6 +89,124 @@ def push_folder(
             logger.warning("push to %s failed (%s); retrying in %.1f s", repo_id, _first_line(err), wait)
             time.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def regular_files(folder: str | Path) -> list[tuple[str, Path]]:
+    """``(path relative to folder, path)`` of every file under ``folder``, sorted; a
+    symbolic link (to a file or a folder) or a special file under it is an error that
+    names it, so that nothing outside the folder is ever read for an upload.
+
+    Example:
+        >>> [rel for rel, _ in regular_files("vit-2of4")]  # doctest: +SKIP
+        ['README.md', 'config.json', 'model.safetensors', ...]
+    """
+    folder = Path(folder)
+    found = []
+    for root, dirs, names in os.walk(folder):  # never into a linked folder (followlinks=False)
+        for name in sorted(dirs + names):
+            path = Path(root, name)
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise ValueError(f"{rel!r} in {str(folder)!r} is a symbolic link: push uploads only the regular files "
+                                 "inside the folder; replace the link with a copy, or remove it")
+            if stat.S_ISREG(mode):
+                found.append((rel, path))
+            elif not stat.S_ISDIR(mode):
+                raise ValueError(f"{rel!r} in {str(folder)!r} is not a regular file; remove it before pushing")
+    return sorted(found)
+
+
+def _public_contents(folder: Path, files: list[tuple[str, Path]], repo_id: str) -> list[tuple[str, Any]]:
+    """What each file uploads as: its path, or for a text file that names local paths, the public text."""
+    documents, renamed = {}, {}
+    for rel, path in files:
+        if path.suffix in (".json", ".yaml", ".yml"):
+            document = _document(path)
+            if _publish_sources(document, renamed):
+                documents[rel] = document
+    replacements = {**_local_prefixes(folder), **renamed}
+    local = _local_path_pattern(replacements)
+    out = []
+    for rel, path in files:
+        if not rel.endswith(TEXT_SUFFIXES):
+            out.append((rel, str(path)))
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # not text after all: uploaded as it is
+            out.append((rel, str(path)))
+            continue
+        public = _dump(path, documents[rel]) if rel in documents else text
+        if rel == "README.md":
+            public = public.replace(CARD_PLACEHOLDER, repo_id)
+        public = local.sub(lambda match: replacements[match.group(0)], public) if local else public
+        out.append((rel, public.encode("utf-8") if public != text else str(path)))
+    return out
+
+
+def _document(path: Path) -> Any:
+    """The JSON or YAML document in ``path``; ``None`` when it is not one (it stays plain text)."""
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        from .recipe import read_recipe_yaml
+
+        return read_recipe_yaml(path)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        return None
+
+
+def _publish_sources(document: Any, renamed: dict[str, str]) -> bool:
+    """Replace, in place, the ``_SOURCE_FIELDS`` of ``document`` that name local paths by their
+    public names, adding each ``original -> public`` to ``renamed``; whether any changed."""
+    from .provenance import public_source
+
+    changed = False
+    for keys, kind in _SOURCE_FIELDS.items():
+        parent = document
+        for key in keys[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        on_disk = kind == "folder" or os.path.exists(os.path.expanduser(value))
+        source = public_source(value, "dataset" if kind == "dataset" else "model", local=on_disk)
+        public = source.name if source else None
+        if public != value:
+            parent[keys[-1]] = public
+            if public and value.strip("/\\") != public:  # a bare name stays itself in free text
+                renamed[value] = public
+            changed = True
+    return changed
+
+
+def _dump(path: Path, document: Any) -> str:
+    if path.suffix == ".json":
+        return json.dumps(document, indent=2) + "\n"
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def _local_prefixes(folder: Path) -> dict[str, str]:
+    """Absolute folders of this machine that text may name, each with the form it is published in:
+    the output's parent and the working folder as ``.``, the home folder as ``~``."""
+    prefixes = {}
+    for place, public in ((folder.absolute().parent, "."), (Path.cwd(), "."), (Path.home(), "~")):
+        for form in {str(place), os.path.realpath(place)}:
+            if len(Path(form).parts) > 1:  # never "/" itself: that would rewrite every path
+                prefixes.setdefault(form, public)
+    return prefixes
+
+
+def _local_path_pattern(literals: Any) -> re.Pattern[str] | None:
+    """One pattern for all of ``literals`` (local paths), longest first, each matching
+    whole path components only (``/home/me`` in ``/home/me/x``, not in ``/home/mel``)."""
+    literals = sorted(literals, key=len, reverse=True)
+    if not literals:
+        return None
+    return re.compile(r"(?<![\w.~-])(?:" + "|".join(map(re.escape, literals)) + r")(?![\w.-])")
 
 
 def _status(err: BaseException) -> int | None:

@@ -1,16 +1,33 @@
-"""Loading a model and its tokenizer or image processor from a folder or a Hub id."""
+"""Loading a model and its tokenizer or image processor from a folder or a Hub id.
+
+A repo can ship Python that transformers imports when it loads the model, its tokenizer or
+its processor (an ``auto_map`` in one of their JSON files). Without ``trust_remote_code``
+such a repo is refused by :func:`check_remote_code` before transformers reads it, and every
+``from_pretrained`` gets the run's ``trust_remote_code`` explicitly, so transformers never
+asks on stdin (where a piped "y" would run the code).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, Iterator
 
 logger = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# The files whose ``auto_map`` makes an ``Auto*.from_pretrained`` import the repo's code:
+# the config (model and config classes) and the tokenizer, processor, image processor,
+# feature extractor and video processor configs, under their current and former names.
+CODE_MAP_FILES = (
+    "config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+    "image_processor_config.json", "feature_extractor_config.json", "video_preprocessor_config.json",
+)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -70,7 +87,67 @@ def load_model(
             raise
         hint = "; the file is corrupt or truncated: download or save it again" if "deserializ" in str(exc) else ""
         raise ValueError(f"cannot load the weights of {source!r}: {_first_line(exc)}{hint}") from None
-    return model, load_processor(target, model) if processor else None
+    return model, _auto_processor(target, model, trust_remote_code) if processor else None
+
+
+def check_remote_code(source: str, trust_remote_code: bool = False) -> None:
+    """Refuse ``source`` (a folder or a Hub id) when loading it would run code it ships,
+    unless ``trust_remote_code``.
+
+    Looks for an ``auto_map`` in each of ``CODE_MAP_FILES`` (fetched one by one from the
+    Hub for a repo id; absent ones are skipped, and a repo the Hub cannot serve is left to
+    the loading that follows to report).
+
+    Example:
+        >>> check_remote_code("path/to/llama")  # doctest: +SKIP
+        >>> check_remote_code("someone/custom-model")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: 'someone/custom-model' ships code that loading it runs: ...
+    """
+    if trust_remote_code:
+        return
+    for name, text in _code_map_files(source):
+        try:
+            settings = json.loads(text)
+        except ValueError:  # not JSON: transformers refuses it too, and says why
+            continue
+        auto_map = settings.get("auto_map") if isinstance(settings, dict) else None
+        # a dict of Auto class -> "module.Class" (or a [slow, fast] pair); tokenizers once used the bare pair
+        entries = auto_map.items() if isinstance(auto_map, dict) else [("auto_map", auto_map)]
+        for key, ref in entries:
+            if ref:
+                shown = _clip(f"{key} -> {', '.join(map(str, ref)) if isinstance(ref, list) else ref}")
+                raise ValueError(
+                    f"{source!r} ships code that loading it runs: {name} maps {shown} in auto_map; "
+                    "pass --trust-remote-code (trust_remote_code=True) to run it, only if you trust this repo"
+                )
+
+
+def _code_map_files(source: str) -> Iterator[tuple[str, str]]:
+    """``(file name, text)`` of the ``CODE_MAP_FILES`` that ``source`` has."""
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        for name in CODE_MAP_FILES:
+            with contextlib.suppress(OSError, UnicodeDecodeError):  # absent or unreadable: transformers cannot use it
+                yield name, Path(path, name).read_text(encoding="utf-8")
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in CODE_MAP_FILES:
+        try:
+            with quieted("huggingface_hub"):
+                file = hf_hub_download(source, name)
+        except EntryNotFoundError:  # this repo has no such file (or, offline, none cached)
+            continue
+        except (OSError, ValueError):  # no such repo, no network: what follows reports it
+            return
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            yield name, Path(file).read_text(encoding="utf-8")
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, type, str]:
@@ -92,6 +169,7 @@ def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any
     target = path if is_local else source
     if not is_local:
         logger.info("%s is not a local folder: fetching it from the Hugging Face Hub", source)
+    check_remote_code(source, trust_remote_code)
     try:
         with quieted("huggingface_hub"):  # per-retry warnings; the final failure is reported once
             config = transformers.AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
@@ -113,14 +191,25 @@ def _pickle_only(path: str) -> list[str]:
     return sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and "training_args" not in n)
 
 
-def load_processor(target: str, model: Any) -> Any:
-    """The tokenizer (text models) or image processor (vision models) saved with the model."""
+def load_processor(target: str, model: Any, trust_remote_code: bool = False) -> Any:
+    """The tokenizer (text models) or image processor (vision models) in ``target`` (a
+    folder or a Hub id) for ``model``; ``None`` when it has none. A ``target`` that ships
+    code is refused unless ``trust_remote_code`` (:func:`check_remote_code`).
+
+    Example:
+        >>> tokenizer = load_processor("path/to/tokenizer", model)  # doctest: +SKIP
+    """
+    check_remote_code(target, trust_remote_code)
+    return _auto_processor(target, model, trust_remote_code)
+
+
+def _auto_processor(target: str, model: Any, trust_remote_code: bool) -> Any:
     import transformers
 
     image = getattr(model, "main_input_name", "input_ids") == "pixel_values"
     auto = transformers.AutoImageProcessor if image else transformers.AutoTokenizer
     try:
-        return auto.from_pretrained(target)
+        return auto.from_pretrained(target, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         kind = "image processor" if image else "tokenizer"
         logger.warning("no %s found with the model (%s); only random calibration is possible", kind, _first_line(exc))

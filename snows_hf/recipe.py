@@ -2,17 +2,22 @@
 
 Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig`` fields (``prune:``), the calibration settings
 (``data:``) and, when known, the source model (``model:``). Unknown keys are an error,
-so a typo never silently falls back to a default. Read with ``yaml.safe_load`` only.
+so a typo never silently falls back to a default. Recipes are shared files: they are read
+by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
+in an error message is cut short.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
 RECIPE_FILE = "recipe.yaml"
 _SECTIONS = ("model", "prune", "data", "snows_hf_version")
+MAX_RECIPE_BYTES = 2**20  # a recipe is a few hundred bytes; the bound keeps a hostile one cheap
+_QUOTE_LIMIT = 120  # characters of one value quoted in an error message
 
 
 def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[str, Any]:
@@ -46,29 +51,94 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
         >>> prune.sparsity, model
         ('2:4', 'HuggingFaceTB/SmolLM2-135M')
     """
-    import yaml
-
     from .calibration import CalibrationConfig
     from .config import PruneConfig
 
     path = resolve_recipe(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ValueError(f"cannot read recipe {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    raw = read_recipe_yaml(path)
+    where = _quote(str(path))
     if not isinstance(raw, dict) or "prune" not in raw:
-        raise ValueError(f"recipe {str(path)!r} needs a 'prune:' section")
+        raise ValueError(f"recipe {where} needs a 'prune:' section")
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
-        raise ValueError(f"recipe {str(path)!r} has unknown sections: {', '.join(sorted(map(str, unknown)))}")
+        raise ValueError(f"recipe {where} has unknown sections: {_names(unknown)}")
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
-        raise ValueError(f"recipe {str(path)!r}: model must be a Hub id or a folder (a string), got {model!r}")
+        raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
     prune = _build(PruneConfig, _upgrade(raw["prune"]), "prune", path)
     data = _build(CalibrationConfig, raw["data"], "data", path) if raw.get("data") is not None else None
     return prune, data, model
+
+
+def read_recipe_yaml(path: str | Path) -> Any:
+    """The YAML document of the recipe file ``path``, read the safe way a shared file needs.
+
+    Plain YAML only (``yaml.SafeLoader``): no Python objects, no aliases (``*name``:
+    a few hundred bytes of nested aliases expand to gigabytes), and no file over
+    ``MAX_RECIPE_BYTES``. Every failure is a ``ValueError`` of one short line.
+
+    Example:
+        >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
+        '2:4'
+    """
+    import yaml
+
+    where = _quote(str(path))
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_RECIPE_BYTES + 1)  # never more, whatever the file claims to be
+    except OSError as err:
+        raise ValueError(f"cannot read recipe {where}: {err.strerror}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ValueError(f"recipe {where} is over {MAX_RECIPE_BYTES // 2**20} MiB: not a recipe")
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=_recipe_loader())  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe {where} is not UTF-8 text") from None
+    except _AliasFound as err:
+        raise ValueError(f"recipe {where} uses the YAML alias *{_clip(str(err))} (line {err.line}): "
+                         "recipes may not use aliases; write the value out") from None
+    except RecursionError:
+        raise ValueError(f"recipe {where} is nested too deeply to be a recipe") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
+        raise ValueError(f"recipe {where} is not valid YAML: {_clip(' '.join(str(err).split()))}") from None
+
+
+@functools.cache
+def _recipe_loader() -> type:
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        """``SafeLoader`` that stops at the first alias, before anything is expanded."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _AliasFound(event.anchor, event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+
+    return RecipeLoader
+
+
+class _AliasFound(Exception):
+    """An alias in a recipe: its name, and the line it is on."""
+
+    def __init__(self, anchor: str, line: int) -> None:
+        super().__init__(anchor)
+        self.line = line
+
+
+def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut short: recipe values reach error messages."""
+    return _clip(repr(value))
+
+
+def _names(keys: Any, prefix: str = "") -> str:
+    return _clip(", ".join(prefix + _clip(str(key)) for key in sorted(map(str, keys))), 4 * _QUOTE_LIMIT)
 
 
 # What version 1 of the settings meant by a key it did not have (or had another default
@@ -86,20 +156,31 @@ def _upgrade(values: Any) -> Any:
 
 
 def _build(cls: type, values: Any, section: str, path: Any) -> Any:
+    where = _quote(str(path))
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {str(path)!r}: '{section}:' must be a mapping")
+        raise ValueError(f"recipe {where}: '{section}:' must be a mapping")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(str, set(values) - names))
+    unknown = set(values) - names
     if unknown:
-        raise ValueError(f"recipe {str(path)!r}: unknown keys {', '.join(f'{section}.{k}' for k in unknown)}")
+        raise ValueError(f"recipe {where}: unknown keys {_names(unknown, f'{section}.')}")
     try:
         return cls(**values)
     except ValueError as err:
-        message = str(err)
+        message = _clip_values(str(err), values.values())
         # Errors of one field start with its name: give the key's whole path in the file.
         if message.split(" ", 1)[0] in names:
             message = f"{section}.{message}"
-        raise ValueError(f"recipe {str(path)!r}: {message}") from None
+        raise ValueError(f"recipe {where}: {message}") from None
+
+
+def _clip_values(message: str, values: Any) -> str:
+    """``message`` with each long value it quotes (as ``repr`` or ``str``) cut short, and
+    itself at most a few values long."""
+    for value in values:
+        for text in {repr(value), str(value)}:
+            if len(text) > _QUOTE_LIMIT and text in message:
+                message = message.replace(text, _clip(text))
+    return _clip(message, 4 * _QUOTE_LIMIT)
 
 
 def bundled_recipes() -> dict[str, Path]:
@@ -147,12 +228,10 @@ def recipe_for_model(model: str, sparsity: str | None = None) -> Path | None:
         >>> recipe_for_model("my-org/my-model") is None
         True
     """
-    import yaml
-
     wanted = model.rstrip("/").lower()
     found = []
     for path in bundled_recipes().values():
-        raw = yaml.safe_load(path.read_text())
+        raw = read_recipe_yaml(path)
         if str(raw.get("model", "")).lower() == wanted:
             found.append((str(raw["prune"].get("sparsity")) != str(sparsity), path))
     return min(found)[1] if found else None
