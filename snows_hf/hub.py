@@ -66,6 +66,10 @@ def push_folder(
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"invalid repo id {repo_id!r}: use NAME or NAMESPACE/NAME")
     files = regular_files(folder)
+    from huggingface_hub import get_token
+
+    if not token and not get_token():  # else five retries end in "Connection refused" or a 401
+        raise PushError("no Hub token found: pass --token, set HF_TOKEN, or run `hf auth login`")
     api = HfApi(endpoint=endpoint, token=token)
     operations = [CommitOperationAdd(rel, content) for rel, content in _public_contents(folder, files, repo_id)]
 
