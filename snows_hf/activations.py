@@ -137,17 +137,44 @@ def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
     return t.pin_memory() if pin else t
 
 
+def check_offload_dir(path: str | Path) -> Path:
+    """Refuse an offload folder that cannot take temporary files: an empty path, a
+    missing folder, a file, a folder that is not writable.
+
+    Example:
+        >>> check_offload_dir("/no/such/place")
+        Traceback (most recent call last):
+        ...
+        ValueError: offload_dir '/no/such/place' does not exist; create it or choose another
+    """
+    import os
+
+    if not str(path).strip():
+        raise ValueError("offload_dir is empty; name a folder or leave it out")
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ValueError(f"offload_dir {str(path)!r} does not exist; create it or choose another")
+    if not folder.is_dir():
+        raise ValueError(f"offload_dir {str(path)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"offload_dir {str(path)!r} is not writable")
+    return folder
+
+
 @contextlib.contextmanager
 def scratch_folder(prefix: str, root: str | Path | None = None) -> Iterator[Path]:
     """A temporary folder in ``root`` when that folder exists (the output's filesystem,
-    ideally), else in the system's temp; removed at the end, also on error.
+    ideally), else in the system's temp; removed at the end, also on error. A ``root``
+    that is empty or a file is refused (:func:`check_offload_dir`), never passed over.
 
     Example:
         >>> with scratch_folder(".snows-hf-demo-") as folder:
         ...     folder.is_dir()
         True
     """
-    where = Path(root) if root and Path(root).is_dir() else None
+    if root is not None and (not str(root).strip() or Path(root).exists()):
+        root = check_offload_dir(root)
+    where = Path(root) if root is not None and Path(root).is_dir() else None
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
     try:
         yield folder

@@ -9,6 +9,16 @@ recomputed by running the calibration inputs through the finished blocks, exactl
 uninterrupted run propagated them, so the final weights are bit-identical (on a
 deterministic device).
 
+Nothing in a checkpoint is trusted on resume: ``blocks_done`` must lie within the model,
+every reported layer must have its weights in its block's file, and the per-layer
+sparsity is measured again from those weights (the pipeline checks each tensor's name,
+shape, dtype and pattern against the model before writing it). A checkpoint that fails
+a check raises :class:`CheckpointError`: it cannot be continued, only deleted.
+
+:meth:`RunCheckpoint.lock` holds the folder for one live run (an ``fcntl.flock`` on
+``run.lock``, which holds the owner's pid); the system lets go of it when that process
+ends, however it ends.
+
 Example:
     >>> ckpt = RunCheckpoint("out/.my-model-pruned.checkpoint")  # doctest: +SKIP
     >>> snows_hf.prune_(model, config, calibration, checkpoint=ckpt)  # doctest: +SKIP
@@ -16,16 +26,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
 STATE = "state.json"
+LOCK = "run.lock"
 FORMAT = 1
 # settings that move tensors around without changing the result
 _PLACEMENT_FIELDS = ("device", "offload_activations", "offload_dir", "max_memory", "diagnostics")
@@ -57,10 +69,13 @@ def run_fingerprint(model: torch.nn.Module, config: Any, batches: Iterable[Mappi
                 data.update(key.encode() + value.detach().to("cpu").contiguous().numpy().tobytes())
     model_config = getattr(model, "config", None)
     arch = model_config.to_json_string(use_diff=False) if hasattr(model_config, "to_json_string") else type(model).__name__
+    from .adapters import find_block_list
+
     return {
         "config": settings,
         "model": {"class": type(model).__name__, "config_sha256": hashlib.sha256(arch.encode()).hexdigest()[:16],
-                  "weights_sha256": weights.hexdigest()[:16]},
+                  "weights_sha256": weights.hexdigest()[:16],
+                  "blocks": len(find_block_list(model, getattr(config, "block_path", None)))},
         "calibration": data.hexdigest()[:16],
     }
 
@@ -74,6 +89,14 @@ def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
     return [] if saved == now else [f"{where} ({saved!r} then, {now!r} now)"]
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged or does not fit the model: resuming cannot use it.
+
+    Example:
+        >>> raise CheckpointError("block 3 of the checkpoint has no weight h.3.fc.weight")  # doctest: +SKIP
+    """
+
+
 class RunCheckpoint:
     """Per-block progress of one pruning run, kept in ``folder``.
 
@@ -84,13 +107,18 @@ class RunCheckpoint:
     def __init__(self, folder: str | os.PathLike, resume: bool = False) -> None:
         self.folder, self.resume = Path(folder), resume
         self.state: dict[str, Any] | None = None
+        self._lock_fd: int | None = None
+        self._created: list[Path] = []  # parent folders lock() made
 
     @property
     def exists(self) -> bool:
         return (self.folder / STATE).is_file()
 
     def start(self, fingerprint: dict[str, Any]) -> int:
-        """Check the checkpoint against this run; the number of blocks already done."""
+        """Check the checkpoint against this run; the number of blocks already done.
+
+        The state's layer reports get their sparsity and shape measured again from the
+        saved weights."""
         if not self.exists:
             self.state = {"format": FORMAT, "fingerprint": fingerprint, "blocks_done": 0, "layers": [],
                           "patterns": None, "rng": None}
@@ -99,18 +127,67 @@ class RunCheckpoint:
         try:
             state = json.loads((self.folder / STATE).read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"the checkpoint in {str(self.folder)!r} is unreadable ({err}); delete it to start over") from None
-        if state.get("format") != FORMAT:
-            raise ValueError(f"the checkpoint in {str(self.folder)!r} has format {state.get('format')}, this is {FORMAT}")
-        differ = _differences(state["fingerprint"], fingerprint)
+            raise self._unusable(f"its {STATE} is unreadable ({err})") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise self._unusable(f"it has format {state.get('format') if isinstance(state, dict) else None}, this is {FORMAT}")
+        differ = _differences(state.get("fingerprint"), fingerprint)
         if differ:
             raise ValueError(
                 f"the checkpoint in {str(self.folder)!r} is from a different run: {'; '.join(differ[:4])}"
                 + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
                 + "; rerun with the same settings, or delete it to start over"
             )
+        done, blocks = state.get("blocks_done"), fingerprint["model"]["blocks"]
+        if type(done) is not int or not 0 <= done <= blocks:
+            raise self._unusable(f"it counts {done!r} blocks done, and the model has {blocks}")
+        self._check_layers(state, done)
         self.state = state
-        return int(state["blocks_done"])
+        return done
+
+    def _unusable(self, reason: str) -> CheckpointError:
+        return CheckpointError(f"the checkpoint in {str(self.folder)!r} cannot be resumed: {reason}; "
+                               "delete that folder to start over")
+
+    def _check_layers(self, state: dict[str, Any], done: int) -> None:
+        """Every reported layer is in a finished block and has its weights in that block's
+        file; its sparsity and shape are measured from them (the report says what is written)."""
+        from .report import LayerReport
+
+        layers, patterns = state.get("layers"), state.get("patterns")
+        if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+            raise self._unusable("its layer reports are not a list of objects")
+        if patterns is not None and not (isinstance(patterns, dict) and all(
+                type(f) in (int, float) and 0 <= f < 1 for f in patterns.values())):
+            raise self._unusable("its per-layer sparsities are not fractions in [0, 1)")
+        by_block: dict[int, list[dict[str, Any]]] = {}
+        for layer in layers:
+            try:
+                LayerReport(**layer)
+            except TypeError as err:
+                raise self._unusable(f"a layer report is malformed ({err})") from None
+            if type(layer["block"]) is not int or not 0 <= layer["block"] < done:
+                raise self._unusable(f"layer {layer['name']!r} is reported in block {layer['block']!r}, "
+                                     f"not one of the {done} done")
+            by_block.setdefault(layer["block"], []).append(layer)
+        for index, reported in sorted(by_block.items()):
+            with self._block_file(index) as tensors:
+                for layer in reported:
+                    key = f"{layer['name']}.weight"
+                    if key not in tensors.keys():
+                        raise self._unusable(f"block {index} has no weight {key}")
+                    weight = tensors.get_tensor(key)
+                    layer["sparsity"], layer["shape"] = float((weight == 0).float().mean()), list(weight.shape)
+
+    @contextlib.contextmanager
+    def _block_file(self, index: int) -> Iterator[Any]:
+        from safetensors import SafetensorError, safe_open
+
+        path = self.folder / f"block-{index:05d}.safetensors"
+        try:
+            with safe_open(str(path), "pt") as tensors:
+                yield tensors
+        except (OSError, SafetensorError) as err:
+            raise self._unusable(f"{path.name} is unreadable ({' '.join(str(err).split())})") from None
 
     def check_resumable(self) -> None:
         """Refuse to start a run over an existing checkpoint unless resuming (nothing is lost)."""
@@ -122,9 +199,8 @@ class RunCheckpoint:
 
     def block_weights(self, index: int) -> dict[str, torch.Tensor]:
         """The pruned weights of finished block ``index`` (full module names)."""
-        from safetensors.torch import load_file
-
-        return load_file(self.folder / f"block-{index:05d}.safetensors")
+        with self._block_file(index) as tensors:
+            return {key: tensors.get_tensor(key) for key in tensors.keys()}
 
     def save_block(self, index: int, weights: dict[str, torch.Tensor], layers: list[dict], patterns: Any) -> None:
         """Record block ``index`` as done: its weights first, then the state that points at them."""
@@ -144,7 +220,54 @@ class RunCheckpoint:
 
     def restore_rng(self) -> None:
         if self.state and self.state.get("rng") is not None:
-            torch.set_rng_state(torch.tensor(self.state["rng"], dtype=torch.uint8))
+            try:
+                torch.set_rng_state(torch.tensor(self.state["rng"], dtype=torch.uint8))
+            except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+                raise self._unusable(f"its random-generator state is malformed ({' '.join(str(err).split())})") from None
+
+    def lock(self) -> None:
+        """Hold this checkpoint (and so the output it belongs to) for this process until
+        :meth:`release`, or until the process ends; refuse when a live run holds it.
+
+        Example:
+            >>> ckpt = RunCheckpoint(".out.snows-hf-checkpoint")  # doctest: +SKIP
+            >>> ckpt.lock()  # doctest: +SKIP
+            ValueError: another snows-hf run (pid 4242) is writing this output ...
+        """
+        import fcntl
+
+        self._created = [p for p in reversed(self.folder.parents) if not p.exists()]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ValueError(f"another snows-hf run (pid {owner}) is writing this output and holds {str(path)!r}; "
+                                 "wait for it to end or choose another --output-dir") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
+            os.close(fd)  # its owner removed the file while we opened it: lock the one there now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Let go of :meth:`lock`; the folder (and any parent :meth:`lock` made) goes when
+        nothing else is in it, as after a refused or failed start."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / LOCK).unlink()  # still held, so no other run is using this file
+        os.close(fd)
+        for folder in (self.folder, *reversed(self._created)):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def remove(self) -> None:
         """The run is complete: the checkpoint goes."""

@@ -239,46 +239,60 @@ def cmd_prune(args: argparse.Namespace) -> int:
     Under ``torchrun`` or ``accelerate launch`` every process prunes its shard of the
     calibration micro-batches in step with the others; the main one evaluates, saves and pushes.
     """
+    from .activations import check_offload_dir
     from .calibration import CalibrationConfig
     from .config import PruneConfig
-    from .checkpoint import RunCheckpoint
+    from .checkpoint import CheckpointError, RunCheckpoint
     from .devices import resolve_device
     from .distributed import start_processes
-    from .export import check_output_dir
+    from .export import check_output_dir, remove_stale_temporaries
 
     config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
+    if config.block_path is not None and not config.block_path.strip():
+        raise ValueError("--block-path is empty; name the block list (e.g. model.layers) or leave it out to find it")
+    if config.offload_dir is not None:
+        check_offload_dir(config.offload_dir)
     if args.dry_run:
         return _dry_run(args, config, cal_cfg)
     device = resolve_device(config.device)  # an absent device fails before any loading
-    output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
-    check_output_dir(output_dir, args.overwrite)
+    output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
+    check_output_dir(output_dir, args.overwrite, keep=[args.model])
     if config.offload_activations == "disk" and config.offload_dir is None:
         from pathlib import Path
 
-        config.offload_dir = str(Path(output_dir).absolute().parent)  # the output's filesystem
+        config.offload_dir = str(Path(os.path.realpath(output_dir)).parent)  # the output's filesystem
     checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=args.resume)
-    checkpoint.check_resumable()  # before any loading
-    if args.resume and not checkpoint.exists:
-        logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
     processes = start_processes(device)
     main = processes.is_main
-    if not main:  # the main process speaks for all
-        logger.setLevel(logging.ERROR)
-    placement = _placement(config, device, processes, output_dir)
-
+    if main:  # one live run per output: a second one is refused, naming the first one's pid
+        checkpoint.lock()
     try:
-        with placement as load_options, _run_log() as log:
+        checkpoint.check_resumable()  # before any loading
+        if args.resume and not checkpoint.exists:
+            logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
+        if main:  # what a killed save left, before the free space is measured
+            remove_stale_temporaries(output_dir)
+        else:  # the main process speaks for all
+            logger.setLevel(logging.ERROR)
+        with _placement(config, device, processes, output_dir) as load_options, _run_log() as log:
             return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options, checkpoint, log)
     except KeyboardInterrupt:
         if checkpoint.exists and main:
             print(f"snows-hf: the finished blocks are kept in {checkpoint.folder}; "
                   "rerun the same command with --resume to continue", file=sys.stderr)
         raise
+    except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not --resume
+        text = _one_line(exc)
+        if str(checkpoint.folder) not in text:
+            text += f"; delete {checkpoint.folder} to start over (--resume cannot continue it)"
+        raise CheckpointError(text) from exc
     except Exception as exc:
         if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
             raise RuntimeError(f"{_one_line(exc)} (the finished blocks are kept in {checkpoint.folder}: "
                                "rerun with --resume to continue)") from exc
         raise
+    finally:
+        checkpoint.release()
 
 
 def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple[Any, Any]:
@@ -342,7 +356,10 @@ def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
         model, _ = load_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         plan = plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
     print(plan.format())
-    output_dir = args.output_dir or default_output_dir(args.model, config.sparsity)
+    from .export import check_output_dir
+
+    output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
+    check_output_dir(output_dir, args.overwrite, keep=[args.model])  # what the run would refuse, said now
     print(f"\nwould save to {output_dir}")
     print("dry run: nothing was loaded beyond the config" + ("" if plan.traced_on == "meta" else " and weights")
           + ", nothing written")
@@ -383,10 +400,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def checkpoint_dir(output_dir: str) -> str:
-    """Where a run writing ``output_dir`` keeps its checkpoint: a hidden folder beside it."""
+    """Where a run writing ``output_dir`` keeps its checkpoint (and its lock): a hidden
+    folder beside the real output folder, so a symlink and its target share one.
+
+    Example:
+        >>> checkpoint_dir("/data/out")  # doctest: +SKIP
+        '/data/.out.snows-hf-checkpoint'
+    """
     from pathlib import Path
 
-    out = Path(output_dir).absolute()
+    out = Path(os.path.realpath(os.path.expanduser(output_dir)))
     return str(out.parent / f".{out.name}.snows-hf-checkpoint")
 
 
@@ -566,8 +589,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         payload = json.loads((source / "report.json").read_text())
     except (OSError, ValueError):
         raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
-    output_dir = args.output_dir or f"{str(source).rstrip('/')}-{args.to}"
-    check_output_dir(output_dir, args.overwrite)
+    output_dir = args.output_dir if args.output_dir is not None else f"{str(source).rstrip('/')}-{args.to}"
+    check_output_dir(output_dir, args.overwrite, keep=[source])  # never DIR itself: it is the input
     model, processor = load_model(str(source))
     report = PruneReport.from_dict(payload)
     extra = {k: v for k, v in payload.items() if k not in report.to_dict()}

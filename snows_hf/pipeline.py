@@ -441,12 +441,34 @@ def _save_block(checkpoint: RunCheckpoint, index: int, targets: _Targets, report
 @torch.no_grad()
 def _restore_block(stream: _BlockStream, targets: _Targets, weights: dict[str, torch.Tensor]) -> None:
     """Put a finished block's pruned weights back, keeping the dense ones for the dense stream
-    (what :meth:`_BlockStream.propagate` then needs, as after pruning the block)."""
-    for key, param in _block_weights(targets, stream.index).items():
-        if key not in weights:
-            raise ValueError(f"the checkpoint has no weight {key}; delete it to start over")
-        stream.remember_dense(key[len(stream.blocks.names[stream.index]) + 1 :], param)
-        param.copy_(weights[key].to(param.device, param.dtype))
+    (what :meth:`_BlockStream.propagate` then needs, as after pruning the block).
+
+    The saved tensors must be exactly this block's targets, each of its weight's shape and
+    dtype, and follow its pattern (a saved weight equal to the dense one is a module that
+    never ran, so it was never pruned); all are checked before any is written."""
+    from .checkpoint import CheckpointError
+    from .masks import satisfies
+
+    index = stream.index
+    modules = {f"{targets.name(index, rel)}.weight": (rel, module) for rel, module in targets.of(index)}
+    unknown = sorted(set(weights) - set(modules))
+    if unknown:
+        raise CheckpointError(f"block {index} of the checkpoint holds {unknown[0]}, which this run does not prune")
+    for key, (rel, module) in modules.items():
+        saved, param = weights.get(key), module.weight
+        if saved is None:
+            raise CheckpointError(f"block {index} of the checkpoint has no weight {key}")
+        if saved.shape != param.shape or saved.dtype != param.dtype:
+            raise CheckpointError(f"block {index} of the checkpoint holds {key} as {list(saved.shape)} "
+                                  f"{str(saved.dtype).replace('torch.', '')}, the model's is {list(param.shape)} "
+                                  f"{str(param.dtype).replace('torch.', '')}")
+        pattern = targets.pattern(targets.name(index, rel))
+        kept = to_rows(saved, weight_layout(module)) != 0
+        if not torch.equal(saved, param.detach().to(saved.device)) and not satisfies(kept, pattern, at_most=True):
+            raise CheckpointError(f"block {index} of the checkpoint holds {key} not in the {pattern.label} pattern")
+    for key, (rel, module) in modules.items():
+        stream.remember_dense(f"{rel}.weight", module.weight)
+        module.weight.copy_(weights[key].to(module.weight.device))
 
 
 def _diagnostics(job: ModuleJob, method) -> dict | None:

@@ -89,13 +89,13 @@ def test_prune_vit_from_image_folder(vit_dir, tmp_path):
 
 
 def test_overwrite_replaces_only_when_asked(vit_dir):
-    os.makedirs("out")
-    Path("out/keep.txt").write_text("mine")
     args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]
+    assert main(args) == 0
+    first = Path("out/report.json").read_text()
     assert main(args) == 1
-    assert Path("out/keep.txt").read_text() == "mine"
+    assert Path("out/report.json").read_text() == first
     assert main(args + ["--overwrite"]) == 0
-    assert not Path("out/keep.txt").exists() and Path("out/model.safetensors").exists()
+    assert Path("out/report.json").read_text() != first and Path("out/model.safetensors").exists()
     assert [p.name for p in Path(".").iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
@@ -103,23 +103,25 @@ def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_d
     import shutil
     from collections import namedtuple
 
-    os.makedirs("out")
-    Path("out/keep.txt").write_text("mine")
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
+    assert main(args + ["--method", "magnitude"]) == 0  # an earlier output, which --overwrite may replace
+    old = Path("out/report.json").read_text()
+    capsys.readouterr()
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "not enough free disk space" in err and err.count("\n") == 1
-    assert Path("out/keep.txt").read_text() == "mine"
+    assert Path("out/report.json").read_text() == old
     assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]  # no temporary folder, no checkpoint
 
 
 def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vit_dir, monkeypatch, capsys):
     import snows_hf.card
 
-    os.makedirs("out")
-    Path("out/keep.txt").write_text("mine")
+    old_args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--output-dir", "out", "--quiet"]
+    assert main(old_args) == 0  # an earlier output, which --overwrite may replace
+    old = {p.name: p.read_bytes() for p in Path("out").iterdir()}
 
     def card_fails(*args, **kwargs):  # after the weights, before the card: a half-written new folder exists
         raise OSError(28, "No space left on device")
@@ -131,12 +133,12 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "rerun with --resume" in err
-    assert sorted(p.name for p in Path("out").iterdir()) == ["keep.txt"]
+    assert {p.name: p.read_bytes() for p in Path("out").iterdir()} == old
     # no .out.tmp-* folder; the pruned blocks wait in the checkpoint, so nothing is computed twice
     assert sorted(p.name for p in Path(".").iterdir()) == [".out.snows-hf-checkpoint", "out", "tiny-vit"]
     monkeypatch.setattr(snows_hf.card, "write_card", original)
     assert main(args + ["--resume"]) == 0
-    assert Path("out/model.safetensors").exists() and not Path("out/keep.txt").exists()
+    assert Path("out/model.safetensors").exists() and Path("out/report.json").read_bytes() != old["report.json"]
     assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]
 
 
@@ -192,7 +194,7 @@ def test_dry_run_of_a_bundled_recipes_model_says_so(capsys):
 
 BAD_INPUTS = [
     pytest.param(["prune", "./no/such/model", "--dataset", "random", "--sparsity", "2:4"], "does not exist", id="missing-model"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "not empty; pass --overwrite", id="non-empty-output"),
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--output-dir", "{full}"], "full holds files snows-hf did not write (x)", id="non-empty-output"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--num-samples", "0"], "--num-samples: must be an integer >= 1", id="num-samples-0"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--method", "nope"], "invalid choice: 'nope'", id="unknown-method"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "./missing.jsonl"], "does not exist", id="missing-dataset"),

@@ -57,5 +57,5 @@ def test_demo_prints_table_and_saves_loadable_model():
     Path("other").mkdir()
     Path("other/notes.txt").write_text("keep")
     again = subprocess.run(cmd + ["--output-dir", "other"], capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 1 and "other holds files snows-hf did not write (notes.txt)" in again.stderr
     assert Path("other/notes.txt").read_text() == "keep"
