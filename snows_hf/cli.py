@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune")
     convert.add_argument("--to", required=True, choices=["dense", "compact"], help="the format to write")
     convert.add_argument("--output-dir", help="where to write (default: DIR-FORMAT)")
-    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (DIR itself included)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an earlier snows-hf output folder (never DIR itself)")
+    convert.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder (off by default)")
     _common(convert)
     convert.set_defaults(func=cmd_convert)
 
@@ -248,6 +250,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .export import check_output_dir, remove_stale_temporaries
 
     config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
+    if args.save_format == "compact":
+        from .compact_format import check_compact_sparsity
+
+        check_compact_sparsity(config.sparsity)  # refused now, not at save after the whole run
     if config.block_path is not None and not config.block_path.strip():
         raise ValueError("--block-path is empty; name the block list (e.g. model.layers) or leave it out to find it")
     if config.offload_dir is not None:
@@ -288,8 +294,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CheckpointError(text) from exc
     except Exception as exc:
         if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC  # resuming alone would fail again
+            first = "free disk space, then " if full else ""
             raise RuntimeError(f"{_one_line(exc)} (the finished blocks are kept in {checkpoint.folder}: "
-                               "rerun with --resume to continue)") from exc
+                               f"{first}rerun with --resume to continue)") from exc
         raise
     finally:
         checkpoint.release()
@@ -368,15 +376,15 @@ def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``snows-hf inspect DIR``: exit 0 when every layer follows its pattern, 1 when one breaks it."""
-    import json
     from pathlib import Path
 
     from .inspection import inspect_folder
+    from .report import dumps_json
 
     found = inspect_folder(args.model, allow_pickle=args.allow_pickle)
     print(found.format())
     if args.json:
-        Path(args.json).write_text(json.dumps(dataclasses.asdict(found) | {"valid": found.valid}, indent=2) + "\n")
+        Path(args.json).write_text(dumps_json(dataclasses.asdict(found) | {"valid": found.valid}))
     return 0 if found.valid else 1
 
 
@@ -504,12 +512,12 @@ def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
-    import json
 
     from .calibration import CalibrationConfig
     from .devices import resolve_device, semi_structured_support
+    from .evaluation import check_reference
     from .loading import load_model, quieted
-    from .report import format_metrics
+    from .report import dumps_json, format_metrics
 
     from .data import prepare_run_data
     from .recipe import data_settings_of
@@ -536,6 +544,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluation = _Evaluation(data.evaluation, batch_size, timed=True)
     if args.reference:  # first, alone on the device, in the same precision as MODEL
         reference, _ = load_model(args.reference, dtype=args.dtype, processor=False, **options)
+        check_reference(model, reference)
         evaluation.run("dense", reference.to(device=device, dtype=dtype))
         del reference
     model.to(device=device, dtype=dtype)
@@ -555,7 +564,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          headers=("reference", "model") if args.reference else ("model",)))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+            fh.write(dumps_json(figures))
     return 0
 
 
@@ -578,10 +587,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import yaml
-
     from .export import check_output_dir, save_pruned
     from .loading import load_model
+    from .recipe import read_recipe_yaml
     from .report import PruneReport
 
     source = Path(args.model)
@@ -590,12 +598,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
     output_dir = args.output_dir if args.output_dir is not None else f"{str(source).rstrip('/')}-{args.to}"
+    try:  # before any weight is read
+        report = PruneReport.from_dict(payload)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        missing = f"no {err}" if isinstance(err, KeyError) else _one_line(err)
+        raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
+                         "convert reads folders written by snows-hf prune") from None
     check_output_dir(output_dir, args.overwrite, keep=[source])  # never DIR itself: it is the input
-    model, processor = load_model(str(source))
-    report = PruneReport.from_dict(payload)
+    model, processor = load_model(str(source), trust_remote_code=args.trust_remote_code)
     extra = {k: v for k, v in payload.items() if k not in report.to_dict()}
     recipe_file = source / "recipe.yaml"
-    recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else None
+    recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
     if isinstance(recipe, dict):
         recipe.pop("snows_hf_version", None)
     save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra,
@@ -658,7 +671,7 @@ def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:
         return processor
     from .loading import load_processor
 
-    loaded = load_processor(args.processor, model)
+    loaded = load_processor(args.processor, model, trust_remote_code=getattr(args, "trust_remote_code", False))
     if loaded is None:
         raise ValueError(f"--processor {args.processor!r} holds no tokenizer or image processor for this model")
     return loaded

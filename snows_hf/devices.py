@@ -104,6 +104,20 @@ def device_label(device: torch.device) -> str:
     return str(device)
 
 
+def embedding_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s input embeddings (or first parameter): ``meta`` when
+    accelerate keeps them offloaded.
+
+    Example:
+        >>> embedding_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
+        return next(model.get_input_embeddings().parameters()).device
+    except (AttributeError, StopIteration, NotImplementedError):
+        return next(model.parameters()).device
+
+
 def model_input_device(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s inputs go: the device of its input embeddings (or first parameter)
     or, for a model placed by accelerate whose weights there wait offloaded on the meta
@@ -113,10 +127,7 @@ def model_input_device(model: torch.nn.Module) -> torch.device:
         >>> model_input_device(torch.nn.Linear(2, 2))
         device(type='cpu')
     """
-    try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
-        found = next(model.get_input_embeddings().parameters()).device
-    except (AttributeError, StopIteration, NotImplementedError):
-        found = next(model.parameters()).device
+    found = embedding_device(model)
     if found.type != "meta":
         return found
     for module in model.modules():

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .report import PruneReport
+from .report import PruneReport, dumps_json
 
 SPARSITY_KEY = "sparsity"
 #: the ``report.json`` field listing the files a save wrote (the snows-hf output marker)
@@ -244,7 +244,7 @@ def save_pruned(
         # last, so it lists every file: what makes the folder one a later save may replace
         written = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()]
         payload[FILES_KEY] = sorted(written + ["report.json"])
-        (tmp / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (tmp / "report.json").write_text(dumps_json(payload))  # strict JSON: a NaN metric is null
     return Path(path)
 
 

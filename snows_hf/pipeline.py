@@ -27,6 +27,7 @@ from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
 from .blocks import BlockCall, run_block, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
+from .devices import embedding_device
 from .distributed import Processes, current_processes
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
@@ -46,10 +47,7 @@ class _StopForward(Exception):
 
 
 def _model_input_device(model: nn.Module, device: torch.device) -> torch.device:
-    try:  # vision models (ResNet, ...) have no input embeddings and may raise for asking
-        found = next(model.get_input_embeddings().parameters()).device
-    except (AttributeError, StopIteration, NotImplementedError):
-        found = next(model.parameters()).device
+    found = embedding_device(model)
     return device if found.type == "meta" else found  # offloaded: accelerate's hooks bring inputs along
 
 
