@@ -598,13 +598,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
     output_dir = args.output_dir if args.output_dir is not None else f"{str(source).rstrip('/')}-{args.to}"
+    check_output_dir(output_dir, args.overwrite, keep=[source])  # never DIR itself: it is the input
     try:  # before any weight is read
         report = PruneReport.from_dict(payload)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
-        missing = f"no {err}" if isinstance(err, KeyError) else _one_line(err)
+        missing = f"no {err}" if isinstance(err, KeyError) else "fields missing or of the wrong kind"
         raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
                          "convert reads folders written by snows-hf prune") from None
-    check_output_dir(output_dir, args.overwrite, keep=[source])  # never DIR itself: it is the input
     model, processor = load_model(str(source), trust_remote_code=args.trust_remote_code)
     extra = {k: v for k, v in payload.items() if k not in report.to_dict()}
     recipe_file = source / "recipe.yaml"
