@@ -28,7 +28,7 @@ def _resnet():
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(0)
-    return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[12, 20], depths=[1, 1], num_labels=3)).eval()
+    return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[16, 24], depths=[1, 1], num_labels=3)).eval()
 
 
 CASES = {  # factory, inputs, config, Auto class name

@@ -249,9 +249,9 @@ def test_version_1_compact_checkpoints_still_load_bit_exactly(compact_source, tm
 
 
 ZEROING = {  # model, sparsity, the error
-    "vit-1:100": (tiny_vit, "1:100", r"sparsity 1:100 would zero vit\.layers\.0\.attention\.q_proj: its 32 inputs are "
-                  r"one partial group of 100, which keeps 32 x 1/100 rounded, none; use M <= 64 here"),
-    "vit-1:65": (tiny_vit, "1:65", r"sparsity 1:65 would zero vit\.layers\.0\.attention\.q_proj: its 32 inputs"),
+    "vit-1:100": (tiny_vit, "1:100", r"sparsity 1:100 groups 100 inputs, but vit\.layers\.0\.attention\.q_proj has "
+                  r"only 32: choose M <= 32 or leave q_proj out \(--ignore\)"),
+    "vit-1:64": (tiny_vit, "1:64", r"sparsity 1:64 groups 64 inputs, but vit\.layers\.0\.attention\.q_proj has only 32"),
     "vit-0.999999": (tiny_vit, "0.999999", r"sparsity 99\.9999% would zero all 1024 weights of "
                      r"vit\.layers\.0\.attention\.q_proj \(32 x 32\)"),
     "llama-0.9999": (tiny_llama, "0.9999", r"sparsity 99\.99% would zero all 1024 weights of "
@@ -270,9 +270,9 @@ def test_patterns_that_zero_a_layer_are_refused_before_pruning(case):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("spec", ["1:64", "2:4"])
-def test_patterns_that_keep_something_still_prune(spec):
-    model = tiny_vit()  # 1:64 keeps 1 of the 32 inputs of q/k/v/o and fc1 (half a group, rounded up)
+@pytest.mark.parametrize("spec", ["1:32", "2:4"])
+def test_patterns_within_the_narrowest_width_still_prune(spec):
+    model = tiny_vit()  # 1:32: one group of 32 per row of q/k/v/o and fc1, the narrowest inputs
     report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 4}, torch.randn(4, 3, 32, 32))
     assert all(layer.sparsity < 1 for layer in report.layers)
 
@@ -284,5 +284,5 @@ def test_cli_refuses_patterns_that_zero_a_layer(spec, vit_dir, tmp_path, capsys)
             "--output-dir", "out", "--quiet"]
     assert main(argv) == 1
     line = _one_error_line(capsys)
-    assert "would zero" in line and "vit.layers.0.attention.q_proj" in line, line
+    assert ("groups 100 inputs" in line or "would zero" in line) and "vit.layers.0.attention.q_proj" in line, line
     assert _listing(tmp_path) == before

@@ -130,11 +130,11 @@ def test_conv2d_layers_pruned_with_every_selector(mask, spec):
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], num_labels=3)).eval()
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[16, 24], depths=[1, 1], num_labels=3)).eval()
     config = {"sparsity": spec, "method": "none", "mask": mask, "targets": ["Conv2d"], "batch_size": 4}
     report = snows_hf.prune_(model, config, {"pixel_values": _pixels(8)})
     modules = dict(model.named_modules())
-    assert len(report.layers) == 7 and {layer.layout for layer in report.layers} == {"conv2d"}
+    assert len(report.layers) == 8 and {layer.layout for layer in report.layers} == {"conv2d"}  # with the stage-0 shortcut
     for layer in report.layers:
         keep = to_rows(modules[layer.name].weight.detach(), "conv2d") != 0
         assert satisfies(keep, parse_sparsity(spec)), layer.name

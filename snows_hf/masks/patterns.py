@@ -85,29 +85,26 @@ def parse_sparsity(spec: str | float | SparsityPattern) -> SparsityPattern:
 
 
 def check_fits(pattern: SparsityPattern, shape: tuple[int, int], name: str = "this layer") -> None:
-    """Refuse a pattern that would keep nothing of a ``(rows, inputs)`` weight.
+    """Refuse a pattern a ``(rows, inputs)`` weight cannot take.
 
-    N:M: a layer narrower than M is one partial group per row, which keeps the pattern's
-    share of it rounded half up (:func:`~snows_hf.masks.topk.nm_keep_count`, as for any
-    trailing group): 2:4 keeps 2 of 3 inputs, but 1:100 keeps none of 32, zeroing the
-    layer. (Wider layers always hold a full group of N kept.) Unstructured: the rounded
-    zero count (``round(fraction * numel)``) must leave a weight.
+    N:M: every group of M consecutive inputs keeps N, so a layer needs at least M inputs
+    (input channels, for a convolution); a narrower one would be one partial group, which
+    is no N:M layout at all, and keeps nothing when ``N * inputs / M`` rounds to zero
+    (1:100 on 32 inputs). Unstructured: the rounded zero count (``round(fraction *
+    numel)``) must leave a weight.
 
     Example:
-        >>> check_fits(parse_sparsity("2:4"), (64, 3))
+        >>> check_fits(parse_sparsity("2:4"), (64, 4))
         >>> check_fits(parse_sparsity("1:100"), (64, 32), "fc1")
         Traceback (most recent call last):
         ...
-        ValueError: sparsity 1:100 would zero fc1: its 32 inputs are one partial group of 100, which keeps 32 x 1/100 rounded, none; use M <= 64 here
+        ValueError: sparsity 1:100 groups 100 inputs, but fc1 has only 32: choose M <= 32 or leave fc1 out (--ignore)
     """
-    from .topk import nm_keep_count  # topk builds on this module
-
     rows, cols = shape
     numel = rows * cols
-    if pattern.is_nm and cols < pattern.m and nm_keep_count(cols, pattern) == 0:
-        raise ValueError(f"sparsity {pattern} would zero {name}: its {cols} inputs are one partial group of "
-                         f"{pattern.m}, which keeps {cols} x {pattern.n}/{pattern.m} rounded, none; "
-                         f"use M <= {2 * pattern.n * cols} here")
+    if pattern.is_nm and cols < pattern.m:
+        raise ValueError(f"sparsity {pattern} groups {pattern.m} inputs, but {name} has only {cols}: "
+                         f"choose M <= {cols} or leave {name.rsplit('.', 1)[-1]} out (--ignore)")
     if not pattern.is_nm and round(pattern.fraction * numel) >= numel:  # the zero count select_topk uses
         raise ValueError(f"sparsity {pattern.label} would zero all {numel} weights of {name} ({rows} x {cols}); "
                          f"use a fraction below {(numel - 0.5) / numel:.6g}")
