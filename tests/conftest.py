@@ -136,3 +136,20 @@ def llama64_dir(tmp_path_factory):
 def _save_model(model, path):
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The loopback Hub of tests/hub_server.py, with this process's huggingface_hub pointed at it."""
+    import huggingface_hub.constants
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # switched off above for every test
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # plain LFS (HUB_PROTOCOL.md)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield server
+    server.stop()
+    assert server.unknown == [], f"requests the loopback hub did not understand: {server.unknown}"

@@ -14,27 +14,11 @@ import sys
 import pytest
 import yaml
 from conftest import tiny_llama, tiny_tokenizer
-from hub_server import TOKEN, HubServer
+from hub_server import TOKEN
 
 from snows_hf.cli import main
 
 PRUNE = ["--sparsity", "2:4", "--method", "magnitude", "--dataset", "random", "--num-samples", "2", "--seq-len", "8"]
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The loopback Hub of tests/hub_server.py, as tests/test_hub.py uses it."""
-    import huggingface_hub.constants
-
-    server = HubServer().start()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest switched the Hub off
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # plain LFS (HUB_PROTOCOL.md)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield server
-    server.stop()
-    assert server.unknown == [], f"requests the loopback hub did not understand: {server.unknown}"
 
 
 def _tree(folder):

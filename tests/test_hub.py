@@ -10,24 +10,9 @@ import sys
 import pytest
 import torch
 from conftest import tiny_llama, tiny_tokenizer
-from hub_server import TOKEN, HubServer
+from hub_server import TOKEN
 
 from snows_hf.cli import main
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    server = HubServer().start()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest switched the Hub off
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # plain LFS (HUB_PROTOCOL.md)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield server
-    server.stop()
-    assert server.unknown == [], f"requests the loopback hub did not understand: {server.unknown}"
 
 
 def _client_env(server, tmp_path):
