@@ -25,7 +25,7 @@ torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 ], ids=["2of4-newton", "wanda-global-disk"])
 def test_two_processes_give_the_weights_of_one(llama64_dir, tmp_path, options):
     common = ["prune", str(llama64_dir), "--dataset", "random", *options, "--num-samples", "14", "--seq-len", "16", "--batch-size", "2",
-              "--quiet", "--no-eval"]
+              "--stats-dtype", "float64", "--quiet", "--no-eval"]  # float64 throughout: only summation order differs
     assert main([*common, "--output-dir", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
@@ -35,7 +35,9 @@ def test_two_processes_give_the_weights_of_one(llama64_dir, tmp_path, options):
     assert run.returncode == 0, run.stderr[-3000:]
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert one.keys() == two.keys() and one["model.layers.0.mlp.up_proj.weight"].dtype == torch.float64
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    difference = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"largest weight difference, two processes vs one: {difference:.3g}")
+    assert difference < 1e-8  # Newton-CG carries summation-order noise further than a mask alone
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["processes"] == 2 and report["num_calibration_samples"] == 14
     steps = [layer["metrics"]["newton_steps"] for layer in report["layers"]]
