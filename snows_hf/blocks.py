@@ -1,4 +1,4 @@
-"""Block calls and hooks: the small pieces every stage that runs blocks shares."""
+"""Block calls, hooks and shared weights: the small pieces every stage that runs blocks shares."""
 
 from __future__ import annotations
 
@@ -118,6 +118,22 @@ def tracked_hooks() -> Iterator[list]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters reachable under more than one name (tied or shared weights,
+    such as an LM head tied to the embeddings): pruning or swapping one changes the others.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> net[1].weight = net[0].weight
+        >>> shared_parameters(net) == {id(net[0].weight)}
+        True
+    """
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
 
 
 def block_output(output: Any) -> torch.Tensor:

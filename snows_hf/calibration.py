@@ -59,16 +59,37 @@ class CalibrationConfig:
             raise ValueError(f"eval_samples must be at least 0, got {self.eval_samples}")
 
 
-def _max_positions(model: Any) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
+def fit_seq_len(seq_len: int, model: Any, explicit: bool = False) -> int:
+    """``seq_len`` held against the model's positions (``max_position_embeddings``).
+
+    Within them, or for a model without a limit, it is kept. Beyond them, a length the
+    user chose (``explicit``) is refused, as asking for positions the model lacks is a
+    mistake to report, not to hide; a length nobody chose (the default) is shortened to
+    the limit, said in one info line.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=128))
+        >>> fit_seq_len(512, model)
+        128
+        >>> fit_seq_len(512, model, explicit=True)
+        Traceback (most recent call last):
+        ValueError: seq_len 512 exceeds the model's 128 positions (max_position_embeddings); use a seq_len of 128 or less
+    """
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None or seq_len <= limit:
+        return seq_len
+    if explicit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions (max_position_embeddings); "
+                         f"use a seq_len of {limit} or less")
+    logger.info("seq_len %d exceeds the model's %d positions; using %d", seq_len, limit, limit)
+    return limit
 
 
 def _seq_len(cfg: CalibrationConfig, model: Any) -> int:
-    limit = _max_positions(model)
-    if limit is not None and cfg.seq_len > limit:
-        logger.warning("seq_len %d exceeds the model's %d positions; using %d", cfg.seq_len, limit, limit)
-        return limit
-    return cfg.seq_len
+    """The length ``cfg`` asks for, as :func:`fit_seq_len` fits it to ``model`` (the command
+    line refuses an explicit --seq-len beyond the model's positions before any data is read)."""
+    return fit_seq_len(cfg.seq_len, model)
 
 
 def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Tensor]:

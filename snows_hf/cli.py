@@ -63,7 +63,8 @@ _non_negative_int = _int_at_least(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
-    from .config import INITS, PRECONDITIONERS, PruneConfig
+    from .config import (ALLOCATIONS, HESSIAN_KINDS, INITS, OFFLOADS, PRECONDITIONERS, STATS_DTYPES, TARGETS,
+                         TERM_SCALES, PruneConfig)
     from .masks import SELECTORS
     from .methods import METHODS
 
@@ -81,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "sparsity")
     _add(prune, PruneConfig, "method", choices=sorted(METHODS))
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
-    _add(prune, PruneConfig, "allocation", choices=["uniform", "global"])
+    _add(prune, PruneConfig, "allocation", choices=list(ALLOCATIONS))
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)
     _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
-    _add(prune, PruneConfig, "stats_dtype", choices=["float32", "float64"])
+    _add(prune, PruneConfig, "stats_dtype", choices=list(STATS_DTYPES))
     prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
                        help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
@@ -96,15 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "max_memory", metavar="SIZES")
-    _add(prune, PruneConfig, "offload_activations", choices=["device", "cpu", "disk"])
+    _add(prune, PruneConfig, "offload_activations", choices=list(OFFLOADS))
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
     _add(snows, PruneConfig, "k_step", type=_non_negative_int)
-    _add(snows, PruneConfig, "target", choices=["dense-stream", "official"])
-    _add(snows, PruneConfig, "term_scale", choices=["energy", "none"])
+    _add(snows, PruneConfig, "target", choices=list(TARGETS))
+    _add(snows, PruneConfig, "term_scale", choices=list(TERM_SCALES))
     _add(snows, PruneConfig, "init", choices=list(INITS))
-    _add(snows, PruneConfig, "hessian", choices=["gauss-newton", "exact"])
+    _add(snows, PruneConfig, "hessian", choices=list(HESSIAN_KINDS))
     _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
     _add(snows, PruneConfig, "cg_iters", type=_positive_int)
     _add(snows, PruneConfig, "damping", type=float)
@@ -342,6 +343,7 @@ def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     from .plan import empty_model, plan_run
 
     model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
+    _check_seq_len(args, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
     cal_cfg = with_default_dataset(cal_cfg, model)
     source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
@@ -658,12 +660,11 @@ class _Evaluation:
 
 
 def _check_seq_len(args: argparse.Namespace, model: Any) -> None:
-    """An explicit --seq-len beyond the model's positions is a mistake (the default is shortened)."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    asked = getattr(args, "seq_len", None)
-    if asked is not None and limit is not None and asked > limit:
-        raise ValueError(f"--seq-len {asked} exceeds the model's {limit} positions (max_position_embeddings); "
-                         f"use --seq-len {limit} or less")
+    """A --seq-len given here beyond the model's positions is refused (the default is shortened)."""
+    from .calibration import fit_seq_len
+
+    if getattr(args, "seq_len", None) is not None:
+        fit_seq_len(args.seq_len, model, explicit=True)
 
 
 def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:

@@ -7,15 +7,30 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .masks import parse_sparsity
+from .solver.hvp import HESSIAN_KINDS
 
 CONFIG_VERSION = 2
-PRECONDITIONERS = ("input-energy", "none")
+# The allowed values of the fields with a fixed set, default first: validation here and
+# the command line's choices both read them (HESSIAN_KINDS: the solver's own).
+ALLOCATIONS = ("uniform", "global")
+STATS_DTYPES = ("float32", "float64")
+TARGETS = ("dense-stream", "official")
+TERM_SCALES = ("energy", "none")
 INITS = ("auto", "lsq", "mask")
+PRECONDITIONERS = ("input-energy", "none")
+OFFLOADS = ("device", "cpu", "disk")
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def _check_choice(config: Any, name: str, allowed: tuple[str, ...]) -> None:
+    """Field ``name`` of ``config`` is one of ``allowed``, said as "a, b or c" otherwise."""
+    value = getattr(config, name)
+    listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+    _check(value in allowed, f"{name} must be {listed}, got {value!r}")
 
 
 _KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
@@ -146,21 +161,17 @@ class PruneConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         check_seed(self.seed)
         _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
-        _check(self.target in ("dense-stream", "official"), f"target must be dense-stream or official, got {self.target!r}")
-        _check(self.term_scale in ("energy", "none"), f"term_scale must be energy or none, got {self.term_scale!r}")
-        _check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        _check(self.preconditioner in PRECONDITIONERS, f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {self.preconditioner!r}")
-        _check(self.hessian in ("gauss-newton", "exact"), f"hessian must be gauss-newton or exact, got {self.hessian!r}")
+        for name, allowed in (("target", TARGETS), ("term_scale", TERM_SCALES), ("init", INITS),
+                              ("preconditioner", PRECONDITIONERS), ("hessian", HESSIAN_KINDS),
+                              ("offload_activations", OFFLOADS), ("allocation", ALLOCATIONS),
+                              ("stats_dtype", STATS_DTYPES)):
+            _check_choice(self, name, allowed)
         _check(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
         _check(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
         _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
         _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
         _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
         _check(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
-        _check(self.offload_activations in ("device", "cpu", "disk"),
-               f"offload_activations must be device, cpu or disk, got {self.offload_activations!r}")
-        _check(self.allocation in ("uniform", "global"), f"allocation must be uniform or global, got {self.allocation!r}")
-        _check(self.stats_dtype in ("float32", "float64"), f"stats_dtype must be float32 or float64, got {self.stats_dtype!r}")
         if self.allocation == "global":
             _check(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:

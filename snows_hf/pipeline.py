@@ -25,7 +25,7 @@ from torch import nn
 
 from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
-from .blocks import BlockCall, run_block, tracked_hooks
+from .blocks import BlockCall, run_block, shared_parameters, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
 from .devices import embedding_device
 from .distributed import Processes, current_processes
@@ -147,7 +147,7 @@ class _Targets:
         self.model, self.config, self.blocks = model, config, blocks
         wanted = bool(config.targets or config.ignore)
         self.saved_names = checkpoint_names(model) if wanted else {}
-        self.tied = _tied_parameters(model)
+        self.tied = shared_parameters(model)
         self._of: dict[int, list[tuple[str, nn.Module]]] = {}
         unmatched = check_patterns(blocks.modules, blocks.names, config.targets, self.saved_names)
         if unmatched:
@@ -237,14 +237,6 @@ def _dense_input_sq(
         calls = following
     calls.close()
     return {name: processes.sum(sums[name]) for name in sorted(sums)}
-
-
-def _tied_parameters(model: nn.Module) -> set[int]:
-    """Ids of parameters reachable under more than one name (tied or shared weights)."""
-    seen: dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        seen[id(param)] = seen.get(id(param), 0) + 1
-    return {key for key, count in seen.items() if count > 1}
 
 
 def prune_blocks(

@@ -42,9 +42,6 @@ from .windows import WindowRunner
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("dense-stream", "official")
-TERM_SCALES = ("energy", "none")
-
 
 def _finite_weight(result, start: torch.Tensor, masked: torch.Tensor, init: str) -> tuple[torch.Tensor, str | None]:
     """The re-fitted weight, or, after NaN/Inf, the best finite one seen: the last accepted

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_llama, tiny_tokenizer, tiny_vit
 
-from snows_hf.calibration import CalibrationConfig, build_calibration, calibration_from_split
+from snows_hf.calibration import CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len
 
 
 def _texts(n=20, words=25):
@@ -34,9 +34,19 @@ def test_fewer_samples_than_asked_uses_all(caplog):
 
 
 def test_seq_len_capped_at_model_positions(caplog):
-    cal = build_calibration(CalibrationConfig(dataset="random", num_samples=2, seq_len=4096), tiny_llama())
+    with caplog.at_level("INFO", logger="snows_hf"):
+        cal = build_calibration(CalibrationConfig(dataset="random", num_samples=2, seq_len=4096), tiny_llama())
     assert cal["input_ids"].shape == (2, 128)
-    assert "exceeds the model's 128 positions" in caplog.text
+    assert [r.levelname for r in caplog.records if "exceeds the model's 128 positions" in r.getMessage()] == ["INFO"]
+
+
+def test_an_explicit_seq_len_beyond_the_positions_is_refused_and_the_default_shortened():
+    """One policy for every caller (the command line passes explicit=True for --seq-len)."""
+    llama, vit = tiny_llama(), tiny_vit()  # 128 positions; a ViT has no max_position_embeddings
+    with pytest.raises(ValueError, match=r"^seq_len 4096 exceeds the model's 128 positions .*use a seq_len of 128 or less$"):
+        fit_seq_len(4096, llama, explicit=True)
+    assert fit_seq_len(4096, llama) == fit_seq_len(CalibrationConfig().seq_len, llama) == 128
+    assert fit_seq_len(128, llama, explicit=True) == 128 and fit_seq_len(4096, vit, explicit=True) == 4096
 
 
 def test_random_calibration_shapes():

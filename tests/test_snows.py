@@ -169,6 +169,54 @@ def test_k0_refit_is_least_squares_on_the_support():
     assert worst < 1e-4, (worst, report.layers[0].metrics)
 
 
+def _prune_llama64(**overrides):
+    """A float64 tiny Llama pruned with SNOWS; its pruned weights by module name."""
+    model = tiny_llama().double()
+    report = snows_hf.prune_(model, _snows(**overrides), _inputs("llama"))
+    return {layer.name: model.get_submodule(layer.name).weight.detach() for layer in report.layers}, report
+
+
+@pytest.mark.parametrize(
+    "module, k, curved",
+    [("gate_proj", 0, False),  # K=0: the module's own output, linear in W
+     ("up_proj", 1, False),  # then down_proj(act(gate) * up): still linear in W_up
+     ("gate_proj", 1, True)],  # then SiLU: curvature the exact Hessian sees and Gauss-Newton drops
+)
+def test_exact_hessian_differs_from_gauss_newton_exactly_where_the_window_is_curved(module, k, curved):
+    weights = {}
+    for hessian in ("exact", "gauss-newton"):
+        found, report = _prune_llama64(hessian=hessian, k_step=k, targets=[rf"layers\.0\.mlp\.{module}$"])
+        assert list(found) == [f"model.layers.0.mlp.{module}"] and report.layers[0].metrics["newton_steps"] >= 1
+        weights[hessian] = found[f"model.layers.0.mlp.{module}"]
+    change = float((weights["exact"] - weights["gauss-newton"]).norm() / weights["gauss-newton"].norm())
+    if curved:
+        assert change > 1e-4, change  # measured 1.6e-3
+    else:
+        assert change < 1e-12, change  # the same products up to rounding: the same re-fit
+
+
+def test_official_target_differs_from_dense_stream_exactly_when_upstream_modules_are_pruned():
+    """K=0: the dense target of a module is its dense output on the dense network's inputs
+    (dense-stream) or on the pruned network's (official). q, k and v of block 0 read the
+    embeddings, which nothing pruned changes: identical. o_proj reads the pruned q, k, v and
+    the MLP reads o_proj's output: different. With K=2 the first module is still identical."""
+    fit = dict(mask="magnitude", init="lsq")  # the closed-form start reads the target too
+    runs = {target: _prune_llama64(target=target, k_step=0, targets=[r"layers\.0\."], **fit)[0]
+            for target in ("dense-stream", "official")}
+    for name, weight in runs["official"].items():
+        change = float((weight - runs["dense-stream"][name]).norm() / weight.norm())
+        if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj"):
+            assert torch.allclose(weight, runs["dense-stream"][name], rtol=0, atol=1e-12), (name, change)
+        else:
+            assert change > 1e-2, (name, change)  # measured 4e-2 (up_proj) to 0.77 (o_proj)
+    q_and_o = [r"layers\.0\.self_attn\.(q|o)_proj"]
+    runs = {target: _prune_llama64(target=target, k_step=2, targets=q_and_o, **fit)[0] for target in ("dense-stream", "official")}
+    q, o = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj"
+    assert torch.allclose(runs["official"][q], runs["dense-stream"][q], rtol=0, atol=1e-12)
+    change = float((runs["official"][o] - runs["dense-stream"][o]).norm() / runs["official"][o].norm())
+    assert change > 1e-3, change  # measured 1.9e-2
+
+
 def test_snows_needs_two_micro_batches():
     with pytest.raises(ValueError, match="at least 2 calibration micro-batches"):
         snows_hf.prune_(tiny_vit(), _snows(batch_size=16), _inputs("vit", n=16))

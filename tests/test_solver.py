@@ -127,6 +127,59 @@ def test_linear_window_exact_equals_gauss_newton_equals_closed_form():
     assert rel_err(hv["gauss-newton"], closed) < 1e-10
 
 
+def _gelu_second_derivative(x):
+    """d2 gelu / dx2 for the exact (erf) GELU: gelu = x Phi(x), so gelu'' = phi(x) (2 - x^2)."""
+    return torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5 * (2 - x * x)
+
+
+def test_linear_window_through_two_linears_gives_identical_hvps_and_refits():
+    """Linear -> Linear: the window is linear in W, so no residual carries curvature and
+    the exact Hessian *is* the Gauss-Newton one: the same products, the same re-fit."""
+    g = torch.Generator().manual_seed(11)
+    V = torch.randn(D_OUT, D_H, generator=g, dtype=DT)
+    batches = [tuple(torch.randn(8, d, generator=g, dtype=DT) for d in (D_IN, D_H, D_OUT)) for _ in range(4)]
+    fn = lambda w, b: [b[0] @ w.T - b[1], (b[0] @ w.T) @ V.T - b[2]]  # noqa: E731
+    W, v = torch.randn(D_H, D_IN, generator=g, dtype=DT), torch.randn(D_H, D_IN, generator=g, dtype=DT)
+    hv = {k: HessianOperator(fn, W, batches[:3], k)(v) for k in ("exact", "gauss-newton")}
+    # (1/B) sum_b [2/numel(r0) v X^T X + 2/numel(r1) V^T V v X^T X]
+    closed = sum(2.0 / (8 * D_H) * v @ X.T @ X + 2.0 / (8 * D_OUT) * V.T @ V @ v @ X.T @ X for X, _, _ in batches[:3]) / 3
+    assert rel_err(hv["exact"], hv["gauss-newton"]) < 1e-13
+    assert rel_err(hv["exact"], closed) < 1e-12
+    mask = torch.rand(W.shape, generator=g, dtype=DT) > 0.5
+    refit = {k: newton_refit(W, mask, fn, batches[:3], batches[3:], NewtonConfig(steps=3, hessian=k)) for k in hv}
+    assert refit["exact"].steps_accepted >= 1 and rel_err(refit["exact"].weight, W * mask) > 1e-2  # it moved
+    assert rel_err(refit["exact"].weight, refit["gauss-newton"].weight) < 1e-12
+
+
+def test_exact_minus_gauss_newton_is_the_residual_weighted_curvature():
+    """Linear -> GELU -> Linear with non-zero residuals: exact - Gauss-Newton is
+    (1/B) sum_b 2/numel(r1) sum_i r1_i d2 r1_i / dW2 v, here in closed form (r0 is linear in W,
+    r1 = gelu(X W^T) V^T - T1). The term is large, and the re-fit follows the option."""
+    residual_fn, W, batches = make_window(seed=12)
+    V = torch.randn(D_OUT, D_H, generator=torch.Generator().manual_seed(12), dtype=DT)  # make_window's V
+    assert torch.allclose(residual_fn(W, batches[0])[1], F.gelu(batches[0][0] @ W.T) @ V.T - batches[0][2])
+    v = torch.randn(W.shape, generator=torch.Generator().manual_seed(14), dtype=DT)
+    hv = {k: HessianOperator(residual_fn, W, batches, k)(v) for k in ("exact", "gauss-newton")}
+    closed = torch.zeros_like(W)
+    for X, _, T1 in batches:
+        H = X @ W.T
+        R1 = F.gelu(H) @ V.T - T1
+        # d2 r1[n, o] / dW[j] dW[j] = V[o, j] gelu''(H[n, j]) X[n] X[n]^T, applied to v[j] and weighted by r1[n, o]
+        S = (R1 @ V) * _gelu_second_derivative(H) * (X @ v.T)
+        closed += 2.0 / R1.numel() * S.T @ X / len(batches)
+    difference = hv["exact"] - hv["gauss-newton"]
+    assert rel_err(difference, closed) < 1e-10
+    # the same term from explicit matrices: full Hessian minus J^T J
+    H_full, G = explicit_hessian(residual_fn, W, batches), explicit_gauss_newton(residual_fn, W, batches)
+    assert rel_err(difference.reshape(-1), (H_full - G) @ v.reshape(-1)) < 1e-10
+    assert float(difference.norm()) > 0.05 * float(hv["gauss-newton"].norm())  # not a rounding difference
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(13), dtype=DT) > 0.5
+    cfg = dict(steps=3, cg_iters=20, cg_rtol=1e-10)
+    refit = {k: newton_refit(W, mask, residual_fn, batches[:2], batches[2:], NewtonConfig(hessian=k, **cfg)) for k in hv}
+    assert refit["exact"].steps_accepted >= 1 and refit["gauss-newton"].steps_accepted >= 1
+    assert rel_err(refit["exact"].weight, refit["gauss-newton"].weight) > 1e-3
+
+
 # 3. several batches: mean of single-batch operators; keep_graphs=False is the same
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 ResidualFn = Callable[[Tensor, Any], Sequence[Tensor]]
 
-HESSIAN_KINDS = ("exact", "gauss-newton")
+HESSIAN_KINDS = ("gauss-newton", "exact")  #: the default first
 
 
 def _owns_all(batch: Any) -> bool:
