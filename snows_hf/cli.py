@@ -683,7 +683,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, format_table, run_demo
 
     settings = DemoSettings(num_samples=args.num_samples, eval_samples=args.eval_samples)
-    print(f"snows-hf demo: all-MiniLM-L6-v2 to {settings.sparsity} on BBC News, magnitude mask vs SNOWS (offline)")
+    print(f"snows-hf demo: all-MiniLM-L6-v2 to {settings.sparsity} on BBC News, magnitude and SparseGPT masks vs SNOWS on "
+          "the SparseGPT mask (offline)")
     figures = run_demo(args.output_dir, args.overwrite, settings, progress=not args.quiet)
     print()
     print(format_table(figures))

@@ -34,11 +34,14 @@ class DemoSettings:
     seed: int = 0
 
     def methods(self) -> dict[str, dict[str, Any]]:
-        """Compared runs: the mask alone, then SNOWS on the same mask (the saved model)."""
+        """Compared runs: the magnitude mask alone, SparseGPT alone (what users would
+        otherwise pick, on the same data), then SNOWS on the SparseGPT mask, its default
+        start (the saved model)."""
         return {
             "magnitude": {"method": "magnitude"},
+            "sparsegpt": {"method": "none", "mask": "sparsegpt"},
             f"snows K={self.k_step}": {
-                "method": "snows", "mask": "magnitude", "k_step": self.k_step,
+                "method": "snows", "mask": "sparsegpt", "k_step": self.k_step,
                 "newton_steps": self.newton_steps, "cg_iters": self.cg_iters,
             },
         }

@@ -18,6 +18,7 @@ def test_full_demo_as_the_readme_runs_it():
     assert result.returncode == 0, result.stderr
     methods = json.loads(Path("snows-hf-demo/report.json").read_text())["demo"]["methods"]
     assert methods["snows K=3"]["cosine_mean"] > methods["magnitude"]["cosine_mean"] + 0.1
+    assert methods["snows K=3"]["cosine_mean"] > methods["sparsegpt"]["cosine_mean"]  # the README's claim
 
 
 def test_demo_prints_table_and_saves_loadable_model():
@@ -31,7 +32,7 @@ def test_demo_prints_table_and_saves_loadable_model():
     assert "embedding cosine to dense, mean" in result.stdout
     report = json.loads(Path("snows-hf-demo/report.json").read_text())
     methods = report["demo"]["methods"]
-    assert set(methods) == {"magnitude", "snows K=3"} and report["demo"]["eval_articles"] == 40
+    assert set(methods) == {"magnitude", "sparsegpt", "snows K=3"} and report["demo"]["eval_articles"] == 40
     for figures in methods.values():
         assert figures["sparsity"] == pytest.approx(0.5)
         assert 0.0 < figures["cosine_min"] <= figures["cosine_mean"] < 1.0
