@@ -6,7 +6,7 @@ pipeline and the methods read it like a list. Reads run one micro-batch ahead: w
 call ``i`` is in use, call ``i + 1`` is already being read from disk (or copied from
 pinned memory) on a background thread, since every pass over a store is in order. ``cpu`` keeps tensors in (pinned, when the
 device is a GPU) host memory; ``disk`` writes each call's tensors to a safetensors file
-in a temporary folder and memory-maps it back. :class:`ActivationSpace` owns that folder
+in a temporary folder and reads it back whole (``load_file``) when the block runs. :class:`ActivationSpace` owns that folder
 and removes it at the end, also on error.
 """
 

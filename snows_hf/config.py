@@ -136,7 +136,7 @@ class PruneConfig:
     batch_size: int = _field(8, "calibration samples per micro-batch")
     offload_activations: str = _field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
-        "(memory-mapped files, removed at the end)"
+        "(one file per micro-batch, read back when its block runs; removed at the end)"
     )
     offload_dir: str | None = _field(
         None, "folder for disk-offloaded activations and (with max_memory) weights, in a temporary subfolder "
