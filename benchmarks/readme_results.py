@@ -127,7 +127,7 @@ def budget_table(budget: dict) -> list[str]:
         f"or the masked weight, before any re-fit; seconds from two runs of the command on a shared machine, the "
         f"errors are what to compare): `python benchmarks/solver_budget.py`",
         "",
-        "| variant | output error | held-out window loss after / with the selector's weight | HVPs | seconds "
+        "| variant | output error | line-search window loss (kept out of the Newton steps, not the mask statistics) after / with the selector's weight | HVPs | seconds "
         "| x SparseGPT |",
         "|---|---|---|---|---|---|",
     ]

@@ -158,7 +158,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         "results": results, "eval_samples": evaluation.get("samples"),
         "eval_source": f"{dataset.name}, split {data.get('split')}" if dataset else "",
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,
-        "error_header": "held-out window loss, masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
+        "error_header": "line-search window loss (micro-batches kept out of the Newton steps, not out of the mask statistics), masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
         "layers": layers, "auto_class": auto_class, "repo_hint": repo_id or "path/to/this/model",
         "sparse_kernels": cfg["sparsity"] in ("2:4", "1:4"),  # at most 2 of every 4: what the GPU kernels take
     }
@@ -187,7 +187,7 @@ def plot_layers(payload: dict[str, Any], path: str | Path) -> bool:
         ax.plot(x, [m["heldout_loss_masked"] for m in refit], "o-", ms=3, label="mask only", color="#c44e52")
         ax.plot(x, [m["heldout_loss_after"] for m in refit], "o-", ms=3, label="SNOWS", color="#55a868")
         ax.set_yscale("log")
-        ax.set_ylabel("held-out window loss")
+        ax.set_ylabel("line-search window loss")
         ax.legend(fontsize=8)
     axes[-1][0].set_xlabel("pruned layer (execution order)")
     fig.tight_layout()

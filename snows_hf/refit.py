@@ -14,7 +14,10 @@ pruned network's inputs and ``t_k`` the dense targets, computed once per module:
 ``s_k`` is 1 (``term_scale="none"``) or ``1 / mean(t_k ** 2)`` (``"energy"``: every term
 is a relative error, so wide or large-valued outputs do not drown the others). The solve
 is Hessian-free Newton-CG (:mod:`snows_hf.solver`) with the last micro-batches held out
-for the Armijo line search.
+for the Armijo line search. They are held out of the Newton steps only: the mask
+selector's input statistics and the start selection see them too, so the "held-out"
+window losses recorded per layer (``heldout_loss_*``) are optimistic: a line-search
+loss, not a test loss.
 
 With ``init="lsq"`` (Linear and Conv1D layers) Newton starts from the closed-form K=0
 solution (per-row least squares of the module's own output on its support, from the
