@@ -116,6 +116,40 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
                      f"{speed['num_samples']} x {speed['seq_len']} tokens): **{'met' if ratio <= 10 else 'not met'}**")
         lines.append(f"- one HVP {hvp:.2f}x a forward+backward of its window (goal at most 0.5x): "
                      f"**{'met' if hvp <= 0.5 else 'not met'}**")
+    losses = default_losses(quality)
+    if losses:
+        lines += ["", "**Where the default (SNOWS K=3) loses** to another column of the tables "
+                  "above; no paired uncertainty is computed yet, and why it loses there is not measured:", ""]
+        lines += losses
+    return lines
+
+
+def default_losses(quality: dict[str, dict]) -> list[str]:
+    """Every (model, sparsity) where SNOWS K=3 scores worse than another method, one line each.
+
+    Example:
+        >>> results = {"metric": "top-1", "higher_is_better": True, "dense": {"top-1": 0.9}, "rows": [
+        ...     {"sparsity": "2:4", "method": "snows-k3", "scores": {"top-1": 0.80}},
+        ...     {"sparsity": "2:4", "method": "sparsegpt", "scores": {"top-1": 0.81}}]}
+        >>> default_losses({"vit": results})
+        ['- vit 2:4: SNOWS K=3 0.8000 vs SparseGPT 0.8100 (worse by 0.0100)']
+    """
+    lines = []
+    for model, results in quality.items():
+        metric, higher = results["metric"], results["higher_is_better"]
+        rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
+        for spec in dict.fromkeys(r["sparsity"] for r in results["rows"]):
+            if (spec, "snows-k3") not in rows:
+                continue
+            mine = rows[(spec, "snows-k3")]["scores"][metric]
+            for method, name in METHOD_NAMES.items():
+                other = rows.get((spec, method))
+                if method == "snows-k3" or other is None:
+                    continue
+                theirs = other["scores"][metric]
+                worse = mine - theirs if not higher else theirs - mine
+                if worse > 0:
+                    lines.append(f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} (worse by {worse:.4f})")
     return lines
 
 
