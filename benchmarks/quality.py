@@ -16,6 +16,13 @@ operations, on the mask ``--snows-mask``, default the library's own default).
 Wall time is the ``prune_`` call; peak memory is the process's resident memory above
 what it held just before the call (sampled every 20 ms), on this CPU machine.
 
+Each row also keeps its per-sample record (``per_sample``; the dense model's is
+``dense_per_sample``) so that ``benchmarks/readme_results.py`` can put a paired interval on
+every difference over the same test items: for the classifiers, which test images it gets
+right (a base64 string of the bits packed by ``numpy.packbits``, ``n`` of them); for
+``minilm``, each held-out article's cosine to the dense embedding (to 1e-4); for
+``smollm2``, each held-out sequence's summed next-token NLL and its number of tokens.
+
 Rows are merged into ``benchmarks/results/quality_<model>.json`` as they finish, so runs
 of different rows add up; ``--table`` prints the file without running anything.
 
@@ -26,6 +33,7 @@ of different rows add up; ``--table`` prints the file without running anything.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -33,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,7 +73,8 @@ class Model:
         """``(calibration inputs, held-out data)``."""
         raise NotImplementedError
 
-    def score(self, model, held, dense) -> dict[str, float]:
+    def evaluate(self, model, held, dense) -> tuple[dict[str, float], dict]:
+        """``(scores, per-sample record)`` of ``model`` on the held-out data."""
         raise NotImplementedError
 
     def dense_outputs(self, model, held):
@@ -90,10 +100,12 @@ class FashionMNIST(Model):
         calib, x_test, y_test = fmnist.benchmark_data(num_samples)
         return {"pixel_values": calib}, (x_test, y_test)
 
-    def score(self, model, held, dense):
-        import fmnist
-
-        return {"top-1": fmnist.accuracy(model, *held)}
+    @torch.no_grad()
+    def evaluate(self, model, held, dense, batch: int = 500):
+        x, y = held
+        correct = torch.cat([model(pixel_values=x[i : i + batch]).logits.argmax(-1) == y[i : i + batch]
+                             for i in range(0, len(x), batch)])
+        return {"top-1": correct.sum().item() / len(x)}, encode_correct(correct)
 
 
 class TextModel(Model):
@@ -112,10 +124,18 @@ class TextModel(Model):
 
         return model_outputs(model, held)
 
-    def score(self, model, held, dense):
-        from snows_hf.evaluation import compute_metrics, model_outputs
+    def evaluate(self, model, held, dense):
+        from snows_hf.evaluation import compute_metrics, cosine_to_reference, model_outputs
 
-        return compute_metrics(held, model_outputs(model, held), dense)
+        outputs = model_outputs(model, held)
+        per_sample = {}
+        if "nll" in outputs:
+            per_sample = {"nll": [round(float(v), 4) for v in outputs["nll"]],
+                          "tokens": [int(t) for t in outputs["tokens"]]}
+        elif "embeddings" in outputs and dense is not None:
+            cosine = cosine_to_reference(outputs["embeddings"], dense["embeddings"])
+            per_sample = {"cosine": [round(float(v), 4) for v in cosine]}
+        return compute_metrics(held, outputs, dense), per_sample
 
 
 class MiniLM(TextModel):
@@ -153,6 +173,17 @@ class SmolLM2(TextModel):
 
 MODELS = {"vit": FashionMNIST("vit"), "resnet": FashionMNIST("resnet"), "minilm": MiniLM(), "smollm2": SmolLM2()}
 DEFAULT_SAMPLES = {"vit": 512, "resnet": 512, "minilm": 128, "smollm2": 32}
+
+
+def encode_correct(correct: torch.Tensor) -> dict:
+    """A bool vector (one entry per test item) as ``{"n": ..., "correct": base64 of packed bits}``.
+
+    Example:
+        >>> encode_correct(torch.tensor([True, False, True]))
+        {'n': 3, 'correct': 'oA=='}
+    """
+    packed = np.packbits(correct.cpu().numpy().astype(bool))
+    return {"n": int(correct.numel()), "correct": base64.b64encode(packed.tobytes()).decode("ascii")}
 
 
 def _rss() -> int:
@@ -195,11 +226,11 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
         start = time.perf_counter()
         report = snows_hf.prune_(model, options, calibration)
         seconds = time.perf_counter() - start
-    scores = bench.score(model, held, dense)
+    scores, per_sample = bench.evaluate(model, held, dense)
     return {
         "sparsity": spec, "method": method, "mask": report.config.get("mask"),
         "scores": scores, "seconds": seconds, "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity,
-        "options": options,
+        "options": options, "per_sample": per_sample,
     }
 
 
@@ -251,12 +282,12 @@ def main() -> None:
     calibration, held = bench.data(num_samples)
     dense_model = bench.load()
     dense = bench.dense_outputs(dense_model, held)
-    dense_scores = bench.score(dense_model, held, dense)
+    dense_scores, dense_per_sample = bench.evaluate(dense_model, held, dense)
     del dense_model
     shape = {k: list(v.shape) for k, v in calibration.items() if hasattr(v, "shape")}
     results.update({
         "model": args.model, "metric": bench.metric, "higher_is_better": bench.higher_is_better,
-        "dense": dense_scores,
+        "dense": dense_scores, "dense_per_sample": dense_per_sample,
         "calibration": shape, "title": f"{args.model}: calibration {shape}, 2 CPU threads",
     })
     for spec in args.sparsity or bench.patterns:

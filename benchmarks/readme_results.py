@@ -5,15 +5,28 @@ README.md with tables built from ``quality_<model>.json``, ``solver_budget.json`
 ``solver_speed.json``, and states for each goal of the benchmarks whether the figures
 meet it. Nothing here is typed by hand: rerun the benchmarks, then this.
 
+A verdict on noisy figures rests on a paired interval, never on the two point figures: the
+per-sample records that ``benchmarks/quality.py`` keeps (which test images each model gets
+right, per-article cosines, per-sequence NLL) are resampled together, 2,000 times with seed
+0, and a goal is met only where the whole 95% interval of its margin lies on the goal's
+side; where the interval straddles the line the verdict is "not distinguishable", and a
+file without per-sample records gets no verdict at all.
+
     python benchmarks/readme_results.py [--check]   # --check: exit 1 if README is stale
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import json
+import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -29,6 +42,164 @@ METHOD_NAMES = {
     "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
     "snows-k0": "SNOWS K=0", "snows-k1": "SNOWS K=1", "snows-k3": "SNOWS K=3",
 }
+
+
+RESAMPLES, SEED, LEVEL = 2000, 0, 0.95
+NO_DATA = "no per-sample data: rerun the benchmark"
+
+
+@functools.lru_cache(maxsize=4)
+def _resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``resamples`` draws of ``n`` with replacement."""
+    rng = np.random.default_rng(seed)
+    counts = np.empty((resamples, n), dtype=np.float32)
+    for i in range(resamples):
+        counts[i] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+    counts.setflags(write=False)
+    return counts
+
+
+def paired_bootstrap(samples: Sequence[Sequence[float]], statistic: Callable[[np.ndarray], np.ndarray],
+                     resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` under a paired bootstrap of the test items.
+
+    ``samples`` holds one value per test item for each vector (a method's 0/1 correctness,
+    an article's cosine, a sequence's NLL, ...), all over the same items in the same order.
+    Each resample draws the items with replacement, the same draw for every vector, so
+    whatever the vectors share (an image every method gets wrong) cancels out.
+    ``statistic`` maps the vectors' means on the resamples, an array ``(vectors, resamples)``,
+    to one value per resample; the result is its central ``level`` interval.
+
+    Example:
+        >>> right = [1, 1, 0, 1, 0, 1]
+        >>> paired_bootstrap([right, right], lambda m: m[0] - m[1])
+        (0.0, 0.0)
+        >>> low, high = paired_bootstrap([[1] * 50, [0] * 50], lambda m: m[0] - m[1])
+        >>> (low, high)
+        (1.0, 1.0)
+    """
+    values = np.asarray(samples, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError("samples must be equal-length, non-empty per-item vectors")
+    counts = _resample_counts(values.shape[1], resamples, seed)
+    means = (counts.astype(np.float64) @ values.T).T / values.shape[1]
+    stats = np.asarray(statistic(means), dtype=np.float64)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    # Rounding to 12 places keeps "exactly zero" exact after the float sums above.
+    return round(float(low), 12) + 0.0, round(float(high), 12) + 0.0
+
+
+def accuracy_difference_interval(a: Sequence[bool], b: Sequence[bool], **kwargs) -> tuple[float, float]:
+    """Paired bootstrap interval of ``accuracy(a) - accuracy(b)`` over the same test items.
+
+    Example:
+        >>> accuracy_difference_interval([True, False, True], [True, False, True])
+        (0.0, 0.0)
+    """
+    return paired_bootstrap([a, b], lambda m: m[0] - m[1], **kwargs)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar p-value for two classifiers scored on the same test items.
+
+    Only the discordant items count: ``b01`` that ``a`` gets right and ``b`` wrong, ``b10`` the
+    reverse; under "equally accurate" each is a fair coin, so the p-value is twice the
+    binomial tail ``P(X <= min(b01, b10))`` for ``X ~ Binomial(b01 + b10, 1/2)``, at most 1.
+
+    Example:
+        >>> mcnemar_exact([1, 1, 1, 0], [0, 0, 0, 0])  # 3 discordant, all one way: 2 * 1/8
+        0.25
+    """
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def verdict(interval: tuple[float, float] | None, strict: bool = False) -> str:
+    """The verdict on a goal ``margin >= 0`` (``> 0`` when ``strict``) from the margin's interval.
+
+    "met" needs the whole interval on the goal's side, "not met" the whole interval on the
+    other; anything else is "not distinguishable". No interval, no verdict.
+
+    Example:
+        >>> verdict((0.001, 0.004)), verdict((-0.002, 0.003)), verdict((-0.004, -0.001)), verdict(None)
+        ('met', 'not distinguishable', 'not met', 'no per-sample data: rerun the benchmark')
+    """
+    if interval is None:
+        return NO_DATA
+    low, high = interval
+    if low > 0 or (low == 0 and not strict):
+        return "met"
+    if high < 0 or (high == 0 and strict):
+        return "not met"
+    return "not distinguishable"
+
+
+def combine_verdicts(verdicts: Sequence[str]) -> str:
+    """The verdict on several goals that must all hold.
+
+    Example:
+        >>> combine_verdicts(["met", "not distinguishable"]), combine_verdicts(["met", "not met"])
+        ('not distinguishable', 'not met')
+    """
+    for word in (NO_DATA, "not met", "not distinguishable"):
+        if word in verdicts:
+            return word
+    return "met"
+
+
+def decode_correct(record: dict) -> np.ndarray:
+    """The 0/1 vector that ``benchmarks/quality.py`` packs as ``{"n", "correct"}`` (base64).
+
+    Example:
+        >>> decode_correct({"n": 3, "correct": "oA=="}).tolist()
+        [1.0, 0.0, 1.0]
+    """
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(record["correct"]), dtype=np.uint8))
+    return bits[: record["n"]].astype(np.float64)
+
+
+def _vectors(record: dict | None) -> list[np.ndarray] | None:
+    """A per-sample record as the vectors whose means give the headline metric (see ``_value``)."""
+    if not record:
+        return None
+    if "correct" in record:
+        return [decode_correct(record)]
+    if "cosine" in record:
+        return [np.asarray(record["cosine"], dtype=np.float64)]
+    if "nll" in record:
+        return [np.asarray(record["nll"], dtype=np.float64), np.asarray(record["tokens"], dtype=np.float64)]
+    return None
+
+
+def _value(means: np.ndarray) -> np.ndarray:
+    """The headline metric from a record's vector means: the mean, or perplexity exp(NLL / tokens)."""
+    return np.exp(means[0] / means[1]) if len(means) == 2 else means[0]
+
+
+def metric_interval(results: dict, rows: Sequence[dict | None],
+                    margin: Callable[..., np.ndarray]) -> tuple[float, float] | None:
+    """Paired interval of ``margin(*metrics)``, the metrics of ``rows`` (``None``: the dense model).
+
+    ``None`` when any of them lacks per-sample records, or they were scored on different items.
+    """
+    records = [results.get("dense_per_sample") if row is None else row.get("per_sample") for row in rows]
+    vectors = [_vectors(r) for r in records]
+    if any(v is None for v in vectors) or len({len(v[0]) for v in vectors}) != 1:
+        return None
+    sizes = [len(v) for v in vectors]
+    starts = np.cumsum([0] + sizes)
+
+    def statistic(means: np.ndarray) -> np.ndarray:
+        return margin(*(_value(means[s : s + k]) for s, k in zip(starts, sizes)))
+
+    return paired_bootstrap([x for v in vectors for x in v], statistic)
+
+
+def _fmt(interval: tuple[float, float], digits: int = 4) -> str:
+    return f"[{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
 
 
 def _load(name: str) -> dict | None:
@@ -78,7 +249,29 @@ def quality_table(model: str, results: dict) -> list[str]:
     memory = [max((rows[(s, m)]["peak_memory_gib"] for s in patterns if (s, m) in rows), default=0.0) for m in methods]
     lines.append("| seconds (mean) | " + " | ".join(f"{s:.1f}" for s in seconds) + " |")
     lines.append("| peak memory GiB (max) | " + " | ".join(f"{g:.2f}" for g in memory) + " |")
+    if model in ("vit", "resnet"):
+        lines += ["", difference_line(results, patterns, rows)]
     return lines
+
+
+def difference_line(results: dict, patterns: Sequence[str], rows: dict) -> str:
+    """SNOWS K=3 minus SparseGPT at each sparsity, with its paired interval and McNemar's p."""
+    metric, cells, missing = results["metric"], [], False
+    for spec in patterns:
+        snows, sgpt = rows.get((spec, "snows-k3")), rows.get((spec, "sparsegpt"))
+        if snows is None or sgpt is None:
+            continue
+        difference = snows["scores"][metric] - sgpt["scores"][metric]
+        interval = metric_interval(results, [snows, sgpt], lambda a, b: a - b)
+        if interval is None:
+            missing = True
+            cells.append(f"{spec} {difference:+.4f}")
+            continue
+        p = mcnemar_exact(*(decode_correct(r["per_sample"]) for r in (snows, sgpt)))
+        cells.append(f"{spec} {difference:+.4f} {_fmt(interval)}, p = {p:.2g}")
+    return (f"SNOWS K=3 minus SparseGPT, {metric} with its 95% paired bootstrap interval over the same test images "
+            f"({RESAMPLES:,} resamples, seed {SEED}) and McNemar's exact p: " + "; ".join(cells)
+            + (f" ({NO_DATA} for the figures without an interval)" if missing else ""))
 
 
 def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
@@ -93,18 +286,13 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
         for spec in ("2:4", "70%"):
             if not all((spec, m) in rows for m in ("magnitude", "sparsegpt", "snows-k3")):
                 continue
-            snows, sgpt, mag = (_drop(results, rows[(spec, m)]) for m in ("snows-k3", "sparsegpt", "magnitude"))
-            met = snows <= max(0.0, sgpt) / 2 and snows <= max(0.0, mag) / 4
-            lines.append(f"- {model} {spec}: SNOWS K=3 drop {snows:+.4f} vs SparseGPT {sgpt:+.4f} (goal at most half) "
-                         f"and magnitude {mag:+.4f} (goal at most a quarter): **{'met' if met else 'not met'}**")
+            lines.append(drop_goal_line(model, spec, results, rows))
     results = quality.get("smollm2")
     if results:
         rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
         for spec in ("2:4", "50%"):
             if (spec, "snows-k3") in rows and (spec, "sparsegpt") in rows:
-                snows, sgpt = (_drop(results, rows[(spec, m)]) for m in ("snows-k3", "sparsegpt"))
-                lines.append(f"- SmolLM2 {spec}: perplexity increase SNOWS {snows:+.2f} vs SparseGPT {sgpt:+.2f} "
-                             f"(goal: below): **{'met' if snows < sgpt else 'not met'}**")
+                lines.append(perplexity_goal_line(spec, results, rows))
                 seconds = [rows[(spec, m)]["seconds"] for m in ("snows-k3", "sparsegpt")]
                 lines.append(f"- whole SmolLM2 at {spec}: SNOWS {seconds[0]:.0f} s vs SparseGPT {seconds[1]:.0f} s "
                              f"= {seconds[0] / seconds[1]:.1f}x (goal at most 10x): "
@@ -119,20 +307,68 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
     losses = default_losses(quality)
     if losses:
         lines += ["", "**Where the default (SNOWS K=3) loses** to another column of the tables "
-                  "above; no paired uncertainty is computed yet, and why it loses there is not measured:", ""]
+                  "above, with the 95% paired bootstrap interval of how much worse (a loss the interval does not "
+                  "exclude from zero is within noise); why it loses there is not measured:", ""]
         lines += losses
     return lines
+
+
+def drop_goal_line(model: str, spec: str, results: dict, rows: dict) -> str:
+    """The goal "SNOWS K=3's drop at most half SparseGPT's and a quarter of magnitude's", judged on paired intervals.
+
+    Each part's margin (the allowed drop minus SNOWS's drop; a negative drop allows none) is
+    resampled over the test images together with the dense model's; see ``verdict``.
+    """
+    snows, sgpt, mag = (rows[(spec, m)] for m in ("snows-k3", "sparsegpt", "magnitude"))
+    sign = 1.0 if results["higher_is_better"] else -1.0
+    drops = [_drop(results, r) for r in (snows, sgpt, mag)]
+    parts, verdicts = [], []
+    for name, row, share in (("SparseGPT", sgpt, 2), ("magnitude", mag, 4)):
+        interval = metric_interval(
+            results, [None, snows, row],
+            lambda d, s, o, share=share: np.maximum(0.0, sign * (d - o)) / share - sign * (d - s))
+        verdicts.append(verdict(interval))
+        if interval is not None:
+            parts.append(f"margin to {name} {_fmt(interval)}")
+    text = (f"- {model} {spec}: SNOWS K=3 drop {drops[0]:+.4f} vs SparseGPT {drops[1]:+.4f} (goal at most half) "
+            f"and magnitude {drops[2]:+.4f} (goal at most a quarter)")
+    if parts:
+        text += f"; 95% paired intervals of the allowed drop minus SNOWS's: {', '.join(parts)}"
+    return text + f": **{combine_verdicts(verdicts)}**"
+
+
+def perplexity_goal_line(spec: str, results: dict, rows: dict) -> str:
+    """The goal "SNOWS K=3's perplexity below SparseGPT's", with the per-sequence spread of the difference."""
+    snows, sgpt = rows[(spec, "snows-k3")], rows[(spec, "sparsegpt")]
+    increase = [_drop(results, r) for r in (snows, sgpt)]
+    interval = metric_interval(results, [snows, sgpt], lambda k, s: k - s)
+    text = (f"- SmolLM2 {spec}: perplexity increase SNOWS {increase[0]:+.2f} vs SparseGPT {increase[1]:+.2f} "
+            "(goal: below)")
+    if interval is None:
+        return text + f": **{NO_DATA}**"
+    per_sequence = [np.exp(np.asarray(r["per_sample"]["nll"]) / np.asarray(r["per_sample"]["tokens"]))
+                    for r in (snows, sgpt)]
+    spread = np.quantile(per_sequence[0] - per_sequence[1], [0.1, 0.5, 0.9])
+    text += (f"; SNOWS minus SparseGPT perplexity, 95% paired interval over the {len(per_sequence[0])} "
+             f"sequences {_fmt(interval, 2)}; per-sequence perplexity differences: median {spread[1]:+.2f}, "
+             f"10-90% {_fmt((spread[0], spread[2]), 2)}")
+    # The goal's margin is SparseGPT minus SNOWS, so its interval is the difference's, negated.
+    return text + f": **{verdict((-interval[1], -interval[0]), strict=True)}**"
 
 
 def default_losses(quality: dict[str, dict]) -> list[str]:
     """Every (model, sparsity) where SNOWS K=3 scores worse than another method, one line each.
 
     Example:
-        >>> results = {"metric": "top-1", "higher_is_better": True, "dense": {"top-1": 0.9}, "rows": [
-        ...     {"sparsity": "2:4", "method": "snows-k3", "scores": {"top-1": 0.80}},
-        ...     {"sparsity": "2:4", "method": "sparsegpt", "scores": {"top-1": 0.81}}]}
+        >>> results = {"metric": "top-1", "higher_is_better": True, "dense": {"top-1": 0.75}, "rows": [
+        ...     {"sparsity": "2:4", "method": "snows-k3", "scores": {"top-1": 0.5}},
+        ...     {"sparsity": "2:4", "method": "sparsegpt", "scores": {"top-1": 0.625}}]}
         >>> default_losses({"vit": results})
-        ['- vit 2:4: SNOWS K=3 0.8000 vs SparseGPT 0.8100 (worse by 0.0100)']
+        ['- vit 2:4: SNOWS K=3 0.5000 vs SparseGPT 0.6250 (worse by 0.1250; no per-sample data: rerun the benchmark)']
+        >>> results["rows"][0]["per_sample"] = {"n": 8, "correct": "8A=="}  # right on the first 4 of 8
+        >>> results["rows"][1]["per_sample"] = {"n": 8, "correct": "+A=="}  # right on the first 5 of 8
+        >>> default_losses({"vit": results})[0].split("; ")[1]
+        '95% interval [+0.0000, +0.3750])'
     """
     lines = []
     for model, results in quality.items():
@@ -149,7 +385,12 @@ def default_losses(quality: dict[str, dict]) -> list[str]:
                 theirs = other["scores"][metric]
                 worse = mine - theirs if not higher else theirs - mine
                 if worse > 0:
-                    lines.append(f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} (worse by {worse:.4f})")
+                    sign = 1.0 if higher else -1.0
+                    interval = metric_interval(results, [rows[(spec, "snows-k3")], other],
+                                               lambda a, b: sign * (b - a))
+                    noise = NO_DATA if interval is None else f"95% interval {_fmt(interval)}"
+                    lines.append(f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} "
+                                 f"(worse by {worse:.4f}; {noise})")
     return lines
 
 
