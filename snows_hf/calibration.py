@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .datasources import DEFAULT_DATASETS, RANDOM, model_modality, open_split
+from .datasources import DEFAULT_DATASETS, model_modality, open_split
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +154,9 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
         >>> cal["input_ids"].shape  # doctest: +SKIP
         torch.Size([8, 64])
     """
-    if cfg.dataset == RANDOM:
-        return random_calibration(model, cfg)
-    cfg = with_default_dataset(cfg, model)
-    if processor is None:
-        raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found with the model")
-    return calibration_from_split(load_dataset_split(cfg), cfg, model, processor)
+    from .data import prepare_run_data  # the one place that resolves random, default and named data
+
+    return prepare_run_data(cfg, model, processor)[0].calibration
 
 
 def calibration_from_split(split, cfg: CalibrationConfig, model: Any, processor: Any) -> dict[str, torch.Tensor]:

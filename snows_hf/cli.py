@@ -522,6 +522,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .report import dumps_json, format_metrics
 
     from .data import prepare_run_data
+    from .datasources import RANDOM
     from .recipe import data_settings_of
 
     base = data_settings_of(args.model) if os.path.isdir(os.path.expanduser(args.model)) else None
@@ -537,7 +538,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, dtype=args.dtype, **options)
     processor = _processor(args, model, processor)
     _check_seq_len(args, model)
-    if cal_cfg.dataset == "random":
+    if cal_cfg.dataset == RANDOM:
         raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
     data, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
     if data.evaluation is None:
