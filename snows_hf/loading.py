@@ -125,11 +125,16 @@ def check_remote_code(source: str, trust_remote_code: bool = False) -> None:
 
 def _code_map_files(source: str) -> Iterator[tuple[str, str]]:
     """``(file name, text)`` of the ``CODE_MAP_FILES`` that ``source`` has."""
+    for name, path in _code_map_paths(source):
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # absent or unreadable: transformers cannot use it
+            yield name, Path(path).read_text(encoding="utf-8")
+
+
+def _code_map_paths(source: str) -> Iterator[tuple[str, str]]:
+    """Where each of the ``CODE_MAP_FILES`` of ``source`` is: in its folder, or fetched alone from the Hub."""
     path = os.path.expanduser(source)
     if os.path.isdir(path):
-        for name in CODE_MAP_FILES:
-            with contextlib.suppress(OSError, UnicodeDecodeError):  # absent or unreadable: transformers cannot use it
-                yield name, Path(path, name).read_text(encoding="utf-8")
+        yield from ((name, os.path.join(path, name)) for name in CODE_MAP_FILES)
         return
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -142,8 +147,7 @@ def _code_map_files(source: str) -> Iterator[tuple[str, str]]:
             continue
         except (OSError, ValueError):  # no such repo, no network: what follows reports it
             return
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            yield name, Path(file).read_text(encoding="utf-8")
+        yield name, file
 
 
 def _clip(text: str, limit: int = 160) -> str:
