@@ -183,7 +183,7 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> Pre
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             values = [row.get(label_column) for _, row in picked] if label_column else []
             evaluation = EvalSet(task, inputs, _labels(values, label_column, rows, model, task, source))
-    ordered.close() if hasattr(ordered, "close") else None  # a stream stops reading here
+    ordered.close()  # a stream stops reading here
     source.update(calibration_rows=calib_rows, eval_rows=eval_rows)
     return PreparedData(calibration, evaluation, source)
 
