@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from .datasources import RANDOM
-from .provenance import Source, public_source
+from .provenance import Source, public_source_here
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +58,10 @@ def _sources(payload: dict[str, Any]) -> tuple[Source | None, Source | None]:
         >>> _sources({"source_model": "/home/me/llama", "data": {"dataset": "org/corpus"}})
         (Source(name='llama', on_hub=False), Source(name='org/corpus', on_hub=True))
     """
-    def published(value: str | None, repo_type: str) -> Source | None:
-        local = bool(value) and os.path.exists(os.path.expanduser(value))
-        return public_source(value, repo_type, local=local)
-
     dataset = (payload.get("data") or {}).get("dataset")
     if dataset == RANDOM:  # seeded noise, not a dataset
         dataset = None
-    return published(payload.get("source_model"), "model"), published(dataset, "dataset")
+    return public_source_here(payload.get("source_model"), "model"), public_source_here(dataset, "dataset")
 
 
 def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, repo_id: str | None = None,

@@ -164,7 +164,7 @@ def _document(path: Path) -> Any:
 def _publish_sources(document: Any, renamed: dict[str, str]) -> bool:
     """Replace, in place, the ``_SOURCE_FIELDS`` of ``document`` that name local paths by their
     public names, adding each ``original -> public`` to ``renamed``; whether any changed."""
-    from .provenance import public_source
+    from .provenance import public_source, public_source_here
 
     changed = False
     for keys, kind in _SOURCE_FIELDS.items():
@@ -174,8 +174,8 @@ def _publish_sources(document: Any, renamed: dict[str, str]) -> bool:
         value = parent.get(keys[-1]) if isinstance(parent, dict) else None
         if not isinstance(value, str) or not value:
             continue
-        on_disk = kind == "folder" or os.path.exists(os.path.expanduser(value))
-        source = public_source(value, "dataset" if kind == "dataset" else "model", local=on_disk)
+        repo_type = "dataset" if kind == "dataset" else "model"
+        source = public_source(value, local=True) if kind == "folder" else public_source_here(value, repo_type)
         public = source.name if source else None
         if public != value:
             parent[keys[-1]] = public

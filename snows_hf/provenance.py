@@ -13,6 +13,7 @@ passes ``local=True``.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import NamedTuple
 
@@ -64,6 +65,19 @@ def public_source(source: str | None, repo_type: str = "model", *, local: bool =
     if name in ("", ".", "..") or name.startswith("~"):  # no name in it, or "~user": a user name
         return None
     return Source(name, False)
+
+
+def public_source_here(source: str | None, repo_type: str = "model") -> Source | None:
+    """:func:`public_source` for a string this machine's run used: one naming something on
+    its disk is local even when it reads like a Hub id (a relative folder ``org/name``), as
+    it was when loaded.
+
+    Example:
+        >>> public_source_here("gpt2")
+        Source(name='gpt2', on_hub=True)
+    """
+    local = bool(source) and os.path.exists(os.path.expanduser(source))
+    return public_source(source, repo_type, local=local)
 
 
 def _cached_repo(parts: list[str], repo_type: str) -> str | None:
