@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .datasources import RANDOM
+from .data import RANDOM
 from .provenance import Source, public_source_here
 
 logger = logging.getLogger(__name__)

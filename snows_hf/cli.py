@@ -197,7 +197,7 @@ def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None,
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    from .calibration import CalibrationConfig
+    from .data import CalibrationConfig
 
     group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
     _add(group, CalibrationConfig, "dataset")
@@ -243,7 +243,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     calibration micro-batches in step with the others; the main one evaluates, saves and pushes.
     """
     from .activations import check_offload_dir
-    from .calibration import CalibrationConfig
+    from .data import CalibrationConfig
     from .config import PruneConfig
     from .checkpoint import CheckpointError, RunCheckpoint
     from .devices import resolve_device
@@ -337,8 +337,7 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     """Print what ``prune`` would do: traced without weights (meta device) when the
     family's code allows, else on the loaded weights. Writes nothing."""
-    from .calibration import random_calibration, with_default_dataset
-    from .datasources import RANDOM
+    from .data import RANDOM, random_calibration, with_default_dataset
     from .loading import load_model
     from .plan import empty_model, plan_run
 
@@ -515,14 +514,12 @@ def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
 
-    from .calibration import CalibrationConfig
+    from .data import RANDOM, CalibrationConfig, prepare_run_data
     from .devices import resolve_device, semi_structured_support
     from .evaluation import check_reference
     from .loading import load_model, quieted
     from .report import dumps_json, format_metrics
 
-    from .data import prepare_run_data
-    from .datasources import RANDOM
     from .recipe import data_settings_of
 
     base = data_settings_of(args.model) if os.path.isdir(os.path.expanduser(args.model)) else None
@@ -662,7 +659,7 @@ class _Evaluation:
 
 def _check_seq_len(args: argparse.Namespace, model: Any) -> None:
     """A --seq-len given here beyond the model's positions is refused (the default is shortened)."""
-    from .calibration import fit_seq_len
+    from .data import fit_seq_len
 
     if getattr(args, "seq_len", None) is not None:
         fit_seq_len(args.seq_len, model, explicit=True)

@@ -103,9 +103,8 @@ def run_demo(
     import datasets
 
     from .api import prune_
-    from .calibration import CalibrationConfig
     from .config import PruneConfig
-    from .data import prepare_data
+    from .data import CalibrationConfig, prepare_data
     from .evaluation import compute_metrics, cosine_to_reference, model_outputs
     from .export import check_output_dir, save_pruned
     from .loading import load_model

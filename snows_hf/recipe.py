@@ -51,7 +51,7 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
         >>> prune.sparsity, model
         ('2:4', 'HuggingFaceTB/SmolLM2-135M')
     """
-    from .calibration import CalibrationConfig
+    from .data import CalibrationConfig
     from .config import PruneConfig
 
     path = resolve_recipe(path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_llama, tiny_tokenizer, tiny_vit
 
-from snows_hf.calibration import CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len
+from snows_hf.data import CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len
 
 
 def _texts(n=20, words=25):

@@ -9,9 +9,8 @@ import pytest
 import torch
 from conftest import tiny_tokenizer, tiny_vit, tiny_llama
 
-from snows_hf.calibration import CalibrationConfig, load_dataset_split
 from snows_hf.cli import main
-from snows_hf.data import prepare_data
+from snows_hf.data import CalibrationConfig, load_dataset_split, prepare_data
 from snows_hf.evaluation import compute_metrics, model_outputs
 
 

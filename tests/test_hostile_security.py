@@ -189,7 +189,7 @@ def test_an_alias_bomb_recipe_is_refused_in_bounded_memory(tmp_path):
     assert len(_BOMB) < 600
     code = (
         "import resource, sys\n"
-        "import snows_hf.calibration, snows_hf.config, snows_hf.recipe, yaml\n"  # what loading a recipe imports
+        "import snows_hf.data, snows_hf.config, snows_hf.recipe, yaml\n"  # what loading a recipe imports
         "from snows_hf.cli import main\n"
         "size = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')) * 1024\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 2**29, size + 2**29))\n"  # 512 MiB more than the imports

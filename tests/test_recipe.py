@@ -3,7 +3,7 @@
 import pytest
 
 from snows_hf import PruneConfig
-from snows_hf.calibration import CalibrationConfig
+from snows_hf.data import CalibrationConfig
 from snows_hf.cli import main
 from snows_hf.recipe import load_recipe
 

@@ -72,8 +72,7 @@ def _cli(args: list[str], server, tmp_path) -> subprocess.CompletedProcess:
 _ROWS = """
 import json
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from snows_hf.calibration import CalibrationConfig
-from snows_hf.data import prepare_run_data
+from snows_hf.data import CalibrationConfig, prepare_run_data
 out = {{}}
 for seed in {seeds}:
     cfg = CalibrationConfig(dataset="tester/sharded", num_samples=64, seq_len=24, eval_samples=16, seed=seed)
@@ -189,8 +188,8 @@ def test_label_alignment(values, names, id2label, expected, note):
     import datasets
     from transformers import ViTConfig, ViTForImageClassification
 
-    from snows_hf.data import _labels
-    from snows_hf.datasources import SplitRows
+    from snows_hf.data import SplitRows
+    from snows_hf.data.preparation import _labels
 
     features = datasets.Features({"label": datasets.ClassLabel(names=names) if names else datasets.Value("int64")})
     rows = SplitRows(datasets.Dataset.from_dict({"label": values}, features=features))
@@ -207,8 +206,8 @@ def test_labels_outside_the_models_classes_are_refused():
     import datasets
     from transformers import ViTConfig, ViTForImageClassification
 
-    from snows_hf.data import _labels
-    from snows_hf.datasources import SplitRows
+    from snows_hf.data import SplitRows
+    from snows_hf.data.preparation import _labels
 
     rows = SplitRows(datasets.Dataset.from_dict({"label": [0, 6]}))
     model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,

@@ -2,9 +2,9 @@
 
 Text is tokenised with the model's own tokenizer and packed into ``seq_len``-token
 sequences; images go through the model's image processor. Sampling is seeded, so the same
-seed gives the same tensors. Hub datasets are streamed (:mod:`snows_hf.datasources`).
+seed gives the same tensors. Hub datasets are streamed (:mod:`snows_hf.data.sources`).
 Without a dataset, a default for the model's modality is used
-(:data:`~snows_hf.datasources.DEFAULT_DATASETS`); ``dataset="random"`` asks for seeded
+(:data:`~snows_hf.data.sources.DEFAULT_DATASETS`); ``dataset="random"`` asks for seeded
 random inputs of the right shape (enough for data-free masks and smoke tests).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .datasources import DEFAULT_DATASETS, model_modality, open_split
+from .sources import DEFAULT_DATASETS, model_modality, open_split
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class CalibrationConfig:
                             "(false: download and prepare the whole split first)"})
 
     def __post_init__(self) -> None:
-        from .config import _check_types, check_seed
+        from ..config import _check_types, check_seed
 
         _check_types(self)
         check_seed(self.seed)
@@ -133,7 +133,7 @@ def with_default_dataset(cfg: CalibrationConfig, model: Any) -> CalibrationConfi
 
 
 def load_dataset_split(cfg: CalibrationConfig):
-    """The rows of ``cfg``'s split (:class:`~snows_hf.datasources.SplitRows`, in ``cfg.seed`` order).
+    """The rows of ``cfg``'s split (:class:`~snows_hf.data.sources.SplitRows`, in ``cfg.seed`` order).
 
     Errors are one clear ``ValueError``: a missing path, an unreachable or gated Hub
     dataset, a bad split or configuration.
@@ -154,7 +154,7 @@ def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None)
         >>> cal["input_ids"].shape  # doctest: +SKIP
         torch.Size([8, 64])
     """
-    from .data import prepare_run_data  # the one place that resolves random, default and named data
+    from .preparation import prepare_run_data  # the one place that resolves random, default and named data
 
     return prepare_run_data(cfg, model, processor)[0].calibration
 
@@ -166,6 +166,6 @@ def calibration_from_split(split, cfg: CalibrationConfig, model: Any, processor:
         >>> split = datasets.Dataset.from_dict({"text": articles})  # doctest: +SKIP
         >>> calibration_from_split(split, CalibrationConfig(num_samples=16, seq_len=128), model, tokenizer)  # doctest: +SKIP
     """
-    from .data import prepare_data
+    from .preparation import prepare_data
 
     return prepare_data(split, cfg, model, processor).calibration

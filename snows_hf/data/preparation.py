@@ -1,6 +1,6 @@
 """One dataset split -> calibration tensors and a disjoint held-out evaluation set.
 
-Rows are visited in one seeded order (:class:`~snows_hf.datasources.SplitRows`: a
+Rows are visited in one seeded order (:class:`~snows_hf.data.sources.SplitRows`: a
 permutation of a local split, or shuffled shards through a shuffle buffer for a streamed
 one). Calibration takes rows from the front (texts packed into ``seq_len``-token
 sequences, images decoded through the model's processor); the evaluation set takes the
@@ -22,8 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .calibration import CalibrationConfig, _seq_len
-from .datasources import SplitRows, detect_column, model_modality
+from .config import CalibrationConfig, _seq_len
+from .sources import SplitRows, detect_column, model_modality
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def model_task(model: Any) -> str:
 def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval_samples: int = 0) -> PreparedData:
     """Calibration tensors and up to ``eval_samples`` held-out evaluation samples.
 
-    ``split`` is a :class:`~snows_hf.datasources.SplitRows` or a ``datasets.Dataset``
+    ``split`` is a :class:`~snows_hf.data.sources.SplitRows` or a ``datasets.Dataset``
     (visited in ``cfg.seed`` order).
 
     Example:
@@ -325,8 +325,8 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
         >>> used.dataset  # doctest: +SKIP
         'allenai/c4'
     """
-    from .calibration import random_calibration, with_default_dataset
-    from .datasources import RANDOM
+    from .config import random_calibration, with_default_dataset
+    from .sources import RANDOM
 
     if cfg.dataset == RANDOM:
         if fits_data:
@@ -338,7 +338,7 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
     cfg = with_default_dataset(cfg, model)
     if processor is None:
         raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
-    from .calibration import load_dataset_split
+    from .config import load_dataset_split
 
     data = prepare_data(load_dataset_split(cfg), cfg, model, processor, eval_samples)
     data.source.update(dataset=cfg.dataset, dataset_config=cfg.dataset_config, split=cfg.split)

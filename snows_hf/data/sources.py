@@ -16,7 +16,7 @@ Both are visited in one order fixed by the seed, the same on every run:
   bytes: it is not used.)
 
 Calibration takes rows from the front of the order and evaluation the rows after, so the
-two never share a row (:mod:`snows_hf.data`).
+two never share a row (:mod:`snows_hf.data.preparation`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""Calibration and held-out evaluation data: where rows come from and how they become tensors.
+
+- :mod:`~snows_hf.data.config`: :class:`CalibrationConfig`, the data settings of a run.
+- :mod:`~snows_hf.data.sources`: local files and folders, and streamed Hub splits, visited
+  in one seeded order; column detection.
+- :mod:`~snows_hf.data.preparation`: rows -> calibration tensors and a disjoint evaluation
+  set (:class:`PreparedData`); the resolution of random, default and named data.
+
+Example:
+    >>> from snows_hf.data import CalibrationConfig, build_calibration
+    >>> calibration = build_calibration(CalibrationConfig(dataset="data/train.jsonl"), model, tokenizer)  # doctest: +SKIP
+"""
+
+from .config import (CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len, load_dataset_split,
+                     random_calibration, with_default_dataset)
+from .preparation import EvalSet, PreparedData, match_class_names, model_task, prepare_data, prepare_run_data
+from .sources import DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local, open_split
+
+__all__ = [
+    "DEFAULT_DATASETS", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault", "EvalSet", "PreparedData",
+    "SplitRows", "build_calibration", "calibration_from_split", "detect_column", "fit_seq_len", "is_local",
+    "load_dataset_split", "match_class_names", "model_task", "open_split", "prepare_data", "prepare_run_data",
+    "random_calibration", "with_default_dataset",
+]
