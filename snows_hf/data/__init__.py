@@ -11,14 +11,16 @@ Example:
     >>> calibration = build_calibration(CalibrationConfig(dataset="data/train.jsonl"), model, tokenizer)  # doctest: +SKIP
 """
 
-from .config import (CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len, load_dataset_split,
-                     random_calibration, with_default_dataset)
-from .preparation import EvalSet, PreparedData, match_class_names, model_task, prepare_data, prepare_run_data
-from .sources import DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local, open_split
+from .config import CalibrationConfig
+from .preparation import (EvalSet, PreparedData, build_calibration, calibration_from_split, class_indices, fit_seq_len,
+                          match_class_names, model_task, prepare_data, prepare_run_data, random_calibration,
+                          with_default_dataset)
+from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local,
+                      load_dataset_split, open_split)
 
 __all__ = [
     "DEFAULT_DATASETS", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault", "EvalSet", "PreparedData",
-    "SplitRows", "build_calibration", "calibration_from_split", "detect_column", "fit_seq_len", "is_local",
-    "load_dataset_split", "match_class_names", "model_task", "open_split", "prepare_data", "prepare_run_data",
-    "random_calibration", "with_default_dataset",
+    "SplitRows", "build_calibration", "calibration_from_split", "class_indices", "detect_column", "fit_seq_len",
+    "is_local", "load_dataset_split", "match_class_names", "model_task", "open_split", "prepare_data",
+    "prepare_run_data", "random_calibration", "with_default_dataset",
 ]

@@ -1,19 +1,26 @@
-"""One dataset split -> calibration tensors and a disjoint held-out evaluation set.
+"""Rows -> calibration tensors and a disjoint held-out evaluation set.
 
-Rows are visited in one seeded order (:class:`~snows_hf.data.sources.SplitRows`: a
-permutation of a local split, or shuffled shards through a shuffle buffer for a streamed
-one). Calibration takes rows from the front (texts packed into ``seq_len``-token
-sequences, images decoded through the model's processor); the evaluation set takes the
-rows that follow, so the two never share a row. Which rows each used is recorded, with
-the split, in :attr:`PreparedData.source`.
+Text is tokenised with the model's own tokenizer and packed into ``seq_len``-token
+sequences; images go through the model's image processor. Rows are visited in one seeded
+order (:class:`~snows_hf.data.sources.SplitRows`: a permutation of a local split, or
+shuffled shards through a shuffle buffer for a streamed one), so the same seed gives the
+same tensors. Calibration takes rows from the front; the evaluation set takes the rows
+that follow, so the two never share a row. Which rows each used is recorded, with the
+split, in :attr:`PreparedData.source`.
 
 What is evaluated follows the model's head: classifiers get their inputs one sample per
 row with labels; causal LMs get packed held-out sequences (perplexity); bare encoders
 get one sample per row (embeddings), with labels when the data has them.
+
+:func:`prepare_run_data` resolves what a run reads: without a dataset, the default of
+the model's modality (:data:`~snows_hf.data.sources.DEFAULT_DATASETS`); with
+``dataset="random"``, seeded random inputs of the right shape (enough for data-free
+masks and smoke tests); else the named dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -22,8 +29,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .config import CalibrationConfig, _seq_len
-from .sources import SplitRows, detect_column, model_modality
+from .config import CalibrationConfig
+from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, model_modality
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,102 @@ class PreparedData:
     calibration: dict[str, torch.Tensor]
     evaluation: EvalSet | None
     source: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_seq_len(seq_len: int, model: Any, explicit: bool = False) -> int:
+    """``seq_len`` held against the model's positions (``max_position_embeddings``).
+
+    Within them, or for a model without a limit, it is kept. Beyond them, a length the
+    user chose (``explicit``) is refused, as asking for positions the model lacks is a
+    mistake to report, not to hide; a length nobody chose (the default) is shortened to
+    the limit, said in one info line.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=128))
+        >>> fit_seq_len(512, model)
+        128
+        >>> fit_seq_len(512, model, explicit=True)
+        Traceback (most recent call last):
+        ValueError: seq_len 512 exceeds the model's 128 positions (max_position_embeddings); use a seq_len of 128 or less
+    """
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None or seq_len <= limit:
+        return seq_len
+    if explicit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions (max_position_embeddings); "
+                         f"use a seq_len of {limit} or less")
+    logger.info("seq_len %d exceeds the model's %d positions; using %d", seq_len, limit, limit)
+    return limit
+
+
+def _seq_len(cfg: CalibrationConfig, model: Any) -> int:
+    """The length ``cfg`` asks for, as :func:`fit_seq_len` fits it to ``model`` (the command
+    line refuses an explicit --seq-len beyond the model's positions before any data is read)."""
+    return fit_seq_len(cfg.seq_len, model)
+
+
+def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Tensor]:
+    """Seeded random inputs shaped like the model's own (token ids or pixel values).
+
+    Example:
+        >>> batch = random_calibration(vit, CalibrationConfig(num_samples=4))  # doctest: +SKIP
+        >>> batch["pixel_values"].shape  # doctest: +SKIP
+        torch.Size([4, 3, 224, 224])
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    config = model.config
+    if model_modality(model) == "image":
+        size = getattr(config, "image_size", 224)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(cfg.num_samples, channels, *size, generator=generator)}
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is None:
+        raise ValueError("cannot make random calibration inputs for this model: pass --dataset")
+    ids = torch.randint(0, vocab, (cfg.num_samples, _seq_len(cfg, model)), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def with_default_dataset(cfg: CalibrationConfig, model: Any) -> CalibrationConfig:
+    """``cfg`` itself when it names a dataset (or ``random``), else ``cfg`` with the
+    default dataset of the model's modality filled in (columns the user set are kept),
+    said in one log line.
+
+    Example:
+        >>> with_default_dataset(CalibrationConfig(), llama).dataset  # doctest: +SKIP
+        'allenai/c4'
+    """
+    if cfg.dataset is not None:
+        return cfg
+    default = DEFAULT_DATASETS[model_modality(model)]
+    logger.info("no dataset given: calibrating on %s (%s, split %s, streamed), %s; pass --dataset PATH for your own "
+                "data or --dataset random for seeded noise", default.dataset, default.config, default.split, default.why)
+    columns = {name: getattr(cfg, name) or getattr(default, name) for name in ("text_column", "image_column", "label_column")}
+    return dataclasses.replace(cfg, dataset=default.dataset, dataset_config=default.config, split=default.split, **columns)
+
+
+def build_calibration(cfg: CalibrationConfig, model: Any, processor: Any = None) -> dict[str, torch.Tensor]:
+    """Calibration tensors for ``model``: from ``cfg.dataset`` (the modality's default when
+    ``None``), or seeded random inputs when it is ``"random"``.
+
+    Example:
+        >>> cal = build_calibration(CalibrationConfig(dataset="bbc.jsonl", num_samples=8, seq_len=64),
+        ...                         model, tokenizer)  # doctest: +SKIP
+        >>> cal["input_ids"].shape  # doctest: +SKIP
+        torch.Size([8, 64])
+    """
+    return prepare_run_data(cfg, model, processor)[0].calibration
+
+
+def calibration_from_split(split, cfg: CalibrationConfig, model: Any, processor: Any) -> dict[str, torch.Tensor]:
+    """Calibration tensors from an already loaded ``datasets.Dataset`` (rows in a ``cfg.seed`` order).
+
+    Example:
+        >>> split = datasets.Dataset.from_dict({"text": articles})  # doctest: +SKIP
+        >>> calibration_from_split(split, CalibrationConfig(num_samples=16, seq_len=128), model, tokenizer)  # doctest: +SKIP
+    """
+    return prepare_data(split, cfg, model, processor).calibration
 
 
 def model_task(model: Any) -> str:
@@ -147,7 +250,7 @@ def _images(rows, cfg, model, processor, eval_samples, task, label_column) -> Pr
 
     evaluation, source = None, {}
     if held:
-        labels = _labels([value for _, _, value in held], label_column, rows, model, task, source)
+        labels = class_indices([value for _, _, value in held], label_column, rows, model, task, source)
         evaluation = EvalSet(task, {"pixel_values": pixels(held)}, labels)
     source.update(calibration_rows=[r for r, _, _ in calib], eval_rows=[r for r, _, _ in held], skipped_images=skipped)
     return PreparedData({"pixel_values": pixels(calib)}, evaluation, source)
@@ -182,7 +285,7 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> Pre
             enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             values = [row.get(label_column) for _, row in picked] if label_column else []
-            evaluation = EvalSet(task, inputs, _labels(values, label_column, rows, model, task, source))
+            evaluation = EvalSet(task, inputs, class_indices(values, label_column, rows, model, task, source))
     ordered.close()  # a stream stops reading here
     source.update(calibration_rows=calib_rows, eval_rows=eval_rows)
     return PreparedData(calibration, evaluation, source)
@@ -211,7 +314,7 @@ def _pack(rows: Iterator[tuple[Any, dict]], column: str, tokenizer, count: int, 
 # ---------------------------------------------------------------------------- labels
 
 
-def _labels(values: list, column: str | None, rows: SplitRows, model: Any, task: str, source: dict) -> torch.Tensor | None:
+def class_indices(values: list, column: str | None, rows: SplitRows, model: Any, task: str, source: dict) -> torch.Tensor | None:
     """Class indices of the model for ``values`` of the label column.
 
     Bare encoders number the dataset's classes in sorted order (a linear probe's classes).
@@ -221,6 +324,13 @@ def _labels(values: list, column: str | None, rows: SplitRows, model: Any, task:
     labels at all (only top-1 agreement with the dense model is reported). Unnamed integer
     labels are taken as the model's indices and must lie within its classes. What was
     done is recorded in ``source["labels"]``.
+
+    Example:
+        >>> source = {}
+        >>> class_indices(["dog", "cat", "bird"], "label", rows, vit_cats_and_dogs, "classification", source)  # doctest: +SKIP
+        tensor([ 1,  0, -1])
+        >>> source["labels"]  # doctest: +SKIP
+        'matched by name: 2 of 3 samples (not: bird)'
     """
     if column is None or not values:
         return None
@@ -325,9 +435,6 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
         >>> used.dataset  # doctest: +SKIP
         'allenai/c4'
     """
-    from .config import random_calibration, with_default_dataset
-    from .sources import RANDOM
-
     if cfg.dataset == RANDOM:
         if fits_data:
             logger.warning("calibrating on random inputs (dataset 'random'): the mask statistics and the re-fit are "
@@ -338,8 +445,6 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
     cfg = with_default_dataset(cfg, model)
     if processor is None:
         raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
-    from .config import load_dataset_split
-
     data = prepare_data(load_dataset_split(cfg), cfg, model, processor, eval_samples)
     data.source.update(dataset=cfg.dataset, dataset_config=cfg.dataset_config, split=cfg.split)
     return data, cfg

@@ -27,6 +27,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from .config import CalibrationConfig
+
 logger = logging.getLogger(__name__)
 
 RANDOM = "random"
@@ -257,6 +259,18 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
         if len(data) == 0:
             raise ValueError(f"dataset {dataset!r} split {split!r} is empty")
     return SplitRows(data, seed, name=f"dataset {dataset!r}")
+
+
+def load_dataset_split(cfg: CalibrationConfig):
+    """The rows of ``cfg``'s split (:class:`SplitRows`, in ``cfg.seed`` order).
+
+    Errors are one clear ``ValueError``: a missing path, an unreachable or gated Hub
+    dataset, a bad split or configuration.
+
+    Example:
+        >>> rows = load_dataset_split(CalibrationConfig(dataset="data/train.jsonl"))  # doctest: +SKIP
+    """
+    return open_split(cfg.dataset, cfg.dataset_config, cfg.split, streaming=cfg.streaming, seed=cfg.seed)
 
 
 def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException) -> str:
