@@ -425,7 +425,7 @@ def checkpoint_dir(output_dir: str) -> str:
 def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
                     load_options: dict[str, Any], checkpoint: Any, log: _RunLog) -> int:
     from .api import prune_
-    from .data import prepare_run_data
+    from .data import pick_processor, prepare_run_data
     from .export import check_free_space, model_bytes, save_pruned
     from .loading import load_model
     from .methods import get_method
@@ -436,7 +436,7 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
     with phases("load"):
         model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code,
                                       allow_pickle=args.allow_pickle, **load_options)
-        processor = _processor(args, model, processor)
+        processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
     _check_seq_len(args, model)
     if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
         check_free_space(output_dir, 2 * model_bytes(model))
@@ -514,7 +514,7 @@ def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
 
-    from .data import RANDOM, CalibrationConfig, prepare_run_data
+    from .data import RANDOM, CalibrationConfig, pick_processor, prepare_run_data
     from .devices import resolve_device, semi_structured_support
     from .evaluation import check_reference
     from .loading import load_model, quieted
@@ -533,7 +533,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(getattr(args, "device", "auto"))  # an absent device fails before any loading
     options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     model, processor = load_model(args.model, dtype=args.dtype, **options)
-    processor = _processor(args, model, processor)
+    processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
     _check_seq_len(args, model)
     if cal_cfg.dataset == RANDOM:
         raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
@@ -663,17 +663,6 @@ def _check_seq_len(args: argparse.Namespace, model: Any) -> None:
 
     if getattr(args, "seq_len", None) is not None:
         fit_seq_len(args.seq_len, model, explicit=True)
-
-
-def _processor(args: argparse.Namespace, model: Any, processor: Any) -> Any:
-    if not getattr(args, "processor", None):
-        return processor
-    from .loading import load_processor
-
-    loaded = load_processor(args.processor, model, trust_remote_code=getattr(args, "trust_remote_code", False))
-    if loaded is None:
-        raise ValueError(f"--processor {args.processor!r} holds no tokenizer or image processor for this model")
-    return loaded
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

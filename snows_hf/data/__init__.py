@@ -13,7 +13,7 @@ Example:
 
 from .config import CalibrationConfig
 from .preparation import (EvalSet, PreparedData, build_calibration, calibration_from_split, class_indices, fit_seq_len,
-                          match_class_names, model_task, prepare_data, prepare_run_data, random_calibration,
+                          match_class_names, model_task, pick_processor, prepare_data, prepare_run_data, random_calibration,
                           with_default_dataset)
 from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local,
                       load_dataset_split, open_split)
@@ -21,6 +21,6 @@ from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, 
 __all__ = [
     "DEFAULT_DATASETS", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault", "EvalSet", "PreparedData",
     "SplitRows", "build_calibration", "calibration_from_split", "class_indices", "detect_column", "fit_seq_len",
-    "is_local", "load_dataset_split", "match_class_names", "model_task", "open_split", "prepare_data",
+    "is_local", "load_dataset_split", "match_class_names", "model_task", "open_split", "pick_processor", "prepare_data",
     "prepare_run_data", "random_calibration", "with_default_dataset",
 ]

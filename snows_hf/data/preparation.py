@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..loading import load_processor
 from .config import CalibrationConfig
 from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, model_modality
 
@@ -94,6 +95,22 @@ def _seq_len(cfg: CalibrationConfig, model: Any) -> int:
     """The length ``cfg`` asks for, as :func:`fit_seq_len` fits it to ``model`` (the command
     line refuses an explicit --seq-len beyond the model's positions before any data is read)."""
     return fit_seq_len(cfg.seq_len, model)
+
+
+def pick_processor(model: Any, processor: Any, override: str | None = None, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer or image processor a run reads its data with: ``processor`` (the
+    model's own), or the one at ``override`` (a folder or Hub id) when one is named.
+
+    Example:
+        >>> model, tokenizer = load_model("my-llama")  # doctest: +SKIP
+        >>> tokenizer = pick_processor(model, tokenizer, "my-org/other-tokenizer")  # doctest: +SKIP
+    """
+    if not override:
+        return processor
+    loaded = load_processor(override, model, trust_remote_code=trust_remote_code)
+    if loaded is None:
+        raise ValueError(f"--processor {override!r} holds no tokenizer or image processor for this model")
+    return loaded
 
 
 def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Tensor]:
