@@ -337,12 +337,12 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     """Print what ``prune`` would do: traced without weights (meta device) when the
     family's code allows, else on the loaded weights. Writes nothing."""
-    from .data import RANDOM, random_calibration, with_default_dataset
+    from .data import RANDOM, check_seq_len, random_calibration, with_default_dataset
     from .loading import load_model
     from .plan import empty_model, plan_run
 
     model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
-    _check_seq_len(args, model)
+    check_seq_len(cal_cfg, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
     cal_cfg = with_default_dataset(cal_cfg, model)
     source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
@@ -425,7 +425,7 @@ def checkpoint_dir(output_dir: str) -> str:
 def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
                     load_options: dict[str, Any], checkpoint: Any, log: _RunLog) -> int:
     from .api import prune_
-    from .data import pick_processor, prepare_run_data
+    from .data import check_seq_len, pick_processor, prepare_run_data
     from .export import check_free_space, model_bytes, save_pruned
     from .loading import load_model
     from .methods import get_method
@@ -437,7 +437,7 @@ def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_
         model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code,
                                       allow_pickle=args.allow_pickle, **load_options)
         processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
-    _check_seq_len(args, model)
+    check_seq_len(cal_cfg, model)
     if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
         check_free_space(output_dir, 2 * model_bytes(model))
     with phases("data"):
@@ -514,7 +514,7 @@ def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
 
-    from .data import RANDOM, CalibrationConfig, pick_processor, prepare_run_data
+    from .data import RANDOM, CalibrationConfig, check_seq_len, pick_processor, prepare_run_data
     from .devices import resolve_device, semi_structured_support
     from .evaluation import check_reference
     from .loading import load_model, quieted
@@ -534,7 +534,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     model, processor = load_model(args.model, dtype=args.dtype, **options)
     processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
-    _check_seq_len(args, model)
+    check_seq_len(cal_cfg, model)
     if cal_cfg.dataset == RANDOM:
         raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
     data, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
@@ -655,14 +655,6 @@ class _Evaluation:
 
     def figures(self) -> dict[str, Any]:
         return {"task": self.eval_set.task, "samples": len(self.eval_set), **self.metrics}
-
-
-def _check_seq_len(args: argparse.Namespace, model: Any) -> None:
-    """A --seq-len given here beyond the model's positions is refused (the default is shortened)."""
-    from .data import fit_seq_len
-
-    if getattr(args, "seq_len", None) is not None:
-        fit_seq_len(args.seq_len, model, explicit=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
         >>> prune.sparsity, model
         ('2:4', 'HuggingFaceTB/SmolLM2-135M')
     """
-    from .data import CalibrationConfig
+    from .data import CalibrationConfig, read_recipe_data
     from .config import PruneConfig
 
     path = resolve_recipe(path)
@@ -66,7 +66,7 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
     prune = _build(PruneConfig, _upgrade(raw["prune"]), "prune", path)
-    data = _build(CalibrationConfig, raw["data"], "data", path) if raw.get("data") is not None else None
+    data = _build(CalibrationConfig, read_recipe_data(raw["data"]), "data", path) if raw.get("data") is not None else None
     return prune, data, model
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import tiny_llama, tiny_tokenizer, tiny_vit
 
-from snows_hf.data import CalibrationConfig, build_calibration, calibration_from_split, fit_seq_len
+from snows_hf.data import (DEFAULT_SEQ_LEN, CalibrationConfig, build_calibration, calibration_from_split, check_seq_len,
+                           fit_seq_len, prepare_run_data)
+from snows_hf.recipe import load_recipe
 
 
 def _texts(n=20, words=25):
@@ -35,9 +37,33 @@ def test_fewer_samples_than_asked_uses_all(caplog):
 
 def test_seq_len_capped_at_model_positions(caplog):
     with caplog.at_level("INFO", logger="snows_hf"):
-        cal = build_calibration(CalibrationConfig(dataset="random", num_samples=2, seq_len=4096), tiny_llama())
+        cal = build_calibration(CalibrationConfig(dataset="random", num_samples=2), tiny_llama())  # the default, 512
     assert cal["input_ids"].shape == (2, 128)
     assert [r.levelname for r in caplog.records if "exceeds the model's 128 positions" in r.getMessage()] == ["INFO"]
+
+
+def test_a_seq_len_that_is_set_is_explicit_and_the_run_records_the_length_used(tmp_path):
+    """seq_len=None is the default (shortened to the model's positions); a set one is
+    refused beyond them, by the library as by the command line."""
+    llama = tiny_llama()  # 128 positions
+    with pytest.raises(ValueError, match=r"^seq_len 4096 exceeds the model's 128 positions"):
+        build_calibration(CalibrationConfig(dataset="random", num_samples=2, seq_len=4096), llama)
+    with pytest.raises(ValueError, match=r"^seq_len 4096 exceeds the model's 128 positions"):
+        check_seq_len(CalibrationConfig(seq_len=4096), llama)
+    check_seq_len(CalibrationConfig(), llama)  # the default is shortened, not refused
+    assert prepare_run_data(CalibrationConfig(dataset="random", num_samples=2), llama, None)[1].seq_len == 128
+    assert prepare_run_data(CalibrationConfig(dataset="random", num_samples=2, seq_len=16), llama, None)[1].seq_len == 16
+    assert prepare_run_data(CalibrationConfig(dataset="random", num_samples=2), tiny_vit(), None)[1].seq_len == DEFAULT_SEQ_LEN
+
+
+@pytest.mark.parametrize("written, read", [(512, None), (128, 128), (16, 16)])
+def test_a_recipes_seq_len_of_512_reads_as_the_default(tmp_path, written, read):
+    """Recipes written while seq_len defaulted to 512 hold 512 also where the model's
+    positions shortened it: they rerun as they ran, shortened rather than refused."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"prune: {{sparsity: '2:4'}}\ndata: {{dataset: random, seq_len: {written}}}\n")
+    assert load_recipe(path)[1].seq_len == read
+    assert build_calibration(load_recipe(path)[1], tiny_llama())["input_ids"].shape[1] == min(written, 128)
 
 
 def test_an_explicit_seq_len_beyond_the_positions_is_refused_and_the_default_shortened():

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..loading import load_processor
-from .config import CalibrationConfig
+from .config import DEFAULT_SEQ_LEN, CalibrationConfig
 from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, model_modality
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,9 @@ class PreparedData:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def fit_seq_len(seq_len: int, model: Any, explicit: bool = False) -> int:
-    """``seq_len`` held against the model's positions (``max_position_embeddings``).
+def fit_seq_len(seq_len: int | None, model: Any, explicit: bool = False) -> int:
+    """``seq_len`` (``None``: :data:`~snows_hf.data.config.DEFAULT_SEQ_LEN`) held against
+    the model's positions (``max_position_embeddings``).
 
     Within them, or for a model without a limit, it is kept. Beyond them, a length the
     user chose (``explicit``) is refused, as asking for positions the model lacks is a
@@ -81,6 +82,7 @@ def fit_seq_len(seq_len: int, model: Any, explicit: bool = False) -> int:
         Traceback (most recent call last):
         ValueError: seq_len 512 exceeds the model's 128 positions (max_position_embeddings); use a seq_len of 128 or less
     """
+    seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is None or seq_len <= limit:
         return seq_len
@@ -91,10 +93,23 @@ def fit_seq_len(seq_len: int, model: Any, explicit: bool = False) -> int:
     return limit
 
 
+def check_seq_len(cfg: CalibrationConfig, model: Any) -> None:
+    """Refuse a ``cfg.seq_len`` beyond the model's positions, before any data is read
+    (an unset one is the default, which is shortened instead).
+
+    Example:
+        >>> check_seq_len(CalibrationConfig(seq_len=4096), gpt2)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: seq_len 4096 exceeds the model's 1024 positions (max_position_embeddings); use a seq_len of 1024 or less
+    """
+    if cfg.seq_len is not None:
+        fit_seq_len(cfg.seq_len, model, explicit=True)
+
+
 def _seq_len(cfg: CalibrationConfig, model: Any) -> int:
-    """The length ``cfg`` asks for, as :func:`fit_seq_len` fits it to ``model`` (the command
-    line refuses an explicit --seq-len beyond the model's positions before any data is read)."""
-    return fit_seq_len(cfg.seq_len, model)
+    """The length ``cfg`` gets on ``model``: its own (refused beyond the model's positions),
+    or the default (shortened to them)."""
+    return fit_seq_len(cfg.seq_len, model, explicit=cfg.seq_len is not None)
 
 
 def pick_processor(model: Any, processor: Any, override: str | None = None, *, trust_remote_code: bool = False) -> Any:
@@ -442,7 +457,8 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
                      fits_data: bool = True) -> tuple[PreparedData, CalibrationConfig]:
     """A run's data: calibration tensors and held-out evaluation samples, plus the data
     settings as used (``cfg`` with the modality's default dataset filled in when it named
-    none, for the recipe and for ``eval`` to find the same held-out rows).
+    none, and with the ``seq_len`` the model got: for the recipe, and for ``eval`` to find
+    the same held-out rows).
 
     ``dataset="random"`` gives seeded noise and nothing to evaluate on; with a method that
     fits what it sees (``fits_data``) a warning names the consequence.
@@ -458,10 +474,13 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
                            "fitted to noise, which damages real accuracy (magnitude masks alone ignore data)")
         if eval_samples:
             logger.warning("random inputs leave nothing to evaluate on: no dense/pruned evaluation")
+        cfg = dataclasses.replace(cfg, seq_len=_seq_len(cfg, model))
         return PreparedData(random_calibration(model, cfg), None, {"dataset": RANDOM, "seed": cfg.seed}), cfg
     cfg = with_default_dataset(cfg, model)
     if processor is None:
         raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
-    data = prepare_data(load_dataset_split(cfg), cfg, model, processor, eval_samples)
+    split = load_dataset_split(cfg)
+    cfg = dataclasses.replace(cfg, seq_len=_seq_len(cfg, model))
+    data = prepare_data(split, cfg, model, processor, eval_samples)
     data.source.update(dataset=cfg.dataset, dataset_config=cfg.dataset_config, split=cfg.split)
     return data, cfg
