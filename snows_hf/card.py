@@ -17,19 +17,13 @@ from typing import Any
 
 from .data import RANDOM
 from .provenance import Source, public_source_here
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "model_card.md"
 PLOT_FILE = "sparsity_per_layer.png"
 
-_TASKS = {  # model_task -> (pipeline tag, Auto class); images and texts differ for two of them
-    ("classification", True): ("image-classification", "AutoModelForImageClassification"),
-    ("classification", False): ("text-classification", "AutoModelForSequenceClassification"),
-    ("causal-lm", False): ("text-generation", "AutoModelForCausalLM"),
-    ("embedding", True): ("image-feature-extraction", "AutoModel"),
-    ("embedding", False): ("feature-extraction", "AutoModel"),
-}
 _METRIC_NAMES = {"top1_accuracy": "accuracy", "top5_accuracy": "top-5 accuracy", "perplexity": "perplexity",
                  "cosine_to_dense": "cosine to dense embeddings", "linear_probe_accuracy": "linear-probe accuracy",
                  "top1_agreement": "top-1 agreement with dense", "nll_per_token": "NLL per token"}
@@ -42,10 +36,8 @@ def pipeline_and_auto_class(model: Any) -> tuple[str, str]:
         >>> pipeline_and_auto_class(LlamaForCausalLM(config))  # doctest: +SKIP
         ('text-generation', 'AutoModelForCausalLM')
     """
-    from .data import model_task
-
-    image = getattr(model, "main_input_name", "") == "pixel_values"
-    return _TASKS.get((model_task(model), image), _TASKS[("embedding", image)])
+    task = task_of(model)
+    return task.pipeline_tag, task.auto_class
 
 
 def _sources(payload: dict[str, Any]) -> tuple[Source | None, Source | None]:

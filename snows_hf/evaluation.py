@@ -1,10 +1,56 @@
-"""Before/after measurements of a pruned model against its dense self."""
+"""Before/after measurements of a pruned model against its dense self.
+
+How a model is measured follows its head: an :class:`Evaluation` says what is taken from
+each batch and which metrics follow, and how the held-out set is built for it. Each task
+of :mod:`snows_hf.tasks` names one of :data:`CLASSIFICATION`, :data:`CAUSAL_LM` and
+:data:`EMBEDDING`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+
+from .metrics import load_metric
+
+Outputs = dict[str, torch.Tensor]
+
+LABEL_CLASSES = ("model", "dataset")
+"""How held-out labels are numbered: by the model's classes (matched by name), or by the
+dataset's own classes in sorted order (a linear probe's)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How models of one kind are measured on held-out samples.
+
+    Attributes:
+        name: what report.json calls it (``classification``, ``causal-lm``, ``embedding``).
+        outputs: ``(model, batch) -> {name: one tensor row per sample}``, what the metrics
+            need from one model on one batch.
+        metrics: ``(eval_set, outputs, reference) -> {metric: value}``; ``reference`` is
+            the dense model's outputs on the same samples, or ``None``.
+        labels: how held-out labels are numbered (one of :data:`LABEL_CLASSES`), or
+            ``None`` when none are read.
+        packed: held-out text is packed into ``seq_len``-token sequences (one sample per
+            sequence) rather than taken one sample per row.
+
+    Example:
+        >>> CLASSIFICATION.name, CLASSIFICATION.labels, CAUSAL_LM.packed
+        ('classification', 'model', True)
+    """
+
+    name: str
+    outputs: Callable[[Any, Outputs], Outputs]
+    metrics: Callable[[Any, Outputs, Outputs | None], dict[str, float]]
+    labels: str | None = None
+    packed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and self.labels not in LABEL_CLASSES:
+            raise ValueError(f"labels must be one of {', '.join(LABEL_CLASSES)} or None, got {self.labels!r}")
 
 
 def cosine_to_reference(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -30,7 +76,8 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @torch.no_grad()
 def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """What the metrics need from one model on an :class:`~snows_hf.data.EvalSet`.
+    """What the metrics need from one model on an :class:`~snows_hf.data.EvalSet` (its
+    evaluation's :attr:`~Evaluation.outputs`, batch by batch).
 
     ``classification``: ``logits``; ``causal-lm``: summed next-token ``nll`` and scored
     ``tokens`` per sequence; ``embedding``: L2-normalised pooled ``embeddings``.
@@ -49,7 +96,7 @@ def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, 
         for i in range(0, len(eval_set), batch_size):
             batch = {k: v[i : i + batch_size].to(device, dtype=dtype if v.is_floating_point() else v.dtype)
                      for k, v in eval_set.inputs.items()}
-            for key, value in _batch_outputs(model, eval_set.task, batch).items():
+            for key, value in eval_set.evaluation.outputs(model, batch).items():
                 chunks.setdefault(key, []).append(value.float().cpu())
     finally:
         model.train(was_training)
@@ -99,15 +146,19 @@ def check_reference(model: Any, reference: Any) -> None:
             raise ValueError(f"the reference has {size} {theirs}, the model {mine}: their outputs cannot be compared")
 
 
-def _batch_outputs(model: Any, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if task == "classification":
-        return {"logits": model(**batch).logits}
-    if task == "causal-lm":
-        logits = model(**batch).logits[:, :-1]
-        targets = batch["input_ids"][:, 1:]
-        keep = batch["attention_mask"][:, 1:].bool()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
-        return {"nll": (nll * keep).sum(1), "tokens": keep.sum(1)}
+def _logits(model: Any, batch: Outputs) -> Outputs:
+    return {"logits": model(**batch).logits}
+
+
+def _next_token_nll(model: Any, batch: Outputs) -> Outputs:
+    logits = model(**batch).logits[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    keep = batch["attention_mask"][:, 1:].bool()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+    return {"nll": (nll * keep).sum(1), "tokens": keep.sum(1)}
+
+
+def _pooled_embeddings(model: Any, batch: Outputs) -> Outputs:
     out = model(**batch)
     hidden = out.last_hidden_state
     if hidden.dim() == 3 and "attention_mask" in batch:  # text: masked mean, as sentence-transformers does
@@ -120,8 +171,9 @@ def _batch_outputs(model: Any, task: str, batch: dict[str, torch.Tensor]) -> dic
     return {"embeddings": torch.nn.functional.normalize(pooled.float(), dim=-1)}
 
 
-def compute_metrics(eval_set: Any, outputs: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """Metrics of one model's ``outputs`` (from :func:`model_outputs`), through ``evaluate``.
+def compute_metrics(eval_set: Any, outputs: Outputs, reference: Outputs | None = None) -> dict[str, float]:
+    """Metrics of one model's ``outputs`` (from :func:`model_outputs`), through ``evaluate``
+    (its evaluation's :attr:`~Evaluation.metrics`).
 
     ``reference`` is the dense model's outputs on the same samples: it adds top-1
     agreement for classifiers and cosine similarity for embeddings.
@@ -130,25 +182,32 @@ def compute_metrics(eval_set: Any, outputs: dict[str, torch.Tensor], reference: 
         >>> compute_metrics(data.evaluation, model_outputs(pruned, data.evaluation), dense_outputs)  # doctest: +SKIP
         {'top1_accuracy': 0.87, 'top5_accuracy': 0.99, 'top1_agreement': 0.95}
     """
-    from .metrics import load_metric
+    return eval_set.evaluation.metrics(eval_set, outputs, reference)
 
+
+def _perplexity(eval_set: Any, outputs: Outputs, reference: Outputs | None) -> dict[str, float]:
+    result = load_metric("perplexity_from_nll").compute(
+        predictions=outputs["nll"].double().tolist(), references=outputs["tokens"].long().tolist()
+    )
+    return {"perplexity": result["perplexity"], "nll_per_token": result["nll_per_token"]}
+
+
+def _classification_metrics(eval_set: Any, outputs: Outputs, reference: Outputs | None) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    if eval_set.task == "causal-lm":
-        result = load_metric("perplexity_from_nll").compute(
-            predictions=outputs["nll"].double().tolist(), references=outputs["tokens"].long().tolist()
-        )
-        return {"perplexity": result["perplexity"], "nll_per_token": result["nll_per_token"]}
-    if eval_set.task == "classification":
-        logits = outputs["logits"]
-        labelled = eval_set.labels >= 0 if eval_set.labels is not None else None  # -1: a class the model lacks
-        if labelled is not None and bool(labelled.any()):
-            accuracy = load_metric("top_k_accuracy")
-            for k in (1, 5) if logits.shape[1] > 5 else (1,):
-                metrics.update(accuracy.compute(predictions=logits[labelled].tolist(),
-                                                references=eval_set.labels[labelled].tolist(), k=k))
-        if reference is not None:
-            metrics["top1_agreement"] = float((logits.argmax(1) == reference["logits"].argmax(1)).float().mean())
-        return metrics
+    logits = outputs["logits"]
+    labelled = eval_set.labels >= 0 if eval_set.labels is not None else None  # -1: a class the model lacks
+    if labelled is not None and bool(labelled.any()):
+        accuracy = load_metric("top_k_accuracy")
+        for k in (1, 5) if logits.shape[1] > 5 else (1,):
+            metrics.update(accuracy.compute(predictions=logits[labelled].tolist(),
+                                            references=eval_set.labels[labelled].tolist(), k=k))
+    if reference is not None:
+        metrics["top1_agreement"] = float((logits.argmax(1) == reference["logits"].argmax(1)).float().mean())
+    return metrics
+
+
+def _embedding_metrics(eval_set: Any, outputs: Outputs, reference: Outputs | None) -> dict[str, float]:
+    metrics: dict[str, float] = {}
     embeddings = outputs["embeddings"]
     if reference is not None:
         metrics["cosine_to_dense"] = float(cosine_to_reference(embeddings, reference["embeddings"]).mean())
@@ -165,8 +224,6 @@ def linear_probe_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, ridge:
         >>> linear_probe_accuracy(x, (torch.arange(20) % 2))
         1.0
     """
-    from .metrics import load_metric
-
     n = len(labels) // 2
     if n < 2:
         raise ValueError("a linear probe needs at least 4 labelled evaluation samples")
@@ -176,3 +233,13 @@ def linear_probe_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, ridge:
     weights = torch.linalg.solve(a, x[:n].T @ targets[:n])
     scores = x[n:] @ weights
     return load_metric("top_k_accuracy").compute(predictions=scores.tolist(), references=labels[n:].tolist(), k=1)["top1_accuracy"]
+
+
+CLASSIFICATION = Evaluation("classification", _logits, _classification_metrics, labels="model")
+"""Classifiers: accuracy against labels matched to the model's classes, top-1 agreement with the dense model."""
+
+CAUSAL_LM = Evaluation("causal-lm", _next_token_nll, _perplexity, packed=True)
+"""Causal language models: perplexity of held-out sequences packed like the calibration ones."""
+
+EMBEDDING = Evaluation("embedding", _pooled_embeddings, _embedding_metrics, labels="dataset")
+"""Encoders: cosine to the dense model's pooled embeddings, and a linear probe on the dataset's labels."""

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from .tasks import modality
+
 logger = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -210,7 +212,7 @@ def load_processor(target: str, model: Any, trust_remote_code: bool = False) -> 
 def _auto_processor(target: str, model: Any, trust_remote_code: bool) -> Any:
     import transformers
 
-    image = getattr(model, "main_input_name", "input_ids") == "pixel_values"
+    image = modality(model) == "image"
     auto = transformers.AutoImageProcessor if image else transformers.AutoTokenizer
     try:
         return auto.from_pretrained(target, trust_remote_code=trust_remote_code)

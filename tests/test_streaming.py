@@ -196,7 +196,7 @@ def test_label_alignment(values, names, id2label, expected, note):
     model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                                 intermediate_size=8, image_size=8, patch_size=4, num_labels=3 if not id2label else 2, **extra))
     source = {}
-    labels = class_indices(values, "label", rows, model, "classification", source)
+    labels = class_indices(values, "label", rows, model, "model", source)
     assert (labels.tolist() if labels is not None else None) == expected
     assert note in source["labels"]
 
@@ -211,7 +211,7 @@ def test_labels_outside_the_models_classes_are_refused():
     model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                                 intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
     with pytest.raises(ValueError, match=r"labels in column 'label' \(6\) are outside the model's 3 classes"):
-        class_indices([0, 6], "label", rows, model, "classification", {})
+        class_indices([0, 6], "label", rows, model, "model", {})
 
 
 def test_no_streaming_downloads_the_split_and_gives_a_row_order_of_its_own(hub, tmp_path, llama_dir):

@@ -13,15 +13,15 @@ Example:
 
 from .config import DEFAULT_SEQ_LEN, CalibrationConfig, read_recipe_data
 from .preparation import (EvalSet, PreparedData, build_calibration, calibration_from_split, check_seq_len, class_indices,
-                          fit_seq_len,
-                          match_class_names, model_task, pick_processor, prepare_data, prepare_run_data, random_calibration,
-                          with_default_dataset)
+                          fit_seq_len, match_class_names, pick_processor, prepare_data, prepare_run_data,
+                          random_calibration, with_default_dataset)
 from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local,
                       load_dataset_split, open_split)
 
 __all__ = [
-    "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault", "EvalSet", "PreparedData",
-    "SplitRows", "build_calibration", "calibration_from_split", "check_seq_len", "class_indices", "detect_column", "fit_seq_len",
-    "is_local", "load_dataset_split", "match_class_names", "model_task", "open_split", "pick_processor", "prepare_data",
-    "prepare_run_data", "random_calibration", "read_recipe_data", "with_default_dataset",
+    "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault",
+    "EvalSet", "PreparedData", "SplitRows", "build_calibration", "calibration_from_split", "check_seq_len",
+    "class_indices", "detect_column", "fit_seq_len", "is_local", "load_dataset_split", "match_class_names",
+    "open_split", "pick_processor", "prepare_data", "prepare_run_data", "random_calibration", "read_recipe_data",
+    "with_default_dataset",
 ]

@@ -29,9 +29,11 @@ from typing import Any, Iterator
 
 import torch
 
+from ..evaluation import Evaluation
 from ..loading import load_processor
+from ..tasks import modality, task_of
 from .config import DEFAULT_SEQ_LEN, CalibrationConfig
-from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, model_modality
+from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +43,20 @@ class EvalSet:
     """Held-out inputs for before/after measurements.
 
     Attributes:
-        task: ``classification``, ``causal-lm`` or ``embedding``.
+        evaluation: how models are measured on it (the model's task's, :mod:`snows_hf.tasks`).
         inputs: stacked model inputs (``input_ids`` + ``attention_mask``, or ``pixel_values``).
         labels: class indices aligned with the inputs (-1: a row whose class the model
             does not have, left out of accuracy), or ``None``.
     """
 
-    task: str
+    evaluation: Evaluation
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor | None = None
+
+    @property
+    def task(self) -> str:
+        """What report.json calls the evaluation: ``classification``, ``causal-lm`` or ``embedding``."""
+        return self.evaluation.name
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
@@ -138,7 +145,7 @@ def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Te
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     config = model.config
-    if model_modality(model) == "image":
+    if modality(model) == "image":
         size = getattr(config, "image_size", 224)
         size = (size, size) if isinstance(size, int) else tuple(size)
         channels = getattr(config, "num_channels", 3)
@@ -161,7 +168,7 @@ def with_default_dataset(cfg: CalibrationConfig, model: Any) -> CalibrationConfi
     """
     if cfg.dataset is not None:
         return cfg
-    default = DEFAULT_DATASETS[model_modality(model)]
+    default = DEFAULT_DATASETS[modality(model)]
     logger.info("no dataset given: calibrating on %s (%s, split %s, streamed), %s; pass --dataset PATH for your own "
                 "data or --dataset random for seeded noise", default.dataset, default.config, default.split, default.why)
     columns = {name: getattr(cfg, name) or getattr(default, name) for name in ("text_column", "image_column", "label_column")}
@@ -191,21 +198,6 @@ def calibration_from_split(split, cfg: CalibrationConfig, model: Any, processor:
     return prepare_data(split, cfg, model, processor).calibration
 
 
-def model_task(model: Any) -> str:
-    """``classification``, ``causal-lm`` or ``embedding`` (bare models), from the model class.
-
-    Example:
-        >>> model_task(LlamaForCausalLM(config))  # doctest: +SKIP
-        'causal-lm'
-    """
-    name = type(model).__name__
-    if name.endswith(("ForImageClassification", "ForSequenceClassification")):
-        return "classification"
-    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
-        return "causal-lm"
-    return "embedding"
-
-
 def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval_samples: int = 0) -> PreparedData:
     """Calibration tensors and up to ``eval_samples`` held-out evaluation samples.
 
@@ -220,10 +212,10 @@ def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval
     rows = split if isinstance(split, SplitRows) else SplitRows(split, cfg.seed)
     if rows.size == 0:
         raise ValueError("the calibration dataset is empty")
-    task = model_task(model)
-    label_column = detect_column(rows, cfg.label_column, "label") if eval_samples and task != "causal-lm" else None
-    build = _images if model_modality(model) == "image" else _texts
-    prepared = build(rows, cfg, model, processor, eval_samples, task, label_column)
+    task = task_of(model)
+    label_column = detect_column(rows, cfg.label_column, "label") if eval_samples and task.evaluation.labels else None
+    build = _images if task.modality == "image" else _texts
+    prepared = build(rows, cfg, model, processor, eval_samples, task.evaluation, label_column)
     prepared.source.update(seed=cfg.seed, label_column=label_column, **rows.describe())
     held = len(prepared.evaluation) if prepared.evaluation is not None else 0
     if eval_samples and held == 0:
@@ -257,7 +249,7 @@ def _decoded(rows: SplitRows, column: str, mode: str) -> Iterator[tuple[Any, Any
             yield row_id, None, row
 
 
-def _images(rows, cfg, model, processor, eval_samples, task, label_column) -> PreparedData:
+def _images(rows, cfg, model, processor, eval_samples, evaluation, label_column) -> PreparedData:
     column = detect_column(rows, cfg.image_column, "image")
     mode = "L" if getattr(model.config, "num_channels", 3) == 1 else "RGB"
     calib, held, skipped = [], [], 0
@@ -280,18 +272,18 @@ def _images(rows, cfg, model, processor, eval_samples, task, label_column) -> Pr
     def pixels(items):
         return processor(images=[image for _, image, _ in items], return_tensors="pt")["pixel_values"]
 
-    evaluation, source = None, {}
+    held_out, source = None, {}
     if held:
-        labels = class_indices([value for _, _, value in held], label_column, rows, model, task, source)
-        evaluation = EvalSet(task, {"pixel_values": pixels(held)}, labels)
+        labels = class_indices([value for _, _, value in held], label_column, rows, model, evaluation.labels, source)
+        held_out = EvalSet(evaluation, {"pixel_values": pixels(held)}, labels)
     source.update(calibration_rows=[r for r, _, _ in calib], eval_rows=[r for r, _, _ in held], skipped_images=skipped)
-    return PreparedData({"pixel_values": pixels(calib)}, evaluation, source)
+    return PreparedData({"pixel_values": pixels(calib)}, held_out, source)
 
 
 # ---------------------------------------------------------------------------- text
 
 
-def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> PreparedData:
+def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) -> PreparedData:
     column = detect_column(rows, cfg.text_column, "text")
     seq_len = _seq_len(cfg, model)
     ordered = iter(rows)
@@ -304,11 +296,11 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> Pre
                        ids.shape[0], seq_len, cfg.num_samples)
     calibration = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     eval_rows: list[Any] = []
-    evaluation, source = None, {}
-    if eval_samples and task == "causal-lm":
+    held_out, source = None, {}
+    if eval_samples and evaluation.packed:
         held = _pack(ordered, column, tokenizer, eval_samples, seq_len, eval_rows)
         if held.shape[0]:
-            evaluation = EvalSet(task, {"input_ids": held, "attention_mask": torch.ones_like(held)})
+            held_out = EvalSet(evaluation, {"input_ids": held, "attention_mask": torch.ones_like(held)})
     elif eval_samples:
         picked = [item for _, item in zip(range(eval_samples), ordered)]
         eval_rows = [row_id for row_id, _ in picked]
@@ -317,10 +309,11 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, task, label_column) -> Pre
             enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             values = [row.get(label_column) for _, row in picked] if label_column else []
-            evaluation = EvalSet(task, inputs, class_indices(values, label_column, rows, model, task, source))
+            labels = class_indices(values, label_column, rows, model, evaluation.labels, source)
+            held_out = EvalSet(evaluation, inputs, labels)
     ordered.close()  # a stream stops reading here
     source.update(calibration_rows=calib_rows, eval_rows=eval_rows)
-    return PreparedData(calibration, evaluation, source)
+    return PreparedData(calibration, held_out, source)
 
 
 def _text(value: Any, column: str) -> str:
@@ -346,20 +339,23 @@ def _pack(rows: Iterator[tuple[Any, dict]], column: str, tokenizer, count: int, 
 # ---------------------------------------------------------------------------- labels
 
 
-def class_indices(values: list, column: str | None, rows: SplitRows, model: Any, task: str, source: dict) -> torch.Tensor | None:
-    """Class indices of the model for ``values`` of the label column.
+def class_indices(values: list, column: str | None, rows: SplitRows, model: Any, classes: str | None,
+                  source: dict) -> torch.Tensor | None:
+    """Class indices for ``values`` of the label column, numbered as ``classes`` says
+    (:attr:`Evaluation.labels <snows_hf.evaluation.Evaluation.labels>`).
 
-    Bare encoders number the dataset's classes in sorted order (a linear probe's classes).
-    Classifiers: when both the dataset (``ClassLabel`` names, or string labels) and the
-    model (``id2label``) name their classes, labels are matched by name; rows whose class
-    the model lacks get -1 (left out of accuracy) and, when no name matches, there are no
-    labels at all (only top-1 agreement with the dense model is reported). Unnamed integer
-    labels are taken as the model's indices and must lie within its classes. What was
-    done is recorded in ``source["labels"]``.
+    ``"dataset"`` (bare encoders): the dataset's classes in sorted order (a linear probe's
+    classes). ``"model"`` (classifiers): the model's classes; when both the dataset
+    (``ClassLabel`` names, or string labels) and the model (``id2label``) name their
+    classes, labels are matched by name; rows whose class the model lacks get -1 (left out
+    of accuracy) and, when no name matches, there are no labels at all (only top-1
+    agreement with the dense model is reported). Unnamed integer labels are taken as the
+    model's indices and must lie within its classes. What was done is recorded in
+    ``source["labels"]``.
 
     Example:
         >>> source = {}
-        >>> class_indices(["dog", "cat", "bird"], "label", rows, vit_cats_and_dogs, "classification", source)  # doctest: +SKIP
+        >>> class_indices(["dog", "cat", "bird"], "label", rows, vit_cats_and_dogs, "model", source)  # doctest: +SKIP
         tensor([ 1,  0, -1])
         >>> source["labels"]  # doctest: +SKIP
         'matched by name: 2 of 3 samples (not: bird)'
@@ -371,9 +367,9 @@ def class_indices(values: list, column: str | None, rows: SplitRows, model: Any,
     feature = rows.features[column] if rows.features is not None and column in rows.features else None
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
     integers = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-    if task == "embedding":
-        classes = {v: i for i, v in enumerate(sorted(set(map(str, values))))}
-        return torch.tensor([classes[str(v)] for v in values], dtype=torch.long)
+    if classes == "dataset":
+        numbers = {v: i for i, v in enumerate(sorted(set(map(str, values))))}
+        return torch.tensor([numbers[str(v)] for v in values], dtype=torch.long)
     model_names = _class_names(model)
     if integers and (names is None or model_names is None):  # nothing to match by name
         num = int(getattr(model.config, "num_labels", 0) or 0)

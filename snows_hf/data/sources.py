@@ -72,17 +72,7 @@ DEFAULT_DATASETS: dict[str, DatasetDefault] = {
             "ImageNet-1k itself is gated",
     ),
 }
-"""Modality -> default calibration data (``model_modality``)."""
-
-
-def model_modality(model: Any) -> str:
-    """``"image"`` for models that read ``pixel_values``, else ``"text"``.
-
-    Example:
-        >>> model_modality(vit)  # doctest: +SKIP
-        'image'
-    """
-    return "image" if getattr(model, "main_input_name", "input_ids") == "pixel_values" else "text"
+"""Modality (:func:`snows_hf.tasks.modality`) -> default calibration data."""
 
 
 def is_local(source: str) -> bool:
