@@ -1,7 +1,9 @@
 """K-step reconstruction windows: a module's output and the next K operations downstream.
 
 An *operation* is the output of a leaf module (Linear, Conv, Conv1D, norms, activation
-modules; dropout and identity excluded), of an attention module, or of a block. The
+modules; dropout and identity excluded), of an attention module, or of a block; which
+modules with children count, and which modules are identities, the family's adapter says
+(:attr:`Adapter.operation_classes <snows_hf.adapters.Adapter>`, ``identity_classes``). The
 window of a module is found by tracing one forward pass with hooks: the module's own
 output, then the next K operation outputs that *depend on its weight* (so the sibling
 ``k_proj`` does not count as downstream of ``q_proj``, and a repeated tensor, such as an
@@ -22,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .adapters import IDENTITY_CLASSES, OPERATION_CLASSES
 from .blocks import BlockCall, run_block, tracked_hooks
 
 if TYPE_CHECKING:
-    from .adapters import BlockList
+    from .adapters import Adapter, BlockList
 
 _NOT_OPS = (nn.Dropout, nn.Identity)
 
@@ -36,13 +39,24 @@ class _StopWindow(Exception):
     """Raised by a hook once the window's last operation has run."""
 
 
-def is_operation(module: nn.Module) -> bool:
-    """Whether ``module``'s output counts as one operation of a window."""
-    if isinstance(module, _NOT_OPS) or type(module).__name__.endswith("DropPath"):  # identity in eval
+def is_operation(module: nn.Module, adapter: Adapter | None = None) -> bool:
+    """Whether ``module``'s output counts as one operation of a window: a leaf module, or
+    one with children whose class name holds one of the adapter's ``operation_classes``;
+    never dropout, identities or the adapter's ``identity_classes`` (the defaults,
+    :data:`~snows_hf.adapters.base.OPERATION_CLASSES` and
+    :data:`~snows_hf.adapters.base.IDENTITY_CLASSES`, without an adapter).
+
+    Example:
+        >>> is_operation(nn.Linear(2, 2)), is_operation(nn.Sequential(nn.Linear(2, 2))), is_operation(nn.Dropout())
+        (True, False, False)
+    """
+    name = type(module).__name__
+    identities = adapter.identity_classes if adapter else IDENTITY_CLASSES
+    if isinstance(module, _NOT_OPS) or name.endswith(identities):  # identity in eval
         return False
     if next(module.children(), None) is None:
         return True
-    return "Attention" in type(module).__name__
+    return any(part in name for part in (adapter.operation_classes if adapter else OPERATION_CLASSES))
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -86,6 +100,7 @@ class WindowRunner:
     def __init__(self, blocks: "BlockList", block_index: int, param_name: str):
         self.blocks = blocks.modules
         self.next_call = blocks.next_call
+        self.adapter = blocks.adapter
         self.block_index = block_index
         self.param_name = param_name
         self._hooks = tracked_hooks()
@@ -103,7 +118,7 @@ class WindowRunner:
         handles = self._hooks.__enter__()
         for index in range(self.block_index, len(self.blocks)):
             for name, module in self.blocks[index].named_modules():
-                if name == "" or is_operation(module):
+                if name == "" or is_operation(module, self.adapter):
                     key = f"{index}.{name}" if name else str(index)
                     handles.append(module.register_forward_hook(self._make_hook(key)))
         return self

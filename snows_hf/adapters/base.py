@@ -29,6 +29,14 @@ _LAYOUT_BY_TYPE: tuple[tuple[type, str], ...] = ((nn.Linear, "linear"), (Conv1D,
 #: convolutions never, see :func:`block_targets`)
 FALLBACK_TARGET_TYPES = ("linear", "conv1d", "conv2d")
 
+#: class-name parts of the modules with children whose output counts as one operation of
+#: a SNOWS window (a leaf module's always does): attention modules
+OPERATION_CLASSES = ("Attention",)
+
+#: class-name endings of the modules that are the identity in eval and so never an
+#: operation of a window: stochastic depth
+IDENTITY_CLASSES = ("DropPath",)
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -44,10 +52,16 @@ class Adapter:
         next_call: how one block's output becomes the next block's call, for blocks whose
             other arguments change along the stack (Swin's stage resolution); ``None``
             passes the same arguments with the new hidden states.
+        operation_classes: class-name parts of modules with children whose output counts
+            as one operation of a SNOWS window (see :func:`snows_hf.windows.is_operation`);
+            default :data:`OPERATION_CLASSES`, attention modules.
+        identity_classes: class-name endings of modules that are the identity in eval and
+            never an operation; default :data:`IDENTITY_CLASSES`, stochastic depth.
 
     Example:
-        >>> Adapter("vit", blocks="layers")
-        Adapter(model_type='vit', blocks='layers', target_types=('linear', 'conv1d'), ignore=(), next_call=None)
+        >>> Adapter("vit", blocks="layers")  # doctest: +NORMALIZE_WHITESPACE
+        Adapter(model_type='vit', blocks='layers', target_types=('linear', 'conv1d'), ignore=(), next_call=None,
+                operation_classes=('Attention',), identity_classes=('DropPath',))
     """
 
     model_type: str
@@ -55,6 +69,8 @@ class Adapter:
     target_types: tuple[str, ...] = ("linear", "conv1d")
     ignore: tuple[str, ...] = field(default=())
     next_call: NextCall | None = None
+    operation_classes: tuple[str, ...] = OPERATION_CLASSES
+    identity_classes: tuple[str, ...] = IDENTITY_CLASSES
 
 
 @dataclass
@@ -67,6 +83,7 @@ class BlockList:
         names: each block's full module name in the model.
         chain: the family's ``(block, call, hidden) -> call`` of the following block.
         kinds: each block's kind (``config.layer_types``) in a stack that mixes kinds, else ``None``.
+        adapter: the family's entry, or ``None`` for a model without one.
     """
 
     path: str
@@ -74,6 +91,7 @@ class BlockList:
     names: list[str]
     chain: NextCall = default_next_call
     kinds: list[str] | None = None
+    adapter: Adapter | None = None
 
     def __post_init__(self) -> None:
         self._positions = {id(block): index for index, block in enumerate(self.modules)}
@@ -172,17 +190,16 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
     """
     names = {id(m): n for n, m in model.named_modules()}
     adapter = adapter_for(model)
-    chain = (adapter.next_call if adapter else None) or default_next_call
     if block_path:
         found = _resolve(model, block_path)
         if not found:
             raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
-        return _block_list(model, block_path, found, names, chain)
+        return _block_list(model, block_path, found, names, adapter)
     if adapter is not None:
         found = _resolve(model.base_model, adapter.blocks)
         if found:
             prefix = names[id(model.base_model)]
-            return _block_list(model, f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, chain)
+            return _block_list(model, f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, adapter)
     candidates = _candidate_lists(model)
     if not candidates:
         raise ValueError(
@@ -193,11 +210,14 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
         seen = ", ".join(f"{n} ({len(m)})" for n, m in candidates[:5])
         raise ValueError(f"ambiguous block lists in {type(model).__name__}: {seen}; pass --block-path to choose")
     name, module = candidates[0]
-    return _block_list(model, name, list(module), names, chain)
+    return _block_list(model, name, list(module), names, adapter)
 
 
-def _block_list(model: nn.Module, path: str, found: list[nn.Module], names: dict[int, str], chain: NextCall) -> BlockList:
-    return BlockList(path, nn.ModuleList(found), [names[id(b)] for b in found], chain, _block_kinds(model, path, len(found)))
+def _block_list(model: nn.Module, path: str, found: list[nn.Module], names: dict[int, str],
+                adapter: Adapter | None) -> BlockList:
+    chain = (adapter.next_call if adapter else None) or default_next_call
+    kinds = _block_kinds(model, path, len(found))
+    return BlockList(path, nn.ModuleList(found), [names[id(b)] for b in found], chain, kinds, adapter)
 
 
 def _block_kinds(model: nn.Module, path: str, count: int) -> list[str] | None:
