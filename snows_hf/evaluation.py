@@ -8,11 +8,14 @@ of :mod:`snows_hf.tasks` names one of :data:`CLASSIFICATION`, :data:`CAUSAL_LM` 
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from .devices import model_input_device, synchronize
 from .metrics import load_metric
 
 Outputs = dict[str, torch.Tensor]
@@ -85,8 +88,6 @@ def model_outputs(model: Any, eval_set: Any, batch_size: int = 16) -> dict[str, 
     Example:
         >>> outs = model_outputs(model, data.evaluation)  # doctest: +SKIP
     """
-    from .devices import model_input_device
-
     device = model_input_device(model)  # offloaded models: accelerate's hooks bring the weights
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
@@ -110,11 +111,6 @@ def throughput(model: Any, eval_set: Any, batch_size: int = 16) -> tuple[dict[st
     Example:
         >>> outs, per_second = throughput(model, data.evaluation)  # doctest: +SKIP
     """
-    import dataclasses
-    import time
-
-    from .devices import model_input_device, synchronize
-
     device = model_input_device(model)
     warm_up = dataclasses.replace(eval_set, inputs={k: v[:batch_size] for k, v in eval_set.inputs.items()}, labels=None)
     model_outputs(model, warm_up, batch_size)

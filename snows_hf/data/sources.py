@@ -251,7 +251,7 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
     return SplitRows(data, seed, name=f"dataset {dataset!r}")
 
 
-def load_dataset_split(cfg: CalibrationConfig):
+def load_dataset_split(cfg: CalibrationConfig) -> SplitRows:
     """The rows of ``cfg``'s split (:class:`SplitRows`, in ``cfg.seed`` order).
 
     Errors are one clear ``ValueError``: a missing path, an unreachable or gated Hub
