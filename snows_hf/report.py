@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass
@@ -178,3 +178,32 @@ def dumps_json(value: Any) -> str:
         ['{', '"x":', 'null', '}']
     """
     return json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n"
+
+
+@dataclass
+class RunRecord:
+    """What ``report.json`` holds about a run beside the per-layer report: where the model
+    and data came from, the figures and the time of each phase. Written by :func:`run`
+    (and the demo), read back by ``convert`` and the model card.
+
+    Example:
+        >>> RunRecord(source_model="my-vit").to_dict()["source_model"]
+        'my-vit'
+    """
+
+    source_model: str | None = None
+    calibration: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    phases: dict[str, float] | None = None
+    processes: int | None = None
+    demo: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as ``report.json`` stores them."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> RunRecord:
+        """The record within a ``report.json`` payload (other keys are the layer report's)."""
+        return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})

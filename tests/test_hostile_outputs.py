@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import snows_hf.loading
-from snows_hf.cli import checkpoint_dir, main
+from snows_hf.cli import main
+from snows_hf.workflow import checkpoint_dir
 from snows_hf.methods import get_method
 
 FAST = ["--dataset", "random", "--method", "magnitude", "--num-samples", "4", "--no-eval", "--quiet"]
@@ -187,7 +188,7 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run_only(vit_dir):
 HOLD_LOCK = """
 import sys, time
 from snows_hf.checkpoint import RunCheckpoint
-from snows_hf.cli import checkpoint_dir
+from snows_hf.workflow import checkpoint_dir
 
 RunCheckpoint(checkpoint_dir("out")).lock()
 print("locked", flush=True)

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from snows_hf import PruneConfig, prune_
-from snows_hf.cli import _placement, main
+from snows_hf.cli import main
+from snows_hf.workflow import placement
 from snows_hf.distributed import Processes
 from snows_hf.placement import block_budget, parse_max_memory, parse_size
 
@@ -90,7 +91,7 @@ def test_bad_max_memory_is_one_line(checkpoint, tmp_path, capsys, value, message
 def test_max_memory_is_refused_with_several_processes(tmp_path):
     config = PruneConfig(sparsity="2:4", max_memory="2GB")
     with pytest.raises(ValueError, match="several processes"):
-        with _placement(config, torch.device("cpu"), Processes(0, 2), str(tmp_path / "o")):
+        with placement(config, torch.device("cpu"), Processes(0, 2), str(tmp_path / "o")):
             pass
 
 

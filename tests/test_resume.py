@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 import snows_hf
 from snows_hf.checkpoint import RunCheckpoint
-from snows_hf.cli import checkpoint_dir, main
+from snows_hf.cli import main
+from snows_hf.workflow import checkpoint_dir
 from snows_hf.methods import get_method
 
 CAL = torch.randint(4, 128, (12, 16), generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,616 @@
+"""The whole run from Python: :func:`run` loads, evaluates, prunes, evaluates, saves and
+pushes, writing the same folder as ``snows-hf prune``; :func:`evaluate` is ``snows-hf eval``.
+
+:func:`~snows_hf.api.prune_` stays the in-place primitive (a model and calibration tensors
+in, a report out); this module owns everything around it: data, placement, checkpoints,
+the paired dense/pruned evaluation, the output folder and its log.
+
+Example:
+    >>> import snows_hf
+    >>> result = snows_hf.run("google/vit-base-patch16-224", snows_hf.PruneConfig(sparsity="2:4"))  # doctest: +SKIP
+    >>> result.output_dir, result.report.sparsity  # doctest: +SKIP
+    (PosixPath('vit-base-patch16-224-pruned-2of4'), 0.5)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .report import RunRecord
+
+logger = logging.getLogger("snows_hf")
+
+LOG_FILE = "snows-hf.log"
+
+
+def default_output_dir(model: str, sparsity: str) -> str:
+    """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder.
+
+    Example:
+        >>> default_output_dir("google/vit-base-patch16-224", "2:4")
+        'vit-base-patch16-224-pruned-2of4'
+    """
+    name = model.rstrip("/").split("/")[-1] or "model"
+    tag = re.sub(r"[^\w.-]", "", sparsity.replace(":", "of").replace("%", "pct"))
+    return f"{name}-pruned-{tag}"
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> str:
+    """Where a run writing ``output_dir`` keeps its checkpoint (and its lock): a hidden
+    folder beside the real output folder, so a symlink and its target share one.
+
+    Example:
+        >>> checkpoint_dir("/data/out")  # doctest: +SKIP
+        '/data/.out.snows-hf-checkpoint'
+    """
+    out = Path(os.path.realpath(os.path.expanduser(output_dir)))
+    return str(out.parent / f".{out.name}.snows-hf-checkpoint")
+
+
+class Phases:
+    """Wall time per phase of a run, in order.
+
+    Example:
+        >>> phases = Phases()
+        >>> with phases("load"):
+        ...     pass
+        >>> list(phases.seconds)
+        ['load']
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+class PairedEvaluation:
+    """Figures of one or two models (``dense`` first, then ``pruned``) on the same held-out
+    samples; the second is also compared with the first's outputs.
+
+    Example:
+        >>> evaluation = PairedEvaluation(data.evaluation, batch_size=8)  # doctest: +SKIP
+        >>> evaluation.run("dense", model); evaluation.figures()["dense"]  # doctest: +SKIP
+        {'perplexity': 31.4, 'nll_per_token': 3.44}
+    """
+
+    def __init__(self, eval_set: Any, batch_size: int, timed: bool = False) -> None:
+        self.eval_set, self.batch_size, self.timed = eval_set, batch_size, timed
+        self.outputs: dict[str, Any] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def run(self, label: str, model: Any) -> None:
+        """Evaluate ``model`` under ``label``, against ``dense`` when that ran first."""
+        from .evaluation import compute_metrics, model_outputs, throughput
+
+        if self.timed:
+            outputs, per_second = throughput(model, self.eval_set, self.batch_size)
+        else:
+            outputs, per_second = model_outputs(model, self.eval_set, self.batch_size), None
+        self.metrics[label] = compute_metrics(self.eval_set, outputs, self.outputs.get("dense"))
+        if per_second is not None:
+            self.metrics[label]["samples_per_second"] = per_second
+        self.outputs[label] = outputs
+
+    def figures(self) -> dict[str, Any]:
+        """``{"task", "samples", <label>: {metric: value}, ...}`` as reports store it."""
+        return {"task": self.eval_set.task, "samples": len(self.eval_set), **self.metrics}
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the pruned model (still in memory), its report, the run's
+    record and where it was saved (and pushed).
+
+    Example:
+        >>> result = run("my-vit", PruneConfig(sparsity="2:4"))  # doctest: +SKIP
+        >>> print(result.format())  # doctest: +SKIP
+    """
+
+    model: Any
+    processor: Any
+    report: Any
+    record: RunRecord
+    output_dir: Path | None
+    pushed_url: str | None = None
+
+    @property
+    def evaluation(self) -> dict[str, Any] | None:
+        """Dense and pruned figures on the held-out samples (``None`` without evaluation)."""
+        return self.record.evaluation
+
+    def format(self) -> str:
+        """The terminal summary ``snows-hf prune`` prints."""
+        return self.report.format_table(self.record.evaluation, self.record.phases)
+
+
+class RunLog(logging.Handler):
+    """Every record of a run, timestamped, kept in memory until the output is saved
+    (so a refused or failed run leaves no file behind).
+
+    Example:
+        >>> with run_log() as log:  # doctest: +SKIP
+        ...     logger.info("pruning")
+        >>> log.text()  # doctest: +SKIP
+        '2026-01-01 00:00:00,000 INFO snows_hf: pruning\\n'
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        """The log so far, one line per record."""
+        return "\n".join(self.lines) + "\n"
+
+
+@contextlib.contextmanager
+def run_log() -> Iterator[RunLog]:
+    """Capture the ``snows_hf`` logger's records from INFO up for the duration (see
+    :class:`RunLog`); a logger nobody configured passes INFO while it runs."""
+    handler = RunLog()
+    logger.addHandler(handler)
+    unset = logger.level == logging.NOTSET  # Python's default: warnings only; the log wants the run's steps
+    if unset:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        if unset:
+            logger.setLevel(logging.NOTSET)
+
+
+@contextlib.contextmanager
+def placement(config: Any, device: Any, processes: Any, output_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """``from_pretrained`` options for ``config.max_memory``: accelerate's
+    ``device_map="auto"`` within those limits, offloading the rest to a temporary folder
+    beside the output (removed at the end, also on error); ``{}`` without ``max_memory``.
+
+    Example:
+        >>> with placement(PruneConfig(sparsity="2:4"), "cpu", Processes(), "out") as options:  # doctest: +SKIP
+        ...     options
+        {}
+    """
+    if config.max_memory is None:
+        yield {}
+        return
+    from .activations import scratch_folder
+    from .placement import parse_max_memory
+
+    if processes.parallel:
+        raise ValueError("--max-memory places one model across devices; it cannot be combined with several processes")
+    max_memory = parse_max_memory(config.max_memory, device)
+    with scratch_folder(".snows-hf-offload-", config.offload_dir or Path(output_dir).absolute().parent) as folder:
+        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
+
+
+def load_for_run(model: Any, processor: Any = None, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+                 **load_options: Any) -> tuple[Any, Any, str | None]:
+    """``(model, processor, source)``: a Hub id or folder is loaded (``processor``, if a
+    name, replaces the model's own); a loaded model is taken as it is, its source being
+    its ``name_or_path``.
+
+    Example:
+        >>> model, processor, source = load_for_run("my-vit")  # doctest: +SKIP
+    """
+    from .data import pick_processor
+    from .loading import load_model
+
+    own = None
+    if isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        model, own = load_model(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, **load_options)
+    else:
+        if load_options:
+            raise ValueError("--max-memory places a model while loading it: pass a Hub id or a folder, not a loaded model")
+        source = getattr(model, "name_or_path", None) or None
+    if isinstance(processor, (str, os.PathLike)):
+        processor = pick_processor(model, own, os.fspath(processor), trust_remote_code=trust_remote_code)
+    return model, own if processor is None else processor, source
+
+
+def _calibration_config(data: Any) -> Any:
+    from .data import CalibrationConfig
+
+    if data is None:
+        return CalibrationConfig()
+    if isinstance(data, CalibrationConfig):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return CalibrationConfig(dataset=os.fspath(data))
+    return CalibrationConfig(**dict(data))
+
+
+def _prune_config(config: Any) -> Any:
+    from .config import PruneConfig
+
+    return config if isinstance(config, PruneConfig) else PruneConfig(**dict(config))
+
+
+def check_settings(config: Any, save_format: str = "dense") -> None:
+    """Refuse, before anything is loaded, settings a run would fail on only at its end or
+    after its first block: a sparsity the compact format cannot store, an empty block
+    path, an offload folder that cannot be written.
+
+    Example:
+        >>> check_settings(PruneConfig(sparsity="0.3"), save_format="compact")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: ...
+    """
+    from .activations import check_offload_dir
+
+    if save_format == "compact":
+        from .compact_format import check_compact_sparsity
+
+        check_compact_sparsity(config.sparsity)
+    elif save_format != "dense":
+        raise ValueError(f"save_format must be dense or compact, got {save_format!r}")
+    if config.block_path is not None and not config.block_path.strip():
+        raise ValueError("--block-path is empty; name the block list (e.g. model.layers) or leave it out to find it")
+    if config.offload_dir is not None:
+        check_offload_dir(config.offload_dir)
+
+
+def run(
+    model: Any, config: Any, data: Any = None, *, output_dir: str | os.PathLike | None = None, evaluate: bool = True,
+    save_format: str = "dense", push_to_hub: str | None = None, private: bool = False, token: str | None = None,
+    overwrite: bool = False, resume: bool = False, processor: Any = None, trust_remote_code: bool = False,
+    allow_pickle: bool = False, progress: bool = True,
+) -> RunResult:
+    """Prune a model and save it as ``snows-hf prune`` does: load, prepare the data,
+    evaluate the dense model, prune (checkpointing each block), evaluate the pruned model,
+    save the weights, ``report.json``, ``recipe.yaml``, the model card and the run's log,
+    and push to the Hub when asked.
+
+    Under ``torchrun`` or ``accelerate launch`` every process prunes its shard of the
+    calibration micro-batches in step with the others; the main one evaluates, saves and
+    pushes (the others return a result without ``output_dir``).
+
+    Args:
+        model: a Hub id, a local folder, or a loaded ``PreTrainedModel``.
+        config: a :class:`~snows_hf.config.PruneConfig` or a dict of its fields.
+        data: a :class:`~snows_hf.calibration.CalibrationConfig`, a dict of its fields, a
+            dataset (Hub id, local file or folder, or ``"random"``), or ``None`` for the
+            default dataset of the model's modality. Calibration and held-out evaluation
+            rows never overlap.
+        output_dir: where to save (default: ``MODEL-NAME-pruned-SPARSITY`` here).
+        evaluate: evaluate dense and pruned on ``data.eval_samples`` held-out samples.
+        save_format: ``"dense"`` (safetensors with zeros) or ``"compact"`` (kept values
+            and codes; ``from_pretrained`` reads it after ``import snows_hf``).
+        push_to_hub: a Hub repo id to push the saved folder to.
+        private, token: for the push (the token is never written anywhere).
+        overwrite: replace an earlier snows-hf output in ``output_dir`` once the new one is complete.
+        resume: continue an interrupted run from its checkpoint.
+        processor: a tokenizer or image processor (object, folder or Hub id) instead of the model's own.
+        trust_remote_code, allow_pickle: allow model code from the Hub / pickle weights.
+        progress: show progress bars.
+
+    Example:
+        >>> result = run("google/vit-base-patch16-224", {"sparsity": "2:4"}, data="frgfm/imagenette",
+        ...              output_dir="vit-2of4", push_to_hub="me/vit-2of4")  # doctest: +SKIP
+        >>> result.evaluation["pruned"]["top1"]  # doctest: +SKIP
+        0.79
+    """
+    from .checkpoint import CheckpointError, RunCheckpoint
+    from .devices import resolve_device
+    from .distributed import start_processes
+    from .export import check_output_dir, remove_stale_temporaries
+
+    config, cal_cfg = _prune_config(config), _calibration_config(data)
+    check_settings(config, save_format)
+    device = resolve_device(config.device)  # an absent device fails before any loading
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "") or ""
+    output_dir = os.fspath(output_dir) if output_dir is not None else default_output_dir(source, config.sparsity)
+    check_output_dir(output_dir, overwrite, keep=[source] if source else [])
+    if config.offload_activations == "disk" and config.offload_dir is None:
+        config.offload_dir = str(Path(os.path.realpath(output_dir)).parent)  # the output's filesystem
+    checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=resume)
+    processes = start_processes(device)
+    main = processes.is_main
+    if main:  # one live run per output: a second one is refused, naming the first one's pid
+        checkpoint.lock()
+    level = logger.level
+    try:
+        checkpoint.check_resumable()  # before any loading
+        if resume and not checkpoint.exists:
+            logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
+        if main:  # what a killed save left, before the free space is measured
+            remove_stale_temporaries(output_dir)
+        else:  # the main process speaks for all
+            logger.setLevel(logging.ERROR)
+        with placement(config, device, processes, output_dir) as load_options, run_log() as log:
+            run = _Run(config, cal_cfg, processes, checkpoint, log, progress)
+            result = run.prune(model, processor, output_dir, evaluate, save_format, overwrite, trust_remote_code,
+                               allow_pickle, load_options)
+    except KeyboardInterrupt:
+        if checkpoint.exists and main:
+            logger.warning("the finished blocks are kept in %s; rerun the same command with --resume to continue",
+                           checkpoint.folder)
+        raise
+    except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not to resume
+        text = " ".join(str(exc).split())
+        if str(checkpoint.folder) not in text:
+            text += f"; delete {checkpoint.folder} to start over (--resume cannot continue it)"
+        raise CheckpointError(text) from exc
+    except Exception as exc:
+        if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC  # resuming alone would fail again
+            first = "free disk space, then " if full else ""
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise RuntimeError(f"{text} (the finished blocks are kept in {checkpoint.folder}: "
+                               f"{first}rerun with --resume to continue)") from exc
+        raise
+    finally:
+        checkpoint.release()
+        logger.setLevel(level)
+    if main:
+        checkpoint.remove()
+    if push_to_hub and main:
+        result.pushed_url = push_saved(result.output_dir, push_to_hub, token=token, private=private)
+    processes.finish()
+    return result
+
+
+def push_saved(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
+    """Push a folder this run saved; a failure says where the model is and how to retry.
+
+    Example:
+        >>> push_saved("vit-2of4", "me/vit-2of4")  # doctest: +SKIP
+        'https://huggingface.co/me/vit-2of4/commit/...'
+    """
+    from .hub import PushError, push_folder
+
+    try:
+        return push_folder(folder, repo_id, token=token, private=private)
+    except PushError as err:
+        raise PushError(f"{err}; the model is saved in {os.fspath(folder)}, retry with: "
+                        f"snows-hf push {os.fspath(folder)} {repo_id}") from None
+
+
+@dataclass
+class _Run:
+    """One prune run's state between its phases (see :func:`run`)."""
+
+    config: Any
+    cal_cfg: Any
+    processes: Any
+    checkpoint: Any
+    log: RunLog
+    progress: bool
+    phases: Phases = field(default_factory=Phases)
+
+    def prune(self, model: Any, processor: Any, output_dir: str, evaluate: bool, save_format: str, overwrite: bool,
+              trust_remote_code: bool, allow_pickle: bool, load_options: dict[str, Any]) -> RunResult:
+        from .api import prune_
+        from .data import check_seq_len, prepare_run_data
+        from .export import check_free_space, model_bytes, save_pruned
+        from .methods import get_method
+        from .recipe import recipe_dict
+
+        config, main, phases = self.config, self.processes.is_main, self.phases
+        with phases("load"):
+            model, processor, source = load_for_run(model, processor, trust_remote_code=trust_remote_code,
+                                                    allow_pickle=allow_pickle, **load_options)
+        check_seq_len(self.cal_cfg, model)
+        if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
+            check_free_space(output_dir, 2 * model_bytes(model))
+        with phases("data"):
+            fits_data = get_method(config.method)(config).fits_data
+            eval_samples = self.cal_cfg.eval_samples if evaluate else 0
+            data, cal_cfg = prepare_run_data(self.cal_cfg, model, processor, eval_samples, fits_data)
+        evaluation = PairedEvaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
+        if evaluation:
+            with phases("dense eval"):
+                evaluation.run("dense", model)
+        with phases("prune"):
+            report = prune_(model, config, data.calibration, progress=self.progress and main, checkpoint=self.checkpoint)
+        record = RunRecord(source_model=source, calibration=dataclasses.asdict(cal_cfg), data=data.source,
+                           processes=self.processes.world_size)
+        if not main:
+            return RunResult(model, processor, report, record, output_dir=None)
+        if evaluation:
+            with phases("pruned eval"):
+                evaluation.run("pruned", model)
+            record.evaluation = evaluation.figures()
+        record.phases = phases.seconds
+        with phases("save"):
+            logger.info("saving to %s", output_dir)
+            saved = save_pruned(model, report, output_dir, processor, overwrite=overwrite, record=record,
+                                recipe=recipe_dict(config, cal_cfg, source), save_format=save_format,
+                                extra_files={LOG_FILE: self.log.text()})
+        return RunResult(model, processor, report, record, output_dir=saved)
+
+
+def evaluate(
+    model: Any, data: Any = None, *, reference: Any = None, batch_size: int = 8, device: str = "auto",
+    dtype: str = "auto", sparse_inference: bool = False, processor: Any = None, trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> EvalResult:
+    """Evaluate a saved model (and, first, its ``reference``) on held-out samples, as
+    ``snows-hf eval`` does; the figures are under ``model``, or ``dense`` and ``pruned``.
+
+    A folder written by snows-hf supplies its recipe's data settings as the defaults of
+    ``data``, so the rows that run held out are the ones evaluated.
+
+    Example:
+        >>> result = evaluate("vit-2of4", reference="google/vit-base-patch16-224")  # doctest: +SKIP
+        >>> result.figures["pruned"]["top1"] - result.figures["dense"]["top1"]  # doctest: +SKIP
+        -0.004
+    """
+    from .data import RANDOM, CalibrationConfig, check_seq_len, prepare_run_data
+    from .devices import resolve_device, semi_structured_support
+    from .evaluation import check_reference
+    from .loading import load_model, quieted
+    from .recipe import data_settings_of
+
+    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    base = data_settings_of(path) if path and os.path.isdir(os.path.expanduser(path)) else None
+    fields = _calibration_fields(data)
+    if base is not None:
+        logger.info("data settings from %s's recipe.yaml (dataset %s, seed %d, the first %d samples calibrated): "
+                    "evaluating the rows that run held out; flags override", path, base.dataset, base.seed,
+                    base.num_samples)
+    cal_cfg = dataclasses.replace(base, **fields) if base is not None else CalibrationConfig(**fields)
+    run_device = resolve_device(device)  # an absent device fails before any loading
+    options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    model, processor, _ = load_for_run(model, processor, **({"dtype": dtype} if path else {}), **options)
+    check_seq_len(cal_cfg, model)
+    if cal_cfg.dataset == RANDOM:
+        raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
+    prepared, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
+    if prepared.evaluation is None:
+        raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
+    run_dtype = eval_dtype(model.dtype, dtype, sparse_inference, semi_structured_support(run_device) is None)
+    evaluation = PairedEvaluation(prepared.evaluation, batch_size, timed=True)
+    if reference is not None:  # first, alone on the device, in the same precision as the model
+        dense, _ = load_model(os.fspath(reference), dtype=dtype, processor=False, **options)
+        check_reference(model, dense)
+        evaluation.run("dense", dense.to(device=run_device, dtype=run_dtype))
+        del dense
+    model.to(device=run_device, dtype=run_dtype)
+    sparse = None
+    if sparse_inference:
+        from .sparse_inference import sparse_inference_
+
+        with quieted("snows_hf.sparse_inference"):  # its warning repeats the summary returned
+            sparse = sparse_inference_(model)
+    evaluation.run("pruned" if reference is not None else "model", model)
+    figures = evaluation.figures() | {
+        "data": prepared.source, "model_path": path, "reference_path": os.fspath(reference) if reference else None,
+        "device": str(run_device), "dtype": str(run_dtype).replace("torch.", ""),
+    }
+    if sparse is not None:
+        figures["sparse_inference"] = sparse.to_dict()
+    return EvalResult(figures, sparse)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns: the figures (as ``--json`` writes them) and, with
+    sparse inference, which layers run on the 2:4 kernels and why others do not."""
+
+    figures: dict[str, Any]
+    sparse_inference: Any = None
+
+
+def _calibration_fields(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if isinstance(data, (str, os.PathLike)):
+        return {"dataset": os.fspath(data)}
+    return dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
+
+
+def eval_dtype(checkpoint_dtype: Any, dtype: str, sparse_inference: bool, kernels: bool) -> Any:
+    """The precision an evaluation runs in: ``dtype``, else the checkpoint's, except that
+    sparse inference on a GPU with 2:4 kernels runs float32 checkpoints in bfloat16 (the
+    kernels' precision, and float16's range problems avoided).
+
+    Example:
+        >>> eval_dtype(torch.float32, "auto", sparse_inference=True, kernels=True)  # doctest: +SKIP
+        torch.bfloat16
+    """
+    import torch
+
+    if sparse_inference and dtype == "auto" and kernels and checkpoint_dtype == torch.float32:
+        logger.info("--sparse-inference: running the float32 checkpoint in bfloat16, the precision of the 2:4 "
+                    "kernels (--dtype float16 or float32 to choose otherwise)")
+        return torch.bfloat16
+    return checkpoint_dtype
+
+
+def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | None = None, *,
+            overwrite: bool = False, trust_remote_code: bool = False) -> tuple[Path, Any]:
+    """Rewrite a snows-hf output in the ``"dense"`` or ``"compact"`` format: the same
+    pruned weights, bit for bit, with its report, recipe and card. Returns the new folder
+    and the report.
+
+    Example:
+        >>> convert("vit-2of4", "compact")  # doctest: +SKIP
+        (PosixPath('vit-2of4-compact'), PruneReport(...))
+    """
+    import json
+
+    from .export import check_output_dir, save_pruned
+    from .loading import load_model
+    from .recipe import read_recipe_yaml
+    from .report import PruneReport
+
+    source = Path(folder)
+    try:
+        payload = json.loads((source / "report.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
+    output_dir = os.fspath(output_dir) if output_dir is not None else f"{str(source).rstrip('/')}-{to}"
+    check_output_dir(output_dir, overwrite, keep=[source])  # never the input folder itself
+    try:  # before any weight is read
+        report = PruneReport.from_dict(payload)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        missing = f"no {err}" if isinstance(err, KeyError) else "fields missing or of the wrong kind"
+        raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
+                         "convert reads folders written by snows-hf prune") from None
+    model, processor = load_model(str(source), trust_remote_code=trust_remote_code)
+    recipe_file = source / "recipe.yaml"
+    recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
+    if isinstance(recipe, dict):
+        recipe.pop("snows_hf_version", None)
+    saved = save_pruned(model, report, output_dir, processor, overwrite=overwrite, record=RunRecord.from_dict(payload),
+                        recipe=recipe, save_format=to)
+    return saved, report
+
+
+def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool = False,
+         allow_pickle: bool = False) -> Any:
+    """What :func:`run` would do (blocks, modules, shapes, windows, calibration, HVPs,
+    memory), traced without weights on the meta device when the family's code allows, else
+    on the loaded weights. Writes nothing.
+
+    Example:
+        >>> print(plan("google/vit-base-patch16-224", {"sparsity": "2:4"}).format())  # doctest: +SKIP
+    """
+    from .data import RANDOM, check_seq_len, random_calibration, with_default_dataset
+    from .loading import load_model
+    from .plan import empty_model, plan_run
+
+    config, cal_cfg = _prune_config(config), _calibration_config(data)
+    model_id = os.fspath(model)
+    model = empty_model(model_id, trust_remote_code=trust_remote_code)
+    check_seq_len(cal_cfg, model)
+    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
+    cal_cfg = with_default_dataset(cal_cfg, model)
+    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
+    ids = example.get("input_ids")
+    size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
+    # Some mask code asks an all-ones attention mask for its values, which meta tensors
+    # cannot give: without one it is all ones anyway. Only then are the weights read.
+    bare = {k: v for k, v in example.items() if k != "attention_mask"}
+    for inputs in (example, bare) if len(bare) < len(example) else (example,):
+        try:
+            return plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc).lower():
+                raise
+            reason = " ".join(str(exc).split())
+    logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
+    model, _ = load_model(model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
