@@ -1,0 +1,91 @@
+"""The whole run from Python (:func:`snows_hf.run`): the folder the CLI writes, from a
+folder, a loaded model or a Hub id, and pushed to the loopback Hub; evaluate and convert."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_llama, tiny_tokenizer
+from hub_server import TOKEN
+
+import snows_hf
+from snows_hf.calibration import CalibrationConfig
+from snows_hf.config import PruneConfig
+from snows_hf.workflow import convert, evaluate
+
+
+def _texts(path, rows=80):
+    path.write_text("".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(30))}) + "\n"
+                            for i in range(rows)))
+    return str(path)
+
+
+def _data(tmp_path, **extra):
+    return CalibrationConfig(dataset=_texts(tmp_path / "d.jsonl"), num_samples=8, seq_len=16, eval_samples=4, **extra)
+
+
+MAGNITUDE = PruneConfig(sparsity="2:4", method="magnitude", batch_size=4)
+
+
+def test_run_from_a_folder_writes_what_the_cli_writes(llama_dir, tmp_path):
+    result = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "out", progress=False)
+
+    assert isinstance(result, snows_hf.RunResult)
+    assert result.output_dir == tmp_path / "out"
+    names = {p.name for p in result.output_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "report.json", "recipe.yaml", "README.md", "snows-hf.log",
+            "tokenizer.json"} <= names
+    payload = json.loads((result.output_dir / "report.json").read_text())
+    assert payload["source_model"] == str(llama_dir)
+    assert payload["calibration"]["num_samples"] == 8
+    assert payload["evaluation"] == result.evaluation
+    assert set(result.evaluation) >= {"task", "samples", "dense", "pruned"} and result.evaluation["samples"] == 4
+    assert list(payload["phases"]) == ["load", "data", "dense eval", "prune", "pruned eval"]
+    assert result.report.sparsity == pytest.approx(0.5)
+    assert result.model.model.layers[0].mlp.up_proj.weight.eq(0).float().mean().item() == pytest.approx(0.5)
+    assert "saving to" in (result.output_dir / "snows-hf.log").read_text()
+    assert "perplexity" in result.format()
+
+
+def test_run_takes_a_loaded_model_and_dict_settings(tmp_path):
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    result = snows_hf.run(model, {"sparsity": "4:8", "method": "magnitude"}, {"dataset": _texts(tmp_path / "d.jsonl"),
+                          "num_samples": 8, "seq_len": 16}, processor=tokenizer, evaluate=False,
+                          output_dir=tmp_path / "out", progress=False)
+
+    assert result.model is model  # pruned in place, no copy
+    assert result.evaluation is None
+    reloaded = type(model).from_pretrained(result.output_dir)
+    assert torch.equal(reloaded.model.layers[1].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight)
+    assert json.loads((result.output_dir / "report.json").read_text())["config"]["sparsity"] == "4:8"
+
+
+def test_run_refuses_a_loaded_model_with_max_memory_before_pruning(tmp_path):
+    with pytest.raises(ValueError, match="pass a Hub id or a folder"):
+        snows_hf.run(tiny_llama(), PruneConfig(sparsity="2:4", method="magnitude", max_memory="1GiB"),
+                     {"dataset": "random", "num_samples": 4, "seq_len": 8}, output_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_pushes_to_the_hub_and_the_repo_loads(hub, llama_dir, tmp_path):
+    result = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "out", evaluate=False,
+                          push_to_hub="tester/tiny-2of4", token=TOKEN, progress=False)
+
+    assert "tester/tiny-2of4" in result.pushed_url
+    pushed = hub.repos[("model", "tester/tiny-2of4")].files
+    assert {"model.safetensors", "report.json", "README.md"} <= set(pushed)
+    assert str(tmp_path) not in pushed["report.json"].decode()  # no local path goes public
+
+
+def test_evaluate_and_convert_read_what_run_wrote(llama_dir, tmp_path):
+    result = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "out", progress=False)
+
+    again = evaluate(result.output_dir, reference=str(llama_dir))  # the recipe's data: the same held-out rows
+    assert again.figures["samples"] == 4
+    for label in ("dense", "pruned"):
+        assert again.figures[label]["perplexity"] == pytest.approx(result.evaluation[label]["perplexity"], rel=1e-5)
+
+    saved, report = convert(result.output_dir, "compact")
+    assert saved == tmp_path / "out-compact" and len(report.layers) == len(result.report.layers)
+    record = json.loads((saved / "report.json").read_text())
+    assert record["evaluation"] == result.evaluation and record["source_model"] == str(llama_dir)
