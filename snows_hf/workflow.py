@@ -289,7 +289,7 @@ def run(
     Args:
         model: a Hub id, a local folder, or a loaded ``PreTrainedModel``.
         config: a :class:`~snows_hf.config.PruneConfig` or a dict of its fields.
-        data: a :class:`~snows_hf.calibration.CalibrationConfig`, a dict of its fields, a
+        data: a :class:`~snows_hf.data.CalibrationConfig`, a dict of its fields, a
             dataset (Hub id, local file or folder, or ``"random"``), or ``None`` for the
             default dataset of the model's modality. Calibration and held-out evaluation
             rows never overlap.

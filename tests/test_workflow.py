@@ -9,7 +9,7 @@ from conftest import tiny_llama, tiny_tokenizer
 from hub_server import TOKEN
 
 import snows_hf
-from snows_hf.calibration import CalibrationConfig
+from snows_hf.data import CalibrationConfig
 from snows_hf.config import PruneConfig
 from snows_hf.workflow import convert, evaluate
 
