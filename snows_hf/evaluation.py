@@ -155,8 +155,9 @@ def _next_token_nll(model: Any, batch: Outputs) -> Outputs:
 
 
 def _pooled_embeddings(model: Any, batch: Outputs) -> Outputs:
-    out = model(**batch)
-    hidden = out.last_hidden_state
+    out = model(**batch, output_hidden_states=True)
+    # a bare encoder's own output, else (a masked-LM head's output) the states the head reads
+    hidden = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.hidden_states[-1]
     if hidden.dim() == 3 and "attention_mask" in batch:  # text: masked mean, as sentence-transformers does
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

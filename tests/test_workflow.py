@@ -89,3 +89,18 @@ def test_evaluate_and_convert_read_what_run_wrote(llama_dir, tmp_path):
     assert saved == tmp_path / "out-compact" and len(report.layers) == len(result.report.layers)
     record = json.loads((saved / "report.json").read_text())
     assert record["evaluation"] == result.evaluation and record["source_model"] == str(llama_dir)
+
+
+def test_a_masked_lm_is_evaluated_on_its_encoder_states(tmp_path):
+    """bert-base-uncased loads as BertForMaskedLM (the bundled recipe's model): its output
+    has logits and hidden states but no last_hidden_state."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=64, vocab_size=128, max_position_embeddings=64)).eval()
+    result = snows_hf.run(model, MAGNITUDE, _data(tmp_path), processor=tiny_tokenizer(), output_dir=tmp_path / "out",
+                          progress=False)
+
+    assert result.evaluation["task"] == "embedding" and result.evaluation["samples"] == 4
+    assert 0 < result.evaluation["pruned"]["cosine_to_dense"] < 1
