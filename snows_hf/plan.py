@@ -159,7 +159,7 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     from .adapters import find_block_list, weight_layout
     from .blocks import run_block
     from .pipeline import _Targets, capture_block_inputs, execution_order
-    from .refit import split_holdout
+    from .methods.snows import split_holdout
     from .windows import WindowRunner
 
     blocks = find_block_list(model, config.block_path)

@@ -13,9 +13,9 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .blocks import run_block, tracked_hooks
-from .distributed import Processes
-from .masks import SparsityPattern, apply_selector, get_selector, to_rows
+from ..blocks import run_block, tracked_hooks
+from ..distributed import Processes
+from ..masks import SparsityPattern, apply_selector, get_selector, to_rows
 
 
 @dataclass
@@ -252,5 +252,3 @@ class MagnitudeMethod(MaskOnly):
     def mask_selector(self) -> str:
         return "magnitude"
 
-
-from . import refit  # noqa: E402,F401  (registers "snows"; it builds on the classes above)

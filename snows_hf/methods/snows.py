@@ -36,12 +36,12 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .masks import apply_selector, from_rows, get_selector, to_rows
-from .masks.selectors import row_input_sq
-from .methods import Method, MethodResult, ModuleJob, register_method
-from .solver import NewtonConfig, newton_refit, window_loss
-from .solver.lsq import masked_lstsq
-from .windows import WindowRunner
+from ..masks import apply_selector, from_rows, get_selector, to_rows
+from ..masks.selectors import row_input_sq
+from .base import Method, MethodResult, ModuleJob, register_method
+from ..solver import NewtonConfig, newton_refit, window_loss
+from ..solver.lsq import masked_lstsq
+from ..windows import WindowRunner
 
 logger = logging.getLogger(__name__)
 
