@@ -15,7 +15,7 @@ from torch import nn
 
 from ..blocks import run_block, tracked_hooks
 from ..distributed import Processes
-from ..masks import SparsityPattern, apply_selector, get_selector, to_rows
+from ..masks import SparsityPattern, to_rows
 
 
 @dataclass
@@ -204,12 +204,12 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method under ``cls.name``; duplicates are an error.
+    """Add a method under ``cls.name``; an empty or taken name is an error.
 
     Example:
-        >>> @register_method  # doctest: +SKIP
-        ... class Keep(Method):
+        >>> class Keep(Method):  # doctest: +SKIP
         ...     name = "keep"
+        >>> register_method(Keep)  # doctest: +SKIP
     """
     if not cls.name or cls.name in METHODS:
         raise ValueError(f"method name {cls.name!r} is empty or already registered")
@@ -223,32 +223,4 @@ def get_method(name: str) -> type[Method]:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
-
-
-@register_method
-class MaskOnly(Method):
-    """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
-    the selector's own update where it makes one (SparseGPT)."""
-
-    name = "none"
-
-    @property
-    def fits_data(self) -> bool:
-        return bool(get_selector(self.mask_selector).needs)
-
-    def prune_module(self, job: ModuleJob) -> MethodResult:
-        stats = job.input_stats(get_selector(self.mask_selector).needs)
-        weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
-        return MethodResult(weight_rows=weight_rows, mask_rows=mask)
-
-
-@register_method
-class MagnitudeMethod(MaskOnly):
-    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
-
-    name = "magnitude"
-
-    @property
-    def mask_selector(self) -> str:
-        return "magnitude"
 

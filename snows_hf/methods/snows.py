@@ -38,7 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
-from .base import Method, MethodResult, ModuleJob, register_method
+from .base import Method, MethodResult, ModuleJob
 from ..solver import NewtonConfig, newton_refit, window_loss
 from ..solver.lsq import masked_lstsq
 from ..windows import WindowRunner
@@ -96,7 +96,6 @@ def _double_differentiable() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
-@register_method
 class SnowsMethod(Method):
     """Mask with ``config.mask``, then re-fit the kept weights over the K-step window."""
 

@@ -1,0 +1,32 @@
+"""Methods that only mask: the kept weights are not re-fitted."""
+
+from __future__ import annotations
+
+from ..masks import apply_selector, get_selector
+from .base import Method, MethodResult, ModuleJob
+
+
+class MaskOnly(Method):
+    """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
+    the selector's own update where it makes one (SparseGPT)."""
+
+    name = "none"
+
+    @property
+    def fits_data(self) -> bool:
+        return bool(get_selector(self.mask_selector).needs)
+
+    def prune_module(self, job: ModuleJob) -> MethodResult:
+        stats = job.input_stats(get_selector(self.mask_selector).needs)
+        weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
+        return MethodResult(weight_rows=weight_rows, mask_rows=mask)
+
+
+class MagnitudeMethod(MaskOnly):
+    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
+
+    name = "magnitude"
+
+    @property
+    def mask_selector(self) -> str:
+        return "magnitude"
