@@ -47,9 +47,10 @@ class CalibrationConfig:
                             "(false: download and prepare the whole split first)"})
 
     def __post_init__(self) -> None:
-        from .config import _check_types, check_seed
+        from .config import check_seed
+        from .fields import check_types
 
-        _check_types(self)
+        check_types(self)
         check_seed(self.seed)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")

@@ -38,7 +38,11 @@ def _help(cls: type, name: str) -> str:
 
 
 def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -> None:
-    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default."""
+    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default.
+    A field that declares its allowed values (``choices`` in its metadata) offers those."""
+    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
+    if choices is not None:
+        kwargs.setdefault("choices", list(choices))
     parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
 
 
@@ -63,8 +67,7 @@ _non_negative_int = _int_at_least(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
-    from .config import (ALLOCATIONS, HESSIAN_KINDS, INITS, OFFLOADS, PRECONDITIONERS, STATS_DTYPES, TARGETS,
-                         TERM_SCALES, PruneConfig)
+    from .config import PruneConfig
     from .masks import SELECTORS
     from .methods import METHODS
 
@@ -82,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "sparsity")
     _add(prune, PruneConfig, "method", choices=sorted(METHODS))
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
-    _add(prune, PruneConfig, "allocation", choices=list(ALLOCATIONS))
+    _add(prune, PruneConfig, "allocation")
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)
     _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
-    _add(prune, PruneConfig, "stats_dtype", choices=list(STATS_DTYPES))
+    _add(prune, PruneConfig, "stats_dtype")
     prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
                        help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
@@ -97,19 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "max_memory", metavar="SIZES")
-    _add(prune, PruneConfig, "offload_activations", choices=list(OFFLOADS))
+    _add(prune, PruneConfig, "offload_activations")
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
     _add(snows, PruneConfig, "k_step", type=_non_negative_int)
-    _add(snows, PruneConfig, "target", choices=list(TARGETS))
-    _add(snows, PruneConfig, "term_scale", choices=list(TERM_SCALES))
-    _add(snows, PruneConfig, "init", choices=list(INITS))
-    _add(snows, PruneConfig, "hessian", choices=list(HESSIAN_KINDS))
+    _add(snows, PruneConfig, "target")
+    _add(snows, PruneConfig, "term_scale")
+    _add(snows, PruneConfig, "init")
+    _add(snows, PruneConfig, "hessian")
     _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
     _add(snows, PruneConfig, "cg_iters", type=_positive_int)
     _add(snows, PruneConfig, "damping", type=float)
-    _add(snows, PruneConfig, "preconditioner", choices=list(PRECONDITIONERS))
+    _add(snows, PruneConfig, "preconditioner")
     _add(snows, PruneConfig, "holdout", type=float)
     _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
     _add(snows, PruneConfig, "hessian_batches", type=_positive_int)
