@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
     from .config import PruneConfig
     from .masks import SELECTORS
-    from .methods import METHODS
+    from .methods import METHODS, SnowsConfig
 
     parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
     parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
@@ -104,18 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
-    _add(snows, PruneConfig, "k_step", type=_non_negative_int)
-    _add(snows, PruneConfig, "target")
-    _add(snows, PruneConfig, "term_scale")
-    _add(snows, PruneConfig, "init")
-    _add(snows, PruneConfig, "hessian")
-    _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
-    _add(snows, PruneConfig, "cg_iters", type=_positive_int)
-    _add(snows, PruneConfig, "damping", type=float)
-    _add(snows, PruneConfig, "preconditioner")
-    _add(snows, PruneConfig, "holdout", type=float)
-    _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
-    _add(snows, PruneConfig, "hessian_batches", type=_positive_int)
+    numbers = {"k_step": _non_negative_int, "newton_steps": _non_negative_int, "cg_iters": _positive_int, "damping": float,
+               "holdout": float, "batches_per_step": _positive_int, "hessian_batches": _positive_int}
+    for option in dataclasses.fields(SnowsConfig):  # one flag per option, in the config's order
+        _add(snows, SnowsConfig, option.name, **({"type": numbers[option.name]} if option.name in numbers else {}))
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",
@@ -316,7 +308,9 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 
     if args.model in bundled_recipes() and not os.path.exists(args.model):
         raise ValueError(f"{args.model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {args.model}")
-    prune_fields, data_fields = _split_fields(args, prune_cls), _split_fields(args, data_cls)
+    prune_keys = set(prune_cls.flat_keys())  # the methods' options too: flags for another method's are ignored
+    prune_fields = {k: v for k, v in vars(args).items() if k in prune_keys}
+    data_fields = _split_fields(args, data_cls)
     if args.recipe is None and args.model and "dataset" not in data_fields:
         found = recipe_for_model(args.model, prune_fields.get("sparsity"))
         if found is not None:
@@ -332,7 +326,7 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
         raise ValueError("MODEL is required (or a --recipe whose model: names one)")
     if base_prune is None and "sparsity" not in prune_fields:
         raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
-    prune = dataclasses.replace(base_prune, **prune_fields) if base_prune else prune_cls(**prune_fields)
+    prune = prune_cls.from_dict((base_prune.to_dict() if base_prune else {}) | prune_fields)
     data = dataclasses.replace(base_data, **data_fields) if base_data else data_cls(**data_fields)
     return prune, data
 

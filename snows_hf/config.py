@@ -1,16 +1,26 @@
-"""Versioned configuration of a pruning run. Field help doubles as command-line help."""
+"""Versioned configuration of a pruning run. Field help doubles as command-line help.
+
+A :class:`PruneConfig` holds the settings every method shares and, in ``method``, the
+chosen method's own options (a :class:`~snows_hf.methods.MethodConfig`). Recipes,
+reports and checkpoints store it flat (:meth:`PruneConfig.to_dict`) and
+:meth:`PruneConfig.from_dict` reads that form back.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Mapping
 
 from .fields import check_choices, check_types, config_field, require
-from .masks import parse_sparsity
-from .solver.hvp import HESSIAN_KINDS
+from .masks import get_selector, parse_sparsity
+from .methods import METHODS, MethodConfig, get_method
 
 CONFIG_VERSION = 2
+# The flat form lists the methods' options between the fields that choose what is pruned
+# and those that say how the run executes, where config_version 2 has always had them:
+# recipes and reports of the same settings stay byte-identical.
+_OPTIONS_BEFORE = "batch_size"
 MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
 
 
@@ -26,19 +36,33 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}")
 
 
+def _method_options() -> dict[str, Any]:
+    """Every registered method's options, each with its default (the first method to
+    declare a key gives it), in registration order."""
+    options: dict[str, Any] = {}
+    for method in METHODS.values():
+        for f in fields(method.config_class):
+            options.setdefault(f.name, f.default if f.default is not MISSING else f.default_factory())
+    return options
+
+
 @dataclass
 class PruneConfig:
     """Settings of one pruning run (``config_version`` 2; a version-1 recipe is read with
-    what its keys meant then).
+    what its keys meant then). ``method`` takes a method's name (its default options) or
+    its config; either way it holds the config once made.
 
     Example:
-        >>> cfg = PruneConfig(sparsity="2:4", method="magnitude")
-        >>> cfg.pattern.n, cfg.pattern.m
-        (2, 4)
+        >>> from snows_hf.methods import SnowsConfig
+        >>> cfg = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
+        >>> cfg.pattern.n, cfg.pattern.m, cfg.method.name, cfg.method.k_step
+        (2, 4, 'snows', 1)
+        >>> PruneConfig(sparsity="50%", method="magnitude").method
+        MagnitudeConfig()
     """
 
     sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
-    method: str = config_field(
+    method: str | MethodConfig = config_field(
         "snows", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
         "magnitude (magnitude mask only)"
     )
@@ -63,33 +87,6 @@ class PruneConfig:
     )
     stats_dtype: str = config_field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)",
                                     choices=("float32", "float64"))
-    k_step: int = config_field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
-    target: str = config_field(
-        "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
-        "or from the pruned network's (official)", choices=("dense-stream", "official"),
-    )
-    term_scale: str = config_field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)",
-                                   choices=("energy", "none"))
-    init: str = config_field(
-        "auto", "SNOWS: start from the closed-form K=0 least-squares fit (lsq), from the mask selector's weight "
-        "(mask: SparseGPT's own update, or the masked weight), or auto (mask when the selector updates weights, else lsq)",
-        choices=("auto", "lsq", "mask"),
-    )
-    hessian: str = config_field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact",
-                                choices=HESSIAN_KINDS)
-    newton_steps: int = config_field(2, "SNOWS: Newton steps per module")
-    cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
-    damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian")
-    preconditioner: str = config_field(
-        "input-energy", "SNOWS: CG preconditioner, input-energy (each weight scaled by the energy of the input "
-        "feature it multiplies, the diagonal of the layer's Gram matrix) or none", choices=("input-energy", "none"),
-    )
-    holdout: float = config_field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
-    batches_per_step: int | None = config_field(None, "SNOWS: micro-batches per Newton step (default: all)")
-    hessian_batches: int | None = config_field(
-        None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
-        "(sub-sampled Newton; the gradient uses all of them; default: all)"
-    )
     batch_size: int = config_field(8, "calibration samples per micro-batch")
     offload_activations: str = config_field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
@@ -117,14 +114,7 @@ class PruneConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         check_seed(self.seed)
-        require(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
         check_choices(self)
-        require(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
-        require(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
-        require(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
-        require(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
-        require(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
-        require(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
         if self.allocation == "global":
             require(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:
@@ -153,11 +143,7 @@ class PruneConfig:
             parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
         if self.config_version != CONFIG_VERSION:
             raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
-        from .methods import get_method
-
-        from .masks import get_selector
-
-        get_method(self.method)  # fail early, listing the known names
+        self.method = _method_config(self.method)  # fails early, listing the known names
         get_selector(self.mask)
 
     @property
@@ -166,10 +152,69 @@ class PruneConfig:
         return parse_sparsity(self.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (what recipes and reports store)."""
-        return asdict(self)
+        """The settings as one flat dict, what recipes, reports and checkpoints store: the
+        shared fields, ``method`` as its name, and the options of every registered method
+        (the chosen one's values, the others' defaults), keys in :meth:`flat_keys` order.
+
+        Example:
+            >>> from snows_hf.methods import SnowsConfig
+            >>> flat = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1)).to_dict()
+            >>> flat["method"], flat["k_step"], flat["batch_size"]
+            ('snows', 1, 8)
+        """
+        values = asdict(self)  # the method's options as a dict of their own
+        values |= _method_options() | values["method"]
+        values["method"] = self.method.name
+        return {key: values[key] for key in self.flat_keys()}
 
     @classmethod
-    def help(cls, name: str) -> str:
-        """The help text of field ``name``."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}[name]
+    def flat_keys(cls) -> list[str]:
+        """The keys of the flat form (:meth:`to_dict`, a recipe's ``prune:``), in order:
+        the shared fields, with every registered method's options before ``batch_size``.
+
+        Example:
+            >>> PruneConfig.flat_keys()[8:10]
+            ['stats_dtype', 'k_step']
+        """
+        names = [f.name for f in fields(cls)]
+        at = names.index(_OPTIONS_BEFORE)
+        return names[:at] + list(_method_options()) + names[at:]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PruneConfig:
+        """Settings from their flat form (:meth:`to_dict`, a recipe's ``prune:``, a dict of
+        fields). ``method`` names the method, whose options take their keys; the options of
+        the other registered methods are ignored (the chosen method does not read them),
+        and any other key is an error. With a method config in place of a name, that
+        config holds the options.
+
+        Example:
+            >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
+            >>> config.method.k_step, config.method.newton_steps
+            (1, 2)
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
+            MaskOnlyConfig()
+        """
+        unknown = set(values) - set(cls.flat_keys())
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(map(str, unknown)))}")
+        shared = {f.name: f for f in fields(cls)}
+        method = values.get("method", shared["method"].default)
+        if isinstance(method, str):
+            options = get_method(method).config_class
+            method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
+        elif isinstance(method, MethodConfig):
+            given = [f.name for f in fields(method) if f.name in values]
+            require(not given, f"{', '.join(given)} belong in the method's config, not beside it")
+        return cls(**{k: v for k, v in values.items() if k in shared and k != "method"}, method=method)
+
+
+def _method_config(method: Any) -> MethodConfig:
+    """``PruneConfig.method`` as a method config: a name becomes its method's defaults."""
+    if isinstance(method, str):
+        return get_method(method).config_class()
+    if not isinstance(method, MethodConfig):
+        raise ValueError(f"method must be a str (a method's name) or a MethodConfig, got {method!r}")
+    expected = get_method(method).config_class
+    require(type(method) is expected, f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
+    return method

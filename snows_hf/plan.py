@@ -167,16 +167,18 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = {k: v[:1].to(device) for k, v in example.items()}
     micro = math.ceil(num_samples / config.batch_size)
-    held = split_holdout(micro, config.holdout)[1] if config.method == "snows" else []
+    options, method = config.method, config.method.name
+    held = split_holdout(micro, options.holdout)[1] if method == "snows" else []
     plan = RunPlan(
         model_type=getattr(model.config, "model_type", None), block_path=blocks.path, num_blocks=len(blocks),
-        method=config.method, mask="magnitude" if config.method == "magnitude" else config.mask,
-        k_step=config.k_step, sparsity=config.pattern.label, calibration=calibration, num_samples=num_samples,
+        method=method, mask="magnitude" if method == "magnitude" else config.mask,
+        k_step=getattr(options, "k_step", 0), sparsity=config.pattern.label, calibration=calibration, num_samples=num_samples,
         batch_size=config.batch_size, micro_batches=micro, heldout_batches=len(held),
         traced_on="meta" if device.type == "meta" else "weights",
-        newton_steps=config.newton_steps, cg_iters=config.cg_iters,
-        streams=2 if config.method == "snows" and config.target == "dense-stream" else 1,
-        graph_batches=min(micro - len(held), config.batches_per_step or micro, config.hessian_batches or micro),
+        newton_steps=getattr(options, "newton_steps", 0), cg_iters=getattr(options, "cg_iters", 0),
+        streams=2 if method == "snows" and options.target == "dense-stream" else 1,
+        graph_batches=min(micro - len(held), getattr(options, "batches_per_step", None) or micro,
+                          getattr(options, "hessian_batches", None) or micro),
     )
     with torch.no_grad():
         (call,) = capture_block_inputs(model, blocks.modules[0], [example], device, kinds=blocks.first_of_kinds())
@@ -187,9 +189,9 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
         for rel_name, module in execution_order(block, targets.of(index), call):
             name = targets.name(index, rel_name)
             window, window_bytes = [rel_name], 0
-            if config.method == "snows":
+            if method == "snows":
                 with WindowRunner(blocks, index, f"{rel_name}.weight") as runner:
-                    traced = runner.trace(call, module.weight, config.k_step)
+                    traced = runner.trace(call, module.weight, options.k_step)
                 window = traced.names()
                 if (index, traced.last_block) not in graph_bytes:
                     graph_bytes[(index, traced.last_block)] = _blocks_bytes(blocks, index, traced.last_block, call)

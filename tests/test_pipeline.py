@@ -1,5 +1,7 @@
 """The block pipeline: capture, propagation, in-place pruning, hooks, reports."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
@@ -7,7 +9,7 @@ from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
 import snows_hf
 from snows_hf.adapters import block_targets, find_block_list
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
-from snows_hf.methods import Method, register_method, METHODS
+from snows_hf.methods import MagnitudeConfig, Method, MethodConfig, register_method, METHODS
 from snows_hf.pipeline import capture_block_inputs, run_block
 
 
@@ -84,8 +86,12 @@ def test_targets_exclude_embeddings_and_heads():
 
 
 def test_hooks_removed_when_a_method_fails():
-    class Boom(Method):
+    @dataclass
+    class BoomConfig(MethodConfig):
         name = "boom-test"
+
+    class Boom(Method):
+        config_class = BoomConfig
 
         def prune_module(self, job):
             raise RuntimeError("boom")
@@ -102,7 +108,7 @@ def test_hooks_removed_when_a_method_fails():
 
 def test_register_method_rejects_duplicates():
     class Again(Method):
-        name = "magnitude"
+        config_class = MagnitudeConfig
 
     with pytest.raises(ValueError, match="already registered"):
         register_method(Again)
@@ -122,7 +128,7 @@ def test_bad_config_and_calibration():
 
 def test_default_method_is_snows():
     config = snows_hf.PruneConfig(sparsity="2:4")
-    assert (config.method, config.mask, config.k_step) == ("snows", "sparsegpt", 3)
+    assert (config.method.name, config.mask, config.method.k_step) == ("snows", "sparsegpt", 3)
 
 
 def test_as_batches_splits_mappings():

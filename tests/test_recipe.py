@@ -1,5 +1,6 @@
 """recipe.yaml: round trip, strictness, and the recipes of every version written so far."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from snows_hf import PruneConfig
 from snows_hf.calibration import CalibrationConfig
 from snows_hf.cli import main
+from snows_hf.methods import MaskOnlyConfig, SnowsConfig, get_method
 from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict
 
 SAVED = Path(__file__).parent / "data" / "recipes"
@@ -51,14 +53,14 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("magnitude", "lsq", 10, "none")
-    assert prune.k_step == 2 and prune.config_version == 2
+    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("magnitude", "lsq", 10, "none")
+    assert prune.method.k_step == 2 and prune.config_version == 2
     path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.cg_iters, prune.preconditioner) == ("wanda", 7, "none")
+    assert (prune.mask, prune.method.cg_iters, prune.method.preconditioner) == ("wanda", 7, "none")
     path.write_text("prune: {sparsity: '2:4'}\n")  # hand-written, no version: today's defaults
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
+    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
 
 
 # Settings of a run with every default (config_version 2), then what each saved recipe
@@ -90,11 +92,13 @@ SAVED_RECIPES = [  # file, method, settings unlike COMMON, SNOWS options unlike 
 def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, common, options):
     prune, data, model = load_recipe(SAVED / name)
     assert model == "tiny-llama" and data is not None
-    assert prune.method == method
+    assert prune.method.name == method
     for key, value in (COMMON | common).items():
         assert getattr(prune, key) == value, key
     for key, value in (SNOWS | options).items() if options is not None else ():
-        assert getattr(prune, key) == value, key
+        assert getattr(prune.method, key) == value, key
+    if options is None:  # the SNOWS keys such a file holds are not its method's options
+        assert prune.method == get_method(method).config_class()
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))
@@ -103,3 +107,26 @@ def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     prune, _, _ = load_recipe(SAVED / name)
     written = read_recipe_yaml(SAVED / name)["prune"]
     assert list(recipe_dict(prune)["prune"].items()) == list(written.items())
+
+
+def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others():
+    snows = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
+    flat = snows.to_dict()
+    assert list(flat) == PruneConfig.flat_keys() and (flat["method"], flat["k_step"]) == ("snows", 1)
+    assert PruneConfig.from_dict(flat) == snows
+    masked = PruneConfig.from_dict(flat | {"method": "none"})
+    assert masked.method == MaskOnlyConfig()
+    assert masked.to_dict()["k_step"] == 3  # another method's options are stored at their defaults
+    with pytest.raises(ValueError, match="unknown settings: k_stpe"):
+        PruneConfig.from_dict({"sparsity": "2:4", "k_stpe": 1})
+    with pytest.raises(ValueError, match="k_step belong in the method's config"):
+        PruneConfig.from_dict({"sparsity": "2:4", "method": SnowsConfig(), "k_step": 1})
+    with pytest.raises(ValueError, match="method must be a str"):
+        PruneConfig(sparsity="2:4", method=5)
+
+    @dataclass
+    class Mine(SnowsConfig):
+        pass
+
+    with pytest.raises(ValueError, match="method 'snows' takes a SnowsConfig, got a Mine"):
+        PruneConfig(sparsity="2:4", method=Mine())

@@ -74,7 +74,7 @@ def test_failed_line_search_keeps_masked_weights_and_says_so(monkeypatch):
 
     def rigged(self, job, runner, window):
         targets = original(self, job, runner, window)
-        _, held = split_holdout(len(job.calls), self.config.holdout)
+        _, held = split_holdout(len(job.calls), self.config.method.holdout)
         rows = job.weight_rows()
         from snows_hf.masks import from_rows, select_mask
 
@@ -229,7 +229,7 @@ def test_snows_needs_two_micro_batches():
 )
 def test_bad_snows_options(field, value, message):
     with pytest.raises(ValueError, match=message):
-        snows_hf.PruneConfig(**_snows(**{field: value}))
+        snows_hf.PruneConfig.from_dict(_snows(**{field: value}))
 
 
 def test_nan_activations_fall_back_to_finite_weights_and_say_so(caplog):

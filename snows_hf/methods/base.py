@@ -3,18 +3,20 @@
 A method turns a :class:`ModuleJob` into a :class:`MethodResult` (new weight and keep-mask,
 both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`). It never writes
 into the model itself: the pipeline does, so every method gets the same bookkeeping.
+Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registered under.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..blocks import run_block, tracked_hooks
 from ..distributed import Processes
+from ..fields import check_choices, check_types
 from ..masks import SparsityPattern, to_rows
 
 
@@ -175,10 +177,37 @@ class MethodResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-class Method:
-    """Base class of pruning methods; subclasses set ``name`` and ``prune_module``."""
+@dataclass
+class MethodConfig:
+    """The options of one pruning method. A method's subclass sets ``name`` (what
+    ``PruneConfig.method``, recipes and ``--method`` call the method) and declares each
+    option as a field with its help text and, for a fixed set of values, its choices
+    (:func:`~snows_hf.fields.config_field`); both are checked on creation.
 
-    name: str = ""
+    Example:
+        >>> from snows_hf.methods import SnowsConfig
+        >>> options = SnowsConfig(k_step=1)
+        >>> options.name, options.k_step, options.target
+        ('snows', 1, 'dense-stream')
+    """
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_choices(self)
+
+
+class Method:
+    """Base class of pruning methods: a subclass names its options' class (``config_class``,
+    whose ``name`` the method is registered under) and implements ``prune_module``.
+
+    A method is built with the run's :class:`~snows_hf.config.PruneConfig`: its own
+    options are ``config.method``, the settings every method shares (``mask``, ...) the
+    other fields.
+    """
+
+    config_class: type[MethodConfig] = MethodConfig
     #: whether the pipeline must also propagate the dense network's activations
     needs_dense_stream: bool = False
 
@@ -204,23 +233,39 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Add a method under ``cls.name``; an empty or taken name is an error.
+    """Add a method under its options' name (``cls.config_class.name``); an empty or
+    taken name is an error.
 
     Example:
-        >>> class Keep(Method):  # doctest: +SKIP
+        >>> from snows_hf.methods import MaskOnly
+        >>> @dataclass
+        ... class KeepConfig(MethodConfig):
         ...     name = "keep"
-        >>> register_method(Keep)  # doctest: +SKIP
+        >>> class Keep(MaskOnly):
+        ...     config_class = KeepConfig
+        >>> register_method(Keep) is get_method("keep")
+        True
+        >>> del METHODS["keep"]  # this example's method only
     """
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    METHODS[cls.name] = cls
+    options = cls.config_class
+    if not (isinstance(options, type) and issubclass(options, MethodConfig)):
+        raise ValueError(f"{cls.__name__}.config_class must be a MethodConfig subclass, got {options!r}")
+    if not options.name or options.name in METHODS:
+        raise ValueError(f"method name {options.name!r} is empty or already registered")
+    METHODS[options.name] = cls
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    """Look up a method class, with an error listing the known names."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
+def get_method(name: str | MethodConfig) -> type[Method]:
+    """The method registered under ``name`` (or under a method config's name), with an
+    error listing the known names.
 
+    Example:
+        >>> get_method("snows").config_class.__name__
+        'SnowsConfig'
+    """
+    key = name.name if isinstance(name, MethodConfig) else name
+    try:
+        return METHODS[key]
+    except KeyError:
+        raise ValueError(f"unknown method {key!r}; choose one of: {', '.join(sorted(METHODS))}") from None

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..masks import apply_selector, get_selector
-from .base import Method, MethodResult, ModuleJob
+from .base import Method, MethodConfig, MethodResult, ModuleJob
+
+
+@dataclass
+class MaskOnlyConfig(MethodConfig):
+    """Options of the ``none`` method: none of its own (its mask is the run's ``mask``).
+
+    Example:
+        >>> MaskOnlyConfig().name
+        'none'
+    """
+
+    name = "none"
 
 
 class MaskOnly(Method):
     """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
     the selector's own update where it makes one (SparseGPT)."""
 
-    name = "none"
+    config_class = MaskOnlyConfig
 
     @property
     def fits_data(self) -> bool:
@@ -22,10 +36,22 @@ class MaskOnly(Method):
         return MethodResult(weight_rows=weight_rows, mask_rows=mask)
 
 
+@dataclass
+class MagnitudeConfig(MethodConfig):
+    """Options of the ``magnitude`` method: none (it ignores the run's ``mask``).
+
+    Example:
+        >>> MagnitudeConfig().name
+        'magnitude'
+    """
+
+    name = "magnitude"
+
+
 class MagnitudeMethod(MaskOnly):
     """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
 
-    name = "magnitude"
+    config_class = MagnitudeConfig
 
     @property
     def mask_selector(self) -> str:
