@@ -11,14 +11,15 @@ Example:
     1
 """
 
-from .base import METHODS, Method, MethodConfig, MethodResult, ModuleJob, get_method, input_features, register_method
+from .base import (METHODS, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, get_method, input_features,
+                   register_method)
 from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
-from .snows import SnowsConfig, SnowsMethod, split_holdout
+from .snows import SnowsConfig, SnowsMethod, SnowsPlan, split_holdout
 
 register_method(MaskOnly)
 register_method(MagnitudeMethod)
 register_method(SnowsMethod)
 
 __all__ = ["METHODS", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method", "MethodConfig",
-           "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "get_method", "input_features", "register_method",
-           "split_holdout"]
+           "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "SnowsPlan", "get_method",
+           "input_features", "register_method", "split_holdout"]

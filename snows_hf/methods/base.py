@@ -9,7 +9,7 @@ Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -198,18 +198,46 @@ class MethodConfig:
         check_choices(self)
 
 
+@dataclass
+class MethodPlan:
+    """A method's part of the dry-run plan (:func:`snows_hf.plan.plan_run`); the defaults
+    are those of a method that works on each module alone.
+
+    Attributes:
+        settings: what the plan's method line says after the sparsity (``", K=3, ..."``).
+        calibration: what its micro-batch line says after the count (``", 1 held out ..."``).
+        window_k: the operations after each module that the method's work spans, traced
+            for the plan's window column (``None``: the module alone).
+    """
+
+    settings: str = ""
+    calibration: str = ""
+    window_k: int | None = None
+
+    def footer(self, modules: list, batch_size: int) -> list[str]:
+        """The lines that end the plan, from its modules (each a
+        :class:`~snows_hf.plan.ModulePlan` with its ``window_bytes``): none here."""
+        return []
+
+
 class Method:
     """Base class of pruning methods: a subclass names its options' class (``config_class``,
     whose ``name`` the method is registered under) and implements ``prune_module``.
 
     A method is built with the run's :class:`~snows_hf.config.PruneConfig`: its own
     options are ``config.method``, the settings every method shares (``mask``, ...) the
-    other fields.
+    other fields. It also says what it is in a run's words: its part of the dry-run plan
+    (:meth:`plan`) and, from a run's stored settings, of the terminal summary, of the
+    saved ``config.json`` and of the model card.
     """
 
     config_class: type[MethodConfig] = MethodConfig
     #: whether the pipeline must also propagate the dense network's activations
     needs_dense_stream: bool = False
+    #: whether the run's ``mask`` setting picks this method's mask (it is shown beside it then)
+    uses_mask_setting: bool = True
+    #: the model card's sentence on what the method did to the weights
+    card_paragraph: str = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -227,6 +255,43 @@ class Method:
 
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def plan(self, micro_batches: int) -> MethodPlan:
+        """The method's part of the dry-run plan of a run with ``micro_batches`` calibration
+        micro-batches."""
+        return MethodPlan()
+
+    @classmethod
+    def summary(cls, settings: Mapping[str, Any]) -> str:
+        """The method as the terminal summary says it, from a run's stored (flat) settings.
+
+        Example:
+            >>> Method.summary({"method": "none", "mask": "wanda"})
+            'method none, mask wanda'
+        """
+        return f"method {settings['method']}" + (f", mask {settings['mask']}" if cls.uses_mask_setting else "")
+
+    @classmethod
+    def metadata(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The method's entries in the ``sparsity`` block of a saved model's ``config.json``,
+        from the run's stored (flat) settings.
+
+        Example:
+            >>> Method.metadata({"method": "none", "mask": "wanda"})
+            {'method': 'none', 'mask': 'wanda'}
+        """
+        return {"method": settings["method"], **({"mask": settings["mask"]} if cls.uses_mask_setting else {})}
+
+    @classmethod
+    def card_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The method's rows of the model card's settings table, from the run's stored
+        (flat) settings.
+
+        Example:
+            >>> Method.card_settings({"method": "none", "mask": "wanda"})
+            [('method', 'none'), ('mask', 'wanda')]
+        """
+        return [("method", settings["method"])] + ([("mask", settings["mask"])] if cls.uses_mask_setting else [])
 
 
 METHODS: dict[str, type[Method]] = {}

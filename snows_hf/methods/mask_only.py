@@ -25,6 +25,7 @@ class MaskOnly(Method):
     the selector's own update where it makes one (SparseGPT)."""
 
     config_class = MaskOnlyConfig
+    card_paragraph = "Masks only: the surviving weights are those of the mask selector."
 
     @property
     def fits_data(self) -> bool:
@@ -52,6 +53,8 @@ class MagnitudeMethod(MaskOnly):
     """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
 
     config_class = MagnitudeConfig
+    uses_mask_setting = False
+    card_paragraph = "Magnitude masks only: the largest weights were kept as they were."
 
     @property
     def mask_selector(self) -> str:

@@ -34,6 +34,7 @@ import math
 import time
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -41,11 +42,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..fields import check_choices, check_types, config_field, require
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
+from ..placement import format_size
 from ..solver import NewtonConfig, newton_refit, window_loss
 from ..solver.hvp import HESSIAN_KINDS
 from ..solver.lsq import masked_lstsq
 from ..windows import WindowRunner
-from .base import Method, MethodConfig, MethodResult, ModuleJob
+from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +156,32 @@ class SnowsConfig(MethodConfig):
         require(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
 
 
+@dataclass
+class SnowsPlan(MethodPlan):
+    """SNOWS's part of the dry-run plan: its Newton-CG budget, and the micro-batches whose
+    window graphs a Newton step keeps for CG (all training ones, or ``batches_per_step``
+    / ``hessian_batches``)."""
+
+    newton_steps: int = 0
+    cg_iters: int = 0
+    graph_batches: int = 0
+
+    def footer(self, modules: list, batch_size: int) -> list[str]:
+        """The largest window's activations over the kept graphs (about what a window holds
+        on the device beyond the weights and activations), and the Hessian-vector products
+        at most: modules x Newton steps x CG iterations."""
+        graphs = max((m.window_bytes for m in modules), default=0) * self.graph_batches * batch_size
+        return [f"largest window's kept graphs (estimate): {format_size(graphs)}",
+                f"Hessian-vector products: at most {len(modules) * self.newton_steps * self.cg_iters:,}"]
+
+
 class SnowsMethod(Method):
     """Mask with ``config.mask``, then re-fit the kept weights over the K-step window
     (options: ``config.method``, a :class:`SnowsConfig`)."""
 
     config_class = SnowsConfig
+    card_paragraph = ("After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
+                      "the network's outputs several operations downstream stay close to the dense model.")
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -167,6 +190,33 @@ class SnowsMethod(Method):
     @property
     def needs_dense_stream(self) -> bool:  # type: ignore[override]
         return self.config.method.target == "dense-stream"
+
+    def plan(self, micro_batches: int) -> SnowsPlan:
+        cfg = self.config.method
+        held = len(split_holdout(micro_batches, cfg.holdout)[1])
+        return SnowsPlan(
+            settings=f", K={cfg.k_step}, {cfg.newton_steps} Newton steps x {cfg.cg_iters} CG at most",
+            calibration=f", {held} held out for the line search", window_k=cfg.k_step,
+            newton_steps=cfg.newton_steps, cg_iters=cfg.cg_iters,
+            graph_batches=min(micro_batches - held, cfg.batches_per_step or micro_batches,
+                              cfg.hessian_batches or micro_batches),
+        )
+
+    @classmethod
+    def summary(cls, settings: Mapping[str, Any]) -> str:
+        return super().summary(settings) + f", K={settings['k_step']}, {settings['target']} targets"
+
+    @classmethod
+    def metadata(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        return super().metadata(settings) | {"k_step": settings["k_step"], "target": settings["target"]}
+
+    @classmethod
+    def card_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        return super().card_settings(settings) + [
+            ("K (operations downstream)", settings["k_step"]), ("targets", settings["target"]),
+            ("Newton steps x CG iterations", f"{settings['newton_steps']} x {settings['cg_iters']}"),
+            ("start", settings["init"]),
+        ]
 
     def newton_config(self) -> NewtonConfig:
         cfg = self.config.method
