@@ -21,6 +21,7 @@ CONFIG_VERSION = 2
 # and those that say how the run executes, where config_version 2 has always had them:
 # recipes and reports of the same settings stay byte-identical.
 _OPTIONS_BEFORE = "batch_size"
+
 MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
 
 
@@ -214,7 +215,7 @@ def _method_config(method: Any) -> MethodConfig:
     if isinstance(method, str):
         return get_method(method).config_class()
     if not isinstance(method, MethodConfig):
-        raise ValueError(f"method must be a str (a method's name) or a MethodConfig, got {method!r}")
+        raise ValueError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig")
     expected = get_method(method).config_class
     require(type(method) is expected, f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
     return method

@@ -216,7 +216,12 @@ class MethodPlan:
 
     def footer(self, modules: list, batch_size: int) -> list[str]:
         """The lines that end the plan, from its modules (each a
-        :class:`~snows_hf.plan.ModulePlan` with its ``window_bytes``): none here."""
+        :class:`~snows_hf.plan.ModulePlan` with its ``window_bytes``): none here.
+
+        Example:
+            >>> MethodPlan().footer([], batch_size=8)
+            []
+        """
         return []
 
 
@@ -258,7 +263,13 @@ class Method:
 
     def plan(self, micro_batches: int) -> MethodPlan:
         """The method's part of the dry-run plan of a run with ``micro_batches`` calibration
-        micro-batches."""
+        micro-batches.
+
+        Example:
+            >>> from snows_hf import PruneConfig
+            >>> get_method("snows")(PruneConfig(sparsity="2:4")).plan(8).calibration
+            ', 1 held out for the line search'
+        """
         return MethodPlan()
 
     @classmethod

@@ -169,7 +169,12 @@ class SnowsPlan(MethodPlan):
     def footer(self, modules: list, batch_size: int) -> list[str]:
         """The largest window's activations over the kept graphs (about what a window holds
         on the device beyond the weights and activations), and the Hessian-vector products
-        at most: modules x Newton steps x CG iterations."""
+        at most: modules x Newton steps x CG iterations.
+
+        Example:
+            >>> SnowsPlan(newton_steps=2, cg_iters=5, graph_batches=7).footer([], batch_size=4)
+            ["largest window's kept graphs (estimate): 0 B", 'Hessian-vector products: at most 0']
+        """
         graphs = max((m.window_bytes for m in modules), default=0) * self.graph_batches * batch_size
         return [f"largest window's kept graphs (estimate): {format_size(graphs)}",
                 f"Hessian-vector products: at most {len(modules) * self.newton_steps * self.cg_iters:,}"]
