@@ -69,7 +69,7 @@ def prune_(
     Args:
         model: a transformers ``PreTrainedModel`` (or any module with a ``config`` and a
             list of blocks).
-        config: a :class:`PruneConfig` or a dict of its fields.
+        config: a :class:`PruneConfig`, or its flat form as a dict (:meth:`PruneConfig.from_dict`).
         calibration: model inputs (see :func:`as_batches`).
         progress: show a progress bar over blocks.
         checkpoint: a :class:`~snows_hf.checkpoint.RunCheckpoint`: every finished block is
@@ -80,13 +80,14 @@ def prune_(
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64,
         ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
-        >>> config = PruneConfig(sparsity="2:4", method="snows", k_step=2, batch_size=4)
+        >>> from snows_hf.methods import SnowsConfig
+        >>> config = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=2), batch_size=4)
         >>> report = prune_(model, config, torch.randint(0, 100, (16, 16)))
         >>> round(report.sparsity, 2), report.layers[0].metrics["k"]
         (0.5, 2)
     """
     if not isinstance(config, PruneConfig):
-        config = PruneConfig(**dict(config))
+        config = PruneConfig.from_dict(config)
     check_targets_fit(model, config)
     main_input = getattr(model, "main_input_name", "input_ids")
     batches = as_batches(calibration, config.batch_size, main_input)

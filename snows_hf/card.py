@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import RANDOM
+from .methods import METHODS, Method
 from .provenance import Source, public_source_here
 from .tasks import task_of
 
@@ -107,25 +108,14 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
     data = payload.get("data") or {}
     calibration = payload.get("calibration") or {}
     evaluation = payload.get("evaluation") or {}
-    method = cfg["method"]
-    settings = [("pattern", cfg["sparsity"]), ("method", method)]
-    if method != "magnitude":
-        settings.append(("mask", cfg["mask"]))
-    if method == "snows":
-        settings += [("K (operations downstream)", cfg["k_step"]), ("targets", cfg["target"]),
-                     ("Newton steps x CG iterations", f"{cfg['newton_steps']} x {cfg['cg_iters']}"), ("start", cfg["init"])]
+    method = METHODS.get(cfg["method"], Method)  # a method this session has not registered: the plain words
+    settings = [("pattern", cfg["sparsity"]), *method.card_settings(cfg)]
     if cfg.get("allocation") == "global":
         settings.append(("allocation", f"global, at most {cfg['max_layer_sparsity']} per layer"))
     text_model = getattr(model, "main_input_name", "input_ids") == "input_ids"
     where = f" of {dataset.name} (split {data.get('split')})" if dataset else " (random inputs)"
     tokens = f", {calibration['seq_len']} tokens each" if text_model and calibration.get("seq_len") else ""
     settings.append(("calibration", f"{payload['num_calibration_samples']} samples{where}{tokens}"))
-    method_line = {
-        "snows": "After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
-                 "the network's outputs several operations downstream stay close to the dense model.",
-        "none": "Masks only: the surviving weights are those of the mask selector.",
-        "magnitude": "Magnitude masks only: the largest weights were kept as they were.",
-    }.get(method, "")
     results = []
     for metric in (evaluation.get("pruned") or {}):
         dense = (evaluation.get("dense") or {}).get(metric, 1.0 if metric in ("cosine_to_dense", "top1_agreement") else None)
@@ -141,7 +131,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         "title": f"{name}",
         "source_line": (f"[{source.name}](https://huggingface.co/{source.name})" if source and source.on_hub
                         else f"`{source.name}`" if source else "A model"),
-        "pattern": cfg["sparsity"], "method_line": method_line, "settings": settings,
+        "pattern": cfg["sparsity"], "method_line": method.card_paragraph, "settings": settings,
         "results": results, "eval_samples": evaluation.get("samples"),
         "eval_source": f"{dataset.name}, split {data.get('split')}" if dataset else "",
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,

@@ -35,7 +35,11 @@ def _help(cls: type, name: str) -> str:
 
 
 def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -> None:
-    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default."""
+    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default.
+    A field that declares its allowed values (``choices`` in its metadata) offers those."""
+    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
+    if choices is not None:
+        kwargs.setdefault("choices", list(choices))
     parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
 
 
@@ -60,10 +64,9 @@ _non_negative_int = _int_at_least(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
-    from .config import (ALLOCATIONS, HESSIAN_KINDS, INITS, OFFLOADS, PRECONDITIONERS, STATS_DTYPES, TARGETS,
-                         TERM_SCALES, PruneConfig)
+    from .config import PruneConfig
     from .masks import SELECTORS
-    from .methods import METHODS
+    from .methods import METHODS, SnowsConfig
 
     parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
     parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
@@ -79,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "sparsity")
     _add(prune, PruneConfig, "method", choices=sorted(METHODS))
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
-    _add(prune, PruneConfig, "allocation", choices=list(ALLOCATIONS))
+    _add(prune, PruneConfig, "allocation")
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)
     _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
     _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
-    _add(prune, PruneConfig, "stats_dtype", choices=list(STATS_DTYPES))
+    _add(prune, PruneConfig, "stats_dtype")
     prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
                        help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
@@ -94,22 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "batch_size", type=_positive_int)
     _add(prune, PruneConfig, "device")
     _add(prune, PruneConfig, "max_memory", metavar="SIZES")
-    _add(prune, PruneConfig, "offload_activations", choices=list(OFFLOADS))
+    _add(prune, PruneConfig, "offload_activations")
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
     snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
-    _add(snows, PruneConfig, "k_step", type=_non_negative_int)
-    _add(snows, PruneConfig, "target", choices=list(TARGETS))
-    _add(snows, PruneConfig, "term_scale", choices=list(TERM_SCALES))
-    _add(snows, PruneConfig, "init", choices=list(INITS))
-    _add(snows, PruneConfig, "hessian", choices=list(HESSIAN_KINDS))
-    _add(snows, PruneConfig, "newton_steps", type=_non_negative_int)
-    _add(snows, PruneConfig, "cg_iters", type=_positive_int)
-    _add(snows, PruneConfig, "damping", type=float)
-    _add(snows, PruneConfig, "preconditioner", choices=list(PRECONDITIONERS))
-    _add(snows, PruneConfig, "holdout", type=float)
-    _add(snows, PruneConfig, "batches_per_step", type=_positive_int)
-    _add(snows, PruneConfig, "hessian_batches", type=_positive_int)
+    numbers = {"k_step": _non_negative_int, "newton_steps": _non_negative_int, "cg_iters": _positive_int, "damping": float,
+               "holdout": float, "batches_per_step": _positive_int, "hessian_batches": _positive_int}
+    for option in dataclasses.fields(SnowsConfig):  # one flag per option, in the config's order
+        _add(snows, SnowsConfig, option.name, **({"type": numbers[option.name]} if option.name in numbers else {}))
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",
@@ -257,7 +252,9 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
 
     if args.model in bundled_recipes() and not os.path.exists(args.model):
         raise ValueError(f"{args.model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {args.model}")
-    prune_fields, data_fields = _split_fields(args, prune_cls), _split_fields(args, data_cls)
+    prune_keys = set(prune_cls.flat_keys())  # the methods' options too: flags for another method's are ignored
+    prune_fields = {k: v for k, v in vars(args).items() if k in prune_keys}
+    data_fields = _split_fields(args, data_cls)
     if args.recipe is None and args.model and "dataset" not in data_fields:
         found = recipe_for_model(args.model, prune_fields.get("sparsity"))
         if found is not None:
@@ -273,7 +270,7 @@ def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple
         raise ValueError("MODEL is required (or a --recipe whose model: names one)")
     if base_prune is None and "sparsity" not in prune_fields:
         raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
-    prune = dataclasses.replace(base_prune, **prune_fields) if base_prune else prune_cls(**prune_fields)
+    prune = prune_cls.from_dict((base_prune.to_dict() if base_prune else {}) | prune_fields)
     data = dataclasses.replace(base_data, **data_fields) if base_data else data_cls(**data_fields)
     return prune, data
 

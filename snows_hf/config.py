@@ -1,59 +1,26 @@
-"""Versioned configuration of a pruning run. Field help doubles as command-line help."""
+"""Versioned configuration of a pruning run. Field help doubles as command-line help.
+
+A :class:`PruneConfig` holds the settings every method shares and, in ``method``, the
+chosen method's own options (a :class:`~snows_hf.methods.MethodConfig`). Recipes,
+reports and checkpoints store it flat (:meth:`PruneConfig.to_dict`) and
+:meth:`PruneConfig.from_dict` reads that form back.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Mapping
 
-from .masks import parse_sparsity
-from .solver.hvp import HESSIAN_KINDS
+from .fields import check_choices, check_types, config_field, require
+from .masks import get_selector, parse_sparsity
+from .methods import METHODS, MethodConfig, get_method
 
 CONFIG_VERSION = 2
-# The allowed values of the fields with a fixed set, default first: validation here and
-# the command line's choices both read them (HESSIAN_KINDS: the solver's own).
-ALLOCATIONS = ("uniform", "global")
-STATS_DTYPES = ("float32", "float64")
-TARGETS = ("dense-stream", "official")
-TERM_SCALES = ("energy", "none")
-INITS = ("auto", "lsq", "mask")
-PRECONDITIONERS = ("input-energy", "none")
-OFFLOADS = ("device", "cpu", "disk")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _check_choice(config: Any, name: str, allowed: tuple[str, ...]) -> None:
-    """Field ``name`` of ``config`` is one of ``allowed``, said as "a, b or c" otherwise."""
-    value = getattr(config, name)
-    listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
-    _check(value in allowed, f"{name} must be {listed}, got {value!r}")
-
-
-_KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
-
-
-def _check_types(config: Any) -> None:
-    """Each plain field holds its declared type (recipes and dicts can carry anything)."""
-    for f in fields(config):
-        declared = str(f.type).replace(" ", "")
-        base = declared.removesuffix("|None")
-        value = getattr(config, f.name)
-        if value is None or f.name == "sparsity":  # sparsity: parse_sparsity's own errors
-            continue
-        if base == "list[str]":
-            if not (isinstance(value, str) or isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-                raise ValueError(f"{f.name} must be a list of regular expressions (strings), got {value!r}")
-            continue
-        if base not in _KINDS:
-            continue
-        if isinstance(value, bool) and base != "bool" or not isinstance(value, _KINDS[base]):
-            optional = " or None" if declared.endswith("|None") else ""
-            raise ValueError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}")
-
+# The flat form lists the methods' options between the fields that choose what is pruned
+# and those that say how the run executes, where config_version 2 has always had them:
+# recipes and reports of the same settings stay byte-identical.
+_OPTIONS_BEFORE = "batch_size"
 
 MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
 
@@ -70,118 +37,95 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}")
 
 
-def _field(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+def _method_options() -> dict[str, Any]:
+    """Every registered method's options, each with its default (the first method to
+    declare a key gives it), in registration order."""
+    options: dict[str, Any] = {}
+    for method in METHODS.values():
+        for f in fields(method.config_class):
+            options.setdefault(f.name, f.default if f.default is not MISSING else f.default_factory())
+    return options
 
 
 @dataclass
 class PruneConfig:
     """Settings of one pruning run (``config_version`` 2; a version-1 recipe is read with
-    what its keys meant then).
+    what its keys meant then). ``method`` takes a method's name (its default options) or
+    its config; either way it holds the config once made.
 
     Example:
-        >>> cfg = PruneConfig(sparsity="2:4", method="magnitude")
-        >>> cfg.pattern.n, cfg.pattern.m
-        (2, 4)
+        >>> from snows_hf.methods import SnowsConfig
+        >>> cfg = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
+        >>> cfg.pattern.n, cfg.pattern.m, cfg.method.name, cfg.method.k_step
+        (2, 4, 'snows', 1)
+        >>> PruneConfig(sparsity="50%", method="magnitude").method
+        MagnitudeConfig()
     """
 
-    sparsity: str = _field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
-    method: str = _field(
+    sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
+    method: str | MethodConfig = config_field(
         "snows", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
         "magnitude (magnitude mask only)"
     )
-    mask: str = _field(
+    mask: str = config_field(
         "sparsegpt", "mask selector used by the snows and none methods (sparsegpt also updates the kept weights; "
         "benchmarks/solver_budget.py measures it against magnitude under SNOWS)"
     )
-    allocation: str = _field(
+    allocation: str = config_field(
         "uniform", "unstructured sparsity per layer: uniform (every layer at the target) or global "
-        "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)"
+        "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)",
+        choices=("uniform", "global"),
     )
-    max_layer_sparsity: float | None = _field(None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)")
-    targets: list[str] | None = _field(
+    max_layer_sparsity: float | None = config_field(None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)")
+    targets: list[str] | None = config_field(
         None, "regular expressions: prune only block modules whose name (in memory or as saved) "
         "contains a match, or whose type (Linear, Conv1D, Conv2d) matches one (default: the family's targets)"
     )
-    ignore: list[str] | None = _field(None, "regular expressions, matched like targets: never prune these modules")
-    diagnostics: bool = _field(
+    ignore: list[str] | None = config_field(None, "regular expressions, matched like targets: never prune these modules")
+    diagnostics: bool = config_field(
         True, "compare magnitude and Hessian-scaled masks per layer in the report (one extra block "
         "forward per module when the mask itself needs no statistics)"
     )
-    stats_dtype: str = _field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)")
-    k_step: int = _field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
-    target: str = _field(
-        "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
-        "or from the pruned network's (official)"
-    )
-    term_scale: str = _field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)")
-    init: str = _field(
-        "auto", "SNOWS: start from the closed-form K=0 least-squares fit (lsq), from the mask selector's weight "
-        "(mask: SparseGPT's own update, or the masked weight), or auto (mask when the selector updates weights, else lsq)"
-    )
-    hessian: str = _field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact")
-    newton_steps: int = _field(2, "SNOWS: Newton steps per module")
-    cg_iters: int = _field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
-    damping: float = _field(1e-4, "SNOWS: damping added to the Hessian")
-    preconditioner: str = _field(
-        "input-energy", "SNOWS: CG preconditioner, input-energy (each weight scaled by the energy of the input "
-        "feature it multiplies, the diagonal of the layer's Gram matrix) or none"
-    )
-    holdout: float = _field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
-    batches_per_step: int | None = _field(None, "SNOWS: micro-batches per Newton step (default: all)")
-    hessian_batches: int | None = _field(
-        None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
-        "(sub-sampled Newton; the gradient uses all of them; default: all)"
-    )
-    batch_size: int = _field(8, "calibration samples per micro-batch")
-    offload_activations: str = _field(
+    stats_dtype: str = config_field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)",
+                                    choices=("float32", "float64"))
+    batch_size: int = config_field(8, "calibration samples per micro-batch")
+    offload_activations: str = config_field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
-        "(one file per micro-batch, read back when its block runs; removed at the end)"
+        "(one file per micro-batch, read back when its block runs; removed at the end)", choices=("device", "cpu", "disk"),
     )
-    offload_dir: str | None = _field(
+    offload_dir: str | None = config_field(
         None, "folder for disk-offloaded activations and (with max_memory) weights, in a temporary subfolder "
         "removed at the end (default: beside the output, else the system's temp folder)"
     )
-    device: str = _field("auto", "execution device: auto, cpu, cuda, cuda:1, mps, ...")
-    max_memory: str | None = _field(
+    device: str = config_field("auto", "execution device: auto, cpu, cuda, cuda:1, mps, ...")
+    max_memory: str | None = config_field(
         None, "memory for block weights, e.g. 20GiB (the execution device) or cuda:0=20GiB,cpu=64GiB: blocks "
         "beyond the device's share wait in CPU memory (or on disk beyond the cpu share) and come to the device "
         "a window at a time (default: half the accelerator's free memory)"
     )
-    block_path: str | None = _field(None, "dotted name of the model's block list (overrides discovery)")
-    seed: int = _field(0, "random seed")
-    config_version: int = _field(CONFIG_VERSION, "version of this configuration schema", cli=False)
+    block_path: str | None = config_field(None, "dotted name of the model's block list (overrides discovery)")
+    seed: int = config_field(0, "random seed")
+    config_version: int = config_field(CONFIG_VERSION, "version of this configuration schema", cli=False)
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if self.sparsity is None:
             raise ValueError("a sparsity is required, e.g. sparsity='2:4' or sparsity='50%'")
         self.sparsity = str(parse_sparsity(self.sparsity))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         check_seed(self.seed)
-        _check(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
-        for name, allowed in (("target", TARGETS), ("term_scale", TERM_SCALES), ("init", INITS),
-                              ("preconditioner", PRECONDITIONERS), ("hessian", HESSIAN_KINDS),
-                              ("offload_activations", OFFLOADS), ("allocation", ALLOCATIONS),
-                              ("stats_dtype", STATS_DTYPES)):
-            _check_choice(self, name, allowed)
-        _check(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
-        _check(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
-        _check(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
-        _check(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
-        _check(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
-        _check(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
+        check_choices(self)
         if self.allocation == "global":
-            _check(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
+            require(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:
                 self.max_layer_sparsity = max(0.95, self.pattern.fraction)
         elif self.max_layer_sparsity is not None:
             raise ValueError("max_layer_sparsity applies to allocation='global' only (--allocation global)")
         if self.max_layer_sparsity is not None:
             cap = self.max_layer_sparsity
-            _check(0 < cap < 1, f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
-            _check(cap >= self.pattern.fraction, f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
+            require(0 < cap < 1, f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
+            require(cap >= self.pattern.fraction, f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
         for name in ("targets", "ignore"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -200,11 +144,7 @@ class PruneConfig:
             parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
         if self.config_version != CONFIG_VERSION:
             raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
-        from .methods import get_method
-
-        from .masks import get_selector
-
-        get_method(self.method)  # fail early, listing the known names
+        self.method = _method_config(self.method)  # fails early, listing the known names
         get_selector(self.mask)
 
     @property
@@ -213,10 +153,69 @@ class PruneConfig:
         return parse_sparsity(self.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (what recipes and reports store)."""
-        return asdict(self)
+        """The settings as one flat dict, what recipes, reports and checkpoints store: the
+        shared fields, ``method`` as its name, and the options of every registered method
+        (the chosen one's values, the others' defaults), keys in :meth:`flat_keys` order.
+
+        Example:
+            >>> from snows_hf.methods import SnowsConfig
+            >>> flat = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1)).to_dict()
+            >>> flat["method"], flat["k_step"], flat["batch_size"]
+            ('snows', 1, 8)
+        """
+        values = asdict(self)  # the method's options as a dict of their own
+        values |= _method_options() | values["method"]
+        values["method"] = self.method.name
+        return {key: values[key] for key in self.flat_keys()}
 
     @classmethod
-    def help(cls, name: str) -> str:
-        """The help text of field ``name``."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}[name]
+    def flat_keys(cls) -> list[str]:
+        """The keys of the flat form (:meth:`to_dict`, a recipe's ``prune:``), in order:
+        the shared fields, with every registered method's options before ``batch_size``.
+
+        Example:
+            >>> PruneConfig.flat_keys()[8:10]
+            ['stats_dtype', 'k_step']
+        """
+        names = [f.name for f in fields(cls)]
+        at = names.index(_OPTIONS_BEFORE)
+        return names[:at] + list(_method_options()) + names[at:]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PruneConfig:
+        """Settings from their flat form (:meth:`to_dict`, a recipe's ``prune:``, a dict of
+        fields). ``method`` names the method, whose options take their keys; the options of
+        the other registered methods are ignored (the chosen method does not read them),
+        and any other key is an error. With a method config in place of a name, that
+        config holds the options.
+
+        Example:
+            >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
+            >>> config.method.k_step, config.method.newton_steps
+            (1, 2)
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
+            MaskOnlyConfig()
+        """
+        unknown = set(values) - set(cls.flat_keys())
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(map(str, unknown)))}")
+        shared = {f.name: f for f in fields(cls)}
+        method = values.get("method", shared["method"].default)
+        if isinstance(method, str):
+            options = get_method(method).config_class
+            method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
+        elif isinstance(method, MethodConfig):
+            given = [f.name for f in fields(method) if f.name in values]
+            require(not given, f"{', '.join(given)} belong in the method's config, not beside it")
+        return cls(**{k: v for k, v in values.items() if k in shared and k != "method"}, method=method)
+
+
+def _method_config(method: Any) -> MethodConfig:
+    """``PruneConfig.method`` as a method config: a name becomes its method's defaults."""
+    if isinstance(method, str):
+        return get_method(method).config_class()
+    if not isinstance(method, MethodConfig):
+        raise ValueError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig")
+    expected = get_method(method).config_class
+    require(type(method) is expected, f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
+    return method

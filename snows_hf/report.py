@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from .methods import METHODS, Method
+
 
 @dataclass
 class LayerReport:
@@ -75,14 +77,7 @@ class PruneReport:
         """The ``sparsity`` entry written into ``config.json`` next to the weights."""
         from . import __version__
 
-        block = {
-            "pattern": self.config["sparsity"],
-            "method": self.config["method"],
-        }
-        if self.config["method"] != "magnitude":
-            block["mask"] = self.config["mask"]
-        if self.config["method"] == "snows":
-            block.update(k_step=self.config["k_step"], target=self.config["target"])
+        block = {"pattern": self.config["sparsity"], **self._method().metadata(self.config)}
         if self.config.get("allocation") == "global":
             block.update(allocation="global", max_layer_sparsity=self.config["max_layer_sparsity"])
         return block | {
@@ -92,6 +87,11 @@ class PruneReport:
             "tool": f"snows-hf {__version__}",
         }
 
+
+    def _method(self) -> type[Method]:
+        # A method this session has not registered (one a user's own run added) reads as
+        # the plain Method: its name and mask.
+        return METHODS.get(self.config["method"], Method)
 
     def format_table(self, evaluation: dict[str, Any] | None = None, phases: dict[str, float] | None = None,
                      max_layers: int = 40) -> str:
@@ -104,9 +104,7 @@ class PruneReport:
         lines = []
         if evaluation:
             lines += [format_metrics(evaluation), ""]
-        settings = f"method {cfg['method']}" + (f", mask {cfg['mask']}" if cfg["method"] != "magnitude" else "")
-        if cfg["method"] == "snows":
-            settings += f", K={cfg['k_step']}, {cfg['target']} targets"
+        settings = self._method().summary(cfg)
         lines.append(f"sparsity {cfg['sparsity']} ({settings}): {len(self.layers)} layers in {self.num_blocks} blocks, "
                      f"{self.num_calibration_samples} calibration samples")
         if len(self.layers) <= max_layers:

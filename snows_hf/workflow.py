@@ -244,7 +244,7 @@ def _calibration_config(data: Any) -> Any:
 def _prune_config(config: Any) -> Any:
     from .config import PruneConfig
 
-    return config if isinstance(config, PruneConfig) else PruneConfig(**dict(config))
+    return config if isinstance(config, PruneConfig) else PruneConfig.from_dict(dict(config))
 
 
 def check_settings(config: Any, save_format: str = "dense") -> None:

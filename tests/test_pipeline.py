@@ -1,5 +1,8 @@
 """The block pipeline: capture, propagation, in-place pruning, hooks, reports."""
 
+import contextlib
+from dataclasses import dataclass
+
 import pytest
 import torch
 from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
@@ -7,7 +10,7 @@ from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
 import snows_hf
 from snows_hf.adapters import block_targets, find_block_list
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
-from snows_hf.methods import Method, register_method, METHODS
+from snows_hf.methods import MagnitudeConfig, MaskOnly, Method, MethodConfig, register_method, METHODS
 from snows_hf.pipeline import capture_block_inputs, run_block
 
 
@@ -83,26 +86,54 @@ def test_targets_exclude_embeddings_and_heads():
     assert not (model.lm_head.weight == 0).any()
 
 
+def _options(name):
+    """A method config class named ``name``, with no options."""
+    return dataclass(type(f"Options_{name}", (MethodConfig,), {"name": name}))
+
+
+@contextlib.contextmanager
+def _registered(method):
+    """``method`` registered for the duration of the block only."""
+    register_method(method)
+    try:
+        yield
+    finally:
+        del METHODS[method.config_class.name]
+
+
 def test_hooks_removed_when_a_method_fails():
     class Boom(Method):
-        name = "boom-test"
+        config_class = _options("boom-test")
 
         def prune_module(self, job):
             raise RuntimeError("boom")
 
-    register_method(Boom)
-    try:
-        model = tiny_vit()
-        with pytest.raises(RuntimeError, match="boom"):
-            snows_hf.prune_(model, {"sparsity": "2:4", "method": "boom-test"}, _inputs("vit"))
-        assert _all_hooks(model) == 0
-    finally:
-        del METHODS["boom-test"]
+    model = tiny_vit()
+    with _registered(Boom), pytest.raises(RuntimeError, match="boom"):
+        snows_hf.prune_(model, {"sparsity": "2:4", "method": "boom-test"}, _inputs("vit"))
+    assert _all_hooks(model) == 0
+
+
+def test_a_registered_method_gives_its_own_words_to_the_report():
+    class Keep(MaskOnly):
+        config_class = _options("keep-test")
+        uses_mask_setting = False
+
+        @classmethod
+        def summary(cls, settings):
+            return super().summary(settings) + ", weights kept as masked"
+
+    with _registered(Keep):
+        report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "keep-test", "batch_size": 4}, _inputs("vit"))
+        assert "(method keep-test, weights kept as masked)" in report.format_table()
+        assert report.sparsity_block()["method"] == "keep-test" and "mask" not in report.sparsity_block()
+    # read later, without the method registered: its name and mask, as for any method
+    assert "(method keep-test, mask sparsegpt)" in report.format_table()
 
 
 def test_register_method_rejects_duplicates():
     class Again(Method):
-        name = "magnitude"
+        config_class = MagnitudeConfig
 
     with pytest.raises(ValueError, match="already registered"):
         register_method(Again)
@@ -122,7 +153,7 @@ def test_bad_config_and_calibration():
 
 def test_default_method_is_snows():
     config = snows_hf.PruneConfig(sparsity="2:4")
-    assert (config.method, config.mask, config.k_step) == ("snows", "sparsegpt", 3)
+    assert (config.method.name, config.mask, config.method.k_step) == ("snows", "sparsegpt", 3)
 
 
 def test_as_batches_splits_mappings():

@@ -10,10 +10,11 @@ from snows_hf import PruneConfig, prune_
 from snows_hf.cli import main
 from snows_hf.workflow import placement
 from snows_hf.distributed import Processes
+from snows_hf.methods import SnowsConfig
 from snows_hf.placement import block_budget, parse_max_memory, parse_size
 
 CAL = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(0))
-CONFIG = dict(sparsity="2:4", method="snows", k_step=4, batch_size=3, init="mask", newton_steps=1)
+CONFIG = dict(sparsity="2:4", method=SnowsConfig(k_step=4, init="mask", newton_steps=1), batch_size=3)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,17 @@
-"""recipe.yaml: round trip, strictness."""
+"""recipe.yaml: round trip, strictness, and the recipes of every version written so far."""
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from snows_hf import PruneConfig
 from snows_hf.data import CalibrationConfig
 from snows_hf.cli import main
-from snows_hf.recipe import load_recipe
+from snows_hf.methods import MaskOnlyConfig, SnowsConfig, get_method
+from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict
+
+SAVED = Path(__file__).parent / "data" / "recipes"
 
 
 def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
@@ -47,11 +53,80 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("magnitude", "lsq", 10, "none")
-    assert prune.k_step == 2 and prune.config_version == 2
+    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("magnitude", "lsq", 10, "none")
+    assert prune.method.k_step == 2 and prune.config_version == 2
     path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.cg_iters, prune.preconditioner) == ("wanda", 7, "none")
+    assert (prune.mask, prune.method.cg_iters, prune.method.preconditioner) == ("wanda", 7, "none")
     path.write_text("prune: {sparsity: '2:4'}\n")  # hand-written, no version: today's defaults
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.init, prune.cg_iters, prune.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
+    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
+
+
+# Settings of a run with every default (config_version 2), then what each saved recipe
+# file (tests/data/recipes: written by snows-hf itself, at the commit its header names)
+# changes. A version-1 file means what version 1 meant by the keys it lacks.
+COMMON = {"sparsity": "2:4", "mask": "sparsegpt", "allocation": "uniform", "max_layer_sparsity": None, "targets": None,
+          "ignore": None, "diagnostics": True, "stats_dtype": "float32", "batch_size": 8, "offload_activations": "device",
+          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 2}
+SNOWS = {"k_step": 3, "target": "dense-stream", "term_scale": "energy", "init": "auto", "hessian": "gauss-newton",
+         "newton_steps": 2, "cg_iters": 5, "damping": 1e-4, "preconditioner": "input-energy", "holdout": 0.125,
+         "batches_per_step": None, "hessian_batches": None}
+SAVED_RECIPES = [  # file, method, settings unlike COMMON, SNOWS options unlike SNOWS
+    ("v1-snows-early.yaml", "snows", {"mask": "magnitude", "batch_size": 4},
+     {"k_step": 1, "newton_steps": 1, "init": "lsq", "cg_iters": 10, "preconditioner": "none"}),
+    ("v1-none-wanda-early.yaml", "none", {"sparsity": "0.6", "mask": "wanda"}, None),
+    ("v1-snows.yaml", "snows", {"batch_size": 4}, {"k_step": 1, "newton_steps": 1}),
+    ("v1-magnitude.yaml", "magnitude", {"sparsity": "0.5"}, None),
+    ("v2-snows.yaml", "snows", {"sparsity": "0.5", "batch_size": 4},
+     {"k_step": 1, "target": "official", "term_scale": "none", "init": "lsq", "hessian": "exact", "newton_steps": 1,
+      "cg_iters": 3, "damping": 1e-3, "preconditioner": "none", "holdout": 0.25, "batches_per_step": 2,
+      "hessian_batches": 1}),
+    ("v2-none.yaml", "none", {"sparsity": "0.6", "allocation": "global", "max_layer_sparsity": 0.95, "targets": ["mlp"],
+                              "ignore": ["down_proj"], "stats_dtype": "float64"}, None),
+    ("v2-magnitude.yaml", "magnitude", {"sparsity": "4:8", "diagnostics": False, "seed": 3}, None),
+]
+
+
+@pytest.mark.parametrize("name, method, common, options", SAVED_RECIPES)
+def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, common, options):
+    prune, data, model = load_recipe(SAVED / name)
+    assert model == "tiny-llama" and data is not None
+    assert prune.method.name == method
+    for key, value in (COMMON | common).items():
+        assert getattr(prune, key) == value, key
+    for key, value in (SNOWS | options).items() if options is not None else ():
+        assert getattr(prune.method, key) == value, key
+    if options is None:  # the SNOWS keys such a file holds are not its method's options
+        assert prune.method == get_method(method).config_class()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))
+def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
+    """Key for key and in the same order: rerunning an output's recipe rewrites it unchanged."""
+    prune, _, _ = load_recipe(SAVED / name)
+    written = read_recipe_yaml(SAVED / name)["prune"]
+    assert list(recipe_dict(prune)["prune"].items()) == list(written.items())
+
+
+def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others():
+    snows = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
+    flat = snows.to_dict()
+    assert list(flat) == PruneConfig.flat_keys() and (flat["method"], flat["k_step"]) == ("snows", 1)
+    assert PruneConfig.from_dict(flat) == snows
+    masked = PruneConfig.from_dict(flat | {"method": "none"})
+    assert masked.method == MaskOnlyConfig()
+    assert masked.to_dict()["k_step"] == 3  # another method's options are stored at their defaults
+    with pytest.raises(ValueError, match="unknown settings: k_stpe"):
+        PruneConfig.from_dict({"sparsity": "2:4", "k_stpe": 1})
+    with pytest.raises(ValueError, match="k_step belong in the method's config"):
+        PruneConfig.from_dict({"sparsity": "2:4", "method": SnowsConfig(), "k_step": 1})
+    with pytest.raises(ValueError, match="method must be a str"):
+        PruneConfig(sparsity="2:4", method=5)
+
+    @dataclass
+    class Mine(SnowsConfig):
+        pass
+
+    with pytest.raises(ValueError, match="method 'snows' takes a SnowsConfig, got a Mine"):
+        PruneConfig(sparsity="2:4", method=Mine())

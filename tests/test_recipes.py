@@ -102,7 +102,7 @@ def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_
                  "--no-eval"]) == 0
     prune, data, model = load_recipe("k0/recipe.yaml")
     base, base_data, base_model = load_recipe("first/recipe.yaml")
-    assert prune.k_step == 0 and prune.newton_steps == 1 and prune.sparsity == base.sparsity
+    assert prune.method.k_step == 0 and prune.method.newton_steps == 1 and prune.sparsity == base.sparsity
     assert data == base_data and model == base_model
     assert not all(torch.equal(first[k], _weights("k0")[k]) for k in first)
 

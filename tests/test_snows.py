@@ -10,7 +10,7 @@ from snows_hf.blocks import BlockCall
 from snows_hf.export import save_pruned
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 from snows_hf.pipeline import capture_block_inputs
-from snows_hf.refit import SnowsMethod, split_holdout
+from snows_hf.methods.snows import SnowsMethod, split_holdout
 from snows_hf.windows import WindowRunner
 
 FACTORIES = {"vit": tiny_vit, "llama": tiny_llama, "bert": tiny_bert}
@@ -74,7 +74,7 @@ def test_failed_line_search_keeps_masked_weights_and_says_so(monkeypatch):
 
     def rigged(self, job, runner, window):
         targets = original(self, job, runner, window)
-        _, held = split_holdout(len(job.calls), self.config.holdout)
+        _, held = split_holdout(len(job.calls), self.config.method.holdout)
         rows = job.weight_rows()
         from snows_hf.masks import from_rows, select_mask
 
@@ -229,7 +229,7 @@ def test_snows_needs_two_micro_batches():
 )
 def test_bad_snows_options(field, value, message):
     with pytest.raises(ValueError, match=message):
-        snows_hf.PruneConfig(**_snows(**{field: value}))
+        snows_hf.PruneConfig.from_dict(_snows(**{field: value}))
 
 
 def test_nan_activations_fall_back_to_finite_weights_and_say_so(caplog):
@@ -272,7 +272,7 @@ def test_start_and_preconditioner_follow_the_mask_and_the_layout(monkeypatch, ki
     """init=auto starts from SparseGPT's own update (no least-squares solve) and from the
     closed-form fit on a magnitude mask; CG's diagonal is each input feature's energy,
     the same down a column for Linear (out, in) and along a row for GPT-2's Conv1D (in, out)."""
-    import snows_hf.refit as refit
+    import snows_hf.methods.snows as refit
     from conftest import tiny_gpt2
 
     seen = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import _check_types, check_seed
+from ..config import check_seed
+from ..fields import check_types
 
 DEFAULT_SEQ_LEN = 512
 """Tokens per calibration sequence when ``seq_len`` is not set (fewer for a model with fewer positions)."""
@@ -45,7 +46,7 @@ class CalibrationConfig:
                             "(false: download and prepare the whole split first)"})
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         check_seed(self.seed)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")

@@ -33,15 +33,21 @@ import logging
 import math
 import time
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .masks import apply_selector, from_rows, get_selector, to_rows
-from .masks.selectors import row_input_sq
-from .methods import Method, MethodResult, ModuleJob, register_method
-from .solver import NewtonConfig, newton_refit, window_loss
-from .solver.lsq import masked_lstsq
-from .windows import WindowRunner
+from ..fields import check_choices, check_types, config_field, require
+from ..masks import apply_selector, from_rows, get_selector, to_rows
+from ..masks.selectors import row_input_sq
+from ..placement import format_size
+from ..solver import NewtonConfig, newton_refit, window_loss
+from ..solver.hvp import HESSIAN_KINDS
+from ..solver.lsq import masked_lstsq
+from ..windows import WindowRunner
+from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +102,91 @@ def _double_differentiable() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
-@register_method
-class SnowsMethod(Method):
-    """Mask with ``config.mask``, then re-fit the kept weights over the K-step window."""
+@dataclass
+class SnowsConfig(MethodConfig):
+    """Options of the ``snows`` method: the re-fit window, its targets and the Newton-CG solve.
+
+    Example:
+        >>> SnowsConfig(k_step=0, hessian="exact").newton_steps
+        2
+        >>> SnowsConfig(holdout=1.0)
+        Traceback (most recent call last):
+        ValueError: holdout must be strictly between 0 and 1, got 1.0
+    """
 
     name = "snows"
+
+    k_step: int = config_field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
+    target: str = config_field(
+        "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
+        "or from the pruned network's (official)", choices=("dense-stream", "official"),
+    )
+    term_scale: str = config_field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)",
+                                   choices=("energy", "none"))
+    init: str = config_field(
+        "auto", "SNOWS: start from the closed-form K=0 least-squares fit (lsq), from the mask selector's weight "
+        "(mask: SparseGPT's own update, or the masked weight), or auto (mask when the selector updates weights, else lsq)",
+        choices=("auto", "lsq", "mask"),
+    )
+    hessian: str = config_field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact",
+                                choices=HESSIAN_KINDS)
+    newton_steps: int = config_field(2, "SNOWS: Newton steps per module")
+    cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
+    damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian")
+    preconditioner: str = config_field(
+        "input-energy", "SNOWS: CG preconditioner, input-energy (each weight scaled by the energy of the input "
+        "feature it multiplies, the diagonal of the layer's Gram matrix) or none", choices=("input-energy", "none"),
+    )
+    holdout: float = config_field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
+    batches_per_step: int | None = config_field(None, "SNOWS: micro-batches per Newton step (default: all)")
+    hessian_batches: int | None = config_field(
+        None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
+        "(sub-sampled Newton; the gradient uses all of them; default: all)"
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
+        check_choices(self)
+        require(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
+        require(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
+        require(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
+        require(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
+        require(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        require(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
+
+
+@dataclass
+class SnowsPlan(MethodPlan):
+    """SNOWS's part of the dry-run plan: its Newton-CG budget, and the micro-batches whose
+    window graphs a Newton step keeps for CG (all training ones, or ``batches_per_step``
+    / ``hessian_batches``)."""
+
+    newton_steps: int = 0
+    cg_iters: int = 0
+    graph_batches: int = 0
+
+    def footer(self, modules: list, batch_size: int) -> list[str]:
+        """The largest window's activations over the kept graphs (about what a window holds
+        on the device beyond the weights and activations), and the Hessian-vector products
+        at most: modules x Newton steps x CG iterations.
+
+        Example:
+            >>> SnowsPlan(newton_steps=2, cg_iters=5, graph_batches=7).footer([], batch_size=4)
+            ["largest window's kept graphs (estimate): 0 B", 'Hessian-vector products: at most 0']
+        """
+        graphs = max((m.window_bytes for m in modules), default=0) * self.graph_batches * batch_size
+        return [f"largest window's kept graphs (estimate): {format_size(graphs)}",
+                f"Hessian-vector products: at most {len(modules) * self.newton_steps * self.cg_iters:,}"]
+
+
+class SnowsMethod(Method):
+    """Mask with ``config.mask``, then re-fit the kept weights over the K-step window
+    (options: ``config.method``, a :class:`SnowsConfig`)."""
+
+    config_class = SnowsConfig
+    card_paragraph = ("After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
+                      "the network's outputs several operations downstream stay close to the dense model.")
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -108,17 +194,44 @@ class SnowsMethod(Method):
 
     @property
     def needs_dense_stream(self) -> bool:  # type: ignore[override]
-        return self.config.target == "dense-stream"
+        return self.config.method.target == "dense-stream"
+
+    def plan(self, micro_batches: int) -> SnowsPlan:
+        cfg = self.config.method
+        held = len(split_holdout(micro_batches, cfg.holdout)[1])
+        return SnowsPlan(
+            settings=f", K={cfg.k_step}, {cfg.newton_steps} Newton steps x {cfg.cg_iters} CG at most",
+            calibration=f", {held} held out for the line search", window_k=cfg.k_step,
+            newton_steps=cfg.newton_steps, cg_iters=cfg.cg_iters,
+            graph_batches=min(micro_batches - held, cfg.batches_per_step or micro_batches,
+                              cfg.hessian_batches or micro_batches),
+        )
+
+    @classmethod
+    def summary(cls, settings: Mapping[str, Any]) -> str:
+        return super().summary(settings) + f", K={settings['k_step']}, {settings['target']} targets"
+
+    @classmethod
+    def metadata(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        return super().metadata(settings) | {"k_step": settings["k_step"], "target": settings["target"]}
+
+    @classmethod
+    def card_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        return super().card_settings(settings) + [
+            ("K (operations downstream)", settings["k_step"]), ("targets", settings["target"]),
+            ("Newton steps x CG iterations", f"{settings['newton_steps']} x {settings['cg_iters']}"),
+            ("start", settings["init"]),
+        ]
 
     def newton_config(self) -> NewtonConfig:
-        cfg = self.config
+        cfg = self.config.method
         return NewtonConfig(
             steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
             batches_per_step=cfg.batches_per_step, hessian_batches=cfg.hessian_batches, max_graphs=self._max_graphs,
         )
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
-        cfg = self.config
+        cfg = self.config.method
         start = time.perf_counter()
         rows = job.weight_rows()
         selector = get_selector(self.mask_selector)
@@ -129,7 +242,7 @@ class SnowsMethod(Method):
         shard = job.processes.batch_shard(lambda batch: batch.index)
         # the masked dense weight, or the selector's own update of it (SparseGPT's OBS step)
         start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
-        start_name = cfg.mask if selector.updates_weights else "mask"
+        start_name = self.mask_selector if selector.updates_weights else "mask"
         lsq_weight = None
         use_lsq = cfg.init == "lsq" or (cfg.init == "auto" and not selector.updates_weights)
         if use_lsq and job.layout in ("linear", "conv1d"):
@@ -220,7 +333,7 @@ class SnowsMethod(Method):
         features = job.weight_rows().shape[1]
         dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
         gram = torch.zeros(features, features, dtype=dtype, device=job.module.weight.device)
-        if self.config.target != "dense-stream":
+        if self.config.method.target != "dense-stream":
             for x in job.module_inputs(train):
                 gram += x.T @ x
             gram = job.processes.sum(gram)
@@ -233,7 +346,7 @@ class SnowsMethod(Method):
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
         """Dense outputs of the window for every micro-batch, computed once per module."""
-        if self.config.target == "dense-stream":
+        if self.config.method.target == "dense-stream":
             calls, overrides = job.dense_calls, job.dense_overrides
         else:  # the module and everything after it are still dense in the model
             calls, overrides = job.calls, {}
@@ -242,7 +355,7 @@ class SnowsMethod(Method):
 
     def _scales(self, job: ModuleJob, targets: list[list[torch.Tensor]]) -> list[float]:
         """``1 / sqrt(mean energy)`` of each window term over all micro-batches (all processes)."""
-        if self.config.term_scale == "none":
+        if self.config.method.term_scale == "none":
             return [1.0] * len(targets[0])
         local = torch.stack([sum(t[k].double().pow(2).mean() for t in targets) for k in range(len(targets[0]))])
         energy = (job.processes.sum(local) / job.num_batches).tolist()

@@ -3,19 +3,21 @@
 A method turns a :class:`ModuleJob` into a :class:`MethodResult` (new weight and keep-mask,
 both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`). It never writes
 into the model itself: the pipeline does, so every method gets the same bookkeeping.
+Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registered under.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .blocks import run_block, tracked_hooks
-from .distributed import Processes
-from .masks import SparsityPattern, apply_selector, get_selector, to_rows
+from ..blocks import run_block, tracked_hooks
+from ..distributed import Processes
+from ..fields import check_choices, check_types
+from ..masks import SparsityPattern, to_rows
 
 
 @dataclass
@@ -175,12 +177,72 @@ class MethodResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-class Method:
-    """Base class of pruning methods; subclasses set ``name`` and ``prune_module``."""
+@dataclass
+class MethodConfig:
+    """The options of one pruning method. A method's subclass sets ``name`` (what
+    ``PruneConfig.method``, recipes and ``--method`` call the method) and declares each
+    option as a field with its help text and, for a fixed set of values, its choices
+    (:func:`~snows_hf.fields.config_field`); both are checked on creation.
 
-    name: str = ""
+    Example:
+        >>> from snows_hf.methods import SnowsConfig
+        >>> options = SnowsConfig(k_step=1)
+        >>> options.name, options.k_step, options.target
+        ('snows', 1, 'dense-stream')
+    """
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_choices(self)
+
+
+@dataclass
+class MethodPlan:
+    """A method's part of the dry-run plan (:func:`snows_hf.plan.plan_run`); the defaults
+    are those of a method that works on each module alone.
+
+    Attributes:
+        settings: what the plan's method line says after the sparsity (``", K=3, ..."``).
+        calibration: what its micro-batch line says after the count (``", 1 held out ..."``).
+        window_k: the operations after each module that the method's work spans, traced
+            for the plan's window column (``None``: the module alone).
+    """
+
+    settings: str = ""
+    calibration: str = ""
+    window_k: int | None = None
+
+    def footer(self, modules: list, batch_size: int) -> list[str]:
+        """The lines that end the plan, from its modules (each a
+        :class:`~snows_hf.plan.ModulePlan` with its ``window_bytes``): none here.
+
+        Example:
+            >>> MethodPlan().footer([], batch_size=8)
+            []
+        """
+        return []
+
+
+class Method:
+    """Base class of pruning methods: a subclass names its options' class (``config_class``,
+    whose ``name`` the method is registered under) and implements ``prune_module``.
+
+    A method is built with the run's :class:`~snows_hf.config.PruneConfig`: its own
+    options are ``config.method``, the settings every method shares (``mask``, ...) the
+    other fields. It also says what it is in a run's words: its part of the dry-run plan
+    (:meth:`plan`) and, from a run's stored settings, of the terminal summary, of the
+    saved ``config.json`` and of the model card.
+    """
+
+    config_class: type[MethodConfig] = MethodConfig
     #: whether the pipeline must also propagate the dense network's activations
     needs_dense_stream: bool = False
+    #: whether the run's ``mask`` setting picks this method's mask (it is shown beside it then)
+    uses_mask_setting: bool = True
+    #: the model card's sentence on what the method did to the weights
+    card_paragraph: str = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -199,58 +261,87 @@ class Method:
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def plan(self, micro_batches: int) -> MethodPlan:
+        """The method's part of the dry-run plan of a run with ``micro_batches`` calibration
+        micro-batches.
+
+        Example:
+            >>> from snows_hf import PruneConfig
+            >>> get_method("snows")(PruneConfig(sparsity="2:4")).plan(8).calibration
+            ', 1 held out for the line search'
+        """
+        return MethodPlan()
+
+    @classmethod
+    def summary(cls, settings: Mapping[str, Any]) -> str:
+        """The method as the terminal summary says it, from a run's stored (flat) settings.
+
+        Example:
+            >>> Method.summary({"method": "none", "mask": "wanda"})
+            'method none, mask wanda'
+        """
+        return f"method {settings['method']}" + (f", mask {settings['mask']}" if cls.uses_mask_setting else "")
+
+    @classmethod
+    def metadata(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The method's entries in the ``sparsity`` block of a saved model's ``config.json``,
+        from the run's stored (flat) settings.
+
+        Example:
+            >>> Method.metadata({"method": "none", "mask": "wanda"})
+            {'method': 'none', 'mask': 'wanda'}
+        """
+        return {"method": settings["method"], **({"mask": settings["mask"]} if cls.uses_mask_setting else {})}
+
+    @classmethod
+    def card_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The method's rows of the model card's settings table, from the run's stored
+        (flat) settings.
+
+        Example:
+            >>> Method.card_settings({"method": "none", "mask": "wanda"})
+            [('method', 'none'), ('mask', 'wanda')]
+        """
+        return [("method", settings["method"])] + ([("mask", settings["mask"])] if cls.uses_mask_setting else [])
+
 
 METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method under ``cls.name``; duplicates are an error.
+    """Add a method under its options' name (``cls.config_class.name``); an empty or
+    taken name is an error.
 
     Example:
-        >>> @register_method  # doctest: +SKIP
-        ... class Keep(Method):
+        >>> from snows_hf.methods import MaskOnly
+        >>> @dataclass
+        ... class KeepConfig(MethodConfig):
         ...     name = "keep"
+        >>> class Keep(MaskOnly):
+        ...     config_class = KeepConfig
+        >>> register_method(Keep) is get_method("keep")
+        True
+        >>> del METHODS["keep"]  # this example's method only
     """
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    METHODS[cls.name] = cls
+    options = cls.config_class
+    if not (isinstance(options, type) and issubclass(options, MethodConfig)):
+        raise ValueError(f"{cls.__name__}.config_class must be a MethodConfig subclass, got {options!r}")
+    if not options.name or options.name in METHODS:
+        raise ValueError(f"method name {options.name!r} is empty or already registered")
+    METHODS[options.name] = cls
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    """Look up a method class, with an error listing the known names."""
+def get_method(name: str | MethodConfig) -> type[Method]:
+    """The method registered under ``name`` (or under a method config's name), with an
+    error listing the known names.
+
+    Example:
+        >>> get_method("snows").config_class.__name__
+        'SnowsConfig'
+    """
+    key = name.name if isinstance(name, MethodConfig) else name
     try:
-        return METHODS[name]
+        return METHODS[key]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
-
-
-@register_method
-class MaskOnly(Method):
-    """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
-    the selector's own update where it makes one (SparseGPT)."""
-
-    name = "none"
-
-    @property
-    def fits_data(self) -> bool:
-        return bool(get_selector(self.mask_selector).needs)
-
-    def prune_module(self, job: ModuleJob) -> MethodResult:
-        stats = job.input_stats(get_selector(self.mask_selector).needs)
-        weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
-        return MethodResult(weight_rows=weight_rows, mask_rows=mask)
-
-
-@register_method
-class MagnitudeMethod(MaskOnly):
-    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
-
-    name = "magnitude"
-
-    @property
-    def mask_selector(self) -> str:
-        return "magnitude"
-
-
-from . import refit  # noqa: E402,F401  (registers "snows"; it builds on the classes above)
+        raise ValueError(f"unknown method {key!r}; choose one of: {', '.join(sorted(METHODS))}") from None

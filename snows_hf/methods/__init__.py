@@ -1,0 +1,25 @@
+"""Pruning methods: what happens to one targeted module, given its block's inputs.
+
+Each method is registered here, once, under its options' name: ``none`` and
+``magnitude`` (:mod:`~snows_hf.methods.mask_only`) and ``snows``
+(:mod:`~snows_hf.methods.snows`). :func:`register_method` adds another;
+:func:`get_method` finds one by name.
+
+Example:
+    >>> from snows_hf import PruneConfig
+    >>> PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1)).method.k_step
+    1
+"""
+
+from .base import (METHODS, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, get_method, input_features,
+                   register_method)
+from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
+from .snows import SnowsConfig, SnowsMethod, SnowsPlan, split_holdout
+
+register_method(MaskOnly)
+register_method(MagnitudeMethod)
+register_method(SnowsMethod)
+
+__all__ = ["METHODS", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method", "MethodConfig",
+           "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "SnowsPlan", "get_method",
+           "input_features", "register_method", "split_holdout"]

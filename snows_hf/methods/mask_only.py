@@ -1,0 +1,61 @@
+"""Methods that only mask: the kept weights are not re-fitted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..masks import apply_selector, get_selector
+from .base import Method, MethodConfig, MethodResult, ModuleJob
+
+
+@dataclass
+class MaskOnlyConfig(MethodConfig):
+    """Options of the ``none`` method: none of its own (its mask is the run's ``mask``).
+
+    Example:
+        >>> MaskOnlyConfig().name
+        'none'
+    """
+
+    name = "none"
+
+
+class MaskOnly(Method):
+    """Mask only (``--mask`` selector), no re-fit: surviving weights keep their values, or
+    the selector's own update where it makes one (SparseGPT)."""
+
+    config_class = MaskOnlyConfig
+    card_paragraph = "Masks only: the surviving weights are those of the mask selector."
+
+    @property
+    def fits_data(self) -> bool:
+        return bool(get_selector(self.mask_selector).needs)
+
+    def prune_module(self, job: ModuleJob) -> MethodResult:
+        stats = job.input_stats(get_selector(self.mask_selector).needs)
+        weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
+        return MethodResult(weight_rows=weight_rows, mask_rows=mask)
+
+
+@dataclass
+class MagnitudeConfig(MethodConfig):
+    """Options of the ``magnitude`` method: none (it ignores the run's ``mask``).
+
+    Example:
+        >>> MagnitudeConfig().name
+        'magnitude'
+    """
+
+    name = "magnitude"
+
+
+class MagnitudeMethod(MaskOnly):
+    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
+
+    config_class = MagnitudeConfig
+    uses_mask_setting = False
+    card_paragraph = "Magnitude masks only: the largest weights were kept as they were."
+
+    @property
+    def mask_selector(self) -> str:
+        return "magnitude"
