@@ -26,6 +26,7 @@ come back as one ``ValueError`` line, and no weight is ever left randomly initia
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,12 @@ def write_compact(folder: str | os.PathLike, model: Any, report: Any) -> None:
 def layer_pattern(report: Any, layer: Any):
     """The pattern a layer was pruned to (its own share under global allocation)."""
     from .masks import SparsityPattern, parse_sparsity
-    from .report import _numel
 
     pattern = parse_sparsity(report.config["sparsity"])
     if pattern.is_nm:
         return pattern
-    zeros = round(layer.sparsity * _numel(layer.shape))
-    return SparsityPattern(fraction=zeros / _numel(layer.shape)) if zeros else pattern
+    zeros = round(layer.sparsity * math.prod(layer.shape))
+    return SparsityPattern(fraction=zeros / math.prod(layer.shape)) if zeros else pattern
 
 
 def register() -> None:

@@ -15,6 +15,7 @@ the others would stay dense.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,8 @@ class Inspection:
         if len(shown) < len(self.layers):
             lines.append(f"... and {len(self.layers) - len(shown)} more layers")
         bad = [layer.name for layer in self.layers if not layer.valid]
-        numel = sum(_numel(layer.shape) for layer in self.layers)
-        zeros = sum(layer.sparsity * _numel(layer.shape) for layer in self.layers)
+        numel = sum(math.prod(layer.shape) for layer in self.layers)
+        zeros = sum(layer.sparsity * math.prod(layer.shape) for layer in self.layers)
         lines += ["", f"{len(self.layers)} layers, {zeros / max(numel, 1):.2%} of their weights are zero; "
                   + ("every layer follows its pattern" if not bad else f"{len(bad)} break their pattern: {', '.join(bad[:3])}")]
         kernels = self.sparse_kernels
@@ -76,12 +77,6 @@ class Inspection:
             lines += [f"  kept dense, {reason}: {count}" for reason, count in kernels["kept_dense"].items()]
         return "\n".join(lines)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _mib(n: int) -> str:

@@ -55,8 +55,8 @@ class PruneReport:
     @property
     def sparsity(self) -> float:
         """Share of zeros over all pruned weights together."""
-        total = sum(_numel(layer.shape) for layer in self.layers)
-        zeros = sum(layer.sparsity * _numel(layer.shape) for layer in self.layers)
+        total = sum(math.prod(layer.shape) for layer in self.layers)
+        zeros = sum(layer.sparsity * math.prod(layer.shape) for layer in self.layers)
         return zeros / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,12 +143,6 @@ def format_metrics(figures: dict[str, Any], columns: tuple[str, ...] = ("dense",
         lines.append(f"{name:<{width}} " + " ".join(cells))
     return "\n".join(lines)
 
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
 
 
 def json_ready(value: Any) -> Any:
