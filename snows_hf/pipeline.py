@@ -140,8 +140,13 @@ def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
     return layout_rows.shape[0]
 
 
-class _Targets:
-    """Which modules of each block are pruned, and at what pattern (global allocation)."""
+class Targets:
+    """Which modules of each block are pruned, and at what pattern (global allocation):
+    the pipeline's and the dry-run plan's one answer.
+
+    Example:
+        >>> targets = Targets(model, PruneConfig(sparsity="2:4"), find_block_list(model))  # doctest: +SKIP
+    """
 
     def __init__(self, model: nn.Module, config: Any, blocks: BlockList):
         self.model, self.config, self.blocks = model, config, blocks
@@ -209,7 +214,7 @@ def _allocation_score(selector: str):
 
 @torch.no_grad()
 def _dense_input_sq(
-    targets: _Targets, calls: Any, space: Any, processes: Processes, place: BlockPlacement
+    targets: Targets, calls: Any, space: Any, processes: Processes, place: BlockPlacement
 ) -> dict[str, torch.Tensor]:
     """``input_sq`` of every targeted module on the dense model, one pass over the blocks
     (summed across data-parallel processes)."""
@@ -269,7 +274,7 @@ def prune_blocks(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    targets = _Targets(model, config, blocks)
+    targets = Targets(model, config, blocks)
     done = checkpoint.start(run_fingerprint(model, config, batches)) if checkpoint is not None else 0
     if done:
         report.layers = [LayerReport(**layer) for layer in checkpoint.state["layers"]]
@@ -361,7 +366,7 @@ class _Shards:
         self.batch_ids = processes.shard(range(num_batches))
 
 
-def _prune_block(stream: _BlockStream, method, targets: _Targets, report, shards: _Shards, progress: bool = False) -> None:
+def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards: _Shards, progress: bool = False) -> None:
     from tqdm.auto import tqdm
 
     block, index = stream.block, stream.index
@@ -419,17 +424,17 @@ def layer_line(layer: LayerReport) -> str:
     return f"{text}, {layer.seconds:.1f} s"
 
 
-def _block_weights(targets: _Targets, index: int) -> dict[str, torch.Tensor]:
+def _block_weights(targets: Targets, index: int) -> dict[str, torch.Tensor]:
     return {f"{targets.name(index, rel)}.weight": module.weight for rel, module in targets.of(index)}
 
 
-def _save_block(checkpoint: RunCheckpoint, index: int, targets: _Targets, report: PruneReport) -> None:
+def _save_block(checkpoint: RunCheckpoint, index: int, targets: Targets, report: PruneReport) -> None:
     patterns = {name: pattern.fraction for name, pattern in targets.patterns.items()}
     checkpoint.save_block(index, _block_weights(targets, index), [asdict(layer) for layer in report.layers], patterns)
 
 
 @torch.no_grad()
-def _restore_block(stream: _BlockStream, targets: _Targets, weights: dict[str, torch.Tensor]) -> None:
+def _restore_block(stream: _BlockStream, targets: Targets, weights: dict[str, torch.Tensor]) -> None:
     """Put a finished block's pruned weights back, keeping the dense ones for the dense stream
     (what :meth:`_BlockStream.propagate` then needs, as after pruning the block).
 

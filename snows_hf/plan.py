@@ -134,11 +134,11 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     """
     from .adapters import find_block_list, weight_layout
     from .blocks import run_block
-    from .pipeline import _Targets, capture_block_inputs, execution_order
+    from .pipeline import Targets, capture_block_inputs, execution_order
     from .windows import WindowRunner
 
     blocks = find_block_list(model, config.block_path)
-    targets = _Targets(model, config, blocks)
+    targets = Targets(model, config, blocks)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = {k: v[:1].to(device) for k, v in example.items()}
     micro = math.ceil(num_samples / config.batch_size)

@@ -34,12 +34,24 @@ class CGResult:
     negative_curvature: bool
 
 
-def _project(v: Tensor, mask: Tensor) -> Tensor:
-    # where() rather than v * mask: off-mask entries become exactly 0 even for inf/nan.
+def project(v: Tensor, mask: Tensor) -> Tensor:
+    """``v`` with every entry off ``mask`` set to exactly 0 (also where ``v`` is inf/nan,
+    which ``v * mask`` would keep as nan).
+
+    Example:
+        >>> project(torch.tensor([1.0, float("nan")]), torch.tensor([True, False]))
+        tensor([1., 0.])
+    """
     return torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
 
 
-def _dot(a: Tensor, b: Tensor) -> float:
+def dot(a: Tensor, b: Tensor) -> float:
+    """The inner product of two tensors of any (equal) shape, as a Python float.
+
+    Example:
+        >>> dot(torch.ones(2, 2), torch.full((2, 2), 2.0))
+        8.0
+    """
     return float(torch.dot(a.reshape(-1), b.reshape(-1)))
 
 
@@ -90,15 +102,15 @@ def masked_cg(
 
     def apply(v: Tensor) -> Tensor:
         hv = hvp(v.to(out_dtype)).to(work)
-        return _project(hv, mask) + damping * v
+        return project(hv, mask) + damping * v
 
     def result(x, it, rel, conv, neg):
-        return CGResult(_project(x, mask).to(out_dtype), it, rel, conv, neg)
+        return CGResult(project(x, mask).to(out_dtype), it, rel, conv, neg)
 
     if preconditioner is not None:
         if preconditioner.shape != b.shape:
             raise ValueError(f"preconditioner shape {tuple(preconditioner.shape)} != b shape {tuple(b.shape)}")
-        inverse = _project(1.0 / preconditioner.detach().to(device=b.device, dtype=work), mask)
+        inverse = project(1.0 / preconditioner.detach().to(device=b.device, dtype=work), mask)
         if not bool(torch.isfinite(inverse).all() and (inverse > 0).eq(mask.to(b.device)).all()):
             raise ValueError("preconditioner must be positive and finite on the mask")
         # CG does not care about M's scale, but the negative-curvature fallback M^-1 P b
@@ -108,27 +120,27 @@ def masked_cg(
     def precondition(v: Tensor) -> Tensor:
         return v if preconditioner is None else v * inverse
 
-    b = _project(b.detach().to(work), mask)
-    b_norm = _dot(b, b) ** 0.5
+    b = project(b.detach().to(work), mask)
+    b_norm = dot(b, b) ** 0.5
     if b_norm == 0.0:
         return result(torch.zeros_like(b), 0, 0.0, True, False)
 
     if x0 is None:
         x, r = torch.zeros_like(b), b.clone()
     else:
-        x = _project(x0.detach().to(device=b.device, dtype=work), mask)
+        x = project(x0.detach().to(device=b.device, dtype=work), mask)
         r = b - apply(x)
-    rel = _dot(r, r) ** 0.5 / b_norm
+    rel = dot(r, r) ** 0.5 / b_norm
     if rel <= rtol:
         return result(x, 0, rel, True, False)
 
     z = precondition(r)
-    rz = _dot(r, z)
+    rz = dot(r, z)
     p = z.clone()
     moved = x0 is not None and bool(x.any())
     for it in range(1, max_iter + 1):
         ap = apply(p)
-        curvature = _dot(p, ap)
+        curvature = dot(p, ap)
         if not curvature > 0.0:  # also catches nan
             x_out = x if moved else precondition(b)
             return result(x_out, it, rel, False, True)
@@ -136,11 +148,11 @@ def masked_cg(
         x.add_(p, alpha=alpha)
         r.sub_(ap, alpha=alpha)
         moved = True
-        rel = _dot(r, r) ** 0.5 / b_norm
+        rel = dot(r, r) ** 0.5 / b_norm
         if rel <= rtol:
             return result(x, it, rel, True, False)
         z = precondition(r)
-        rz_new = _dot(r, z)
+        rz_new = dot(r, z)
         p.mul_(rz_new / rz).add_(z)
         rz = rz_new
     return result(x, max_iter, rel, False, False)

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .cg import _dot, _project, masked_cg
+from .cg import dot, project, masked_cg
 from .hvp import HESSIAN_KINDS, ONE_PROCESS, BatchShard, HessianOperator, ResidualFn, window_loss
 
 
@@ -240,7 +240,7 @@ class _NewtonLoop:
         self.first_loss: Optional[float] = None  #: training loss of the first step's operator
 
     def run(self, w0: Tensor, heldout_loss: Optional[float] = None) -> NewtonResult:
-        w = _project(w0.detach(), self.mask).clone()
+        w = project(w0.detach(), self.mask).clone()
         heldout = _eval_loss(self.residual_fn, w, self.heldout, self.shard) if heldout_loss is None else heldout_loss
         # The first step's operator sees every training batch at w0: its loss is the
         # training loss before, with no forward of its own.
@@ -286,7 +286,7 @@ class _NewtonLoop:
     def _solve(self, op: HessianOperator):
         if not math.isfinite(op.loss):
             return "non_finite_loss"
-        g = _project(op.grad, self.mask)
+        g = project(op.grad, self.mask)
         if not bool(torch.isfinite(g).all()):
             return "non_finite_gradient"
         if not bool(g.any()):
@@ -305,7 +305,7 @@ class _NewtonLoop:
             return w, heldout, found
         g, cg, train_loss = found
         d = cg.x
-        searched = _line_search(self.residual_fn, w, d, _dot(g, d), self.heldout, heldout, self.config, self.shard)
+        searched = _line_search(self.residual_fn, w, d, dot(g, d), self.heldout, heldout, self.config, self.shard)
         step_size, heldout_after = searched if searched is not None else (0.0, heldout)
         res.cg_iterations.append(cg.iterations)
         res.negative_curvature |= cg.negative_curvature
@@ -329,4 +329,4 @@ class _NewtonLoop:
             return w, heldout, "line_search_failed"
         res.steps_accepted += 1
         # d is exactly zero off the mask, so the new w is too; where() keeps it exact.
-        return _project(w + step_size * d, self.mask), heldout_after, None
+        return project(w + step_size * d, self.mask), heldout_after, None
