@@ -26,6 +26,8 @@ _EXPORTS = {
     "prune_": "api",
     "as_batches": "api",
     "PruneConfig": "config",
+    "SnowsConfig": "methods",
+    "CalibrationConfig": "data",
     "PruneReport": "report",
     "LayerReport": "report",
     "parse_sparsity": "masks",
@@ -41,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .export import save_pruned
     from .workflow import RunResult, evaluate, run
     from .config import PruneConfig
+    from .data import CalibrationConfig
+    from .methods import SnowsConfig
     from .masks import SparsityPattern, parse_sparsity
     from .report import LayerReport, PruneReport, RunRecord
     from .sparse_inference import SparseInferenceReport, sparse_inference_
