@@ -179,8 +179,8 @@ class RunRecord:
     (and the demo), read back by ``convert`` and the model card.
 
     Example:
-        >>> RunRecord(source_model="my-vit").to_dict()["source_model"]
-        'my-vit'
+        >>> RunRecord(source_model="my-vit").to_dict()
+        {'source_model': 'my-vit', 'evaluation': None}
     """
 
     source_model: str | None = None
@@ -192,8 +192,9 @@ class RunRecord:
     demo: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields that are set, as ``report.json`` stores them."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The fields that are set, as ``report.json`` stores them; ``evaluation`` always
+        (``None``: the run was not evaluated)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "evaluation"}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> RunRecord:
