@@ -8,11 +8,12 @@ unstructured). Sizes are of real safetensors files (the pruned tensors alone, an
 whole checkpoint, where embeddings and heads stay dense), plus the ratio of the tensors'
 own bytes without the safetensors headers.
 
-    python benchmarks/compact_size.py
+    python benchmarks/compact_size.py   # writes benchmarks/results/compact_size.json
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from snows_hf.masks import parse_sparsity, to_rows
 from snows_hf.masks.compact import encode
 
 sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
 
 
 def _models():
@@ -67,6 +69,9 @@ def measure(model, report, pattern, dtype) -> dict[str, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    record.out_option(parser, "compact_size")
+    args = parser.parse_args()
     rows = []
     for name, load in _models():
         for spec in ("2:4", "0.5"):
@@ -76,6 +81,8 @@ def main() -> None:
             for dtype in (torch.float32, torch.float16):
                 rows.append((name, spec, str(dtype).split(".")[-1], measure(model, report, parse_sparsity(spec), dtype)))
             print(f"  done: {name} {spec}", flush=True)
+            record.write(args.out, {"settings": record.settings(args), "rows": [
+                {"model": name, "sparsity": spec, "dtype": dtype, **m} for name, spec, dtype, m in rows]})
     mib = 2**20
     head = (f"{'model':<17} {'sparsity':<8} {'dtype':<8} {'pruned dense MiB':>16} {'compact':>8} {'ratio':>6}"
             f" {'tensor bytes ratio':>18} {'checkpoint dense MiB':>20} {'compact':>8} {'ratio':>6}")
@@ -84,6 +91,7 @@ def main() -> None:
         print(f"{name:<17} {spec:<8} {dtype:<8} {m['pruned_dense'] / mib:>16.2f} {m['pruned_compact'] / mib:>8.2f} "
               f"{m['pruned_compact'] / m['pruned_dense']:>6.4f} {m['pruned_payload']:>18.4f} {m['all_dense'] / mib:>20.2f} "
               f"{m['all_compact'] / mib:>8.2f} {m['all_compact'] / m['all_dense']:>6.4f}")
+    print(f"\nwritten {args.out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
 #   2. benchmarks/sparse_inference_gpu.py (dense vs 2:4 kernels per layer and end to end);
 #   3. benchmarks/gpu_check.py --quick (SNOWS at real shapes, with and without offload).
 # Run it from the repository root:  run(command="bash benchmarks/device_checks.sh", timeout_s=590)
-# Logs and the benchmark's JSON land in $OUT (or /tmp/device-checks elsewhere).
+# The benchmarks write benchmarks/results/{sparse_inference_gpu,gpu_check}.json (after every
+# case, so a step stopped by its timeout keeps what it measured); those files and the logs are
+# copied to $OUT (or /tmp/device-checks elsewhere): copy the JSON into benchmarks/results here
+# and run python benchmarks/readme_results.py to put them in the README.
 set -uo pipefail
 out=${OUT:-/tmp/device-checks}
 mkdir -p "$out"
@@ -20,5 +23,6 @@ step() {  # name, seconds, command...
 }
 # the files that hold gpu tests, named: collecting all of tests/ would need datasets and evaluate there
 step gpu-tests 90 "$python" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" tests/test_sparse_inference.py
-step sparse-inference 330 "$python" benchmarks/sparse_inference_gpu.py --budget 240 --json "$out/sparse_inference_gpu.json"
+step sparse-inference 330 "$python" benchmarks/sparse_inference_gpu.py --budget 240
 step gpu-check 150 "$python" benchmarks/gpu_check.py --quick
+cp benchmarks/results/sparse_inference_gpu.json benchmarks/results/gpu_check.json "$out"/ 2>/dev/null

@@ -15,17 +15,26 @@ SparseGPT (its mask and update) is each model's time baseline (``x SparseGPT``):
   blocks onto the device at a time.
 
 ``max |dW|`` compares each case's pruned weights with the first SNOWS row of its model:
-offload changes where tensors wait, never the result.
+offload changes where tensors wait, never the result. Writes
+``benchmarks/results/gpu_check.json`` after every case.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import snows_hf
+from snows_hf.devices import device_label
+
+sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
+
+WHOLE_MODEL_BLOCKS = {"ViT-B/16": 12, "ViT-L/16": 24, "SmolLM2-135M": 30}
 
 
 def _vit(blocks: int, hidden: int = 1024, heads: int = 16):
@@ -59,7 +68,7 @@ def _case(model, calibration, options: dict, device: torch.device) -> dict:
     accelerator.synchronize(device)
     accelerator.empty_cache()
     accelerator.reset_peak_memory_stats(device)
-    config = snows_hf.PruneConfig(**{"sparsity": "2:4", "device": str(device), "batch_size": 8, **options})
+    config = snows_hf.PruneConfig.from_dict({"sparsity": "2:4", "device": str(device), "batch_size": 8, **options})
     start = time.perf_counter()
     report = snows_hf.prune_(model, config, calibration)
     accelerator.synchronize(device)
@@ -81,6 +90,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--quick", action="store_true", help="ViT-Large only, fewer cases")
+    record.out_option(parser, "gpu_check")
     args = parser.parse_args()
     if not torch.accelerator.is_available():
         raise SystemExit("no accelerator: run this on a GPU machine")
@@ -128,6 +138,9 @@ def main() -> None:
                 row["x_sparsegpt"] = row["per_block"] / base if base else None
             rows.append({"model": name, "case": label, **row})
             print(f"  done {name} / {label}: {row['seconds']:.1f} s", flush=True)
+            record.write(args.out, {"settings": record.settings(args), "device": device_label(device),
+                                    "whole_model_blocks": WHOLE_MODEL_BLOCKS,
+                                    "rows": [{k: v for k, v in r.items() if k != "weights"} for r in rows]})
             del model
     print(f"\n2:4, {args.blocks} blocks, fp32, {args.samples} images / {args.samples // 4} x {args.seq_len} tokens, micro-batch 8")
     head = (f"{'model':<13} {'case':<30} {'s/block':>8} {'x SparseGPT':>11} {'total s':>8} {'peak GiB':>9} "
@@ -138,6 +151,7 @@ def main() -> None:
         ratio = f"{r['x_sparsegpt']:.1f}" if r.get("x_sparsegpt") else "-"
         print(f"{r['model']:<13} {r['case']:<30} {r['per_block']:>8.2f} {ratio:>11} {r['seconds']:>8.1f} "
               f"{r['peak_gib']:>9.2f} {r['sparsity']:>9.3f} {dw:>9}")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ an isotropic control in which the selectors should agree.
 With one output, Wanda's ``|W| * ||x_j||`` ranks exactly like ``W^2 * H_jj``, so it is
 not a separate row here.
 
-    python benchmarks/importance_linear.py [--dim 256] [--train 4096] [--seed 0]
+    python benchmarks/importance_linear.py [--dim 256] [--train 4096] [--seed 0]   # writes benchmarks/results/importance_linear.json
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ import argparse
 
 import torch
 
+import record
 from snows_hf.masks import apply_selector, parse_sparsity
 from snows_hf.solver.lsq import masked_lstsq
 
 SPARSITIES = ("0.5", "0.7", "0.8", "0.9", "0.95")
 SELECTORS = ("magnitude", "hessian", "sparsegpt")
+SCENARIOS = (  # name, title, log10 spread of the input variances, AR(1) correlation
+    ("independent", "anisotropic inputs: variances over 4 decades, important weights small", 4.0, 0.0),
+    ("correlated", "anisotropic and correlated: as above, neighbouring inputs AR(1) rho=0.6", 4.0, 0.6),
+    ("isotropic", "isotropic control: all variances 1, independent", 0.0, 0.0),
+)
 
 
 def problem(dim: int, train: int, spread: float, rho: float, noise: float, seed: int):
@@ -75,20 +81,20 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=4096)
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    record.out_option(parser, "importance_linear")
     args = parser.parse_args()
-    scenarios = (
-        ("anisotropic inputs: variances over 4 decades, important weights small", 4.0, 0.0),
-        ("anisotropic and correlated: as above, neighbouring inputs AR(1) rho=0.6", 4.0, 0.6),
-        ("isotropic control: all variances 1, independent", 0.0, 0.0),
-    )
-    for title, spread, rho in scenarios:
+    scenarios = []
+    for name, title, spread, rho in SCENARIOS:
         table = run(args.dim, args.train, spread, rho, args.noise, args.seed)
+        scenarios.append({"inputs": name, "title": title, "spread_decades": spread, "rho": rho, "risk": table})
         print(f"\n{title} (d={args.dim}, n={args.train}, noise {args.noise}); relative excess test risk")
         head = f"{'method':<22}" + "".join(f"{'sparsity ' + s:>15}" for s in SPARSITIES)
         print(head)
         print("-" * len(head))
         for name, row in table.items():
             print(f"{name:<22}" + "".join(f"{row[s]:>15.4f}" for s in SPARSITIES))
+    record.write(args.out, {"settings": record.settings(args), "sparsities": SPARSITIES, "scenarios": scenarios})
+    print(f"\nwritten {args.out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The 4-block ViT of benchmarks/fmnist.py (87.6% top-1, cached outside git) is pru
 each mask selector, once keeping the selector's weights (``--method none``: masked dense
 weights, or SparseGPT's own OBS update) and once re-fitted by SNOWS with its defaults.
 Printed: top-1 on all 10,000 test images, the drop from dense, and wall time. One run,
-one table; timings are comparable within it only.
+one table, written to ``benchmarks/results/mask_selectors.json`` after every row; timings
+are comparable within it only.
 
     python benchmarks/mask_selectors.py [--sparsity 2:4 0.7] [--num-samples 512]
 """
@@ -12,11 +13,10 @@ one table; timings are comparable within it only.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import fmnist
+import record
 import snows_hf
 
 SELECTORS = ("magnitude", "wanda", "hessian", "sparsegpt")
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"])
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mask_selectors.json"))
+    record.out_option(parser, "mask_selectors")
     args = parser.parse_args()
     calib, x_test, y_test = fmnist.benchmark_data(args.num_samples)
     dense_acc = fmnist.accuracy(fmnist.trained_vit(), x_test, y_test)
@@ -46,12 +46,13 @@ def main() -> None:
                 rows.append({
                     "sparsity": spec, "mask": selector, "method": label,
                     "accuracy": fmnist.accuracy(model, x_test, y_test), "seconds": seconds,
-                    "measured_sparsity": report.sparsity,
+                    "measured_sparsity": report.sparsity, "config": report.config,
                     "inits": {i: inits.count(i) for i in set(inits)},
                     "mean_jaccard_magnitude_vs_hessian": sum(d["jaccard"] for d in diags) / len(diags),
                 })
                 print(f"  done: {spec} {selector} {label} ({seconds:.0f} s)", flush=True)
-                _write(args, dense_acc, rows)
+                record.write(args.out, {"settings": record.settings(args), "num_samples": args.num_samples,
+                                        "test_images": len(x_test), "dense_accuracy": dense_acc, "rows": rows})
 
     print(f"\nViT (4 blocks) on Fashion-MNIST, dense top-1 {dense_acc:.4f}, {args.num_samples} calibration images")
     head = f"{'sparsity':<9} {'mask':<10} {'method':<10} {'top-1':>7} {'drop':>7} {'seconds':>8}"
@@ -61,12 +62,6 @@ def main() -> None:
         print(f"{row['sparsity']:<9} {row['mask']:<10} {row['method']:<10} {row['accuracy']:>7.4f} "
               f"{dense_acc - row['accuracy']:>7.4f} {row['seconds']:>8.1f}")
     print(f"\nwritten {args.out}")
-
-
-def _write(args, dense_acc, rows) -> None:
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"num_samples": args.num_samples, "dense_accuracy": dense_acc, "rows": rows}
-    Path(args.out).write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

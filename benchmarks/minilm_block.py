@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import snows_hf
-from snows_hf.calibration import CalibrationConfig, calibration_from_split
+from snows_hf.data import CalibrationConfig, calibration_from_split
 from snows_hf.demo import bbc_articles, minilm_path
 from snows_hf.loading import load_model
 
@@ -37,7 +37,7 @@ def main() -> None:
     random.Random(0).shuffle(texts)
     cal_cfg = CalibrationConfig(num_samples=args.num_samples, seq_len=128)
     calibration = calibration_from_split(datasets.Dataset.from_dict({"text": texts[300:]}), cal_cfg, model, tokenizer)
-    config = snows_hf.PruneConfig(sparsity="2:4", method="snows", batch_size=8, **options)
+    config = snows_hf.PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "batch_size": 8, **options})
     start = time.perf_counter()
     report = snows_hf.prune_(model, config, calibration)
     print(f"block 0 of all-MiniLM-L6-v2, 2:4, {args.num_samples} x 128 tokens, {options or 'defaults'}: "

@@ -4,6 +4,7 @@ SmolLM2-135M-Instruct (ASSETS.md; cached as an fp32 folder by benchmarks/smollm2
 is pruned at 2:4 on BBC News calibration text, once per place and number of samples, each
 in its own process so the peak RSS (and peak accelerator memory, when there is one) is
 that run's alone. Several ``--num-samples`` show how memory grows with the calibration set.
+Writes ``benchmarks/results/offload_memory.json``, a row at a time.
 
     python benchmarks/offload_memory.py [--num-samples 128 256] [--seq-len 512] [--places device disk]
         [--method none --mask wanda]
@@ -20,6 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
+
+THREADS = 2
 
 
 def run(place: str, args: argparse.Namespace) -> dict:
@@ -27,11 +31,11 @@ def run(place: str, args: argparse.Namespace) -> dict:
 
     import snows_hf
     from smollm2_bbc import bbc_jsonl, smollm2_folder
-    from snows_hf.calibration import CalibrationConfig, load_dataset_split
+    from snows_hf.data import CalibrationConfig, load_dataset_split
     from snows_hf.data import prepare_data
     from snows_hf.loading import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     model, tokenizer = load_model(str(smollm2_folder()), dtype="float32")
     cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=args.num_samples[0], seq_len=args.seq_len)
     calibration = prepare_data(load_dataset_split(cfg), cfg, model, tokenizer).calibration
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--method", default="none")
     parser.add_argument("--mask", default="wanda")
     parser.add_argument("--place", help=argparse.SUPPRESS)
+    record.out_option(parser, "offload_memory")
     args = parser.parse_args()
     if args.place:
         print(json.dumps(run(args.place, args)))
@@ -80,6 +85,7 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  done: {place}, {samples} samples", flush=True)
+            record.write(args.out, {"settings": record.settings(args, threads=THREADS), "rows": rows})
     method = args.method if args.method == "magnitude" else f"{args.method} (mask {args.mask})"
     print(f"\nSmolLM2-135M, 2:4, {method}, sequences of {args.seq_len} tokens")
     head = (f"{'samples':>7} {'hidden GiB':>10} {'activations':<12} {'seconds':>8} {'RSS after load GiB':>19} "
@@ -90,6 +96,7 @@ def main() -> None:
         print(f"{r['num_samples']:>7} {r['activation_gib']:>10.2f} {r['place']:<12} {r['seconds']:>8.1f} "
               f"{r['rss_after_load_gib']:>19.2f} {r['peak_rss_gib']:>13.2f} {gpu:>13}")
     print("hidden GiB: one block's hidden states for all samples (fp32), what device/cpu keep in memory")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 METHODS = {
@@ -294,8 +295,8 @@ def main() -> None:
         for method in args.methods:
             row = run_row(bench, spec, method, calibration, held, dense, args.snows_mask)
             merge(results, row)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2))
+            results["settings"] = record.settings(args)  # the load average says whether the seconds were shared
+            record.write(out, results)
             print(f"  {spec} {method}: {row['scores']} ({row['seconds']:.1f} s, {row['peak_memory_gib']:.2f} GiB)",
                   flush=True)
     print_table(results)

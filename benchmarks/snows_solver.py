@@ -1,29 +1,31 @@
 """Mask only vs SNOWS at several K, and both target conventions, on a trained ViT.
 
 A 4-block ViT trained on Fashion-MNIST (benchmarks/fmnist.py, cached outside git) is
-pruned to 2:4 with the magnitude mask, then re-fitted with SNOWS. Printed: test accuracy
-on all 10,000 test images, the relative error of each block's output against the dense
-model (on 1,000 test images, so comparable across methods), the mean held-out window
-loss before/after the re-fit, and wall time. One run, one table.
+pruned to 2:4 with the ``--mask`` selector (default magnitude), then re-fitted with SNOWS
+(the library's defaults but for each row's changes). Printed: test accuracy on all 10,000
+test images, the relative error of each block's output against the dense model (on 1,000
+test images, so comparable across methods), the mean held-out window loss before/after
+the re-fit, and wall time. One run, one table, written to
+``benchmarks/results/snows_solver.json`` after every row.
 
-    python benchmarks/snows_solver.py [--sparsity 2:4] [--num-samples 512]
+    python benchmarks/snows_solver.py [--sparsity 2:4] [--mask magnitude] [--num-samples 512]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 import fmnist
+import record
 import snows_hf
 from snows_hf.adapters import find_block_list
 
+PROBE = 1000  #: test images whose block outputs are compared
 RUNS = [
-    ("magnitude (mask only)", {"method": "magnitude"}),
+    ("mask only", {"method": "none"}),
     ("snows K=0 dense-stream", {"method": "snows", "k_step": 0, "target": "dense-stream"}),
     ("snows K=0 official", {"method": "snows", "k_step": 0, "target": "official"}),
     ("snows K=1 dense-stream", {"method": "snows", "k_step": 1, "target": "dense-stream"}),
@@ -56,11 +58,12 @@ def main() -> None:
     parser.add_argument("--sparsity", default="2:4")
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--mask", default="magnitude", help="the mask every row starts from")
     parser.add_argument("--only", nargs="*", help="run only the rows whose label contains one of these")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "snows_solver.json"))
+    record.out_option(parser, "snows_solver")
     args = parser.parse_args()
     calib, x_test, y_test = fmnist.benchmark_data(args.num_samples)
-    probe = x_test[:1000]
+    probe = x_test[:PROBE]
 
     dense = fmnist.trained_vit()
     dense_acc = fmnist.accuracy(dense, x_test, y_test)
@@ -70,7 +73,7 @@ def main() -> None:
         if args.only and not any(o in label for o in args.only):
             continue
         model = fmnist.trained_vit()
-        config = snows_hf.PruneConfig(sparsity=args.sparsity, batch_size=args.batch_size, **options)
+        config = snows_hf.PruneConfig.from_dict({"sparsity": args.sparsity, "batch_size": args.batch_size, "mask": args.mask, **options})
         start = time.perf_counter()
         report = snows_hf.prune_(model, config, calib)
         seconds = time.perf_counter() - start
@@ -83,6 +86,7 @@ def main() -> None:
             "block_err": errs,
             "seconds": seconds,
             "sparsity": report.sparsity,
+            "config": report.config,
             "window_heldout_before": sum(m["heldout_loss_before"] for m in metrics) / len(metrics) if metrics else None,
             "window_heldout_after": sum(m["heldout_loss_after"] for m in metrics) / len(metrics) if metrics else None,
             "line_search_failures": sum(m["line_search_failed"] for m in metrics),
@@ -90,7 +94,7 @@ def main() -> None:
         }
         rows.append(row)
         print(f"  done: {label} ({seconds:.0f} s)", flush=True)
-        _write(args, rows)  # after every row, so an interrupted run keeps what it measured
+        _write(args, rows, len(x_test))  # after every row, so an interrupted run keeps what it measured
 
     n_blocks = len(dense_blocks)
     head = f"{'method':<24} {'top-1':>7} {'drop':>7} " + " ".join(f"{'blk' + str(i) + ' err':>9}" for i in range(n_blocks))
@@ -108,14 +112,13 @@ def main() -> None:
             + " ".join(f"{e:>9.4f}" for e in row["block_err"])
             + f" {win:>24} {row['seconds']:>8.1f}"
         )
-    _write(args, rows)
     print(f"\nwritten {args.out}")
 
 
-def _write(args, rows) -> None:
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"sparsity": args.sparsity, "num_samples": args.num_samples, "rows": rows}
-    Path(args.out).write_text(json.dumps(payload, indent=2))
+def _write(args, rows, test_images: int) -> None:
+    record.write(args.out, {"settings": record.settings(args), "sparsity": args.sparsity, "mask": args.mask,
+                            "num_samples": args.num_samples, "test_images": test_images, "probe_images": PROBE,
+                            "rows": rows})
 
 
 if __name__ == "__main__":

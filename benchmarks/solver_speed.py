@@ -47,7 +47,7 @@ def _timed(name, fn):
 
 def _instrument() -> None:
     """Wrap the SNOWS pieces with timers (the benchmark's own process only)."""
-    from snows_hf import refit
+    from snows_hf.methods import snows as refit
     from snows_hf.solver import hvp, newton
 
     class TimedOperator(hvp.HessianOperator):

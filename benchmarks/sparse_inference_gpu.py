@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU of compute capability 8.0 or newer:
 
-    python benchmarks/sparse_inference_gpu.py [--quick] [--json benchmarks/results/sparse_inference_gpu.json]
+    python benchmarks/sparse_inference_gpu.py [--quick] [--out FILE]   # default benchmarks/results/sparse_inference_gpu.json
 
 Models are randomly initialised on the GPU at real shapes: ViT-B/16 and ViT-L/16 (224
 pixels, 197 tokens), a TinyLlama-1.1B-shaped Llama (hidden 2048, MLP 5632, 22 blocks,
@@ -43,6 +43,9 @@ from snows_hf.evaluation import relative_error
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.solver.hvp import free_memory
 from snows_hf.sparse_inference import kernel_backend, sparse_inference_
+
+sys.path.insert(0, str(Path(__file__).parent))
+import record  # noqa: E402
 
 MODELS = {  #: name -> family and shape, in the order they run (the most asked-about first, for --budget)
     "ViT-L/16": {"family": "vit", "hidden": 1024, "mlp": 4096, "blocks": 24, "heads": 16},
@@ -237,13 +240,15 @@ def main(argv: list[str] | None = None, backend=None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds each end-to-end timing lasts at least")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="start no new model and dtype after this many seconds (the table shows what ran)")
-    parser.add_argument("--json", metavar="FILE", help="also write every row to this JSON file (after each case)")
+    parser.add_argument("--out", "--json", metavar="FILE", help="write every row to this JSON file, after each case "
+                        "(default: benchmarks/results/sparse_inference_gpu.json; with --tiny, no file)")
     parser.add_argument("--from-json", metavar="FILE", help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
     if args.from_json:
         payload = json.loads(Path(args.from_json).read_text())
         print(format_table(payload["layers"], payload["models"], payload["header"]))
         return 0
+    out = args.out or (None if args.tiny else str(record.RESULTS / "sparse_inference_gpu.json"))
     try:
         device = resolve_device(args.device)
         backend = backend or kernel_backend()
@@ -286,22 +291,22 @@ def main(argv: list[str] | None = None, backend=None) -> int:
                 continue
             free_memory()  # the model is gone: its memory goes back before the next one
             print(f"  done {name} {str(dtype).replace('torch.', '')}: {time.perf_counter() - start:.0f} s", flush=True)
-            if args.json:  # what ran survives a run stopped from outside
-                _write(args.json, header, layers, models, failures)
+            if out:  # what ran survives a run stopped from outside
+                _write(out, args, header, layers, models, failures)
     print()
     print(format_table(layers, models, header))
     for failure in failures:
         print(f"failed: {failure}")
     if skipped:
         print(f"not run (past --budget {args.budget:g} s): {', '.join(skipped)}")
-    if args.json:
-        _write(args.json, header, layers, models, failures)
+    if out:
+        _write(out, args, header, layers, models, failures)
     return 1 if failures else 0
 
 
-def _write(path: str, header: str, layers: list[dict], models: list[dict], failures: list[str]) -> None:
-    payload = {"header": header, "layers": layers, "models": models, "failures": failures}
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+def _write(path: str, args, header: str, layers: list[dict], models: list[dict], failures: list[str]) -> None:
+    record.write(path, {"settings": record.settings(args), "header": header, "layers": layers, "models": models,
+                        "failures": failures})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Serves, from tests/hub_server.py on 127.0.0.1, a dataset of 20 parquet shards of
 short text rows each, and reads its first 96 rows three ways, each in a fresh process
 with the server's byte counts reset: ``IterableDataset`` in storage order, with
 ``shuffle(seed=0, buffer_size=B)`` for B = 1 and 64, and in snows-hf's order
-(:class:`snows_hf.datasources.SplitRows`: seeded shard order, 1,000-row shuffle buffer).
+(:class:`snows_hf.data.SplitRows`: seeded shard order, 1,000-row shuffle buffer).
 Prints how many shards were opened and the share of the dataset's bytes that was sent.
 """
 
@@ -28,7 +28,7 @@ from hub_server import HubServer, Repo  # noqa: E402
 SHARDS, ROWS = 20, 3000
 READ = """
 import datasets, itertools, sys
-from snows_hf.datasources import SplitRows
+from snows_hf.data import SplitRows
 ds = datasets.load_dataset("tester/sharded", split="train", streaming=True)
 way = sys.argv[1]
 if way == "snows-hf":
