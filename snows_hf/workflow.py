@@ -232,13 +232,7 @@ def load_for_run(model: Any, processor: Any = None, *, trust_remote_code: bool =
 def _calibration_config(data: Any) -> Any:
     from .data import CalibrationConfig
 
-    if data is None:
-        return CalibrationConfig()
-    if isinstance(data, CalibrationConfig):
-        return data
-    if isinstance(data, (str, os.PathLike)):
-        return CalibrationConfig(dataset=os.fspath(data))
-    return CalibrationConfig(**dict(data))
+    return data if isinstance(data, CalibrationConfig) else CalibrationConfig(**_calibration_fields(data))
 
 
 def _prune_config(config: Any) -> Any:
@@ -514,6 +508,7 @@ class EvalResult:
 
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
+    """The fields ``data`` sets: none, a dataset name or path, a config's or a dict's."""
     if data is None:
         return {}
     if isinstance(data, (str, os.PathLike)):
