@@ -28,6 +28,7 @@ _EXPORTS = {
     "PruneConfig": "config",
     "SnowsConfig": "methods",
     "CalibrationConfig": "data",
+    "SettingError": "fields",
     "PruneReport": "report",
     "LayerReport": "report",
     "parse_sparsity": "masks",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .workflow import RunResult, evaluate, run
     from .config import PruneConfig
     from .data import CalibrationConfig
+    from .fields import SettingError
     from .methods import SnowsConfig
     from .masks import SparsityPattern, parse_sparsity
     from .report import LayerReport, PruneReport, RunRecord

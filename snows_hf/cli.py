@@ -386,6 +386,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_spelling(parser: argparse.ArgumentParser):
+    """How the library's messages name a setting on the command line: the option whose
+    destination is the setting's name (``batch_size`` -> ``--batch-size``; set to a value,
+    ``--mask sparsegpt``; a switch set on, ``--resume``). A name no option sets keeps its
+    Python spelling."""
+    from .fields import UNSET
+
+    options: dict[str, argparse.Action] = {}
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.dest not in options:
+                options[action.dest] = action
+
+    def spell(name: str, value: Any) -> str:
+        action = options.get(name)
+        if action is None:
+            return name if value is UNSET else f"{name}={value!r}"
+        flag = max(action.option_strings, key=len)
+        return flag if value is UNSET or action.nargs == 0 else f"{flag} {value}"
+
+    return spell
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -449,11 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
+    from .fields import spelled
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
             return args.func(args)
     except KeyboardInterrupt:
         print("snows-hf: interrupted", file=sys.stderr)

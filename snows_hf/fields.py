@@ -4,12 +4,77 @@ A field made by :func:`config_field` carries its help text and, for a fixed set 
 values, its ``choices`` in the field's metadata. :func:`check_types` and
 :func:`check_choices` validate a dataclass against them, and the command line reads the
 same metadata for its option help and its ``choices``.
+
+Messages name a setting through :func:`setting`, so that a Python caller reads the keyword
+it passes (``batch_size``, ``resume=True``) and a command-line user the flag it types
+(``--batch-size``, ``--resume``): the command line installs its spelling with
+:func:`spelled` while it runs. :class:`SettingError` is the error a setting that cannot
+work raises, carrying the setting's name and the hint.
 """
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import field, fields
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+#: A spelling takes a setting's name and its value (:data:`UNSET` when the message names
+#: the setting alone) and returns the words a user types to set it.
+Spelling = Callable[[str, Any], str]
+
+UNSET: Any = object()
+_SPELLING: ContextVar[Spelling | None] = ContextVar("snows_hf_spelling", default=None)
+
+
+def setting(name: str, value: Any = UNSET) -> str:
+    """``name`` (set to ``value``) as the caller writes it: the keyword of a Python call by
+    default, the command line's flag while :func:`spelled` says so.
+
+    Example:
+        >>> setting("batch_size"), setting("resume", True), setting("mask", "sparsegpt")
+        ('batch_size', 'resume=True', "mask='sparsegpt'")
+        >>> with spelled(lambda name, value: "--" + name.replace("_", "-")):
+        ...     setting("batch_size")
+        '--batch-size'
+    """
+    spell = _SPELLING.get()
+    if spell is not None:
+        return spell(name, value)
+    return name if value is UNSET else f"{name}={value!r}"
+
+
+@contextlib.contextmanager
+def spelled(spell: Spelling) -> Iterator[None]:
+    """Messages raised and logged inside spell settings with ``spell`` (see :func:`setting`)."""
+    token = _SPELLING.set(spell)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+class SettingError(ValueError):
+    """A setting that cannot work: ``field`` names it (a field of a settings dataclass or
+    an argument of :func:`snows_hf.run`), ``hint`` says what to change, and the message is
+    ``"<problem>; <hint>"`` with settings spelled as the caller writes them.
+
+    Example:
+        >>> err = SettingError("no held-out samples are left", field="num_samples", hint=f"lower {setting('num_samples')}")
+        >>> str(err), err.field
+        ('no held-out samples are left; lower num_samples', 'num_samples')
+    """
+
+    def __init__(self, problem: str, *, field: str, hint: str = "") -> None:
+        self.problem, self.field, self.hint = problem, field, hint
+        super().__init__(f"{problem}; {hint}" if hint else problem)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes, keyword arguments included
+        return _rebuild_setting_error, (self.problem, self.field, self.hint)
+
+
+def _rebuild_setting_error(problem: str, field: str, hint: str) -> SettingError:
+    return SettingError(problem, field=field, hint=hint)
 
 
 def config_field(default: Any, help: str, *, choices: Iterable[str] | None = None, **extra: Any) -> Any:
