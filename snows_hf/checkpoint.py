@@ -36,6 +36,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from .fields import SettingError, setting
+
 STATE = "state.json"
 LOCK = "run.lock"
 FORMAT = 1
@@ -192,9 +194,9 @@ class RunCheckpoint:
     def check_resumable(self) -> None:
         """Refuse to start a run over an existing checkpoint unless resuming (nothing is lost)."""
         if self.exists and not self.resume:
-            raise ValueError(
-                f"an unfinished run left a checkpoint in {str(self.folder)!r}; pass --resume to continue it "
-                "(or delete that folder to start over)"
+            raise SettingError(
+                f"an unfinished run left a checkpoint in {str(self.folder)!r}", field="resume",
+                hint=f"pass {setting('resume', True)} to continue it (or delete that folder to start over)",
             )
 
     def block_weights(self, index: int) -> dict[str, torch.Tensor]:
@@ -246,8 +248,9 @@ class RunCheckpoint:
             except BlockingIOError:
                 owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ValueError(f"another snows-hf run (pid {owner}) is writing this output and holds {str(path)!r}; "
-                                 "wait for it to end or choose another --output-dir") from None
+                raise SettingError(f"another snows-hf run (pid {owner}) is writing this output and holds {str(path)!r}",
+                                   field="output_dir",
+                                   hint=f"wait for it to end or choose another {setting('output_dir')}") from None
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
                     break

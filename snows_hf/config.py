@@ -12,7 +12,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Mapping
 
-from .fields import check_choices, check_types, config_field, require
+from .fields import SettingError, check_choices, check_types, config_field, require, setting
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method
 
@@ -31,10 +31,10 @@ def check_seed(seed: int) -> None:
     Example:
         >>> check_seed(2**64)
         Traceback (most recent call last):
-        ValueError: seed must be an integer from 0 to 9223372036854775807, got 18446744073709551616
+        snows_hf.fields.SettingError: seed must be an integer from 0 to 9223372036854775807, got 18446744073709551616
     """
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+        raise SettingError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}", field="seed")
 
 
 def _method_options() -> dict[str, Any]:
@@ -110,22 +110,24 @@ class PruneConfig:
     def __post_init__(self) -> None:
         check_types(self)
         if self.sparsity is None:
-            raise ValueError("a sparsity is required, e.g. sparsity='2:4' or sparsity='50%'")
+            raise SettingError("a sparsity is required", field="sparsity",
+                               hint=f"e.g. {setting('sparsity', '2:4')} or {setting('sparsity', '50%')}")
         self.sparsity = str(parse_sparsity(self.sparsity))
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise SettingError(f"batch_size must be at least 1, got {self.batch_size}", field="batch_size")
         check_seed(self.seed)
         check_choices(self)
         if self.allocation == "global":
-            require(not self.pattern.is_nm, f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
+            require(not self.pattern.is_nm, "allocation", f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:
                 self.max_layer_sparsity = max(0.95, self.pattern.fraction)
         elif self.max_layer_sparsity is not None:
-            raise ValueError("max_layer_sparsity applies to allocation='global' only (--allocation global)")
+            raise SettingError("max_layer_sparsity applies to allocation='global' only", field="max_layer_sparsity",
+                               hint=f"set {setting('allocation', 'global')} or leave {setting('max_layer_sparsity')} out")
         if self.max_layer_sparsity is not None:
             cap = self.max_layer_sparsity
-            require(0 < cap < 1, f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
-            require(cap >= self.pattern.fraction, f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
+            require(0 < cap < 1, "max_layer_sparsity", f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
+            require(cap >= self.pattern.fraction, "max_layer_sparsity", f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
         for name in ("targets", "ignore"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -135,7 +137,7 @@ class PruneConfig:
                 try:
                     re.compile(pattern)
                 except re.error as err:
-                    raise ValueError(f"{name} pattern {pattern!r} is not a regular expression: {err}") from None
+                    raise SettingError(f"{name} pattern {pattern!r} is not a regular expression: {err}", field=name) from None
         if self.max_memory is not None:
             import torch
 
@@ -206,7 +208,7 @@ class PruneConfig:
             method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
         elif isinstance(method, MethodConfig):
             given = [f.name for f in fields(method) if f.name in values]
-            require(not given, f"{', '.join(given)} belong in the method's config, not beside it")
+            require(not given, given[0] if given else "method", f"{', '.join(given)} belong in the method's config, not beside it")
         return cls(**{k: v for k, v in values.items() if k in shared and k != "method"}, method=method)
 
 
@@ -215,7 +217,7 @@ def _method_config(method: Any) -> MethodConfig:
     if isinstance(method, str):
         return get_method(method).config_class()
     if not isinstance(method, MethodConfig):
-        raise ValueError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig")
+        raise SettingError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig", field="method")
     expected = get_method(method).config_class
-    require(type(method) is expected, f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
+    require(type(method) is expected, "method", f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
     return method

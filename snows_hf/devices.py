@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .fields import SettingError, setting
+
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda:1"``, ``"mps"``, ... into a usable ``torch.device``.
@@ -30,7 +32,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         backend = getattr(torch, device.type, None)
         available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
         if not available:
-            raise ValueError(f"device {spec!r} is not available on this machine; use --device cpu or auto")
+            raise SettingError(f"device {spec!r} is not available on this machine", field="device",
+                               hint=f"use {setting('device', 'cpu')} or auto")
         if device.index is not None and hasattr(backend, "device_count") and device.index >= backend.device_count():
             raise ValueError(f"device {spec!r} does not exist: this machine has {backend.device_count()}")
     return device

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .fields import SettingError, setting
 from .report import PruneReport, RunRecord, dumps_json
 
 SPARSITY_KEY = "sparsity"
@@ -71,35 +72,39 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, keep: Iterable[st
         PosixPath('/home/me/pruned-model')
     """
     if not os.fspath(path).strip():
-        raise ValueError("the output path is empty; name a folder with --output-dir")
+        raise SettingError("the output path is empty", field="output_dir", hint=f"name a folder with {setting('output_dir')}")
     link = Path(os.path.expanduser(path))
     out = Path(os.path.realpath(link))
     if link.is_symlink() and not out.exists():
-        raise ValueError(f"output path {str(link)!r} is a symlink to {str(out)!r}, which does not exist; "
-                         "create that folder or choose another --output-dir")
+        raise SettingError(f"output path {str(link)!r} is a symlink to {str(out)!r}, which does not exist",
+                           field="output_dir", hint=f"create that folder or choose another {setting('output_dir')}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {str(link)!r} is a file, not a folder")
     here = Path(os.path.realpath(os.getcwd()))
     if out == here or out in here.parents:
-        raise ValueError(f"output folder {str(link)!r} is the current folder or holds it; choose another --output-dir")
+        raise SettingError(f"output folder {str(link)!r} is the current folder or holds it", field="output_dir",
+                           hint=f"choose another {setting('output_dir')}")
     for kept in keep:
         if os.path.exists(os.path.expanduser(kept)):
             real = Path(os.path.realpath(os.path.expanduser(kept)))
             if out == real or out in real.parents:
-                raise ValueError(f"output folder {str(link)!r} would replace the input {str(kept)!r}; "
-                                 "choose another --output-dir")
+                raise SettingError(f"output folder {str(link)!r} would replace the input {str(kept)!r}",
+                                   field="output_dir", hint=f"choose another {setting('output_dir')}")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):  # the new folder is written beside the old one
-        raise ValueError(f"cannot write the output {str(link)!r}: {str(parent)!r} is not writable; choose another --output-dir")
+        raise SettingError(f"cannot write the output {str(link)!r}: {str(parent)!r} is not writable", field="output_dir",
+                           hint=f"choose another {setting('output_dir')}")
     if out.is_dir() and any(out.iterdir()):
         foreign = foreign_files(out)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ValueError(f"{str(link)} holds files snows-hf did not write ({shown}): choose another --output-dir")
+            raise SettingError(f"{str(link)} holds files snows-hf did not write ({shown})", field="output_dir",
+                               hint=f"choose another {setting('output_dir')}")
         if not overwrite:
-            raise ValueError(f"output folder {str(link)!r} is not empty; pass --overwrite to replace it")
+            raise SettingError(f"output folder {str(link)!r} is not empty", field="overwrite",
+                               hint=f"pass {setting('overwrite', True)} to replace it")
     return out
 
 
@@ -160,9 +165,9 @@ def check_free_space(path: str | os.PathLike, needed: int) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise ValueError(
+        raise SettingError(
             f"not enough free disk space in {str(folder)!r}: about {needed / 2**30:.2f} GiB needed, "
-            f"{free / 2**30:.2f} GiB free; free some space or choose another --output-dir"
+            f"{free / 2**30:.2f} GiB free", field="output_dir", hint=f"free some space or choose another {setting('output_dir')}"
         )
 
 

@@ -88,7 +88,7 @@ def config_field(default: Any, help: str, *, choices: Iterable[str] | None = Non
         ...     target: str = config_field("dense-stream", "where targets come from", choices=("dense-stream", "official"))
         >>> check_choices(Options(target="nope"))
         Traceback (most recent call last):
-        ValueError: target must be dense-stream or official, got 'nope'
+        snows_hf.fields.SettingError: target must be dense-stream or official, got 'nope'
     """
     metadata = {"help": help, **extra}
     if choices is not None:
@@ -96,14 +96,14 @@ def config_field(default: Any, help: str, *, choices: Iterable[str] | None = Non
     return field(default=default, metadata=metadata)
 
 
-def require(ok: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``ok``.
+def require(ok: bool, field: str, message: str) -> None:
+    """Raise ``SettingError(message)`` about ``field`` unless ``ok``.
 
     Example:
-        >>> require(2 >= 0, "k_step must be >= 0")
+        >>> require(2 >= 0, "k_step", "k_step must be >= 0")
     """
     if not ok:
-        raise ValueError(message)
+        raise SettingError(message, field=field)
 
 
 def check_choices(config: Any) -> None:
@@ -115,7 +115,7 @@ def check_choices(config: Any) -> None:
             continue
         value = getattr(config, f.name)
         listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
-        require(value in allowed, f"{f.name} must be {listed}, got {value!r}")
+        require(value in allowed, f.name, f"{f.name} must be {listed}, got {value!r}")
 
 
 _KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
@@ -133,7 +133,7 @@ def check_types(config: Any) -> None:
         ...     k_step: int = 3
         >>> check_types(Options(k_step="three"))
         Traceback (most recent call last):
-        ValueError: k_step must be an int, got 'three'
+        snows_hf.fields.SettingError: k_step must be an int, got 'three'
     """
     for f in fields(config):
         declared = str(f.type).replace(" ", "")
@@ -143,10 +143,11 @@ def check_types(config: Any) -> None:
             continue
         if base == "list[str]":
             if not (isinstance(value, str) or isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-                raise ValueError(f"{f.name} must be a list of regular expressions (strings), got {value!r}")
+                raise SettingError(f"{f.name} must be a list of regular expressions (strings), got {value!r}", field=f.name)
             continue
         if base not in _KINDS:
             continue
         if isinstance(value, bool) and base != "bool" or not isinstance(value, _KINDS[base]):
             optional = " or None" if declared.endswith("|None") else ""
-            raise ValueError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}")
+            raise SettingError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}",
+                               field=f.name)

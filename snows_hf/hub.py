@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .fields import setting
+
 logger = logging.getLogger(__name__)
 
 CARD_PLACEHOLDER = "path/to/this/model"
@@ -69,7 +71,7 @@ def push_folder(
     from huggingface_hub import get_token
 
     if not token and not get_token():  # else five retries end in "Connection refused" or a 401
-        raise PushError("no Hub token found: pass --token, set HF_TOKEN, or run `hf auth login`")
+        raise PushError(f"no Hub token found: pass {setting('token')}, set HF_TOKEN, or run `hf auth login`")
     api = HfApi(endpoint=endpoint, token=token)
     operations = [CommitOperationAdd(rel, content) for rel, content in _public_contents(folder, files, repo_id)]
 
@@ -227,7 +229,7 @@ def _is_connection_error(err: BaseException) -> bool:
 
 def _auth_message(status: int, endpoint: str) -> str:
     if status == 401:
-        return (f"authentication failed at {endpoint} (HTTP 401): pass --token, set HF_TOKEN, "
+        return (f"authentication failed at {endpoint} (HTTP 401): pass {setting('token')}, set HF_TOKEN, "
                 "or log in with `hf auth login`")
     return f"permission denied at {endpoint} (HTTP 403): the token cannot write to this namespace"
 

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from .fields import SettingError, setting
 from .tasks import modality
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ def load_model(
     is_local = os.path.isdir(path)
     pickles = _pickle_only(path) if is_local and not allow_pickle else []
     if pickles:
-        raise ValueError(
-            f"{source!r} holds only pickle weights ({', '.join(pickles)}); pickles can run code when "
-            "loaded: pass --allow-pickle to read them anyway (weights only), or convert them to safetensors"
+        raise SettingError(
+            f"{source!r} holds only pickle weights ({', '.join(pickles)}); pickles can run code when loaded",
+            field="allow_pickle",
+            hint=f"pass {setting('allow_pickle', True)} to read them anyway (weights only), or convert them to safetensors",
         )
     try:
         model = cls.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -119,9 +121,10 @@ def check_remote_code(source: str, trust_remote_code: bool = False) -> None:
         for key, ref in entries:
             if ref:
                 shown = _clip(f"{key} -> {', '.join(map(str, ref)) if isinstance(ref, list) else ref}")
-                raise ValueError(
-                    f"{source!r} ships code that loading it runs: {name} maps {shown} in auto_map; "
-                    "pass --trust-remote-code (trust_remote_code=True) to run it, only if you trust this repo"
+                raise SettingError(
+                    f"{source!r} ships code that loading it runs: {name} maps {shown} in auto_map",
+                    field="trust_remote_code",
+                    hint=f"pass {setting('trust_remote_code', True)} to run it, only if you trust this repo",
                 )
 
 

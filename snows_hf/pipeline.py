@@ -29,6 +29,7 @@ from .blocks import BlockCall, run_block, shared_parameters, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
 from .devices import embedding_device
 from .distributed import Processes, current_processes
+from .fields import SettingError, setting
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
@@ -156,16 +157,17 @@ class Targets:
         self._of: dict[int, list[tuple[str, nn.Module]]] = {}
         unmatched = check_patterns(blocks.modules, blocks.names, config.targets, self.saved_names)
         if unmatched:
-            raise ValueError(
-                f"--targets {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
-                f"blocks at {blocks.path} (names look like {self._example()})"
+            raise SettingError(
+                f"{setting('targets')} {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
+                f"blocks at {blocks.path} (names look like {self._example()})", field="targets",
             )
         unused = check_patterns(blocks.modules, blocks.names, config.ignore, self.saved_names)
         if unused:
-            logger.warning("--ignore %s matches no module in the blocks", " ".join(map(repr, unused)))
+            logger.warning("%s %s matches no module in the blocks", setting("ignore"), " ".join(map(repr, unused)))
         self.patterns: dict[str, SparsityPattern] = {}
         if not any(self.of(i) for i in range(len(blocks))):
-            raise ValueError(f"no module is left to prune in the blocks at {blocks.path} (check --targets / --ignore)")
+            raise SettingError(f"no module is left to prune in the blocks at {blocks.path}", field="targets",
+                               hint=f"check {setting('targets')} / {setting('ignore')}")
 
     def _example(self) -> str:
         names = [f"{self.blocks.names[0]}.{n}" for n, m in self.blocks.modules[0].named_modules() if weight_layout(m)]
@@ -202,7 +204,7 @@ class Targets:
         try:
             counts = allocate_global({n: scores_of(n, m) for n, m in modules.items()}, cfg.pattern.fraction, cfg.max_layer_sparsity)
         except ValueError as err:
-            raise ValueError(f"{err}; raise --max-layer-sparsity") from None
+            raise SettingError(str(err), field="max_layer_sparsity", hint=f"raise {setting('max_layer_sparsity')}") from None
         self.patterns = {n: SparsityPattern(fraction=counts[n] / m.weight.numel()) for n, m in modules.items()}
 
 
@@ -358,9 +360,9 @@ class _Shards:
 
     def __init__(self, processes: Processes, num_batches: int):
         if num_batches < processes.world_size:
-            raise ValueError(
-                f"{num_batches} calibration micro-batches cannot be shared by {processes.world_size} processes; "
-                "raise --num-samples or lower --batch-size"
+            raise SettingError(
+                f"{num_batches} calibration micro-batches cannot be shared by {processes.world_size} processes",
+                field="num_samples", hint=f"raise {setting('num_samples')} or lower {setting('batch_size')}",
             )
         self.processes, self.num_batches = processes, num_batches
         self.batch_ids = processes.shard(range(num_batches))
@@ -506,8 +508,8 @@ def _log_summary(report: PruneReport, method) -> None:
     if report.solver:
         s = report.solver
         logger.info("solver: %d Newton steps over %d layers; %d ended on a rejected line search; CG reached its "
-                    "tolerance in %d of %d solves (the rest stopped at --cg-iters)%s", s["newton_steps"], s["layers"],
-                    s["rejected_line_search"], s["cg_solves"] - s["cg_not_converged"], s["cg_solves"],
+                    "tolerance in %d of %d solves (the rest stopped at %s)%s", s["newton_steps"], s["layers"],
+                    s["rejected_line_search"], s["cg_solves"] - s["cg_not_converged"], s["cg_solves"], setting("cg_iters"),
                     f"; {s['non_finite']} layers met NaN/Inf" if s["non_finite"] else "")
     partial = [layer.name for layer in report.layers if layer.partial_groups]
     if partial:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .blocks import tracked_hooks
+from .fields import SettingError, setting
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,12 @@ def parse_max_memory(text: str, device: torch.device) -> dict[Any, int]:
         try:
             where = torch.device(name)
         except RuntimeError:
-            raise ValueError(f"--max-memory: {name!r} is not a device (use cpu, cuda:0, 0, mps, ...)") from None
+            raise SettingError(f"{setting('max_memory')}: {name!r} is not a device", field="max_memory",
+                               hint="use cpu, cuda:0, 0, mps, ...") from None
         budget[_memory_key(where)] = parse_size(size)
     if not budget:
-        raise ValueError("--max-memory is empty; give sizes like 20GiB or cuda:0=20GiB,cpu=64GiB")
+        raise SettingError(f"{setting('max_memory')} is empty", field="max_memory",
+                           hint="give sizes like 20GiB or cuda:0=20GiB,cpu=64GiB")
     return budget
 
 

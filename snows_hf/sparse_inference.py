@@ -22,6 +22,7 @@ from torch import nn
 from .blocks import shared_parameters
 from .devices import device_label, semi_structured_backends, semi_structured_support
 from .evaluation import relative_error
+from .fields import setting
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def _unchanged(report: SparseInferenceReport, backend: KernelBackend, devices: s
         return (f"model left unchanged: {missing[0]} ({ready} linear layer{'s' if ready != 1 else ''} "
                 f"meet{'' if ready != 1 else 's'} every other condition)")
     if all(layer.reason == _NOT_2_4 for layer in linear):
-        return "model left unchanged: no linear layer is 2:4 (prune it with snows-hf prune --sparsity 2:4 first)"
+        return f"model left unchanged: no linear layer is 2:4 (prune it to {setting('sparsity', '2:4')} first)"
     if no_device:
         return f"model left unchanged: {missing[0]}, and no layer meets the other conditions (below)"
     return "model left unchanged: no layer meets the kernels' conditions (below)"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .fields import SettingError, setting
 from .report import RunRecord
 
 logger = logging.getLogger("snows_hf")
@@ -198,7 +199,8 @@ def placement(config: Any, device: Any, processes: Any, output_dir: str | os.Pat
     from .placement import parse_max_memory
 
     if processes.parallel:
-        raise ValueError("--max-memory places one model across devices; it cannot be combined with several processes")
+        raise SettingError(f"{setting('max_memory')} places one model across devices", field="max_memory",
+                           hint="it cannot be combined with several processes")
     max_memory = parse_max_memory(config.max_memory, device)
     with scratch_folder(".snows-hf-offload-", config.offload_dir or Path(output_dir).absolute().parent) as folder:
         yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
@@ -222,7 +224,8 @@ def load_for_run(model: Any, processor: Any = None, *, trust_remote_code: bool =
         model, own = load_model(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, **load_options)
     else:
         if load_options:
-            raise ValueError("--max-memory places a model while loading it: pass a Hub id or a folder, not a loaded model")
+            raise SettingError(f"{setting('max_memory')} places a model while loading it", field="max_memory",
+                               hint="pass a Hub id or a folder, not a loaded model")
         source = getattr(model, "name_or_path", None) or None
     if isinstance(processor, (str, os.PathLike)):
         processor = pick_processor(model, own, os.fspath(processor), trust_remote_code=trust_remote_code)
@@ -258,9 +261,10 @@ def check_settings(config: Any, save_format: str = "dense") -> None:
 
         check_compact_sparsity(config.sparsity)
     elif save_format != "dense":
-        raise ValueError(f"save_format must be dense or compact, got {save_format!r}")
+        raise SettingError(f"save_format must be dense or compact, got {save_format!r}", field="save_format")
     if config.block_path is not None and not config.block_path.strip():
-        raise ValueError("--block-path is empty; name the block list (e.g. model.layers) or leave it out to find it")
+        raise SettingError(f"{setting('block_path')} is empty", field="block_path",
+                           hint="name the block list (e.g. model.layers) or leave it out to find it")
     if config.offload_dir is not None:
         check_offload_dir(config.offload_dir)
 
@@ -338,13 +342,13 @@ def run(
                                allow_pickle, load_options)
     except KeyboardInterrupt:
         if checkpoint.exists and main:
-            logger.warning("the finished blocks are kept in %s; rerun the same command with --resume to continue",
-                           checkpoint.folder)
+            logger.warning("the finished blocks are kept in %s; run it again with %s to continue",
+                           checkpoint.folder, setting("resume", True))
         raise
     except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not to resume
         text = " ".join(str(exc).split())
         if str(checkpoint.folder) not in text:
-            text += f"; delete {checkpoint.folder} to start over (--resume cannot continue it)"
+            text += f"; delete {checkpoint.folder} to start over ({setting('resume')} cannot continue it)"
         raise CheckpointError(text) from exc
     except Exception as exc:
         if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
@@ -352,7 +356,7 @@ def run(
             first = "free disk space, then " if full else ""
             text = " ".join(str(exc).split()) or type(exc).__name__
             raise RuntimeError(f"{text} (the finished blocks are kept in {checkpoint.folder}: "
-                               f"{first}rerun with --resume to continue)") from exc
+                               f"{first}rerun with {setting('resume', True)} to continue)") from exc
         raise
     finally:
         checkpoint.release()
@@ -473,7 +477,8 @@ def evaluate(
         raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
     prepared, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
     if prepared.evaluation is None:
-        raise ValueError("no held-out samples are left after the calibration rows; lower --num-samples")
+        raise SettingError("no held-out samples are left after the calibration rows", field="num_samples",
+                           hint=f"lower {setting('num_samples')}")
     run_dtype = eval_dtype(model.dtype, dtype, sparse_inference, semi_structured_support(run_device) is None)
     evaluation = PairedEvaluation(prepared.evaluation, batch_size, timed=True)
     if reference is not None:  # first, alone on the device, in the same precision as the model
@@ -528,8 +533,8 @@ def eval_dtype(checkpoint_dtype: Any, dtype: str, sparse_inference: bool, kernel
     import torch
 
     if sparse_inference and dtype == "auto" and kernels and checkpoint_dtype == torch.float32:
-        logger.info("--sparse-inference: running the float32 checkpoint in bfloat16, the precision of the 2:4 "
-                    "kernels (--dtype float16 or float32 to choose otherwise)")
+        logger.info("%s: running the float32 checkpoint in bfloat16, the precision of the 2:4 kernels (%s or "
+                    "float32 to choose otherwise)", setting("sparse_inference"), setting("dtype", "float16"))
         return torch.bfloat16
     return checkpoint_dtype
 
@@ -593,7 +598,7 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     check_seq_len(cal_cfg, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
     cal_cfg = with_default_dataset(cal_cfg, model)
-    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
+    source = f"of random inputs ({setting('dataset', RANDOM)})" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
     ids = example.get("input_ids")
     size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
     # Some mask code asks an all-ones attention mask for its values, which meta tensors

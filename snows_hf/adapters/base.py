@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..blocks import BlockCall, NextCall, default_next_call
+from ..fields import SettingError, setting
 
 try:  # GPT-2 style (in, out) weights
     from transformers.pytorch_utils import Conv1D
@@ -193,7 +194,8 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
     if block_path:
         found = _resolve(model, block_path)
         if not found:
-            raise ValueError(f"--block-path {block_path!r} does not name a non-empty ModuleList in this model")
+            raise SettingError(f"{setting('block_path', block_path)} does not name a non-empty ModuleList in this model",
+                               field="block_path")
         return _block_list(model, block_path, found, names, adapter)
     if adapter is not None:
         found = _resolve(model.base_model, adapter.blocks)
@@ -202,13 +204,14 @@ def find_block_list(model: nn.Module, block_path: str | None = None) -> BlockLis
             return _block_list(model, f"{prefix}.{adapter.blocks}" if prefix else adapter.blocks, found, names, adapter)
     candidates = _candidate_lists(model)
     if not candidates:
-        raise ValueError(
-            f"cannot find the blocks of this {type(model).__name__}: it has no list of identical "
-            "modules; pass --block-path with the dotted name of its block list"
+        raise SettingError(
+            f"cannot find the blocks of this {type(model).__name__}: it has no list of identical modules",
+            field="block_path", hint=f"pass {setting('block_path')} with the dotted name of its block list",
         )
     if len(candidates) > 1 and len(candidates[0][1]) == len(candidates[1][1]):
         seen = ", ".join(f"{n} ({len(m)})" for n, m in candidates[:5])
-        raise ValueError(f"ambiguous block lists in {type(model).__name__}: {seen}; pass --block-path to choose")
+        raise SettingError(f"ambiguous block lists in {type(model).__name__}: {seen}", field="block_path",
+                           hint=f"pass {setting('block_path')} to choose")
     name, module = candidates[0]
     return _block_list(model, name, list(module), names, adapter)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import check_seed
-from ..fields import check_types
+from ..fields import SettingError, check_types
 
 DEFAULT_SEQ_LEN = 512
 """Tokens per calibration sequence when ``seq_len`` is not set (fewer for a model with fewer positions)."""
@@ -49,11 +49,11 @@ class CalibrationConfig:
         check_types(self)
         check_seed(self.seed)
         if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+            raise SettingError(f"num_samples must be at least 1, got {self.num_samples}", field="num_samples")
         if self.seq_len is not None and self.seq_len < 1:
-            raise ValueError(f"seq_len must be at least 1, got {self.seq_len}")
+            raise SettingError(f"seq_len must be at least 1, got {self.seq_len}", field="seq_len")
         if self.eval_samples < 0:
-            raise ValueError(f"eval_samples must be at least 0, got {self.eval_samples}")
+            raise SettingError(f"eval_samples must be at least 0, got {self.eval_samples}", field="eval_samples")
 
 
 def read_recipe_data(values: Any) -> Any:

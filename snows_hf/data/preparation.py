@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..evaluation import Evaluation
+from ..fields import SettingError, setting
 from ..loading import load_processor
 from ..tasks import modality, task_of
 from .config import DEFAULT_SEQ_LEN, CalibrationConfig
@@ -131,7 +132,8 @@ def pick_processor(model: Any, processor: Any, override: str | None = None, *, t
         return processor
     loaded = load_processor(override, model, trust_remote_code=trust_remote_code)
     if loaded is None:
-        raise ValueError(f"--processor {override!r} holds no tokenizer or image processor for this model")
+        raise SettingError(f"{setting('processor', override)} holds no tokenizer or image processor for this model",
+                           field="processor")
     return loaded
 
 
@@ -152,7 +154,8 @@ def random_calibration(model: Any, cfg: CalibrationConfig) -> dict[str, torch.Te
         return {"pixel_values": torch.randn(cfg.num_samples, channels, *size, generator=generator)}
     vocab = getattr(config, "vocab_size", None)
     if vocab is None:
-        raise ValueError("cannot make random calibration inputs for this model: pass --dataset")
+        raise SettingError("cannot make random calibration inputs for this model", field="dataset",
+                           hint=f"pass {setting('dataset')}")
     ids = torch.randint(0, vocab, (cfg.num_samples, _seq_len(cfg, model)), generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
@@ -169,8 +172,9 @@ def with_default_dataset(cfg: CalibrationConfig, model: Any) -> CalibrationConfi
     if cfg.dataset is not None:
         return cfg
     default = DEFAULT_DATASETS[modality(model)]
-    logger.info("no dataset given: calibrating on %s (%s, split %s, streamed), %s; pass --dataset PATH for your own "
-                "data or --dataset random for seeded noise", default.dataset, default.config, default.split, default.why)
+    logger.info("no dataset given: calibrating on %s (%s, split %s, streamed), %s; pass %s for your own data or %s "
+                "for seeded noise", default.dataset, default.config, default.split, default.why,
+                setting("dataset", "PATH"), setting("dataset", RANDOM))
     columns = {name: getattr(cfg, name) or getattr(default, name) for name in ("text_column", "image_column", "label_column")}
     return dataclasses.replace(cfg, dataset=default.dataset, dataset_config=default.config, split=default.split, **columns)
 
@@ -290,7 +294,8 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) 
     calib_rows: list[Any] = []
     ids = _pack(ordered, column, tokenizer, cfg.num_samples, seq_len, calib_rows)
     if ids.shape[0] == 0:
-        raise ValueError(f"the dataset holds fewer tokens than one sequence of {seq_len}; lower --seq-len")
+        raise SettingError(f"the dataset holds fewer tokens than one sequence of {seq_len}", field="seq_len",
+                           hint=f"lower {setting('seq_len')}")
     if ids.shape[0] < cfg.num_samples:
         logger.warning("the dataset fills %d sequences of %d tokens, fewer than the %d asked for; using all",
                        ids.shape[0], seq_len, cfg.num_samples)
@@ -377,15 +382,15 @@ def class_indices(values: list, column: str | None, rows: SplitRows, model: Any,
         outside = sorted({v for v in [*values, *declared] if not 0 <= v < num})
         if outside:
             shown = ", ".join(map(str, outside[:8])) + (", ..." if len(outside) > 8 else "")
-            raise ValueError(f"labels in column {column!r} ({shown}) are outside the model's {num} classes "
-                             f"(0..{num - 1}); pass --label-column with the right column")
+            raise SettingError(f"labels in column {column!r} ({shown}) are outside the model's {num} classes "
+                               f"(0..{num - 1})", field="label_column", hint=f"pass {setting('label_column')} with the right column")
         source["labels"] = "dataset class indices taken as the model's"
         return torch.tensor(values, dtype=torch.long)
     if integers:
         values = [names[v] if 0 <= v < len(names) else str(v) for v in values]
     if model_names is None:
-        raise ValueError(f"labels in column {column!r} are names, but the model's classes are unnamed "
-                         "(config.id2label): pass --label-column with integer labels")
+        raise SettingError(f"labels in column {column!r} are names, but the model's classes are unnamed "
+                           "(config.id2label)", field="label_column", hint=f"pass {setting('label_column')} with integer labels")
     lookup = match_class_names(sorted(set(map(str, values))), model_names)
     matched = [lookup.get(str(v)) for v in values]
     known = sum(m is not None for m in matched)
@@ -474,7 +479,8 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
         return PreparedData(random_calibration(model, cfg), None, {"dataset": RANDOM, "seed": cfg.seed}), cfg
     cfg = with_default_dataset(cfg, model)
     if processor is None:
-        raise ValueError("a tokenizer or image processor is needed to read a dataset; none was found (pass --processor)")
+        raise SettingError("a tokenizer or image processor is needed to read a dataset; none was found", field="processor",
+                           hint=f"pass {setting('processor')}")
     split = load_dataset_split(cfg)
     cfg = dataclasses.replace(cfg, seq_len=_seq_len(cfg, model))
     data = prepare_data(split, cfg, model, processor, eval_samples)

@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from ..fields import SettingError, setting
 from .config import CalibrationConfig
 
 logger = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException)
     else:
         reason = text
     return (f"cannot read Hub dataset {dataset!r}: {reason}; or download it and pass the local folder or file "
-            "as the dataset (--dataset PATH)")
+            f"as the dataset ({setting('dataset', 'PATH')})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -334,8 +335,9 @@ def detect_column(rows: SplitRows, wanted: str | None, kind: str) -> str | None:
             return name
     if kind == "label":
         return next((n for n in ("label", "labels") if n in names), None)
-    flag = "--image-column" if kind == "image" else "--text-column"
-    raise ValueError(f"no {kind} column found in the dataset (columns: {', '.join(names)}); pass {flag}")
+    name = "image_column" if kind == "image" else "text_column"
+    raise SettingError(f"no {kind} column found in the dataset (columns: {', '.join(names)})", field=name,
+                       hint=f"pass {setting(name)}")
 
 
 def _looks_like_image(value: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..fields import setting
 from .patterns import SparsityPattern
 from .selectors import hessian_scores
 from .topk import select_topk
@@ -55,7 +56,7 @@ def magnitude_warning(layers: list[tuple[str, dict]], ratio: float = 2.0, floor:
     Example:
         >>> d = {"importance_removed_magnitude": 0.3, "importance_removed_hessian": 0.05}
         >>> magnitude_warning([("fc1", d)])
-        'magnitude masks remove far more Hessian-weighted importance than Hessian-scaled masks in 1 of 1 layers (worst: fc1, 0.300 vs 0.050); --mask sparsegpt (the default) or hessian avoids this'
+        "magnitude masks remove far more Hessian-weighted importance than Hessian-scaled masks in 1 of 1 layers (worst: fc1, 0.300 vs 0.050); mask='sparsegpt' (the default) or hessian avoids this"
     """
     bad = [
         (d["importance_removed_magnitude"] / max(d["importance_removed_hessian"], 1e-12), name, d)
@@ -69,5 +70,5 @@ def magnitude_warning(layers: list[tuple[str, dict]], ratio: float = 2.0, floor:
     return (
         f"magnitude masks remove far more Hessian-weighted importance than Hessian-scaled masks in "
         f"{len(bad)} of {len(layers)} layers (worst: {name}, {worst['importance_removed_magnitude']:.3f} vs "
-        f"{worst['importance_removed_hessian']:.3f}); --mask sparsegpt (the default) or hessian avoids this"
+        f"{worst['importance_removed_hessian']:.3f}); {setting('mask', 'sparsegpt')} (the default) or hessian avoids this"
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..fields import SettingError, setting
+
 ACCEPTED_FORMS = (
     "N:M with 0 < N < M (e.g. 2:4, 4:8, 1:4), or an unstructured fraction "
     "strictly between 0 and 1 (e.g. 0.5 or 50%)"
@@ -73,14 +75,14 @@ def parse_sparsity(spec: str | float | SparsityPattern) -> SparsityPattern:
     if match:
         n, m = int(match.group(1)), int(match.group(2))
         if not 0 < n < m:
-            raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}")
+            raise SettingError(f"invalid sparsity {text!r}", field="sparsity", hint=f"use {ACCEPTED_FORMS}")
         return SparsityPattern(fraction=1.0 - n / m, n=n, m=m)
     try:
         fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
     except ValueError:
-        raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}") from None
+        raise SettingError(f"invalid sparsity {text!r}", field="sparsity", hint=f"use {ACCEPTED_FORMS}") from None
     if not 0.0 < fraction < 1.0:  # also rejects nan
-        raise ValueError(f"invalid sparsity {text!r}: use {ACCEPTED_FORMS}")
+        raise SettingError(f"invalid sparsity {text!r}", field="sparsity", hint=f"use {ACCEPTED_FORMS}")
     return SparsityPattern(fraction=fraction)
 
 
@@ -98,13 +100,13 @@ def check_fits(pattern: SparsityPattern, shape: tuple[int, int], name: str = "th
         >>> check_fits(parse_sparsity("1:100"), (64, 32), "fc1")
         Traceback (most recent call last):
         ...
-        ValueError: sparsity 1:100 groups 100 inputs, but fc1 has only 32: choose M <= 32 or leave fc1 out (--ignore)
+        snows_hf.fields.SettingError: sparsity 1:100 groups 100 inputs, but fc1 has only 32; choose M <= 32 or leave fc1 out (ignore)
     """
     rows, cols = shape
     numel = rows * cols
     if pattern.is_nm and cols < pattern.m:
-        raise ValueError(f"sparsity {pattern} groups {pattern.m} inputs, but {name} has only {cols}: "
-                         f"choose M <= {cols} or leave {name.rsplit('.', 1)[-1]} out (--ignore)")
+        raise SettingError(f"sparsity {pattern} groups {pattern.m} inputs, but {name} has only {cols}", field="sparsity",
+                           hint=f"choose M <= {cols} or leave {name.rsplit('.', 1)[-1]} out ({setting('ignore')})")
     if not pattern.is_nm and round(pattern.fraction * numel) >= numel:  # the zero count select_topk uses
-        raise ValueError(f"sparsity {pattern.label} would zero all {numel} weights of {name} ({rows} x {cols}); "
-                         f"use a fraction below {(numel - 0.5) / numel:.6g}")
+        raise SettingError(f"sparsity {pattern.label} would zero all {numel} weights of {name} ({rows} x {cols})",
+                           field="sparsity", hint=f"use a fraction below {(numel - 0.5) / numel:.6g}")

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..blocks import run_block, tracked_hooks
 from ..distributed import Processes
-from ..fields import check_choices, check_types
+from ..fields import SettingError, check_choices, check_types, setting
 from ..masks import SparsityPattern, to_rows
 
 
@@ -156,9 +156,9 @@ def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Ten
     if layout != "conv2d":
         return x.reshape(-1, x.shape[-1])
     if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
-        raise ValueError(
-            f"input statistics for grouped, string-padded or non-zero-padded Conv2d are not supported "
-            f"({module}); use --mask magnitude or leave the module out with --ignore"
+        raise SettingError(
+            f"input statistics for grouped, string-padded or non-zero-padded Conv2d are not supported ({module})",
+            field="mask", hint=f"use {setting('mask', 'magnitude')} or leave the module out with {setting('ignore')}",
         )
     n, c = x.shape[:2]
     cols = torch.nn.functional.unfold(

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..fields import check_choices, check_types, config_field, require
+from ..fields import SettingError, check_choices, check_types, config_field, require, setting
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
 from ..placement import format_size
@@ -88,9 +88,9 @@ def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
         ([0, 1, 2, 3, 4, 5, 6], [7])
     """
     if n < 2:
-        raise ValueError(
-            "SNOWS needs at least 2 calibration micro-batches (one is held out for the line search); "
-            "lower --batch-size or raise --num-samples"
+        raise SettingError(
+            "SNOWS needs at least 2 calibration micro-batches (one is held out for the line search)",
+            field="batch_size", hint=f"lower {setting('batch_size')} or raise {setting('num_samples')}",
         )
     held = min(n - 1, max(1, math.ceil(fraction * n - 1e-9)))
     return list(range(n - held)), list(range(n - held, n))
@@ -146,14 +146,14 @@ class SnowsConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.k_step >= 0, f"k_step must be >= 0, got {self.k_step}")
+        require(self.k_step >= 0, "k_step", f"k_step must be >= 0, got {self.k_step}")
         check_choices(self)
-        require(self.newton_steps >= 0, f"newton_steps must be >= 0, got {self.newton_steps}")
-        require(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
-        require(self.damping >= 0, f"damping must be >= 0, got {self.damping}")
-        require(0 < self.holdout < 1, f"holdout must be strictly between 0 and 1, got {self.holdout}")
-        require(self.batches_per_step is None or self.batches_per_step >= 1, f"batches_per_step must be >= 1, got {self.batches_per_step}")
-        require(self.hessian_batches is None or self.hessian_batches >= 1, f"hessian_batches must be >= 1, got {self.hessian_batches}")
+        require(self.newton_steps >= 0, "newton_steps", f"newton_steps must be >= 0, got {self.newton_steps}")
+        require(self.cg_iters >= 1, "cg_iters", f"cg_iters must be >= 1, got {self.cg_iters}")
+        require(self.damping >= 0, "damping", f"damping must be >= 0, got {self.damping}")
+        require(0 < self.holdout < 1, "holdout", f"holdout must be strictly between 0 and 1, got {self.holdout}")
+        require(self.batches_per_step is None or self.batches_per_step >= 1, "batches_per_step", f"batches_per_step must be >= 1, got {self.batches_per_step}")
+        require(self.hessian_batches is None or self.hessian_batches >= 1, "hessian_batches", f"hessian_batches must be >= 1, got {self.hessian_batches}")
 
 
 @dataclass

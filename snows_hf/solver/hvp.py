@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..fields import setting
+
 ResidualFn = Callable[[Tensor, Any], Sequence[Tensor]]
 
 HESSIAN_KINDS = ("gauss-newton", "exact")  #: the default first
@@ -283,7 +285,8 @@ class HessianOperator:
                 if self.graph_batches <= 1:
                     raise RuntimeError(
                         "out of memory in a Hessian product even with one micro-batch per graph; "
-                        "lower --batch-size or --k-step, or move activations off the device (--offload-activations)"
+                        f"lower {setting('batch_size')} or {setting('k_step')}, or move activations off the device "
+                        f"({setting('offload_activations')})"
                     ) from exc
             # Out of the except block: the traceback (and the tensors its frames hold) is gone.
             self._graph = None
