@@ -224,14 +224,15 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
         options["mask"] = snows_mask
     model = bench.load()
     with PeakMemory() as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         report = snows_hf.prune_(model, options, calibration)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    load = os.getloadavg()[0]  # above the core count: the seconds were shared with other work
     scores, per_sample = bench.evaluate(model, held, dense)
     return {
         "sparsity": spec, "method": method, "mask": report.config.get("mask"),
-        "scores": scores, "seconds": seconds, "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity,
-        "options": options, "per_sample": per_sample,
+        "scores": scores, "seconds": seconds, "cpu_seconds": cpu_seconds, "load_average_1_min": round(load, 2),
+        "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity, "options": options, "per_sample": per_sample,
     }
 
 

@@ -1,11 +1,13 @@
 """Write the README's measured figures from the JSON under benchmarks/results.
 
-Two marked blocks of README.md are generated. Between ``<!-- results:start -->`` and
+Marked blocks of README.md are generated. Between ``<!-- results:start -->`` and
 ``<!-- results:end -->``: tables built from ``quality_<model>.json``, ``solver_budget.json``
 and ``solver_speed.json``, and for each goal of the benchmarks whether the figures meet
 it. Between ``<!-- measurements:start -->`` and ``<!-- measurements:end -->``: the "More
 measurements" tables and prose (``benchmarks/readme_measurements.py``), each from the JSON
-its benchmark wrote. Nothing here is typed by hand: rerun the benchmarks, then this.
+its benchmark wrote. The demo's table and its sentences (``<!-- demo:... -->``) and the
+streamed-read figures (``<!-- stream_order:... -->``) come from ``benchmarks/readme_prose.py``.
+Nothing here is typed by hand: rerun the benchmarks, then this.
 
 A verdict on noisy figures rests on a paired interval, never on the two point figures: the
 per-sample records that ``benchmarks/quality.py`` keeps (which test images each model gets
@@ -31,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import readme_measurements  # noqa: E402
+import readme_prose  # noqa: E402
 from readme_measurements import RESULTS, load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +214,19 @@ def _drop(results: dict, row: dict) -> float:
     return dense - value if results["higher_is_better"] else value - dense
 
 
+def shared_rows(results: dict) -> list[str]:
+    """The rows of a quality file whose seconds were measured under a load above the core count.
+
+    Example:
+        >>> shared_rows({"settings": {"cpus": 2}, "rows": [{"sparsity": "2:4", "method": "wanda", "load_average_1_min": 3.1},
+        ...                                                 {"sparsity": "2:4", "method": "sparsegpt", "load_average_1_min": 1.2}]})
+        ['2:4 wanda (load 3.1)']
+    """
+    cpus = results.get("settings", {}).get("cpus")
+    return [f"{r['sparsity']} {r['method']} (load {r['load_average_1_min']:.1f})" for r in results["rows"]
+            if cpus and r.get("load_average_1_min", 0) > cpus]
+
+
 def quality_table(model: str, results: dict) -> list[str]:
     title, metric_text = TITLES[model]
     metric = results["metric"]
@@ -247,6 +263,10 @@ def quality_table(model: str, results: dict) -> list[str]:
     memory = [max((rows[(s, m)]["peak_memory_gib"] for s in patterns if (s, m) in rows), default=0.0) for m in methods]
     lines.append("| seconds (mean) | " + " | ".join(f"{s:.1f}" for s in seconds) + " |")
     lines.append("| peak memory GiB (max) | " + " | ".join(f"{g:.2f}" for g in memory) + " |")
+    shared = shared_rows(results)
+    if shared:
+        lines += ["", f"Seconds measured while the machine was shared (1-minute load average above its "
+                      f"{results['settings']['cpus']} cores), so slower than alone: {', '.join(shared)}."]
     if model in ("vit", "resnet"):
         lines += ["", difference_line(results, patterns, rows)]
     return lines
@@ -306,7 +326,7 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
     if losses:
         lines += ["", "**Where the default (SNOWS K=3) loses** to another column of the tables "
                   "above, with the 95% paired bootstrap interval of how much worse (a loss the interval does not "
-                  "exclude from zero is within noise); why it loses there is not measured:", ""]
+                  "exclude from zero is within noise); for a loss outside noise, the same pair with more calibration data:", ""]
         lines += losses
     return lines
 
@@ -387,9 +407,38 @@ def default_losses(quality: dict[str, dict]) -> list[str]:
                     interval = metric_interval(results, [rows[(spec, "snows-k3")], other],
                                                lambda a, b: sign * (b - a))
                     noise = NO_DATA if interval is None else f"95% interval {_fmt(interval)}"
-                    lines.append(f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} "
-                                 f"(worse by {worse:.4f}; {noise})")
+                    line = f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} (worse by {worse:.4f}; {noise})"
+                    if interval is not None and interval[0] > 0:
+                        line += more_calibration(model, spec, method, results)
+                    lines.append(line)
     return lines
+
+
+def more_calibration(model: str, spec: str, method: str, results: dict) -> str:
+    """For a loss outside noise: the same pair rerun with more calibration data
+    (``quality_<model>_calibration.json``), and what that says about the loss."""
+    more = load(f"quality_{model}_calibration.json")
+    rows = {(r["sparsity"], r["method"]): r for r in (more or {}).get("rows", [])}
+    if (spec, "snows-k3") not in rows or (spec, method) not in rows:
+        return (f". Not yet explained: `python benchmarks/quality.py --model {model} --num-samples 2048 --sparsity "
+                f"{spec} --methods {method} snows-k3 --out benchmarks/results/quality_{model}_calibration.json` "
+                "tests whether more calibration data closes it")
+    metric, higher = results["metric"], results["higher_is_better"]
+    sign = 1.0 if higher else -1.0
+    mine, other = rows[(spec, "snows-k3")], rows[(spec, method)]
+    worse = sign * (other["scores"][metric] - mine["scores"][metric])
+    interval = metric_interval(more, [mine, other], lambda a, b: sign * (b - a))
+    size = lambda r: next(iter(r["calibration"].values()))[0]  # noqa: E731 - samples of the first input
+    text = (f". With {size(more)} calibration samples instead of {size(results)} "
+            f"(`{more['settings']['command']}`): {mine['scores'][metric]:.4f} vs {other['scores'][metric]:.4f}, "
+            f"worse by {worse:+.4f}")
+    if interval is None:
+        return text + f" ({NO_DATA})"
+    text += f" ({_fmt(interval)})"
+    times = f"{size(more) / size(results):g} times the calibration data"
+    if interval[0] > 0:
+        return text + f": the loss stays with {times}, so the calibration set's size does not explain it"
+    return text + f": within noise with {times}, so the loss comes from the smaller calibration set"
 
 
 def budget_table(budget: dict) -> list[str]:
@@ -444,17 +493,26 @@ def results_block() -> list[list[str]]:
     return parts
 
 
-BLOCKS = {"results": results_block, "measurements": readme_measurements.render}  #: marker name -> its parts
+BLOCKS = {  #: marker name -> its parts
+    "demo": lambda: [readme_prose.demo()],
+    "results": results_block,
+    "measurements": readme_measurements.render,
+}
+INLINE = {"stream_order": readme_prose.stream_order}  #: marker name -> its sentence, inside a paragraph
 
 
 def fill(text: str) -> str:
-    """``text`` (the README) with every marked block of ``BLOCKS`` regenerated from the JSON files."""
-    for name, parts in BLOCKS.items():
+    """``text`` (the README) with every marked block of ``BLOCKS`` and sentence of
+    ``INLINE`` regenerated from the JSON files."""
+    for name, parts in [*BLOCKS.items(), *INLINE.items()]:
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
             raise ValueError(f"README.md needs one {start} ... {end} section")
         head, rest = text.split(start, 1)
         tail = rest.split(end, 1)[1]
+        if name in INLINE:
+            text = f"{head}{start}{' '.join(parts())}{end}{tail}"
+            continue
         body = "\n\n".join("\n".join(p) for p in parts())
         text = (f"{head}{start}\n<!-- generated by benchmarks/readme_results.py from benchmarks/results/*.json -->"
                 f"\n\n{body}\n\n{end}{tail}")

@@ -1,0 +1,78 @@
+"""Figures the README states outside its Results section: the demo's table and what it
+shows (``demo.json``), and how many shards a streamed read opens (``stream_order.json``).
+
+Each function returns the Markdown lines of one marked block; ``benchmarks/readme_results.py``
+puts them between ``<!-- <name>:start -->`` and ``<!-- <name>:end -->``. A missing file
+gives one line saying the figure is not yet measured and the command that measures it.
+"""
+
+from __future__ import annotations
+
+from readme_measurements import command, load
+
+
+def demo() -> list[str]:
+    """The table ``snows-hf demo`` printed, and the comparisons it supports."""
+    results = load("demo.json")
+    if results is None:
+        return ["The demo's table: not yet measured (`python benchmarks/demo_figures.py` measures it)."]
+    figures, cores = results["figures"], results["settings"]["cpus"]
+    methods = figures["methods"]
+    snows_label = figures["saved"]
+    snows, sgpt, magnitude = methods[snows_label], methods["sparsegpt"], methods["magnitude"]
+    probe_n = figures["eval_articles"] - figures["eval_articles"] // 2  # the probe fits on the first half
+    probe_gap = round((snows["linear_probe_accuracy"] - sgpt["linear_probe_accuracy"]) * probe_n)
+    time_ratio = snows["prune_seconds"] / sgpt["prune_seconds"]
+    closer = "closer than" if snows["cosine_mean"] > sgpt["cosine_mean"] else "no closer than"
+    worst = ("higher" if snows["cosine_min"] > sgpt["cosine_min"] + 0.005 else
+             "lower" if snows["cosine_min"] < sgpt["cosine_min"] - 0.005 else "about the same")
+    if probe_gap > 0:
+        probe = (f"SNOWS scores {probe_gap} more article{'s' * (probe_gap != 1)} of the {probe_n} the probe is "
+                 "scored on than SparseGPT alone")
+    elif probe_gap < 0:
+        probe = (f"SNOWS does not win there: it scores {-probe_gap} article{'s' * (probe_gap != -1)} fewer of the "
+                 f"{probe_n} the probe is scored on than SparseGPT alone")
+    else:
+        probe = f"SNOWS and SparseGPT alone score the same articles of the {probe_n} the probe is scored on"
+    return [
+        f"It printed this here, on {cores} CPU cores (`{results['settings']['command']}` runs the same code with "
+        "its defaults and keeps the output in `benchmarks/results/demo.json`; progress bars over blocks and over "
+        "the modules of each block show while it runs, and the table's seconds are also in "
+        "`snows-hf-demo/report.json`):",
+        "",
+        "```",
+        results["table"],
+        "```",
+        "",
+        f"The {figures['eval_articles']} held-out articles are the rows after the calibration rows in one seeded "
+        "order, so they never overlap. The cosine to the dense embeddings shows what each method loses: SNOWS "
+        f"keeps the mean {closer} SparseGPT alone ({snows['cosine_mean']:.4f} vs {sgpt['cosine_mean']:.4f}; "
+        f"magnitude {magnitude['cosine_mean']:.4f}) at {time_ratio:.1f} times its time, and the worst article "
+        f"{worst} ({snows['cosine_min']:.4f} vs {sgpt['cosine_min']:.4f}). BBC's five topics are easy enough that "
+        f"a linear probe on the embeddings stays near {figures['dense']['linear_probe_accuracy']:.0%} whatever the "
+        f"mask: {probe} ({snows['linear_probe_accuracy']:.4f} vs {sgpt['linear_probe_accuracy']:.4f}; the run "
+        "keeps no per-article record, so no interval is given). The magnitude run's time "
+        "includes the per-layer mask diagnostics (`--no-diagnostics` skips them).",
+    ]
+
+
+def stream_order() -> list[str]:
+    """Shards and bytes a streamed read of a sharded dataset opens, by order."""
+    results = load("stream_order.json")
+    if results is None:
+        return ["(How many shards a streamed read opens: not yet measured; `python benchmarks/stream_order.py`.)"]
+    ways = {r["way"]: r for r in results["results"]}
+    shuffled = [r for name, r in ways.items() if name.startswith("shuffle")]
+    sizes = " or ".join(name.split("buffer_size=")[1] for name in ways if name.startswith("shuffle"))
+    ours, storage = ways["snows-hf"], ways["storage"]
+    opened = {r["shards_read"] for r in shuffled}
+    shares = {f"{r['share']:.1%}" for r in shuffled}
+    return [
+        f"`datasets`' own `shuffle` is not used: reading {results['rows_read']} rows of a {results['shards']}-shard "
+        f"parquet dataset over the loopback Hub, it opened {'/'.join(map(str, sorted(opened)))} shards and "
+        f"{'/'.join(sorted(shares))} of the bytes (with `buffer_size` {sizes}), against {ours['shards_read']} "
+        f"shard{'s' * (ours['shards_read'] != 1)} and {ours['share']:.1%} in snows-hf's order and "
+        f"{storage['shards_read']} shard{'s' * (storage['shards_read'] != 1)} and {storage['share']:.1%} in storage "
+        f"order ({command(results) if 'settings' in results else '`python benchmarks/stream_order.py`'}, "
+        "`benchmarks/results/stream_order.json`).",
+    ]
