@@ -284,9 +284,12 @@ def run(
         model: a Hub id, a local folder, or a loaded ``PreTrainedModel``.
         config: a :class:`~snows_hf.config.PruneConfig` or a dict of its fields.
         data: a :class:`~snows_hf.data.CalibrationConfig`, a dict of its fields, a
-            dataset (Hub id, local file or folder, or ``"random"``), or ``None`` for the
-            default dataset of the model's modality. Calibration and held-out evaluation
-            rows never overlap.
+            dataset (Hub id, local file or folder, ``"random"``, or a ``datasets.Dataset``
+            or ``DatasetDict`` already in memory), or ``None`` for the default dataset of
+            the model's modality. Calibration and held-out evaluation rows never
+            overlap. With other settings, an in-memory dataset goes in the config:
+            ``CalibrationConfig(dataset=articles, num_samples=64, label_column="topic")``;
+            the report and recipe name it by its fingerprint and rows, never by a path.
         output_dir: where to save (default: ``MODEL-NAME-pruned-SPARSITY`` here).
         evaluate: evaluate dense and pruned on ``data.eval_samples`` held-out samples.
         save_format: ``"dense"`` (safetensors with zeros) or ``"compact"`` (kept values
@@ -418,7 +421,7 @@ class _Run:
                 evaluation.run("dense", model)
         with phases("prune"):
             report = prune_(model, config, data.calibration, progress=self.progress and main, checkpoint=self.checkpoint)
-        record = RunRecord(source_model=source, calibration=dataclasses.asdict(cal_cfg), data=data.source,
+        record = RunRecord(source_model=source, calibration=cal_cfg.to_dict(), data=data.source,
                            processes=self.processes.world_size)
         if not main:
             return RunResult(model, processor, report, record, output_dir=None)
@@ -508,12 +511,18 @@ class EvalResult:
 
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
-    """The fields ``data`` sets: none, a dataset name or path, a config's or a dict's."""
+    """The fields ``data`` sets: none, a dataset (name, path or in-memory), a config's or a dict's."""
+    from .data import is_in_memory
+
     if data is None:
         return {}
+    if is_in_memory(data):
+        return {"dataset": data}
     if isinstance(data, (str, os.PathLike)):
         return {"dataset": os.fspath(data)}
-    return dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
+    if dataclasses.is_dataclass(data):  # field by field: an in-memory dataset is taken, not copied
+        return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    return dict(data)
 
 
 def eval_dtype(checkpoint_dtype: Any, dtype: str, sparse_inference: bool, kernels: bool) -> Any:
@@ -583,7 +592,7 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     Example:
         >>> print(plan("google/vit-base-patch16-224", {"sparsity": "2:4"}).format())  # doctest: +SKIP
     """
-    from .data import RANDOM, check_seq_len, random_calibration, with_default_dataset
+    from .data import RANDOM, check_seq_len, dataset_label, random_calibration, with_default_dataset
     from .loading import load_model
     from .plan import empty_model, plan_run
 
@@ -593,7 +602,7 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     check_seq_len(cal_cfg, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
     cal_cfg = with_default_dataset(cal_cfg, model)
-    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
+    source = "of random inputs (--dataset random)" if cal_cfg.dataset == RANDOM else f"of {dataset_label(cal_cfg.dataset)}"
     ids = example.get("input_ids")
     size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
     # Some mask code asks an all-ones attention mask for its values, which meta tensors
