@@ -154,3 +154,53 @@ def test_run_reads_the_split_of_an_in_memory_dataset_dict(tmp_path):
     assert err.value.field == "split"
     with pytest.raises(ValueError, match="dataset must be a name or path, a datasets.Dataset or a DatasetDict, got 3"):
         CalibrationConfig(dataset=3)
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_run_without_saving_writes_nothing_and_its_save_writes_what_a_saving_run_writes(llama_dir, tmp_path):
+    saved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "saved", progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    unsaved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), save=False, progress=False)
+
+    assert unsaved.output_dir is None and sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no checkpoint
+    assert unsaved.evaluation == saved.evaluation and unsaved.report.sparsity == pytest.approx(0.5)
+    assert unsaved.save(tmp_path / "later") == unsaved.output_dir == tmp_path / "later"
+    first, later = saved.output_dir, unsaved.output_dir
+    assert _sha256(later / "model.safetensors") == _sha256(first / "model.safetensors")
+    assert (later / "recipe.yaml").read_text() == (first / "recipe.yaml").read_text()
+    payload, again = (json.loads((folder / "report.json").read_text()) for folder in (first, later))
+    assert list(again) == list(payload) and again["snows_hf_files"] == payload["snows_hf_files"]
+    assert list(again["phases"]) == list(payload["phases"]) == ["load", "data", "dense eval", "prune", "pruned eval"]
+    assert f"saving to {later}" in (later / "snows-hf.log").read_text()
+    assert list(unsaved.record.phases)[-1] == "save"
+
+
+@pytest.mark.parametrize("setting, value", [("resume", True), ("output_dir", "out"), ("push_to_hub", "me/model"),
+                                            ("save_format", "compact"), ("overwrite", True)])
+def test_a_run_without_saving_refuses_the_settings_of_saving(setting, value, tmp_path):
+    with pytest.raises(snows_hf.SettingError, match=f"{setting}={value!r}.* save=False") as err:
+        snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": "random", "num_samples": 4, "seq_len": 8}, save=False,
+                     progress=False, **{setting: value})
+    assert err.value.field == setting
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_evaluates_in_batches_of_eval_batch_size_and_refuses_none(tmp_path, monkeypatch):
+    import snows_hf.evaluation
+
+    sizes = []
+    outputs = snows_hf.evaluation.model_outputs
+    monkeypatch.setattr(snows_hf.evaluation, "model_outputs",
+                        lambda model, eval_set, batch_size: sizes.append(batch_size) or outputs(model, eval_set, batch_size))
+    snows_hf.run(tiny_llama(), MAGNITUDE, _data(tmp_path), processor=tiny_tokenizer(), save=False, eval_batch_size=3,
+                 progress=False)
+    assert sizes == [3, 3]  # dense, then pruned; the pruning's micro-batches stay at config.batch_size (4)
+
+    with pytest.raises(snows_hf.SettingError, match="eval_batch_size must be at least 1, got 0"):
+        snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": "random", "num_samples": 4, "seq_len": 8}, save=False,
+                     eval_batch_size=0, progress=False)
