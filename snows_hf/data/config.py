@@ -42,9 +42,10 @@ class CalibrationConfig:
         >>> CalibrationConfig(dataset=articles, num_samples=64, label_column="topic")  # doctest: +SKIP
     """
 
-    dataset: str | datasets.Dataset | datasets.DatasetDict | None = field(default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id "
-                                "(streamed), or 'random' for seeded noise (default: the bundled recipe's for MODEL, "
-                                "else allenai/c4 for text and frgfm/imagenette for images)"})
+    dataset: str | datasets.Dataset | datasets.DatasetDict | None = field(
+        default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id (streamed), or 'random' "
+                                "for seeded noise (default: the bundled recipe's for MODEL, else allenai/c4 for text "
+                                "and frgfm/imagenette for images)"})
     dataset_config: str | None = field(default=None, metadata={"help": "configuration (subset) name of a Hub dataset"})
     split: str = field(default="train", metadata={"help": "dataset split to draw calibration and evaluation samples from"})
     num_samples: int = field(default=128, metadata={"help": "number of calibration samples"})
