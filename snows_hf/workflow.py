@@ -58,7 +58,7 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> str:
 
 
 class Phases:
-    """Wall time per phase of a run, in order.
+    """Wall time per phase of a run, in order (added to ``seconds`` when given).
 
     Example:
         >>> phases = Phases()
@@ -68,8 +68,8 @@ class Phases:
         ['load']
     """
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = {} if seconds is None else seconds
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -116,7 +116,15 @@ class PairedEvaluation:
 @dataclass
 class RunResult:
     """What :func:`run` returns: the pruned model (still in memory), its report, the run's
-    record and where it was saved (and pushed).
+    record, where it was saved (and pushed), and what :meth:`save` needs to write it.
+
+    Attributes:
+        output_dir: where it was saved; ``None`` until then (``run(..., save=False)``),
+            and in data-parallel processes other than the main one.
+        config: the run's :class:`~snows_hf.config.PruneConfig`.
+        calibration: the run's :class:`~snows_hf.data.CalibrationConfig` as used (the
+            dataset and ``seq_len`` filled in).
+        log: the run's log records, which :meth:`save` writes as ``snows-hf.log``.
 
     Example:
         >>> result = run("my-vit", PruneConfig(sparsity="2:4"))  # doctest: +SKIP
@@ -129,6 +137,9 @@ class RunResult:
     record: RunRecord
     output_dir: Path | None
     pushed_url: str | None = None
+    config: Any = None
+    calibration: Any = None
+    log: RunLog | None = field(default=None, repr=False)
 
     @property
     def evaluation(self) -> dict[str, Any] | None:
@@ -138,6 +149,41 @@ class RunResult:
     def format(self) -> str:
         """The terminal summary ``snows-hf prune`` prints."""
         return self.report.format_table(self.record.evaluation, self.record.phases)
+
+    def save(self, output_dir: str | os.PathLike | None = None, *, save_format: str = "dense",
+             overwrite: bool = False) -> Path:
+        """Write the pruned model as :func:`run` saves it: weights, processor,
+        ``report.json`` (the report and :attr:`record`, as it is now), ``recipe.yaml``
+        (model named by ``record.source_model``), the model card and ``snows-hf.log``.
+        ``run(..., save=True)`` saves through this very call. Returns the folder, also set
+        as :attr:`output_dir`.
+
+        Args:
+            output_dir: where (default: ``MODEL-NAME-pruned-SPARSITY`` here).
+            save_format: ``"dense"`` or ``"compact"`` (see :func:`run`).
+            overwrite: replace an earlier snows-hf output in ``output_dir``.
+
+        Example:
+            >>> result = run("my-vit", PruneConfig(sparsity="2:4"), save=False)  # doctest: +SKIP
+            >>> result.record.source_model = "google/vit-base-patch16-224"  # doctest: +SKIP
+            >>> result.save("vit-2of4")  # doctest: +SKIP
+            PosixPath('vit-2of4')
+        """
+        from .export import check_output_dir, save_pruned
+        from .recipe import recipe_dict
+
+        source = self.record.source_model
+        check_settings(self.config, save_format)
+        if output_dir is None:
+            output_dir = default_output_dir(source or "", self.config.sparsity)
+        output_dir = os.fspath(output_dir)
+        check_output_dir(output_dir, overwrite, keep=[source] if source else [])
+        with run_log(self.log) as log, Phases(self.record.phases)("save"):
+            logger.info("saving to %s", output_dir)
+            self.output_dir = save_pruned(self.model, self.report, output_dir, self.processor, overwrite=overwrite,
+                                          record=self.record, recipe=recipe_dict(self.config, self.calibration, source),
+                                          save_format=save_format, extra_files={LOG_FILE: log.text()})
+        return self.output_dir
 
 
 class RunLog(logging.Handler):
@@ -165,18 +211,22 @@ class RunLog(logging.Handler):
 
 
 @contextlib.contextmanager
-def run_log() -> Iterator[RunLog]:
+def run_log(handler: RunLog | None = None) -> Iterator[RunLog]:
     """Capture the ``snows_hf`` logger's records from INFO up for the duration (see
-    :class:`RunLog`); a logger nobody configured passes INFO while it runs."""
-    handler = RunLog()
-    logger.addHandler(handler)
+    :class:`RunLog`), into ``handler`` when given (a run's log, continued while it is
+    saved); a logger nobody configured passes INFO while it runs."""
+    handler = RunLog() if handler is None else handler
+    added = handler not in logger.handlers  # already capturing: the outer capture goes on after this one
+    if added:
+        logger.addHandler(handler)
     unset = logger.level == logging.NOTSET  # Python's default: warnings only; the log wants the run's steps
     if unset:
         logger.setLevel(logging.INFO)
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
+        if added:
+            logger.removeHandler(handler)
         if unset:
             logger.setLevel(logging.NOTSET)
 
@@ -273,12 +323,17 @@ def run(
     model: Any, config: Any, data: Any = None, *, output_dir: str | os.PathLike | None = None, evaluate: bool = True,
     save_format: str = "dense", push_to_hub: str | None = None, private: bool = False, token: str | None = None,
     overwrite: bool = False, resume: bool = False, processor: Any = None, trust_remote_code: bool = False,
-    allow_pickle: bool = False, progress: bool = True,
+    allow_pickle: bool = False, progress: bool = True, save: bool = True, eval_batch_size: int | None = None,
 ) -> RunResult:
     """Prune a model and save it as ``snows-hf prune`` does: load, prepare the data,
     evaluate the dense model, prune (checkpointing each block), evaluate the pruned model,
-    save the weights, ``report.json``, ``recipe.yaml``, the model card and the run's log,
-    and push to the Hub when asked.
+    save the weights, ``report.json``, ``recipe.yaml``, the model card and the run's log
+    (:meth:`RunResult.save`), and push to the Hub when asked.
+
+    With ``save=False`` the run ends with the pruned, evaluated model in memory and writes
+    nothing: no output, no per-block checkpoint (so nothing to resume). The settings of
+    saving are then refused here; ``result.save(output_dir, ...)`` writes later exactly
+    what a saving run writes, with whatever was added to ``result.record`` meanwhile.
 
     Under ``torchrun`` or ``accelerate launch`` every process prunes its shard of the
     calibration micro-batches in step with the others; the main one evaluates, saves and
@@ -288,9 +343,12 @@ def run(
         model: a Hub id, a local folder, or a loaded ``PreTrainedModel``.
         config: a :class:`~snows_hf.config.PruneConfig` or a dict of its fields.
         data: a :class:`~snows_hf.data.CalibrationConfig`, a dict of its fields, a
-            dataset (Hub id, local file or folder, or ``"random"``), or ``None`` for the
-            default dataset of the model's modality. Calibration and held-out evaluation
-            rows never overlap.
+            dataset (Hub id, local file or folder, ``"random"``, or a ``datasets.Dataset``
+            or ``DatasetDict`` already in memory), or ``None`` for the default dataset of
+            the model's modality. Calibration and held-out evaluation rows never
+            overlap. With other settings, an in-memory dataset goes in the config:
+            ``CalibrationConfig(dataset=articles, num_samples=64, label_column="topic")``;
+            the report and recipe name it by its fingerprint and rows, never by a path.
         output_dir: where to save (default: ``MODEL-NAME-pruned-SPARSITY`` here).
         evaluate: evaluate dense and pruned on ``data.eval_samples`` held-out samples.
         save_format: ``"dense"`` (safetensors with zeros) or ``"compact"`` (kept values
@@ -302,27 +360,46 @@ def run(
         processor: a tokenizer or image processor (object, folder or Hub id) instead of the model's own.
         trust_remote_code, allow_pickle: allow model code from the Hub / pickle weights.
         progress: show progress bars.
+        save: save the result (``False``: keep it in memory, see above).
+        eval_batch_size: samples per forward pass of the dense and pruned evaluation
+            (default: ``config.batch_size``).
 
     Example:
         >>> result = run("google/vit-base-patch16-224", {"sparsity": "2:4"}, data="frgfm/imagenette",
         ...              output_dir="vit-2of4", push_to_hub="me/vit-2of4")  # doctest: +SKIP
         >>> result.evaluation["pruned"]["top1"]  # doctest: +SKIP
         0.79
+        >>> articles = datasets.Dataset.from_dict({"text": texts, "topic": topics})  # doctest: +SKIP
+        >>> result = run("sentence-transformers/all-MiniLM-L6-v2", {"sparsity": "2:4"},
+        ...              CalibrationConfig(dataset=articles, label_column="topic"), save=False)  # doctest: +SKIP
+        >>> result.evaluation["pruned"]["cosine_to_dense_min"]  # doctest: +SKIP
+        0.93
+        >>> result.save("minilm-2of4")  # doctest: +SKIP
+        PosixPath('minilm-2of4')
     """
     from .checkpoint import CheckpointError, RunCheckpoint
     from .devices import resolve_device
     from .distributed import start_processes
     from .export import check_output_dir, remove_stale_temporaries
+    from .fields import SettingError, setting
 
     config, cal_cfg = _prune_config(config), _calibration_config(data)
     check_settings(config, save_format)
+    if not save:
+        _check_unsaved(output_dir=output_dir, save_format=save_format, overwrite=overwrite, push_to_hub=push_to_hub,
+                       resume=resume)
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise SettingError(f"{setting('eval_batch_size')} must be at least 1, got {eval_batch_size}",
+                           field="eval_batch_size")
     device = resolve_device(config.device)  # an absent device fails before any loading
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "") or ""
+    # unsaved, the default output (here) still says where scratch files go
     output_dir = os.fspath(output_dir) if output_dir is not None else default_output_dir(source, config.sparsity)
-    check_output_dir(output_dir, overwrite, keep=[source] if source else [])
+    if save:
+        check_output_dir(output_dir, overwrite, keep=[source] if source else [])
     if config.offload_activations == "disk" and config.offload_dir is None:
         config.offload_dir = str(Path(os.path.realpath(output_dir)).parent)  # the output's filesystem
-    checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=resume)
+    checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=resume) if save else _NoCheckpoint()
     processes = start_processes(device)
     main = processes.is_main
     if main:  # one live run per output: a second one is refused, naming the first one's pid
@@ -332,14 +409,15 @@ def run(
         checkpoint.check_resumable()  # before any loading
         if resume and not checkpoint.exists:
             logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
-        if main:  # what a killed save left, before the free space is measured
+        if main and save:  # what a killed save left, before the free space is measured
             remove_stale_temporaries(output_dir)
-        else:  # the main process speaks for all
+        elif not main:  # the main process speaks for all
             logger.setLevel(logging.ERROR)
         with placement(config, device, processes, output_dir) as load_options, run_log() as log:
-            run = _Run(config, cal_cfg, processes, checkpoint, log, progress)
-            result = run.prune(model, processor, output_dir, evaluate, save_format, overwrite, trust_remote_code,
-                               allow_pickle, load_options)
+            run = _Run(config, cal_cfg, processes, checkpoint if save else None, log, progress,
+                       eval_batch_size or config.batch_size)
+            result = run.prune(model, processor, output_dir if save else None, evaluate, save_format, overwrite,
+                               trust_remote_code, allow_pickle, load_options)
     except KeyboardInterrupt:
         if checkpoint.exists and main:
             logger.warning("the finished blocks are kept in %s; run it again with %s to continue",
@@ -369,6 +447,38 @@ def run(
     return result
 
 
+_SAVE_SETTINGS = {"output_dir": None, "save_format": "dense", "overwrite": False, "push_to_hub": None}
+"""The arguments of :func:`run` that only saving reads, with the values that ask for nothing."""
+
+
+def _check_unsaved(resume: bool, **given: Any) -> None:
+    """Refuse, in a run that saves nothing, a setting that only saving reads."""
+    from .fields import SettingError, setting
+
+    unsaved = setting("save", False)
+    if resume:
+        raise SettingError(f"{setting('resume', True)} continues the checkpoint that a saving run keeps beside its "
+                           f"output; a run with {unsaved} keeps none", field="resume",
+                           hint=f"leave out {setting('resume', True)} or {unsaved}")
+    for name, nothing in _SAVE_SETTINGS.items():
+        if given[name] != nothing:
+            later = "push the folder result.save(...) writes" if name == "push_to_hub" else "pass it to result.save(...)"
+            raise SettingError(f"{setting(name, given[name])} only matters when saving, and a run with {unsaved} "
+                               "saves nothing", field=name, hint=f"leave it out, and {later}")
+
+
+class _NoCheckpoint:
+    """The checkpoint of a run that saves nothing: it keeps no block, so :func:`run` has
+    nothing to lock, resume, keep after a failure or remove."""
+
+    exists, state = False, None
+
+    def lock(self) -> None:
+        """Nothing to hold."""
+
+    check_resumable = release = remove = lock
+
+
 def push_saved(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
     """Push a folder this run saved; a failure says where the model is and how to retry.
 
@@ -395,48 +505,49 @@ class _Run:
     checkpoint: Any
     log: RunLog
     progress: bool
+    eval_batch_size: int
     phases: Phases = field(default_factory=Phases)
 
-    def prune(self, model: Any, processor: Any, output_dir: str, evaluate: bool, save_format: str, overwrite: bool,
-              trust_remote_code: bool, allow_pickle: bool, load_options: dict[str, Any]) -> RunResult:
+    def prune(self, model: Any, processor: Any, output_dir: str | None, evaluate: bool, save_format: str,
+              overwrite: bool, trust_remote_code: bool, allow_pickle: bool, load_options: dict[str, Any]) -> RunResult:
+        """Load, prepare the data, evaluate, prune, evaluate, and save to ``output_dir``
+        (``None``: not at all)."""
         from .api import prune_
         from .data import check_seq_len, prepare_run_data
-        from .export import check_free_space, model_bytes, save_pruned
+        from .export import check_free_space, model_bytes
         from .methods import get_method
-        from .recipe import recipe_dict
 
         config, main, phases = self.config, self.processes.is_main, self.phases
         with phases("load"):
             model, processor, source = load_for_run(model, processor, trust_remote_code=trust_remote_code,
                                                     allow_pickle=allow_pickle, **load_options)
         check_seq_len(self.cal_cfg, model)
-        if main:  # the output and the checkpoint of its blocks, before hours of work rather than after
+        if main and output_dir is not None:  # the output and its checkpoint, before hours of work rather than after
             check_free_space(output_dir, 2 * model_bytes(model))
         with phases("data"):
             fits_data = get_method(config.method)(config).fits_data
             eval_samples = self.cal_cfg.eval_samples if evaluate else 0
             data, cal_cfg = prepare_run_data(self.cal_cfg, model, processor, eval_samples, fits_data)
-        evaluation = PairedEvaluation(data.evaluation, config.batch_size) if data.evaluation is not None and main else None
+        evaluation = PairedEvaluation(data.evaluation, self.eval_batch_size) if data.evaluation is not None and main else None
         if evaluation:
             with phases("dense eval"):
                 evaluation.run("dense", model)
         with phases("prune"):
             report = prune_(model, config, data.calibration, progress=self.progress and main, checkpoint=self.checkpoint)
-        record = RunRecord(source_model=source, calibration=dataclasses.asdict(cal_cfg), data=data.source,
+        record = RunRecord(source_model=source, calibration=cal_cfg.to_dict(), data=data.source,
                            processes=self.processes.world_size)
+        result = RunResult(model, processor, report, record, output_dir=None, config=config, calibration=cal_cfg,
+                           log=self.log)
         if not main:
-            return RunResult(model, processor, report, record, output_dir=None)
+            return result
         if evaluation:
             with phases("pruned eval"):
                 evaluation.run("pruned", model)
             record.evaluation = evaluation.figures()
         record.phases = phases.seconds
-        with phases("save"):
-            logger.info("saving to %s", output_dir)
-            saved = save_pruned(model, report, output_dir, processor, overwrite=overwrite, record=record,
-                                recipe=recipe_dict(config, cal_cfg, source), save_format=save_format,
-                                extra_files={LOG_FILE: self.log.text()})
-        return RunResult(model, processor, report, record, output_dir=saved)
+        if output_dir is not None:
+            result.save(output_dir, save_format=save_format, overwrite=overwrite)
+        return result
 
 
 def evaluate(
@@ -513,12 +624,18 @@ class EvalResult:
 
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
-    """The fields ``data`` sets: none, a dataset name or path, a config's or a dict's."""
+    """The fields ``data`` sets: none, a dataset (name, path or in-memory), a config's or a dict's."""
+    from .data import is_in_memory
+
     if data is None:
         return {}
+    if is_in_memory(data):
+        return {"dataset": data}
     if isinstance(data, (str, os.PathLike)):
         return {"dataset": os.fspath(data)}
-    return dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
+    if dataclasses.is_dataclass(data):  # field by field: an in-memory dataset is taken, not copied
+        return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    return dict(data)
 
 
 def eval_dtype(checkpoint_dtype: Any, dtype: str, sparse_inference: bool, kernels: bool) -> Any:
@@ -588,7 +705,7 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     Example:
         >>> print(plan("google/vit-base-patch16-224", {"sparsity": "2:4"}).format())  # doctest: +SKIP
     """
-    from .data import RANDOM, check_seq_len, random_calibration, with_default_dataset
+    from .data import RANDOM, check_seq_len, dataset_label, random_calibration, with_default_dataset
     from .loading import load_model
     from .plan import empty_model, plan_run
 
@@ -598,7 +715,8 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     check_seq_len(cal_cfg, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
     cal_cfg = with_default_dataset(cal_cfg, model)
-    source = f"of random inputs ({setting('dataset', RANDOM)})" if cal_cfg.dataset == RANDOM else f"of {cal_cfg.dataset}"
+    source = (f"of random inputs ({setting('dataset', RANDOM)})" if cal_cfg.dataset == RANDOM
+              else f"of {dataset_label(cal_cfg.dataset)}")
     ids = example.get("input_ids")
     size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
     # Some mask code asks an all-ones attention mask for its values, which meta tensors

@@ -100,9 +100,20 @@ def test_parquet_sequence_classifier_and_in_memory_bare_encoder(tmp_path):
     data = prepare_data(split, cfg, bare, tiny_tokenizer(), eval_samples=12)
     dense = model_outputs(bare, data.evaluation)
     metrics = compute_metrics(data.evaluation, dense, dense)
-    assert metrics["cosine_to_dense"] == pytest.approx(1.0)
+    assert metrics["cosine_to_dense"] == pytest.approx(1.0) and metrics["cosine_to_dense_min"] == pytest.approx(1.0)
     assert 0 <= metrics["linear_probe_accuracy"] <= 1
     assert set(data.evaluation.labels.tolist()) <= {0, 1}
+
+
+def test_embedding_metrics_give_the_worst_cosine_beside_the_mean():
+    from snows_hf.data import EvalSet
+    from snows_hf.evaluation import EMBEDDING
+
+    eval_set = EvalSet(EMBEDDING, {"input_ids": torch.zeros(3, 4, dtype=torch.long)})
+    dense = {"embeddings": torch.eye(3)}
+    pruned = {"embeddings": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 1.0]])}  # cosines 0, 1, 1/sqrt(2)
+    metrics = compute_metrics(eval_set, pruned, dense)
+    assert metrics == {"cosine_to_dense": pytest.approx((1 + 0.5 ** 0.5) / 3), "cosine_to_dense_min": pytest.approx(0.0)}
 
 
 def test_cli_prune_reports_before_after_and_eval_reproduces_it(llama_dir, tmp_path, capsys):

@@ -14,9 +14,12 @@ from snows_hf.config import PruneConfig
 from snows_hf.workflow import convert, evaluate
 
 
+def _lines(rows=80):
+    return [" ".join(f"w{(i * 7 + j) % 120}" for j in range(30)) for i in range(rows)]
+
+
 def _texts(path, rows=80):
-    path.write_text("".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(30))}) + "\n"
-                            for i in range(rows)))
+    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in _lines(rows)))
     return str(path)
 
 
@@ -104,3 +107,100 @@ def test_a_masked_lm_is_evaluated_on_its_encoder_states(tmp_path):
 
     assert result.evaluation["task"] == "embedding" and result.evaluation["samples"] == 4
     assert 0 < result.evaluation["pruned"]["cosine_to_dense"] < 1
+
+
+def test_run_calibrates_on_an_in_memory_dataset_as_on_the_same_rows_in_a_file(tmp_path):
+    import datasets
+    import yaml
+
+    articles = datasets.Dataset.from_dict({"text": _lines()})
+    in_memory = snows_hf.run(tiny_llama(), MAGNITUDE, CalibrationConfig(dataset=articles, num_samples=8, seq_len=16,
+                             eval_samples=4), processor=tiny_tokenizer(), output_dir=tmp_path / "out", progress=False)
+    from_file = snows_hf.run(tiny_llama(), MAGNITUDE, _data(tmp_path), processor=tiny_tokenizer(),
+                             output_dir=tmp_path / "file-out", progress=False)
+
+    assert in_memory.record.data["calibration_rows"] == from_file.record.data["calibration_rows"]
+    assert in_memory.evaluation == from_file.evaluation  # the same rows, the same figures
+    assert torch.equal(in_memory.model.model.layers[1].mlp.down_proj.weight, from_file.model.model.layers[1].mlp.down_proj.weight)
+    label = f"in-memory Dataset (fingerprint {articles._fingerprint}, 80 rows)"
+    report = (in_memory.output_dir / "report.json").read_text()
+    payload, recipe = json.loads(report), yaml.safe_load((in_memory.output_dir / "recipe.yaml").read_text())
+    assert payload["data"]["dataset"] == payload["calibration"]["dataset"] == recipe["data"]["dataset"] == label
+    assert payload["data"]["rows_in_split"] == 80 and payload["data"]["split"] is None  # from_dict: no split name
+    assert str(tmp_path) not in report + (in_memory.output_dir / "recipe.yaml").read_text()
+
+    # the recipe cannot bring the data back: said as such, and the same data given again is read as the run read it
+    with pytest.raises(snows_hf.SettingError, match="held in memory and saved nowhere; pass that data again as dataset"):
+        evaluate(in_memory.output_dir)
+    again = evaluate(in_memory.output_dir, articles)
+    assert again.figures["samples"] == 4
+    assert again.figures["model"]["perplexity"] == pytest.approx(in_memory.evaluation["pruned"]["perplexity"], rel=1e-5)
+
+
+def test_run_reads_the_split_of_an_in_memory_dataset_dict(tmp_path):
+    import datasets
+
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _lines(3)}),
+                                   "calibration": datasets.Dataset.from_dict({"text": _lines(40)})})
+    result = snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": splits, "split": "calibration", "num_samples": 4,
+                          "seq_len": 16}, processor=tiny_tokenizer(), evaluate=False, output_dir=tmp_path / "out",
+                          progress=False)
+    assert result.record.data["split"] == "calibration" and result.record.data["rows_in_split"] == 40
+    assert result.record.data["dataset"].startswith("in-memory DatasetDict (train: fingerprint ")
+
+    with pytest.raises(snows_hf.SettingError, match="no split 'test'; set split to one of: train, calibration") as err:
+        snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": splits, "split": "test"}, processor=tiny_tokenizer(),
+                     output_dir=tmp_path / "out2", progress=False)
+    assert err.value.field == "split"
+    with pytest.raises(ValueError, match="dataset must be a name or path, a datasets.Dataset or a DatasetDict, got 3"):
+        CalibrationConfig(dataset=3)
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_run_without_saving_writes_nothing_and_its_save_writes_what_a_saving_run_writes(llama_dir, tmp_path):
+    saved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "saved", progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    unsaved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), save=False, progress=False)
+
+    assert unsaved.output_dir is None and sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no checkpoint
+    assert unsaved.evaluation == saved.evaluation and unsaved.report.sparsity == pytest.approx(0.5)
+    assert unsaved.save(tmp_path / "later") == unsaved.output_dir == tmp_path / "later"
+    first, later = saved.output_dir, unsaved.output_dir
+    assert _sha256(later / "model.safetensors") == _sha256(first / "model.safetensors")
+    assert (later / "recipe.yaml").read_text() == (first / "recipe.yaml").read_text()
+    payload, again = (json.loads((folder / "report.json").read_text()) for folder in (first, later))
+    assert list(again) == list(payload) and again["snows_hf_files"] == payload["snows_hf_files"]
+    assert list(again["phases"]) == list(payload["phases"]) == ["load", "data", "dense eval", "prune", "pruned eval"]
+    assert f"saving to {later}" in (later / "snows-hf.log").read_text()
+    assert list(unsaved.record.phases)[-1] == "save"
+
+
+@pytest.mark.parametrize("setting, value", [("resume", True), ("output_dir", "out"), ("push_to_hub", "me/model"),
+                                            ("save_format", "compact"), ("overwrite", True)])
+def test_a_run_without_saving_refuses_the_settings_of_saving(setting, value, tmp_path):
+    with pytest.raises(snows_hf.SettingError, match=f"{setting}={value!r}.* save=False") as err:
+        snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": "random", "num_samples": 4, "seq_len": 8}, save=False,
+                     progress=False, **{setting: value})
+    assert err.value.field == setting
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_evaluates_in_batches_of_eval_batch_size_and_refuses_none(tmp_path, monkeypatch):
+    import snows_hf.evaluation
+
+    sizes = []
+    outputs = snows_hf.evaluation.model_outputs
+    monkeypatch.setattr(snows_hf.evaluation, "model_outputs",
+                        lambda model, eval_set, batch_size: sizes.append(batch_size) or outputs(model, eval_set, batch_size))
+    snows_hf.run(tiny_llama(), MAGNITUDE, _data(tmp_path), processor=tiny_tokenizer(), save=False, eval_batch_size=3,
+                 progress=False)
+    assert sizes == [3, 3]  # dense, then pruned; the pruning's micro-batches stay at config.batch_size (4)
+
+    with pytest.raises(snows_hf.SettingError, match="eval_batch_size must be at least 1, got 0"):
+        snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": "random", "num_samples": 4, "seq_len": 8}, save=False,
+                     eval_batch_size=0, progress=False)

@@ -11,17 +11,17 @@ Example:
     >>> calibration = build_calibration(CalibrationConfig(dataset="data/train.jsonl"), model, tokenizer)  # doctest: +SKIP
 """
 
-from .config import DEFAULT_SEQ_LEN, CalibrationConfig, read_recipe_data
+from .config import DEFAULT_SEQ_LEN, IN_MEMORY, CalibrationConfig, dataset_label, is_in_memory, read_recipe_data
 from .preparation import (EvalSet, PreparedData, build_calibration, calibration_from_split, check_seq_len, class_indices,
                           fit_seq_len, match_class_names, pick_processor, prepare_data, prepare_run_data,
                           random_calibration, with_default_dataset)
 from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local,
-                      load_dataset_split, open_split)
+                      load_dataset_split, open_split, split_read)
 
 __all__ = [
-    "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig", "DatasetDefault",
-    "EvalSet", "PreparedData", "SplitRows", "build_calibration", "calibration_from_split", "check_seq_len",
-    "class_indices", "detect_column", "fit_seq_len", "is_local", "load_dataset_split", "match_class_names",
-    "open_split", "pick_processor", "prepare_data", "prepare_run_data", "random_calibration", "read_recipe_data",
-    "with_default_dataset",
+    "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "IN_MEMORY", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig",
+    "DatasetDefault", "EvalSet", "PreparedData", "SplitRows", "build_calibration", "calibration_from_split",
+    "check_seq_len", "class_indices", "dataset_label", "detect_column", "fit_seq_len", "is_in_memory", "is_local",
+    "load_dataset_split", "match_class_names", "open_split", "pick_processor", "prepare_data", "prepare_run_data",
+    "random_calibration", "read_recipe_data", "split_read", "with_default_dataset",
 ]

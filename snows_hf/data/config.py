@@ -6,14 +6,21 @@ the ``data:`` section of a recipe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from ..config import check_seed
 from ..fields import SettingError, check_types
 
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+
 DEFAULT_SEQ_LEN = 512
 """Tokens per calibration sequence when ``seq_len`` is not set (fewer for a model with fewer positions)."""
+
+IN_MEMORY = "in-memory "
+"""How the name of an in-memory dataset begins in reports and recipes (:func:`dataset_label`)."""
 
 
 @dataclass
@@ -24,14 +31,21 @@ class CalibrationConfig:
     to the model's positions (``max_position_embeddings``) when it has fewer. A length
     that is set is taken as asked, and refused beyond the model's positions.
 
+    From Python, ``dataset`` may also be data already in memory: a ``datasets.Dataset``
+    (its rows are the split), or a ``DatasetDict`` (``split`` picks one). Reports and
+    ``recipe.yaml`` name it by its kind, fingerprint and rows (:func:`dataset_label`).
+
     Example:
         >>> CalibrationConfig(dataset="data/train.jsonl", num_samples=64, seq_len=256)  # doctest: +ELLIPSIS
         CalibrationConfig(dataset='data/train.jsonl', ...)
+        >>> articles = datasets.Dataset.from_dict({"text": texts, "topic": topics})  # doctest: +SKIP
+        >>> CalibrationConfig(dataset=articles, num_samples=64, label_column="topic")  # doctest: +SKIP
     """
 
-    dataset: str | None = field(default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id "
-                                "(streamed), or 'random' for seeded noise (default: the bundled recipe's for MODEL, "
-                                "else allenai/c4 for text and frgfm/imagenette for images)"})
+    dataset: str | datasets.Dataset | datasets.DatasetDict | None = field(
+        default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id (streamed), or 'random' "
+                                "for seeded noise (default: the bundled recipe's for MODEL, else allenai/c4 for text "
+                                "and frgfm/imagenette for images)"})
     dataset_config: str | None = field(default=None, metadata={"help": "configuration (subset) name of a Hub dataset"})
     split: str = field(default="train", metadata={"help": "dataset split to draw calibration and evaluation samples from"})
     num_samples: int = field(default=128, metadata={"help": "number of calibration samples"})
@@ -47,6 +61,8 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if not (self.dataset is None or isinstance(self.dataset, str) or is_in_memory(self.dataset)):
+            raise ValueError(f"dataset must be a name or path, a datasets.Dataset or a DatasetDict, got {self.dataset!r}")
         check_seed(self.seed)
         if self.num_samples < 1:
             raise SettingError(f"num_samples must be at least 1, got {self.num_samples}", field="num_samples")
@@ -54,6 +70,50 @@ class CalibrationConfig:
             raise SettingError(f"seq_len must be at least 1, got {self.seq_len}", field="seq_len")
         if self.eval_samples < 0:
             raise SettingError(f"eval_samples must be at least 0, got {self.eval_samples}", field="eval_samples")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data, as ``recipe.yaml`` and ``report.json`` hold them: an
+        in-memory dataset by its :func:`dataset_label`.
+
+        Example:
+            >>> CalibrationConfig(dataset="data.jsonl").to_dict()["dataset"]
+            'data.jsonl'
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"dataset": dataset_label(self.dataset)}
+
+
+def is_in_memory(value: Any) -> bool:
+    """True when ``value`` is a ``datasets.Dataset`` or ``DatasetDict`` (data a run may
+    take instead of a dataset's name or path).
+
+    Example:
+        >>> is_in_memory("allenai/c4")
+        False
+    """
+    loaded = sys.modules.get("datasets")  # without it imported, nothing can be one of its datasets
+    return loaded is not None and isinstance(value, (loaded.Dataset, loaded.DatasetDict))
+
+
+def dataset_label(dataset: Any) -> str | None:
+    """How reports and recipes name ``dataset``: a name or path as it is given; an
+    in-memory dataset by its kind, fingerprint and rows, never by the paths of its cache
+    files (local, perhaps private, and not what a rerun could read anyway).
+
+    Example:
+        >>> dataset_label("allenai/c4")
+        'allenai/c4'
+        >>> dataset_label(datasets.Dataset.from_dict({"text": ["a", "b"]}))  # doctest: +SKIP
+        'in-memory Dataset (fingerprint 4f3c0121bdf331a5, 2 rows)'
+    """
+    if not is_in_memory(dataset):
+        return dataset
+
+    def summary(split: Any) -> str:  # datasets keeps the fingerprint as _fingerprint, with no public name
+        return f"fingerprint {split._fingerprint}, {split.num_rows} rows"
+
+    if isinstance(dataset, dict):
+        return f"{IN_MEMORY}DatasetDict (" + "; ".join(f"{name}: {summary(split)}" for name, split in dataset.items()) + ")"
+    return f"{IN_MEMORY}Dataset ({summary(dataset)})"
 
 
 def read_recipe_data(values: Any) -> Any:

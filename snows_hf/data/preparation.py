@@ -33,8 +33,8 @@ from ..evaluation import Evaluation
 from ..fields import SettingError, setting
 from ..loading import load_processor
 from ..tasks import modality, task_of
-from .config import DEFAULT_SEQ_LEN, CalibrationConfig
-from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split
+from .config import DEFAULT_SEQ_LEN, CalibrationConfig, dataset_label
+from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, split_read
 
 logger = logging.getLogger(__name__)
 
@@ -462,7 +462,9 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
     the same held-out rows).
 
     ``dataset="random"`` gives seeded noise and nothing to evaluate on; with a method that
-    fits what it sees (``fits_data``) a warning names the consequence.
+    fits what it sees (``fits_data``) a warning names the consequence. An in-memory
+    dataset (a ``datasets.Dataset`` or ``DatasetDict``) is read as it is, and named in
+    :attr:`PreparedData.source` by its :func:`~snows_hf.data.config.dataset_label`.
 
     Example:
         >>> data, used = prepare_run_data(CalibrationConfig(num_samples=64), model, tokenizer, eval_samples=32)  # doctest: +SKIP
@@ -484,5 +486,5 @@ def prepare_run_data(cfg: CalibrationConfig, model: Any, processor: Any, eval_sa
     split = load_dataset_split(cfg)
     cfg = dataclasses.replace(cfg, seq_len=_seq_len(cfg, model))
     data = prepare_data(split, cfg, model, processor, eval_samples)
-    data.source.update(dataset=cfg.dataset, dataset_config=cfg.dataset_config, split=cfg.split)
+    data.source.update(dataset=dataset_label(cfg.dataset), dataset_config=cfg.dataset_config, split=split_read(cfg))
     return data, cfg

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..fields import SettingError, setting
-from .config import CalibrationConfig
+from .config import IN_MEMORY, CalibrationConfig, is_in_memory
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,9 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
 
     path = os.path.expanduser(dataset)
     local = is_local(dataset)
+    if not local and dataset.startswith(IN_MEMORY):  # a recipe's name for data that no file holds
+        raise SettingError(f"{dataset} is the data of an earlier run, which was held in memory and saved nowhere",
+                           field="dataset", hint=f"pass that data again as {setting('dataset')}")
     try:
         if os.path.isfile(path):
             ext = os.path.splitext(path)[1].lower()
@@ -258,10 +261,34 @@ def load_dataset_split(cfg: CalibrationConfig) -> SplitRows:
     Errors are one clear ``ValueError``: a missing path, an unreachable or gated Hub
     dataset, a bad split or configuration.
 
+    An in-memory ``cfg.dataset`` is read as it is: a ``Dataset`` whole, a ``DatasetDict``'s
+    ``cfg.split``.
+
     Example:
         >>> rows = load_dataset_split(CalibrationConfig(dataset="data/train.jsonl"))  # doctest: +SKIP
     """
-    return open_split(cfg.dataset, cfg.dataset_config, cfg.split, streaming=cfg.streaming, seed=cfg.seed)
+    if not is_in_memory(cfg.dataset):
+        return open_split(cfg.dataset, cfg.dataset_config, cfg.split, streaming=cfg.streaming, seed=cfg.seed)
+    data = cfg.dataset
+    if isinstance(data, dict):  # a DatasetDict
+        if cfg.split not in data:
+            raise SettingError(f"the in-memory DatasetDict has no split {cfg.split!r}", field="split",
+                               hint=f"set {setting('split')} to one of: {', '.join(data)}")
+        data = data[cfg.split]
+    return SplitRows(data, cfg.seed, name="the in-memory dataset")
+
+
+def split_read(cfg: CalibrationConfig) -> str | None:
+    """The name of the split ``cfg`` reads: ``cfg.split``, except for an in-memory
+    ``Dataset``, which is one split already: its own name, if it has one.
+
+    Example:
+        >>> split_read(CalibrationConfig(dataset="allenai/c4", split="validation"))
+        'validation'
+    """
+    if is_in_memory(cfg.dataset) and not isinstance(cfg.dataset, dict):
+        return None if cfg.dataset.split is None else str(cfg.dataset.split)
+    return cfg.split
 
 
 def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException) -> str:
