@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -216,18 +215,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+def _split_fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    """The options given on the command line among ``names`` (a dataclass: its fields)."""
+    names = {f.name for f in dataclasses.fields(names)} if dataclasses.is_dataclass(names) else set(names)
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """``snows-hf prune``: :func:`snows_hf.run` with the recipe's settings and the flags on top."""
-    from .data import CalibrationConfig
     from .config import PruneConfig
+    from .data import CalibrationConfig
+    from .recipe import resolve_settings
     from .workflow import run
 
-    config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
+    args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
+                                                   _split_fields(args, CalibrationConfig))
     if args.dry_run:
         return _dry_run(args, config, cal_cfg)
     result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
@@ -241,38 +243,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         _push(result.output_dir, args.push_to_hub, args, saved=True)
     return 0
-
-
-def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple[Any, Any]:
-    """The run's ``PruneConfig`` and ``CalibrationConfig``: the recipe's, if any, with the
-    flags given on the command line on top (unset flags never override). Sets ``args.model``."""
-    from .recipe import load_recipe
-
-    from .recipe import bundled_recipes, recipe_for_model
-
-    if args.model in bundled_recipes() and not os.path.exists(args.model):
-        raise ValueError(f"{args.model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {args.model}")
-    prune_keys = set(prune_cls.flat_keys())  # the methods' options too: flags for another method's are ignored
-    prune_fields = {k: v for k, v in vars(args).items() if k in prune_keys}
-    data_fields = _split_fields(args, data_cls)
-    if args.recipe is None and args.model and "dataset" not in data_fields:
-        found = recipe_for_model(args.model, prune_fields.get("sparsity"))
-        if found is not None:
-            logger.info("%s is the model of the bundled recipe %s: it is the base of this run (flags override its "
-                        "fields; snows-hf recipes %s shows it)", args.model, found.stem, found.stem)
-            args.recipe = str(found)
-    if args.recipe is None:
-        base_prune, base_data, model = None, None, None
-    else:
-        base_prune, base_data, model = load_recipe(args.recipe)
-    args.model = args.model or model
-    if args.model is None:
-        raise ValueError("MODEL is required (or a --recipe whose model: names one)")
-    if base_prune is None and "sparsity" not in prune_fields:
-        raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
-    prune = prune_cls.from_dict((base_prune.to_dict() if base_prune else {}) | prune_fields)
-    data = dataclasses.replace(base_data, **data_fields) if base_data else data_cls(**data_fields)
-    return prune, data
 
 
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
