@@ -268,7 +268,8 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
 
     ``recipe`` is a recipe file or a bundled recipe's name. Without one, a ``model`` that
     is the ``model:`` of a bundled recipe takes that recipe as the base, unless ``data``
-    names a dataset. A bundled recipe's name given as ``model`` is refused.
+    names a dataset. A bundled recipe's name given as ``model`` is refused, and so are a
+    run without a model or without a sparsity (:class:`~snows_hf.fields.SettingError`).
 
     Example:
         >>> model, prune, data = resolve_settings("HuggingFaceTB/SmolLM2-135M", prune={"k_step": 1})
@@ -277,10 +278,12 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     """
     from .config import PruneConfig
     from .data import CalibrationConfig
+    from .fields import SettingError, setting
 
     prune, data = dict(prune or {}), dict(data or {})
     if model in bundled_recipes() and not os.path.exists(model):
-        raise ValueError(f"{model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {model}")
+        raise SettingError(f"{model!r} names a bundled recipe, not a model", field="model",
+                           hint=f"run it with {setting('recipe', model)}")
     if recipe is None and model and "dataset" not in data:
         found = recipe_for_model(model, prune.get("sparsity"))
         if found is not None:
@@ -290,9 +293,10 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     base_prune, base_data, base_model = load_recipe(recipe) if recipe is not None else (None, None, None)
     model = model or base_model
     if model is None:
-        raise ValueError("MODEL is required (or a --recipe whose model: names one)")
+        raise SettingError("a model is required", field="model", hint=f"name one, or a {setting('recipe')} whose model: names one")
     if base_prune is None and "sparsity" not in prune:
-        raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
+        raise SettingError(f"{setting('sparsity')} is required", field="sparsity",
+                           hint=f"e.g. {setting('sparsity', '2:4')}, or a {setting('recipe')} with prune.sparsity")
     config = PruneConfig.from_dict((base_prune.to_dict() if base_prune else {}) | prune)
     cal_cfg = dataclasses.replace(base_data, **data) if base_data else CalibrationConfig(**data)
     return model, config, cal_cfg

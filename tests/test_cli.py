@@ -224,8 +224,8 @@ BAD_INPUTS = [
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "body"], "text column 'body' not in the dataset", id="missing-text-column"),
     pytest.param(["eval", "{vit}"], "cannot read Hub dataset 'frgfm/imagenette'", id="eval-default-dataset-offline"),
     pytest.param(["eval", "{vit}", "--dataset", "random"], "eval needs real held-out data", id="eval-random"),
-    pytest.param(["prune", "vit-base-patch16-224-2of4", "--sparsity", "2:4"], "names a bundled recipe, not a model: run "
-                 "snows-hf prune --recipe vit-base-patch16-224-2of4", id="recipe-name-as-model"),
+    pytest.param(["prune", "vit-base-patch16-224-2of4", "--sparsity", "2:4"], "names a bundled recipe, not a model; run it "
+                 "with --recipe vit-base-patch16-224-2of4", id="recipe-name-as-model"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4"], "cannot read Hub dataset 'allenai/c4'", id="default-text-dataset-offline"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "empty.jsonl"], "empty", id="empty-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "broken"], "could be decoded (2 tried)", id="undecodable-images"),
