@@ -25,21 +25,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"snows-hf: error: {message}\n")
 
 
-def _help(cls: type, name: str) -> str:
+def _help(cls: type, name: str, described: dict[str, str] | None = None) -> str:
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = field.default
     text = field.metadata.get("help", "")
+    if described:  # each value and what it does, the default first
+        values = sorted(described, key=lambda value: value != default)
+        text += ": " + ", ".join(f"{value} ({described[value]})" if described[value] else value for value in values)
     suffix = f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
     return (text + suffix).replace("%", "%%")
 
 
-def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -> None:
+def _add(parser: argparse.ArgumentParser, cls: type, name: str, described: dict[str, str] | None = None,
+         **kwargs: Any) -> None:
     """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default.
-    A field that declares its allowed values (``choices`` in its metadata) offers those."""
-    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
+    A field that declares its allowed values (``choices`` in its metadata) offers those;
+    so does one whose values come from a registry, ``described`` (value -> what it does)."""
+    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices") or described
     if choices is not None:
-        kwargs.setdefault("choices", list(choices))
-    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
+        kwargs.setdefault("choices", sorted(choices) if described else list(choices))
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                        help=_help(cls, name, described), **kwargs)
 
 
 def _int_at_least(minimum: int):
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a recipe.yaml (of an earlier run, or your own) or a bundled recipe's name "
                        "(snows-hf recipes); flags given here override its fields")
     _add(prune, PruneConfig, "sparsity")
-    _add(prune, PruneConfig, "method", choices=sorted(METHODS))
+    _add(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()})
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
     _add(prune, PruneConfig, "allocation")
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)

@@ -301,6 +301,31 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "snows_hf", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+def test_method_help_lists_each_registered_method_and_what_it_does(capsys, monkeypatch):
+    from dataclasses import dataclass
+
+    from snows_hf.methods import METHODS, MaskOnly, MethodConfig, register_method
+
+    @dataclass
+    class KeepConfig(MethodConfig):
+        name = "keep-test"
+
+    class Keep(MaskOnly):
+        config_class = KeepConfig
+        description = "the mask's weights as they are"
+
+    monkeypatch.setenv("COLUMNS", "400")  # no word broken at a hyphen
+    register_method(Keep)
+    try:
+        with pytest.raises(SystemExit):
+            main(["prune", "--help"])
+    finally:
+        del METHODS["keep-test"]
+    assert ("--method {keep-test,magnitude,none,snows} pruning method: snows (mask, then re-fit over a K-step window), "
+            "none (mask only), magnitude (magnitude mask only), keep-test (the mask's weights as they are) "
+            "(default: snows)") in " ".join(capsys.readouterr().out.split())
+
+
 def test_module_entry_point_and_real_process_errors(tmp_path):
     assert "prune" in _run("--help").stdout
     result = _run("prune", str(tmp_path / "missing"), "--dataset", "random", "--sparsity", "2:4")
