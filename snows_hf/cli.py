@@ -253,15 +253,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
     """Print what ``prune`` would do (:func:`snows_hf.workflow.plan`). Writes nothing."""
-    from .export import check_output_dir
-    from .workflow import check_settings, default_output_dir, plan
+    from .workflow import plan
 
-    check_settings(config, args.save_format)
-    found = plan(args.model, config, cal_cfg, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    found = plan(args.model, config, cal_cfg, output_dir=args.output_dir, save_format=args.save_format,
+                 overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     print(found.format())
-    output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
-    check_output_dir(output_dir, args.overwrite, keep=[args.model])  # what the run would refuse, said now
-    print(f"\nwould save to {output_dir}")
+    print(f"\nwould save to {found.output_dir}")
     print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
           + ", nothing written")
     return 0

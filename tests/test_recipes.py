@@ -78,6 +78,23 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
     assert "kept graphs" not in plain and "Hessian-vector" not in plain and "streams" not in plain
 
 
+def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama_dir, tmp_path):
+    from snows_hf.workflow import plan
+
+    os.chdir(tmp_path)
+    Path("full").mkdir()
+    Path("full/x").write_text("x")
+    before = _tree(tmp_path)
+    found = plan(llama_dir, {"sparsity": "2:4", "method": "magnitude"}, "random")
+    assert found.output_dir == "tiny-llama-pruned-2of4" and found.traced_on == "meta" and found.method == "magnitude"
+    assert plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir=Path("elsewhere")).output_dir == "elsewhere"
+    with pytest.raises(ValueError, match="full holds files snows-hf did not write"):
+        plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir="full")
+    with pytest.raises(ValueError, match="the compact format codes groups of at most 16"):
+        plan(llama_dir, {"sparsity": "2:32"}, "random", save_format="compact")
+    assert _tree(tmp_path) == before
+
+
 def _prune(argv, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1} w{i + 2}"}}\n' for i in range(60)))
