@@ -232,7 +232,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .config import PruneConfig
     from .data import CalibrationConfig
     from .recipe import resolve_settings
-    from .workflow import run
+    from .workflow import push_saved, run
 
     args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
                                                    _split_fields(args, CalibrationConfig))
@@ -247,7 +247,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(result.format())
     print(f"saved to {result.output_dir}")
     if args.push_to_hub:
-        _push(result.output_dir, args.push_to_hub, args, saved=True)
+        _push(push_saved, result.output_dir, args.push_to_hub, args)
     return 0
 
 
@@ -266,15 +266,11 @@ def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``snows-hf inspect DIR``: exit 0 when every layer follows its pattern, 1 when one breaks it."""
-    from pathlib import Path
-
     from .inspection import inspect_folder
-    from .report import dumps_json
 
     found = inspect_folder(args.model, allow_pickle=args.allow_pickle)
     print(found.format())
-    if args.json:
-        Path(args.json).write_text(dumps_json(dataclasses.asdict(found) | {"valid": found.valid}))
+    _write_json(args.json, found.to_dict())
     return 0 if found.valid else 1
 
 
@@ -299,40 +295,37 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """``snows-hf push``: one commit of a saved folder to a Hub model repo."""
-    _push(args.model, args.repo, args, saved=False)
+    from .hub import push_folder
+
+    _push(push_folder, args.model, args.repo, args)
     return 0
 
 
-def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None:
-    from .hub import PushError, push_folder
-    from .workflow import push_saved
-
-    try:
-        push = push_saved if saved else push_folder
-        url = push(folder, repo, token=args.token, private=args.private)
-    except PushError as err:
-        raise ValueError(str(err)) from None
-    print(f"pushed {folder} to {repo}: {url}")
+def _push(push: Any, folder: str, repo: str, args: argparse.Namespace) -> None:
+    print(f"pushed {folder} to {repo}: {push(folder, repo, token=args.token, private=args.private)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: :func:`snows_hf.workflow.evaluate`, printed (and written with ``--json``)."""
     from .data import CalibrationConfig
-    from .report import dumps_json, format_metrics
     from .workflow import evaluate
 
-    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference,
-                      batch_size=getattr(args, "batch_size", 8), device=getattr(args, "device", "auto"),
-                      dtype=args.dtype, sparse_inference=args.sparse_inference, processor=args.processor,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    if result.sparse_inference is not None:
-        print(result.sparse_inference.format())
-    print(format_metrics(result.figures, columns=("dense", "pruned") if args.reference else ("model",),
-                         headers=("reference", "model") if args.reference else ("model",)))
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(dumps_json(result.figures))
+    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference, dtype=args.dtype,
+                      sparse_inference=args.sparse_inference, processor=args.processor,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      **_split_fields(args, ("batch_size", "device")))
+    print(result.format())
+    _write_json(args.json, result.figures)
     return 0
+
+
+def _write_json(path: str | None, value: Any) -> None:
+    """``value`` as JSON in ``path`` (``--json FILE``), when one is given."""
+    from .report import dumps_json
+
+    if path:
+        with open(path, "w") as fh:
+            fh.write(dumps_json(value))
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -506,6 +506,16 @@ class EvalResult:
     figures: dict[str, Any]
     sparse_inference: Any = None
 
+    def format(self) -> str:
+        """The terminal summary ``snows-hf eval`` prints: which layers run sparse (with
+        sparse inference), then the figures, of the reference and the model when there is one."""
+        from .report import format_metrics
+
+        paired = "dense" in self.figures
+        table = format_metrics(self.figures, columns=("dense", "pruned") if paired else ("model",),
+                               headers=("reference", "model") if paired else ("model",))
+        return table if self.sparse_inference is None else f"{self.sparse_inference.format()}\n{table}"
+
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
     """The fields ``data`` sets: none, a dataset name or path, a config's or a dict's."""
