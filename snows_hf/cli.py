@@ -7,15 +7,11 @@ Every failure a user can cause ends as one line on stderr and a non-zero exit co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import logging
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from . import __version__
-
-logger = logging.getLogger("snows_hf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -383,57 +379,6 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class _Console(logging.Handler):
-    """stderr through ``tqdm.write``, so lines land above the progress bars, never through
-    them; per-layer lines (``snows_hf.layers``) only when ``verbose``."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose = verbose
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name == "snows_hf.layers" and not self.verbose:
-            return
-        from tqdm.auto import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
-
-
-def _configure_logging(quiet: bool, debug: bool, verbose: bool = False) -> None:
-    """Our own messages to stderr, one line each; other libraries keep their settings.
-    The logger itself passes everything from INFO up, so a log file gets it all."""
-    handler = _Console(verbose or debug)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "snows-hf: %(message)s"))
-    handler.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
-    if quiet:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop, ``kill``) ends the command like Ctrl-C: cleanly, keeping
-    what is saved. The previous handler comes back after; off the main thread nothing changes."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snows-hf`` console script.
 
@@ -441,13 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
+    from .console import log_to_console, sigterm_as_interrupt
     from .fields import spelled
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.quiet, args.debug, getattr(args, "verbose", False))
+    log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with _sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
+        with sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
             return args.func(args)
     except KeyboardInterrupt:
         print("snows-hf: interrupted", file=sys.stderr)
