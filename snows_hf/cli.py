@@ -21,27 +21,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"snows-hf: error: {message}\n")
 
 
-def _help(cls: type, name: str, described: dict[str, str] | None = None) -> str:
+def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = None, **kwargs: Any) -> None:
+    """Add ``--name`` for dataclass field ``name``, its help the field's; unset flags keep
+    the dataclass default. A field that declares its allowed values (``choices`` in its
+    metadata) offers those; so does one whose values come from a registry, ``described``
+    (value -> what it does, listed in the help)."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    default = field.default
-    text = field.metadata.get("help", "")
+    text, default = field.metadata.get("help", ""), field.default
     if described:  # each value and what it does, the default first
         values = sorted(described, key=lambda value: value != default)
         text += ": " + ", ".join(f"{value} ({described[value]})" if described[value] else value for value in values)
-    suffix = f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
-    return (text + suffix).replace("%", "%%")
-
-
-def _add(parser: argparse.ArgumentParser, cls: type, name: str, described: dict[str, str] | None = None,
-         **kwargs: Any) -> None:
-    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default.
-    A field that declares its allowed values (``choices`` in its metadata) offers those;
-    so does one whose values come from a registry, ``described`` (value -> what it does)."""
-    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices") or described
-    if choices is not None:
-        kwargs.setdefault("choices", sorted(choices) if described else list(choices))
-    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                        help=_help(cls, name, described), **kwargs)
+    if described or field.metadata.get("choices") is not None:
+        kwargs.setdefault("choices", sorted(described) if described else list(field.metadata["choices"]))
+    text += f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text.replace("%", "%%"),
+                        **kwargs)
 
 
 def _int_at_least(minimum: int):
@@ -193,16 +187,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     from .data import CalibrationConfig
 
     group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
-    _add(group, CalibrationConfig, "dataset")
-    _add(group, CalibrationConfig, "dataset_config")
-    _add(group, CalibrationConfig, "split")
-    _add(group, CalibrationConfig, "num_samples", type=_positive_int)
-    _add(group, CalibrationConfig, "seq_len", type=_positive_int)
-    _add(group, CalibrationConfig, "eval_samples", type=_positive_int)
-    _add(group, CalibrationConfig, "text_column")
-    _add(group, CalibrationConfig, "image_column")
-    _add(group, CalibrationConfig, "label_column")
-    _add(group, CalibrationConfig, "seed", type=int)
+    numbers = {"num_samples": _positive_int, "seq_len": _positive_int, "eval_samples": _positive_int, "seed": int}
+    for name in ("dataset", "dataset_config", "split", "num_samples", "seq_len", "eval_samples", "text_column",
+                 "image_column", "label_column", "seed"):
+        _add(group, CalibrationConfig, name, **({"type": numbers[name]} if name in numbers else {}))
     group.add_argument("--no-streaming", dest="streaming", action="store_false", default=argparse.SUPPRESS,
                        help="download and prepare a Hub dataset's whole split before reading it (default: stream "
                        "only the rows used)")
@@ -228,15 +216,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .config import PruneConfig
     from .data import CalibrationConfig
     from .recipe import resolve_settings
-    from .workflow import push_saved, run
+    from .workflow import plan, push_saved, run
 
     args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
                                                    _split_fields(args, CalibrationConfig))
-    if args.dry_run:
-        return _dry_run(args, config, cal_cfg)
+    if args.dry_run:  # what the run would do and where it would save; nothing written
+        found = plan(args.model, config, cal_cfg, output_dir=args.output_dir, save_format=args.save_format,
+                     overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        print(f"{found.format()}\n\nwould save to {found.output_dir}")
+        print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
+              + ", nothing written")
+        return 0
     result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
                  save_format=args.save_format, overwrite=args.overwrite, resume=args.resume,
-                 processor=getattr(args, "processor", None), trust_remote_code=args.trust_remote_code,
+                 processor=args.processor, trust_remote_code=args.trust_remote_code,
                  allow_pickle=args.allow_pickle, progress=not args.quiet)
     if result.output_dir is None:  # a data-parallel process other than the main one
         return 0
@@ -244,19 +237,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"saved to {result.output_dir}")
     if args.push_to_hub:
         _push(push_saved, result.output_dir, args.push_to_hub, args)
-    return 0
-
-
-def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
-    """Print what ``prune`` would do (:func:`snows_hf.workflow.plan`). Writes nothing."""
-    from .workflow import plan
-
-    found = plan(args.model, config, cal_cfg, output_dir=args.output_dir, save_format=args.save_format,
-                 overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    print(found.format())
-    print(f"\nwould save to {found.output_dir}")
-    print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
-          + ", nothing written")
     return 0
 
 
