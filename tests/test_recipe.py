@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import snows_hf
 from snows_hf import PruneConfig
 from snows_hf.data import CalibrationConfig
-from snows_hf.cli import main
 from snows_hf.methods import MaskOnlyConfig, SnowsConfig, get_method
 from snows_hf.fields import SettingError
 from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict, resolve_settings
@@ -19,10 +19,10 @@ SAVED = Path(__file__).parent / "data" / "recipes"
 def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1}"}}\n' for i in range(100)))
-    argv = ["prune", str(llama_dir), "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
-            "--allocation", "global", "--targets", "mlp", "--dataset", str(data), "--num-samples", "4",
-            "--seq-len", "16", "--eval-samples", "2", "--output-dir", "out", "--quiet"]
-    assert main(argv) == 0
+    snows_hf.run(llama_dir, {"sparsity": "60%", "method": "none", "mask": "sparsegpt", "allocation": "global",
+                             "targets": ["mlp"]},
+                 {"dataset": str(data), "num_samples": 4, "seq_len": 16, "eval_samples": 2}, output_dir="out",
+                 progress=False)
     prune, calib, model = load_recipe("out/recipe.yaml")
     assert prune == PruneConfig(sparsity="0.6", method="none", mask="sparsegpt", allocation="global", targets=["mlp"])
     assert calib == CalibrationConfig(dataset=str(data), num_samples=4, seq_len=16, eval_samples=2)

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from test_families import FAMILIES
 
+import snows_hf
 from snows_hf.cli import main
-from snows_hf.recipe import bundled_recipes, load_recipe
+from snows_hf.recipe import bundled_recipes, load_recipe, resolve_settings
 
 # the tiny random model standing in for each bundled recipe's model (same family)
 FAMILY_OF = {"vit": "vit", "deit": "deit", "resnet": "resnet", "convnext": "convnext", "bert": "bert",
@@ -95,22 +96,17 @@ def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama
     assert _tree(tmp_path) == before
 
 
-def _prune(argv, tmp_path):
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1} w{i + 2}"}}\n' for i in range(60)))
-    return main([*argv, "--dataset", str(data), "--num-samples", "8", "--seq-len", "16", "--batch-size", "2",
-                 "--no-eval", "--quiet"])
-
-
 def _weights(folder: str) -> dict[str, torch.Tensor]:
     return load_file(Path(folder) / "model.safetensors")
 
 
 def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_dir, tmp_path):
     os.chdir(tmp_path)
-    assert _prune(["prune", str(llama_dir), "--sparsity", "2:4", "--k-step", "1", "--newton-steps", "1",
-                   "--output-dir", "first"], tmp_path) == 0
-    assert main(["prune", "--recipe", "first/recipe.yaml", "--output-dir", "again", "--quiet", "--no-eval"]) == 0
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1} w{i + 2}"}}\n' for i in range(60)))
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "k_step": 1, "newton_steps": 1, "batch_size": 2},
+                 {"dataset": str(data), "num_samples": 8, "seq_len": 16}, output_dir="first", evaluate=False, progress=False)
+    snows_hf.run(*resolve_settings(recipe="first/recipe.yaml"), output_dir="again", evaluate=False, progress=False)
     first, again = _weights("first"), _weights("again")
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert load_recipe("again/recipe.yaml") == load_recipe("first/recipe.yaml")
