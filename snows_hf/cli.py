@@ -7,16 +7,11 @@ Every failure a user can cause ends as one line on stderr and a non-zero exit co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import logging
-import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from . import __version__
-
-logger = logging.getLogger("snows_hf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,21 +21,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"snows-hf: error: {message}\n")
 
 
-def _help(cls: type, name: str) -> str:
+def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = None, **kwargs: Any) -> None:
+    """Add ``--name`` for dataclass field ``name``, its help the field's; unset flags keep
+    the dataclass default. A field that declares its allowed values (``choices`` in its
+    metadata) offers those; so does one whose values come from a registry, ``described``
+    (value -> what it does, listed in the help)."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    default = field.default
-    text = field.metadata.get("help", "")
-    suffix = f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
-    return (text + suffix).replace("%", "%%")
-
-
-def _add(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs: Any) -> None:
-    """Add ``--name`` for dataclass field ``name``; unset flags keep the dataclass default.
-    A field that declares its allowed values (``choices`` in its metadata) offers those."""
-    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
-    if choices is not None:
-        kwargs.setdefault("choices", list(choices))
-    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=_help(cls, name), **kwargs)
+    text, default = field.metadata.get("help", ""), field.default
+    if described:  # each value and what it does, the default first
+        values = sorted(described, key=lambda value: value != default)
+        text += ": " + ", ".join(f"{value} ({described[value]})" if described[value] else value for value in values)
+    if described or field.metadata.get("choices") is not None:
+        kwargs.setdefault("choices", sorted(described) if described else list(field.metadata["choices"]))
+    text += f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text.replace("%", "%%"),
+                        **kwargs)
 
 
 def _int_at_least(minimum: int):
@@ -80,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a recipe.yaml (of an earlier run, or your own) or a bundled recipe's name "
                        "(snows-hf recipes); flags given here override its fields")
     _add(prune, PruneConfig, "sparsity")
-    _add(prune, PruneConfig, "method", choices=sorted(METHODS))
+    _add(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()})
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
     _add(prune, PruneConfig, "allocation")
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)
@@ -192,16 +187,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     from .data import CalibrationConfig
 
     group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
-    _add(group, CalibrationConfig, "dataset")
-    _add(group, CalibrationConfig, "dataset_config")
-    _add(group, CalibrationConfig, "split")
-    _add(group, CalibrationConfig, "num_samples", type=_positive_int)
-    _add(group, CalibrationConfig, "seq_len", type=_positive_int)
-    _add(group, CalibrationConfig, "eval_samples", type=_positive_int)
-    _add(group, CalibrationConfig, "text_column")
-    _add(group, CalibrationConfig, "image_column")
-    _add(group, CalibrationConfig, "label_column")
-    _add(group, CalibrationConfig, "seed", type=int)
+    numbers = {"num_samples": _positive_int, "seq_len": _positive_int, "eval_samples": _positive_int, "seed": int}
+    for name in ("dataset", "dataset_config", "split", "num_samples", "seq_len", "eval_samples", "text_column",
+                 "image_column", "label_column", "seed"):
+        _add(group, CalibrationConfig, name, **({"type": numbers[name]} if name in numbers else {}))
     group.add_argument("--no-streaming", dest="streaming", action="store_false", default=argparse.SUPPRESS,
                        help="download and prepare a Hub dataset's whole split before reading it (default: stream "
                        "only the rows used)")
@@ -216,92 +205,48 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def _split_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+def _split_fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    """The options given on the command line among ``names`` (a dataclass: its fields)."""
+    names = {f.name for f in dataclasses.fields(names)} if dataclasses.is_dataclass(names) else set(names)
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """``snows-hf prune``: :func:`snows_hf.run` with the recipe's settings and the flags on top."""
-    from .data import CalibrationConfig
     from .config import PruneConfig
-    from .workflow import run
+    from .data import CalibrationConfig
+    from .recipe import resolve_settings
+    from .workflow import plan, push_saved, run
 
-    config, cal_cfg = _configs(args, PruneConfig, CalibrationConfig)
-    if args.dry_run:
-        return _dry_run(args, config, cal_cfg)
+    args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
+                                                   _split_fields(args, CalibrationConfig))
+    if args.dry_run:  # what the run would do and where it would save; nothing written
+        found = plan(args.model, config, cal_cfg, output_dir=args.output_dir, save_format=args.save_format,
+                     overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        print(f"{found.format()}\n\nwould save to {found.output_dir}")
+        print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
+              + ", nothing written")
+        return 0
     result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
                  save_format=args.save_format, overwrite=args.overwrite, resume=args.resume,
-                 processor=getattr(args, "processor", None), trust_remote_code=args.trust_remote_code,
+                 processor=args.processor, trust_remote_code=args.trust_remote_code,
                  allow_pickle=args.allow_pickle, progress=not args.quiet)
     if result.output_dir is None:  # a data-parallel process other than the main one
         return 0
     print(result.format())
     print(f"saved to {result.output_dir}")
     if args.push_to_hub:
-        _push(result.output_dir, args.push_to_hub, args, saved=True)
-    return 0
-
-
-def _configs(args: argparse.Namespace, prune_cls: type, data_cls: type) -> tuple[Any, Any]:
-    """The run's ``PruneConfig`` and ``CalibrationConfig``: the recipe's, if any, with the
-    flags given on the command line on top (unset flags never override). Sets ``args.model``."""
-    from .recipe import load_recipe
-
-    from .recipe import bundled_recipes, recipe_for_model
-
-    if args.model in bundled_recipes() and not os.path.exists(args.model):
-        raise ValueError(f"{args.model!r} names a bundled recipe, not a model: run snows-hf prune --recipe {args.model}")
-    prune_keys = set(prune_cls.flat_keys())  # the methods' options too: flags for another method's are ignored
-    prune_fields = {k: v for k, v in vars(args).items() if k in prune_keys}
-    data_fields = _split_fields(args, data_cls)
-    if args.recipe is None and args.model and "dataset" not in data_fields:
-        found = recipe_for_model(args.model, prune_fields.get("sparsity"))
-        if found is not None:
-            logger.info("%s is the model of the bundled recipe %s: it is the base of this run (flags override its "
-                        "fields; snows-hf recipes %s shows it)", args.model, found.stem, found.stem)
-            args.recipe = str(found)
-    if args.recipe is None:
-        base_prune, base_data, model = None, None, None
-    else:
-        base_prune, base_data, model = load_recipe(args.recipe)
-    args.model = args.model or model
-    if args.model is None:
-        raise ValueError("MODEL is required (or a --recipe whose model: names one)")
-    if base_prune is None and "sparsity" not in prune_fields:
-        raise ValueError("--sparsity is required (or a --recipe with prune.sparsity)")
-    prune = prune_cls.from_dict((base_prune.to_dict() if base_prune else {}) | prune_fields)
-    data = dataclasses.replace(base_data, **data_fields) if base_data else data_cls(**data_fields)
-    return prune, data
-
-
-def _dry_run(args: argparse.Namespace, config: Any, cal_cfg: Any) -> int:
-    """Print what ``prune`` would do (:func:`snows_hf.workflow.plan`). Writes nothing."""
-    from .export import check_output_dir
-    from .workflow import check_settings, default_output_dir, plan
-
-    check_settings(config, args.save_format)
-    found = plan(args.model, config, cal_cfg, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    print(found.format())
-    output_dir = args.output_dir if args.output_dir is not None else default_output_dir(args.model, config.sparsity)
-    check_output_dir(output_dir, args.overwrite, keep=[args.model])  # what the run would refuse, said now
-    print(f"\nwould save to {output_dir}")
-    print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
-          + ", nothing written")
+        _push(push_saved, result.output_dir, args.push_to_hub, args)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``snows-hf inspect DIR``: exit 0 when every layer follows its pattern, 1 when one breaks it."""
-    from pathlib import Path
-
     from .inspection import inspect_folder
-    from .report import dumps_json
 
     found = inspect_folder(args.model, allow_pickle=args.allow_pickle)
     print(found.format())
-    if args.json:
-        Path(args.json).write_text(dumps_json(dataclasses.asdict(found) | {"valid": found.valid}))
+    _write_json(args.json, found.to_dict())
     return 0 if found.valid else 1
 
 
@@ -326,40 +271,37 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """``snows-hf push``: one commit of a saved folder to a Hub model repo."""
-    _push(args.model, args.repo, args, saved=False)
+    from .hub import push_folder
+
+    _push(push_folder, args.model, args.repo, args)
     return 0
 
 
-def _push(folder: str, repo: str, args: argparse.Namespace, saved: bool) -> None:
-    from .hub import PushError, push_folder
-    from .workflow import push_saved
-
-    try:
-        push = push_saved if saved else push_folder
-        url = push(folder, repo, token=args.token, private=args.private)
-    except PushError as err:
-        raise ValueError(str(err)) from None
-    print(f"pushed {folder} to {repo}: {url}")
+def _push(push: Any, folder: str, repo: str, args: argparse.Namespace) -> None:
+    print(f"pushed {folder} to {repo}: {push(folder, repo, token=args.token, private=args.private)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: :func:`snows_hf.workflow.evaluate`, printed (and written with ``--json``)."""
     from .data import CalibrationConfig
-    from .report import dumps_json, format_metrics
     from .workflow import evaluate
 
-    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference,
-                      batch_size=getattr(args, "batch_size", 8), device=getattr(args, "device", "auto"),
-                      dtype=args.dtype, sparse_inference=args.sparse_inference, processor=args.processor,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    if result.sparse_inference is not None:
-        print(result.sparse_inference.format())
-    print(format_metrics(result.figures, columns=("dense", "pruned") if args.reference else ("model",),
-                         headers=("reference", "model") if args.reference else ("model",)))
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(dumps_json(result.figures))
+    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference, dtype=args.dtype,
+                      sparse_inference=args.sparse_inference, processor=args.processor,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      **_split_fields(args, ("batch_size", "device")))
+    print(result.format())
+    _write_json(args.json, result.figures)
     return 0
+
+
+def _write_json(path: str | None, value: Any) -> None:
+    """``value`` as JSON in ``path`` (``--json FILE``), when one is given."""
+    from .report import dumps_json
+
+    if path:
+        with open(path, "w") as fh:
+            fh.write(dumps_json(value))
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -417,57 +359,6 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class _Console(logging.Handler):
-    """stderr through ``tqdm.write``, so lines land above the progress bars, never through
-    them; per-layer lines (``snows_hf.layers``) only when ``verbose``."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose = verbose
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name == "snows_hf.layers" and not self.verbose:
-            return
-        from tqdm.auto import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
-
-
-def _configure_logging(quiet: bool, debug: bool, verbose: bool = False) -> None:
-    """Our own messages to stderr, one line each; other libraries keep their settings.
-    The logger itself passes everything from INFO up, so a log file gets it all."""
-    handler = _Console(verbose or debug)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "snows-hf: %(message)s"))
-    handler.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
-    if quiet:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop, ``kill``) ends the command like Ctrl-C: cleanly, keeping
-    what is saved. The previous handler comes back after; off the main thread nothing changes."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snows-hf`` console script.
 
@@ -475,13 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
+    from .console import log_to_console, sigterm_as_interrupt
     from .fields import spelled
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.quiet, args.debug, getattr(args, "verbose", False))
+    log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with _sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
+        with sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
             return args.func(args)
     except KeyboardInterrupt:
         print("snows-hf: interrupted", file=sys.stderr)

@@ -63,10 +63,7 @@ class PruneConfig:
     """
 
     sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
-    method: str | MethodConfig = config_field(
-        "snows", "pruning method: snows (mask, then re-fit over a K-step window), none (mask only), "
-        "magnitude (magnitude mask only)"
-    )
+    method: str | MethodConfig = config_field("snows", "pruning method")  # the methods registered, listed by the command line
     mask: str = config_field(
         "sparsegpt", "mask selector used by the snows and none methods (sparsegpt also updates the kept weights; "
         "benchmarks/solver_budget.py measures it against magnitude under SNOWS)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,15 @@ class Inspection:
     @property
     def valid(self) -> bool:
         return all(layer.valid for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The findings as plain data, ``valid`` included (what ``snows-hf inspect --json`` writes).
+
+        Example:
+            >>> Inspection("out", None, {"model.safetensors": 10}).to_dict()["valid"]
+            True
+        """
+        return asdict(self) | {"valid": self.valid}
 
     def format(self, max_layers: int = 60) -> str:
         meta = self.metadata or {}

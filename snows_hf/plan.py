@@ -58,6 +58,7 @@ class RunPlan:
     block_activation_bytes: int = 0  #: one block's inputs for every calibration sample, per stream
     traced_on: str = "meta"
     streams: int = 1  #: 2 when the method also propagates the dense network's own activations
+    output_dir: str | None = None  #: where the run would save
 
     def format(self) -> str:
         """The plan as the terminal shows it (fits in 100 columns)."""

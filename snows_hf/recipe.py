@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+logger = logging.getLogger("snows_hf")
 
 RECIPE_FILE = "recipe.yaml"
 _SECTIONS = ("model", "prune", "data", "snows_hf_version")
@@ -253,3 +257,46 @@ def data_settings_of(folder: str | Path) -> Any:
         return None
     _, data, _ = load_recipe(path)
     return data
+
+
+def resolve_settings(model: str | None = None, recipe: str | Path | None = None, prune: Mapping[str, Any] | None = None,
+                     data: Mapping[str, Any] | None = None) -> tuple[str, Any, Any]:
+    """``(model, PruneConfig, CalibrationConfig)`` of a run: the recipe's settings, with
+    ``prune`` (flat ``PruneConfig`` keys, :meth:`~snows_hf.config.PruneConfig.to_dict`'s
+    form) and ``data`` (``CalibrationConfig`` fields) on top, and the recipe's model unless
+    ``model`` names one; what ``snows-hf prune`` runs.
+
+    ``recipe`` is a recipe file or a bundled recipe's name. Without one, a ``model`` that
+    is the ``model:`` of a bundled recipe takes that recipe as the base, unless ``data``
+    names a dataset. A bundled recipe's name given as ``model`` is refused, and so are a
+    run without a model or without a sparsity (:class:`~snows_hf.fields.SettingError`).
+
+    Example:
+        >>> model, prune, data = resolve_settings("HuggingFaceTB/SmolLM2-135M", prune={"k_step": 1})
+        >>> model, prune.sparsity, prune.method.k_step, data.dataset
+        ('HuggingFaceTB/SmolLM2-135M', '2:4', 1, 'Salesforce/wikitext')
+    """
+    from .config import PruneConfig
+    from .data import CalibrationConfig
+    from .fields import SettingError, setting
+
+    prune, data = dict(prune or {}), dict(data or {})
+    if model in bundled_recipes() and not os.path.exists(model):
+        raise SettingError(f"{model!r} names a bundled recipe, not a model", field="model",
+                           hint=f"run it with {setting('recipe', model)}")
+    if recipe is None and model and "dataset" not in data:
+        found = recipe_for_model(model, prune.get("sparsity"))
+        if found is not None:
+            logger.info("%s is the model of the bundled recipe %s: it is the base of this run (flags override its "
+                        "fields; snows-hf recipes %s shows it)", model, found.stem, found.stem)
+            recipe = found
+    base_prune, base_data, base_model = load_recipe(recipe) if recipe is not None else (None, None, None)
+    model = model or base_model
+    if model is None:
+        raise SettingError("a model is required", field="model", hint=f"name one, or a {setting('recipe')} whose model: names one")
+    if base_prune is None and "sparsity" not in prune:
+        raise SettingError(f"{setting('sparsity')} is required", field="sparsity",
+                           hint=f"e.g. {setting('sparsity', '2:4')}, or a {setting('recipe')} with prune.sparsity")
+    config = PruneConfig.from_dict((base_prune.to_dict() if base_prune else {}) | prune)
+    cal_cfg = dataclasses.replace(base_data, **data) if base_data else CalibrationConfig(**data)
+    return model, config, cal_cfg

@@ -622,6 +622,16 @@ class EvalResult:
     figures: dict[str, Any]
     sparse_inference: Any = None
 
+    def format(self) -> str:
+        """The terminal summary ``snows-hf eval`` prints: which layers run sparse (with
+        sparse inference), then the figures, of the reference and the model when there is one."""
+        from .report import format_metrics
+
+        paired = "dense" in self.figures
+        table = format_metrics(self.figures, columns=("dense", "pruned") if paired else ("model",),
+                               headers=("reference", "model") if paired else ("model",))
+        return table if self.sparse_inference is None else f"{self.sparse_inference.format()}\n{table}"
+
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
     """The fields ``data`` sets: none, a dataset (name, path or in-memory), a config's or a dict's."""
@@ -696,21 +706,29 @@ def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | 
     return saved, report
 
 
-def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool = False,
+def plan(model: str, config: Any, data: Any = None, *, output_dir: str | os.PathLike | None = None,
+         save_format: str = "dense", overwrite: bool = False, trust_remote_code: bool = False,
          allow_pickle: bool = False) -> Any:
     """What :func:`run` would do (blocks, modules, shapes, windows, calibration, HVPs,
-    memory), traced without weights on the meta device when the family's code allows, else
-    on the loaded weights. Writes nothing.
+    memory, where it saves), traced without weights on the meta device when the family's
+    code allows, else on the loaded weights. Settings and an output folder that
+    :func:`run` would refuse are refused here too. Writes nothing.
 
     Example:
-        >>> print(plan("google/vit-base-patch16-224", {"sparsity": "2:4"}).format())  # doctest: +SKIP
+        >>> found = plan("google/vit-base-patch16-224", {"sparsity": "2:4"})  # doctest: +SKIP
+        >>> print(found.format()); found.output_dir  # doctest: +SKIP
+        'vit-base-patch16-224-pruned-2of4'
     """
     from .data import RANDOM, check_seq_len, dataset_label, random_calibration, with_default_dataset
+    from .export import check_output_dir
     from .loading import load_model
     from .plan import empty_model, plan_run
 
     config, cal_cfg = _prune_config(config), _calibration_config(data)
+    check_settings(config, save_format)
     model_id = os.fspath(model)
+    output_dir = os.fspath(output_dir) if output_dir is not None else default_output_dir(model_id, config.sparsity)
+    check_output_dir(output_dir, overwrite, keep=[model_id])
     model = empty_model(model_id, trust_remote_code=trust_remote_code)
     check_seq_len(cal_cfg, model)
     example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
@@ -724,11 +742,15 @@ def plan(model: str, config: Any, data: Any = None, *, trust_remote_code: bool =
     bare = {k: v for k, v in example.items() if k != "attention_mask"}
     for inputs in (example, bare) if len(bare) < len(example) else (example,):
         try:
-            return plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
+            found = plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
+            break
         except (RuntimeError, NotImplementedError) as exc:
             if "meta" not in str(exc).lower():
                 raise
             reason = " ".join(str(exc).split())
-    logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
-    model, _ = load_model(model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    return plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
+    else:
+        logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
+        model, _ = load_model(model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        found = plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
+    found.output_dir = output_dir
+    return found

@@ -5,7 +5,6 @@ import torch
 from conftest import VOCAB, tiny_llama, tiny_vit
 
 import snows_hf
-from snows_hf.cli import main
 from snows_hf.methods import MagnitudeMethod
 
 
@@ -54,11 +53,11 @@ def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
     assert calls["n"] == 9 and list(tmp_path.iterdir()) == []
 
 
-def test_cli_disk_offload_next_to_the_output(llama_dir, tmp_path):
+def test_a_run_offloads_to_disk_next_to_the_output(llama_dir, tmp_path):
     out = tmp_path / "runs" / "pruned"
     out.parent.mkdir()
-    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--offload-activations", "disk",
-                 "--output-dir", str(out), "--quiet"]) == 0
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "magnitude", "offload_activations": "disk"}, "random",
+                 output_dir=out, progress=False)
     assert sorted(p.name for p in out.parent.iterdir()) == ["pruned"]
 
 

@@ -10,7 +10,6 @@ from conftest import tiny_llama
 
 import snows_hf
 from snows_hf.card import build_card
-from snows_hf.cli import main
 from snows_hf.provenance import Source, public_source
 
 
@@ -23,10 +22,9 @@ def test_card_renders_parses_and_carries_eval_results(llama_dir, tmp_path):
 
     data = tmp_path / "d.jsonl"
     data.write_text(_texts())
-    argv = ["prune", str(llama_dir), "--sparsity", "2:4", "--k-step", "1", "--newton-steps", "1", "--cg-iters", "3",
-            "--dataset", str(data), "--num-samples", "16", "--seq-len", "16", "--batch-size", "4",
-            "--eval-samples", "4", "--output-dir", "out", "--quiet"]
-    assert main(argv) == 0
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "k_step": 1, "newton_steps": 1, "cg_iters": 3, "batch_size": 4},
+                 {"dataset": str(data), "num_samples": 16, "seq_len": 16, "eval_samples": 4}, output_dir="out",
+                 progress=False)
     text = Path("out/README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])
     assert header["pipeline_tag"] == "text-generation" and header["library_name"] == "transformers"
@@ -135,8 +133,8 @@ def test_card_treats_a_relative_folder_named_like_a_hub_id_as_local():
 
 
 def test_a_run_on_random_inputs_names_no_dataset(vit_dir):
-    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude",
-                 "--num-samples", "4", "--output-dir", "out", "--quiet"]) == 0
+    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, {"dataset": "random", "num_samples": 4},
+                 output_dir="out", progress=False)
     text = Path("out/README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])
     assert "datasets" not in header and "(random inputs)" in text and "of random" not in text

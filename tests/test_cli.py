@@ -224,8 +224,8 @@ BAD_INPUTS = [
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "numbers.jsonl", "--text-column", "body"], "text column 'body' not in the dataset", id="missing-text-column"),
     pytest.param(["eval", "{vit}"], "cannot read Hub dataset 'frgfm/imagenette'", id="eval-default-dataset-offline"),
     pytest.param(["eval", "{vit}", "--dataset", "random"], "eval needs real held-out data", id="eval-random"),
-    pytest.param(["prune", "vit-base-patch16-224-2of4", "--sparsity", "2:4"], "names a bundled recipe, not a model: run "
-                 "snows-hf prune --recipe vit-base-patch16-224-2of4", id="recipe-name-as-model"),
+    pytest.param(["prune", "vit-base-patch16-224-2of4", "--sparsity", "2:4"], "names a bundled recipe, not a model; run it "
+                 "with --recipe vit-base-patch16-224-2of4", id="recipe-name-as-model"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4"], "cannot read Hub dataset 'allenai/c4'", id="default-text-dataset-offline"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "empty.jsonl"], "empty", id="empty-dataset"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "broken"], "could be decoded (2 tried)", id="undecodable-images"),
@@ -299,6 +299,31 @@ def test_bad_inputs_one_line_no_output(argv, message, vit_dir, llama_dir, capsys
 def _run(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "snows_hf", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_method_help_lists_each_registered_method_and_what_it_does(capsys, monkeypatch):
+    from dataclasses import dataclass
+
+    from snows_hf.methods import METHODS, MaskOnly, MethodConfig, register_method
+
+    @dataclass
+    class KeepConfig(MethodConfig):
+        name = "keep-test"
+
+    class Keep(MaskOnly):
+        config_class = KeepConfig
+        description = "the mask's weights as they are"
+
+    monkeypatch.setenv("COLUMNS", "400")  # no word broken at a hyphen
+    register_method(Keep)
+    try:
+        with pytest.raises(SystemExit):
+            main(["prune", "--help"])
+    finally:
+        del METHODS["keep-test"]
+    assert ("--method {keep-test,magnitude,none,snows} pruning method: snows (mask, then re-fit over a K-step window), "
+            "none (mask only), magnitude (magnitude mask only), keep-test (the mask's weights as they are) "
+            "(default: snows)") in " ".join(capsys.readouterr().out.split())
 
 
 def test_module_entry_point_and_real_process_errors(tmp_path):

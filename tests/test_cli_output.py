@@ -64,6 +64,8 @@ def test_inspect_checks_every_layer_and_catches_a_broken_group(llama_dir, capsys
     assert found["sparse_kernels"] == {"backend": "cusparselt", "ready": 8, "linear": 15, "kept_dense": {
         "shape: cusparselt needs out x in features in multiples of 16 x 16": 6, "not 2:4": 1}}
     if fmt == "compact":
+        assert main(["convert", "out", "--to", "dense"]) == 0
+        assert capsys.readouterr().out == "wrote dense checkpoint of 14 pruned layers to out-dense\n"
         return
     weights = load_file("out/model.safetensors")
     name = "model.layers.1.mlp.up_proj.weight"

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 import snows_hf
 from snows_hf.cli import main
 from snows_hf.export import save_pruned
+from snows_hf.workflow import convert
 
 
 def _gpt2():
@@ -125,11 +126,11 @@ def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "c")
 
 
-def test_cli_save_format_compact(vit_dir):
+def test_a_run_saves_the_compact_format(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--save-format", "compact",
-                 "--output-dir", "out", "--quiet"]) == 0
+    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, "random", save_format="compact", output_dir="out",
+                 progress=False)
     keys = load_file("out/model.safetensors")
     assert any(k.endswith("weight_code") for k in keys) and keys["vit.encoder.layer.0.attention.attention.query.weight"].dim() == 1
     model = AutoModelForImageClassification.from_pretrained("out")
@@ -141,9 +142,9 @@ def test_cli_save_format_compact(vit_dir):
 def test_convert_both_ways_keeps_weights_card_and_recipe(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "0.5", "--method", "magnitude", "--output-dir", "dense", "--quiet"]) == 0
-    assert main(["convert", "dense", "--to", "compact", "--quiet"]) == 0
-    assert main(["convert", "dense-compact", "--to", "dense", "--output-dir", "back", "--quiet"]) == 0
+    snows_hf.run(vit_dir, {"sparsity": "0.5", "method": "magnitude"}, "random", output_dir="dense", progress=False)
+    convert("dense", "compact")
+    convert("dense-compact", "dense", "back")
     models = {d: AutoModelForImageClassification.from_pretrained(d) for d in ("dense", "dense-compact", "back")}
     reference = models["dense"].state_dict()
     for name in ("dense-compact", "back"):

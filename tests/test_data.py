@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_tokenizer, tiny_vit, tiny_llama
 
-from snows_hf.cli import main
+import snows_hf
 from snows_hf.data import CalibrationConfig, load_dataset_split, prepare_data
 from snows_hf.evaluation import compute_metrics, model_outputs
 
@@ -116,13 +116,12 @@ def test_embedding_metrics_give_the_worst_cosine_beside_the_mean():
     assert metrics == {"cosine_to_dense": pytest.approx((1 + 0.5 ** 0.5) / 3), "cosine_to_dense_min": pytest.approx(0.0)}
 
 
-def test_cli_prune_reports_before_after_and_eval_reproduces_it(llama_dir, tmp_path, capsys):
+def test_a_run_reports_before_after_and_evaluate_reproduces_it(llama_dir, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"text": t}) for t in _texts(60)))
-    data = ["--dataset", str(path), "--num-samples", "8", "--seq-len", "16", "--eval-samples", "6"]
-    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "50%", "--method", "magnitude", *data,
-                 "--output-dir", "out", "--quiet"]) == 0
-    out = capsys.readouterr().out
+    data = {"dataset": str(path), "num_samples": 8, "seq_len": 16, "eval_samples": 6}
+    out = snows_hf.run(llama_dir, {"sparsity": "50%", "method": "magnitude"}, data, output_dir="out",
+                       progress=False).format()
     assert "perplexity" in out and "dense" in out and "pruned" in out and "overall measured sparsity" in out
     report = json.loads(Path("out/report.json").read_text())
     figures = report["evaluation"]
@@ -132,20 +131,19 @@ def test_cli_prune_reports_before_after_and_eval_reproduces_it(llama_dir, tmp_pa
     assert not set(report["data"]["calibration_rows"]) & set(report["data"]["eval_rows"])
     assert list(report["phases"]) == ["load", "data", "dense eval", "prune", "pruned eval"]  # written while saving
 
-    assert main(["eval", "out", "--reference", str(llama_dir), *data, "--json", "eval.json", "--quiet"]) == 0
-    again = json.loads(Path("eval.json").read_text())
+    again = snows_hf.evaluate("out", data, reference=llama_dir).figures
     assert again["pruned"]["perplexity"] == pytest.approx(figures["pruned"]["perplexity"], rel=1e-5)
     assert again["dense"]["perplexity"] == pytest.approx(figures["dense"]["perplexity"], rel=1e-5)
     assert again["data"]["eval_rows"] == report["data"]["eval_rows"]
 
 
-def test_no_eval_and_image_classifier_from_the_command_line(vit_dir, tmp_path):
+def test_no_eval_and_image_classifier(vit_dir, tmp_path):
     root = _image_folder(tmp_path / "imgs")
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", str(root),
-                 "--num-samples", "6", "--eval-samples", "6", "--output-dir", "a", "--quiet"]) == 0
+    config = {"sparsity": "2:4", "method": "magnitude"}
+    snows_hf.run(vit_dir, config, {"dataset": str(root), "num_samples": 6, "eval_samples": 6}, output_dir="a",
+                 progress=False)
     figures = json.loads(Path("a/report.json").read_text())["evaluation"]
     assert set(figures["pruned"]) == {"top1_accuracy", "top1_agreement"}
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", str(root),
-                 "--num-samples", "6", "--no-eval", "--output-dir", "b", "--quiet"]) == 0
+    snows_hf.run(vit_dir, config, {"dataset": str(root), "num_samples": 6}, evaluate=False, output_dir="b", progress=False)
     report = json.loads(Path("b/report.json").read_text())
     assert report["evaluation"] is None and report["data"]["eval_rows"] == []

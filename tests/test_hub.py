@@ -12,7 +12,9 @@ import torch
 from conftest import tiny_llama, tiny_tokenizer
 from hub_server import TOKEN
 
+import snows_hf
 from snows_hf.cli import main
+from snows_hf.hub import push_folder
 
 
 def _client_env(server, tmp_path):
@@ -26,10 +28,9 @@ def _texts(path):
     return path
 
 
-def _prune(llama_dir, out, tmp_path, *extra):
-    argv = ["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", str(_texts(tmp_path / "d.jsonl")),
-            "--num-samples", "8", "--seq-len", "16", "--eval-samples", "4", "--output-dir", str(out), "--quiet", *extra]
-    assert main(argv) == 0
+def _prune(llama_dir, out, tmp_path, **options):
+    data = {"dataset": str(_texts(tmp_path / "d.jsonl")), "num_samples": 8, "seq_len": 16, "eval_samples": 4}
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "magnitude"}, data, output_dir=out, progress=False, **options)
 
 
 def _all_pushed_bytes(server):
@@ -38,8 +39,8 @@ def _all_pushed_bytes(server):
 
 def test_push_both_formats_then_from_pretrained_by_repo_id(hub, llama_dir, tmp_path, caplog, capsys):
     caplog.set_level(logging.DEBUG)
-    _prune(llama_dir, tmp_path / "dense", tmp_path, "--push-to-hub", "tester/llama-2of4", "--token", TOKEN)
-    _prune(llama_dir, tmp_path / "compact", tmp_path, "--save-format", "compact")
+    _prune(llama_dir, tmp_path / "dense", tmp_path, push_to_hub="tester/llama-2of4", token=TOKEN)
+    _prune(llama_dir, tmp_path / "compact", tmp_path, save_format="compact")
     assert main(["push", str(tmp_path / "compact"), "tester/llama-2of4-compact", "--token", TOKEN, "--quiet"]) == 0
     output = capsys.readouterr()
     assert TOKEN not in output.out + output.err + caplog.text  # the token reaches no log line ...
@@ -73,18 +74,16 @@ def test_push_both_formats_then_from_pretrained_by_repo_id(hub, llama_dir, tmp_p
 
 def test_second_push_of_unchanged_files_adds_nothing(hub, llama_dir, tmp_path):
     _prune(llama_dir, tmp_path / "out", tmp_path)
-    assert main(["push", str(tmp_path / "out"), "tester/again", "--token", TOKEN, "--quiet"]) == 0
+    push_folder(tmp_path / "out", "tester/again", token=TOKEN)
     repo = hub.repos[("model", "tester/again")]
     commits, uploads = len(repo.commits), sum(r.startswith("PUT /lfs/upload") for r in hub.requests)
-    assert main(["push", str(tmp_path / "out"), "tester/again", "--token", TOKEN, "--quiet"]) == 0
+    push_folder(tmp_path / "out", "tester/again", token=TOKEN)
     assert len(repo.commits) == commits == 1
     assert sum(r.startswith("PUT /lfs/upload") for r in hub.requests) == uploads
     assert not any(r.startswith("POST /api/models/tester/again/commit") for r in hub.requests[-5:])
 
 
 def test_transient_server_errors_are_retried(hub, llama_dir, tmp_path):
-    from snows_hf.hub import push_folder
-
     _prune(llama_dir, tmp_path / "out", tmp_path)
     hub.fail["commit"] = [500, 500]
     url = push_folder(tmp_path / "out", "tester/flaky", token=TOKEN, backoff=0.01)
@@ -123,10 +122,10 @@ def test_prune_a_model_and_a_dataset_by_their_hub_ids(hub, tmp_path):
     _texts(data / "train.jsonl")
     api.create_repo("tester/texts", repo_type="dataset")
     api.upload_folder(folder_path=str(data), repo_id="tester/texts", repo_type="dataset")
-    cmd = [sys.executable, "-m", "snows_hf", "prune", "tester/tiny-llama", "--sparsity", "2:4", "--method", "magnitude",
-           "--dataset", "tester/texts", "--num-samples", "4", "--seq-len", "16", "--eval-samples", "2",
-           "--output-dir", str(tmp_path / "pruned"), "--quiet"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_client_env(hub, tmp_path), timeout=300)
+    code = ("import snows_hf\n"
+            "snows_hf.run('tester/tiny-llama', {'sparsity': '2:4', 'method': 'magnitude'}, {'dataset': 'tester/texts', "
+            f"'num_samples': 4, 'seq_len': 16, 'eval_samples': 2}}, output_dir={str(tmp_path / 'pruned')!r}, progress=False)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_client_env(hub, tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pruned" / "report.json").read_text())
     assert report["source_model"] == "tester/tiny-llama" and report["sparsity"] == pytest.approx(0.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from snows_hf import PruneConfig, prune_
+from snows_hf import PruneConfig, prune_, run
 from snows_hf.cli import main
 from snows_hf.workflow import placement
 from snows_hf.distributed import Processes
@@ -67,12 +67,10 @@ def test_disk_offloaded_model_is_pruned_in_place_without_touching_its_checkpoint
     assert float((saved.model.layers[1].mlp.up_proj.weight == 0).double().mean()) == 0.5
 
 
-def test_cli_max_memory_offloads_to_a_folder_it_removes(checkpoint, reference, tmp_path, capsys):
+def test_a_run_with_max_memory_offloads_to_a_folder_it_removes(checkpoint, reference, tmp_path):
     out = tmp_path / "out"
-    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--k-step", "4", "--batch-size", "3", "--init", "mask",
-                 "--newton-steps", "1", "--num-samples", "12", "--seq-len", "16", "--no-eval", "--quiet",
-                 "--max-memory", "cpu=60KB", "--output-dir", str(out)])
-    assert code == 0, capsys.readouterr().err
+    run(checkpoint, CONFIG | {"max_memory": "cpu=60KB"}, {"dataset": "random", "num_samples": 12, "seq_len": 16},
+        evaluate=False, output_dir=out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the offload folder is gone
     import json
 

@@ -1,15 +1,17 @@
 """recipe.yaml: round trip, strictness, and the recipes of every version written so far."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import snows_hf
 from snows_hf import PruneConfig
 from snows_hf.data import CalibrationConfig
-from snows_hf.cli import main
 from snows_hf.methods import MaskOnlyConfig, SnowsConfig, get_method
-from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict
+from snows_hf.fields import SettingError
+from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict, resolve_settings
 
 SAVED = Path(__file__).parent / "data" / "recipes"
 
@@ -17,10 +19,10 @@ SAVED = Path(__file__).parent / "data" / "recipes"
 def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1}"}}\n' for i in range(100)))
-    argv = ["prune", str(llama_dir), "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
-            "--allocation", "global", "--targets", "mlp", "--dataset", str(data), "--num-samples", "4",
-            "--seq-len", "16", "--eval-samples", "2", "--output-dir", "out", "--quiet"]
-    assert main(argv) == 0
+    snows_hf.run(llama_dir, {"sparsity": "60%", "method": "none", "mask": "sparsegpt", "allocation": "global",
+                             "targets": ["mlp"]},
+                 {"dataset": str(data), "num_samples": 4, "seq_len": 16, "eval_samples": 2}, output_dir="out",
+                 progress=False)
     prune, calib, model = load_recipe("out/recipe.yaml")
     assert prune == PruneConfig(sparsity="0.6", method="none", mask="sparsegpt", allocation="global", targets=["mlp"])
     assert calib == CalibrationConfig(dataset=str(data), num_samples=4, seq_len=16, eval_samples=2)
@@ -45,6 +47,30 @@ def test_bad_recipes(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_recipe(path)
+
+
+def test_a_bundled_recipes_model_runs_on_that_recipe_with_the_given_settings_on_top():
+    model, prune, data = resolve_settings("HuggingFaceTB/SmolLM2-135M", prune={"k_step": 1}, data={"num_samples": 16})
+    base, base_data, base_model = load_recipe("smollm2-135m-2of4")
+    assert model == base_model and prune == PruneConfig.from_dict(base.to_dict() | {"k_step": 1})
+    assert data == dataclasses.replace(base_data, num_samples=16)
+    # a dataset of one's own leaves the bundled recipe out; a recipe named gives the model
+    _, prune, data = resolve_settings("HuggingFaceTB/SmolLM2-135M", prune={"sparsity": "50%"}, data={"dataset": "random"})
+    assert prune == PruneConfig(sparsity="50%") and data == CalibrationConfig(dataset="random")
+    assert resolve_settings(recipe="gpt2-50pct")[0] == load_recipe("gpt2-50pct")[2]
+
+
+@pytest.mark.parametrize("kwargs, field, message", [
+    ({"model": "gpt2-50pct"}, "model", "'gpt2-50pct' names a bundled recipe, not a model; run it with recipe='gpt2-50pct'"),
+    ({}, "model", "a model is required; name one, or a recipe whose model: names one"),
+    ({"model": "my-model", "data": {"dataset": "random"}}, "sparsity",
+     "sparsity is required; e.g. sparsity='2:4', or a recipe with prune.sparsity"),
+])
+def test_resolve_settings_names_what_is_missing_as_python_spells_it(kwargs, field, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder of a bundled recipe's name here
+    with pytest.raises(SettingError) as err:
+        resolve_settings(**kwargs)
+    assert err.value.field == field and str(err.value) == message
 
 
 def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):

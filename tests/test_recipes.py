@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from test_families import FAMILIES
 
+import snows_hf
 from snows_hf.cli import main
-from snows_hf.recipe import bundled_recipes, load_recipe
+from snows_hf.recipe import bundled_recipes, load_recipe, resolve_settings
 
 # the tiny random model standing in for each bundled recipe's model (same family)
 FAMILY_OF = {"vit": "vit", "deit": "deit", "resnet": "resnet", "convnext": "convnext", "bert": "bert",
@@ -78,11 +79,21 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
     assert "kept graphs" not in plain and "Hessian-vector" not in plain and "streams" not in plain
 
 
-def _prune(argv, tmp_path):
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1} w{i + 2}"}}\n' for i in range(60)))
-    return main([*argv, "--dataset", str(data), "--num-samples", "8", "--seq-len", "16", "--batch-size", "2",
-                 "--no-eval", "--quiet"])
+def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama_dir, tmp_path):
+    from snows_hf.workflow import plan
+
+    os.chdir(tmp_path)
+    Path("full").mkdir()
+    Path("full/x").write_text("x")
+    before = _tree(tmp_path)
+    found = plan(llama_dir, {"sparsity": "2:4", "method": "magnitude"}, "random")
+    assert found.output_dir == "tiny-llama-pruned-2of4" and found.traced_on == "meta" and found.method == "magnitude"
+    assert plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir=Path("elsewhere")).output_dir == "elsewhere"
+    with pytest.raises(ValueError, match="full holds files snows-hf did not write"):
+        plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir="full")
+    with pytest.raises(ValueError, match="the compact format codes groups of at most 16"):
+        plan(llama_dir, {"sparsity": "2:32"}, "random", save_format="compact")
+    assert _tree(tmp_path) == before
 
 
 def _weights(folder: str) -> dict[str, torch.Tensor]:
@@ -91,9 +102,11 @@ def _weights(folder: str) -> dict[str, torch.Tensor]:
 
 def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_dir, tmp_path):
     os.chdir(tmp_path)
-    assert _prune(["prune", str(llama_dir), "--sparsity", "2:4", "--k-step", "1", "--newton-steps", "1",
-                   "--output-dir", "first"], tmp_path) == 0
-    assert main(["prune", "--recipe", "first/recipe.yaml", "--output-dir", "again", "--quiet", "--no-eval"]) == 0
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1} w{i + 2}"}}\n' for i in range(60)))
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "k_step": 1, "newton_steps": 1, "batch_size": 2},
+                 {"dataset": str(data), "num_samples": 8, "seq_len": 16}, output_dir="first", evaluate=False, progress=False)
+    snows_hf.run(*resolve_settings(recipe="first/recipe.yaml"), output_dir="again", evaluate=False, progress=False)
     first, again = _weights("first"), _weights("again")
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert load_recipe("again/recipe.yaml") == load_recipe("first/recipe.yaml")
@@ -113,8 +126,8 @@ def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_
     (["prune", "--recipe", "typo.yaml"], "unknown keys prune.k_stpe"),
     (["prune", "--recipe", "wrong-type.yaml"], "prune.newton_steps must be an int, got 'two'"),
     (["prune", "--recipe", "wrong-data.yaml"], "data.num_samples must be an int, got '64'"),
-    (["prune", "--recipe", "no-model.yaml"], "MODEL is required"),
-    (["prune", "some-model", "--dataset", "random"], "--sparsity is required"),
+    (["prune", "--recipe", "no-model.yaml"], "a model is required; name one, or a --recipe whose model: names one"),
+    (["prune", "some-model", "--dataset", "random"], "--sparsity is required; e.g. --sparsity 2:4, or a --recipe with prune.sparsity"),
 ])
 def test_bad_recipes_and_missing_arguments_fail_in_one_line(argv, message, tmp_path, capsys):
     os.chdir(tmp_path)

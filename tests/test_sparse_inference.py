@@ -18,6 +18,7 @@ from torch import nn
 from snows_hf.cli import main
 from snows_hf.masks import parse_sparsity, select_topk
 from snows_hf.sparse_inference import KernelBackend, kernel_backend, plan_sparse_inference, sparse_inference_
+from snows_hf.workflow import evaluate
 
 from conftest import tiny_gpt2, tiny_llama, tiny_vit
 
@@ -292,11 +293,9 @@ def test_eval_sparse_inference_on_cpu_runs_the_model_unchanged(tmp_path, capsys)
     assert sparse["model"]["samples_per_second"] > 0
 
 
-def test_eval_runs_in_the_dtype_asked_for(vit_dir, tmp_path, capsys):
-    data = ["--dataset", str(_image_folder(tmp_path / "imgs")), "--num-samples", "4", "--eval-samples", "12"]
-    assert main(["eval", str(vit_dir), "--reference", str(vit_dir), *data, "--dtype", "bfloat16",
-                 "--json", "e.json", "--quiet"]) == 0
-    figures = json.loads(Path("e.json").read_text())
+def test_evaluate_runs_in_the_dtype_asked_for(vit_dir, tmp_path):
+    data = {"dataset": str(_image_folder(tmp_path / "imgs")), "num_samples": 4, "eval_samples": 12}
+    figures = evaluate(vit_dir, data, reference=vit_dir, dtype="bfloat16").figures
     assert figures["dtype"] == "bfloat16"
     assert figures["pruned"]["top1_agreement"] == 1.0  # the same model in the same precision
 

@@ -243,6 +243,8 @@ class Method:
     uses_mask_setting: bool = True
     #: the model card's sentence on what the method did to the weights
     card_paragraph: str = ""
+    #: what the method does, in a few words (the command line's ``--method`` help lists it)
+    description: str = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -25,6 +25,7 @@ class MaskOnly(Method):
     the selector's own update where it makes one (SparseGPT)."""
 
     config_class = MaskOnlyConfig
+    description = "mask only"
     card_paragraph = "Masks only: the surviving weights are those of the mask selector."
 
     @property
@@ -54,6 +55,7 @@ class MagnitudeMethod(MaskOnly):
 
     config_class = MagnitudeConfig
     uses_mask_setting = False
+    description = "magnitude mask only"
     card_paragraph = "Magnitude masks only: the largest weights were kept as they were."
 
     @property
