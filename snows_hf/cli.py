@@ -328,26 +328,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flag_spelling(parser: argparse.ArgumentParser):
+def _flag_spelling(parser: argparse.ArgumentParser, command: str | None = None):
     """How the library's messages name a setting on the command line: the option whose
     destination is the setting's name (``batch_size`` -> ``--batch-size``; set to a value,
-    ``--mask sparsegpt``; a switch set on, ``--resume``). A name no option sets keeps its
-    Python spelling."""
+    ``--mask sparsegpt``; a switch set on, ``--resume``), or the placeholder of a positional
+    argument (``model`` -> ``MODEL``). A name the command line does not set keeps its
+    Python spelling. With ``command``, that command's options (its placeholders differ)."""
     from .fields import UNSET
 
     options: dict[str, argparse.Action] = {}
     parsers = [parser]
     while parsers:
         for action in parsers.pop()._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
-            elif action.option_strings and action.dest not in options:
-                options[action.dest] = action
+            if isinstance(action, argparse._SubParsersAction):  # the command's own words, else every command's
+                parsers.extend([action.choices[command]] if command in action.choices else action.choices.values())
+            elif action.dest not in options or action.option_strings and not options[action.dest].option_strings:
+                options[action.dest] = action  # an option before a positional argument of the same name
 
     def spell(name: str, value: Any) -> str:
         action = options.get(name)
         if action is None:
             return name if value is UNSET else f"{name}={value!r}"
+        if not action.option_strings:  # a positional argument: its placeholder, or the value itself
+            return str(action.metavar or name.upper()) if value is UNSET else str(value)
         flag = max(action.option_strings, key=len)
         return flag if value is UNSET or action.nargs == 0 else f"{flag} {value}"
 
@@ -373,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with sigterm_as_interrupt(), spelled(_flag_spelling(parser)):
+        with sigterm_as_interrupt(), spelled(_flag_spelling(parser, args.command)):
             return args.func(args)
     except KeyboardInterrupt:
         print("snows-hf: interrupted", file=sys.stderr)

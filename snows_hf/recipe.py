@@ -293,7 +293,8 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     base_prune, base_data, base_model = load_recipe(recipe) if recipe is not None else (None, None, None)
     model = model or base_model
     if model is None:
-        raise SettingError("a model is required", field="model", hint=f"name one, or a {setting('recipe')} whose model: names one")
+        raise SettingError(f"{setting('model')} is required", field="model",
+                           hint=f"or a {setting('recipe')} whose model: names one")
     if base_prune is None and "sparsity" not in prune:
         raise SettingError(f"{setting('sparsity')} is required", field="sparsity",
                            hint=f"e.g. {setting('sparsity', '2:4')}, or a {setting('recipe')} with prune.sparsity")

@@ -352,7 +352,7 @@ def _unchanged(report: SparseInferenceReport, backend: KernelBackend, devices: s
         return (f"model left unchanged: {missing[0]} ({ready} linear layer{'s' if ready != 1 else ''} "
                 f"meet{'' if ready != 1 else 's'} every other condition)")
     if all(layer.reason == _NOT_2_4 for layer in linear):
-        return f"model left unchanged: no linear layer is 2:4 (prune it to {setting('sparsity', '2:4')} first)"
+        return f"model left unchanged: no linear layer is 2:4 (prune it with {setting('sparsity', '2:4')} first)"
     if no_device:
         return f"model left unchanged: {missing[0]}, and no layer meets the other conditions (below)"
     return "model left unchanged: no layer meets the kernels' conditions (below)"

@@ -13,6 +13,7 @@ import transformers as T
 import snows_hf
 from snows_hf.adapters import ADAPTERS, find_block_list
 from snows_hf.export import save_pruned
+from snows_hf.fields import SettingError
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 from snows_hf.sparse_inference import sparse_inference_
 
@@ -193,13 +194,14 @@ def test_unmappable_model_names_what_it_found():
         def forward(self, input_ids):
             return self.b(self.a(input_ids))
 
-    with pytest.raises(ValueError, match="no list of identical modules; pass --block-path"):
+    with pytest.raises(SettingError, match="no list of identical modules; pass block_path with") as caught:
         snows_hf.prune_(Flat(T.PretrainedConfig()), {"sparsity": "2:4", "method": "magnitude"}, torch.randn(4, 4))
+    assert caught.value.field == "block_path"
 
     model = _build("bert")
     model.extra = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
     model.config.model_type = "unknown-family"
-    with pytest.raises(ValueError, match=r"ambiguous block lists .*bert\.encoder\.layer \(2\), extra \(2\).*--block-path"):
+    with pytest.raises(ValueError, match=r"ambiguous block lists .*bert\.encoder\.layer \(2\), extra \(2\); pass block_path to choose"):
         snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs(FAMILIES["bert"], 4, 0))
     assert bool((model.bert.encoder.layer[0].intermediate.dense.weight != 0).all())  # nothing pruned
 

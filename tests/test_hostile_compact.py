@@ -250,7 +250,7 @@ def test_version_1_compact_checkpoints_still_load_bit_exactly(compact_source, tm
 
 ZEROING = {  # model, sparsity, the error
     "vit-1:100": (tiny_vit, "1:100", r"sparsity 1:100 groups 100 inputs, but vit\.layers\.0\.attention\.q_proj has "
-                  r"only 32: choose M <= 32 or leave q_proj out \(--ignore\)"),
+                  r"only 32; choose M <= 32 or leave q_proj out \(ignore\)"),
     "vit-1:64": (tiny_vit, "1:64", r"sparsity 1:64 groups 64 inputs, but vit\.layers\.0\.attention\.q_proj has only 32"),
     "vit-0.999999": (tiny_vit, "0.999999", r"sparsity 99\.9999% would zero all 1024 weights of "
                      r"vit\.layers\.0\.attention\.q_proj \(32 x 32\)"),

@@ -90,7 +90,7 @@ REFUSED = [
                  "would replace the input 'wrap/model'", id="output-holds-model"),
     pytest.param(lambda m: (os.mkdir("out"), Path("out/notes.txt").write_text("mine")),
                  ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
-                 "out holds files snows-hf did not write (notes.txt): choose another --output-dir", id="foreign-files"),
+                 "out holds files snows-hf did not write (notes.txt); choose another --output-dir", id="foreign-files"),
     pytest.param(lambda m: _fake_output("out", ["notes.txt", "a.txt", "b.txt", "c.txt"]),
                  ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
                  "out holds files snows-hf did not write (a.txt, b.txt, c.txt, ...)", id="snows-output-with-user-files"),

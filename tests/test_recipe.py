@@ -62,7 +62,7 @@ def test_a_bundled_recipes_model_runs_on_that_recipe_with_the_given_settings_on_
 
 @pytest.mark.parametrize("kwargs, field, message", [
     ({"model": "gpt2-50pct"}, "model", "'gpt2-50pct' names a bundled recipe, not a model; run it with recipe='gpt2-50pct'"),
-    ({}, "model", "a model is required; name one, or a recipe whose model: names one"),
+    ({}, "model", "model is required; or a recipe whose model: names one"),
     ({"model": "my-model", "data": {"dataset": "random"}}, "sparsity",
      "sparsity is required; e.g. sparsity='2:4', or a recipe with prune.sparsity"),
 ])

@@ -126,7 +126,7 @@ def test_a_runs_recipe_fed_back_reproduces_its_weights_and_flags_override(llama_
     (["prune", "--recipe", "typo.yaml"], "unknown keys prune.k_stpe"),
     (["prune", "--recipe", "wrong-type.yaml"], "prune.newton_steps must be an int, got 'two'"),
     (["prune", "--recipe", "wrong-data.yaml"], "data.num_samples must be an int, got '64'"),
-    (["prune", "--recipe", "no-model.yaml"], "a model is required; name one, or a --recipe whose model: names one"),
+    (["prune", "--recipe", "no-model.yaml"], "MODEL is required; or a --recipe whose model: names one"),
     (["prune", "some-model", "--dataset", "random"], "--sparsity is required; e.g. --sparsity 2:4, or a --recipe with prune.sparsity"),
 ])
 def test_bad_recipes_and_missing_arguments_fail_in_one_line(argv, message, tmp_path, capsys):

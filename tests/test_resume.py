@@ -69,7 +69,7 @@ def test_a_checkpoint_of_another_run_is_refused_saying_what_differs(tmp_path, mo
         snows_hf.prune_(tiny_llama(seed=1, layers=4), config, CAL, checkpoint=RunCheckpoint(tmp_path / "c", True))
     with pytest.raises(ValueError, match="calibration"):
         snows_hf.prune_(tiny_llama(layers=4), config, CAL + 1, checkpoint=RunCheckpoint(tmp_path / "c", True))
-    with pytest.raises(ValueError, match="pass --resume"):
+    with pytest.raises(ValueError, match=r"pass resume=True to continue it"):
         snows_hf.prune_(tiny_llama(layers=4), config, CAL, checkpoint=RunCheckpoint(tmp_path / "c"))
     # placement settings may change between the runs
     snows_hf.prune_(tiny_llama(layers=4), config | {"offload_activations": "cpu"}, CAL,

@@ -39,7 +39,7 @@ def test_targets_and_ignore_accept_memory_and_checkpoint_names_and_types():
 
 def test_target_errors_are_clear():
     config = {"sparsity": "2:4", "method": "magnitude", "batch_size": 4}
-    with pytest.raises(ValueError, match=r"--targets 'nope' matches no Linear/Conv1D/Conv2d module .*q_proj"):
+    with pytest.raises(ValueError, match=r"targets 'nope' matches no Linear/Conv1D/Conv2d module .*q_proj"):
         snows_hf.prune_(tiny_vit(), config | {"targets": ["q_proj", "nope"]}, _pixels())
     with pytest.raises(ValueError, match="no module is left to prune"):
         snows_hf.prune_(tiny_vit(), config | {"ignore": [".*"]}, _pixels())
@@ -161,7 +161,7 @@ def test_diagnostics_in_report_and_warning_when_magnitude_drops_importance(caplo
                          "input_variance_spread", "dead_inputs"}
     assert diag["importance_removed_magnitude"] > 2 * diag["importance_removed_hessian"]
     assert diag["input_variance_spread"] > 100 and diag["jaccard"] < 0.5
-    assert "--mask sparsegpt (the default) or hessian avoids this" in caplog.text
+    assert "mask='sparsegpt' (the default) or hessian avoids this" in caplog.text
     assert report.to_dict()["layers"][0]["diagnostics"] == diag
 
 

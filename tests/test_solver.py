@@ -258,7 +258,7 @@ def test_out_of_memory_halves_the_graphs_held_and_gives_the_same_products(kind):
 
 def test_out_of_memory_with_one_batch_per_graph_says_what_to_lower():
     residual_fn, W, batches = make_window(seed=6, n_batches=3)
-    with pytest.raises(RuntimeError, match="lower --batch-size"):
+    with pytest.raises(RuntimeError, match="lower batch_size or k_step"):
         HessianOperator(_FakeMemory(residual_fn, limit=0), W, batches, "exact")
     with pytest.raises(ValueError, match="max_graphs"):
         HessianOperator(residual_fn, W, batches, "exact", max_graphs=0)

@@ -233,7 +233,7 @@ def test_a_second_call_leaves_converted_layers_alone():
 
 def test_a_dense_model_is_told_to_be_pruned_first():
     report = sparse_inference_(tiny_vit())
-    assert report.message == "model left unchanged: no linear layer is 2:4 (prune it with snows-hf prune --sparsity 2:4 first)"
+    assert report.message == "model left unchanged: no linear layer is 2:4 (prune it with sparsity='2:4' first)"
     half = sparse_inference_(_two_four_(nn.Linear(30, 30)).half())  # 2:4 but on CPU and of no tile
     assert half.message.startswith("model left unchanged: on cpu: 2:4 sparse kernels run on NVIDIA GPUs")
     assert half.message.endswith(", and no layer meets the other conditions (below)")

@@ -111,7 +111,7 @@ class SnowsConfig(MethodConfig):
         2
         >>> SnowsConfig(holdout=1.0)
         Traceback (most recent call last):
-        ValueError: holdout must be strictly between 0 and 1, got 1.0
+        snows_hf.fields.SettingError: holdout must be strictly between 0 and 1, got 1.0
     """
 
     name = "snows"
