@@ -227,6 +227,12 @@ def shared_rows(results: dict) -> list[str]:
             if cpus and r.get("load_average_1_min", 0) > cpus]
 
 
+def _machine(results: dict) -> str:
+    """Where the seconds were measured, when the file says."""
+    cpus = results.get("settings", {}).get("cpus")
+    return f", on {cpus} CPU cores" if cpus else ""
+
+
 def quality_table(model: str, results: dict) -> list[str]:
     title, metric_text = TITLES[model]
     metric = results["metric"]
@@ -238,7 +244,7 @@ def quality_table(model: str, results: dict) -> list[str]:
         f"**{title}**: {metric_text}; dense {results['dense'][metric]:.4f}. Calibration "
         f"{', '.join(f'{k} {v}' for k, v in results['calibration'].items())}; SNOWS on the "
         f"{' / '.join(masks) or 'default'} mask. Each cell: {metric} (change vs dense). "
-        f"`python benchmarks/quality.py --model {model}`",
+        f"`python benchmarks/quality.py --model {model}`{_machine(results)}",
         "",
         "| sparsity | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -494,6 +500,7 @@ def results_block() -> list[list[str]]:
 
 
 BLOCKS = {  #: marker name -> its parts
+    "headline": lambda: [readme_prose.headline()],
     "demo": lambda: [readme_prose.demo()],
     "results": results_block,
     "measurements": readme_measurements.render,
