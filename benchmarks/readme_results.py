@@ -319,13 +319,20 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
                 lines.append(perplexity_goal_line(spec, results, rows))
                 seconds = [rows[(spec, m)]["seconds"] for m in ("snows-k3", "sparsegpt")]
                 lines.append(f"- whole SmolLM2 at {spec}: SNOWS {seconds[0]:.0f} s vs SparseGPT {seconds[1]:.0f} s "
-                             f"= {seconds[0] / seconds[1]:.1f}x (goal at most 10x): "
-                             f"**{'met' if seconds[0] <= 10 * seconds[1] else 'not met'}**")
+                             f"= {seconds[0] / seconds[1]:.1f}x (goal at most 3x): "
+                             f"**{'met' if seconds[0] <= 3 * seconds[1] else 'not met'}**")
     if speed:
         ratio = speed["snows_seconds"] / speed["sparsegpt_seconds"]
         hvp = speed["hvp_over_forward_backward"]
-        lines.append(f"- SNOWS time {ratio:.1f}x SparseGPT's (goal at most 10x; {speed['blocks']} SmolLM2 blocks, "
-                     f"{speed['num_samples']} x {speed['seq_len']} tokens): **{'met' if ratio <= 10 else 'not met'}**")
+        lines.append(f"- SNOWS time {ratio:.1f}x SparseGPT's (goal at most 3x; {speed['blocks']} SmolLM2 blocks, "
+                     f"{speed['num_samples']} x {speed['seq_len']} tokens): **{'met' if ratio <= 3 else 'not met'}**")
+        per_block = speed.get("sparsegpt_seconds_per_block_over_forward")
+        lines.append("- SparseGPT's time per block in block forwards (one block over every calibration micro-batch; "
+                     + ("goal at most 2.5): not yet measured; `python benchmarks/solver_speed.py` measures it"
+                        if per_block is None else
+                        f"goal at most 2.5): {per_block:.2f}, the pipeline running "
+                        f"{', '.join(f'{f:g}' for f in speed['sparsegpt_block_forwards'])} block forwards per block: "
+                        f"**{'met' if per_block <= 2.5 else 'not met'}**"))
         lines.append(f"- one HVP {hvp:.2f}x a forward+backward of its window (goal at most 0.5x): "
                      f"**{'met' if hvp <= 0.5 else 'not met'}**")
     losses = default_losses(quality)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -143,12 +144,37 @@ def block_output(output: Any) -> torch.Tensor:
     return output[0]
 
 
+_FORWARDS: ContextVar[list[int] | None] = ContextVar("snows_hf_block_forwards", default=None)
+
+
+@contextlib.contextmanager
+def counted_forwards() -> Iterator[list[int]]:
+    """Count the :func:`run_block` calls made inside (``counted[0]``): the cost unit of a
+    run, one block on one micro-batch.
+
+    Example:
+        >>> with counted_forwards() as counted:
+        ...     pass
+        >>> counted
+        [0]
+    """
+    counted = [0]
+    token = _FORWARDS.set(counted)
+    try:
+        yield counted
+    finally:
+        _FORWARDS.reset(token)
+
+
 def run_block(block: nn.Module, call: BlockCall, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Run ``block`` on one captured call and return its hidden-state output.
 
     ``overrides`` maps parameter names (relative to the block) to tensors used in their
     place for this call only, e.g. the dense weights of already pruned modules.
     """
+    counted = _FORWARDS.get()
+    if counted is not None:
+        counted[0] += 1
     if overrides:
         return block_output(functional_call(block, overrides, call.args, call.block_kwargs, strict=False))
     return block_output(block(*call.args, **call.block_kwargs))

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
     from .config import PruneConfig
     from .masks import SELECTORS
-    from .methods import METHODS, SnowsConfig
+    from .methods import METHODS
 
     parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
     parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
@@ -95,11 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "offload_activations")
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
-    snows = prune.add_argument_group("SNOWS re-fit (with --method snows)")
     numbers = {"k_step": _non_negative_int, "newton_steps": _non_negative_int, "cg_iters": _positive_int, "damping": float,
                "holdout": float, "batches_per_step": _positive_int, "hessian_batches": _positive_int}
-    for option in dataclasses.fields(SnowsConfig):  # one flag per option, in the config's order
-        _add(snows, SnowsConfig, option.name, **({"type": numbers[option.name]} if option.name in numbers else {}))
+    owners: dict[str, list[str]] = {}  # each method option, and the methods that have it
+    for name, method in METHODS.items():
+        for option in dataclasses.fields(method.config_class):
+            owners.setdefault(option.name, []).append(name)
+    groups: dict[tuple[str, ...], Any] = {}
+    for option, names in owners.items():  # one flag per option, grouped by the methods that read it
+        if tuple(names) not in groups:
+            title = METHODS[names[0]].options_title or METHODS[names[0]].description
+            groups[tuple(names)] = prune.add_argument_group(f"{title} (with --method {' or '.join(names)})")
+        _add(groups[tuple(names)], METHODS[names[0]].config_class, option,
+             **({"type": numbers[option]} if option in numbers else {}))
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",

@@ -16,9 +16,9 @@ from .fields import SettingError, check_choices, check_types, config_field, requ
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 # The flat form lists the methods' options between the fields that choose what is pruned
-# and those that say how the run executes, where config_version 2 has always had them:
+# and those that say how the run executes, where config_version 2 first put them:
 # recipes and reports of the same settings stay byte-identical.
 _OPTIONS_BEFORE = "batch_size"
 
@@ -49,8 +49,8 @@ def _method_options() -> dict[str, Any]:
 
 @dataclass
 class PruneConfig:
-    """Settings of one pruning run (``config_version`` 2; a version-1 recipe is read with
-    what its keys meant then). ``method`` takes a method's name (its default options) or
+    """Settings of one pruning run (``config_version`` 3; a recipe of an older version is
+    read with what its keys meant then). ``method`` takes a method's name (its default options) or
     its config; either way it holds the config once made.
 
     Example:
@@ -59,7 +59,7 @@ class PruneConfig:
         >>> cfg.pattern.n, cfg.pattern.m, cfg.method.name, cfg.method.k_step
         (2, 4, 'snows', 1)
         >>> PruneConfig(sparsity="50%", method="magnitude").method
-        MagnitudeConfig()
+        MagnitudeConfig(statistics='block')
     """
 
     sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
@@ -173,8 +173,8 @@ class PruneConfig:
         the shared fields, with every registered method's options before ``batch_size``.
 
         Example:
-            >>> PruneConfig.flat_keys()[8:10]
-            ['stats_dtype', 'k_step']
+            >>> PruneConfig.flat_keys()[8:11]
+            ['stats_dtype', 'statistics', 'k_step']
         """
         names = [f.name for f in fields(cls)]
         at = names.index(_OPTIONS_BEFORE)
@@ -193,7 +193,7 @@ class PruneConfig:
             >>> config.method.k_step, config.method.newton_steps
             (1, 2)
             >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
-            MaskOnlyConfig()
+            MaskOnlyConfig(statistics='block')
         """
         unknown = set(values) - set(cls.flat_keys())
         if unknown:

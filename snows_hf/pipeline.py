@@ -25,7 +25,7 @@ from torch import nn
 
 from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
-from .blocks import BlockCall, run_block, shared_parameters, tracked_hooks
+from .blocks import BlockCall, counted_forwards, run_block, shared_parameters, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
 from .devices import embedding_device
 from .distributed import Processes, current_processes
@@ -34,7 +34,7 @@ from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
 from .placement import BlockPlacement, block_budget
-from .methods import ModuleJob, get_method, input_features
+from .methods import ModuleJob, block_input_stats, get_method, has_input_features, input_features
 from .report import LayerReport, PruneReport
 
 logger = logging.getLogger(__name__)
@@ -300,12 +300,14 @@ def prune_blocks(
                 bar = tqdm(range(len(blocks)), desc="blocks", unit="block", disable=not show, dynamic_ncols=True)
                 for index in bar:
                     place.need(index)
-                    stream = _BlockStream(blocks, index, calls, dense_calls)
-                    if index < done:
-                        _restore_block(stream, targets, checkpoint.block_weights(index))
-                    else:
-                        _prune_block(stream, method, targets, report, shards, show)
-                    calls, dense_calls = stream.propagate(space)
+                    stream, micro_batches = _BlockStream(blocks, index, calls, dense_calls), len(calls)
+                    with counted_forwards() as forwards:
+                        if index < done:
+                            _restore_block(stream, targets, checkpoint.block_weights(index))
+                        else:
+                            _prune_block(stream, method, targets, report, shards, show)
+                        calls, dense_calls = stream.propagate(space)
+                    report.block_forwards.append(forwards[0] / max(1, micro_batches))
                     if stream.non_finite:
                         _warn(report, f"block {index} outputs hold NaN/Inf in {stream.non_finite} of {len(calls)} "
                                       "micro-batches; the layers after it keep their best finite weights (numerics in report.json)")
@@ -374,6 +376,11 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
     block, index = stream.block, stream.index
     stats_dtype = getattr(torch, targets.config.stats_dtype)
     modules = execution_order(block, targets.of(index), stream.calls[0])
+    collected: dict[str, dict[str, torch.Tensor]] = {}
+    needed = method.block_statistics()
+    if needed:  # every module's statistics in one forward, before any is pruned
+        readable = [(rel, m, weight_layout(m)) for rel, m in modules if has_input_features(m, weight_layout(m))]
+        collected = block_input_stats(block, readable, stream.calls, needed, stats_dtype, shards.processes)
     bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
     for rel_name, module in bar:
         bar.set_postfix_str(rel_name, refresh=False)
@@ -386,6 +393,7 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
             dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights), stats_dtype=stats_dtype,
             batch_ids=shards.batch_ids, num_batches=shards.num_batches, processes=shards.processes,
+            stats=dict(collected.get(rel_name, {})),
         )
         diagnostics = _diagnostics(job, method)
         result = method.prune_module(job)

@@ -149,16 +149,20 @@ def _names(keys: Any, prefix: str = "") -> str:
 
 # What version 1 of the settings meant by a key it did not have (or had another default
 # for): a recipe written then keeps producing the same weights.
-_V1_DEFAULTS = {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10}
+#: per older ``config_version``, what the keys it lacks meant then (defaults changed since)
+_OLD_MEANINGS = {
+    1: {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10, "statistics": "module"},
+    2: {"statistics": "module"},
+}
 
 
 def _upgrade(values: Any) -> Any:
     """Fill the keys a recipe of an older ``config_version`` lacks with that version's meaning."""
-    if not isinstance(values, dict) or values.get("config_version") != 1:
+    if not isinstance(values, dict) or values.get("config_version") not in _OLD_MEANINGS:
         return values
     from .config import CONFIG_VERSION
 
-    return {**_V1_DEFAULTS, **values, "config_version": CONFIG_VERSION}
+    return {**_OLD_MEANINGS[values["config_version"]], **values, "config_version": CONFIG_VERSION}
 
 
 def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:

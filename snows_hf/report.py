@@ -51,6 +51,9 @@ class PruneReport:
     placement: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     solver: dict[str, Any] = field(default_factory=dict)
+    #: per block, the block forwards its pruning and propagation took, per micro-batch
+    #: (SNOWS windows that run on into later blocks count here too)
+    block_forwards: list[float] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:

@@ -80,7 +80,7 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("magnitude", "lsq", 10, "none")
-    assert prune.method.k_step == 2 and prune.config_version == 2
+    assert prune.method.k_step == 2 and prune.config_version == 3
     path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.cg_iters, prune.method.preconditioner) == ("wanda", 7, "none")
@@ -89,12 +89,12 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
 
 
-# Settings of a run with every default (config_version 2), then what each saved recipe
+# Settings of a run with every default (config_version 3), then what each saved recipe
 # file (tests/data/recipes: written by snows-hf itself, at the commit its header names)
 # changes. A version-1 file means what version 1 meant by the keys it lacks.
 COMMON = {"sparsity": "2:4", "mask": "sparsegpt", "allocation": "uniform", "max_layer_sparsity": None, "targets": None,
           "ignore": None, "diagnostics": True, "stats_dtype": "float32", "batch_size": 8, "offload_activations": "device",
-          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 2}
+          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 3}
 SNOWS = {"k_step": 3, "target": "dense-stream", "term_scale": "energy", "init": "auto", "hessian": "gauss-newton",
          "newton_steps": 2, "cg_iters": 5, "damping": 1e-4, "preconditioner": "input-energy", "holdout": 0.125,
          "batches_per_step": None, "hessian_batches": None}
@@ -123,16 +123,20 @@ def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, 
         assert getattr(prune, key) == value, key
     for key, value in (SNOWS | options).items() if options is not None else ():
         assert getattr(prune.method, key) == value, key
-    if options is None:  # the SNOWS keys such a file holds are not its method's options
-        assert prune.method == get_method(method).config_class()
+    if options is None:  # the SNOWS keys such a file holds are not its method's options; versions 1 and 2
+        # collected each module's statistics after the modules before it were pruned
+        assert prune.method == get_method(method).config_class(statistics="module")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))
 def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
-    """Key for key and in the same order: rerunning an output's recipe rewrites it unchanged."""
+    """Key for key and in the same order: rerunning an output's recipe rewrites it as
+    version 3 with what version 2 meant by the key it lacked (statistics per module)."""
     prune, _, _ = load_recipe(SAVED / name)
-    written = read_recipe_yaml(SAVED / name)["prune"]
-    assert list(recipe_dict(prune)["prune"].items()) == list(written.items())
+    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 3}
+    back = recipe_dict(prune)["prune"]
+    assert [(k, v) for k, v in back.items() if k != "statistics"] == list(written.items())
+    assert back["statistics"] == ("block" if prune.method.name == "snows" else "module")  # another method's default
 
 
 def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others():

@@ -11,8 +11,8 @@ Example:
     1
 """
 
-from .base import (METHODS, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, get_method, input_features,
-                   register_method)
+from .base import (METHODS, InputStats, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, block_input_stats,
+                   get_method, has_input_features, input_features, register_method)
 from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
 from .snows import SnowsConfig, SnowsMethod, SnowsPlan, split_holdout
 
@@ -20,6 +20,6 @@ register_method(MaskOnly)
 register_method(MagnitudeMethod)
 register_method(SnowsMethod)
 
-__all__ = ["METHODS", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method", "MethodConfig",
-           "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "SnowsPlan", "get_method",
-           "input_features", "register_method", "split_holdout"]
+__all__ = ["METHODS", "InputStats", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method",
+           "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "SnowsPlan",
+           "block_input_stats", "get_method", "has_input_features", "input_features", "register_method", "split_holdout"]

@@ -44,6 +44,8 @@ class ModuleJob:
             a shard; default: ``0 .. len(calls) - 1``).
         num_batches: micro-batches across all processes (default: ``len(calls)``).
         processes: the run's :class:`~snows_hf.distributed.Processes` (sums across them).
+        stats: input statistics already collected for this module (by
+            :func:`block_input_stats`); :meth:`input_stats` adds what it computes.
     """
 
     name: str
@@ -61,7 +63,7 @@ class ModuleJob:
     batch_ids: list[int] | None = None
     num_batches: int | None = None
     processes: Processes = field(default_factory=Processes)
-    _stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_ids is None:
@@ -117,28 +119,105 @@ class ModuleJob:
         ``stats_dtype`` on the block's device, in one pass for everything asked, summed
         across data-parallel processes, and kept for the job's later calls.
         """
-        missing = set(needs) - set(self._stats)
+        missing = set(needs) - set(self.stats)
         if not missing:
-            return {k: self._stats[k] for k in needs}
-        unknown = missing - {"input_sq", "gram"}
+            return {k: self.stats[k] for k in needs}
+        sums = InputStats(self.module, self.layout, missing, self.stats_dtype)
+        for x in self.module_inputs(range(len(self.calls))):
+            sums.add(x)
+        self.stats.update(sums.result(self.processes))
+        return {k: self.stats[k] for k in needs}
+
+
+class InputStats:
+    """Sums over a module's inputs that mask selectors read (see
+    :meth:`ModuleJob.input_stats`), added micro-batch by micro-batch.
+
+    Example:
+        >>> sums = InputStats(nn.Linear(2, 1), "linear", {"input_sq", "gram"}, torch.float64)
+        >>> sums.add(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+        >>> {k: v.tolist() for k, v in sorted(sums.result(Processes()).items())}
+        {'gram': [[10.0, 2.0], [2.0, 4.0]], 'input_sq': [10.0, 4.0]}
+    """
+
+    KINDS = frozenset({"input_sq", "gram"})
+
+    def __init__(self, module: nn.Module, layout: str, needs: Iterable[str], dtype: torch.dtype) -> None:
+        unknown = set(needs) - self.KINDS
         if unknown:
             raise ValueError(f"unknown input statistics {sorted(unknown)}")
-        sq = gram = None
-        for x in self.module_inputs(range(len(self.calls))):
-            x = x.to(self.stats_dtype)
-            sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
-            if "gram" in missing:
-                gram = x.T @ x if gram is None else gram + x.T @ x
-        sq = self.processes.sum(sq)
+        self.module, self.layout, self.dtype = module, layout, dtype
+        self.gram_needed = "gram" in set(needs)
+        self.sq: torch.Tensor | None = None
+        self.gram: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add one micro-batch of inputs, ``(tokens, features)`` as :func:`input_features` gives them."""
+        x = x.to(self.dtype)
+        self.sq = x.pow(2).sum(0) if self.sq is None else self.sq + x.pow(2).sum(0)
+        if self.gram_needed:
+            self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+
+    def result(self, processes: Processes) -> dict[str, torch.Tensor]:
+        """The sums over every micro-batch of every process (``input_sq`` always, ``gram`` when asked)."""
+        sq = processes.sum(self.sq)
         positions = _kernel_positions(self.module) if self.layout == "conv2d" else 1
-        self._stats["input_sq"] = sq.reshape(positions, -1) if positions > 1 else sq
-        if gram is not None:
-            self._stats["gram"] = self.processes.sum(gram)
-        return {k: self._stats[k] for k in needs}
+        found = {"input_sq": sq.reshape(positions, -1) if positions > 1 else sq}
+        if self.gram is not None:
+            found["gram"] = processes.sum(self.gram)
+        return found
+
+
+@torch.no_grad()
+def block_input_stats(block: nn.Module, modules: list[tuple[str, nn.Module, str]], calls: list, needs: Iterable[str],
+                      dtype: torch.dtype, processes: Processes) -> dict[str, dict[str, torch.Tensor]]:
+    """The input statistics ``needs`` of every ``(name, module, layout)`` of ``block``, in
+    one forward of the block per call, before any of them is pruned: what SparseGPT's
+    reference and llm-compressor collect. Each module's figures equal what
+    :meth:`ModuleJob.input_stats` finds for it while the modules before it are still dense.
+    The hooks are always removed.
+
+    Example:
+        >>> block = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))  # doctest: +SKIP
+        >>> block_input_stats(block, [("0", block[0], "linear")], calls, {"input_sq"}, torch.float32, Processes())  # doctest: +SKIP
+        {'0': {'input_sq': tensor([...])}}
+    """
+    needs = set(needs)
+    sums = {name: InputStats(module, layout, needs, dtype) for name, module, layout in modules}
+    seen: set[str] = set()  # a module run twice in one forward counts its first input, as input_stats does
+
+    def hook_for(name: str, layout: str):
+        def grab(module: nn.Module, args: tuple, output: Any) -> None:
+            if name not in seen:
+                seen.add(name)
+                x = input_features(module, layout, args[0])
+                sums[name].add(x.to(torch.promote_types(x.dtype, torch.float32)))
+
+        return grab
+
+    with tracked_hooks() as hooks:
+        for name, module, layout in modules:
+            hooks.append(module.register_forward_hook(hook_for(name, layout)))
+        for call in calls:
+            seen.clear()
+            run_block(block, call)
+    return {name: s.result(processes) for name, s in sums.items()}
 
 
 def _kernel_positions(module: nn.Module) -> int:
     return int(module.weight.shape[2] * module.weight.shape[3])
+
+
+def has_input_features(module: nn.Module, layout: str) -> bool:
+    """Whether :func:`input_features` reads this module's inputs (not a grouped,
+    string-padded or non-zero-padded Conv2d).
+
+    Example:
+        >>> has_input_features(nn.Conv2d(4, 4, 3, groups=2), "conv2d"), has_input_features(nn.Linear(2, 2), "linear")
+        (False, True)
+    """
+    return layout != "conv2d" or (module.groups == 1 and not isinstance(module.padding, str)
+                                  and module.padding_mode == "zeros")
 
 
 def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +234,7 @@ def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Ten
     """
     if layout != "conv2d":
         return x.reshape(-1, x.shape[-1])
-    if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+    if not has_input_features(module, layout):
         raise SettingError(
             f"input statistics for grouped, string-padded or non-zero-padded Conv2d are not supported ({module})",
             field="mask", hint=f"use {setting('mask', 'magnitude')} or leave the module out with {setting('ignore')}",
@@ -245,6 +324,8 @@ class Method:
     card_paragraph: str = ""
     #: what the method does, in a few words (the command line's ``--method`` help lists it)
     description: str = ""
+    #: the heading of its options in ``--help`` (default: ``description``)
+    options_title: str = ""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -259,6 +340,19 @@ class Method:
         """Whether the weights this method writes depend on the calibration inputs (random
         inputs then give a model fitted to noise)."""
         return True
+
+    def block_statistics(self) -> frozenset[str]:
+        """Input statistics to collect for every module of a block in one forward, before
+        any of them is pruned (see :func:`block_input_stats`); empty: each module gets its
+        own when it asks (:meth:`ModuleJob.input_stats`), after the modules before it in
+        the block are pruned.
+
+        Example:
+            >>> from snows_hf import PruneConfig
+            >>> sorted(get_method("none")(PruneConfig(sparsity="2:4", method="none", mask="sparsegpt")).block_statistics())
+            ['gram', 'input_sq']
+        """
+        return frozenset()
 
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..fields import config_field
 from ..masks import apply_selector, get_selector
 from .base import Method, MethodConfig, MethodResult, ModuleJob
 
 
 @dataclass
 class MaskOnlyConfig(MethodConfig):
-    """Options of the ``none`` method: none of its own (its mask is the run's ``mask``).
+    """Options of the ``none`` method (its mask is the run's ``mask``): where each module's
+    input statistics come from.
 
     Example:
-        >>> MaskOnlyConfig().name
-        'none'
+        >>> MaskOnlyConfig().name, MaskOnlyConfig().statistics
+        ('none', 'block')
     """
 
     name = "none"
+    statistics: str = config_field(
+        "block", "where each module's input statistics come from: 'block' collects every module's in one forward of "
+        "its block before any is pruned (two block forwards per block in all, as SparseGPT's reference and "
+        "llm-compressor do); 'module' recomputes each module's after the ones before it in the block are pruned "
+        "(one block forward per module)", choices=("block", "module"))
 
 
 class MaskOnly(Method):
@@ -26,11 +33,18 @@ class MaskOnly(Method):
 
     config_class = MaskOnlyConfig
     description = "mask only"
+    options_title = "mask-only methods"
     card_paragraph = "Masks only: the surviving weights are those of the mask selector."
 
     @property
     def fits_data(self) -> bool:
         return bool(get_selector(self.mask_selector).needs)
+
+    def block_statistics(self) -> frozenset[str]:
+        if self.config.method.statistics != "block":
+            return frozenset()
+        diagnostics = {"input_sq"} if self.config.diagnostics else set()
+        return frozenset(get_selector(self.mask_selector).needs | diagnostics)
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
         stats = job.input_stats(get_selector(self.mask_selector).needs)
@@ -39,8 +53,9 @@ class MaskOnly(Method):
 
 
 @dataclass
-class MagnitudeConfig(MethodConfig):
-    """Options of the ``magnitude`` method: none (it ignores the run's ``mask``).
+class MagnitudeConfig(MaskOnlyConfig):
+    """Options of the ``magnitude`` method (it ignores the run's ``mask``): where the
+    diagnostics' input statistics come from.
 
     Example:
         >>> MagnitudeConfig().name

@@ -186,6 +186,7 @@ class SnowsMethod(Method):
 
     config_class = SnowsConfig
     description = "mask, then re-fit over a K-step window"
+    options_title = "SNOWS re-fit"
     card_paragraph = ("After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
                       "the network's outputs several operations downstream stay close to the dense model.")
 
