@@ -41,7 +41,7 @@ class MaskOnly(Method):
         return bool(get_selector(self.mask_selector).needs)
 
     def block_statistics(self) -> frozenset[str]:
-        if self.config.method.statistics != "block":
+        if getattr(self.config.method, "statistics", "block") != "block":  # a subclass's options may lack it
             return frozenset()
         diagnostics = {"input_sq"} if self.config.diagnostics else set()
         return frozenset(get_selector(self.mask_selector).needs | diagnostics)
