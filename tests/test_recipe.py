@@ -111,7 +111,10 @@ SAVED_RECIPES = [  # file, method, settings unlike COMMON, SNOWS options unlike 
     ("v2-none.yaml", "none", {"sparsity": "0.6", "allocation": "global", "max_layer_sparsity": 0.95, "targets": ["mlp"],
                               "ignore": ["down_proj"], "stats_dtype": "float64"}, None),
     ("v2-magnitude.yaml", "magnitude", {"sparsity": "4:8", "diagnostics": False, "seed": 3}, None),
+    ("v3-none.yaml", "none", {"mask": "wanda"}, None),
 ]
+#: what the mask-only options of each file are (versions 1 and 2 had none: they meant "module")
+MASK_ONLY = {"v3-none.yaml": {"statistics": "module"}}
 
 
 @pytest.mark.parametrize("name, method, common, options", SAVED_RECIPES)
@@ -125,7 +128,13 @@ def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, 
         assert getattr(prune.method, key) == value, key
     if options is None:  # the SNOWS keys such a file holds are not its method's options; versions 1 and 2
         # collected each module's statistics after the modules before it were pruned
-        assert prune.method == get_method(method).config_class(statistics="module")
+        assert prune.method == get_method(method).config_class(**MASK_ONLY.get(name, {"statistics": "module"}))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v3-*.yaml")))
+def test_a_version_3_recipe_writes_back_unchanged(name):
+    prune, _, _ = load_recipe(SAVED / name)
+    assert list(recipe_dict(prune)["prune"].items()) == list(read_recipe_yaml(SAVED / name)["prune"].items())
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))

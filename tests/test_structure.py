@@ -1,0 +1,94 @@
+"""The package's shape: no import circles (function-level imports included) and no private
+name imported from another module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import snows_hf
+
+PACKAGE = Path(snows_hf.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _imports() -> dict[str, list[tuple[str, list[str], int]]]:
+    """Per module of the package: each import of another of its modules, as
+    ``(module, names, line)``, wherever it stands (top level or inside a function; not
+    under ``if TYPE_CHECKING:``)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found: dict[str, list[tuple[str, list[str], int]]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = []
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    target = f"{base}.{node.module}" if node.module else base
+                else:
+                    target = node.module or ""
+                if not target.startswith("snows_hf"):
+                    continue
+                names = [a.name for a in node.names]
+                if target in modules and not node.module and node.level:  # from . import submodule (or a name)
+                    edges += [(f"{target}.{n}", [], node.lineno) for n in names if f"{target}.{n}" in modules]
+                    names = [n for n in names if f"{target}.{n}" not in modules]
+                    if not names:
+                        continue
+                edges.append((target, names, node.lineno))
+            elif isinstance(node, ast.Import):
+                edges += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("snows_hf.")]
+        found[name] = [(t, n, line) for t, n, line in edges if t in modules and t != name]
+    return found
+
+
+def test_no_import_circles():
+    graph = {name: sorted({t for t, _, _ in edges}) for name, edges in _imports().items()}
+    circles, state, path = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == "open":
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert circles == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = [f"{name}:{line} imports {n} from {target}" for name, edges in _imports().items()
+               for target, names, line in edges for n in names if n.startswith("_") and not n.startswith("__")]
+    assert private == []
+
+
+def test_the_scan_sees_function_level_and_relative_imports():
+    """The checks above would pass on a scan that finds nothing: it finds these."""
+    edges = _imports()
+    assert any(t == "snows_hf.workflow" for t, _, _ in edges["snows_hf.cli"])  # imported inside a function
+    assert any(t == "snows_hf.fields" for t, _, _ in edges["snows_hf.masks.patterns"])  # from ..fields
