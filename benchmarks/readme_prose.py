@@ -33,7 +33,7 @@ def demo() -> list[str]:
         probe = (f"SNOWS scores {probe_gap} more article{'s' * (probe_gap != 1)} of the {probe_n} the probe is "
                  "scored on than SparseGPT alone")
     elif probe_gap < 0:
-        probe = (f"SNOWS does not win there: it scores {-probe_gap} article{'s' * (probe_gap != -1)} fewer of the "
+        probe = (f"there SNOWS does not win: it scores {-probe_gap} article{'s' * (probe_gap != -1)} fewer of the "
                  f"{probe_n} the probe is scored on than SparseGPT alone")
     else:
         probe = f"SNOWS and SparseGPT alone score the same articles of the {probe_n} the probe is scored on"
@@ -53,7 +53,7 @@ def demo() -> list[str]:
         f"magnitude {magnitude['cosine_mean']:.4f}) at {time_ratio:.1f} times its time, and the worst article "
         f"{worst} ({snows['cosine_min']:.4f} vs {sgpt['cosine_min']:.4f}). BBC's five topics are easy enough that "
         f"a linear probe on the embeddings stays near {figures['dense']['linear_probe_accuracy']:.0%} whatever the "
-        f"mask: {probe} ({snows['linear_probe_accuracy']:.4f} vs {sgpt['linear_probe_accuracy']:.4f}; the run "
+        f"mask, and {probe} ({snows['linear_probe_accuracy']:.4f} vs {sgpt['linear_probe_accuracy']:.4f}; the run "
         "keeps no per-article record, so no interval is given). The magnitude run's time "
         "includes the per-layer mask diagnostics (`--no-diagnostics` skips them).",
     ]
