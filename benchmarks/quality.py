@@ -232,7 +232,9 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
     return {
         "sparsity": spec, "method": method, "mask": report.config.get("mask"),
         "scores": scores, "seconds": seconds, "cpu_seconds": cpu_seconds, "load_average_1_min": round(load, 2),
-        "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity, "options": options, "per_sample": per_sample,
+        "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity, "options": options,
+        "config": report.config,  # every setting as run, defaults included (they change between versions)
+        "block_forwards": report.block_forwards, "per_sample": per_sample,
     }
 
 
