@@ -52,6 +52,7 @@ METHODS = {
     "magnitude": {"method": "none", "mask": "magnitude"},
     "wanda": {"method": "none", "mask": "wanda"},
     "sparsegpt": {"method": "none", "mask": "sparsegpt"},
+    "sparsegpt-module": {"method": "none", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
     "snows-k3": {"method": "snows", "k_step": 3},

@@ -509,11 +509,40 @@ def speed_table(speed: dict) -> list[str]:
     return lines
 
 
+def statistics_order(quality: dict[str, dict]) -> list[str]:
+    """SparseGPT alone with its statistics collected per block (the default since
+    ``config_version`` 3) against per module (before), where a file holds both."""
+    lines = []
+    for model, results in quality.items():
+        rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
+        metric, higher = results["metric"], results["higher_is_better"]
+        for spec in dict.fromkeys(r["sparsity"] for r in results["rows"]):
+            block, module = rows.get((spec, "sparsegpt")), rows.get((spec, "sparsegpt-module"))
+            if block is None or module is None:
+                continue
+            sign = 1.0 if higher else -1.0
+            better = sign * (block["scores"][metric] - module["scores"][metric])
+            interval = metric_interval(results, [module, block], lambda a, b: sign * (b - a))
+            noise = NO_DATA if interval is None else f"95% interval {_fmt(interval)}"
+            lines.append(f"- {model} {spec}: {metric} {block['scores'][metric]:.4f} per block vs "
+                         f"{module['scores'][metric]:.4f} per module (per block better by {better:+.4f}; {noise}); "
+                         f"{block['seconds']:.1f} s vs {module['seconds']:.1f} s")
+    if not lines:
+        return []
+    return ["**SparseGPT's statistics per block or per module**: one forward of a block collects every module's "
+            "statistics before any is pruned (the default, two block forwards per block), or each module's are "
+            "recomputed after the modules before it are pruned (`--statistics module`, one forward per module); "
+            "same runs as the tables above:", ""] + lines
+
+
 def results_block() -> list[list[str]]:
     """The "Results" block: quality tables, solver budget and speed, goals."""
     quality = {m: r for m in TITLES if (r := load(f"quality_{m}.json"))}
     speed, budget = load("solver_speed.json"), load("solver_budget.json")
     parts: list[list[str]] = [quality_table(m, r) for m, r in quality.items()]
+    order = statistics_order(quality)
+    if order:
+        parts.append(order)
     if budget:
         parts.append(budget_table(budget))
     if speed:
