@@ -481,8 +481,8 @@ def budget_table(budget: dict) -> list[str]:
         f"**Solver budget** (SmolLM2-135M, first {budget['blocks']} blocks, {budget['sparsity']}, "
         f"{budget['num_samples']} x {budget['seq_len']} tokens; output error = relative squared error of the last "
         f"hidden state on {budget['eval_samples']} held-out sequences; the selector's weight is SparseGPT's own update "
-        f"or the masked weight, before any re-fit; seconds from two runs of the command on a shared machine, the "
-        f"errors are what to compare): `python benchmarks/solver_budget.py`",
+        f"or the masked weight, before any re-fit; seconds from the run that wrote the file, the errors are what to "
+        f"compare): `python benchmarks/solver_budget.py`",
         "",
         "| variant | output error | line-search window loss (kept out of the Newton steps, not the mask statistics) after / with the selector's weight | HVPs | seconds "
         "| x SparseGPT |",
