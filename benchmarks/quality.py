@@ -56,6 +56,7 @@ METHODS = {
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
     "snows-k3": {"method": "snows", "k_step": 3},
+    "snows-k3-1x5": {"method": "snows", "k_step": 3, "newton_steps": 1, "cg_iters": 5},  # a cheaper solve (issue 23)
 }
 
 
