@@ -342,7 +342,7 @@ def _flag_spelling(parser: argparse.ArgumentParser, command: str | None = None):
     ``--mask sparsegpt``; a switch set on, ``--resume``), or the placeholder of a positional
     argument (``model`` -> ``MODEL``). A name the command line does not set keeps its
     Python spelling. With ``command``, that command's options (its placeholders differ)."""
-    from .fields import UNSET
+    from .fields import UNSET, python_spelling
 
     options: dict[str, argparse.Action] = {}
     parsers = [parser]
@@ -356,7 +356,7 @@ def _flag_spelling(parser: argparse.ArgumentParser, command: str | None = None):
     def spell(name: str, value: Any) -> str:
         action = options.get(name)
         if action is None:
-            return name if value is UNSET else f"{name}={value!r}"
+            return python_spelling(name, value)
         if not action.option_strings:  # a positional argument: its placeholder, or the value itself
             return str(action.metavar or name.upper()) if value is UNSET else str(value)
         flag = max(action.option_strings, key=len)

@@ -39,8 +39,16 @@ def setting(name: str, value: Any = UNSET) -> str:
         '--batch-size'
     """
     spell = _SPELLING.get()
-    if spell is not None:
-        return spell(name, value)
+    return spell(name, value) if spell is not None else python_spelling(name, value)
+
+
+def python_spelling(name: str, value: Any = UNSET) -> str:
+    """``name`` as a keyword of a Python call: ``batch_size``, or ``resume=True`` with a value.
+
+    Example:
+        >>> python_spelling("mask", "sparsegpt")
+        "mask='sparsegpt'"
+    """
     return name if value is UNSET else f"{name}={value!r}"
 
 
