@@ -1,0 +1,415 @@
+"""Zero-shot tasks of lm-evaluation-harness (``lm-eval``) on a model in memory.
+
+People judge pruned language models by task accuracy (ARC, HellaSwag, PIQA, WinoGrande,
+BoolQ, ...), as lm-eval measures it. :class:`TaskSettings` names the tasks (lm-eval's
+names, or task YAML files and folders of the user's own) and how many items of each to
+score; :func:`resolve_tasks` finds them, refusing unknown names with the close matches;
+:class:`PairedTasks` scores a dense and a pruned model through lm-eval's ``HFLM`` wrapper
+and ``simple_evaluate``, without saving, reloading or moving the model.
+
+lm-eval is an optional extra (``pip install "snows-hf[lmeval]"``) and is imported only
+when tasks run, never by ``import snows_hf``. Results keep lm-eval's own metric names
+(``acc``, ``acc_norm`` and their standard errors) and name each task by its name, never
+by the path of its YAML file.
+
+Task YAML files can import Python from their folder (lm-eval's ``!function`` tag): a
+folder the caller names runs its code, as lm-eval does. A recipe is a file from
+strangers, so the task files a recipe names may not (:func:`check_task_code`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import random
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from .fields import SettingError, check_types, config_field, setting
+
+logger = logging.getLogger("snows_hf")
+
+INSTALL = 'pip install "snows-hf[lmeval]"'
+"""The command that installs lm-eval with the versions snows-hf is tested with."""
+
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql")
+"""``dataset_path`` values that are ``datasets``' builders for local files, not Hub datasets."""
+
+_FUNCTION_TAG = "!function"
+
+
+@dataclass
+class TaskSettings:
+    """Which lm-eval tasks a run scores, dense and pruned (a recipe's ``evaluation:`` section).
+
+    Example:
+        >>> TaskSettings(tasks="arc_easy,hellaswag", limit=100).tasks
+        ['arc_easy', 'hellaswag']
+        >>> TaskSettings(limit=0)
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: limit must be at least 1, got 0
+    """
+
+    tasks: list[str] | None = config_field(
+        None, "lm-evaluation-harness tasks to score dense and pruned, comma-separated: task names (arc_easy, "
+        "hellaswag, piqa, winogrande, boolq, ...) or the path of a task YAML file or of a folder of them "
+        "(such files may run Python code from their folder, as in lm-eval)"
+    )
+    limit: int | None = config_field(
+        None, "score only the first N items of each task: a quick look whose figures carry a wider standard error "
+        "(default: every item)"
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        if self.tasks is not None:
+            self.tasks = [part.strip() for entry in self.tasks for part in entry.split(",") if part.strip()] or None
+        if self.limit is not None and self.limit < 1:
+            raise SettingError(f"limit must be at least 1, got {self.limit}", field="limit")
+        if self.limit is not None and not self.tasks:
+            raise SettingError(f"{setting('limit')} limits the items of each lm-eval task, and no task is named",
+                               field="limit", hint=f"name them with {setting('tasks')}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a recipe's ``evaluation:`` section holds them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def of(cls, value: Any) -> TaskSettings | None:
+        """Settings from what a caller passes: ``None``, settings, a dict of their fields,
+        or the tasks alone (a comma-separated string or a list).
+
+        Example:
+            >>> TaskSettings.of("piqa,boolq").tasks, TaskSettings.of({"tasks": ["piqa"], "limit": 8}).limit
+            (['piqa', 'boolq'], 8)
+        """
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        return cls(tasks=value if isinstance(value, str) else list(value))
+
+    def suite(self) -> TaskSuite | None:
+        """The tasks found (:func:`resolve_tasks`), or ``None`` when none are named."""
+        return resolve_tasks(self.tasks) if self.tasks else None
+
+
+def import_lm_eval() -> Any:
+    """The ``lm_eval`` module, or one line naming the command that installs it.
+
+    Example:
+        >>> import_lm_eval().__name__  # doctest: +SKIP
+        'lm_eval'
+    """
+    try:
+        import lm_eval
+    except ImportError:
+        raise SettingError(f"{setting('tasks')} runs lm-evaluation-harness, which is not installed",
+                           field="tasks", hint=f"install it with: {INSTALL}") from None
+    return lm_eval
+
+
+@dataclass
+class TaskSuite:
+    """Tasks found for a run: lm-eval's ``TaskManager`` (with the user's folders as its
+    include path) and the task names to score, those of the named files and folders included.
+
+    Example:
+        >>> suite = resolve_tasks(["arc_easy", "my_tasks/"])  # doctest: +SKIP
+        >>> suite.names  # doctest: +SKIP
+        ['arc_easy', 'my_task']
+    """
+
+    manager: Any
+    names: list[str]
+
+
+def _task_paths(specs: list[str]) -> tuple[list[str], list[Path]]:
+    """The task names and the existing files or folders among ``specs``."""
+    names, paths = [], []
+    for spec in specs:
+        path = Path(os.path.expanduser(spec))
+        if path.exists():
+            paths.append(path.resolve())
+        elif spec.endswith((".yaml", ".yml")) or os.sep in spec:
+            raise SettingError(f"no task file or folder {spec!r}", field="tasks",
+                               hint="name an lm-eval task or an existing task YAML file or folder")
+        else:
+            names.append(spec)
+    return names, paths
+
+
+def task_yaml_files(path: Path) -> list[Path]:
+    """The task YAML files of a file or folder (a folder's, at any depth), as lm-eval reads them.
+
+    Example:
+        >>> task_yaml_files(Path("my_tasks"))  # doctest: +SKIP
+        [PosixPath('my_tasks/my_task.yaml')]
+    """
+    return [path] if path.is_file() else sorted(path.glob("**/*.yaml"))
+
+
+def check_task_code(specs: list[str], source: str) -> None:
+    """Refuse task files among ``specs`` that import Python (lm-eval's ``!function``)
+    when they come from ``source``, a file someone else may have written (a recipe).
+
+    Example:
+        >>> check_task_code(["arc_easy"], "recipe 'r.yaml'")
+    """
+    for spec in specs:
+        path = Path(os.path.expanduser(spec))
+        if not path.exists():
+            continue
+        for yaml_file in task_yaml_files(path):
+            try:
+                text = yaml_file.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if _FUNCTION_TAG in text:
+                raise SettingError(f"{source} names the task file {yaml_file.name!r}, which runs Python code "
+                                   f"({_FUNCTION_TAG}); a recipe may not run code", field="tasks",
+                                   hint=f"name the tasks yourself with {setting('tasks')} to run it")
+
+
+def resolve_tasks(specs: list[str]) -> TaskSuite:
+    """lm-eval's tasks for ``specs``: task names, and paths of task YAML files or folders
+    (every task they define). A name lm-eval does not know is refused, listing the close
+    matches. Building lm-eval's index of its own tasks takes seconds, so it is built only
+    when a spec is a name.
+
+    Example:
+        >>> resolve_tasks(["arc_esy"])  # doctest: +SKIP
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: lm-eval has no task 'arc_esy' (close matches: arc_easy, ...)
+    """
+    import_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    names, paths = _task_paths(specs)
+    folders = list(dict.fromkeys(p if p.is_dir() else p.parent for p in paths))
+    manager = TaskManager(include_path=[str(f) for f in folders] or None, include_defaults=bool(names))
+    index = manager.task_index
+    for name in names:
+        if name not in index:
+            close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.6)
+            matches = f" (close matches: {', '.join(close)})" if close else " and nothing close to it"
+            raise SettingError(f"lm-eval has no task {name!r}{matches}", field="tasks",
+                               hint="lm-eval ls tasks lists them all")
+    found = list(names)
+    for path in paths:
+        wanted = set(task_yaml_files(path))
+        defined = [name for name, entry in index.items()
+                   if entry.yaml_path is not None and Path(entry.yaml_path).resolve() in wanted
+                   and entry.kind.name in ("TASK", "PY_TASK")]
+        if not defined:
+            raise SettingError(f"{path.name!r} defines no lm-eval task", field="tasks",
+                               hint="a task YAML file needs a task: name (see lm-eval's task guide)")
+        found += sorted(defined)
+    return TaskSuite(manager, list(dict.fromkeys(found)))
+
+
+@contextlib.contextmanager
+def _kept_random_state() -> Iterator[None]:
+    """Run a block that seeds the global generators (lm-eval seeds Python's, NumPy's and
+    torch's) and leave them as they were, so scoring tasks changes nothing else in a run."""
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def score_tasks(model: Any, tokenizer: Any, suite: TaskSuite, limit: int | None = None,
+                batch_size: int = 8) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Score ``model`` (in memory, wherever it is placed) on the suite's tasks with lm-eval.
+
+    Returns the figures, one row per task and metric in lm-eval's names
+    (``{"task", "metric", "value", "stderr", "samples"}``; a metric of another filter
+    than lm-eval's default has ``"filter"`` too), and per task the dataset it read
+    (``{"path", "name", "split"}``; a local builder's files are not named).
+
+    Example:
+        >>> rows, datasets = score_tasks(model, tokenizer, resolve_tasks(["arc_easy"]), limit=50)  # doctest: +SKIP
+        >>> rows[0]  # doctest: +SKIP
+        {'task': 'arc_easy', 'metric': 'acc', 'value': 0.58, 'stderr': 0.07, 'samples': 50}
+    """
+    lm_eval = import_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    from .devices import model_input_device
+    from .loading import quieted
+
+    was_training = model.training
+    model.eval()
+    try:
+        with quieted("lm_eval"), _kept_random_state():
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            # a model placed by accelerate reads its inputs where its embeddings execute
+            lm._device = model_input_device(model)
+            results = lm_eval.simple_evaluate(model=lm, tasks=suite.names, limit=limit, task_manager=suite.manager,
+                                              log_samples=False)
+    finally:
+        model.train(was_training)
+    return task_rows(results), task_datasets(results)
+
+
+def task_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per task and metric of lm-eval's ``results`` (``"acc,none"`` and
+    ``"acc_stderr,none"`` become ``{"metric": "acc", "value", "stderr"}``).
+
+    Example:
+        >>> task_rows({"results": {"piqa": {"alias": "piqa", "acc,none": 0.75, "acc_stderr,none": 0.25}},
+        ...            "n-samples": {"piqa": {"original": 1838, "effective": 4}}})
+        [{'task': 'piqa', 'metric': 'acc', 'value': 0.75, 'stderr': 0.25, 'samples': 4}]
+    """
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        samples = (results.get("n-samples") or {}).get(task, {}).get("effective")
+        for key, value in metrics.items():
+            metric, _, filter_name = key.partition(",")
+            if not filter_name or "_stderr" in metric or not isinstance(value, (int, float)):
+                continue
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            row = {"task": task, "metric": metric, "value": float(value),
+                   "stderr": float(stderr) if isinstance(stderr, (int, float)) else None, "samples": samples}
+            if filter_name != "none":
+                row["filter"] = filter_name
+            rows.append(row)
+    return rows
+
+
+def task_datasets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task, the dataset lm-eval read: its ``dataset_path`` (a Hub id, or a builder
+    such as ``json`` for local files, whose paths stay out), ``dataset_name`` (the
+    configuration) and the split scored.
+
+    Example:
+        >>> task_datasets({"configs": {"arc_easy": {"dataset_path": "allenai/ai2_arc", "dataset_name": "ARC-Easy",
+        ...                                         "test_split": "test"}}})
+        {'arc_easy': {'path': 'allenai/ai2_arc', 'name': 'ARC-Easy', 'split': 'test'}}
+    """
+    from .provenance import public_source
+
+    found = {}
+    for task, config in (results.get("configs") or {}).items():
+        path = config.get("dataset_path")
+        if isinstance(path, str) and path not in LOCAL_BUILDERS:
+            source = public_source(path, "dataset")
+            path = source.name if source else None
+        split = config.get("test_split") or config.get("validation_split")
+        found[task] = {"path": path, "name": config.get("dataset_name"), "split": split}
+    return found
+
+
+@dataclass
+class PairedTasks:
+    """lm-eval figures of one or two models (``dense`` first, then ``pruned``) on the same
+    items of the same tasks, as :class:`~snows_hf.workflow.PairedEvaluation` is for held-out data.
+
+    Example:
+        >>> tasks = PairedTasks(resolve_tasks(["arc_easy"]), tokenizer, limit=100)  # doctest: +SKIP
+        >>> tasks.run("dense", model); tasks.figures()["dense"][0]["metric"]  # doctest: +SKIP
+        'acc'
+    """
+
+    suite: TaskSuite
+    tokenizer: Any
+    limit: int | None = None
+    batch_size: int = 8
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, suite: TaskSuite | None, model: Any, tokenizer: Any, limit: int | None = None,
+                  batch_size: int = 8) -> PairedTasks | None:
+        """The suite's tasks, ready to score ``model`` (``None`` without a suite). Only causal
+        language models with a tokenizer are scored.
+
+        Example:
+            >>> PairedTasks.for_model(None, model, tokenizer) is None  # doctest: +SKIP
+            True
+        """
+        from .tasks import task_of
+
+        if suite is None:
+            return None
+        if task_of(model).name != "causal-lm" or not callable(getattr(tokenizer, "encode", None)):
+            raise SettingError(f"{setting('tasks')} scores causal language models with their tokenizer; this is a "
+                               f"{type(model).__name__}", field="tasks", hint="leave the tasks out for this model")
+        return cls(suite, tokenizer, limit, batch_size)
+
+    def run(self, label: str, model: Any) -> None:
+        """Score ``model`` under ``label``."""
+        logger.info("lm-eval: scoring the %s model on %s%s", label, ", ".join(self.suite.names),
+                    f" (the first {self.limit} items of each)" if self.limit else "")
+        self.rows[label], datasets = score_tasks(model, self.tokenizer, self.suite, self.limit, self.batch_size)
+        self.datasets.update(datasets)
+
+    def figures(self) -> dict[str, Any]:
+        """``{"limit", "datasets", <label>: [rows]}`` as ``report.json`` stores them."""
+        return {"limit": self.limit, "datasets": self.datasets, **self.rows}
+
+
+def paired_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of task, metric, dense and pruned value (and their difference) from
+    :meth:`PairedTasks.figures`; ``model`` stands in for ``pruned`` when only one model ran.
+
+    Example:
+        >>> paired_rows({"dense": [{"task": "piqa", "metric": "acc", "value": 0.7, "stderr": 0.01}],
+        ...              "pruned": [{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01}]})[0]["difference"]
+        -0.09999999999999998
+    """
+    pruned = figures.get("pruned") or figures.get("model") or []
+    dense = {(r["task"], r["metric"], r.get("filter")): r for r in figures.get("dense") or []}
+    rows = []
+    for row in pruned:
+        base = dense.get((row["task"], row["metric"], row.get("filter")))
+        difference = row["value"] - base["value"] if base and base["value"] is not None and row["value"] is not None else None
+        rows.append({**{k: row.get(k) for k in ("task", "metric", "filter", "samples")},
+                     "dense": base, "pruned": row, "difference": difference})
+    return rows
+
+
+def format_tasks(figures: dict[str, Any]) -> str:
+    """The terminal table of lm-eval figures: task, metric, dense and pruned (value +- stderr),
+    and the difference.
+
+    Example:
+        >>> print(format_tasks({"limit": 4, "dense": [{"task": "piqa", "metric": "acc", "value": 0.75, "stderr": 0.25,
+        ...                     "samples": 4}], "pruned": [{"task": "piqa", "metric": "acc", "value": 0.5,
+        ...                     "stderr": 0.29, "samples": 4}]}))
+        lm-eval task (items scored)  metric             dense            pruned   change
+        piqa (4)                     acc     0.7500 +- 0.2500  0.5000 +- 0.2900  -0.2500
+    """
+    paired = "dense" in figures
+    rows = paired_rows(figures)
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if not row or row.get("value") is None:
+            return ""
+        return f"{row['value']:.4f}" + (f" +- {row['stderr']:.4f}" if row.get("stderr") is not None else "")
+
+    names = [f"{r['task']} ({r['samples']})" if r.get("samples") is not None else r["task"] for r in rows]
+    metrics = [r["metric"] if not r.get("filter") else f"{r['metric']},{r['filter']}" for r in rows]
+    title = "lm-eval task (items scored)"
+    width, metric_width = max([len(title), *map(len, names)]), max([6, *map(len, metrics)])
+    columns = ("dense", "pruned", "change") if paired else ("model",)
+    lines = [f"{title:<{width}}  {'metric':<{metric_width}} {columns[0]:>17}" + (
+        f" {columns[1]:>17} {columns[2]:>8}" if paired else "")]
+    for name, metric, row in zip(names, metrics, rows):
+        line = f"{name:<{width}}  {metric:<{metric_width}} " + (f"{cell(row['dense']):>17} " if paired else "")
+        line += f"{cell(row['pruned']):>17}"
+        if paired:
+            line += f" {row['difference']:>+8.4f}" if row["difference"] is not None else f" {'':>8}"
+        lines.append(line)
+    return "\n".join(lines)
