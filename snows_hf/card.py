@@ -2,7 +2,7 @@
 
 Rendered with ``huggingface_hub.ModelCard.from_template`` and ``ModelCardData`` so the
 Hub reads its metadata: base model, tags, calibration dataset, and the dense and pruned
-metrics as ``eval_results`` (which become the ``model-index``). A small PNG plots the
+metrics, held-out and lm-eval tasks', as ``eval_results`` (which become the ``model-index``). A small PNG plots the
 per-layer sparsity and, for SNOWS, the per-layer reconstruction error. Models and
 datasets appear by Hub id or by local folder or file name, never by path
 (:func:`snows_hf.provenance.public_source`): the card is what ``--push-to-hub`` publishes.
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "model_card.md"
 PLOT_FILE = "sparsity_per_layer.png"
+LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 
 _METRIC_NAMES = {"top1_accuracy": "accuracy", "top5_accuracy": "top-5 accuracy", "perplexity": "perplexity",
                  "cosine_to_dense": "cosine to dense embeddings",
@@ -91,6 +92,7 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
                         dataset_split=data.get("split"), metric_type=metric,
                         metric_name=f"{_METRIC_NAMES[metric]} ({label})", metric_value=float(number),
                     ))
+    eval_results += _task_results(payload.get("tasks"), pipeline_tag)
     card_data = ModelCardData(
         base_model=source.name if source and source.on_hub else None, library_name="transformers",
         pipeline_tag=pipeline_tag,
@@ -101,6 +103,60 @@ def build_card(model: Any, payload: dict[str, Any], plot: str | None = None, rep
         card_data, template_path=str(TEMPLATE), **_body(payload, model, name, auto_class, plot, repo_id),
         compact=save_format == "compact",
     )
+
+
+def _task_results(figures: dict[str, Any] | None, pipeline_tag: str) -> list[Any]:
+    """``EvalResult`` entries of lm-eval's figures (:meth:`snows_hf.harness.PairedTasks.figures`):
+    per task and metric, the pruned value and the dense baseline, named by the task and its
+    dataset (a Hub id and configuration; a local dataset as ``custom``), never by a path.
+
+    Example:
+        >>> rows = _task_results({"datasets": {"piqa": {"path": "baber/piqa", "name": None, "split": "validation"}},
+        ...                       "pruned": [{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01}]},
+        ...                      "text-generation")
+        >>> rows[0].task_name, rows[0].dataset_type, rows[0].metric_type, rows[0].metric_value
+        ('piqa', 'baber/piqa', 'acc', 0.6)
+    """
+    from huggingface_hub import EvalResult
+
+    from .harness import LOCAL_BUILDERS, paired_rows
+
+    results = []
+    for row in paired_rows(figures or {}):
+        dataset = (figures.get("datasets") or {}).get(row["task"]) or {}
+        hub_id = dataset.get("path") if dataset.get("path") not in LOCAL_BUILDERS else None
+        metric = row["metric"] if not row.get("filter") else f"{row['metric']},{row['filter']}"
+        for label, measured in (("pruned", row["pruned"]), ("dense baseline", row["dense"])):
+            value = (measured or {}).get("value")
+            if value is None or not math.isfinite(value):
+                if measured is not None:
+                    logger.warning("the %s model's %s on %s is %s: left out of the card's model-index", label,
+                                   metric, row["task"], value)
+                continue
+            results.append(EvalResult(
+                task_type=pipeline_tag, task_name=row["task"], dataset_type=hub_id or "custom",
+                dataset_name=row["task"], dataset_config=dataset.get("name"), dataset_split=dataset.get("split"),
+                metric_type=metric, metric_name=f"{metric} ({label})", metric_value=float(value),
+                source_name="lm-evaluation-harness", source_url=LM_EVAL_URL,
+            ))
+    return results
+
+
+def _task_table(figures: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
+    """The card's lm-eval rows: task (items scored), metric, dense and pruned (value +- stderr), change."""
+    from .harness import paired_rows
+
+    def cell(measured: dict[str, Any] | None) -> str:
+        if not measured or measured.get("value") is None:
+            return ""
+        stderr = measured.get("stderr")
+        return f"{measured['value']:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    return [(row["task"] + (f" ({row['samples']})" if row.get("samples") is not None else ""),
+             row["metric"] if not row.get("filter") else f"{row['metric']},{row['filter']}",
+             cell(row["dense"]), cell(row["pruned"]),
+             f"{row['difference']:+.4f}" if row["difference"] is not None else "")
+            for row in paired_rows(figures or {})]
 
 
 def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot: str | None, repo_id: str | None) -> dict:
@@ -134,6 +190,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
                         else f"`{source.name}`" if source else "A model"),
         "pattern": cfg["sparsity"], "method_line": method.card_paragraph, "settings": settings,
         "results": results, "eval_samples": evaluation.get("samples"),
+        "task_rows": _task_table(payload.get("tasks")), "task_limit": (payload.get("tasks") or {}).get("limit"),
         "eval_source": f"{dataset.name}, split {data.get('split')}" if dataset else "",
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,
         "error_header": "line-search window loss (micro-batches kept out of the Newton steps, not out of the mask statistics), masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",

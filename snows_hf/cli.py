@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
                        help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
     _data_options(prune)
-    prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation")
+    prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation on held-out data "
+                       "(lm-eval tasks named with --tasks still run)")
+    _task_options(prune)
     prune.add_argument("--dry-run", action="store_true",
                        help="print the plan (blocks, modules, shapes, windows, calibration, HVPs, memory) and exit; "
                        "reads no weights when it can and writes nothing")
@@ -126,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "snows-hf output's recipe.yaml are the defaults, so its held-out rows are evaluated")
     evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
     _data_options(evaluation)
+    _task_options(evaluation, "; with tasks and no data option, only the tasks run")
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
     _add(evaluation, PruneConfig, "device")
+    evaluation.add_argument("--max-memory", metavar="SIZES",
+                            help="load each model with accelerate within these limits, e.g. 2GiB (the device) or "
+                            "cuda:0=20GiB,cpu=64GiB, the rest waiting in CPU memory or on disk, and evaluate it where "
+                            "it is placed (default: the whole model on --device)")
     evaluation.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                             help="precision to run in (default auto: the checkpoint's own; with --sparse-inference "
                                  "on a GPU, bfloat16 for float32 checkpoints)")
@@ -205,6 +212,24 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--processor", help="tokenizer or image processor folder/id (default: the model's own)")
 
 
+def _task_options(parser: argparse.ArgumentParser, more: str = "") -> None:
+    from .harness import INSTALL, TaskSettings
+
+    group = parser.add_argument_group(f"lm-eval tasks (needs {INSTALL}){more}")
+    _add(group, TaskSettings, "tasks", metavar="TASKS")
+    _add(group, TaskSettings, "limit", type=_positive_int, metavar="N")
+
+
+def _task_settings(args: argparse.Namespace) -> Any:
+    """The lm-eval tasks of a command: its recipe's (``prune --recipe``), with the flags on top."""
+    from .harness import TaskSettings
+    from .recipe import load_recipe_tasks
+
+    flags = _split_fields(args, TaskSettings)
+    base = load_recipe_tasks(args.recipe) if getattr(args, "recipe", None) else None
+    return TaskSettings(**(base.to_dict() if base else {}) | flags) if flags else base
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", action="store_true", help="print only warnings, errors and the result")
@@ -238,7 +263,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
                  save_format=args.save_format, overwrite=args.overwrite, resume=args.resume,
                  processor=args.processor, trust_remote_code=args.trust_remote_code,
-                 allow_pickle=args.allow_pickle, progress=not args.quiet)
+                 allow_pickle=args.allow_pickle, progress=not args.quiet, tasks=_task_settings(args))
     if result.output_dir is None:  # a data-parallel process other than the main one
         return 0
     print(result.format())
@@ -297,6 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference, dtype=args.dtype,
                       sparse_inference=args.sparse_inference, processor=args.processor,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      tasks=_task_settings(args), max_memory=args.max_memory,
                       **_split_fields(args, ("batch_size", "device")))
     print(result.format())
     _write_json(args.json, result.figures)

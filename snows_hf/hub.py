@@ -37,6 +37,7 @@ _SOURCE_FIELDS = {
     ("source_model",): "model", ("model",): "model", ("model_path",): "model", ("reference_path",): "model",
     ("calibration", "dataset"): "dataset", ("data", "dataset"): "dataset",
     ("config", "offload_dir"): "folder", ("prune", "offload_dir"): "folder",
+    ("evaluation", "tasks"): "tasks",  # lm-eval task names, or task files and folders of this machine
 }
 
 
@@ -174,6 +175,11 @@ def _publish_sources(document: Any, renamed: dict[str, str]) -> bool:
         for key in keys[:-1]:
             parent = parent.get(key) if isinstance(parent, dict) else None
         value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if kind == "tasks" and isinstance(value, list):
+            public_tasks = [_public_task(task, renamed) for task in value]
+            changed |= public_tasks != value
+            parent[keys[-1]] = public_tasks
+            continue
         if not isinstance(value, str) or not value:
             continue
         repo_type = "dataset" if kind == "dataset" else "model"
@@ -185,6 +191,20 @@ def _publish_sources(document: Any, renamed: dict[str, str]) -> bool:
                 renamed[value] = public
             changed = True
     return changed
+
+
+def _public_task(task: Any, renamed: dict[str, str]) -> Any:
+    """An lm-eval task as a public file names it: a task file or folder on this machine by
+    its own name (added to ``renamed``), a task name as it is."""
+    from .provenance import public_source
+
+    if not isinstance(task, str) or not os.path.exists(os.path.expanduser(task)):
+        return task
+    source = public_source(task, local=True)
+    public = source.name if source else "task folder"
+    if task.strip("/\\") != public:
+        renamed[task] = public
+    return public
 
 
 def _dump(path: Path, document: Any) -> str:

@@ -1,7 +1,8 @@
 """Recipes: the YAML that reruns a pruning job, written next to every output.
 
 Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig`` fields (``prune:``), the calibration settings
-(``data:``) and, when known, the source model (``model:``). Unknown keys are an error,
+(``data:``), when known, the source model (``model:``) and, when a run scores lm-eval
+tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are an error,
 so a typo never silently falls back to a default. Recipes are shared files: they are read
 by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
 in an error message is cut short.
@@ -19,13 +20,14 @@ from typing import Any, Callable, Mapping
 logger = logging.getLogger("snows_hf")
 
 RECIPE_FILE = "recipe.yaml"
-_SECTIONS = ("model", "prune", "data", "snows_hf_version")
+_SECTIONS = ("model", "prune", "data", "evaluation", "snows_hf_version")
 MAX_RECIPE_BYTES = 2**20  # a recipe is a few hundred bytes; the bound keeps a hostile one cheap
 _QUOTE_LIMIT = 120  # characters of one value quoted in an error message
 
 
-def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[str, Any]:
-    """The recipe of a run as plain data.
+def recipe_dict(prune: Any, data: Any = None, model: str | None = None, tasks: Any = None) -> dict[str, Any]:
+    """The recipe of a run as plain data (``tasks``: its lm-eval
+    :class:`~snows_hf.harness.TaskSettings`, written when they name tasks).
 
     Example:
         >>> from snows_hf import PruneConfig
@@ -40,6 +42,8 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None) -> dict[
     out["prune"] = prune.to_dict()
     if data is not None:
         out["data"] = data.to_dict()
+    if tasks is not None and tasks.tasks:
+        out["evaluation"] = tasks.to_dict()
     return out
 
 
@@ -74,6 +78,29 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     data = (_build(lambda values: CalibrationConfig(**values), data_keys, read_recipe_data(raw["data"]), "data", path)
             if raw.get("data") is not None else None)
     return prune, data, model
+
+
+def load_recipe_tasks(path: str | Path) -> Any:
+    """The lm-eval :class:`~snows_hf.harness.TaskSettings` of a recipe's ``evaluation:``
+    section (``None`` without one), checked like its other sections. A recipe is a file
+    from strangers: task files it names that would run Python code are refused
+    (:func:`~snows_hf.harness.check_task_code`).
+
+    Example:
+        >>> load_recipe_tasks("smollm2-135m-2of4") is None
+        True
+    """
+    from .harness import TaskSettings, check_task_code
+
+    path = resolve_recipe(path)
+    raw = read_recipe_yaml(path)
+    section = raw.get("evaluation") if isinstance(raw, dict) else None
+    if section is None:
+        return None
+    keys = [f.name for f in dataclasses.fields(TaskSettings)]
+    settings = _build(lambda values: TaskSettings(**values), keys, section, "evaluation", path)
+    check_task_code(settings.tasks or [], f"recipe {_quote(str(path))}")
+    return settings
 
 
 def read_recipe_yaml(path: str | Path) -> Any:

@@ -178,7 +178,8 @@ def dumps_json(value: Any) -> str:
 @dataclass
 class RunRecord:
     """What ``report.json`` holds about a run beside the per-layer report: where the model
-    and data came from, the figures and the time of each phase. Written by :func:`run`
+    and data came from, the figures (held-out data, lm-eval tasks) and the time of each
+    phase. Written by :func:`run`
     (and the demo), read back by ``convert`` and the model card.
 
     Example:
@@ -193,6 +194,8 @@ class RunRecord:
     phases: dict[str, float] | None = None
     processes: int | None = None
     demo: dict[str, Any] | None = None
+    #: lm-eval figures of the dense and pruned models (:meth:`snows_hf.harness.PairedTasks.figures`)
+    tasks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set, as ``report.json`` stores them; ``evaluation`` always

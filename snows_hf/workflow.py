@@ -122,6 +122,7 @@ class RunResult:
         output_dir: where it was saved; ``None`` until then (``run(..., save=False)``),
             and in data-parallel processes other than the main one.
         config: the run's :class:`~snows_hf.config.PruneConfig`.
+        tasks: the run's :class:`~snows_hf.harness.TaskSettings` (``None``: no lm-eval tasks).
         calibration: the run's :class:`~snows_hf.data.CalibrationConfig` as used (the
             dataset and ``seq_len`` filled in).
         log: the run's log records, which :meth:`save` writes as ``snows-hf.log``.
@@ -140,6 +141,7 @@ class RunResult:
     config: Any = None
     calibration: Any = None
     log: RunLog | None = field(default=None, repr=False)
+    tasks: Any = None
 
     @property
     def evaluation(self) -> dict[str, Any] | None:
@@ -147,8 +149,13 @@ class RunResult:
         return self.record.evaluation
 
     def format(self) -> str:
-        """The terminal summary ``snows-hf prune`` prints."""
-        return self.report.format_table(self.record.evaluation, self.record.phases)
+        """The terminal summary ``snows-hf prune`` prints (lm-eval's task table first, when tasks ran)."""
+        table = self.report.format_table(self.record.evaluation, self.record.phases)
+        if self.record.tasks is None:
+            return table
+        from .harness import format_tasks
+
+        return f"{format_tasks(self.record.tasks)}\n{table}"
 
     def save(self, output_dir: str | os.PathLike | None = None, *, save_format: str = "dense",
              overwrite: bool = False) -> Path:
@@ -181,7 +188,7 @@ class RunResult:
         with run_log(self.log) as log, Phases(self.record.phases)("save"):
             logger.info("saving to %s", output_dir)
             self.output_dir = save_pruned(self.model, self.report, output_dir, self.processor, overwrite=overwrite,
-                                          record=self.record, recipe=recipe_dict(self.config, self.calibration, source),
+                                          record=self.record, recipe=recipe_dict(self.config, self.calibration, source, self.tasks),
                                           save_format=save_format, extra_files={LOG_FILE: log.text()})
         return self.output_dir
 
@@ -242,18 +249,34 @@ def placement(config: Any, device: Any, processes: Any, output_dir: str | os.Pat
         ...     options
         {}
     """
-    if config.max_memory is None:
+    if config.max_memory is not None and processes.parallel:
+        raise SettingError(f"{setting('max_memory')} places one model across devices", field="max_memory",
+                           hint="it cannot be combined with several processes")
+    with placed_loading(config.max_memory, device, config.offload_dir or Path(output_dir).absolute().parent) as options:
+        yield options
+
+
+@contextlib.contextmanager
+def placed_loading(max_memory: str | None, device: Any, root: str | os.PathLike | None = None) -> Iterator[dict[str, Any]]:
+    """``from_pretrained`` options that load one model with accelerate's
+    ``device_map="auto"`` within ``max_memory``, what does not fit offloaded to a temporary
+    folder in ``root`` (else the system's temp), removed at the end, also on error; ``{}``
+    without limits. Each model loaded this way needs its own folder.
+
+    Example:
+        >>> with placed_loading(None, "cpu") as options:
+        ...     options
+        {}
+    """
+    if max_memory is None:
         yield {}
         return
     from .activations import scratch_folder
     from .placement import parse_max_memory
 
-    if processes.parallel:
-        raise SettingError(f"{setting('max_memory')} places one model across devices", field="max_memory",
-                           hint="it cannot be combined with several processes")
-    max_memory = parse_max_memory(config.max_memory, device)
-    with scratch_folder(".snows-hf-offload-", config.offload_dir or Path(output_dir).absolute().parent) as folder:
-        yield {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
+    limits = parse_max_memory(max_memory, device)
+    with scratch_folder(".snows-hf-offload-", root) as folder:
+        yield {"device_map": "auto", "max_memory": limits, "offload_folder": str(folder)}
 
 
 def load_for_run(model: Any, processor: Any = None, *, trust_remote_code: bool = False, allow_pickle: bool = False,
@@ -324,6 +347,7 @@ def run(
     save_format: str = "dense", push_to_hub: str | None = None, private: bool = False, token: str | None = None,
     overwrite: bool = False, resume: bool = False, processor: Any = None, trust_remote_code: bool = False,
     allow_pickle: bool = False, progress: bool = True, save: bool = True, eval_batch_size: int | None = None,
+    tasks: Any = None,
 ) -> RunResult:
     """Prune a model and save it as ``snows-hf prune`` does: load, prepare the data,
     evaluate the dense model, prune (checkpointing each block), evaluate the pruned model,
@@ -363,6 +387,10 @@ def run(
         save: save the result (``False``: keep it in memory, see above).
         eval_batch_size: samples per forward pass of the dense and pruned evaluation
             (default: ``config.batch_size``).
+        tasks: lm-evaluation-harness tasks to score the dense and the pruned model on (causal
+            LMs): a :class:`~snows_hf.harness.TaskSettings`, a dict of its fields, or task names
+            and paths of task YAML files or folders (a list, or one comma-separated string).
+            Needs ``pip install "snows-hf[lmeval]"``; independent of ``evaluate``.
 
     Example:
         >>> result = run("google/vit-base-patch16-224", {"sparsity": "2:4"}, data="frgfm/imagenette",
@@ -383,7 +411,9 @@ def run(
     from .export import check_output_dir, remove_stale_temporaries
     from .fields import SettingError, setting
 
-    config, cal_cfg = _prune_config(config), _calibration_config(data)
+    from .harness import TaskSettings
+
+    config, cal_cfg, tasks = _prune_config(config), _calibration_config(data), TaskSettings.of(tasks)
     check_settings(config, save_format)
     if not save:
         _check_unsaved(output_dir=output_dir, save_format=save_format, overwrite=overwrite, push_to_hub=push_to_hub,
@@ -413,9 +443,10 @@ def run(
             remove_stale_temporaries(output_dir)
         elif not main:  # the main process speaks for all
             logger.setLevel(logging.ERROR)
+        suite = tasks.suite() if tasks is not None and main else None  # unknown names: before any loading
         with placement(config, device, processes, output_dir) as load_options, run_log() as log:
             run = _Run(config, cal_cfg, processes, checkpoint if save else None, log, progress,
-                       eval_batch_size or config.batch_size)
+                       eval_batch_size or config.batch_size, tasks, suite)
             result = run.prune(model, processor, output_dir if save else None, evaluate, save_format, overwrite,
                                trust_remote_code, allow_pickle, load_options)
     except KeyboardInterrupt:
@@ -506,6 +537,8 @@ class _Run:
     log: RunLog
     progress: bool
     eval_batch_size: int
+    tasks: Any = None
+    suite: Any = None
     phases: Phases = field(default_factory=Phases)
 
     def prune(self, model: Any, processor: Any, output_dir: str | None, evaluate: bool, save_format: str,
@@ -515,6 +548,7 @@ class _Run:
         from .api import prune_
         from .data import check_seq_len, prepare_run_data
         from .export import check_free_space, model_bytes
+        from .harness import PairedTasks
         from .methods import get_method
 
         config, main, phases = self.config, self.processes.is_main, self.phases
@@ -529,21 +563,29 @@ class _Run:
             eval_samples = self.cal_cfg.eval_samples if evaluate else 0
             data, cal_cfg = prepare_run_data(self.cal_cfg, model, processor, eval_samples, fits_data)
         evaluation = PairedEvaluation(data.evaluation, self.eval_batch_size) if data.evaluation is not None and main else None
+        tasks = PairedTasks.for_model(self.suite, model, processor, self.tasks and self.tasks.limit, self.eval_batch_size)
         if evaluation:
             with phases("dense eval"):
                 evaluation.run("dense", model)
+        if tasks:
+            with phases("dense tasks"):
+                tasks.run("dense", model)
         with phases("prune"):
             report = prune_(model, config, data.calibration, progress=self.progress and main, checkpoint=self.checkpoint)
         record = RunRecord(source_model=source, calibration=cal_cfg.to_dict(), data=data.source,
                            processes=self.processes.world_size)
         result = RunResult(model, processor, report, record, output_dir=None, config=config, calibration=cal_cfg,
-                           log=self.log)
+                           log=self.log, tasks=self.tasks)
         if not main:
             return result
         if evaluation:
             with phases("pruned eval"):
                 evaluation.run("pruned", model)
             record.evaluation = evaluation.figures()
+        if tasks:
+            with phases("pruned tasks"):
+                tasks.run("pruned", model)
+            record.tasks = tasks.figures()
         record.phases = phases.seconds
         if output_dir is not None:
             result.save(output_dir, save_format=save_format, overwrite=overwrite)
@@ -553,62 +595,88 @@ class _Run:
 def evaluate(
     model: Any, data: Any = None, *, reference: Any = None, batch_size: int = 8, device: str = "auto",
     dtype: str = "auto", sparse_inference: bool = False, processor: Any = None, trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    allow_pickle: bool = False, tasks: Any = None, max_memory: str | None = None,
 ) -> EvalResult:
-    """Evaluate a saved model (and, first, its ``reference``) on held-out samples, as
-    ``snows-hf eval`` does; the figures are under ``model``, or ``dense`` and ``pruned``.
+    """Evaluate a saved model (and, first, its ``reference``) on held-out samples and
+    lm-eval tasks, as ``snows-hf eval`` does; the figures are under ``model``, or ``dense``
+    and ``pruned``.
 
     A folder written by snows-hf supplies its recipe's data settings as the defaults of
-    ``data``, so the rows that run held out are the ones evaluated.
+    ``data``, so the rows that run held out are the ones evaluated. With ``tasks`` (as
+    :func:`run` takes them) and no ``data``, only the tasks are scored.
+
+    Args:
+        max_memory: place each model with accelerate within these limits (as
+            :attr:`~snows_hf.config.PruneConfig.max_memory`) and evaluate it where it is
+            placed, offloaded parts included, instead of moving it whole to ``device``.
 
     Example:
         >>> result = evaluate("vit-2of4", reference="google/vit-base-patch16-224")  # doctest: +SKIP
         >>> result.figures["pruned"]["top1"] - result.figures["dense"]["top1"]  # doctest: +SKIP
         -0.004
+        >>> evaluate("llama-2of4", tasks="arc_easy,piqa").figures["tasks"]["model"][0]["metric"]  # doctest: +SKIP
+        'acc'
     """
     from .data import RANDOM, CalibrationConfig, check_seq_len, prepare_run_data
     from .devices import resolve_device, semi_structured_support
     from .evaluation import check_reference
+    from .harness import PairedTasks, TaskSettings
     from .loading import load_model, quieted
     from .recipe import data_settings_of
 
+    task_settings = TaskSettings.of(tasks)
     path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-    base = data_settings_of(path) if path and os.path.isdir(os.path.expanduser(path)) else None
     fields = _calibration_fields(data)
+    held_out = not (task_settings and task_settings.tasks and not fields)  # tasks alone: no held-out data
+    base = data_settings_of(path) if held_out and path and os.path.isdir(os.path.expanduser(path)) else None
     if base is not None:
         logger.info("data settings from %s's recipe.yaml (dataset %s, seed %d, the first %d samples calibrated): "
                     "evaluating the rows that run held out; flags override", path, base.dataset, base.seed,
                     base.num_samples)
     cal_cfg = dataclasses.replace(base, **fields) if base is not None else CalibrationConfig(**fields)
     run_device = resolve_device(device)  # an absent device fails before any loading
-    options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
-    model, processor, _ = load_for_run(model, processor, **({"dtype": dtype} if path else {}), **options)
-    check_seq_len(cal_cfg, model)
-    if cal_cfg.dataset == RANDOM:
-        raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
-    prepared, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
-    if prepared.evaluation is None:
-        raise SettingError("no held-out samples are left after the calibration rows", field="num_samples",
-                           hint=f"lower {setting('num_samples')}")
-    run_dtype = eval_dtype(model.dtype, dtype, sparse_inference, semi_structured_support(run_device) is None)
-    evaluation = PairedEvaluation(prepared.evaluation, batch_size, timed=True)
-    if reference is not None:  # first, alone on the device, in the same precision as the model
-        dense, _ = load_model(os.fspath(reference), dtype=dtype, processor=False, **options)
-        check_reference(model, dense)
-        evaluation.run("dense", dense.to(device=run_device, dtype=run_dtype))
-        del dense
-    model.to(device=run_device, dtype=run_dtype)
-    sparse = None
-    if sparse_inference:
-        from .sparse_inference import sparse_inference_
+    suite = task_settings.suite() if task_settings else None  # unknown task names: before any loading
+    with placed_loading(max_memory, run_device) as placed:
+        options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, **placed}
+        model, processor, _ = load_for_run(model, processor, **({"dtype": dtype} if path else {}), **options)
+        check_seq_len(cal_cfg, model)
+        prepared = evaluation = None
+        if held_out:
+            if cal_cfg.dataset == RANDOM:
+                raise ValueError("eval needs real held-out data: random inputs have nothing to compare against")
+            prepared, cal_cfg = prepare_run_data(cal_cfg, model, processor, cal_cfg.eval_samples, fits_data=False)
+            if prepared.evaluation is None:
+                raise SettingError("no held-out samples are left after the calibration rows", field="num_samples",
+                                   hint=f"lower {setting('num_samples')}")
+            evaluation = PairedEvaluation(prepared.evaluation, batch_size, timed=True)
+        scored = PairedTasks.for_model(suite, model, processor, task_settings and task_settings.limit, batch_size)
+        run_dtype = eval_dtype(model.dtype, dtype, sparse_inference, semi_structured_support(run_device) is None)
+        label = "pruned" if reference is not None else "model"
+        if reference is not None:  # first, alone on the device, in the same precision as the model
+            with placed_loading(max_memory, run_device) as own:  # its own offload folder
+                dense, _ = load_model(os.fspath(reference), dtype=dtype, processor=False, **{**options, **own})
+                check_reference(model, dense)
+                dense = dense if placed else dense.to(device=run_device, dtype=run_dtype)
+                for measure in (evaluation, scored):
+                    if measure:
+                        measure.run("dense", dense)
+                del dense
+        if not placed:  # a placed model runs where accelerate put it
+            model.to(device=run_device, dtype=run_dtype)
+        sparse = None
+        if sparse_inference:
+            from .sparse_inference import sparse_inference_
 
-        with quieted("snows_hf.sparse_inference"):  # its warning repeats the summary returned
-            sparse = sparse_inference_(model)
-    evaluation.run("pruned" if reference is not None else "model", model)
-    figures = evaluation.figures() | {
-        "data": prepared.source, "model_path": path, "reference_path": os.fspath(reference) if reference else None,
-        "device": str(run_device), "dtype": str(run_dtype).replace("torch.", ""),
-    }
+            with quieted("snows_hf.sparse_inference"):  # its warning repeats the summary returned
+                sparse = sparse_inference_(model)
+        for measure in (evaluation, scored):
+            if measure:
+                measure.run(label, model)
+    figures = (evaluation.figures() | {"data": prepared.source}) if evaluation else {}
+    if scored:
+        figures["tasks"] = scored.figures()
+    figures |= {"model_path": path, "reference_path": os.fspath(reference) if reference else None,
+                "device": str(run_device), "dtype": str(run_dtype).replace("torch.", "")}
     if sparse is not None:
         figures["sparse_inference"] = sparse.to_dict()
     return EvalResult(figures, sparse)
@@ -624,13 +692,19 @@ class EvalResult:
 
     def format(self) -> str:
         """The terminal summary ``snows-hf eval`` prints: which layers run sparse (with
-        sparse inference), then the figures, of the reference and the model when there is one."""
+        sparse inference), then the figures (held-out data, lm-eval tasks), of the reference
+        and the model when there is one."""
+        from .harness import format_tasks
         from .report import format_metrics
 
-        paired = "dense" in self.figures
-        table = format_metrics(self.figures, columns=("dense", "pruned") if paired else ("model",),
-                               headers=("reference", "model") if paired else ("model",))
-        return table if self.sparse_inference is None else f"{self.sparse_inference.format()}\n{table}"
+        parts = [] if self.sparse_inference is None else [self.sparse_inference.format()]
+        if "samples" in self.figures:
+            paired = "dense" in self.figures
+            parts.append(format_metrics(self.figures, columns=("dense", "pruned") if paired else ("model",),
+                                        headers=("reference", "model") if paired else ("model",)))
+        if "tasks" in self.figures:
+            parts.append(format_tasks(self.figures["tasks"]))
+        return "\n".join(parts)
 
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
