@@ -221,7 +221,7 @@ def _kept_random_state() -> Iterator[None]:
     import torch
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # the CPU generator and every visible accelerator's
         try:
             yield
         finally:

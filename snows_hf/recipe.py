@@ -2,9 +2,9 @@
 
 Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig`` fields (``prune:``), the calibration settings
 (``data:``), when known, the source model (``model:``) and, when a run scores lm-eval
-tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are an error,
-so a typo never silently falls back to a default. Recipes are shared files: they are read
-by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
+tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are
+an error, so a typo never silently falls back to a default. Recipes are shared files: they
+are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
 in an error message is cut short.
 """
 

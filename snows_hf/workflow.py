@@ -180,6 +180,7 @@ class RunResult:
         from .recipe import recipe_dict
 
         source = self.record.source_model
+        recipe = recipe_dict(self.config, self.calibration, source, self.tasks)
         check_settings(self.config, save_format)
         if output_dir is None:
             output_dir = default_output_dir(source or "", self.config.sparsity)
@@ -188,7 +189,7 @@ class RunResult:
         with run_log(self.log) as log, Phases(self.record.phases)("save"):
             logger.info("saving to %s", output_dir)
             self.output_dir = save_pruned(self.model, self.report, output_dir, self.processor, overwrite=overwrite,
-                                          record=self.record, recipe=recipe_dict(self.config, self.calibration, source, self.tasks),
+                                          record=self.record, recipe=recipe,
                                           save_format=save_format, extra_files={LOG_FILE: log.text()})
         return self.output_dir
 
@@ -410,7 +411,6 @@ def run(
     from .distributed import start_processes
     from .export import check_output_dir, remove_stale_temporaries
     from .fields import SettingError, setting
-
     from .harness import TaskSettings
 
     config, cal_cfg, tasks = _prune_config(config), _calibration_config(data), TaskSettings.of(tasks)

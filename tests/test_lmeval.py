@@ -220,3 +220,13 @@ def test_prune_with_tasks_from_the_command_line_publishes_the_task_folder_by_its
     for name, data in pushed.items():
         assert str(home).encode() not in data and str(tmp_path).encode() not in data, name
     assert f"| {TASK} (2) | acc |".encode() in pushed["README.md"]
+
+
+@pytest.mark.parametrize("command", ["eval", "prune"])
+def test_help_documents_tasks_and_limit(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tasks TASKS lm-evaluation-harness tasks to score dense and pruned, comma-separated" in text
+    assert "--limit N score only the first N items of each task" in text
+    assert 'pip install "snows-hf[lmeval]"' in text
