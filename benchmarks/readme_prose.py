@@ -1,6 +1,7 @@
 """Figures the README states outside its Results section: the headline command's output
-(``headline_offline.txt``), the demo's table and what it shows (``demo.json``), and how
-many shards a streamed read opens (``stream_order.json``).
+(``headline_offline.txt``), the demo's table and what it shows (``demo.json``), how
+many shards a streamed read opens (``stream_order.json``), and lm-eval's task table for
+SmolLM2 dense vs pruned (``lmeval_tasks.json``).
 
 Each function returns the Markdown lines of one marked block; ``benchmarks/readme_results.py``
 puts them between ``<!-- <name>:start -->`` and ``<!-- <name>:end -->``. A missing file
@@ -102,4 +103,43 @@ def headline() -> list[str]:
         "```",
         output,
         "```",
+    ]
+
+
+def lmeval() -> list[str]:
+    """What ``python benchmarks/lmeval_tasks.py`` printed: lm-eval's table for SmolLM2-135M
+    dense vs pruned on the local task, on every item and with ``--limit``, and what the limit trades."""
+    results = load("lmeval_tasks.json")
+    if results is None:
+        return ["The table of a real run: not yet measured (`python benchmarks/lmeval_tasks.py` measures it: "
+                "SmolLM2-135M dense vs 50% magnitude-pruned on a local BBC News topic task)."]
+    full, quick = results["runs"]["all"], results["runs"]["limit"]
+    limit = quick["tasks"]["limit"]
+
+    def acc(run: dict, label: str) -> dict:
+        return next(r for r in run["tasks"][label] if r["metric"] == "acc")
+
+    widen = acc(quick, "pruned")["stderr"] / acc(full, "pruned")["stderr"]
+    return [
+        "No machine here reaches the Hub, so ARC, HellaSwag and the other lm-eval tasks cannot fetch their data: "
+        f"{command(results)} writes a *local* lm-eval task instead, BBC News topic classification as zero-shot "
+        f"multiple choice ({results['items']} articles spread over the topics; the first 60 words of each, then "
+        "`Topic:`, the five topics as the choices), prunes SmolLM2-135M-Instruct (fp32, from the GGUF asset) to 50% "
+        "by magnitude on BBC calibration text, and scores dense and pruned with `snows-hf eval --reference --tasks "
+        f"FOLDER`, on every item ({full['cpu_seconds']:.0f} CPU seconds for both models, loading included) and "
+        f"with `--limit {limit}` ({quick['cpu_seconds']:.0f} CPU seconds). It printed "
+        "(`benchmarks/results/lmeval_tasks.json`):",
+        "",
+        "```",
+        "$ snows-hf eval PRUNED --reference SmolLM2-135M-Instruct --tasks FOLDER",
+        full["table"],
+        f"$ snows-hf eval PRUNED --reference SmolLM2-135M-Instruct --tasks FOLDER --limit {limit}",
+        quick["table"],
+        "```",
+        "",
+        f"`--limit {limit}` scores the first {limit} items of each task: it takes "
+        f"{quick['cpu_seconds'] / full['cpu_seconds']:.0%} of the CPU time here (loading both models included), "
+        f"and the standard error of the pruned model's acc is {widen:.1f} times as wide "
+        f"({acc(quick, 'pruned')['stderr']:.4f} against {acc(full, 'pruned')['stderr']:.4f}); the first items need not be a fair sample of a task, so a "
+        "limited run is a quick look, not a figure to publish.",
     ]

@@ -5,8 +5,9 @@ Marked blocks of README.md are generated. Between ``<!-- results:start -->`` and
 and ``solver_speed.json``, and for each goal of the benchmarks whether the figures meet
 it. Between ``<!-- measurements:start -->`` and ``<!-- measurements:end -->``: the "More
 measurements" tables and prose (``benchmarks/readme_measurements.py``), each from the JSON
-its benchmark wrote. The demo's table and its sentences (``<!-- demo:... -->``) and the
-streamed-read figures (``<!-- stream_order:... -->``) come from ``benchmarks/readme_prose.py``.
+its benchmark wrote. The demo's table and its sentences (``<!-- demo:... -->``), the lm-eval
+task table (``<!-- lmeval:... -->``) and the streamed-read figures (``<!-- stream_order:... -->``)
+come from ``benchmarks/readme_prose.py``.
 Nothing here is typed by hand: rerun the benchmarks, then this.
 
 A verdict on noisy figures rests on a paired interval, never on the two point figures: the
@@ -560,6 +561,7 @@ def results_block() -> list[list[str]]:
 BLOCKS = {  #: marker name -> its parts
     "headline": lambda: [readme_prose.headline()],
     "demo": lambda: [readme_prose.demo()],
+    "lmeval": lambda: [readme_prose.lmeval()],
     "results": results_block,
     "measurements": readme_measurements.render,
 }

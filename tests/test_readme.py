@@ -28,7 +28,7 @@ def test_readme_results_match_the_json_files():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("block", ["results", "measurements", "headline", "demo", "stream_order"])
+@pytest.mark.parametrize("block", ["results", "measurements", "headline", "demo", "stream_order", "lmeval"])
 def test_the_check_fails_when_the_readme_disagrees(tmp_path, block):
     """Change the first figure of a generated block in a copy of the repository; the check must fail."""
     copy = _copy(tmp_path)
