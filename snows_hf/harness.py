@@ -24,6 +24,7 @@ import difflib
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +40,7 @@ LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdatas
 """``dataset_path`` values that are ``datasets``' builders for local files, not Hub datasets."""
 
 _FUNCTION_TAG = "!function"
+_INCLUDE = re.compile(r"""^\s*include:\s*["']?([^"'#\s]+)""", re.MULTILINE)
 
 
 @dataclass
@@ -155,25 +157,31 @@ def task_yaml_files(path: Path) -> list[Path]:
 
 
 def check_task_code(specs: list[str], source: str) -> None:
-    """Refuse task files among ``specs`` that import Python (lm-eval's ``!function``)
-    when they come from ``source``, a file someone else may have written (a recipe).
+    """Refuse task files among ``specs`` that import Python (lm-eval's ``!function``),
+    directly or through the files they ``include:``, when they come from ``source``, a file
+    someone else may have written (a recipe).
 
     Example:
         >>> check_task_code(["arc_easy"], "recipe 'r.yaml'")
     """
-    for spec in specs:
-        path = Path(os.path.expanduser(spec))
-        if not path.exists():
+    pending = [f for spec in specs if Path(os.path.expanduser(spec)).exists()
+               for f in task_yaml_files(Path(os.path.expanduser(spec)))]
+    seen: set[Path] = set()
+    while pending:
+        yaml_file = pending.pop().resolve()
+        if yaml_file in seen:
             continue
-        for yaml_file in task_yaml_files(path):
-            try:
-                text = yaml_file.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            if _FUNCTION_TAG in text:
-                raise SettingError(f"{source} names the task file {yaml_file.name!r}, which runs Python code "
-                                   f"({_FUNCTION_TAG}); a recipe may not run code", field="tasks",
-                                   hint=f"name the tasks yourself with {setting('tasks')} to run it")
+        seen.add(yaml_file)
+        try:
+            text = yaml_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if _FUNCTION_TAG in text:
+            raise SettingError(f"{source} names the task file {yaml_file.name!r}, which runs Python code "
+                               f"({_FUNCTION_TAG}); a recipe may not run code", field="tasks",
+                               hint=f"name the tasks yourself with {setting('tasks')} to run it")
+        # lm-eval reads an included file relative to the including one (or by absolute path)
+        pending += [yaml_file.parent / Path(os.path.expanduser(name)) for name in _INCLUDE.findall(text)]
 
 
 def resolve_tasks(specs: list[str]) -> TaskSuite:

@@ -182,6 +182,12 @@ def test_a_recipe_may_not_name_task_files_that_run_code(tmp_path):
     assert caught.value.field == "tasks"
     (folder / "more.yaml").unlink()
     assert load_recipe_tasks(recipe).tasks == [str(folder)]
+    elsewhere = tmp_path / "elsewhere" / "base.yaml"  # code reached through an include, outside the folder
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("process_docs: !function utils.process\n")
+    (folder / "more.yaml").write_text("include: ../elsewhere/base.yaml\ntask: more\n")
+    with pytest.raises(SettingError, match=r"names the task file 'base.yaml', which runs Python code"):
+        load_recipe_tasks(recipe)
 
 
 @pytest.mark.parametrize("value, message", [
