@@ -36,6 +36,8 @@ import readme_measurements  # noqa: E402
 import readme_prose  # noqa: E402
 from readme_measurements import RESULTS, load  # noqa: E402
 
+from snows_hf.methods import SnowsConfig  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TITLES = {
@@ -48,11 +50,12 @@ METHOD_NAMES = {
     "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
     "snows-k0": "SNOWS K=0", "snows-k1": "SNOWS K=1", "snows-k3": "SNOWS K=3",
 }
-FRONTIER = "quality_smollm2_frontier.json"  #: SNOWS budgets on whole SmolLM2, with SparseGPT in the same run
+#: SNOWS budgets on whole SmolLM2, each file with SparseGPT in the same run (beside quality_smollm2.json)
+FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json")
 
 
 OLD_BUDGET = "2 x 5"  #: SNOWS's Newton steps x CG iterations before config_version 4
-DEFAULT_BUDGET = "1 x 5"  #: SnowsConfig's newton_steps x cg_iters (tests/test_readme.py checks it)
+DEFAULT_BUDGET = f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"  #: and since
 RESAMPLES, SEED, LEVEL = 2000, 0, 0.95
 NO_DATA = "no per-sample data: rerun the benchmark"
 
@@ -332,7 +335,7 @@ def difference_line(results: dict, patterns: Sequence[str], rows: dict) -> str:
             + (f" ({NO_DATA} for the figures without an interval)" if missing else ""))
 
 
-def goals(quality: dict[str, dict], speed: dict | None, frontier: dict | None = None) -> list[str]:
+def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict] = ()) -> list[str]:
     """Each goal of the benchmarks, with the figures and whether they meet it."""
     lines = ["**Goals**, checked against the figures above (times on a shared 2-core machine: compare them "
              "within a table, where one run measured them):", ""]
@@ -361,10 +364,34 @@ def goals(quality: dict[str, dict], speed: dict | None, frontier: dict | None = 
         lines.append("- SparseGPT's time per block in block forwards (one block over every calibration micro-batch; "
                      + ("goal at most 2.5): not yet measured; `python benchmarks/solver_speed.py` measures it"
                         if per_block is None else
-                        f"goal at most 2.5): {per_block:.2f}, the pipeline running "
-                        f"{', '.join(f'{f:g}' for f in speed['sparsegpt_block_forwards'])} block forwards per block and "
-                        f"the per-module SparseGPT solves taking {_solves(speed):.2f} forwards' time (they do not grow "
-                        f"with the tokens, forwards do): **{'met' if per_block <= 2.5 else 'not met'}**"))
+                        f"goal at most 2.5), {speed['num_samples']} x {speed['seq_len']} tokens: {per_block:.2f}, the "
+                        f"pipeline running {', '.join(f'{f:g}' for f in speed['sparsegpt_block_forwards'])} block "
+                        f"forwards per block and the per-module SparseGPT solves taking {_solves(speed):.2f} forwards' "
+                        f"time (they do not grow with the tokens, forwards do): "
+                        f"**{'met' if per_block <= 2.5 else 'not met'}**"))
+    mask_only = load("solver_speed_mask_only.json")
+    if mask_only:
+        per_block = mask_only["sparsegpt_seconds_per_block_over_forward"]
+        rest = per_block - sum(mask_only["sparsegpt_block_forwards"]) / mask_only["blocks"] - \
+            mask_only["solves_per_block_over_forward"]
+        lines.append(f"- the same at the reference's token count ({mask_only['num_samples']} x {mask_only['seq_len']}, "
+                     f"{mask_only['blocks']} SmolLM2 blocks, one block forward {mask_only['block_forward_seconds']:.1f} s; "
+                     f"`python benchmarks/solver_speed.py --mask-only --num-samples {mask_only['num_samples']} "
+                     f"--blocks {mask_only['blocks']}`): {per_block:.2f} block forwards per block: "
+                     f"{' / '.join(f'{f:g}' for f in sorted(set(mask_only['sparsegpt_block_forwards'])))} forwards "
+                     f"(counted by the pipeline), the solves {mask_only['solves_per_block_over_forward']:.2f}, and "
+                     f"{rest:.2f} for the rest (accumulating the Gram matrices `X^T X` the solves need, once per input "
+                     f"tensor: 4 per micro-batch for a Llama block's 7 modules, and the pipeline's own work): "
+                     f"**{'met' if per_block <= 2.5 else 'not met'}**")
+    shapes = load("real_shapes_cpu.json")
+    vit = next((c for c in (shapes or {}).get("cases", []) if c.get("case") == "vit-large"), None)
+    if vit:
+        budget = budget_of(vit)
+        lines.append(f"- ViT-L/16 at real shapes on CPU at most a third of the seconds per block of the 2 x 5 budget: "
+                     + (f"**not yet measured at the default budget** ({DEFAULT_BUDGET}); the file holds {budget}"
+                        if budget != DEFAULT_BUDGET else
+                        f"{sum(vit['block_seconds'].values()) / len(vit['block_seconds']):.1f} s per block at "
+                        f"{DEFAULT_BUDGET}; compare with a 2 x 5 run on the same machine"))
         lines.append(f"- one HVP {hvp:.2f}x a forward+backward of its window (goal at most 0.5x): "
                      f"**{'met' if hvp <= 0.5 else 'not met'}**")
     losses = default_losses(quality)
@@ -420,23 +447,24 @@ def knee(points: Sequence[dict], metric: str) -> dict | None:
     return max(snows, key=below)
 
 
-def frontier_table(quality: dict[str, dict], frontier: dict | None) -> list[str]:
+def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[str]:
     """SNOWS's time/perplexity frontier on whole SmolLM2: each budget's perplexity, its
-    paired interval against the costliest budget's, and its time against SparseGPT's."""
-    files = [r for r in (quality.get("smollm2"), frontier) if r]
+    paired interval against the costliest budget's, and its time against SparseGPT's in
+    the same run. ``frontier`` holds the runs after ``quality_smollm2.json`` (run A)."""
+    files = [r for r in (quality.get("smollm2"), *frontier) if r]
     specs = [s for s in dict.fromkeys(r["sparsity"] for f in files for r in f["rows"]) if frontier_points(files, s)]
     if not frontier or not specs:
         return []
-    names = {id(quality.get("smollm2")): "A", id(frontier): "B"}
+    names = {id(f): "ABCDEFGH"[i] for i, f in enumerate(files)}
+    runs = ", ".join(f"run {names[id(f)]}: `{f['settings']['command']}`" for f in files)
     lines = [
         "**SNOWS's time against its quality** (whole SmolLM2-135M, the perplexity of the table above; each SNOWS "
-        "budget, K=3 on the SparseGPT mask, timed against SparseGPT in the same run; run A: "
-        f"`{quality['smollm2']['settings']['command']}`, run B: `{frontier['settings']['command']}`):", "",
+        f"budget, K=3 on the SparseGPT mask, timed against SparseGPT in the same run; {runs}):", "",
         "| sparsity | Newton steps x CG | method | perplexity | minus the costliest budget's (95% paired interval) "
-        "| seconds | x SparseGPT | run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seconds | x SparseGPT | SparseGPT's perplexity in that run | run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    knees = []
+    knees: list[str] = []
     for spec in specs:
         points = frontier_points(files, spec)
         top = max(points, key=lambda p: p["ratio"])
@@ -449,33 +477,42 @@ def frontier_table(quality: dict[str, dict], frontier: dict | None) -> list[str]
                 versus = f"{value - top['row']['scores']['perplexity']:+.2f} " + (
                     _fmt(interval, 2) if interval else NO_DATA)
             lines.append(f"| {spec} | {p['budget']} | {row['method']} | {value:.2f} | {versus} | "
-                         f"{row['seconds']:.0f} | {p['ratio']:.1f} | {names[id(p['results'])]} |")
-        base = {"ratio": 1.0, "row": top["sparsegpt"], "base": True}
-        found = knee(points + [base], "perplexity")
-        if found:
-            knees.append(f"{spec}: {found['budget']} ({found['row']['method']})")
-    if knees:
-        lines += ["", "The knee of each frontier (the budget farthest below the line from SparseGPT to the costliest "
-                  "budget, time and perplexity scaled to that span): " + "; ".join(knees) + ". The default is "
-                  f"{DEFAULT_BUDGET} (`--method snows`); `--method snows-fast` is the cheaper preset; the costliest "
-                  "budget (2 x 5, the default of config_version 3) has the best perplexity."]
+                         f"{row['seconds']:.0f} | {p['ratio']:.1f} | {p['sparsegpt']['scores']['perplexity']:.2f} | "
+                         f"{names[id(p['results'])]} |")
+        latest = list({p["budget"]: p for p in sorted(points, key=lambda p: names[id(p["results"])])}.values())
+        found = knee(latest + [{"ratio": 1.0, "row": latest[-1]["sparsegpt"], "base": True}], "perplexity")
+        best = min(latest, key=lambda p: p["row"]["scores"]["perplexity"])
+        knees.append(f"{spec}: knee {found['budget'] if found else 'none (fewer than two budgets)'}, best perplexity "
+                     f"{best['budget']} ({best['row']['method']}, {best['ratio']:.1f}x SparseGPT)")
+    sparsegpt = {f"{p['sparsegpt']['scores']['perplexity']:.2f}" for spec in specs for p in frontier_points(files, spec)}
+    if len(sparsegpt) > len(specs):
+        lines += ["", "The same SparseGPT settings prune to different perplexities in different runs (last column): "
+                  "the runs used different machines, whose float rounding tips some mask choices, and whose "
+                  "speeds differ too; read a difference between runs against that spread."]
+    lines += ["", "The knee of each frontier is the budget farthest below the straight line from SparseGPT to the "
+              "costliest budget (time and perplexity scaled to that span; each budget from the latest run that "
+              "measured it): past it, more time buys less than the average rate. " + "; ".join(knees) +
+              f". The default budget is {DEFAULT_BUDGET} (`--method snows`); `--method snows-fast` is the cheaper "
+              "preset; `--newton-steps` and `--cg-iters` choose any other point."]
     return lines
 
 
-def frontier_goals(quality: dict[str, dict], frontier: dict | None) -> list[str]:
+def frontier_goals(quality: dict[str, dict], frontier: Sequence[dict]) -> list[str]:
     """The 3x goal for the default, and its perplexity against the costliest budget's."""
-    files = [r for r in (quality.get("smollm2"), frontier) if r]
+    files = [r for r in (quality.get("smollm2"), *frontier) if r]
     lines = []
     for spec in ("2:4", "50%"):
         points = frontier_points(files, spec)
-        default = next((p for p in points if p["budget"] == DEFAULT_BUDGET and p["row"]["method"] == "snows-k3"), None)
-        if default is None:
+        defaults = [p for p in points if p["budget"] == DEFAULT_BUDGET and p["row"]["method"] == "snows-k3"]
+        if not defaults:
             continue
+        default = defaults[-1]
         row, base = default["row"], default["sparsegpt"]
-        cheapest = points[0]
+        same_run = [p for p in points if p["results"] is default["results"]]
+        cheapest = same_run[0]
         lines.append(f"- whole SmolLM2 at {spec}: SNOWS at the default budget ({DEFAULT_BUDGET}) {row['seconds']:.0f} s "
                      f"vs SparseGPT {base['seconds']:.0f} s in the same run = {default['ratio']:.1f}x (goal at most 3x): "
-                     f"**{'met' if default['ratio'] <= 3 else 'not met'}**; the cheapest budget measured "
+                     f"**{'met' if default['ratio'] <= 3 else 'not met'}**; the cheapest budget measured in that run "
                      f"({cheapest['budget']}, {cheapest['row']['method']}) {cheapest['ratio']:.1f}x, so the frontier "
                      "above stands in for the goal")
         top = max(points, key=lambda p: p["ratio"])
@@ -645,7 +682,28 @@ def budget_table(budget: dict) -> list[str]:
         times = "" if base is None else f"{r['seconds'] / base:.1f}"
         lines.append(f"| {r['variant']} | {r['output_error']:.5f} | {loss} | {r['hessian_vector_products']} | "
                      f"{r['seconds']:.1f} | {times} |")
-    return lines
+    return lines + budget_knee(budget, base)
+
+
+def budget_knee(budget: dict, base_seconds: float | None) -> list[str]:
+    """The knee of the budgets that differ from the defaults in Newton steps and CG
+    iterations only, all from the one run of the file (output error against time)."""
+    budget_keys = ("newton_steps", "cg_iters")
+    default = next((r for r in budget["rows"] if r["variant"].endswith("(the defaults)")), None)
+    sparsegpt = next((r for r in budget["rows"] if r["config"].get("method") == "none"), None)
+    if default is None or sparsegpt is None or not base_seconds:
+        return []
+    others = {k: v for k, v in default["config"].items() if k not in budget_keys}
+    same = [r for r in budget["rows"] if {k: v for k, v in r["config"].items() if k not in budget_keys} == others]
+    point = lambda r, **extra: {"ratio": r["seconds"] / base_seconds, "row": {"scores": {"error": r["output_error"]}},  # noqa: E731
+                                "budget": f"{r['config'].get('newton_steps')} x {r['config'].get('cg_iters')}", **extra}
+    found = knee([point(r) for r in same] + [point(sparsegpt, base=True)], "error")
+    if found is None:
+        return []
+    return ["", f"Among the rows that differ from the defaults only in Newton steps x CG iterations "
+                f"({', '.join(point(r)['budget'] for r in same)}), the knee of output error against time (the point "
+                f"farthest below the line from SparseGPT to the costliest of them, both scaled to that span) is "
+                f"{found['budget']}; the default is {DEFAULT_BUDGET}."]
 
 
 def speed_table(speed: dict) -> list[str]:
@@ -695,7 +753,8 @@ def statistics_order(quality: dict[str, dict]) -> list[str]:
 def results_block() -> list[list[str]]:
     """The "Results" block: quality tables, solver budget and speed, goals."""
     quality = {m: r for m in TITLES if (r := load(f"quality_{m}.json"))}
-    speed, budget, frontier = load("solver_speed.json"), load("solver_budget.json"), load(FRONTIER)
+    speed, budget = load("solver_speed.json"), load("solver_budget.json")
+    frontier = [r for name in FRONTIER if (r := load(name))]
     parts: list[list[str]] = [quality_table(m, r) for m, r in quality.items()]
     if frontier_table(quality, frontier):
         parts.append(frontier_table(quality, frontier))

@@ -131,8 +131,9 @@ class SnowsConfig(MethodConfig):
     hessian: str = config_field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact",
                                 choices=HESSIAN_KINDS)
     # One step of 5 CG iterations is the knee of the measured time/quality frontier
-    # (README "Results"; benchmarks/solver_budget.py and quality.py): a second step costs
-    # about 75% more time for under a tenth of the error SNOWS removes.
+    # (README "Results": benchmarks/solver_budget.py on 2 SmolLM2 blocks, quality.py on the
+    # whole model at 2:4): a second step costs about 75% more time for a seventh of the
+    # output error SNOWS removes from SparseGPT's.
     newton_steps: int = config_field(1, "SNOWS: Newton steps per module")
     cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
     damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian")
