@@ -12,7 +12,12 @@ same calibration data and is scored on held-out data calibration never saw:
 
 Methods: ``magnitude``, ``wanda``, ``sparsegpt`` (its mask and its own weight update),
 and SNOWS (``snows-k0``, ``snows-k1``, ``snows-k3``: the re-fit over a window of K
-operations, on the mask ``--snows-mask``, default the library's own default).
+operations, on the mask ``--snows-mask``, default the library's own default; ``snows-k3-2x5``:
+K=3 with the Newton-CG budget of ``config_version`` 3, 2 steps x 5 CG; ``snows-fast``: the
+cheaper preset). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
+
+    python benchmarks/quality.py --model smollm2 --sparsity 2:4 50% --methods sparsegpt snows-fast snows-k3 \
+        --out benchmarks/results/quality_smollm2_frontier.json
 Wall time is the ``prune_`` call; peak memory is the process's resident memory above
 what it held just before the call (sampled every 20 ms), on this CPU machine.
 
@@ -55,8 +60,9 @@ METHODS = {
     "sparsegpt-module": {"method": "none", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
-    "snows-k3": {"method": "snows", "k_step": 3},
-    "snows-k3-1x5": {"method": "snows", "k_step": 3, "newton_steps": 1, "cg_iters": 5},  # a cheaper solve (issue 23)
+    "snows-k3": {"method": "snows", "k_step": 3},  # the defaults
+    "snows-k3-2x5": {"method": "snows", "k_step": 3, "newton_steps": 2, "cg_iters": 5},  # the defaults of config_version 3
+    "snows-fast": {"method": "snows-fast"},  # the cheaper preset (K=3, 1 Newton step x at most 2 CG)
 }
 
 
@@ -222,7 +228,7 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
     import snows_hf
 
     options = {"sparsity": spec, "batch_size": bench.batch_size, "diagnostics": False, **METHODS[method]}
-    if options["method"] == "snows" and snows_mask:
+    if options["method"].startswith("snows") and snows_mask:
         options["mask"] = snows_mask
     model = bench.load()
     with PeakMemory() as memory:

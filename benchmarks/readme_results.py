@@ -37,6 +37,8 @@ import readme_measurements  # noqa: E402
 import readme_prose  # noqa: E402
 from readme_measurements import RESULTS, load  # noqa: E402
 
+from snows_hf.methods import SnowsConfig  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TITLES = {
@@ -49,8 +51,12 @@ METHOD_NAMES = {
     "magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
     "snows-k0": "SNOWS K=0", "snows-k1": "SNOWS K=1", "snows-k3": "SNOWS K=3",
 }
+#: SNOWS budgets on whole SmolLM2, each file with SparseGPT in the same run (beside quality_smollm2.json)
+FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json")
 
 
+OLD_BUDGET = "2 x 5"  #: SNOWS's Newton steps x CG iterations before config_version 4
+DEFAULT_BUDGET = f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"  #: and since
 RESAMPLES, SEED, LEVEL = 2000, 0, 0.95
 NO_DATA = "no per-sample data: rerun the benchmark"
 
@@ -280,9 +286,34 @@ def quality_table(model: str, results: dict) -> list[str]:
     if shared:
         lines += [f"Seconds measured while other work used at least another core (load above "
                   f"{results['settings']['cpus'] + 1}), so slower than alone: {', '.join(shared)}."]
+    budgets = snows_budgets(results)
+    if budgets:
+        lines += ["", f"SNOWS's Newton-CG budget in these rows: {budgets}."]
     if model in ("vit", "resnet"):
         lines += ["", difference_line(results, patterns, rows)]
     return lines
+
+
+def budget_of(row: dict) -> str | None:
+    """``"N x C"``, the Newton steps x CG iterations a SNOWS row ran with, from its
+    recorded settings (``None`` for rows that recorded none).
+
+    Example:
+        >>> budget_of({"config": {"newton_steps": 1, "cg_iters": 5}}), budget_of({})
+        ('1 x 5', None)
+    """
+    config = row.get("config") or {}
+    return f"{config['newton_steps']} x {config['cg_iters']}" if "newton_steps" in config else None
+
+
+def snows_budgets(results: dict) -> str:
+    """What the SNOWS rows of a quality file ran with: recorded budgets, or for rows
+    measured before rows recorded their settings, the defaults of that time."""
+    found = {budget_of(r) for r in results["rows"] if r["method"].startswith("snows")}
+    texts = [f"{b} (Newton steps x CG iterations at most, as recorded)" for b in sorted(found - {None})]
+    if None in found:
+        texts.append(f"{OLD_BUDGET} where a row recorded no settings (measured with the defaults of config_version 3)")
+    return "; ".join(texts)
 
 
 def difference_line(results: dict, patterns: Sequence[str], rows: dict) -> str:
@@ -305,7 +336,7 @@ def difference_line(results: dict, patterns: Sequence[str], rows: dict) -> str:
             + (f" ({NO_DATA} for the figures without an interval)" if missing else ""))
 
 
-def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
+def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict] = ()) -> list[str]:
     """Each goal of the benchmarks, with the figures and whether they meet it."""
     lines = ["**Goals**, checked against the figures above (times on a shared 2-core machine: compare them "
              "within a table, where one run measured them):", ""]
@@ -324,10 +355,7 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
         for spec in ("2:4", "50%"):
             if (spec, "snows-k3") in rows and (spec, "sparsegpt") in rows:
                 lines.append(perplexity_goal_line(spec, results, rows))
-                seconds = [rows[(spec, m)]["seconds"] for m in ("snows-k3", "sparsegpt")]
-                lines.append(f"- whole SmolLM2 at {spec}: SNOWS {seconds[0]:.0f} s vs SparseGPT {seconds[1]:.0f} s "
-                             f"= {seconds[0] / seconds[1]:.1f}x (goal at most 3x): "
-                             f"**{'met' if seconds[0] <= 3 * seconds[1] else 'not met'}**")
+    lines += frontier_goals(quality, frontier)
     if speed:
         ratio = speed["snows_seconds"] / speed["sparsegpt_seconds"]
         hvp = speed["hvp_over_forward_backward"]
@@ -337,10 +365,34 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
         lines.append("- SparseGPT's time per block in block forwards (one block over every calibration micro-batch; "
                      + ("goal at most 2.5): not yet measured; `python benchmarks/solver_speed.py` measures it"
                         if per_block is None else
-                        f"goal at most 2.5): {per_block:.2f}, the pipeline running "
-                        f"{', '.join(f'{f:g}' for f in speed['sparsegpt_block_forwards'])} block forwards per block and "
-                        f"the per-module SparseGPT solves taking {_solves(speed):.2f} forwards' time (they do not grow "
-                        f"with the tokens, forwards do): **{'met' if per_block <= 2.5 else 'not met'}**"))
+                        f"goal at most 2.5), {speed['num_samples']} x {speed['seq_len']} tokens: {per_block:.2f}, the "
+                        f"pipeline running {', '.join(f'{f:g}' for f in speed['sparsegpt_block_forwards'])} block "
+                        f"forwards per block and the per-module SparseGPT solves taking {_solves(speed):.2f} forwards' "
+                        f"time (they do not grow with the tokens, forwards do): "
+                        f"**{'met' if per_block <= 2.5 else 'not met'}**"))
+    mask_only = load("solver_speed_mask_only.json")
+    if mask_only:
+        per_block = mask_only["sparsegpt_seconds_per_block_over_forward"]
+        rest = per_block - sum(mask_only["sparsegpt_block_forwards"]) / mask_only["blocks"] - \
+            mask_only["solves_per_block_over_forward"]
+        lines.append(f"- the same at the reference's token count ({mask_only['num_samples']} x {mask_only['seq_len']}, "
+                     f"{mask_only['blocks']} SmolLM2 blocks, one block forward {mask_only['block_forward_seconds']:.1f} s; "
+                     f"`python benchmarks/solver_speed.py --mask-only --num-samples {mask_only['num_samples']} "
+                     f"--blocks {mask_only['blocks']}`): {per_block:.2f} block forwards per block: "
+                     f"{' / '.join(f'{f:g}' for f in sorted(set(mask_only['sparsegpt_block_forwards'])))} forwards "
+                     f"(counted by the pipeline), the solves {mask_only['solves_per_block_over_forward']:.2f}, and "
+                     f"{rest:.2f} for the rest (accumulating the Gram matrices `X^T X` the solves need, once per input "
+                     f"tensor: 4 per micro-batch for a Llama block's 7 modules, and the pipeline's own work): "
+                     f"**{'met' if per_block <= 2.5 else 'not met'}**")
+    shapes = load("real_shapes_cpu.json")
+    vit = next((c for c in (shapes or {}).get("cases", []) if c.get("case") == "vit-large"), None)
+    if vit:
+        budget = budget_of(vit)
+        lines.append(f"- ViT-L/16 at real shapes on CPU at most a third of the seconds per block of the 2 x 5 budget: "
+                     + (f"**not yet measured at the default budget** ({DEFAULT_BUDGET}); the file holds {budget}"
+                        if budget != DEFAULT_BUDGET else
+                        f"{sum(vit['block_seconds'].values()) / len(vit['block_seconds']):.1f} s per block at "
+                        f"{DEFAULT_BUDGET}; compare with a 2 x 5 run on the same machine"))
         lines.append(f"- one HVP {hvp:.2f}x a forward+backward of its window (goal at most 0.5x): "
                      f"**{'met' if hvp <= 0.5 else 'not met'}**")
     losses = default_losses(quality)
@@ -350,6 +402,142 @@ def goals(quality: dict[str, dict], speed: dict | None) -> list[str]:
                   "exclude from zero is within noise); for a loss outside noise, the same pair with more calibration data:", ""]
         lines += losses
     return lines
+
+
+def frontier_points(files: Sequence[dict], spec: str) -> list[dict]:
+    """Every SNOWS K=3 row at ``spec`` with a recorded budget, from each quality file that
+    ran SparseGPT at ``spec`` too: its time as a multiple of that SparseGPT's (same run),
+    cheapest first."""
+    points = []
+    for results in files:
+        rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
+        base = rows.get((spec, "sparsegpt"))
+        for row in results["rows"]:
+            if (base is None or row["sparsity"] != spec or not row["method"].startswith("snows")
+                    or budget_of(row) is None or row["config"].get("k_step") != 3):
+                continue
+            points.append({"row": row, "results": results, "sparsegpt": base, "budget": budget_of(row),
+                           "ratio": row["seconds"] / base["seconds"]})
+    return sorted(points, key=lambda p: p["ratio"])
+
+
+def knee(points: Sequence[dict], metric: str) -> dict | None:
+    """The point farthest below the straight line from SparseGPT (time ratio 1) to the
+    costliest point, both axes scaled to that span (the "Kneedle" knee): past it, more
+    time buys less than the average rate.
+
+    Example:
+        >>> pts = [{"ratio": r, "row": {"scores": {"ppl": p}}} for r, p in [(5, 70), (10, 62), (20, 60)]]
+        >>> knee(pts + [{"ratio": 1, "row": {"scores": {"ppl": 100}}, "base": True}], "ppl")["ratio"]
+        10
+    """
+    base = next((p for p in points if p.get("base")), None)
+    snows = [p for p in points if not p.get("base")]
+    if base is None or len(snows) < 2:
+        return None
+    top = max(snows, key=lambda p: p["ratio"])
+    best, worst = top["row"]["scores"][metric], base["row"]["scores"][metric]
+    if top["ratio"] <= base["ratio"] or worst == best:
+        return None
+
+    def below(p: dict) -> float:
+        x = (p["ratio"] - base["ratio"]) / (top["ratio"] - base["ratio"])
+        y = (p["row"]["scores"][metric] - best) / (worst - best)
+        return 1.0 - x - y
+
+    return max(snows, key=below)
+
+
+def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[str]:
+    """SNOWS's time/perplexity frontier on whole SmolLM2: each budget's perplexity, its
+    paired interval against the costliest budget's, and its time against SparseGPT's in
+    the same run. ``frontier`` holds the runs after ``quality_smollm2.json`` (run A)."""
+    files = [r for r in (quality.get("smollm2"), *frontier) if r]
+    specs = [s for s in dict.fromkeys(r["sparsity"] for f in files for r in f["rows"]) if frontier_points(files, s)]
+    if not frontier or not specs:
+        return []
+    names = {id(f): "ABCDEFGH"[i] for i, f in enumerate(files)}
+    runs = ", ".join(f"run {names[id(f)]}: `{f['settings']['command']}`" for f in files)
+    lines = [
+        "**SNOWS's time against its quality** (whole SmolLM2-135M, the perplexity of the table above; each SNOWS "
+        f"budget, K=3 on the SparseGPT mask, timed against SparseGPT in the same run; {runs}):", "",
+        "| sparsity | Newton steps x CG | method | perplexity | minus the costliest budget's (95% paired interval) "
+        "| seconds | x SparseGPT | SparseGPT's perplexity in that run | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    knees: list[str] = []
+    for spec in specs:
+        points = frontier_points(files, spec)
+        top = max(points, key=lambda p: p["ratio"])
+        for p in points:
+            row, value = p["row"], p["row"]["scores"]["perplexity"]
+            if p is top:
+                versus = "(the reference)"
+            else:
+                interval = metric_interval(p["results"], [top["row"], row], lambda a, b: b - a)
+                versus = f"{value - top['row']['scores']['perplexity']:+.2f} " + (
+                    _fmt(interval, 2) if interval else NO_DATA)
+            lines.append(f"| {spec} | {p['budget']} | {row['method']} | {value:.2f} | {versus} | "
+                         f"{row['seconds']:.0f} | {p['ratio']:.1f} | {p['sparsegpt']['scores']['perplexity']:.2f} | "
+                         f"{names[id(p['results'])]} |")
+        latest = list({p["budget"]: p for p in sorted(points, key=lambda p: names[id(p["results"])])}.values())
+        found = knee(latest + [{"ratio": 1.0, "row": latest[-1]["sparsegpt"], "base": True}], "perplexity")
+        best = min(latest, key=lambda p: p["row"]["scores"]["perplexity"])
+        knees.append(f"{spec}: knee {found['budget'] if found else 'none (fewer than two budgets)'}, best perplexity "
+                     f"{best['budget']} ({best['row']['method']}, {best['ratio']:.1f}x SparseGPT)")
+    sparsegpt = {f"{p['sparsegpt']['scores']['perplexity']:.2f}" for spec in specs for p in frontier_points(files, spec)}
+    if len(sparsegpt) > len(specs):
+        lines += ["", "The same SparseGPT settings prune to different perplexities in different runs (last column): "
+                  "the runs used different machines, whose float rounding tips some mask choices, and whose "
+                  "speeds differ too; read a difference between runs against that spread."]
+    lines += ["", "The knee of each frontier is the budget farthest below the straight line from SparseGPT to the "
+              "costliest budget (time and perplexity scaled to that span; each budget from the latest run that "
+              "measured it): past it, more time buys less than the average rate. " + "; ".join(knees) +
+              f". The default budget is {DEFAULT_BUDGET} (`--method snows`); `--method snows-fast` is the cheaper "
+              "preset; `--newton-steps` and `--cg-iters` choose any other point."]
+    return lines
+
+
+def frontier_goals(quality: dict[str, dict], frontier: Sequence[dict]) -> list[str]:
+    """The 3x goal for the default, and its perplexity against the costliest budget's."""
+    files = [r for r in (quality.get("smollm2"), *frontier) if r]
+    lines = []
+    for spec in ("2:4", "50%"):
+        points = frontier_points(files, spec)
+        defaults = [p for p in points if p["budget"] == DEFAULT_BUDGET and p["row"]["method"] == "snows-k3"]
+        if not defaults:
+            continue
+        default = defaults[-1]
+        row, base = default["row"], default["sparsegpt"]
+        same_run = [p for p in points if p["results"] is default["results"]]
+        cheapest = same_run[0]
+        lines.append(f"- whole SmolLM2 at {spec}: SNOWS at the default budget ({DEFAULT_BUDGET}) {row['seconds']:.0f} s "
+                     f"vs SparseGPT {base['seconds']:.0f} s in the same run = {default['ratio']:.1f}x (goal at most 3x): "
+                     f"**{'met' if default['ratio'] <= 3 else 'not met'}**; the cheapest budget measured in that run "
+                     f"({cheapest['budget']}, {cheapest['row']['method']}) {cheapest['ratio']:.1f}x, so the frontier "
+                     "above stands in for the goal")
+        top = max(points, key=lambda p: p["ratio"])
+        if top is default:
+            continue
+        interval = metric_interval(default["results"], [top["row"], row], lambda a, b: b - a)
+        worse = row["scores"]["perplexity"] - top["row"]["scores"]["perplexity"]
+        lines.append(f"- SmolLM2 {spec} perplexity at the default budget no worse than with {top['budget']} "
+                     f"({top['row']['scores']['perplexity']:.2f}): {row['scores']['perplexity']:.2f}, "
+                     f"{worse:+.2f}, 95% paired interval {_fmt(interval, 2) if interval else NO_DATA}: "
+                     f"**{no_worse(interval)}**")
+    return lines
+
+
+def no_worse(interval: tuple[float, float] | None) -> str:
+    """The verdict on "no worse, within noise" from the interval of how much worse.
+
+    Example:
+        >>> no_worse((-0.5, 1.2)), no_worse((0.3, 2.0)), no_worse(None)
+        ('met (within noise)', 'not met', 'no per-sample data: rerun the benchmark')
+    """
+    if interval is None:
+        return NO_DATA
+    return "not met" if interval[0] > 0 else ("met (within noise)" if interval[1] > 0 else "met")
 
 
 def _solves(speed: dict) -> float:
@@ -495,7 +683,28 @@ def budget_table(budget: dict) -> list[str]:
         times = "" if base is None else f"{r['seconds'] / base:.1f}"
         lines.append(f"| {r['variant']} | {r['output_error']:.5f} | {loss} | {r['hessian_vector_products']} | "
                      f"{r['seconds']:.1f} | {times} |")
-    return lines
+    return lines + budget_knee(budget, base)
+
+
+def budget_knee(budget: dict, base_seconds: float | None) -> list[str]:
+    """The knee of the budgets that differ from the defaults in Newton steps and CG
+    iterations only, all from the one run of the file (output error against time)."""
+    budget_keys = ("newton_steps", "cg_iters")
+    default = next((r for r in budget["rows"] if r["variant"].endswith("(the defaults)")), None)
+    sparsegpt = next((r for r in budget["rows"] if r["config"].get("method") == "none"), None)
+    if default is None or sparsegpt is None or not base_seconds:
+        return []
+    others = {k: v for k, v in default["config"].items() if k not in budget_keys}
+    same = [r for r in budget["rows"] if {k: v for k, v in r["config"].items() if k not in budget_keys} == others]
+    point = lambda r, **extra: {"ratio": r["seconds"] / base_seconds, "row": {"scores": {"error": r["output_error"]}},  # noqa: E731
+                                "budget": f"{r['config'].get('newton_steps')} x {r['config'].get('cg_iters')}", **extra}
+    found = knee([point(r) for r in same] + [point(sparsegpt, base=True)], "error")
+    if found is None:
+        return []
+    return ["", f"Among the rows that differ from the defaults only in Newton steps x CG iterations "
+                f"({', '.join(point(r)['budget'] for r in same)}), the knee of output error against time (the point "
+                f"farthest below the line from SparseGPT to the costliest of them, both scaled to that span) is "
+                f"{found['budget']}; the default is {DEFAULT_BUDGET}."]
 
 
 def speed_table(speed: dict) -> list[str]:
@@ -546,7 +755,10 @@ def results_block() -> list[list[str]]:
     """The "Results" block: quality tables, solver budget and speed, goals."""
     quality = {m: r for m in TITLES if (r := load(f"quality_{m}.json"))}
     speed, budget = load("solver_speed.json"), load("solver_budget.json")
+    frontier = [r for name in FRONTIER if (r := load(name))]
     parts: list[list[str]] = [quality_table(m, r) for m, r in quality.items()]
+    if frontier_table(quality, frontier):
+        parts.append(frontier_table(quality, frontier))
     order = statistics_order(quality)
     if order:
         parts.append(order)
@@ -554,7 +766,7 @@ def results_block() -> list[list[str]]:
         parts.append(budget_table(budget))
     if speed:
         parts.append(speed_table(speed))
-    parts.append(goals(quality, speed))
+    parts.append(goals(quality, speed, frontier))
     return parts
 
 

@@ -16,6 +16,12 @@ model and data:
   the breakdown), so one HVP is given as a multiple of it. Writes ``benchmarks/results/solver_speed.json``.
 
     python benchmarks/solver_speed.py [--blocks 2] [--num-samples 16] [--seq-len 512]
+
+``--mask-only`` times the block forward and SparseGPT alone (no SNOWS), for the
+mask-only goal at realistic token counts (the reference's 128 x 512), into
+``benchmarks/results/solver_speed_mask_only.json``:
+
+    python benchmarks/solver_speed.py --mask-only --num-samples 128 --blocks 4
 """
 
 from __future__ import annotations
@@ -107,8 +113,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "solver_speed.json"))
+    parser.add_argument("--mask-only", action="store_true", help="time the block forward and SparseGPT only")
+    parser.add_argument("--out", default=None, help="default: results/solver_speed[_mask_only].json")
     args = parser.parse_args()
+    results = Path(__file__).parent / "results"
+    out = Path(args.out or results / ("solver_speed_mask_only.json" if args.mask_only else "solver_speed.json"))
 
     import snows_hf
     from smollm2_bbc import bbc_data, truncated_smollm2
@@ -126,6 +135,8 @@ def main() -> None:
     start = time.perf_counter()
     sparsegpt = snows_hf.prune_(model, {**common, "method": "none", "mask": "sparsegpt"}, calibration)
     sparsegpt_total = time.perf_counter() - start
+    if args.mask_only:
+        return mask_only_table(args, out, forward, sparsegpt, sparsegpt_total)
 
     model, _ = truncated()
     start = time.perf_counter()
@@ -156,8 +167,8 @@ def main() -> None:
         "sparsegpt_block_forwards": sparsegpt.block_forwards,  # counted by the pipeline, per block
         "sparsegpt_seconds_per_block_over_forward": sparsegpt_total / args.blocks / forward,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
     print(f"\nSmolLM2-135M, first {args.blocks} blocks, 2:4, {args.num_samples} x {args.seq_len} tokens "
           f"(micro-batch 4), 2 CPU threads")
@@ -183,6 +194,27 @@ def main() -> None:
     print(f"  {'the rest (trace, masks, start choice, propagation)':<40} {rest:>7.1f} s  {100 * rest / timed_total:>5.1f}%")
     print(f"\none HVP: {1000 * hvp_each:.0f} ms = {result['hvp_over_forward_backward']:.2f} x one forward+backward of "
           f"its window on the same micro-batches ({1000 * fb_each:.0f} ms)")
+
+
+def mask_only_table(args, out: Path, forward: float, report, seconds: float) -> None:
+    """SparseGPT's seconds per block against one block forward, with where they go."""
+    solves = [layer.seconds for layer in report.layers]
+    result = {
+        "blocks": args.blocks, "num_samples": args.num_samples, "seq_len": args.seq_len,
+        "block_forward_seconds": forward, "sparsegpt_seconds": seconds,
+        "sparsegpt_block_forwards": report.block_forwards,
+        "sparsegpt_solve_seconds": sum(solves),
+        "sparsegpt_seconds_per_block_over_forward": seconds / args.blocks / forward,
+        "solves_per_block_over_forward": sum(solves) / args.blocks / forward,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nSmolLM2-135M, first {args.blocks} blocks, 2:4, {args.num_samples} x {args.seq_len} tokens "
+          f"(micro-batch 4), 2 CPU threads")
+    print(f"one block forward over the calibration: {forward:.2f} s")
+    print(f"SparseGPT: {seconds / args.blocks:.2f} s per block = {result['sparsegpt_seconds_per_block_over_forward']:.2f} "
+          f"block forwards (the pipeline ran {', '.join(f'{f:g}' for f in report.block_forwards)} per block; "
+          f"the solves {result['solves_per_block_over_forward']:.2f})")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ _EXPORTS = {
     "as_batches": "api",
     "PruneConfig": "config",
     "SnowsConfig": "methods",
+    "SnowsFastConfig": "methods",
     "CalibrationConfig": "data",
     "SettingError": "fields",
     "PruneReport": "report",
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import PruneConfig
     from .data import CalibrationConfig
     from .fields import SettingError
-    from .methods import SnowsConfig
+    from .methods import SnowsConfig, SnowsFastConfig
     from .masks import SparsityPattern, parse_sparsity
     from .report import LayerReport, PruneReport, RunRecord
     from .sparse_inference import SparseInferenceReport, sparse_inference_

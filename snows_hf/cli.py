@@ -21,11 +21,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"snows-hf: error: {message}\n")
 
 
-def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = None, **kwargs: Any) -> None:
+def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = None, other_defaults: str = "",
+         **kwargs: Any) -> None:
     """Add ``--name`` for dataclass field ``name``, its help the field's; unset flags keep
     the dataclass default. A field that declares its allowed values (``choices`` in its
     metadata) offers those; so does one whose values come from a registry, ``described``
-    (value -> what it does, listed in the help)."""
+    (value -> what it does, listed in the help). ``other_defaults`` follows the default
+    in the help (other methods' defaults for the same option)."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
     text, default = field.metadata.get("help", ""), field.default
     if described:  # each value and what it does, the default first
@@ -33,7 +35,8 @@ def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = N
         text += ": " + ", ".join(f"{value} ({described[value]})" if described[value] else value for value in values)
     if described or field.metadata.get("choices") is not None:
         kwargs.setdefault("choices", sorted(described) if described else list(field.metadata["choices"]))
-    text += f" (default: {default})" if default not in (None, dataclasses.MISSING) else ""
+    if default not in (None, dataclasses.MISSING):
+        text += f" (default: {default}{'; ' + other_defaults if other_defaults else ''})"
     parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text.replace("%", "%%"),
                         **kwargs)
 
@@ -108,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         if tuple(names) not in groups:
             title = METHODS[names[0]].options_title or METHODS[names[0]].description
             groups[tuple(names)] = prune.add_argument_group(f"{title} (with --method {' or '.join(names)})")
-        _add(groups[tuple(names)], METHODS[names[0]].config_class, option,
+        defaults = {name: {f.name: f.default for f in dataclasses.fields(METHODS[name].config_class)}[option]
+                    for name in names}
+        others = "; ".join(f"{name}: {value}" for name, value in defaults.items() if value != defaults[names[0]])
+        _add(groups[tuple(names)], METHODS[names[0]].config_class, option, other_defaults=others,
              **({"type": numbers[option]} if option in numbers else {}))
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")

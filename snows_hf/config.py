@@ -16,7 +16,7 @@ from .fields import SettingError, check_choices, check_types, config_field, requ
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method
 
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 # The flat form lists the methods' options between the fields that choose what is pruned
 # and those that say how the run executes, where config_version 2 first put them:
 # recipes and reports of the same settings stay byte-identical.
@@ -49,7 +49,7 @@ def _method_options() -> dict[str, Any]:
 
 @dataclass
 class PruneConfig:
-    """Settings of one pruning run (``config_version`` 3; a recipe of an older version is
+    """Settings of one pruning run (``config_version`` 4; a recipe of an older version is
     read with what its keys meant then). ``method`` takes a method's name (its default options) or
     its config; either way it holds the config once made.
 
@@ -65,7 +65,7 @@ class PruneConfig:
     sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
     method: str | MethodConfig = config_field("snows", "pruning method")  # the methods registered, listed by the command line
     mask: str = config_field(
-        "sparsegpt", "mask selector used by the snows and none methods (sparsegpt also updates the kept weights; "
+        "sparsegpt", "mask selector used by the snows, snows-fast and none methods (sparsegpt also updates the kept weights; "
         "benchmarks/solver_budget.py measures it against magnitude under SNOWS)"
     )
     allocation: str = config_field(
@@ -81,7 +81,8 @@ class PruneConfig:
     ignore: list[str] | None = config_field(None, "regular expressions, matched like targets: never prune these modules")
     diagnostics: bool = config_field(
         True, "compare magnitude and Hessian-scaled masks per layer in the report (one extra block "
-        "forward per module when the mask itself needs no statistics)"
+        "forward per module when the mask itself needs no statistics) and record SNOWS's training window "
+        "loss after its re-fit (one more window forward per training micro-batch)"
     )
     stats_dtype: str = config_field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)",
                                     choices=("float32", "float64"))
@@ -191,7 +192,7 @@ class PruneConfig:
         Example:
             >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
             >>> config.method.k_step, config.method.newton_steps
-            (1, 2)
+            (1, 1)
             >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
             MaskOnlyConfig(statistics='block')
         """

@@ -178,8 +178,10 @@ def _names(keys: Any, prefix: str = "") -> str:
 # for): a recipe written then keeps producing the same weights.
 #: per older ``config_version``, what the keys it lacks meant then (defaults changed since)
 _OLD_MEANINGS = {
-    1: {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10, "statistics": "module"},
-    2: {"statistics": "module"},
+    1: {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10, "statistics": "module",
+        "newton_steps": 2},
+    2: {"statistics": "module", "newton_steps": 2},
+    3: {"newton_steps": 2},
 }
 
 

@@ -123,3 +123,30 @@ def test_forwards_are_counted_only_inside_the_counter():
         block_input_stats(block, [("0", block[0], "linear")], calls, {"input_sq"}, torch.float64, Processes())
     block_input_stats(block, [("0", block[0], "linear")], calls, {"input_sq"}, torch.float64, Processes())
     assert counted == [len(calls)]
+
+
+def test_modules_reading_one_tensor_share_its_statistics(monkeypatch):
+    """q/k/v read the same normed hidden states and gate/up the same MLP input: each
+    tensor's Gram matrix is computed once per micro-batch (4 of the 7 modules compute),
+    and each module's sums are those of its own inputs all the same."""
+    from snows_hf.methods import InputStats
+
+    computed = []
+    add = InputStats.add
+    monkeypatch.setattr(InputStats, "add", lambda self, x: computed.append(x.shape) or add(self, x))
+    model = tiny_llama()
+    layer = model.model.layers[0]
+    calls = []
+    hook = layer.register_forward_pre_hook(lambda m, args, kwargs: calls.append(BlockCall(args, kwargs)),
+                                           with_kwargs=True)
+    with torch.no_grad():
+        for batch in INPUTS.split(4):
+            model(input_ids=batch)
+    hook.remove()
+    modules = [(n, layer.get_submodule(n), "linear") for n in LLAMA_MODULES]
+    found = block_input_stats(layer, modules, calls, {"input_sq", "gram"}, torch.float32, Processes())
+    assert len(computed) == 4 * len(calls)
+    for name in LLAMA_MODULES:
+        job = ModuleJob(name, layer.get_submodule(name), "linear", parse_sparsity("2:4"), 0, layer, calls)
+        alone = job.input_stats({"input_sq", "gram"})
+        assert all(torch.equal(alone[k], found[name][k]) for k in ("input_sq", "gram")), name

@@ -321,9 +321,13 @@ def test_method_help_lists_each_registered_method_and_what_it_does(capsys, monke
             main(["prune", "--help"])
     finally:
         del METHODS["keep-test"]
-    assert ("--method {keep-test,magnitude,none,snows} pruning method: snows (mask, then re-fit over a K-step window), "
-            "none (mask only), magnitude (magnitude mask only), keep-test (the mask's weights as they are) "
-            "(default: snows)") in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("--method {keep-test,magnitude,none,snows,snows-fast} pruning method: snows (mask, then re-fit over a "
+            "K-step window), none (mask only), magnitude (magnitude mask only), snows-fast (SNOWS with at most 2 CG "
+            "iterations: faster, less accurate), keep-test (the mask's weights as they are) (default: snows)") in out
+    # an option two methods read shows each one's default
+    assert "SNOWS re-fit (with --method snows or snows-fast)" in out
+    assert "--cg-iters CG_ITERS SNOWS: conjugate-gradient iterations per Newton step at most (default: 5; snows-fast: 2)" in out
 
 
 def test_module_entry_point_and_real_process_errors(tmp_path):

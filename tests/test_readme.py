@@ -80,3 +80,40 @@ def test_the_readme_extension_example_registers_what_it_says():
     finally:
         ADAPTERS.pop("my-arch", None)
         SELECTORS.pop("my-wanda", None)
+
+
+def _readme_results():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import readme_results
+    finally:
+        sys.path.pop(0)
+    return readme_results
+
+
+def test_the_knee_is_the_point_farthest_below_the_line_from_sparsegpt_to_the_costliest_budget():
+    """By hand, SparseGPT at (1x, 100) and the costliest budget at (21x, 60): (6x, 70) lies
+    1 - 5/20 - 10/40 = 0.5 below the line between them, (11x, 65) 1 - 10/20 - 5/40 = 0.375."""
+    rr = _readme_results()
+    point = lambda ratio, ppl, **extra: {"ratio": ratio, "row": {"scores": {"perplexity": ppl}}, **extra}  # noqa: E731
+    base, cheap, mid, top = point(1, 100, base=True), point(6, 70), point(11, 65), point(21, 60)
+    # below the line: 1 - x - y with x = (r - 1) / 20, y = (p - 60) / 40
+    assert 1 - 5 / 20 - 10 / 40 == 0.5 and 1 - 10 / 20 - 5 / 40 == 0.375
+    assert rr.knee([cheap, mid, top, base], "perplexity") is cheap
+    assert rr.knee([point(20, 61), top, base], "perplexity")["ratio"] == 20
+    assert rr.knee([top, base], "perplexity") is None  # one budget: no frontier to bend
+
+
+@pytest.mark.parametrize("interval, verdict", [((-0.5, 1.2), "met (within noise)"), ((0.3, 2.0), "not met"),
+                                               ((-2.0, -0.1), "met"), (None, "no per-sample data: rerun the benchmark")])
+def test_no_worse_is_met_unless_the_whole_interval_says_worse(interval, verdict):
+    assert _readme_results().no_worse(interval) == verdict
+
+
+def test_budgets_come_from_the_settings_a_row_recorded():
+    rr = _readme_results()
+    assert rr.budget_of({"config": {"newton_steps": 1, "cg_iters": 5}}) == "1 x 5"
+    assert rr.budget_of({"options": {"newton_steps": 2}}) is None  # what was asked is not what ran
+    from snows_hf.methods import SnowsConfig
+
+    assert rr.DEFAULT_BUDGET == f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"

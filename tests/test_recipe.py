@@ -80,21 +80,33 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("magnitude", "lsq", 10, "none")
-    assert prune.method.k_step == 2 and prune.config_version == 3
+    assert prune.method.k_step == 2 and prune.method.newton_steps == 2 and prune.config_version == 4
     path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.cg_iters, prune.method.preconditioner) == ("wanda", 7, "none")
     path.write_text("prune: {sparsity: '2:4'}\n")  # hand-written, no version: today's defaults
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
+    assert prune.method.newton_steps == 1
 
 
-# Settings of a run with every default (config_version 3), then what each saved recipe
+@pytest.mark.parametrize("version, steps", [(2, 2), (3, 2), (4, 1)])
+def test_a_recipe_without_newton_steps_means_its_versions_default(tmp_path, version, steps):
+    """Version 4 made one Newton step the default (the knee of the measured frontier);
+    a hand-written recipe of an older version that leaves the key out meant two."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"prune: {{sparsity: '2:4', config_version: {version}, cg_iters: 4}}\n")
+    prune, _, _ = load_recipe(path)
+    assert (prune.method.newton_steps, prune.method.cg_iters, prune.config_version) == (steps, 4, 4)
+
+
+# Settings of a run with every default of config_version 3 (the version each is read
+# as is 4, whose one change of default, newton_steps, every saved file states), then what each saved recipe
 # file (tests/data/recipes: written by snows-hf itself, at the commit its header names)
 # changes. A version-1 file means what version 1 meant by the keys it lacks.
 COMMON = {"sparsity": "2:4", "mask": "sparsegpt", "allocation": "uniform", "max_layer_sparsity": None, "targets": None,
           "ignore": None, "diagnostics": True, "stats_dtype": "float32", "batch_size": 8, "offload_activations": "device",
-          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 3}
+          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 4}
 SNOWS = {"k_step": 3, "target": "dense-stream", "term_scale": "energy", "init": "auto", "hessian": "gauss-newton",
          "newton_steps": 2, "cg_iters": 5, "damping": 1e-4, "preconditioner": "input-energy", "holdout": 0.125,
          "batches_per_step": None, "hessian_batches": None}
@@ -132,20 +144,26 @@ def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, 
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v3-*.yaml")))
-def test_a_version_3_recipe_writes_back_unchanged(name):
+def test_a_version_3_recipe_writes_back_unchanged_but_for_its_version(name):
     prune, _, _ = load_recipe(SAVED / name)
-    assert list(recipe_dict(prune)["prune"].items()) == list(read_recipe_yaml(SAVED / name)["prune"].items())
+    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
+    back = recipe_dict(prune)["prune"]
+    assert [(k, v) for k, v in back.items() if k != "newton_steps"] == [(k, v) for k, v in written.items() if k != "newton_steps"]
+    # another method's options are stored at today's defaults; a SNOWS file keeps its own
+    assert back["newton_steps"] == (written["newton_steps"] if prune.method.name.startswith("snows") else 1)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))
 def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     """Key for key and in the same order: rerunning an output's recipe rewrites it as
-    version 3 with what version 2 meant by the key it lacked (statistics per module)."""
+    version 4 with what version 2 meant by the key it lacked (statistics per module)."""
     prune, _, _ = load_recipe(SAVED / name)
-    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 3}
+    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
     back = recipe_dict(prune)["prune"]
-    assert [(k, v) for k, v in back.items() if k != "statistics"] == list(written.items())
+    other = {"statistics", "newton_steps"}  # keys whose value comes from another method's defaults
+    assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
     assert back["statistics"] == ("block" if prune.method.name == "snows" else "module")  # another method's default
+    assert back["newton_steps"] == (written["newton_steps"] if prune.method.name == "snows" else 1)
 
 
 def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others():

@@ -1,8 +1,8 @@
 """Pruning methods: what happens to one targeted module, given its block's inputs.
 
 Each method is registered here, once, under its options' name: ``none`` and
-``magnitude`` (:mod:`~snows_hf.methods.mask_only`) and ``snows``
-(:mod:`~snows_hf.methods.snows`). :func:`register_method` adds another;
+``magnitude`` (:mod:`~snows_hf.methods.mask_only`), ``snows`` and its cheaper preset
+``snows-fast`` (:mod:`~snows_hf.methods.snows`). :func:`register_method` adds another;
 :func:`get_method` finds one by name.
 
 Example:
@@ -14,12 +14,14 @@ Example:
 from .base import (METHODS, InputStats, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, block_input_stats,
                    get_method, has_input_features, input_features, register_method)
 from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
-from .snows import SnowsConfig, SnowsMethod, SnowsPlan, split_holdout
+from .snows import SnowsConfig, SnowsFastConfig, SnowsFastMethod, SnowsMethod, SnowsPlan, split_holdout
 
 register_method(MaskOnly)
 register_method(MagnitudeMethod)
 register_method(SnowsMethod)
+register_method(SnowsFastMethod)
 
 __all__ = ["METHODS", "InputStats", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method",
-           "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsMethod", "SnowsPlan",
+           "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsFastConfig", "SnowsFastMethod",
+           "SnowsMethod", "SnowsPlan",
            "block_input_stats", "get_method", "has_input_features", "input_features", "register_method", "split_holdout"]

@@ -151,12 +151,21 @@ class InputStats:
         self.sq: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor) -> None:
-        """Add one micro-batch of inputs, ``(tokens, features)`` as :func:`input_features` gives them."""
+    def add(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add one micro-batch of inputs, ``(tokens, features)`` as :func:`input_features`
+        gives them; returns what it added (``(input_sq, gram)``) for :meth:`add_terms`."""
         x = x.to(self.dtype)
-        self.sq = x.pow(2).sum(0) if self.sq is None else self.sq + x.pow(2).sum(0)
+        terms = (x.pow(2).sum(0), x.T @ x if self.gram_needed else None)
+        self.add_terms(terms)
+        return terms
+
+    def add_terms(self, terms: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        """Add what :meth:`add` of another module's sums computed for the same input tensor
+        (modules reading one tensor, such as q/k/v projections, share its Gram matrix)."""
+        sq, gram = terms
+        self.sq = sq if self.sq is None else self.sq + sq
         if self.gram_needed:
-            self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+            self.gram = gram if self.gram is None else self.gram + gram
 
     def result(self, processes: Processes) -> dict[str, torch.Tensor]:
         """The sums over every micro-batch of every process (``input_sq`` always, ``gram`` when asked)."""
@@ -185,13 +194,25 @@ def block_input_stats(block: nn.Module, modules: list[tuple[str, nn.Module, str]
     needs = set(needs)
     sums = {name: InputStats(module, layout, needs, dtype) for name, module, layout in modules}
     seen: set[str] = set()  # a module run twice in one forward counts its first input, as input_stats does
+    # Per call: input tensor -> the terms its statistics added, so modules reading the same
+    # tensor (q/k/v, gate/up) compute its Gram matrix once. The tensor is held until the
+    # call ends, so no other tensor can take its id meanwhile. Conv2d inputs are unfolded
+    # by each module's own kernel, so they are not shared.
+    shared: dict[int, tuple[torch.Tensor, tuple]] = {}
 
     def hook_for(name: str, layout: str):
         def grab(module: nn.Module, args: tuple, output: Any) -> None:
-            if name not in seen:
-                seen.add(name)
-                x = input_features(module, layout, args[0])
-                sums[name].add(x.to(torch.promote_types(x.dtype, torch.float32)))
+            if name in seen:
+                return
+            seen.add(name)
+            raw = args[0]
+            if layout != "conv2d" and id(raw) in shared and shared[id(raw)][0] is raw:
+                sums[name].add_terms(shared[id(raw)][1])
+                return
+            x = input_features(module, layout, raw)
+            terms = sums[name].add(x.to(torch.promote_types(x.dtype, torch.float32)))
+            if layout != "conv2d":
+                shared[id(raw)] = (raw, terms)
 
         return grab
 
@@ -200,7 +221,9 @@ def block_input_stats(block: nn.Module, modules: list[tuple[str, nn.Module, str]
             hooks.append(module.register_forward_hook(hook_for(name, layout)))
         for call in calls:
             seen.clear()
+            shared.clear()
             run_block(block, call)
+            shared.clear()
     return {name: s.result(processes) for name, s in sums.items()}
 
 

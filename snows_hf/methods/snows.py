@@ -108,7 +108,7 @@ class SnowsConfig(MethodConfig):
 
     Example:
         >>> SnowsConfig(k_step=0, hessian="exact").newton_steps
-        2
+        1
         >>> SnowsConfig(holdout=1.0)
         Traceback (most recent call last):
         snows_hf.fields.SettingError: holdout must be strictly between 0 and 1, got 1.0
@@ -130,7 +130,11 @@ class SnowsConfig(MethodConfig):
     )
     hessian: str = config_field("gauss-newton", "SNOWS: Hessian-vector products, gauss-newton (PSD) or exact",
                                 choices=HESSIAN_KINDS)
-    newton_steps: int = config_field(2, "SNOWS: Newton steps per module")
+    # One step of 5 CG iterations is the knee of the measured time/quality frontier
+    # (README "Results": benchmarks/solver_budget.py on 2 SmolLM2 blocks, quality.py on the
+    # whole model at 2:4): a second step costs about 75% more time for a seventh of the
+    # output error SNOWS removes from SparseGPT's.
+    newton_steps: int = config_field(1, "SNOWS: Newton steps per module")
     cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
     damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian")
     preconditioner: str = config_field(
@@ -178,6 +182,22 @@ class SnowsPlan(MethodPlan):
         graphs = max((m.window_bytes for m in modules), default=0) * self.graph_batches * batch_size
         return [f"largest window's kept graphs (estimate): {format_size(graphs)}",
                 f"Hessian-vector products: at most {len(modules) * self.newton_steps * self.cg_iters:,}"]
+
+
+@dataclass
+class SnowsFastConfig(SnowsConfig):
+    """Options of the ``snows-fast`` preset: SNOWS with at most 2 CG iterations in its one
+    Newton step, the cheapest point of the measured frontier before the error climbs
+    steeply (every option can still be set).
+
+    Example:
+        >>> SnowsFastConfig().cg_iters, SnowsFastConfig(cg_iters=3).cg_iters
+        (2, 3)
+    """
+
+    name = "snows-fast"
+
+    cg_iters: int = config_field(2, "SNOWS: conjugate-gradient iterations per Newton step at most")
 
 
 class SnowsMethod(Method):
@@ -230,6 +250,7 @@ class SnowsMethod(Method):
         return NewtonConfig(
             steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
             batches_per_step=cfg.batches_per_step, hessian_batches=cfg.hessian_batches, max_graphs=self._max_graphs,
+            final_train_loss=self.config.diagnostics,  # a record only: one more forward over the training batches
         )
 
     def prune_module(self, job: ModuleJob) -> MethodResult:
@@ -362,3 +383,10 @@ class SnowsMethod(Method):
         local = torch.stack([sum(t[k].double().pow(2).mean() for t in targets) for k in range(len(targets[0]))])
         energy = (job.processes.sum(local) / job.num_batches).tolist()
         return [1.0 / max(e, 1e-12) ** 0.5 for e in energy]
+
+
+class SnowsFastMethod(SnowsMethod):
+    """SNOWS with a smaller Newton-CG budget (options: a :class:`SnowsFastConfig`)."""
+
+    config_class = SnowsFastConfig
+    description = "SNOWS with at most 2 CG iterations: faster, less accurate"

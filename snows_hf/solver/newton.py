@@ -42,6 +42,9 @@ class NewtonConfig:
       ``False`` re-runs the forward per batch for each product (less memory, same result).
     - ``max_graphs``: batches whose graphs are held at once (``None``: all). Halved
       automatically on out-of-memory errors; the next steps start where it settled.
+    - ``final_train_loss``: after the last accepted step, evaluate the training loss
+      (one more forward over every training batch, for the record only: no step reads
+      it); ``False`` leaves ``train_loss_after`` ``None``.
 
     Example:
         >>> NewtonConfig(steps=2, hessian="exact").cg_iters
@@ -60,6 +63,7 @@ class NewtonConfig:
     hessian_batches: Optional[int] = None
     keep_graphs: bool = True
     max_graphs: Optional[int] = None
+    final_train_loss: bool = True
 
     def __post_init__(self):
         finite = 0.0 <= self.damping < float("inf")
@@ -88,6 +92,7 @@ class NewtonConfig:
             self.max_graphs is None or (_is_int(self.max_graphs) and self.max_graphs >= 1),
             "max_graphs", "None or an int >= 1", self.max_graphs,
         )
+        _require(isinstance(self.final_train_loss, bool), "final_train_loss", "a bool", self.final_train_loss)
 
 
 def _is_int(x) -> bool:
@@ -104,7 +109,8 @@ class NewtonResult:
     """Outcome of :func:`newton_refit`.
 
     ``weight`` is detached and exactly zero off the mask. ``train_loss_*`` are over all
-    training batches, ``heldout_loss_*`` over all held-out batches.
+    training batches (``train_loss_after`` is ``None`` when steps were accepted and
+    ``final_train_loss`` was off), ``heldout_loss_*`` over all held-out batches.
     ``graph_batches`` is how many batches' graphs the last step held at once, lowered
     by ``memory_retries`` out-of-memory recoveries. ``history`` holds
     one dict per attempted step with keys ``step, train_loss`` (on that step's batches,
@@ -125,7 +131,7 @@ class NewtonResult:
 
     weight: Tensor
     train_loss_before: float
-    train_loss_after: float
+    train_loss_after: Optional[float]
     heldout_loss_before: float
     heldout_loss_after: float
     steps_accepted: int
@@ -259,7 +265,8 @@ class _NewtonLoop:
                 res.stop_reason = stop
                 break
         if res.steps_accepted:
-            res.train_loss_after = _eval_loss(self.residual_fn, w, self.train, self.shard)
+            final = self.config.final_train_loss
+            res.train_loss_after = _eval_loss(self.residual_fn, w, self.train, self.shard) if final else None
         res.weight = w.detach()
         res.graph_batches, res.memory_retries = self.max_graphs, self.retries
         res.heldout_loss_after = heldout
