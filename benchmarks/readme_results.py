@@ -336,7 +336,8 @@ def difference_line(results: dict, patterns: Sequence[str], rows: dict) -> str:
             + (f" ({NO_DATA} for the figures without an interval)" if missing else ""))
 
 
-def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict] = ()) -> list[str]:
+def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict] = (), mask_only: dict | None = None,
+          shapes: dict | None = None) -> list[str]:
     """Each goal of the benchmarks, with the figures and whether they meet it."""
     lines = ["**Goals**, checked against the figures above (times on a shared 2-core machine: compare them "
              "within a table, where one run measured them):", ""]
@@ -370,7 +371,6 @@ def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict]
                         f"forwards per block and the per-module SparseGPT solves taking {_solves(speed):.2f} forwards' "
                         f"time (they do not grow with the tokens, forwards do): "
                         f"**{'met' if per_block <= 2.5 else 'not met'}**"))
-    mask_only = load("solver_speed_mask_only.json")
     if mask_only:
         per_block = mask_only["sparsegpt_seconds_per_block_over_forward"]
         rest = per_block - sum(mask_only["sparsegpt_block_forwards"]) / mask_only["blocks"] - \
@@ -384,7 +384,6 @@ def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict]
                      f"{rest:.2f} for the rest (accumulating the Gram matrices `X^T X` the solves need, once per input "
                      f"tensor: 4 per micro-batch for a Llama block's 7 modules, and the pipeline's own work): "
                      f"**{'met' if per_block <= 2.5 else 'not met'}**")
-    shapes = load("real_shapes_cpu.json")
     vit = next((c for c in (shapes or {}).get("cases", []) if c.get("case") == "vit-large"), None)
     if vit:
         budget = budget_of(vit)
@@ -766,7 +765,7 @@ def results_block() -> list[list[str]]:
         parts.append(budget_table(budget))
     if speed:
         parts.append(speed_table(speed))
-    parts.append(goals(quality, speed, frontier))
+    parts.append(goals(quality, speed, frontier, load("solver_speed_mask_only.json"), load("real_shapes_cpu.json")))
     return parts
 
 

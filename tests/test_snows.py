@@ -306,3 +306,18 @@ def test_start_and_preconditioner_follow_the_mask_and_the_layout(monkeypatch, ki
     assert {layer.metrics["init"] for layer in report.layers} <= {"lsq", "mask"}
     assert "lsq" in {layer.metrics["init"] for layer in report.layers}
     assert seen == [None] * len(report.layers)
+
+
+def test_snows_fast_is_snows_with_at_most_two_cg_iterations_and_says_so():
+    """The preset runs the same re-fit as ``snows`` with ``cg_iters=2`` (identical weights)
+    and is named as itself in the settings; without diagnostics the final training loss,
+    a record only, is not computed."""
+    fast_model, slow_model = tiny_llama(), tiny_llama()
+    fast = snows_hf.prune_(fast_model, _snows(method="snows-fast", diagnostics=False), _inputs("llama"))
+    same = snows_hf.prune_(slow_model, _snows(cg_iters=2, diagnostics=False), _inputs("llama"))
+    assert (fast.config["method"], fast.config["cg_iters"], fast.config["newton_steps"]) == ("snows-fast", 2, 1)
+    assert all(max(layer.metrics["cg_iterations"], default=0) <= 2 for layer in fast.layers)
+    for name, _ in fast_model.named_parameters():
+        assert torch.equal(fast_model.get_parameter(name), slow_model.get_parameter(name)), name
+    accepted = [layer for layer in fast.layers if layer.metrics["newton_steps"]]
+    assert accepted and all(layer.metrics["train_loss_after"] is None for layer in accepted)

@@ -135,7 +135,7 @@ class InputStats:
 
     Example:
         >>> sums = InputStats(nn.Linear(2, 1), "linear", {"input_sq", "gram"}, torch.float64)
-        >>> sums.add(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+        >>> terms = sums.add(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
         >>> {k: v.tolist() for k, v in sorted(sums.result(Processes()).items())}
         {'gram': [[10.0, 2.0], [2.0, 4.0]], 'input_sq': [10.0, 4.0]}
     """
