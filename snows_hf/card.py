@@ -119,13 +119,13 @@ def _task_results(figures: dict[str, Any] | None, pipeline_tag: str) -> list[Any
     """
     from huggingface_hub import EvalResult
 
-    from .harness import LOCAL_BUILDERS, paired_rows
+    from .harness import LOCAL_BUILDERS, metric_label, paired_rows
 
     results = []
     for row in paired_rows(figures or {}):
         dataset = (figures.get("datasets") or {}).get(row["task"]) or {}
         hub_id = dataset.get("path") if dataset.get("path") not in LOCAL_BUILDERS else None
-        metric = row["metric"] if not row.get("filter") else f"{row['metric']},{row['filter']}"
+        metric = metric_label(row)
         for label, measured in (("pruned", row["pruned"]), ("dense baseline", row["dense"])):
             value = (measured or {}).get("value")
             if value is None or not math.isfinite(value):
@@ -144,17 +144,10 @@ def _task_results(figures: dict[str, Any] | None, pipeline_tag: str) -> list[Any
 
 def _task_table(figures: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
     """The card's lm-eval rows: task (items scored), metric, dense and pruned (value +- stderr), change."""
-    from .harness import paired_rows
-
-    def cell(measured: dict[str, Any] | None) -> str:
-        if not measured or measured.get("value") is None:
-            return ""
-        stderr = measured.get("stderr")
-        return f"{measured['value']:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+    from .harness import metric_label, paired_rows, value_text
 
     return [(row["task"] + (f" ({row['samples']})" if row.get("samples") is not None else ""),
-             row["metric"] if not row.get("filter") else f"{row['metric']},{row['filter']}",
-             cell(row["dense"]), cell(row["pruned"]),
+             metric_label(row), value_text(row["dense"], "±"), value_text(row["pruned"], "±"),
              f"{row['difference']:+.4f}" if row["difference"] is not None else "")
             for row in paired_rows(figures or {})]
 

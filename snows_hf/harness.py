@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import logging
 import os
 import random
@@ -39,6 +40,8 @@ INSTALL = 'pip install "snows-hf[lmeval]"'
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql")
 """``dataset_path`` values that are ``datasets``' builders for local files, not Hub datasets."""
 
+MAX_RECIPE_TASK_FILES = 1000  #: task YAML files a recipe's task folders may hold (each one is read)
+MAX_TASK_FILE_BYTES = 2**20  #: a task YAML file is a few kB; the bound keeps a recipe's cheap to check
 _FUNCTION_TAG = "!function"
 _INCLUDE = re.compile(r"""^\s*include:\s*["']?([^"'#\s]+)""", re.MULTILINE)
 
@@ -164,22 +167,33 @@ def check_task_code(specs: list[str], source: str) -> None:
     Example:
         >>> check_task_code(["arc_easy"], "recipe 'r.yaml'")
     """
-    pending = [f for spec in specs if Path(os.path.expanduser(spec)).exists()
-               for f in task_yaml_files(Path(os.path.expanduser(spec)))]
+    def refuse(problem: str) -> SettingError:
+        return SettingError(f"{source} names {problem}", field="tasks",
+                            hint=f"name the tasks yourself with {setting('tasks')}")
+
+    pending: list[Path] = []
+    for spec in specs:
+        path = Path(os.path.expanduser(spec))
+        if path.exists():  # a folder is walked lazily: a recipe naming "/" must not walk the disk
+            files = [path] if path.is_file() else itertools.islice(path.glob("**/*.yaml"), MAX_RECIPE_TASK_FILES + 1)
+            pending += files
     seen: set[Path] = set()
     while pending:
         yaml_file = pending.pop().resolve()
         if yaml_file in seen:
             continue
         seen.add(yaml_file)
+        if len(seen) > MAX_RECIPE_TASK_FILES:
+            raise refuse(f"more than {MAX_RECIPE_TASK_FILES} task files")
         try:
+            if yaml_file.stat().st_size > MAX_TASK_FILE_BYTES:
+                raise refuse(f"the task file {yaml_file.name!r}, over {MAX_TASK_FILE_BYTES:,} bytes")
             text = yaml_file.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
         if _FUNCTION_TAG in text:
-            raise SettingError(f"{source} names the task file {yaml_file.name!r}, which runs Python code "
-                               f"({_FUNCTION_TAG}); a recipe may not run code", field="tasks",
-                               hint=f"name the tasks yourself with {setting('tasks')} to run it")
+            raise refuse(f"the task file {yaml_file.name!r}, which runs Python code ({_FUNCTION_TAG}); a recipe "
+                         "may not run code")
         # lm-eval reads an included file relative to the including one (or by absolute path)
         pending += [yaml_file.parent / Path(os.path.expanduser(name)) for name in _INCLUDE.findall(text)]
 
@@ -368,6 +382,29 @@ class PairedTasks:
         return {"limit": self.limit, "datasets": self.datasets, **self.rows}
 
 
+def metric_label(row: dict[str, Any]) -> str:
+    """A figure's metric as lm-eval names it, with its filter when not the default one.
+
+    Example:
+        >>> metric_label({"metric": "acc"}), metric_label({"metric": "exact_match", "filter": "strict"})
+        ('acc', 'exact_match,strict')
+    """
+    return row["metric"] if not row.get("filter") else f"{row['metric']},{row['filter']}"
+
+
+def value_text(measured: dict[str, Any] | None, plus_minus: str = "+-") -> str:
+    """A figure's value with its standard error (``""`` when not measured).
+
+    Example:
+        >>> value_text({"value": 0.75, "stderr": 0.25}), value_text({"value": 0.5}, "±"), value_text(None)
+        ('0.7500 +- 0.2500', '0.5000', '')
+    """
+    if not measured or measured.get("value") is None:
+        return ""
+    stderr = measured.get("stderr")
+    return f"{measured['value']:.4f}" + (f" {plus_minus} {stderr:.4f}" if stderr is not None else "")
+
+
 def paired_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of task, metric, dense and pruned value (and their difference) from
     :meth:`PairedTasks.figures`; ``model`` stands in for ``pruned`` when only one model ran.
@@ -401,22 +438,16 @@ def format_tasks(figures: dict[str, Any]) -> str:
     """
     paired = "dense" in figures
     rows = paired_rows(figures)
-
-    def cell(row: dict[str, Any] | None) -> str:
-        if not row or row.get("value") is None:
-            return ""
-        return f"{row['value']:.4f}" + (f" +- {row['stderr']:.4f}" if row.get("stderr") is not None else "")
-
     names = [f"{r['task']} ({r['samples']})" if r.get("samples") is not None else r["task"] for r in rows]
-    metrics = [r["metric"] if not r.get("filter") else f"{r['metric']},{r['filter']}" for r in rows]
+    metrics = [metric_label(r) for r in rows]
     title = "lm-eval task (items scored)"
     width, metric_width = max([len(title), *map(len, names)]), max([6, *map(len, metrics)])
     columns = ("dense", "pruned", "change") if paired else ("model",)
     lines = [f"{title:<{width}}  {'metric':<{metric_width}} {columns[0]:>17}" + (
         f" {columns[1]:>17} {columns[2]:>8}" if paired else "")]
     for name, metric, row in zip(names, metrics, rows):
-        line = f"{name:<{width}}  {metric:<{metric_width}} " + (f"{cell(row['dense']):>17} " if paired else "")
-        line += f"{cell(row['pruned']):>17}"
+        line = f"{name:<{width}}  {metric:<{metric_width}} " + (f"{value_text(row['dense']):>17} " if paired else "")
+        line += f"{value_text(row['pruned']):>17}"
         if paired:
             line += f" {row['difference']:>+8.4f}" if row["difference"] is not None else f" {'':>8}"
         lines.append(line)

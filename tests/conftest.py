@@ -126,6 +126,15 @@ def bert_dir(tmp_path):
     return _save(tiny_bert(), tiny_tokenizer(), tmp_path / "tiny-bert")
 
 
+@pytest.fixture
+def home_llama_dir(tmp_path, monkeypatch):
+    """A tiny Llama with its tokenizer saved under a private home folder (``HOME`` points
+    there): what a push must never name by its path."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    return _save(tiny_llama(), tiny_tokenizer(), home / "models" / "tiny-llama")
+
+
 @pytest.fixture(scope="module")
 def llama64_dir(tmp_path_factory):
     """A 3-block tiny Llama in float64 (no tokenizer), shared by a module's tests:

@@ -229,12 +229,9 @@ def test_a_huge_recipe_value_gives_a_short_line(tmp_path, capsys, text, message)
 
 # --- 16. what a push publishes names no local path ----------------------------------------------
 
-def test_push_publishes_no_local_path_and_keeps_the_local_files(hub, tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
-    model = home / "models" / "tiny-llama"
-    tiny_llama().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+def test_push_publishes_no_local_path_and_keeps_the_local_files(hub, home_llama_dir, tmp_path, monkeypatch):
+    model = home_llama_dir
+    home = model.parents[1]
     data = home / "private" / "texts.jsonl"
     data.parent.mkdir()
     data.write_text("".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(30))}) + "\n"

@@ -190,6 +190,29 @@ def test_a_recipe_may_not_name_task_files_that_run_code(tmp_path):
         load_recipe_tasks(recipe)
 
 
+def test_a_recipes_task_folders_are_checked_within_bounds(tmp_path, monkeypatch):
+    """A recipe's task files are read to look for code: one too large, or a folder with too
+    many of them, is refused before it is read whole or walked to the end."""
+    from snows_hf import harness
+    from snows_hf.harness import check_task_code
+
+    monkeypatch.setattr(harness, "MAX_TASK_FILE_BYTES", 64)
+    monkeypatch.setattr(harness, "MAX_RECIPE_TASK_FILES", 3)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "big.yaml").write_text("task: big\n" + "#" * 100)
+    with pytest.raises(SettingError, match=r"^recipe 'r' names the task file 'big.yaml', over 64 bytes; name the "
+                                           r"tasks yourself with tasks$"):
+        check_task_code([str(folder)], "recipe 'r'")
+    (folder / "big.yaml").write_text("task: big\n")
+    check_task_code([str(folder)], "recipe 'r'")
+    for i in range(3):
+        (folder / "deeper" / str(i)).mkdir(parents=True)
+        (folder / "deeper" / str(i) / "t.yaml").write_text(f"task: t{i}\n")
+    with pytest.raises(SettingError, match=r"names more than 3 task files"):
+        check_task_code([str(folder)], "recipe 'r'")
+
+
 @pytest.mark.parametrize("value, message", [
     ({"limit": 0, "tasks": ["piqa"]}, "limit must be at least 1"),
     ({"limit": 5}, "limit limits the items of each lm-eval task, and no task is named; name them with tasks"),
@@ -202,14 +225,11 @@ def test_task_settings_that_cannot_work_are_refused(value, message):
         TaskSettings.of(value).suite()
 
 
-def test_prune_with_tasks_from_the_command_line_publishes_the_task_folder_by_its_name(hub, tmp_path, monkeypatch):
+def test_prune_with_tasks_from_the_command_line_publishes_the_task_folder_by_its_name(hub, home_llama_dir, tmp_path, monkeypatch):
     from hub_server import TOKEN
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
-    model = home / "models" / "tiny-llama"
-    tiny_llama().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    model = home_llama_dir
+    home = model.parents[1]
     tasks = local_task(home / "private" / "my_tasks")
     out = tmp_path / "work" / "out"
     import huggingface_hub.constants
