@@ -117,3 +117,15 @@ def test_budgets_come_from_the_settings_a_row_recorded():
     from snows_hf.methods import SnowsConfig
 
     assert rr.DEFAULT_BUDGET == f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"
+
+
+def test_each_goal_line_needs_only_its_own_file():
+    """The real-shape line stands without the solver-speed file (and says what it lacks)."""
+    rr = _readme_results()
+    case = {"case": "vit-large", "block_seconds": {"0": 60.0, "1": 62.0}, "config": {"newton_steps": 2, "cg_iters": 5}}
+    lines = rr.goals({}, None, shapes={"cases": [case]})
+    assert lines[-1] == ("- ViT-L/16 at real shapes on CPU at most a third of the seconds per block of the 2 x 5 "
+                         f"budget: **not yet measured at the default budget** ({rr.DEFAULT_BUDGET}); the file holds 2 x 5")
+    case["config"] = {"newton_steps": 1, "cg_iters": 5}
+    assert rr.goals({}, None, shapes={"cases": [case]})[-1].endswith(
+        "61.0 s per block at 1 x 5: **no verdict** (it needs the 2 x 5 budget timed in the same run)")
