@@ -130,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=cmd_prune)
 
     evaluation = sub.add_parser("eval", help="evaluate a saved model (optionally against a reference) on held-out data")
-    evaluation.add_argument("model", metavar="MODEL", help="model folder or Hub id to evaluate; the data settings of a "
-                            "snows-hf output's recipe.yaml are the defaults, so its held-out rows are evaluated")
+    evaluation.add_argument("model", metavar="MODEL", help="model folder or Hub id to evaluate; a snows-hf output's "
+                            "recipe.yaml chooses which rows (its held-out ones: dataset, split, seed, the calibration "
+                            "samples to skip), never how many are read: the held-out count, sequence length and "
+                            "streaming are eval's own options and defaults")
     evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
-    _data_options(evaluation)
+    _data_options(evaluation, streaming_flag=True)
     _task_options(evaluation, "; with tasks and no data option, only the tasks run")
     _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
     _add(evaluation, PruneConfig, "device")
@@ -204,7 +206,7 @@ def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None,
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached `hf auth login`); never written anywhere")
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
+def _data_options(parser: argparse.ArgumentParser, streaming_flag: bool = False) -> None:
     from .data import CalibrationConfig
 
     group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
@@ -215,6 +217,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-streaming", dest="streaming", action="store_false", default=argparse.SUPPRESS,
                        help="download and prepare a Hub dataset's whole split before reading it (default: stream "
                        "only the rows used)")
+    if streaming_flag:  # eval: where a recipe asks for the whole split, saying so is the user's own choice
+        group.add_argument("--streaming", dest="streaming", action="store_true", default=argparse.SUPPRESS,
+                           help="stream a Hub dataset, reading only the rows used (the default, whatever the "
+                           "folder's recipe asks)")
     group.add_argument("--processor", help="tokenizer or image processor folder/id (default: the model's own)")
 
 

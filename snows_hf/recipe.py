@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -278,18 +279,48 @@ def recipe_for_model(model: str, sparsity: str | None = None) -> Path | None:
 
 
 def data_settings_of(folder: str | Path) -> Any:
-    """The ``CalibrationConfig`` of the run that wrote ``folder`` (its ``recipe.yaml``), or
-    ``None`` when the folder holds no recipe with a ``data:`` section.
+    """The ``CalibrationConfig`` of the run that wrote ``folder`` (the ``data:`` section of
+    its ``recipe.yaml``), or ``None`` when the folder holds no recipe, or one without a
+    ``data:`` section.
+
+    Only what that takes is read, the safe way (:func:`read_recipe_yaml`): the names of the
+    sections, the version of the settings and the data section; the pruning settings are
+    not checked. A file that is not a snows-hf recipe of a version this one knows (another
+    tool's ``recipe.yaml``, a newer ``config_version``, a key it does not know, no mapping,
+    no regular file) is a ``ValueError`` of one line saying why.
 
     Example:
         >>> data_settings_of("llama-pruned-2of4").num_samples  # doctest: +SKIP
         128
     """
+    from .config import CONFIG_VERSION
+    from .data import CalibrationConfig, read_recipe_data
+
     path = Path(folder).expanduser() / RECIPE_FILE
-    if not path.is_file():
+    where = _quote(str(path))
+    if not os.path.lexists(path):
         return None
-    _, data, _ = load_recipe(path)
-    return data
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)  # of what a link points to: what would be read
+    except OSError as err:
+        raise ValueError(f"cannot read recipe {where}: {err.strerror}") from None
+    if not regular:  # a folder, a FIFO (whose reading never ends), a device
+        raise ValueError(f"recipe {where} is not a regular file")
+    raw = read_recipe_yaml(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {where} is not a mapping of sections")
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ValueError(f"recipe {where} has unknown sections: {_names(unknown)}")
+    prune = raw.get("prune")
+    version = prune.get("config_version", CONFIG_VERSION) if isinstance(prune, dict) else CONFIG_VERSION
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:  # a newer one may mean other things
+        raise ValueError(f"recipe {where} is of config_version {_quote(version)}; this snows-hf reads 1 to "
+                         f"{CONFIG_VERSION}")
+    if raw.get("data") is None:
+        return None
+    keys = [f.name for f in dataclasses.fields(CalibrationConfig)]
+    return _build(lambda values: CalibrationConfig(**values), keys, read_recipe_data(raw["data"]), "data", path)
 
 
 def resolve_settings(model: str | None = None, recipe: str | Path | None = None, prune: Mapping[str, Any] | None = None,

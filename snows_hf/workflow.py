@@ -32,6 +32,14 @@ logger = logging.getLogger("snows_hf")
 
 LOG_FILE = "snows-hf.log"
 
+EVAL_SKIP_SAMPLES = 4096
+"""The most calibration samples (for text, of :data:`~snows_hf.data.DEFAULT_SEQ_LEN`
+tokens) that a folder's recipe makes :func:`evaluate` skip to reach the rows its run held
+out: far over what runs calibrate on (128 to 1,024), and a bound on what a recipe from
+elsewhere can make an evaluation read."""
+
+_NAME_LIMIT = 120  # characters of a recipe's dataset, configuration or split name in a log line
+
 
 def default_output_dir(model: str, sparsity: str) -> str:
     """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder.
@@ -601,9 +609,16 @@ def evaluate(
     lm-eval tasks, as ``snows-hf eval`` does; the figures are under ``model``, or ``dense``
     and ``pruned``.
 
-    A folder written by snows-hf supplies its recipe's data settings as the defaults of
-    ``data``, so the rows that run held out are the ones evaluated. With ``tasks`` (as
-    :func:`run` takes them) and no ``data``, only the tasks are scored.
+    A folder written by snows-hf chooses, by its recipe, which rows are evaluated: the ones
+    its run held out (its dataset, configuration, split, columns and seed, after its
+    calibration rows); ``data`` overrides any of them. How much is read is the caller's:
+    the held-out count and text length are capped by the defaults, at most
+    :data:`EVAL_SKIP_SAMPLES` calibration samples are skipped, and a Hub split is streamed
+    even where the run read it whole (``streaming=False`` in ``data`` reads it whole). A
+    ``recipe.yaml`` that is not one (another tool's, a newer version's, one with keys this
+    version does not know) gives way to the dataset in ``data``, with a warning, and is
+    an error without one. With ``tasks`` (as :func:`run` takes them) and no ``data``, only
+    the tasks are scored.
 
     Args:
         max_memory: place each model with accelerate within these limits (as
@@ -622,23 +637,20 @@ def evaluate(
     from .evaluation import check_reference
     from .harness import PairedTasks, TaskSettings
     from .loading import load_model, quieted
-    from .recipe import data_settings_of
 
     task_settings = TaskSettings.of(tasks)
     path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     fields = _calibration_fields(data)
     held_out = not (task_settings and task_settings.tasks and not fields)  # tasks alone: no held-out data
-    base = data_settings_of(path) if held_out and path and os.path.isdir(os.path.expanduser(path)) else None
-    if base is not None:
-        logger.info("data settings from %s's recipe.yaml (dataset %s, seed %d, the first %d samples calibrated): "
-                    "evaluating the rows that run held out; flags override", path, base.dataset, base.seed,
-                    base.num_samples)
-    cal_cfg = dataclasses.replace(base, **fields) if base is not None else CalibrationConfig(**fields)
+    recipe = _recipe_data(path, fields) if held_out and path and os.path.isdir(os.path.expanduser(path)) else None
+    cal_cfg = dataclasses.replace(recipe, **fields) if recipe is not None else CalibrationConfig(**fields)
     run_device = resolve_device(device)  # an absent device fails before any loading
     suite = task_settings.suite() if task_settings else None  # unknown task names: before any loading
     with placed_loading(max_memory, run_device) as placed:
         options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, **placed}
         model, processor, _ = load_for_run(model, processor, **({"dtype": dtype} if path else {}), **options)
+        if recipe is not None:
+            cal_cfg = _recipe_within_bounds(recipe, fields, model, path)
         check_seq_len(cal_cfg, model)
         prepared = evaluation = None
         if held_out:
@@ -720,6 +732,82 @@ def _calibration_fields(data: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(data):  # field by field: an in-memory dataset is taken, not copied
         return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
     return dict(data)
+
+
+def _recipe_data(folder: str, fields: dict[str, Any]) -> Any:
+    """The data settings of ``folder``'s recipe (``None``: it has none). A recipe that cannot
+    be read as one gives way to a dataset among ``fields``, said in one warning; without one,
+    it is an error, as the rows its run held out are unknown."""
+    from .recipe import data_settings_of
+
+    try:
+        return data_settings_of(folder)
+    except ValueError as err:
+        reason = str(err)
+    if fields.get("dataset") is None:
+        raise SettingError(f"{reason}: which rows its run held out is unknown", field="dataset",
+                           hint=f"name the data to evaluate on with {setting('dataset', 'PATH')}")
+    logger.warning("%s: evaluating on the data options given instead (which rows its run held out is unknown)", reason)
+    return None
+
+
+def _recipe_within_bounds(recipe: Any, fields: dict[str, Any], model: Any, folder: str) -> Any:
+    """The data settings an evaluation of ``folder`` reads: ``fields`` (the caller's own) over
+    its ``recipe``, which chooses which rows, not how many are read. Its held-out count and
+    (text) sequence length are capped by the defaults, its calibration rows, skipped to reach
+    the held-out ones, by :data:`EVAL_SKIP_SAMPLES`, and a Hub split is streamed even where
+    it was read whole. One line says what the recipe chose and what was not taken, as a
+    warning where the rows evaluated may not be the ones its run held out."""
+    from .data import DEFAULT_SEQ_LEN, CalibrationConfig, dataset_label, fit_seq_len, is_local
+    from .tasks import modality
+
+    cfg = dataclasses.replace(recipe, **fields)
+    notes, other_rows = [], False
+    default = CalibrationConfig()
+    if "eval_samples" not in fields and not 0 < recipe.eval_samples <= default.eval_samples:  # fewer: its figures
+        if recipe.eval_samples:
+            notes.append(f"recipe asked for {recipe.eval_samples} held-out samples: evaluating {default.eval_samples} "
+                         f"({setting('eval_samples')} for more)")
+        cfg = dataclasses.replace(cfg, eval_samples=default.eval_samples)
+    if "streaming" not in fields and not recipe.streaming:
+        cfg = dataclasses.replace(cfg, streaming=True)
+        if cfg.dataset is None or isinstance(cfg.dataset, str) and not is_local(cfg.dataset):  # local data: read whole
+            notes.append(f"recipe asked streaming: false; streaming anyway, so the rows are not the ones its run held "
+                         f"out and may include its calibration rows ({setting('streaming', False)} to read the "
+                         "whole split as it did)")
+            other_rows = True
+    skip, bound, unit = recipe.num_samples, EVAL_SKIP_SAMPLES, ""
+    if modality(model) == "text":
+        # Calibration packs num_samples x seq_len tokens from the front rows: the same count of
+        # tokens skips the same rows at any length the evaluation takes.
+        default_len = fit_seq_len(None, model)
+        run_len = recipe.seq_len or default_len
+        if "seq_len" in fields:
+            length = fields["seq_len"] or default_len
+        else:
+            length = min(run_len, default_len)
+            if length < run_len:
+                notes.append(f"recipe's seq_len {run_len} is over the default {length}: evaluating sequences of "
+                             f"{length} tokens after the same calibration rows ({setting('seq_len')} to choose)")
+        skip = -(-recipe.num_samples * run_len // length)
+        bound, unit = max(1, EVAL_SKIP_SAMPLES * DEFAULT_SEQ_LEN // length), f" of {length} tokens"
+        cfg = dataclasses.replace(cfg, seq_len=length)
+    if "num_samples" not in fields:
+        if skip > bound:
+            notes.append(f"recipe asked for {recipe.num_samples} calibration samples: skipping at most {bound}{unit} to "
+                         f"reach its held-out rows, so the rows evaluated may be among them ({setting('num_samples')} to "
+                         "choose)")
+            skip, other_rows = bound, True
+        cfg = dataclasses.replace(cfg, num_samples=skip)
+    given = ", with the data options given on top" if fields else ""
+    # a stranger's names, quoted and cut short: one line of the log, whatever the recipe holds
+    what = f"dataset {dataset_label(cfg.dataset)!r:.{_NAME_LIMIT}}" + (
+        f" (configuration {cfg.dataset_config!r:.{_NAME_LIMIT}})" if cfg.dataset_config else "")
+    logger.log(logging.WARNING if other_rows else logging.INFO,
+               "evaluation data from %s's recipe.yaml%s: %s, split %.*r, seed %d, the rows after its %d calibration "
+               "samples%s", folder, given, what, _NAME_LIMIT, cfg.split, cfg.seed, recipe.num_samples,
+               "".join(f"; {note}" for note in notes))
+    return cfg
 
 
 def eval_dtype(checkpoint_dtype: Any, dtype: str, sparse_inference: bool, kernels: bool) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import snows_hf
 from snows_hf.cli import main
 
 
@@ -88,9 +89,9 @@ def test_a_recipe_eval_cannot_read_gives_way_to_the_data_options_with_one_warnin
     code = main(["eval", str(llama_dir), "--dataset", "d.jsonl", "--num-samples", "2", "--seq-len", "16",
                  "--eval-samples", "4", "--json", "figures.json", "--quiet"])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 0, err
-    assert len(lines) == 1 and lines[0].startswith("snows-hf: ") and "error" not in lines[0], err
+    lines = [line for line in err.splitlines() if line.startswith("snows-hf:")]  # datasets' progress bars aside
+    assert code == 0 and "Traceback" not in err, err
+    assert len(lines) == 1 and "error" not in lines[0], err
     assert "recipe.yaml" in lines[0] and reason in lines[0] and "data options" in lines[0], lines[0]
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["data"]["dataset"] == "d.jsonl" and figures["samples"] == 4  # the options, not the recipe
@@ -139,6 +140,9 @@ def test_a_recipes_held_out_count_is_capped_by_evals_own(llama_dir, tmp_path, ca
     assert "recipe asked for 100000000 held-out samples: evaluating 128" in err, err
     assert main(["eval", str(llama_dir), "--eval-samples", "200", "--json", "figures.json", "--quiet"]) == 0
     assert json.loads((tmp_path / "figures.json").read_text())["samples"] == 200
+    _recipe(llama_dir, {"dataset": str(tmp_path / "d.jsonl"), "num_samples": 2, "seq_len": 16, "eval_samples": 0})
+    assert main(["eval", str(llama_dir), "--json", "figures.json", "--quiet"]) == 0  # a run that evaluated nothing
+    assert json.loads((tmp_path / "figures.json").read_text())["samples"] == 128
 
 
 def test_a_recipes_sequence_length_is_capped_and_its_calibration_rows_still_skipped(llama_dir, tmp_path, capsys):
@@ -167,6 +171,13 @@ def test_eval_at_another_length_evaluates_only_rows_the_run_held_out(llama_dir, 
     assert figures["data"]["calibration_rows"] == report["data"]["calibration_rows"]
     assert not set(figures["data"]["eval_rows"]) & set(report["data"]["calibration_rows"])
     assert figures["data"]["eval_rows"][0] == report["data"]["eval_rows"][0]  # the run's first held-out row
+
+
+def test_the_line_naming_a_recipes_data_stays_short_whatever_its_names(llama_dir, tmp_path, capsys):
+    _recipe(llama_dir, {"dataset": "tester/" + "x" * 50_000, "dataset_config": "c" * 50_000, "split": "s" * 50_000})
+    main(["eval", str(llama_dir)])  # the Hub is off here: what follows fails, the line comes first
+    line = next(line for line in capsys.readouterr().err.splitlines() if "evaluation data from" in line)
+    assert len(line) < 1000 + len(str(llama_dir)) and "dataset 'tester/xxx" in line, line[:2000]
 
 
 # ---------------------------------------------------------------------------- item 4: a Hub split, through the loopback Hub
@@ -214,9 +225,10 @@ def _eval(argv: list[str], server, tmp_path, bound: int = 64) -> subprocess.Comp
     from hub_server import TOKEN
 
     env = dict(os.environ, HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
-               HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_TOKEN=TOKEN)
+               HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_TOKEN=TOKEN,
+               PYTHONPATH=str(Path(snows_hf.__file__).parents[1]))  # the snows_hf under test, wherever it is
     return subprocess.run([sys.executable, "-c", _EVAL.format(bound=bound, argv=["eval", *argv])], capture_output=True,
-                          text=True, env=env, timeout=600, cwd=tmp_path)
+                          text=True, env=env, timeout=600, cwd=tmp_path, check=False)
 
 
 def test_a_recipe_asking_for_the_whole_split_and_every_row_reads_a_few_shards(sharded_hub, llama_dir, tmp_path):
@@ -233,7 +245,7 @@ def test_a_recipe_asking_for_the_whole_split_and_every_row_reads_a_few_shards(sh
     # at most 64 samples of 512 tokens are skipped: 1,365 rows of 24 tokens
     assert len(figures["data"]["calibration_rows"]) == 64 * 512 // 24
     line = next(line for line in result.stderr.splitlines() if "evaluation data from" in line)
-    assert "dataset tester/sharded, split train" in line, line
+    assert "dataset 'tester/sharded', split 'train'" in line, line
     assert "recipe asked streaming: false; streaming anyway" in line, line
     assert "1000000000 calibration samples" in line and "--num-samples" in line, line
     assert "recipe asked for 1000000 held-out samples: evaluating 128" in line, line

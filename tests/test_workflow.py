@@ -94,6 +94,22 @@ def test_evaluate_and_convert_read_what_run_wrote(llama_dir, tmp_path):
     assert record["evaluation"] == result.evaluation and record["source_model"] == str(llama_dir)
 
 
+def test_evaluate_reads_of_a_foreign_recipe_nothing_but_says_so(llama_dir, tmp_path, caplog):
+    """llm-compressor writes a recipe.yaml too: from Python as from the command line, it
+    gives way to the data given (one warning), and without data it is a SettingError on dataset."""
+    (llama_dir / "recipe.yaml").write_text("oneshot_stage:\n  pruning_modifiers:\n    SparseGPTModifier: {sparsity: 0.5}\n")
+    with pytest.raises(snows_hf.SettingError, match="unknown sections: oneshot_stage") as refused:
+        evaluate(llama_dir)
+    assert refused.value.field == "dataset"
+    with caplog.at_level("WARNING", logger="snows_hf"):
+        result = evaluate(llama_dir, {"dataset": _texts(tmp_path / "d.jsonl"), "num_samples": 2, "seq_len": 16,
+                                      "eval_samples": 4})
+    assert result.figures["samples"] == 4 and len(result.figures["data"]["calibration_rows"]) == 2  # 32 tokens
+    warned = (f"recipe '{llama_dir / 'recipe.yaml'}' has unknown sections: oneshot_stage: evaluating on the data "
+              "options given instead (which rows its run held out is unknown)")
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [warned]
+
+
 def test_a_masked_lm_is_evaluated_on_its_encoder_states(tmp_path):
     """bert-base-uncased loads as BertForMaskedLM (the bundled recipe's model): its output
     has logits and hidden states but no last_hidden_state."""
