@@ -1,6 +1,7 @@
 """Write the README's measured figures from the JSON under benchmarks/results.
 
-Marked blocks of README.md are generated. Between ``<!-- results:start -->`` and
+Marked blocks of README.md and of the pages under docs/ are generated, and the plots under
+docs/images (``benchmarks/readme_plots.py``). Between ``<!-- results:start -->`` and
 ``<!-- results:end -->``: tables built from ``quality_<model>.json``, ``solver_budget.json``
 and ``solver_speed.json``, and for each goal of the benchmarks whether the figures meet
 it. Between ``<!-- measurements:start -->`` and ``<!-- measurements:end -->``: the "More
@@ -17,7 +18,7 @@ right, per-article cosines, per-sequence NLL) are resampled together, 2,000 time
 side; where the interval straddles the line the verdict is "not distinguishable", and a
 file without per-sample records gets no verdict at all.
 
-    python benchmarks/readme_results.py [--check]   # --check: exit 1 if the README is stale
+    python benchmarks/readme_results.py [--check]   # --check: exit 1 if a page or plot is stale
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from snows_hf.methods import SnowsConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+SHORT = {"vit": "ViT, Fashion-MNIST", "resnet": "ResNet, Fashion-MNIST", "minilm": "all-MiniLM-L6-v2, BBC News",
+         "smollm2": "SmolLM2-135M, BBC News"}
 TITLES = {
     "vit": ("ViT (4 blocks, hidden 96) trained on Fashion-MNIST", "top-1 on the 10,000 test images"),
     "resnet": ("ResNet (5 basic blocks, 32-256 channels) trained on Fashion-MNIST", "top-1 on the 10,000 test images"),
@@ -588,8 +591,9 @@ def perplexity_goal_line(spec: str, results: dict, rows: dict) -> str:
     return text + f": **{verdict((-interval[1], -interval[0]), strict=True)}**"
 
 
-def default_losses(quality: dict[str, dict]) -> list[str]:
-    """Every (model, sparsity) where SNOWS K=3 scores worse than another method, one line each.
+def default_losses(quality: dict[str, dict], outside_noise: bool = False) -> list[str]:
+    """Every (model, sparsity) where SNOWS K=3 scores worse than another method, one line each
+    (with ``outside_noise``, only those whose whole 95% interval says worse).
 
     Example:
         >>> results = {"metric": "top-1", "higher_is_better": True, "dense": {"top-1": 0.75}, "rows": [
@@ -620,6 +624,8 @@ def default_losses(quality: dict[str, dict]) -> list[str]:
                     sign = 1.0 if higher else -1.0
                     interval = metric_interval(results, [rows[(spec, "snows-k3")], other],
                                                lambda a, b: sign * (b - a))
+                    if outside_noise and (interval is None or interval[0] <= 0):
+                        continue
                     noise = NO_DATA if interval is None else f"95% interval {_fmt(interval)}"
                     line = f"- {model} {spec}: SNOWS K=3 {mine:.4f} vs {name} {theirs:.4f} (worse by {worse:.4f}; {noise})"
                     if interval is not None and interval[0] > 0:
@@ -769,23 +775,134 @@ def results_block() -> list[list[str]]:
     return parts
 
 
+def _interval_of(results: dict, row: dict | None) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of one row's headline metric (``None``: the dense model)."""
+    return metric_interval(results, [row], lambda a: a)
+
+
+def summary_block() -> list[list[str]]:
+    """The README's one results table: SNOWS against SparseGPT and magnitude on each real
+    model at 2:4 and 50%, with time, and every place where SNOWS loses."""
+    quality = {m: r for m in TITLES if (r := load(f"quality_{m}.json"))}
+    if not quality:
+        return [["Results: not yet measured (`python benchmarks/quality.py --model vit` and the other models measure them)."]]
+    lines = ["| model (metric) | sparsity | dense | magnitude | SparseGPT | SNOWS K=3 | SNOWS minus SparseGPT "
+             "(95% paired interval) | seconds: SparseGPT / SNOWS | SNOWS budget |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model, results in quality.items():
+        metric, higher = results["metric"], results["higher_is_better"]
+        rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
+        for spec in ("2:4", "50%"):
+            snows, sgpt, mag = rows.get((spec, "snows-k3")), rows.get((spec, "sparsegpt")), rows.get((spec, "magnitude"))
+            if snows is None or sgpt is None:
+                continue
+            interval = metric_interval(results, [sgpt, snows], lambda a, b: b - a)
+            diff = snows["scores"][metric] - sgpt["scores"][metric]
+            cell = lambda r: "" if r is None else f"{r['scores'][metric]:.4f}"  # noqa: E731
+            lines.append(
+                f"| {SHORT[model]} ({metric}, {'higher' if higher else 'lower'} is better) | {spec} | "
+                f"{results['dense'][metric]:.4f} | {cell(mag)} | {cell(sgpt)} | {cell(snows)} | {diff:+.4f} "
+                f"{_fmt(interval) if interval else NO_DATA} | {sgpt['seconds']:.1f} / {snows['seconds']:.1f} | "
+                f"{budget_of(snows) or OLD_BUDGET} |")
+    commands = ", ".join(f"`python benchmarks/quality.py --model {m}`" for m in quality)
+    parts = [lines, [f"Each row from one run of {commands} on 2 CPU cores (seconds are that machine's, with other "
+                     "work sharing it; compare them within a row). The SNOWS rows ran with the budget in the last "
+                     f"column; the default is now {DEFAULT_BUDGET}, which on whole SmolLM2 costs 15x SparseGPT's "
+                     "time (docs/results.md has every table, the time/quality frontier and the goals)."]]
+    losses = default_losses(quality, outside_noise=True)
+    if losses:
+        parts.append(["Where SNOWS K=3 scores worse than another method of the full tables by more than noise "
+                      "(the whole 95% interval; docs/results.md lists the losses within noise too):", ""] + losses)
+    return parts
+
+
+def plot_inputs() -> dict[str, tuple[Callable[[dict, str], Path], dict]]:
+    """Each plot's file name, its drawing function and the figures it draws, from the JSON files."""
+    import readme_plots
+
+    plots: dict[str, tuple] = {}
+    quality = {m: r for m in TITLES if (r := load(f"quality_{m}.json"))}
+    frontier = [r for name in FRONTIER if (r := load(name))]
+    files = [r for r in (quality.get("smollm2"), *frontier) if r]
+    by_spec = {}
+    for spec in ("2:4", "50%"):
+        points = frontier_points(files, spec)
+        if not points:
+            continue
+        latest = list({p["budget"]: p for p in points}.values())
+        base = latest[-1]
+        pts = [{"label": "SparseGPT", "ratio": 1.0, "value": base["sparsegpt"]["scores"]["perplexity"],
+                "interval": _interval_of(base["results"], base["sparsegpt"])}]
+        for p in sorted(latest, key=lambda p: p["ratio"]):
+            name = "snows-fast" if p["row"]["method"] == "snows-fast" else f"SNOWS {p['budget']}"
+            if p["budget"] == DEFAULT_BUDGET and p["row"]["method"] == "snows-k3":
+                name += " (default)"
+            pts.append({"label": name, "ratio": round(p["ratio"], 3), "value": p["row"]["scores"]["perplexity"],
+                        "interval": _interval_of(p["results"], p["row"])})
+        by_spec[spec] = pts
+    if by_spec:
+        plots["frontier.svg"] = (readme_plots.frontier, by_spec)
+    names = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "snows-k3": "SNOWS K=3"}
+    for model, results in quality.items():
+        metric = results["metric"]
+        series = {}
+        for method, label in names.items():
+            pts = [{"sparsity": r["sparsity"], "value": r["scores"][metric], "interval": _interval_of(results, r)}
+                   for r in results["rows"] if r["method"] == method]
+            if pts:
+                series[label] = pts
+        title = TITLES[model][0].split(" (weights")[0]
+        plots[f"sparsity_{model}.svg"] = (readme_plots.by_sparsity, {"title": title, "metric": metric, "series": series,
+                                                                     "log": not results["higher_is_better"]})
+    solver = load("snows_solver.json")
+    run = next((r for r in (solver or {}).get("rows", []) if r["method"] == "snows K=3 dense-stream"), None)
+    if run is not None:
+        layers = [{"name": layer["name"].removeprefix("vit.layers."), "masked": layer["heldout_loss_masked"], "before": layer["heldout_loss_before"],
+                   "after": layer["heldout_loss_after"]} for layer in run["layers"] if "heldout_loss_after" in layer]
+        title = f"ViT (4 blocks) on Fashion-MNIST at {solver['sparsity']}, SNOWS K=3: window loss per layer"
+        plots["layer_losses.svg"] = (readme_plots.layer_losses, {"title": title, "layers": layers})
+    return plots
+
+
+def write_plots(check: bool) -> list[str]:
+    """Draw every plot whose figures changed; with ``check``, only name the stale ones."""
+    import readme_plots
+
+    stale = []
+    for name, (draw, data) in plot_inputs().items():
+        if readme_plots.stored_digest(readme_plots.IMAGES / name) == readme_plots.digest(data):
+            continue
+        stale.append(name)
+        if not check:
+            draw(data, name)
+    return stale
+
+
 BLOCKS = {  #: marker name -> its parts
     "headline": lambda: [readme_prose.headline()],
     "demo": lambda: [readme_prose.demo()],
     "lmeval": lambda: [readme_prose.lmeval()],
+    "summary": summary_block,
     "results": results_block,
     "measurements": readme_measurements.render,
 }
 INLINE = {"stream_order": readme_prose.stream_order}  #: marker name -> its sentence, inside a paragraph
 
 
-def fill(text: str) -> str:
-    """``text`` (the README) with every marked block of ``BLOCKS`` and sentence of
-    ``INLINE`` regenerated from the JSON files."""
+def pages(root: Path = ROOT) -> list[Path]:
+    """The Markdown files that may hold generated blocks: the README and the documentation."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def fill(text: str, names: Sequence[str] | None = None) -> str:
+    """``text`` with each marked block of ``BLOCKS`` and sentence of ``INLINE`` named in
+    ``names`` (default: all) regenerated from the JSON files."""
     for name, parts in [*BLOCKS.items(), *INLINE.items()]:
+        if names is not None and name not in names:
+            continue
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-            raise ValueError(f"README.md needs one {start} ... {end} section")
+            raise ValueError(f"needs one {start} ... {end} section")
         head, rest = text.split(start, 1)
         tail = rest.split(end, 1)[1]
         if name in INLINE:
@@ -797,20 +914,40 @@ def fill(text: str) -> str:
     return text
 
 
+def fill_pages(root: Path = ROOT) -> dict[Path, tuple[str, str]]:
+    """Each page's text before and after filling; every block is in exactly one page."""
+    found: dict[str, list[Path]] = {name: [] for name in [*BLOCKS, *INLINE]}
+    texts = {path: path.read_text(encoding="utf-8") for path in pages(root) if path.is_file()}
+    for path, text in texts.items():
+        for name in found:
+            if f"<!-- {name}:start -->" in text:
+                found[name].append(path)
+    for name, where in found.items():
+        if len(where) != 1:
+            raise ValueError(f"the block {name} must be in exactly one of README.md and docs/*.md, "
+                             f"found in {len(where)}: {', '.join(str(p.relative_to(root)) for p in where)}")
+    return {path: (text, fill(text, [n for n, where in found.items() if where[0] == path])) for path, text in texts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a page or plot differs from the JSON")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
     try:
-        new = fill(text)
+        filled = fill_pages()
     except ValueError as exc:
         sys.exit(str(exc))
+    stale = [str(path.relative_to(ROOT)) for path, (old, new) in filled.items() if old != new]
+    plots = write_plots(check=args.check)
     if args.check:
-        sys.exit(0 if new == text else "README.md results are stale: run python benchmarks/readme_results.py")
-    readme.write_text(new)
-    print(f"README.md results written from {RESULTS}")
+        if stale or plots:
+            sys.exit(f"stale: {', '.join(stale + [f'docs/images/{p}' for p in plots])}: "
+                     "run python benchmarks/readme_results.py")
+        sys.exit(0)
+    for path, (old, new) in filled.items():
+        if old != new:
+            path.write_text(new, encoding="utf-8")
+    print(f"README.md, docs/ and docs/images written from {RESULTS}")
 
 
 if __name__ == "__main__":

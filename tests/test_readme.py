@@ -16,11 +16,17 @@ def _generator(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _copy(tmp_path: Path) -> Path:
-    """The benchmarks and README of this repository, in ``tmp_path``."""
+    """The benchmarks, README and documentation pages of this repository, in ``tmp_path``."""
     copy = tmp_path / "repo"
     shutil.copytree(ROOT / "benchmarks", copy / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "docs", copy / "docs")
     shutil.copy(ROOT / "README.md", copy / "README.md")
     return copy
+
+
+def _page_with(repo: Path, marker: str) -> Path:
+    """The README or documentation page that holds ``marker``."""
+    return next(p for p in [repo / "README.md", *sorted((repo / "docs").rglob("*.md"))] if marker in p.read_text())
 
 
 def test_readme_results_match_the_json_files():
@@ -28,16 +34,33 @@ def test_readme_results_match_the_json_files():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("block", ["results", "measurements", "headline", "demo", "stream_order", "lmeval"])
-def test_the_check_fails_when_the_readme_disagrees(tmp_path, block):
+@pytest.mark.parametrize("block", ["results", "measurements", "headline", "demo", "stream_order", "lmeval", "summary"])
+def test_the_check_fails_when_a_page_disagrees(tmp_path, block):
     """Change the first figure of a generated block in a copy of the repository; the check must fail."""
     copy = _copy(tmp_path)
-    text = (copy / "README.md").read_text()
+    page = _page_with(copy, f"<!-- {block}:start -->")
+    text = page.read_text()
     start = text.index(f"<!-- {block}:start -->")
     figure = next(i for i in range(start, text.index(f"<!-- {block}:end -->")) if text[i].isdigit())
-    (copy / "README.md").write_text(text[:figure] + ("1" if text[figure] != "1" else "2") + text[figure + 1:])
+    page.write_text(text[:figure] + ("1" if text[figure] != "1" else "2") + text[figure + 1:])
     result = _generator(copy, "--check")
     assert result.returncode == 1, result.stdout + result.stderr
+
+
+def test_the_check_fails_when_a_plot_is_stale_and_the_generator_redraws_it(tmp_path):
+    copy = _copy(tmp_path)
+    plot = copy / "docs" / "images" / "frontier.svg"
+    plot.write_text(plot.read_text().replace("<dc:description>", "<dc:description>0", 1))
+    result = _generator(copy, "--check")
+    assert result.returncode == 1 and "docs/images/frontier.svg" in result.stdout + result.stderr
+    assert _generator(copy).returncode == 0 and _generator(copy, "--check").returncode == 0
+
+
+def test_a_block_in_two_pages_is_refused(tmp_path):
+    copy = _copy(tmp_path)
+    (copy / "docs" / "extra.md").write_text("<!-- demo:start -->\n<!-- demo:end -->\n")
+    result = _generator(copy, "--check")
+    assert result.returncode == 1 and "the block demo must be in exactly one" in result.stderr
 
 
 def test_a_table_without_its_json_file_says_it_is_not_yet_measured(tmp_path):
@@ -45,19 +68,19 @@ def test_a_table_without_its_json_file_says_it_is_not_yet_measured(tmp_path):
     (copy / "benchmarks" / "results" / "offload_memory.json").unlink(missing_ok=True)
     result = _generator(copy)
     assert result.returncode == 0, result.stdout + result.stderr
-    text = (copy / "README.md").read_text()
+    text = _page_with(copy, "<!-- measurements:start -->").read_text()
     assert ("**Where the activations wait**: not yet measured; `python benchmarks/offload_memory.py --num-samples 128 "
             "256 --seq-len 512 --method magnitude` measures it.") in text
 
 
 def _python_block(containing: str) -> str:
-    """The README's Python code block that contains ``containing``."""
-    text = (ROOT / "README.md").read_text()
+    """The Python code block of the README or a documentation page that contains ``containing``."""
+    text = _page_with(ROOT, containing).read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
     return next(b for b in blocks if containing in b)
 
 
-def test_the_readme_extension_example_registers_what_it_says():
+def test_the_documented_extension_example_registers_what_it_says():
     """Run the README's registration example: its selector prunes as Wanda does (it is Wanda's
     rule), and its architecture entry is found; both registrations are removed after."""
     import torch
