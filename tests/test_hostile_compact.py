@@ -436,6 +436,88 @@ def test_convert_of_weights_never_pruned_names_the_layer(case, to, pruned_dense,
     assert re.search(message, line), line
 
 
+def _with_block(folder: Path, block) -> Path:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if block is _DELETE:
+        del config["sparsity"]
+    elif callable(block):
+        block(config["sparsity"])
+    else:
+        config["sparsity"] = block
+    path.write_text(json.dumps(config))
+    return folder
+
+
+UP = "model.layers.0.mlp.up_proj"
+
+# a config.json sparsity block that is malformed: one error line naming every bad field
+MALFORMED = {  # folder ("plain" or a pruned one), block (or an edit of the pruned one's), the error
+    "not-a-mapping": ("plain", "2:4", r"sparsity: '2:4' is not a mapping$"),
+    "pattern-missing": ("2of4", lambda b: b.pop("pattern"), r"sparsity\.pattern is missing$"),
+    "pattern-number": ("2of4", lambda b: b.update(pattern=5), r"sparsity\.pattern: 5 is not a sparsity string such as '2:4' or '0\.5'$"),
+    "pattern-invalid": ("2of4", lambda b: b.update(pattern="4:2"), r"sparsity\.pattern: '4:2' is not a sparsity string such as"),
+    "layers-missing": ("2of4", lambda b: b.pop("layers"), r"sparsity\.layers is missing$"),
+    "layers-list": ("2of4", lambda b: b.update(layers=[UP]),
+                    r"sparsity\.layers must map layer names to their shares of zeros, not be a list$"),
+    "layers-empty": ("plain", {"pattern": "2:4", "layers": {}}, r"sparsity\.layers lists no layer$"),
+    "layer-not-in-model": ("2of4", lambda b: b["layers"].update({"model.nope": 0.5}),
+                           r"sparsity\.layers\['model\.nope'\]: the model has no module model\.nope$"),
+    "layer-without-weight": ("2of4", lambda b: b["layers"].update({"model.layers.0": 0.5}),
+                             r"sparsity\.layers\['model\.layers\.0'\]: LlamaDecoderLayer has no Linear, Conv1D or Conv2d "
+                             r"weight to prune$"),
+    "layer-norm": ("2of4", lambda b: b["layers"].update({"model.layers.0.input_layernorm": 0.5}),
+                   r"sparsity\.layers\['model\.layers\.0\.input_layernorm'\]: LlamaRMSNorm has no Linear"),
+    "share-string": ("2of4", lambda b: b["layers"].update({UP: "x"}),
+                     r"sparsity\.layers\['model\.layers\.0\.mlp\.up_proj'\]: 'x' is not a share of zeros from 0 to 1$"),
+    "share-above-one": ("2of4", lambda b: b["layers"].update({UP: 1.5}), r"\]: 1\.5 is not a share of zeros from 0 to 1$"),
+    "share-bool": ("2of4", lambda b: b["layers"].update({UP: True}), r"\]: True is not a share of zeros from 0 to 1$"),
+    "share-nan": ("2of4", lambda b: b["layers"].update({UP: float("nan")}), r"\]: nan is not a share of zeros"),
+    "overall-string": ("2of4", lambda b: b.update(overall="half"), r"sparsity\.overall: 'half' is not a share of zeros"),
+    "allocation-unknown": ("0.5", lambda b: b.update(allocation="local"),
+                           r"sparsity\.allocation: 'local' is not uniform or global$"),
+    "several-fields": ("2of4", lambda b: b.update(pattern=None, layers={UP: -1, "model.nope": 0.5}),
+                       r"sparsity\.pattern: None is not a sparsity string .*; sparsity\.layers\['model\.layers\.0\.mlp\.up_proj'\]: "
+                       r"-1 is not a share .*; sparsity\.layers\['model\.nope'\]: the model has no module"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_sparsity_block_names_every_bad_field(case, pruned_dense, tmp_path, capsys):
+    source, block, message = MALFORMED[case]
+    folder = _with_block(_copy(pruned_dense / source, tmp_path / "out"), block)
+    line = _refused_by_cli(["inspect", str(folder)], tmp_path, capsys)
+    assert line.startswith("snows-hf: error: cannot check ") and re.search(message, line), line
+
+
+# claims the weights do not bear out: the folder is invalid (exit 1), the layer or figure named
+CLAIMS = {  # folder, block (or an edit), what the output must say
+    "dense-listing-one-2:4-layer": ("plain", {"pattern": "2:4", "layers": {UP: 0.5}}, [f"{UP} ", " NO"]),
+    "dense-listing-a-layer-at-0": ("plain", {"pattern": "0.5", "layers": {UP: 0.0}}, [f"{UP} ", " NO"]),
+    "dense-listing-a-layer-at-0-global": ("plain", {"pattern": "0.5", "allocation": "global", "layers": {UP: 0.0}},
+                                          ["0.00% of their weights are zero, not the 50% pattern claims"]),
+    "2:4-layer-claims-90%": ("2of4", lambda b: b["layers"].update({UP: 0.9}), [f"{UP} ", " NO", "1 break their pattern"]),
+    "overall-claims-90%": ("0.5", lambda b: b.update(overall=0.9),
+                           ["50.00% of their weights are zero, not the 90% overall claims"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLAIMS))
+def test_claims_the_weights_do_not_bear_out_are_invalid(case, pruned_dense, tmp_path, capsys):
+    source, block, expected = CLAIMS[case]
+    folder = _with_block(_copy(pruned_dense / source, tmp_path / "out"), block)
+    before = _digests(tmp_path)
+    assert main(["inspect", str(folder), "--json", str(tmp_path / "found.json")]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "snows-hf: error" not in captured.err, captured.err
+    for text in expected:
+        assert text in captured.out, captured.out
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found["valid"] is False
+    (tmp_path / "found.json").unlink()
+    assert _digests(tmp_path) == before
+
+
 # strings from files go into messages bounded: no line of hundreds of KB
 BIG = "x" * 400_000
 LONG = {  # ("config", edit of quantization_config) or ("block", edit of the sparsity block), what the line still says
@@ -449,6 +531,11 @@ LONG = {  # ("config", edit of quantization_config) or ("block", edit of the spa
     "many-layers": ("config", lambda qc: qc["layers"].update({f"model.nope{i}": dict(qc["layers"][LAYER])
                                                              for i in range(20_000)}),
                     r"\]: the model has no parameter model\.nope0\.weight; .*; and 19997 more$"),
+    "block-pattern": ("block", lambda b: b.update(pattern="2:4" * 200_000), r"sparsity\.pattern: '2:42:4.*\.\.\..*2:4' is not a sparsity string"),
+    "block-layer-name": ("block", lambda b: b["layers"].update({BIG: 0.5}), r"sparsity\.layers\['xxx+\.\.\.xxx+'\]: the"),
+    "block-share": ("block", lambda b: b["layers"].update({LAYER: BIG}), r"\]: 'xxx+\.\.\.xxx+' is not a share"),
+    "block-many-layers": ("block", lambda b: b["layers"].update({f"model.nope{i}": 0.5 for i in range(20_000)}),
+                          r"sparsity\.layers\['model\.nope0'\]: the model has no module model\.nope0; .*; and 19997 more$"),
 }
 LINE_LIMIT = 2000  #: characters: a message quotes what a file holds, bounded
 
@@ -459,9 +546,31 @@ def test_strings_from_compact_metadata_reach_messages_bounded(case, compact_sour
 
     kind, edit, message = LONG[case]
     folder = _copy(compact_source[0], tmp_path / "crafted")
-    _edit_config(folder, edit)
-    with pytest.raises(ValueError) as raised:
-        AutoModelForCausalLM.from_pretrained(folder)
-    assert len(str(raised.value)) < LINE_LIMIT and re.search(message, str(raised.value)), str(raised.value)[:3000]
+    if kind == "config":
+        _edit_config(folder, edit)
+        with pytest.raises(ValueError) as raised:
+            AutoModelForCausalLM.from_pretrained(folder)
+        assert len(str(raised.value)) < LINE_LIMIT and re.search(message, str(raised.value)), str(raised.value)[:3000]
+    else:
+        _with_block(folder, edit)
     line = _refused_by_cli(["inspect", str(folder)], tmp_path, capsys)
     assert len(line) < LINE_LIMIT and re.search(message, line), line[:3000]
+
+
+def test_inspect_output_quotes_the_block_bounded(compact_source, tmp_path, capsys):
+    """What inspect prints of a block it could check (tool, method, ...) is bounded too."""
+    folder = _with_block(_copy(compact_source[0], tmp_path / "out"), lambda b: b.update(tool=BIG, method=BIG))
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "written by xxx" in out and max(map(len, out.splitlines())) <= 200
+
+
+def test_inspect_maps_listed_layers_through_the_prefix(bert_compact, tmp_path, capsys):
+    """A base model's folder inspected as a classifier: its listed layers are the
+    classifier's ``bert.`` ones, checked like any other."""
+    folder = _copy(bert_compact, tmp_path / "out")
+    _as_classifier(folder)
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "12 layers, 50.00% of their weights are zero; every layer follows its pattern" in out, out
+    assert f"bert.{BERT_LAYER} " in out
