@@ -424,10 +424,10 @@ NEVER_PRUNED = {  # pruned folder, which weights go back to unpruned, the error
 }
 
 
-@pytest.mark.parametrize("to", ["compact"])
+@pytest.mark.parametrize("to", ["compact", "dense"])
 @pytest.mark.parametrize("case", sorted(NEVER_PRUNED))
 def test_convert_of_weights_never_pruned_names_the_layer(case, to, pruned_dense, tmp_path, capsys):
-    """Convert rewrites pruned weights only: what does not hold the report is named."""
+    """Either way, convert rewrites pruned weights only: what does not hold the report is named."""
     pruned, only, message = NEVER_PRUNED[case]
     folder = _copy(pruned_dense / pruned, tmp_path / "out")
     _unpruned(folder, pruned_dense / "plain", only)
