@@ -182,6 +182,8 @@ def _pruned_rows(model: Any, layer: Any, tensor: torch.Tensor, run_pattern: Spar
     rows = to_rows(tensor, layout)
     kept = rows != 0  # a kept weight may be zero itself: at most N per group, at least the recorded zeros
     if run_pattern.is_nm:
+        if kept.shape[1] < run_pattern.m:  # one partial group is no N:M layout (a run refuses it first)
+            return layout, rows, f"{name}: not {clip(str(run_pattern))} ({kept.shape[1]} inputs, fewer than a group)"
         if satisfies(kept, run_pattern, at_most=True):
             return layout, rows, ""
         return layout, rows, f"{name}: not {run_pattern} ({_crowded_group(kept, run_pattern)})"

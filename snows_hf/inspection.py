@@ -81,7 +81,7 @@ class Inspection:
         for layer in shown:
             name = layer.name if len(layer.name) <= 58 else "..." + layer.name[-55:]
             shape = "x".join(map(str, layer.shape))
-            lines.append(f"{name:<58} {shape:>12} {layer.sparsity:>8.2%} {layer.pattern:>8}  {'yes' if layer.valid else 'NO'}")
+            lines.append(f"{name:<58} {shape:>12} {layer.sparsity:>8.2%} {clip(layer.pattern, 12):>8}  {'yes' if layer.valid else 'NO'}")
         if len(shown) < len(self.layers):
             lines.append(f"... and {len(self.layers) - len(shown)} more layers")
         bad = [layer.name for layer in self.layers if not layer.valid]
@@ -251,8 +251,9 @@ def check_claims(model: Any, claims: Claims, order: dict[str, int] | None = None
         recorded = claims.layers[name][1]
         sparsity = 1.0 - float(nonzero.float().mean())
         valid = sparsity >= recorded - 1.0 / nonzero.numel() - 1e-6  # the block rounds shares to 6 decimals
-        if claims.pattern.is_nm:
-            pattern, valid = claims.pattern.label, valid and satisfies(nonzero, claims.pattern, at_most=True)
+        if claims.pattern.is_nm:  # fewer inputs than M: one partial group is no N:M layout (a run refuses it first)
+            fits = nonzero.shape[1] >= claims.pattern.m
+            pattern, valid = claims.pattern.label, valid and fits and satisfies(nonzero, claims.pattern, at_most=True)
         else:
             pattern = f"{recorded * 100:.4g}%"
             valid = valid and (claims.allocation == "global" or satisfies(nonzero, claims.pattern, at_most=True))

@@ -407,33 +407,56 @@ def pruned_dense(tmp_path_factory):
     return root
 
 
-def _unpruned(folder: Path, source: Path, only: str | None = None) -> None:
-    """Put the unpruned weights (all, or only layer ``only``) back into a pruned folder."""
-    plain = load_file(source / "model.safetensors")
-    _edit_tensors(folder, lambda t: t.update({k: v for k, v in plain.items() if only is None or k == f"{only}.weight"}))
+def _unpruned(only: str | None = None):
+    """A change that puts the unpruned weights (all, or only layer ``only``) back into a pruned folder."""
+    def change(folder: Path, root: Path) -> None:
+        plain = load_file(root / "plain" / "model.safetensors")
+        _edit_tensors(folder, lambda t: t.update({k: v for k, v in plain.items() if only is None or k == f"{only}.weight"}))
+
+    return change
 
 
-NEVER_PRUNED = {  # pruned folder, which weights go back to unpruned, the error
-    "2:4-all": ("2of4", None, r"14 pruned layers do not hold what the report records .*: model\.layers\.0\.self_attn\.q_proj: not 2:4 .*"
-                r"; and 11 more$"),
-    "2:4-one": ("2of4", "model.layers.1.mlp.down_proj", r"1 pruned layer does not hold what the report records "
-                r"\(not the pruned weights, or changed since\): model\.layers\.1\.mlp\.down_proj: not 2:4 \(a group "
-                r"of 4 inputs keeps 4 non-zeros\)$"),
-    "50%-one": ("0.5", "model.layers.0.mlp.up_proj", r"model\.layers\.0\.mlp\.up_proj: 0 of 2304 weights are zero, "
-                r"the report records 50% \(1152\)$"),
+def _report(edit):
+    """A change of a pruned folder's report.json."""
+    def change(folder: Path, root: Path) -> None:
+        report = json.loads((folder / "report.json").read_text())
+        edit(report)
+        (folder / "report.json").write_text(json.dumps(report))
+
+    return change
+
+
+CONVERTED = {  # pruned folder, its change (weights never pruned, a crafted report), the error (strings clipped)
+    "never-pruned-2:4-all": ("2of4", _unpruned(), r"14 pruned layers do not hold what the report records .*: "
+                             r"model\.layers\.0\.self_attn\.q_proj: not 2:4 .*; and 11 more$"),
+    "never-pruned-2:4-one": ("2of4", _unpruned("model.layers.1.mlp.down_proj"), r"1 pruned layer does not hold what the "
+                             r"report records \(not the pruned weights, or changed since\): model\.layers\.1\.mlp\.down_proj: "
+                             r"not 2:4 \(a group of 4 inputs keeps 4 non-zeros\)$"),
+    "never-pruned-50%-one": ("0.5", _unpruned("model.layers.0.mlp.up_proj"), r"model\.layers\.0\.mlp\.up_proj: 0 of 2304 "
+                             r"weights are zero, the report records 50% \(1152\)$"),
+    "sparsity-wider-than-any-layer": ("2of4", _report(lambda r: r["config"].update(sparsity="2:" + "9" * 4000)),
+                                      r"14 pruned layers do not hold .*: model\.layers\.0\.self_attn\.q_proj: not "
+                                      r"2:999+\.\.\.999+ \(32 inputs, fewer than a group\)"),
+    "sparsity-not-a-sparsity": ("0.5", _report(lambda r: r["config"].update(sparsity="x" * 100_000)),
+                                r"the report's sparsity 'xxx+\.\.\.xxx+' is not a sparsity string such as '2:4' or '0\.5'$"),
+    "layer-share-nan": ("0.5", _report(lambda r: r["layers"][0].update(sparsity=float("nan"))),
+                        r"model\.layers\.0\.self_attn\.q_proj: the report records a share of zeros of nan$"),
+    "layer-not-in-model": ("0.5", _report(lambda r: r["layers"][0].update(name="model." + "x" * 100_000)),
+                           r"1 pruned layer does not hold .*: model\.xxx+\.\.\.xxx+: the model has no such module$"),
 }
 
 
 @pytest.mark.parametrize("to", ["compact", "dense"])
-@pytest.mark.parametrize("case", sorted(NEVER_PRUNED))
-def test_convert_of_weights_never_pruned_names_the_layer(case, to, pruned_dense, tmp_path, capsys):
-    """Either way, convert rewrites pruned weights only: what does not hold the report is named."""
-    pruned, only, message = NEVER_PRUNED[case]
+@pytest.mark.parametrize("case", sorted(CONVERTED))
+def test_convert_refuses_what_the_report_does_not_hold_naming_the_layer(case, to, pruned_dense, tmp_path, capsys):
+    """Either way, convert rewrites pruned weights only: weights never pruned and crafted
+    reports are one bounded line, each layer named."""
+    pruned, change, message = CONVERTED[case]
     folder = _copy(pruned_dense / pruned, tmp_path / "out")
-    _unpruned(folder, pruned_dense / "plain", only)
+    change(folder, pruned_dense)
     line = _refused_by_cli(["convert", str(folder), "--to", to, "--output-dir", str(tmp_path / "new"), "--quiet"],
                            tmp_path, capsys)
-    assert re.search(message, line), line
+    assert len(line) < LINE_LIMIT and re.search(message, line), line[:3000]
 
 
 def _with_block(folder: Path, block) -> Path:
@@ -558,11 +581,15 @@ def test_strings_from_compact_metadata_reach_messages_bounded(case, compact_sour
 
 
 def test_inspect_output_quotes_the_block_bounded(compact_source, tmp_path, capsys):
-    """What inspect prints of a block it could check (tool, method, ...) is bounded too."""
+    """What inspect prints of a block it could check (tool, method, pattern) is bounded too."""
     folder = _with_block(_copy(compact_source[0], tmp_path / "out"), lambda b: b.update(tool=BIG, method=BIG))
     assert main(["inspect", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "written by xxx" in out and max(map(len, out.splitlines())) <= 200
+    _with_block(folder, lambda b: b.update(pattern="2:" + "9" * 4000))  # a legal N:M no layer can follow
+    assert main(["inspect", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "14 break their pattern" in out and max(map(len, out.splitlines())) <= 200
 
 
 def test_inspect_maps_listed_layers_through_the_prefix(bert_compact, tmp_path, capsys):
