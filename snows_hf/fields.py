@@ -159,3 +159,35 @@ def check_types(config: Any) -> None:
             optional = " or None" if declared.endswith("|None") else ""
             raise SettingError(f"{f.name} must be a{'n' if base == 'int' else ''} {base}{optional}, got {value!r}",
                                field=f.name)
+
+
+QUOTE_LIMIT = 80  #: characters of a file's string that a message quotes
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to at most ``limit`` characters, an ellipsis in the middle (where names
+    differ least: ``model.layers.31.mlp.up_proj`` keeps its start and its end). Every string
+    that a file holds goes through it before it reaches a message, so a crafted file cannot
+    make an error line of megabytes.
+
+    Example:
+        >>> clip("model.layers.31.self_attn.q_proj", 24)
+        'model.layer...ttn.q_proj'
+    """
+    if len(text) <= limit:
+        return text
+    head = (limit - 3 + 1) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+
+
+def problems_line(problems: list[str], most: int = 3) -> str:
+    """Problems as one line: the first ``most`` of them, and how many more.
+
+    Example:
+        >>> problems_line(["a is missing", "b is not a number"])
+        'a is missing; b is not a number'
+        >>> problems_line([f"layer {i} is missing" for i in range(5)], most=2)
+        'layer 0 is missing; layer 1 is missing; and 3 more'
+    """
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .fields import SettingError, setting
+from .fields import SettingError, clip, setting
 from .tasks import modality
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ CODE_MAP_FILES = (
 
 
 def _first_line(exc: BaseException) -> str:
+    """An exception's first line, clipped: other libraries quote what a file holds whole."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return clip(text.splitlines()[0], 1200) if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -120,7 +121,7 @@ def check_remote_code(source: str, trust_remote_code: bool = False) -> None:
         entries = auto_map.items() if isinstance(auto_map, dict) else [("auto_map", auto_map)]
         for key, ref in entries:
             if ref:
-                shown = _clip(f"{key} -> {', '.join(map(str, ref)) if isinstance(ref, list) else ref}")
+                shown = clip(f"{key} -> {', '.join(map(str, ref)) if isinstance(ref, list) else ref}", 160)
                 raise SettingError(
                     f"{source!r} ships code that loading it runs: {name} maps {shown} in auto_map",
                     field="trust_remote_code",
@@ -153,10 +154,6 @@ def _code_map_paths(source: str) -> Iterator[tuple[str, str]]:
         except (OSError, ValueError):  # no such repo, no network: what follows reports it
             return
         yield name, file
-
-
-def _clip(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, type, str]:

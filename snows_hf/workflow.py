@@ -840,6 +840,7 @@ def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | 
     """
     import json
 
+    from .compact_format import check_pruned
     from .export import check_output_dir, save_pruned
     from .loading import load_model
     from .recipe import read_recipe_yaml
@@ -859,6 +860,7 @@ def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | 
         raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
                          "convert reads folders written by snows-hf prune") from None
     model, processor = load_model(str(source), trust_remote_code=trust_remote_code)
+    check_pruned(model, report)  # either format: weights never pruned, or changed since, are named
     recipe_file = source / "recipe.yaml"
     recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
     if isinstance(recipe, dict):

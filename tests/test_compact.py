@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from snows_hf.masks import parse_sparsity, select_topk
+from snows_hf.masks import SparsityPattern, parse_sparsity, select_topk
 from snows_hf.masks.compact import decode, encode, pack_bits, unpack_bits
 
 
@@ -66,3 +66,33 @@ def test_corrupt_tensors_are_errors(spec):
         bad = pack_bits(torch.full((8,), 7), 3)  # 2:4 has six kept sets: code 7 names none
         with pytest.raises(ValueError, match="names no kept set"):
             decode({"values": enc["values"], "indices": bad}, (4, 8), pattern)
+
+
+
+def _zero_rows(spec):
+    w = torch.randn(5, 12, generator=torch.Generator().manual_seed(0))
+    w = torch.where(select_topk(w.abs(), parse_sparsity(spec)), w, torch.zeros(()))  # +0.0 where pruned
+    w[1] = 0
+    w[3] = 0
+    return w
+
+
+ALL_ZERO = {  # pattern, weight: layers and rows with nothing kept
+    "all-zero-100%": (SparsityPattern(fraction=1.0), lambda: torch.zeros(5, 12)),
+    "all-zero-50%": (parse_sparsity("0.5"), lambda: torch.zeros(5, 12)),
+    "all-zero-2:4": (parse_sparsity("2:4"), lambda: torch.zeros(5, 12)),
+    "all-zero-1:4": (parse_sparsity("1:4"), lambda: torch.zeros(5, 10)),
+    "zero-rows-50%": (parse_sparsity("0.5"), lambda: _zero_rows("0.5")),
+    "zero-rows-2:4": (parse_sparsity("2:4"), lambda: _zero_rows("2:4")),
+    "nothing-pruned-0%": (SparsityPattern(fraction=0.0), lambda: torch.randn(5, 12)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALL_ZERO))
+def test_all_zero_layers_and_rows_round_trip(case):
+    """A layer or row with nothing kept is legal in the compact format: unstructured
+    stores no values for it, N:M explicit zeros, and both decode to the same bits."""
+    pattern, weight = ALL_ZERO[case]
+    w = weight()
+    out = decode(encode(w, pattern), tuple(w.shape), pattern)
+    assert torch.equal(out.view(torch.int32), w.view(torch.int32))

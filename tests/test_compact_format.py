@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_llama, tiny_vit
+from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
 from safetensors.torch import load_file, save_file
 
 import snows_hf
@@ -161,3 +161,107 @@ def test_convert_refuses_non_snows_folders(vit_dir, capsys):
     assert main(["convert", str(vit_dir), "--to", "compact", "--output-dir", "x"]) == 1
     assert "not a snows-hf output folder" in capsys.readouterr().err
     assert not Path("x").exists()
+
+
+def _bert_classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=VOCAB, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(config).eval()
+
+
+def _tokens():
+    return torch.randint(4, VOCAB, (8, 12))
+
+
+HEADS = {  # pruned model, its calibration inputs, the Auto class of another head of the same model
+    "bert-base-into-classifier": (tiny_bert, _tokens, "AutoModelForSequenceClassification"),
+    "bert-classifier-into-base": (_bert_classifier, _tokens, "AutoModel"),
+    "vit-classifier-into-base": (tiny_vit, lambda: torch.randn(8, 3, 32, 32), "AutoModel"),
+    "llama-causal-into-base": (tiny_llama, _tokens, "AutoModel"),
+    "llama-base-into-causal": (lambda: tiny_llama().model, _tokens, "AutoModelForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADS))
+def test_compact_loads_into_another_head_class_as_dense_does(case, tmp_path):
+    """Layer names go through base_model_prefix both ways, as transformers maps dense
+    checkpoints: the pruned weights land bit for bit, and the head's weights are
+    initialised (missing) or dropped (unexpected) and reported exactly as for dense."""
+    import transformers
+
+    factory, inputs, auto = HEADS[case]
+    model = factory()
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude", "diagnostics": False, "batch_size": 4},
+                             inputs())
+    loaded, info = {}, {}
+    for fmt in ("dense", "compact"):
+        save_pruned(model, report, tmp_path / fmt, save_format=fmt)
+        torch.manual_seed(1)  # the head's missing weights: initialised alike for both
+        loaded[fmt], info[fmt] = getattr(transformers, auto).from_pretrained(tmp_path / fmt, output_loading_info=True)
+    assert type(loaded["compact"]) is type(loaded["dense"]) is not type(model)
+    assert not getattr(loaded["compact"], "is_quantized", False)
+    assert info["compact"] == info["dense"]
+    dense, compact = loaded["dense"].state_dict(), loaded["compact"].state_dict()
+    assert dense.keys() == compact.keys()
+    for key in dense:
+        assert torch.equal(compact[key], dense[key]), key
+    # every pruned layer reached the other class, still pruned
+    prefix = loaded["compact"].base_model_prefix
+    own = dict(loaded["compact"].named_modules())
+    for layer in report.layers:
+        name = layer.name if layer.name in own else (layer.name.removeprefix(prefix + ".") if layer.name.startswith(prefix + ".")
+                                                      else f"{prefix}.{layer.name}")
+        assert torch.equal(own[name].weight, model.get_submodule(layer.name).weight), layer.name
+
+
+def _with_zero_layer(folder: Path, factory=tiny_llama) -> Path:
+    """A model folder whose targeted ``up_proj`` of block 0 is all zero, and one row of
+    block 1's ``q_proj``: layers a run prunes to 100% and rows with nothing kept."""
+    from conftest import tiny_tokenizer
+
+    model = factory()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.zero_()
+        model.model.layers[1].self_attn.q_proj.weight[3].zero_()
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("config", [
+    {"sparsity": "0.5"},
+    {"sparsity": "0.5", "allocation": "global", "max_layer_sparsity": 0.8},
+    {"sparsity": "2:4"},
+], ids=["unstructured", "global", "2:4"])
+def test_an_all_zero_layer_saves_compact_and_converts_bit_for_bit(config, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    source = _with_zero_layer(tmp_path / "zeros")
+    settings = {"method": "magnitude"} | config
+    snows_hf.run(source, settings, "random", save_format="compact", output_dir="compact", progress=False)
+    snows_hf.run(source, settings, "random", output_dir="dense", progress=False)
+    report = json.loads(Path("compact/report.json").read_text())
+    assert {layer["name"]: layer["sparsity"] for layer in report["layers"]}["model.layers.0.mlp.up_proj"] == 1.0
+    convert("dense", "compact", "converted")
+    convert("compact", "dense", "back")
+    reference = AutoModelForCausalLM.from_pretrained("dense").state_dict()
+    assert not reference["model.layers.0.mlp.up_proj.weight"].any()
+    for folder in ("compact", "converted", "back"):
+        loaded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+        assert loaded.keys() == reference.keys()
+        assert all(torch.equal(v, reference[k]) for k, v in loaded.items()), folder
+    assert load_file("back/model.safetensors").keys() == load_file("dense/model.safetensors").keys()
+
+
+def test_compact_layer_patterns_cover_every_share_of_zeros():
+    from snows_hf.compact_format import check_layers
+
+    entry = {"key": "fc.weight", "layout": "linear", "shape": [8, 4]}
+    for pattern in ("0", "1", "0.5", "2:4", "8:16"):
+        assert check_layers({"fc": entry | {"pattern": pattern}}, {"fc.weight": (8, 4)}) == [], pattern
+    for pattern in ("1.5", "-0.1", "nan", "inf", "2:2", "x"):
+        problems = check_layers({"fc": entry | {"pattern": pattern}}, {"fc.weight": (8, 4)})
+        assert len(problems) == 1 and problems[0].startswith("quantization_config.layers['fc'].pattern: "), pattern

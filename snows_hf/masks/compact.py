@@ -26,6 +26,7 @@ from functools import lru_cache
 
 import torch
 
+from ..fields import clip
 from .patterns import SparsityPattern
 from .topk import nm_keep_count
 
@@ -51,9 +52,9 @@ def check_storable(pattern: SparsityPattern) -> None:
         ...
         ValueError: sparsity 2:32 groups 32 inputs; the compact format codes groups of at most 16 (M <= 16)
     """
-    if pattern.is_nm and pattern.m > MAX_GROUP:
-        raise ValueError(f"sparsity {pattern} groups {pattern.m} inputs; the compact format codes groups of at "
-                         f"most {MAX_GROUP} (M <= {MAX_GROUP})")
+    if pattern.is_nm and pattern.m > MAX_GROUP:  # N and M as a file spells them: thousands of digits at worst
+        raise ValueError(f"sparsity {clip(str(pattern))} groups {clip(str(pattern.m))} inputs; the compact format codes "
+                         f"groups of at most {MAX_GROUP} (M <= {MAX_GROUP})")
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
