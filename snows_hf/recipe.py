@@ -80,27 +80,31 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     return prune, data, model
 
 
-def load_recipe_tasks(path: str | Path) -> Any:
+def load_recipe_tasks(path: str | Path, **overrides: Any) -> Any:
     """The lm-eval :class:`~snows_hf.harness.TaskSettings` of a recipe's ``evaluation:``
-    section (``None`` without one), checked like its other sections. A recipe is a file
-    from strangers: task files it names that would run Python code are refused
-    (:func:`~snows_hf.harness.check_task_code`).
+    section, checked like its other sections, with ``overrides`` (the caller's own fields)
+    on top; ``None`` when neither names any. A recipe is a file from strangers and a task
+    file is code: the recipe's tasks may be lm-eval's registered names only
+    (:func:`~snows_hf.harness.check_recipe_tasks`), unless the caller names the tasks.
 
     Example:
         >>> load_recipe_tasks("smollm2-135m-2of4") is None
         True
+        >>> load_recipe_tasks("smollm2-135m-2of4", tasks="piqa,boolq").tasks
+        ['piqa', 'boolq']
     """
-    from .harness import TaskSettings, check_task_code
+    from .harness import TaskSettings, check_recipe_tasks
 
     path = resolve_recipe(path)
     raw = read_recipe_yaml(path)
     section = raw.get("evaluation") if isinstance(raw, dict) else None
     if section is None:
-        return None
+        return TaskSettings(**overrides) if overrides else None
     keys = [f.name for f in dataclasses.fields(TaskSettings)]
     settings = _build(lambda values: TaskSettings(**values), keys, section, "evaluation", path)
-    check_task_code(settings.tasks or [], f"recipe {_quote(str(path))}")
-    return settings
+    if "tasks" not in overrides:
+        check_recipe_tasks(settings.tasks or [], f"recipe {_quote(str(path))}")
+    return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
 def read_recipe_yaml(path: str | Path) -> Any:
