@@ -28,6 +28,8 @@ import difflib
 import logging
 import os
 import random
+import re
+import sys
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +52,8 @@ MAX_INCLUDE_DEPTH = 8  #: files in one chain of includes (lm-eval's own tasks go
 MAX_FOLDER_ENTRIES = 100_000  #: entries of a named task folder walked to find its YAML files
 _FUNCTION_TAG = "!function"  # lm-eval's one tag of its own: the Python a task imports
 _IGNORED_FOLDERS = ("__pycache__", ".ipynb_checkpoints")  # folders lm-eval's index skips
+_KEPT_OUTPUT = 2**16  # bytes of what other libraries wrote while tasks ran, passed on to the log
+_PROGRESS_BAR = re.compile(r"\[\d+:\d\d(:\d\d)?(<[^,\]]*)?, [^\]]*\]$")  # tqdm's "[00:01<00:02, 3.1it/s]"
 
 
 @dataclass
@@ -368,6 +372,43 @@ def _kept_random_state() -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+@contextlib.contextmanager
+def _others_off_stderr() -> Iterator[None]:
+    """Keep what other libraries write to stderr while the block runs off the terminal:
+    lm-eval's and datasets' progress bars, and the ``fatal: not a git repository`` of the git
+    that lm-eval runs for a commit hash (a child process, hence descriptor 2 redirected too).
+    Their lines, progress bars left out, go to the ``snows_hf`` logger at DEBUG afterwards."""
+    with tempfile.TemporaryFile() as sink:
+        try:
+            with (_descriptor_2_into(sink),
+                  open(os.dup(sink.fileno()), "w", encoding="utf-8", errors="backslashreplace", buffering=1) as text,
+                  contextlib.redirect_stderr(text)):
+                yield
+        finally:
+            sink.seek(max(0, sink.seek(0, os.SEEK_END) - _KEPT_OUTPUT))
+            for line in re.split(r"[\r\n]+", sink.read().decode("utf-8", "replace")):
+                if line.strip() and not _PROGRESS_BAR.search(line.strip()):
+                    logger.debug("while lm-eval scored: %s", line.strip())
+
+
+@contextlib.contextmanager
+def _descriptor_2_into(sink: Any) -> Iterator[None]:
+    """Descriptor 2, where child processes and C code write, into ``sink`` while the block runs."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # a process started without one: Python's stream alone is redirected
+        yield
+        return
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def score_tasks(model: Any, tokenizer: Any, suite: TaskSuite, limit: int | None = None,
                 batch_size: int = 8) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Score ``model`` (in memory, wherever it is placed) on the suite's tasks with lm-eval.
@@ -391,7 +432,7 @@ def score_tasks(model: Any, tokenizer: Any, suite: TaskSuite, limit: int | None 
     was_training = model.training
     model.eval()
     try:
-        with quieted("lm_eval"), _kept_random_state():
+        with quieted("lm_eval"), _kept_random_state(), _others_off_stderr():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             # a model placed by accelerate reads its inputs where its embeddings execute
             lm._device = model_input_device(model)

@@ -7,6 +7,7 @@ Every refusal is one ``snows-hf: error:`` line, no traceback, exit code 1, and l
 folders as they were; no task file's code runs.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -307,3 +308,24 @@ def test_a_named_task_folder_is_walked_and_read_within_bounds(tmp_path, monkeypa
         harness.resolve_tasks([str(folder)])
     monkeypatch.setattr(harness, "MAX_FOLDER_ENTRIES", 100)
     assert harness.resolve_tasks([str(folder)]).names == ["t0", "t1", "t2", "t3"]
+
+
+# --- 14. scoring tasks prints nothing of other libraries ----------------------------------------
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_scoring_tasks_prints_no_lines_of_other_libraries(quiet, llama_dir, tmp_path, capfd, monkeypatch):
+    """lm-eval runs git for a commit hash ("fatal: not a git repository" outside one) and
+    draws progress bars; datasets draws its own: none of it reaches stderr, with or without
+    ``--quiet`` (transformers' bar of the weights loaded, before scoring, is switched off here)."""
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.setattr(transformers_logging, "is_progress_bar_enabled", lambda: False)
+    task = _write_task(tmp_path / "tasks" / f"{TASK}.yaml")
+    code = main(["eval", str(llama_dir), "--tasks", str(task), "--limit", "2", "--json", "e.json"]
+                + (["--quiet"] if quiet else []))
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
+    assert out.splitlines()[1].startswith(f"{TASK} (2)")
+    assert [line for line in err.splitlines() if not line.startswith("snows-hf: ")] == []
+    assert err == "" if quiet else f"snows-hf: lm-eval: scoring the model model on {TASK}" in err
+    assert json.loads(Path("e.json").read_text())["tasks"]["model"][0]["samples"] == 2
