@@ -233,13 +233,15 @@ def _task_options(parser: argparse.ArgumentParser, more: str = "") -> None:
 
 
 def _task_settings(args: argparse.Namespace) -> Any:
-    """The lm-eval tasks of a command: its recipe's (``prune --recipe``), with the flags on top."""
+    """The lm-eval tasks of a command: its recipe's (``prune --recipe``; registered names
+    only), with the flags on top (``--tasks`` may name task files: the user's own choice)."""
     from .harness import TaskSettings
     from .recipe import load_recipe_tasks
 
     flags = _split_fields(args, TaskSettings)
-    base = load_recipe_tasks(args.recipe) if getattr(args, "recipe", None) else None
-    return TaskSettings(**(base.to_dict() if base else {}) | flags) if flags else base
+    if getattr(args, "recipe", None):
+        return load_recipe_tasks(args.recipe, **flags)
+    return TaskSettings(**flags) if flags else None
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -12,25 +12,31 @@ when tasks run, never by ``import snows_hf``. Results keep lm-eval's own metric 
 (``acc``, ``acc_norm`` and their standard errors) and name each task by its name, never
 by the path of its YAML file.
 
-Task YAML files can import Python from their folder (lm-eval's ``!function`` tag): a
-folder the caller names runs its code, as lm-eval does. A recipe is a file from
-strangers, so the task files a recipe names may not (:func:`check_task_code`).
+A task file is code: lm-eval renders its prompt templates with Jinja, unsandboxed, and
+imports the Python its ``!function`` tags name, with the rights of whoever runs it. So task
+files and folders come only from the caller's own ``tasks`` (the command line's ``--tasks``);
+a recipe, a file from strangers, names lm-eval's tasks by their registered names only
+(:func:`check_recipe_tasks`). The files a caller names are read first with the rules of
+files from strangers, their includes followed within bounds (:func:`check_task_files`), and
+lm-eval indexes those files alone, never the rest of their folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import itertools
 import logging
 import os
 import random
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from .fields import SettingError, check_types, config_field, setting
+from .safe_yaml import clip, read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
 
@@ -40,15 +46,22 @@ INSTALL = 'pip install "snows-hf[lmeval]"'
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql")
 """``dataset_path`` values that are ``datasets``' builders for local files, not Hub datasets."""
 
-MAX_RECIPE_TASK_FILES = 1000  #: task YAML files a recipe's task folders may hold (each one is read)
-MAX_TASK_FILE_BYTES = 2**20  #: a task YAML file is a few kB; the bound keeps a recipe's cheap to check
-_FUNCTION_TAG = "!function"
-_INCLUDE = re.compile(r"""^\s*include:\s*["']?([^"'#\s]+)""", re.MULTILINE)
+MAX_TASK_FILES = 1000  #: YAML files lm-eval may read for the task files and folders named, included ones counted
+MAX_TASK_BYTES = 16 * 2**20  #: YAML lm-eval may parse to index them (an included file once per file including it)
+MAX_INCLUDE_DEPTH = 8  #: files in one chain of includes (lm-eval's own tasks go 2 deep)
+MAX_FOLDER_ENTRIES = 100_000  #: entries of a named task folder walked to find its YAML files
+_FUNCTION_TAG = "!function"  # lm-eval's one tag of its own: the Python a task imports
+_IGNORED_FOLDERS = ("__pycache__", ".ipynb_checkpoints")  # folders lm-eval's index skips
+_KEPT_OUTPUT = 2**16  # bytes of what other libraries wrote while tasks ran, passed on to the log
+_PROGRESS_BAR = re.compile(r"\[\d+:\d\d(:\d\d)?(<[^,\]]*)?, [^\]]*\]$")  # tqdm's "[00:01<00:02, 3.1it/s]"
 
 
 @dataclass
 class TaskSettings:
     """Which lm-eval tasks a run scores, dense and pruned (a recipe's ``evaluation:`` section).
+
+    Task files and folders named here run as code with the caller's rights (see the module's
+    notes); a recipe's tasks are checked by :func:`check_recipe_tasks` before they get here.
 
     Example:
         >>> TaskSettings(tasks="arc_easy,hellaswag", limit=100).tasks
@@ -60,8 +73,9 @@ class TaskSettings:
 
     tasks: list[str] | None = config_field(
         None, "lm-evaluation-harness tasks to score dense and pruned, comma-separated: task names (arc_easy, "
-        "hellaswag, piqa, winogrande, boolq, ...) or the path of a task YAML file or of a folder of them "
-        "(such files may run Python code from their folder, as in lm-eval)"
+        "hellaswag, piqa, winogrande, boolq, ...) or the path of a task YAML file or of a folder of them. A task "
+        "file is code: lm-eval runs its templates and the Python it names with your rights, so name only files "
+        "you trust (a recipe may name registered tasks only)"
     )
     limit: int | None = config_field(
         None, "score only the first N items of each task: a quick look whose figures carry a wider standard error "
@@ -121,8 +135,9 @@ def import_lm_eval() -> Any:
 
 @dataclass
 class TaskSuite:
-    """Tasks found for a run: lm-eval's ``TaskManager`` (with the user's folders as its
-    include path) and the task names to score, those of the named files and folders included.
+    """Tasks found for a run: lm-eval's ``TaskManager`` and the task names to score, those of
+    the named files and folders included; ``staging`` is the private folder of links to those
+    files that lm-eval indexes (kept while the suite lives).
 
     Example:
         >>> suite = resolve_tasks(["arc_easy", "my_tasks/"])  # doctest: +SKIP
@@ -132,6 +147,7 @@ class TaskSuite:
 
     manager: Any
     names: list[str]
+    staging: Any = field(default=None, repr=False)
 
 
 def _task_paths(specs: list[str]) -> tuple[list[str], list[Path]]:
@@ -149,60 +165,162 @@ def _task_paths(specs: list[str]) -> tuple[list[str], list[Path]]:
     return names, paths
 
 
-def task_yaml_files(path: Path) -> list[Path]:
-    """The task YAML files of a file or folder (a folder's, at any depth), as lm-eval reads them.
+def check_recipe_tasks(specs: list[str], source: str) -> None:
+    """Refuse an entry of the tasks of ``source``, a recipe (a file from strangers), that is
+    not a name. A task file is code, so a recipe names lm-eval's tasks by their registered
+    names only, never a task file or folder: whatever could be read as one is refused (a
+    path separator, a YAML suffix, a leading ``~`` or ``.``, or anything on disk by that
+    name), and the names are looked up among lm-eval's own tasks (:func:`resolve_tasks`).
 
     Example:
-        >>> task_yaml_files(Path("my_tasks"))  # doctest: +SKIP
-        [PosixPath('my_tasks/my_task.yaml')]
+        >>> check_recipe_tasks(["arc_easy", "hellaswag"], "recipe 'r.yaml'")
+        >>> check_recipe_tasks(["my_tasks/"], "recipe 'r.yaml'")
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: recipe 'r.yaml': evaluation.tasks names 'my_tasks/', a path: a recipe names lm-eval tasks by their registered names only, since a task file runs code; name task files you trust yourself with tasks
     """
-    return [path] if path.is_file() else sorted(path.glob("**/*.yaml"))
-
-
-def check_task_code(specs: list[str], source: str) -> None:
-    """Refuse task files among ``specs`` that import Python (lm-eval's ``!function``),
-    directly or through the files they ``include:``, when they come from ``source``, a file
-    someone else may have written (a recipe).
-
-    Example:
-        >>> check_task_code(["arc_easy"], "recipe 'r.yaml'")
-    """
-    def refuse(problem: str) -> SettingError:
-        return SettingError(f"{source} names {problem}", field="tasks",
-                            hint=f"name the tasks yourself with {setting('tasks')}")
-
-    pending: list[Path] = []
+    separators = tuple(s for s in ("/", os.sep, os.altsep) if s)
     for spec in specs:
-        path = Path(os.path.expanduser(spec))
-        if path.exists():  # a folder is walked lazily: a recipe naming "/" must not walk the disk
-            files = [path] if path.is_file() else itertools.islice(path.glob("**/*.yaml"), MAX_RECIPE_TASK_FILES + 1)
-            pending += files
-    seen: set[Path] = set()
-    while pending:
-        yaml_file = pending.pop().resolve()
-        if yaml_file in seen:
-            continue
-        seen.add(yaml_file)
-        if len(seen) > MAX_RECIPE_TASK_FILES:
-            raise refuse(f"more than {MAX_RECIPE_TASK_FILES} task files")
+        if (any(s in spec for s in separators) or spec.startswith(("~", ".")) or spec.lower().endswith((".yaml", ".yml"))
+                or os.path.lexists(os.path.expanduser(spec))):
+            raise SettingError(f"{source}: evaluation.tasks names {clip(repr(spec))}, a path: a recipe names lm-eval "
+                               "tasks by their registered names only, since a task file runs code", field="tasks",
+                               hint=f"name task files you trust yourself with {setting('tasks')}")
+
+
+def check_task_files(files: list[Path]) -> None:
+    """Read each YAML file lm-eval would read to index the task files ``files``: they and the
+    files they ``include:`` at any depth (relative to the including file, or absolute, as
+    lm-eval finds them), read with the rules of files from strangers (plain YAML without
+    aliases, a regular file of at most 1 MiB: :func:`~snows_hf.safe_yaml.read_safe_yaml`),
+    within bounds: at most ``MAX_TASK_FILES`` files, ``MAX_TASK_BYTES`` of YAML parsed as
+    lm-eval parses it (an included file once for each file including it), chains of
+    includes at most ``MAX_INCLUDE_DEPTH`` files long. An include cycle is refused as one,
+    and so is a file included twice into one task, which lm-eval cannot read either.
+
+    Example:
+        >>> check_task_files([Path("my_tasks/my_task.yaml").resolve()])  # doctest: +SKIP
+    """
+    parsed: dict[Path, tuple[int, list[Path]]] = {}
+    parsed_bytes = expanded_bytes = 0
+
+    def too_much() -> SettingError:
+        return SettingError(f"the task files named are over {MAX_TASK_BYTES:,} bytes of YAML for lm-eval to read, "
+                            "the files they include counted", field="tasks", hint="name fewer or smaller task files")
+
+    def read(path: Path) -> tuple[int, list[Path]]:
+        nonlocal parsed_bytes
+        if len(parsed) >= MAX_TASK_FILES:
+            raise SettingError(f"the task files named include more than {MAX_TASK_FILES} YAML files", field="tasks")
         try:
-            if yaml_file.stat().st_size > MAX_TASK_FILE_BYTES:
-                raise refuse(f"the task file {yaml_file.name!r}, over {MAX_TASK_FILE_BYTES:,} bytes")
-            text = yaml_file.read_text(encoding="utf-8", errors="replace")
+            size = path.stat().st_size
         except OSError:
-            continue
-        if _FUNCTION_TAG in text:
-            raise refuse(f"the task file {yaml_file.name!r}, which runs Python code ({_FUNCTION_TAG}); a recipe "
-                         "may not run code")
-        # lm-eval reads an included file relative to the including one (or by absolute path)
-        pending += [yaml_file.parent / Path(os.path.expanduser(name)) for name in _INCLUDE.findall(text)]
+            size = 0  # the reader says why it cannot read it
+        parsed_bytes += size
+        if parsed_bytes > MAX_TASK_BYTES:  # before parsing: this check reads them all once
+            raise too_much()
+        try:
+            document = read_safe_yaml(path, "task file", tags=(_FUNCTION_TAG,))
+        except ValueError as err:
+            raise SettingError(str(err), field="tasks") from None
+        parsed[path] = size, _includes(path, document)
+        return parsed[path]
+
+    for top in files:
+        seen: set[Path] = set()
+        pending: list[tuple[Path, tuple[Path, ...]]] = [(top, ())]
+        while pending:
+            path, chain = pending.pop()
+            if path in chain:
+                cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+                raise SettingError(f"task file {clip(repr(path.name))} includes itself: {clip(cycle, 240)}",
+                                   field="tasks", hint="an include: chain has to end")
+            if path in seen:
+                raise SettingError(f"task file {clip(repr(top.name))} includes {clip(repr(path.name))} twice, which "
+                                   "lm-eval refuses", field="tasks", hint="include each file once")
+            if len(chain) > MAX_INCLUDE_DEPTH:
+                shown = clip(" -> ".join(p.name for p in chain[:3]) + " -> ...", 240)
+                raise SettingError(f"task file {clip(repr(top.name))} includes files more than {MAX_INCLUDE_DEPTH} "
+                                   f"deep ({shown})", field="tasks")
+            seen.add(path)
+            size, included = parsed[path] if path in parsed else read(path)
+            expanded_bytes += size
+            if expanded_bytes > MAX_TASK_BYTES:
+                raise too_much()
+            pending += [(p, (*chain, path)) for p in reversed(included)]
+
+
+def _includes(path: Path, document: Any) -> list[Path]:
+    """The files the task file ``path`` includes, found as lm-eval finds them."""
+    if not isinstance(document, dict) or "include" not in document:
+        return []
+    value = document["include"]
+    names = value if isinstance(value, list) else [value]
+    if not all(isinstance(name, str) for name in names):
+        raise SettingError(f"task file {clip(repr(str(path)))}: include: must name YAML files (a file name or a list "
+                           f"of them), got {clip(repr(value))}", field="tasks")
+    return [_real(path.parent / name) for name in names]  # an absolute name replaces the folder
+
+
+def _real(path: Path) -> Path:
+    """``path`` as lm-eval opens it: ``~`` expanded, links followed."""
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # a loop of links, an unknown user's home, a NUL byte
+        raise SettingError(f"cannot find task file {clip(repr(str(path)))}: {err}", field="tasks") from None
+
+
+def _folder_yaml_files(folder: Path) -> list[Path]:
+    """The ``*.yaml`` files of ``folder`` at any depth in lm-eval's order, as its index finds
+    them (links to folders not followed, ``__pycache__`` skipped), the walk bounded."""
+    found, pending, entries = [], [folder], 0
+    while pending:
+        try:
+            listing = os.scandir(pending.pop())
+        except OSError:
+            continue  # an unreadable folder: lm-eval skips it too
+        with listing:
+            for entry in listing:
+                entries += 1
+                if entries > MAX_FOLDER_ENTRIES:
+                    raise SettingError(f"task folder {clip(repr(str(folder)))} holds more than {MAX_FOLDER_ENTRIES} "
+                                       "entries: too many to be a task folder", field="tasks",
+                                       hint="name the task files or their own folder")
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in _IGNORED_FOLDERS:
+                        pending.append(Path(entry.path))
+                elif entry.name.endswith(".yaml"):
+                    found.append(Path(entry.path))
+                    if len(found) > MAX_TASK_FILES:
+                        raise SettingError(f"task folder {clip(repr(str(folder)))} holds more than {MAX_TASK_FILES} "
+                                           "YAML files", field="tasks", hint="name the task files or their own folder")
+    return sorted(found, key=Path.as_posix)
+
+
+def _staged(groups: dict[Path, list[Path]]) -> tuple[tempfile.TemporaryDirectory, dict[Path, set[Path]]]:
+    """A private folder of links to the task files of ``groups`` (per named path, in order),
+    and the links of each: lm-eval indexes the folder instead of the files' own folders, so
+    it reads those files and the files they include, nothing beside them (lm-eval follows a
+    link, so each file keeps its own folder for its includes and its Python)."""
+    staging = tempfile.TemporaryDirectory(prefix="snows-hf-tasks-")
+    links: dict[Path, set[Path]] = {named: set() for named in groups}
+    for i, (named, files) in enumerate(groups.items()):
+        folder = Path(staging.name) / str(i)
+        folder.mkdir()
+        for j, file in enumerate(files):
+            name = file.name if file.name.endswith(".yaml") else f"{file.name}.yaml"  # what lm-eval's index reads
+            link = folder / f"{j:05d}-{name}"
+            link.symlink_to(file)
+            links[named].add(link)
+    return staging, links
 
 
 def resolve_tasks(specs: list[str]) -> TaskSuite:
     """lm-eval's tasks for ``specs``: task names, and paths of task YAML files or folders
     (every task they define). A name lm-eval does not know is refused, listing the close
-    matches. Building lm-eval's index of its own tasks takes seconds, so it is built only
-    when a spec is a name.
+    matches; the names are looked up among lm-eval's own tasks only. The files named, and
+    those they include, are checked (:func:`check_task_files`) before lm-eval reads them, and
+    lm-eval indexes them alone, not the rest of their folders. Building lm-eval's index of
+    its own tasks takes seconds, so it is built only when a spec is a name.
 
     Example:
         >>> resolve_tasks(["arc_esy"])  # doctest: +SKIP
@@ -212,9 +330,14 @@ def resolve_tasks(specs: list[str]) -> TaskSuite:
     import_lm_eval()
     from lm_eval.tasks import TaskManager
 
+    from .loading import quieted
+
     names, paths = _task_paths(specs)
-    folders = list(dict.fromkeys(p if p.is_dir() else p.parent for p in paths))
-    manager = TaskManager(include_path=[str(f) for f in folders] or None, include_defaults=bool(names))
+    groups = {path: [_real(p) for p in (_folder_yaml_files(path) if path.is_dir() else [path])] for path in paths}
+    check_task_files(list(dict.fromkeys(file for files in groups.values() for file in files)))
+    staging, links = _staged(groups) if groups else (None, {})
+    with quieted("lm_eval"):  # its index warns of tasks of the same name
+        manager = TaskManager(include_path=staging.name if staging else None, include_defaults=bool(names))
     index = manager.task_index
     for name in names:
         if name not in index:
@@ -224,15 +347,13 @@ def resolve_tasks(specs: list[str]) -> TaskSuite:
                                hint="lm-eval ls tasks lists them all")
     found = list(names)
     for path in paths:
-        wanted = set(task_yaml_files(path))
         defined = [name for name, entry in index.items()
-                   if entry.yaml_path is not None and Path(entry.yaml_path).resolve() in wanted
-                   and entry.kind.name in ("TASK", "PY_TASK")]
+                   if entry.yaml_path in links[path] and entry.kind.name in ("TASK", "PY_TASK")]
         if not defined:
             raise SettingError(f"{path.name!r} defines no lm-eval task", field="tasks",
                                hint="a task YAML file needs a task: name (see lm-eval's task guide)")
         found += sorted(defined)
-    return TaskSuite(manager, list(dict.fromkeys(found)))
+    return TaskSuite(manager, list(dict.fromkeys(found)), staging)
 
 
 @contextlib.contextmanager
@@ -249,6 +370,43 @@ def _kept_random_state() -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def _others_off_stderr() -> Iterator[None]:
+    """Keep what other libraries write to stderr while the block runs off the terminal:
+    lm-eval's and datasets' progress bars, and the ``fatal: not a git repository`` of the git
+    that lm-eval runs for a commit hash (a child process, hence descriptor 2 redirected too).
+    Their lines, progress bars left out, go to the ``snows_hf`` logger at DEBUG afterwards."""
+    with tempfile.TemporaryFile() as sink:
+        try:
+            with (_descriptor_2_into(sink),
+                  open(os.dup(sink.fileno()), "w", encoding="utf-8", errors="backslashreplace", buffering=1) as text,
+                  contextlib.redirect_stderr(text)):
+                yield
+        finally:
+            sink.seek(max(0, sink.seek(0, os.SEEK_END) - _KEPT_OUTPUT))
+            for line in re.split(r"[\r\n]+", sink.read().decode("utf-8", "replace")):
+                if line.strip() and not _PROGRESS_BAR.search(line.strip()):
+                    logger.debug("while lm-eval scored: %s", line.strip())
+
+
+@contextlib.contextmanager
+def _descriptor_2_into(sink: Any) -> Iterator[None]:
+    """Descriptor 2, where child processes and C code write, into ``sink`` while the block runs."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # a process started without one: Python's stream alone is redirected
+        yield
+        return
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def score_tasks(model: Any, tokenizer: Any, suite: TaskSuite, limit: int | None = None,
@@ -274,7 +432,7 @@ def score_tasks(model: Any, tokenizer: Any, suite: TaskSuite, limit: int | None 
     was_training = model.training
     model.eval()
     try:
-        with quieted("lm_eval"), _kept_random_state():
+        with quieted("lm_eval"), _kept_random_state(), _others_off_stderr():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             # a model placed by accelerate reads its inputs where its embeddings execute
             lm._device = model_input_device(model)

@@ -4,25 +4,25 @@ Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig
 (``data:``), when known, the source model (``model:``) and, when a run scores lm-eval
 tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are
 an error, so a typo never silently falls back to a default. Recipes are shared files: they
-are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
-in an error message is cut short.
+are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, a regular file of at most
+1 MiB: :mod:`snows_hf.safe_yaml`), and a value quoted in an error message is cut short.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .safe_yaml import read_safe_yaml
+
 logger = logging.getLogger("snows_hf")
 
 RECIPE_FILE = "recipe.yaml"
 _SECTIONS = ("model", "prune", "data", "evaluation", "snows_hf_version")
-MAX_RECIPE_BYTES = 2**20  # a recipe is a few hundred bytes; the bound keeps a hostile one cheap
 _QUOTE_LIMIT = 120  # characters of one value quoted in an error message
 
 
@@ -81,85 +81,44 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     return prune, data, model
 
 
-def load_recipe_tasks(path: str | Path) -> Any:
+def load_recipe_tasks(path: str | Path, **overrides: Any) -> Any:
     """The lm-eval :class:`~snows_hf.harness.TaskSettings` of a recipe's ``evaluation:``
-    section (``None`` without one), checked like its other sections. A recipe is a file
-    from strangers: task files it names that would run Python code are refused
-    (:func:`~snows_hf.harness.check_task_code`).
+    section, checked like its other sections, with ``overrides`` (the caller's own fields)
+    on top; ``None`` when neither names any. A recipe is a file from strangers and a task
+    file is code: the recipe's tasks may be lm-eval's registered names only
+    (:func:`~snows_hf.harness.check_recipe_tasks`), unless the caller names the tasks.
 
     Example:
         >>> load_recipe_tasks("smollm2-135m-2of4") is None
         True
+        >>> load_recipe_tasks("smollm2-135m-2of4", tasks="piqa,boolq").tasks
+        ['piqa', 'boolq']
     """
-    from .harness import TaskSettings, check_task_code
+    from .harness import TaskSettings, check_recipe_tasks
 
     path = resolve_recipe(path)
     raw = read_recipe_yaml(path)
     section = raw.get("evaluation") if isinstance(raw, dict) else None
     if section is None:
-        return None
+        return TaskSettings(**overrides) if overrides else None
     keys = [f.name for f in dataclasses.fields(TaskSettings)]
     settings = _build(lambda values: TaskSettings(**values), keys, section, "evaluation", path)
-    check_task_code(settings.tasks or [], f"recipe {_quote(str(path))}")
-    return settings
+    if "tasks" not in overrides:
+        check_recipe_tasks(settings.tasks or [], f"recipe {_quote(str(path))}")
+    return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
 def read_recipe_yaml(path: str | Path) -> Any:
-    """The YAML document of the recipe file ``path``, read the safe way a shared file needs.
-
-    Plain YAML only (``yaml.SafeLoader``): no Python objects, no aliases (``*name``:
-    a few hundred bytes of nested aliases expand to gigabytes), and no file over
-    ``MAX_RECIPE_BYTES``. Every failure is a ``ValueError`` of one short line.
+    """The YAML document of the recipe file ``path``, read the safe way a shared file needs
+    (:func:`~snows_hf.safe_yaml.read_safe_yaml`): plain YAML only, no aliases (``*name``:
+    a few hundred bytes of nested aliases expand to gigabytes), a regular file of at most
+    1 MiB. Every failure is a ``ValueError`` of one short line.
 
     Example:
         >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
         '2:4'
     """
-    import yaml
-
-    where = _quote(str(path))
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_RECIPE_BYTES + 1)  # never more, whatever the file claims to be
-    except OSError as err:
-        raise ValueError(f"cannot read recipe {where}: {err.strerror}") from None
-    if len(data) > MAX_RECIPE_BYTES:
-        raise ValueError(f"recipe {where} is over {MAX_RECIPE_BYTES // 2**20} MiB: not a recipe")
-    try:
-        return yaml.load(data.decode("utf-8"), Loader=_recipe_loader())  # noqa: S506 - a SafeLoader
-    except UnicodeDecodeError:
-        raise ValueError(f"recipe {where} is not UTF-8 text") from None
-    except _AliasFound as err:
-        raise ValueError(f"recipe {where} uses the YAML alias *{_clip(str(err))} (line {err.line}): "
-                         "recipes may not use aliases; write the value out") from None
-    except RecursionError:
-        raise ValueError(f"recipe {where} is nested too deeply to be a recipe") from None
-    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
-        raise ValueError(f"recipe {where} is not valid YAML: {_clip(' '.join(str(err).split()))}") from None
-
-
-@functools.cache
-def _recipe_loader() -> type:
-    import yaml
-
-    class RecipeLoader(yaml.SafeLoader):
-        """``SafeLoader`` that stops at the first alias, before anything is expanded."""
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise _AliasFound(event.anchor, event.start_mark.line + 1)
-            return super().compose_node(parent, index)
-
-    return RecipeLoader
-
-
-class _AliasFound(Exception):
-    """An alias in a recipe: its name, and the line it is on."""
-
-    def __init__(self, anchor: str, line: int) -> None:
-        super().__init__(anchor)
-        self.line = line
+    return read_safe_yaml(path, "recipe")
 
 
 def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
