@@ -39,6 +39,7 @@ def _png(path: Path, size, mode="L"):
 
 
 def _jsonl(path: str, rows) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -69,6 +70,14 @@ def _setup() -> None:
     for i in range(60):
         Path("many", f"{i}.txt").parent.mkdir(exist_ok=True)
         Path("many", f"{i}.txt").write_text("w1 w2 w3\n")
+    _jsonl("outside/private.jsonl", [{"text": WORDS}])  # what a dataset folder's card must not reach
+    config = "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: {}\n"
+    for folder, card, text in (("escape", "README.md", "---\n" + config.format("../outside/*.jsonl") + "---\n# data\n"),
+                               ("absolute", ".huggingface.yaml", config.format(Path("outside").resolve() / "*.jsonl")),
+                               ("bomb", "README.md", "---\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                                                     "c: [*b, *b, *b, *b, *b, *b, *b, *b]\n---\n")):
+        _jsonl(f"{folder}/train.jsonl", [{"text": WORDS}] * 3)
+        Path(folder, card).write_text(text)
 
 
 HOSTILE = [
@@ -87,6 +96,13 @@ HOSTILE = [
     pytest.param(["eval", "{llama}", "--dataset", "//"], "dataset path '//' is the root of the file system", id="eval-dataset-root"),
     pytest.param(["prune", "{llama}", "--dataset", "many"], "dataset folder 'many' holds more than 50 files and folders",
                  id="folder-over-the-walk-bound"),
+    pytest.param(["prune", "{llama}", "--dataset", "escape"],
+                 "dataset folder 'escape': README.md names data files outside the folder ('../outside/*.jsonl')",
+                 id="card-reaches-out-of-the-folder"),
+    pytest.param(["eval", "{llama}", "--dataset", "absolute"], "dataset folder 'absolute': .huggingface.yaml names data "
+                 "files outside the folder", id="card-names-an-absolute-path"),
+    pytest.param(["prune", "{llama}", "--dataset", "bomb"], "dataset folder 'bomb': README.md uses the YAML alias *a (line 3)",
+                 id="card-alias-bomb"),
 ]
 
 
@@ -347,3 +363,29 @@ def test_class_names_that_collide_once_normalised_are_matched_to_nothing_with_a_
     assert found == {"tench": 0, "church": 2}
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "'Golf Ball' and 'golf_ball'" in lines[0] and "neither" in lines[0], lines
+
+
+def test_list_labels_are_kept_as_short_text(caplog):
+    """A multi-label column of long lists: each held-out row keeps a name's worth of its label."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=128,
+                        num_labels=2, id2label={0: "sport", 1: "tech"}, label2id={"sport": 0, "tech": 1})
+    model = BertForSequenceClassification(config).eval()
+    split = datasets.Dataset.from_dict({"text": [WORDS] * 8, "labels": [[i] * 200_000 for i in range(8)]})
+    with caplog.at_level(logging.WARNING):
+        data = prepare_data(split, CalibrationConfig(num_samples=2, seq_len=16), model, tiny_tokenizer(), eval_samples=6)
+    assert data.evaluation.labels is None and data.source["labels"].startswith("no label name matched")
+    assert len(data.source["labels"]) < 400 and max(len(r.getMessage()) for r in caplog.records) < 400
+
+
+def test_an_image_path_that_is_not_a_file_is_skipped_not_waited_on(tmp_path):
+    """A row may name any path: a pipe would block the run for ever."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    good = [{"bytes": _small_png_bytes(c), "path": None} for c in range(0, 200, 40)]
+    features = datasets.Features({"image": datasets.Image(decode=False)})
+    split = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": str(tmp_path / "pipe.png")}] + good}, features=features)
+    data = prepare_data(split, CalibrationConfig(num_samples=5), tiny_vit(), _vit_processor())
+    assert data.calibration["pixel_values"].shape == (5, 3, 32, 32) and data.source["skipped_images"] == 1

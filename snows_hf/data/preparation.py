@@ -30,6 +30,7 @@ import dataclasses
 import io
 import logging
 import math
+import os
 import re
 import warnings
 from collections import Counter
@@ -295,7 +296,12 @@ def _decode(value: Any, mode: str, side: int | None) -> Any:
     header says it is over :data:`MAX_IMAGE_PIXELS`, before its pixels are read."""
     from PIL import Image
 
-    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+    if value.get("bytes"):
+        source = io.BytesIO(value["bytes"])
+    elif os.path.isfile(value["path"]):  # a regular file only: a pipe or device named by the data would never end
+        source = value["path"]
+    else:
+        raise ValueError(f"{value['path']!r} is not a file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bound below is lower
@@ -335,6 +341,16 @@ def _decoded(rows: SplitRows, column: str, mode: str, side: int | None, skipped:
         yield row_id, image, row
 
 
+def _label(row: dict, column: str | None) -> Any:
+    """The row's label as class matching reads it: a number or name as it is; any other
+    value (a list of a multi-label set, a record) by its text, cut to :data:`MAX_LABEL_CHARS`,
+    so a held-out row keeps no more of its label than a name's worth."""
+    value = row.get(column) if column else None
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)[:MAX_LABEL_CHARS]
+
+
 def _skipped_words(skipped: Counter) -> str:
     parts = [f"{skipped['broken']} could not be decoded"] if skipped["broken"] else []
     if skipped["large"]:
@@ -356,7 +372,7 @@ def _images(rows, cfg, model, processor, eval_samples, evaluation, label_column)
         if len(calib) < cfg.num_samples:
             calib.append((row_id, pixels(image), None))
         elif len(held) < eval_samples:
-            held.append((row_id, pixels(image), row.get(label_column) if label_column else None))
+            held.append((row_id, pixels(image), _label(row, label_column)))
         if len(calib) == cfg.num_samples and len(held) == eval_samples:
             break
     tried = sum(skipped.values())
@@ -404,13 +420,14 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) 
         if held.shape[0]:
             held_out = EvalSet(evaluation, {"input_ids": held, "attention_mask": torch.ones_like(held)})
     elif eval_samples:
-        picked = [item for _, item in zip(range(eval_samples), ordered)]
-        eval_rows = [row_id for row_id, _ in picked]
-        if picked:
-            texts = [read(row_id, row)[: seq_len * CHARS_PER_TOKEN] for row_id, row in picked]
+        texts, values = [], []
+        for _, (row_id, row) in zip(range(eval_samples), ordered):  # each row cut as it comes, not kept whole
+            eval_rows.append(row_id)
+            texts.append(read(row_id, row)[: seq_len * CHARS_PER_TOKEN])
+            values.append(_label(row, label_column))
+        if texts:
             enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            values = [row.get(label_column) for _, row in picked] if label_column else []
             labels = class_indices(values, label_column, rows, model, evaluation.labels, source)
             held_out = EvalSet(evaluation, inputs, labels)
     ordered.close()  # a stream stops reading here

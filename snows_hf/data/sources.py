@@ -56,6 +56,12 @@ MAX_FOLDER_ENTRIES = 100_000
 the first row (a minute for a home folder), so the folder is walked first, and refused
 as soon as the walk passes this many."""
 
+MAX_CARD_BYTES = 2**20
+"""Size of the YAML files ``datasets`` reads from a local dataset folder (``README.md``'s
+header, ``.huggingface.yaml``), checked with the recipes' YAML rules before it reads them."""
+
+_CARDS = ("README.md", ".huggingface.yaml")
+
 _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -372,6 +378,64 @@ def _check_folder(path: str, dataset: str) -> None:
                         pending.append(entry.path)
         except OSError:  # an unreadable subfolder: datasets says what it cannot read
             continue
+    for name in _CARDS:
+        _check_card(os.path.join(absolute, name), f"dataset folder {dataset!r}: {name}")
+
+
+def _check_card(path: str, where: str) -> None:
+    """Refuse the YAML of a dataset folder (``README.md``'s header or ``.huggingface.yaml``)
+    that ``datasets`` would expand or follow out of the folder: over :data:`MAX_CARD_BYTES`,
+    with an alias (a few hundred bytes of nested aliases expand to gigabytes as it is
+    loaded), or naming data files or a data folder outside the folder (an absolute path,
+    ``..``, ``~`` or a URL: ``datasets`` would walk and read them as the data).
+
+    Example:
+        >>> _check_card("evil/README.md", "dataset folder 'evil': README.md")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: dataset folder 'evil': README.md names data files outside the folder ('../secret/*.jsonl')
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        return
+    if os.path.getsize(path) > MAX_CARD_BYTES:
+        raise ValueError(f"{where} is over {MAX_CARD_BYTES // 2**20} MiB: a dataset card is a page of text")
+    with open(path, encoding="utf-8", errors="replace") as file:
+        text = file.read()
+    line_offset = 1
+    if path.endswith(".md"):  # the YAML header only, split as datasets splits it
+        lines = text.splitlines()
+        if not lines or lines[0] != "---" or "---" not in lines[1:]:
+            return
+        text, line_offset = "\n".join(lines[1: lines[1:].index("---") + 1]), 2
+    try:
+        for event in yaml.parse(text):  # events only: nothing is built, so an alias is seen, not expanded
+            if isinstance(event, yaml.AliasEvent):
+                raise ValueError(f"{where} uses the YAML alias *{event.anchor[:40]} (line {event.start_mark.line + line_offset}), "
+                                 "which expands as it is loaded: write the value out")
+        card = yaml.safe_load(text)
+    except yaml.YAMLError:  # datasets says what is wrong with it
+        return
+    configs = card.get("configs") if isinstance(card, dict) else None
+    for config in configs if isinstance(configs, list) else []:
+        if isinstance(config, dict):
+            for pattern in _strings([config.get("data_files"), config.get("data_dir")]):
+                parts = pattern.replace("\\", "/").split("/")
+                if os.path.isabs(pattern) or ".." in parts or pattern.startswith("~") or "://" in pattern or "::" in pattern:
+                    raise ValueError(f"{where} names data files outside the folder ({pattern[:200]!r})")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in ``value``, a tree of lists and dicts (dict values)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def load_dataset_split(cfg: CalibrationConfig) -> SplitRows:
