@@ -139,6 +139,20 @@ def test_a_row_of_50_mb_in_a_small_hub_shard_is_cut_before_tokenizing(hub, tmp_p
     assert max(out["lengths"]) <= 4 * 16 * CHARS_PER_TOKEN
 
 
+def test_a_hub_dataset_card_with_a_yaml_alias_is_one_line_before_datasets_expands_it(hub, tmp_path, llama_dir):
+    repo = Repo("dataset", False)
+    repo.files["README.md"] = (b"---\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                               b"c: [*b, *b, *b, *b, *b, *b, *b, *b]\n---\n# a card\n")
+    repo.files["data/train-00000-of-00001.parquet"] = parquet({"text": _text_rows(0, 50)})
+    hub.repos[("dataset", "tester/bomb")] = commit(repo)
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "tester/bomb",
+                   "--num-samples", "2", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Hub dataset 'tester/bomb': README.md uses the YAML alias *a (line 3)" in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_dataset_calibrates_on_the_default_text_dataset_streamed(hub, tmp_path, llama_dir):
     hub.repos[("dataset", "allenai/c4")] = repo = _c4_like()
     result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--num-samples", "16", "--seq-len", "16",

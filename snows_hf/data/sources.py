@@ -330,9 +330,10 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
         elif local:
             raise ValueError(f"dataset path {dataset!r} does not exist")
         else:
+            _check_hub_cards(dataset)
             data = datasets.load_dataset(dataset, config, split=split, streaming=streaming)
     except ValueError as exc:
-        if str(exc).startswith(("unsupported data file", "dataset path", "dataset file", "dataset folder")):
+        if str(exc).startswith(("unsupported data file", "dataset path", "dataset file", "dataset folder", "Hub dataset")):
             raise
         if local:
             raise ValueError(f"cannot load dataset {dataset!r}: {_reason(exc)}") from None
@@ -379,31 +380,47 @@ def _check_folder(path: str, dataset: str) -> None:
         except OSError:  # an unreadable subfolder: datasets says what it cannot read
             continue
     for name in _CARDS:
-        _check_card(os.path.join(absolute, name), f"dataset folder {dataset!r}: {name}")
+        card = os.path.join(absolute, name)
+        if os.path.isfile(card):
+            with open(card, "rb") as file:
+                _check_card(file.read(MAX_CARD_BYTES + 1), name, f"dataset folder {dataset!r}: {name}")
 
 
-def _check_card(path: str, where: str) -> None:
-    """Refuse the YAML of a dataset folder (``README.md``'s header or ``.huggingface.yaml``)
-    that ``datasets`` would expand or follow out of the folder: over :data:`MAX_CARD_BYTES`,
+def _check_hub_cards(dataset: str) -> None:
+    """:func:`_check_card` for a Hub dataset's ``README.md`` and ``.huggingface.yaml``,
+    read (at most :data:`MAX_CARD_BYTES` + 1 bytes) before ``datasets`` loads them whole.
+    A card that cannot be read (none, gated, offline) is left to ``datasets`` to report."""
+    from huggingface_hub import HfFileSystem
+
+    files = HfFileSystem()
+    for name in _CARDS:
+        try:
+            with files.open(f"datasets/{dataset}/{name}", "rb") as file:
+                data = file.read(MAX_CARD_BYTES + 1)
+        except Exception:  # noqa: BLE001 - missing, gated, offline or unreachable: datasets says which
+            continue
+        _check_card(data, name, f"Hub dataset {dataset!r}: {name}", within="dataset")
+
+
+def _check_card(data: bytes, name: str, where: str, within: str = "folder") -> None:
+    """Refuse a dataset's YAML (``name``: ``README.md``, whose header is read, or
+    ``.huggingface.yaml``; ``data``: up to :data:`MAX_CARD_BYTES` + 1 of its bytes) that
+    ``datasets`` would expand or follow out of the dataset: over :data:`MAX_CARD_BYTES`,
     with an alias (a few hundred bytes of nested aliases expand to gigabytes as it is
-    loaded), or naming data files or a data folder outside the folder (an absolute path,
+    loaded), or naming data files or a data folder outside the dataset (an absolute path,
     ``..``, ``~`` or a URL: ``datasets`` would walk and read them as the data).
 
     Example:
-        >>> _check_card("evil/README.md", "dataset folder 'evil': README.md")  # doctest: +SKIP
+        >>> _check_card(b"configs: [{data_files: ../secret/*.jsonl}]", ".huggingface.yaml", "dataset folder 'evil'")
         Traceback (most recent call last):
-        ValueError: dataset folder 'evil': README.md names data files outside the folder ('../secret/*.jsonl')
+        ValueError: dataset folder 'evil' names data files outside the folder ('../secret/*.jsonl')
     """
     import yaml
 
-    if not os.path.isfile(path):
-        return
-    if os.path.getsize(path) > MAX_CARD_BYTES:
+    if len(data) > MAX_CARD_BYTES:
         raise ValueError(f"{where} is over {MAX_CARD_BYTES // 2**20} MiB: a dataset card is a page of text")
-    with open(path, encoding="utf-8", errors="replace") as file:
-        text = file.read()
-    line_offset = 1
-    if path.endswith(".md"):  # the YAML header only, split as datasets splits it
+    text, line_offset = data.decode("utf-8", errors="replace"), 1
+    if name.endswith(".md"):  # the YAML header only, split as datasets splits it
         lines = text.splitlines()
         if not lines or lines[0] != "---" or "---" not in lines[1:]:
             return
@@ -422,7 +439,7 @@ def _check_card(path: str, where: str) -> None:
             for pattern in _strings([config.get("data_files"), config.get("data_dir")]):
                 parts = pattern.replace("\\", "/").split("/")
                 if os.path.isabs(pattern) or ".." in parts or pattern.startswith("~") or "://" in pattern or "::" in pattern:
-                    raise ValueError(f"{where} names data files outside the folder ({pattern[:200]!r})")
+                    raise ValueError(f"{where} names data files outside the {within} ({pattern[:200]!r})")
 
 
 def _strings(value: Any) -> Iterator[str]:
