@@ -100,6 +100,59 @@ def test_streamed_calibration_reads_a_fraction_of_the_shards_in_a_seeded_order(h
     assert {tuple(r) for r in runs["1"][0]["calibration_rows"]} != calib  # another seed, other rows
 
 
+_LONG_ROW = """
+import json
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from snows_hf.data import CalibrationConfig, prepare_run_data
+tokenizer, lengths = AutoTokenizer.from_pretrained({model!r}), []
+class Recording:
+    def __call__(self, text, *args, **kwargs):
+        lengths.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return tokenizer(text, *args, **kwargs)
+    def __getattr__(self, name):
+        return getattr(tokenizer, name)
+cfg = CalibrationConfig(dataset="tester/long-row", num_samples=4, seq_len=16, eval_samples=2)
+data, _ = prepare_run_data(cfg, AutoModelForCausalLM.from_pretrained({model!r}), Recording(), cfg.eval_samples)
+print(json.dumps({{"lengths": lengths, "rows": data.source["calibration_rows"] + data.source["eval_rows"],
+                  "shape": list(data.calibration["input_ids"].shape)}}))
+"""
+
+
+def test_a_row_of_50_mb_in_a_small_hub_shard_is_cut_before_tokenizing(hub, tmp_path, llama_dir):
+    """A shard of a few KB whose one row unpacks to 50 MB: the tokenizer sees what the run can use of it."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    words = " ".join(f"w{i % 120}" for i in range(240))
+    pq.write_table(pa.table({"text": [words, (words + " ") * (50_000_000 // (len(words) + 1))]}), buffer, compression="zstd")
+    assert len(buffer.getvalue()) < 100_000
+    repo = Repo("dataset", False)
+    repo.files["data/train-00000-of-00001.parquet"] = buffer.getvalue()
+    hub.repos[("dataset", "tester/long-row")] = commit(repo)
+    out = json.loads(_python(_LONG_ROW.format(model=str(llama_dir)), hub, tmp_path).splitlines()[-1])
+    from snows_hf.data import CHARS_PER_TOKEN
+
+    assert [0, 1] in out["rows"] and out["shape"] == [4, 16]  # the long row was read, and used
+    assert max(out["lengths"]) <= 4 * 16 * CHARS_PER_TOKEN
+
+
+def test_a_hub_dataset_card_with_a_yaml_alias_is_one_line_before_datasets_expands_it(hub, tmp_path, llama_dir):
+    repo = Repo("dataset", False)
+    repo.files["README.md"] = (b"---\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                               b"c: [*b, *b, *b, *b, *b, *b, *b, *b]\n---\n# a card\n")
+    repo.files["data/train-00000-of-00001.parquet"] = parquet({"text": _text_rows(0, 50)})
+    hub.repos[("dataset", "tester/bomb")] = commit(repo)
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "tester/bomb",
+                   "--num-samples", "2", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Hub dataset 'tester/bomb': README.md uses the YAML alias *a (line 3)" in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_dataset_calibrates_on_the_default_text_dataset_streamed(hub, tmp_path, llama_dir):
     hub.repos[("dataset", "allenai/c4")] = repo = _c4_like()
     result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--num-samples", "16", "--seq-len", "16",

@@ -12,16 +12,17 @@ Example:
 """
 
 from .config import DEFAULT_SEQ_LEN, IN_MEMORY, CalibrationConfig, dataset_label, is_in_memory, read_recipe_data
-from .preparation import (EvalSet, PreparedData, build_calibration, calibration_from_split, check_seq_len, class_indices,
+from .preparation import (CHARS_PER_TOKEN, MAX_IMAGE_PIXELS, MAX_LABEL_CHARS, EvalSet, PreparedData, build_calibration, calibration_from_split, check_seq_len, class_indices,
                           fit_seq_len, match_class_names, pick_processor, prepare_data, prepare_run_data,
                           random_calibration, with_default_dataset)
-from .sources import (DEFAULT_DATASETS, RANDOM, SHUFFLE_BUFFER, DatasetDefault, SplitRows, detect_column, is_local,
-                      load_dataset_split, open_split, split_read)
+from .sources import (DEFAULT_DATASETS, MAX_FOLDER_ENTRIES, RANDOM, SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES, DatasetDefault,
+                      SplitRows, detect_column, is_local, load_dataset_split, open_split, row_bytes, split_read)
 
 __all__ = [
-    "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "IN_MEMORY", "RANDOM", "SHUFFLE_BUFFER", "CalibrationConfig",
-    "DatasetDefault", "EvalSet", "PreparedData", "SplitRows", "build_calibration", "calibration_from_split",
-    "check_seq_len", "class_indices", "dataset_label", "detect_column", "fit_seq_len", "is_in_memory", "is_local",
-    "load_dataset_split", "match_class_names", "open_split", "pick_processor", "prepare_data", "prepare_run_data",
-    "random_calibration", "read_recipe_data", "split_read", "with_default_dataset",
+    "CHARS_PER_TOKEN", "DEFAULT_DATASETS", "DEFAULT_SEQ_LEN", "IN_MEMORY", "MAX_FOLDER_ENTRIES", "MAX_IMAGE_PIXELS",
+    "MAX_LABEL_CHARS", "RANDOM", "SHUFFLE_BUFFER", "SHUFFLE_BUFFER_BYTES", "CalibrationConfig", "DatasetDefault",
+    "EvalSet", "PreparedData", "SplitRows", "build_calibration", "calibration_from_split", "check_seq_len",
+    "class_indices", "dataset_label", "detect_column", "fit_seq_len", "is_in_memory", "is_local", "load_dataset_split",
+    "match_class_names", "open_split", "pick_processor", "prepare_data", "prepare_run_data", "random_calibration",
+    "read_recipe_data", "row_bytes", "split_read", "with_default_dataset",
 ]

@@ -1,7 +1,13 @@
 """Rows -> calibration tensors and a disjoint held-out evaluation set.
 
 Text is tokenised with the model's own tokenizer and packed into ``seq_len``-token
-sequences; images go through the model's image processor. Rows are visited in one seeded
+sequences; images go through the model's image processor.
+
+What a row may cost is bounded before it is tokenised or decoded: a row's text is cut to
+:data:`CHARS_PER_TOKEN` characters for each token the run can still use, and an image is
+decoded no larger than about twice what the processor makes, or skipped when its header
+says it is over :data:`MAX_IMAGE_PIXELS` (see :meth:`~snows_hf.data.sources.SplitRows.bounded`
+for the columns and the stream's buffer). Rows are visited in one seeded
 order (:class:`~snows_hf.data.sources.SplitRows`: a permutation of a local split, or
 shuffled shards through a shuffle buffer for a streamed one), so the same seed gives the
 same tensors. Calibration takes rows from the front; the evaluation set takes the rows
@@ -23,7 +29,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
+import os
 import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -37,6 +47,24 @@ from .config import DEFAULT_SEQ_LEN, CalibrationConfig, dataset_label
 from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, split_read
 
 logger = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 32
+"""Characters of a row's text read for each token the run can still use. A token is about
+4 characters of English and under 10 of code or tables, so the cut lies far beyond the
+last token used and the tokens are the ones the whole row gives; a row of megabytes then
+costs what the run can use of it, not its size. Text that averages more than 32
+characters a token (long runs of one character, whitespace a tokenizer drops) gives
+fewer tokens from that row, and the rows after it give the rest."""
+
+MAX_IMAGE_PIXELS = 2**25
+"""Pixels an image may have as it is decoded (33,554,432: an 8K frame, 7680 x 4320, fits),
+read from its header before decoding; a JPEG above it is first decoded at 1/2 to 1/8 scale
+where that still gives twice what the processor makes. Images still above it are skipped
+and counted. It lies below PIL's own decompression-bomb bound (``PIL.Image.MAX_IMAGE_PIXELS``,
+89 megapixels, which warns, and refuses at twice that), so PIL's warning is not shown."""
+
+MAX_LABEL_CHARS = 256
+"""Characters of a label read (a class name is short; longer strings are cut as rows are read)."""
 
 
 @dataclass
@@ -236,52 +264,133 @@ def prepare_data(split, cfg: CalibrationConfig, model: Any, processor: Any, eval
 # ---------------------------------------------------------------------------- images
 
 
-def _decoded(rows: SplitRows, column: str, mode: str) -> Iterator[tuple[Any, Any, dict]]:
-    """``(row id, PIL image or None, row)`` in the seeded order; None: it cannot be decoded."""
-    import datasets
+class _TooLarge(Exception):
+    """An image whose header says it is over :data:`MAX_IMAGE_PIXELS`."""
+
+
+def _processor_side(processor: Any) -> int | None:
+    """The longest side, in pixels, that the image processor resizes or crops to (``None``:
+    it names none).
+
+    Example:
+        >>> _processor_side(ViTImageProcessor(size={"height": 224, "width": 224}))  # doctest: +SKIP
+        224
+    """
+    processor = getattr(processor, "image_processor", processor)
+    sides = []
+    for name in ("size", "crop_size"):
+        value = getattr(processor, name, None)
+        for key in ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width"):
+            side = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if isinstance(side, int) and not isinstance(side, bool) and side > 0:
+                sides.append(side)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            sides.append(value)
+    return max(sides) if sides else None
+
+
+def _decode(value: Any, mode: str, side: int | None) -> Any:
+    """One image as a ``mode`` PIL image, decoded no larger than needed: a JPEG at the
+    smallest scale still twice ``side`` on its shorter side, then any image at least four
+    times ``side`` reduced to two to four times it. Raises :class:`_TooLarge` when the
+    header says it is over :data:`MAX_IMAGE_PIXELS`, before its pixels are read."""
     from PIL import Image
+
+    if value.get("bytes"):
+        source = io.BytesIO(value["bytes"])
+    elif os.path.isfile(value["path"]):  # a regular file only: a pipe or device named by the data would never end
+        source = value["path"]
+    else:
+        raise ValueError(f"{value['path']!r} is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bound below is lower
+            image = Image.open(source)  # reads the header only
+    except Image.DecompressionBombError:
+        raise _TooLarge from None
+    with image:
+        width, height = image.size
+        if side and min(width, height) >= 4 * side:
+            scale = min(width, height) / (2 * side)
+            image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))  # JPEG only; else no-op
+        if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+            raise _TooLarge
+        factor = min(image.size) // (2 * side) if side else 1
+        if factor >= 2 and image.mode in ("L", "LA", "RGB", "RGBA"):  # reduced first: the copies are small
+            return image.reduce(factor).convert(mode)
+        converted = image.convert(mode)
+    return converted.reduce(factor) if factor >= 2 else converted
+
+
+def _decoded(rows: SplitRows, column: str, mode: str, side: int | None, skipped: Counter) -> Iterator[tuple[Any, Any, dict]]:
+    """``(row id, PIL image, row)`` in the seeded order, for the images that decode within
+    bounds (:func:`_decode`); the others are counted in ``skipped`` (``broken``, ``large``)."""
+    import datasets
 
     rows.cast_column(column, datasets.Image(decode=False))
     for row_id, row in rows:
-        value = row[column]
         try:
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-            with Image.open(source) as image:
-                yield row_id, image.convert(mode), row
+            image = _decode(row[column], mode, side)
+        except _TooLarge:
+            skipped["large"] += 1
+            continue
         except Exception as err:  # PIL raises several types for broken files
             logger.debug("row %s: cannot decode image (%s)", row_id, err)
-            yield row_id, None, row
+            skipped["broken"] += 1
+            continue
+        yield row_id, image, row
+
+
+def _label(row: dict, column: str | None) -> Any:
+    """The row's label as class matching reads it: a number or name as it is; any other
+    value (a list of a multi-label set, a record) by its text, cut to :data:`MAX_LABEL_CHARS`,
+    so a held-out row keeps no more of its label than a name's worth."""
+    value = row.get(column) if column else None
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)[:MAX_LABEL_CHARS]
+
+
+def _skipped_words(skipped: Counter) -> str:
+    parts = [f"{skipped['broken']} could not be decoded"] if skipped["broken"] else []
+    if skipped["large"]:
+        parts.append(f"{skipped['large']} over the bound of {MAX_IMAGE_PIXELS:,} pixels")
+    return ", ".join(parts)
 
 
 def _images(rows, cfg, model, processor, eval_samples, evaluation, label_column) -> PreparedData:
     column = detect_column(rows, cfg.image_column, "image")
+    rows = rows.bounded({column: None} | ({label_column: MAX_LABEL_CHARS} if label_column and label_column != column else {}))
     mode = "L" if getattr(model.config, "num_channels", 3) == 1 else "RGB"
-    calib, held, skipped = [], [], 0
-    for row_id, image, row in _decoded(rows, column, mode):
-        if image is None:
-            skipped += 1
-        elif len(calib) < cfg.num_samples:
-            calib.append((row_id, image, None))
+    side = _processor_side(processor)
+
+    def pixels(image):  # one image at a time: what is kept is its tensor, not the decoded image
+        return processor(images=[image], return_tensors="pt")["pixel_values"]
+
+    calib, held, skipped = [], [], Counter()
+    for row_id, image, row in _decoded(rows, column, mode, side, skipped):
+        if len(calib) < cfg.num_samples:
+            calib.append((row_id, pixels(image), None))
         elif len(held) < eval_samples:
-            held.append((row_id, image, row.get(label_column) if label_column else None))
+            held.append((row_id, pixels(image), _label(row, label_column)))
         if len(calib) == cfg.num_samples and len(held) == eval_samples:
             break
-    if skipped:
-        logger.warning("skipped %d images that could not be decoded", skipped)
+    tried = sum(skipped.values())
+    if tried:
+        logger.warning("skipped %d image%s: %s", tried, "" if tried == 1 else "s", _skipped_words(skipped))
     if not calib:
-        raise ValueError(f"no image in column {column!r} could be decoded ({skipped} tried)")
+        if skipped["large"]:
+            raise ValueError(f"no image in column {column!r} could be used ({tried} tried: {_skipped_words(skipped)})")
+        raise ValueError(f"no image in column {column!r} could be decoded ({tried} tried)")
     if len(calib) < cfg.num_samples:
         logger.warning("the dataset has %d usable images, fewer than the %d asked for; using all", len(calib), cfg.num_samples)
-
-    def pixels(items):
-        return processor(images=[image for _, image, _ in items], return_tensors="pt")["pixel_values"]
 
     held_out, source = None, {}
     if held:
         labels = class_indices([value for _, _, value in held], label_column, rows, model, evaluation.labels, source)
-        held_out = EvalSet(evaluation, {"pixel_values": pixels(held)}, labels)
-    source.update(calibration_rows=[r for r, _, _ in calib], eval_rows=[r for r, _, _ in held], skipped_images=skipped)
-    return PreparedData({"pixel_values": pixels(calib)}, held_out, source)
+        held_out = EvalSet(evaluation, {"pixel_values": torch.cat([p for _, p, _ in held])}, labels)
+    source.update(calibration_rows=[r for r, _, _ in calib], eval_rows=[r for r, _, _ in held], skipped_images=tried)
+    return PreparedData({"pixel_values": torch.cat([p for _, p, _ in calib])}, held_out, source)
 
 
 # ---------------------------------------------------------------------------- text
@@ -290,9 +399,13 @@ def _images(rows, cfg, model, processor, eval_samples, evaluation, label_column)
 def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) -> PreparedData:
     column = detect_column(rows, cfg.text_column, "text")
     seq_len = _seq_len(cfg, model)
+    read = _text_reader(rows, column)
+    most = max(cfg.num_samples, eval_samples) * seq_len  # the most tokens one row can give
+    rows = rows.bounded({column: most * CHARS_PER_TOKEN}
+                        | ({label_column: MAX_LABEL_CHARS} if label_column and label_column != column else {}))
     ordered = iter(rows)
     calib_rows: list[Any] = []
-    ids = _pack(ordered, column, tokenizer, cfg.num_samples, seq_len, calib_rows)
+    ids = _pack(ordered, read, tokenizer, cfg.num_samples, seq_len, calib_rows)
     if ids.shape[0] == 0:
         raise SettingError(f"the dataset holds fewer tokens than one sequence of {seq_len}", field="seq_len",
                            hint=f"lower {setting('seq_len')}")
@@ -303,17 +416,18 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) 
     eval_rows: list[Any] = []
     held_out, source = None, {}
     if eval_samples and evaluation.packed:
-        held = _pack(ordered, column, tokenizer, eval_samples, seq_len, eval_rows)
+        held = _pack(ordered, read, tokenizer, eval_samples, seq_len, eval_rows)
         if held.shape[0]:
             held_out = EvalSet(evaluation, {"input_ids": held, "attention_mask": torch.ones_like(held)})
     elif eval_samples:
-        picked = [item for _, item in zip(range(eval_samples), ordered)]
-        eval_rows = [row_id for row_id, _ in picked]
-        if picked:
-            texts = [_text(row[column], column) for _, row in picked]
+        texts, values = [], []
+        for _, (row_id, row) in zip(range(eval_samples), ordered):  # each row cut as it comes, not kept whole
+            eval_rows.append(row_id)
+            texts.append(read(row_id, row)[: seq_len * CHARS_PER_TOKEN])
+            values.append(_label(row, label_column))
+        if texts:
             enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            values = [row.get(label_column) for _, row in picked] if label_column else []
             labels = class_indices(values, label_column, rows, model, evaluation.labels, source)
             held_out = EvalSet(evaluation, inputs, labels)
     ordered.close()  # a stream stops reading here
@@ -321,14 +435,32 @@ def _texts(rows, cfg, model, tokenizer, eval_samples, evaluation, label_column) 
     return PreparedData(calibration, held_out, source)
 
 
-def _text(value: Any, column: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"text column {column!r} holds {type(value).__name__}, not strings")
-    return value
+def _text_reader(rows: SplitRows, column: str):
+    """``read(row_id, row)``: the row's text, or one error naming the row whose value is not
+    a string (and saying when the column mixes types)."""
+    import datasets
+
+    feature = rows.features[column] if rows.features is not None and column in rows.features else None
+    mixed = "; its values are of mixed types" if isinstance(feature, datasets.Json) else ""
+
+    def read(row_id: Any, row: dict) -> str:
+        value = row[column]
+        if not isinstance(value, str):
+            raise ValueError(f"text column {column!r} holds {type(value).__name__}, not strings ({_row_name(row_id)}{mixed})")
+        return value
+
+    return read
 
 
-def _pack(rows: Iterator[tuple[Any, dict]], column: str, tokenizer, count: int, seq_len: int, used: list) -> torch.Tensor:
-    """Up to ``count`` sequences of ``seq_len`` tokens from the next rows (their ids appended to ``used``)."""
+def _row_name(row_id: Any) -> str:
+    """A row id as the report records it, in words: ``row 7``, or ``row 7 of shard 2``."""
+    return f"row {row_id[1]} of shard {row_id[0]}" if isinstance(row_id, list) else f"row {row_id}"
+
+
+def _pack(rows: Iterator[tuple[Any, dict]], read, tokenizer, count: int, seq_len: int, used: list) -> torch.Tensor:
+    """Up to ``count`` sequences of ``seq_len`` tokens from the next rows (their ids appended
+    to ``used``). Each row's text is cut to :data:`CHARS_PER_TOKEN` characters per token
+    still needed before it is tokenised, and only the tokens still needed are kept."""
     need, tokens = count * seq_len, []
     while len(tokens) < need:
         item = next(rows, None)
@@ -336,7 +468,9 @@ def _pack(rows: Iterator[tuple[Any, dict]], column: str, tokenizer, count: int, 
             break
         row_id, row = item
         used.append(row_id)
-        tokens.extend(tokenizer(_text(row[column], column), verbose=False)["input_ids"])  # packed, not truncated
+        room = need - len(tokens)
+        ids = tokenizer(read(row_id, row)[: room * CHARS_PER_TOKEN], verbose=False)["input_ids"]  # packed, not truncated
+        tokens.extend(ids[:room])
     n = min(len(tokens) // seq_len, count)
     return torch.tensor(tokens[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
 
@@ -391,7 +525,7 @@ def class_indices(values: list, column: str | None, rows: SplitRows, model: Any,
     if model_names is None:
         raise SettingError(f"labels in column {column!r} are names, but the model's classes are unnamed "
                            "(config.id2label)", field="label_column", hint=f"pass {setting('label_column')} with integer labels")
-    lookup = match_class_names(sorted(set(map(str, values))), model_names)
+    lookup = match_class_names(sorted(set(map(str, values)) | set(names or [])), model_names)
     matched = [lookup.get(str(v)) for v in values]
     known = sum(m is not None for m in matched)
     missing = sorted({str(v) for v, m in zip(values, matched) if m is None})
@@ -408,7 +542,11 @@ def class_indices(values: list, column: str | None, rows: SplitRows, model: Any,
 
 
 def _listed(names: list[str], most: int = 5) -> str:
-    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+    return ", ".join(map(_short, names[:most])) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _short(name: str, most: int = 40) -> str:
+    return name if len(name) <= most else name[: most - 3] + "..."
 
 
 def _class_names(model: Any) -> dict[int, str] | None:
@@ -428,7 +566,10 @@ def match_class_names(dataset_names: list[str], model_names: dict[int, str]) -> 
 
     Names are compared without case, ``_`` or ``-``; a name matches the model's whole
     label first, then its first comma-separated synonym, then any synonym (ImageNet's
-    ``"tench, Tinca tinca"``), and only where exactly one model class answers.
+    ``"tench, Tinca tinca"``), and only where exactly one model class answers. Dataset
+    names that are one name once compared so (``golf_ball`` and ``Golf Ball``) are
+    matched to nothing, said in one warning line: which of them the model's class
+    stands for is a guess.
 
     Example:
         >>> match_class_names(["tench", "golf_ball", "cat"], {0: "tench, Tinca tinca", 1: "golf ball", 2: "dog"})
@@ -441,9 +582,20 @@ def match_class_names(dataset_names: list[str], model_names: dict[int, str]) -> 
         lambda i, n: bool(synonyms[i]) and synonyms[i][0] == n,
         lambda i, n: n in synonyms[i],
     )
+    spellings: dict[str, list[str]] = {}
+    for name in dict.fromkeys(dataset_names):
+        spellings.setdefault(_normal(name), []).append(name)
+    groups = [names for names in spellings.values() if len(names) > 1]
+    if groups:
+        shown = " and ".join(repr(_short(n)) for n in groups[0][:3]) + (", ..." if len(groups[0]) > 3 else "")
+        others = f" (and {len(groups) - 1} more such groups of names)" if len(groups) > 1 else ""
+        logger.warning("dataset classes %s are one name once case, '_' and '-' are ignored%s: %s matched to a model "
+                       "class", shown, others, "neither is" if len(groups) == 1 and len(groups[0]) == 2 else "none of them is")
     found = {}
     for name in dataset_names:
         wanted = _normal(name)
+        if len(spellings[wanted]) > 1:
+            continue
         for level in levels:
             hits = [i for i in model_names if level(i, wanted)]
             if len(hits) == 1:

@@ -9,11 +9,16 @@ Both are visited in one order fixed by the seed, the same on every run:
 
 * a ``Dataset`` (random access): a seeded permutation of all its rows;
 * a streamed dataset: its shards (data files) in a seeded order, read one after the
-  other, through a seeded shuffle buffer of :data:`SHUFFLE_BUFFER` rows. A run then
-  reads about ``SHUFFLE_BUFFER`` rows more than it uses, from the first shards of that
-  order, and nothing else. (``datasets``' own ``IterableDataset.shuffle`` opens about
-  half of the shards of a parquet dataset before its first row, reading most of its
-  bytes: it is not used.)
+  other, through a seeded shuffle buffer of :data:`SHUFFLE_BUFFER` rows and at most
+  :data:`SHUFFLE_BUFFER_BYTES` bytes. A run then reads about ``SHUFFLE_BUFFER`` rows
+  more than it uses, from the first shards of that order, and nothing else. (``datasets``'
+  own ``IterableDataset.shuffle`` opens about half of the shards of a parquet dataset
+  before its first row, reading most of its bytes: it is not used.)
+
+What one row may cost is bounded as it is read, whatever the source (local file or folder,
+Hub stream, data in memory): :meth:`SplitRows.bounded` keeps only the columns a run reads and
+cuts their strings to what can still be used, before a row is buffered or tokenised. A
+local folder is walked, within :data:`MAX_FOLDER_ENTRIES`, before ``datasets`` walks it.
 
 Calibration takes rows from the front of the order and evaluation the rows after, so the
 two never share a row (:mod:`snows_hf.data.preparation`).
@@ -21,9 +26,11 @@ two never share a row (:mod:`snows_hf.data.preparation`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -37,6 +44,23 @@ RANDOM = "random"
 
 SHUFFLE_BUFFER = 1000
 """Rows held by the shuffle buffer of a streamed dataset."""
+
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
+"""Bytes the shuffle buffer of a streamed dataset holds at most (rows as :meth:`SplitRows.bounded`
+leaves them, counted by :func:`row_bytes`): 1,000 rows of web text are about 2 MB and of
+ImageNet photos about 110 MB, so the bound only shortens the buffer for rows far larger
+than those, where 1,000 whole rows could need gigabytes."""
+
+MAX_FOLDER_ENTRIES = 100_000
+"""Files and folders a local dataset folder may hold: ``datasets`` lists every one before
+the first row (a minute for a home folder), so the folder is walked first, and refused
+as soon as the walk passes this many."""
+
+MAX_CARD_BYTES = 2**20
+"""Size of the YAML files ``datasets`` reads from a local dataset folder (``README.md``'s
+header, ``.huggingface.yaml``), checked with the recipes' YAML rules before it reads them."""
+
+_CARDS = ("README.md", ".huggingface.yaml")
 
 _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -107,6 +131,7 @@ class SplitRows:
         self.data, self.seed, self.name = data, seed, name
         self.streamed = isinstance(data, datasets.IterableDataset)
         self._first: dict | None = None
+        self._limits: dict[str, int | None] | None = None
 
     @property
     def size(self) -> int | None:
@@ -142,11 +167,32 @@ class SplitRows:
         """Read ``column`` as ``feature`` from now on (``Image(decode=False)``: raw bytes)."""
         self.data = self.data.cast_column(column, feature)
 
+    def bounded(self, limits: dict[str, int | None]) -> SplitRows:
+        """The same rows in the same order, reading only the columns of ``limits``, each
+        string in them cut to its number of characters (``None``: kept whole) as rows are
+        read: before a stream's shuffle buffer holds them, and before anything else sees them.
+
+        Example:
+            >>> rows = SplitRows(datasets.Dataset.from_dict({"text": ["abcdef"], "url": ["u"]}))  # doctest: +SKIP
+            >>> [row for _, row in rows.bounded({"text": 3})]  # doctest: +SKIP
+            [{'text': 'abc'}]
+        """
+        bounded = copy.copy(self)
+        bounded.data = self.data.select_columns(list(limits))  # unused columns are never read into rows
+        bounded._limits, bounded._first = dict(limits), None
+        return bounded
+
+    def _bounded(self, row: dict) -> dict:
+        if self._limits is None:
+            return row
+        return {name: _cut(row[name], limit) for name, limit in self._limits.items()}
+
     def describe(self) -> dict[str, Any]:
         """How the rows were read, for report.json."""
         if not self.streamed:
             return {"streaming": False, "rows_in_split": len(self.data)}
-        return {"streaming": True, "shards": self.data.n_shards, "shuffle_buffer": SHUFFLE_BUFFER}
+        return {"streaming": True, "shards": self.data.n_shards, "shuffle_buffer": SHUFFLE_BUFFER,
+                "shuffle_buffer_bytes": SHUFFLE_BUFFER_BYTES}
 
     def __iter__(self) -> Iterator[tuple[Any, dict]]:
         """``(row id, row)`` in the seeded order: an index, or ``[shard, offset]`` when streamed."""
@@ -154,8 +200,8 @@ class SplitRows:
             import torch
 
             order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            return ((i, self.data[i]) for i in order)
-        return _shuffled(self._shards_in_order(), SHUFFLE_BUFFER, random.Random(self.seed))
+            return ((i, self._bounded(self.data[i])) for i in order)
+        return _shuffled(self._shards_in_order(), SHUFFLE_BUFFER, random.Random(self.seed), SHUFFLE_BUFFER_BYTES)
 
     def _shards_in_order(self) -> Iterator[tuple[list[int], dict]]:
         count = self.data.n_shards
@@ -177,26 +223,74 @@ class SplitRows:
                 return
             except Exception as exc:  # noqa: BLE001 - streams raise network, parquet and decode errors
                 raise ValueError(f"reading {self.name} failed: {_first_line(exc)}") from None
-            yield offset, row
+            yield offset, self._bounded(row)
             offset += 1
 
 
-def _shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """``items`` through a shuffle buffer of ``size``: each new item takes the place of a
-    random buffered one, which is yielded; the rest come out shuffled at the end.
+def _cut(value: Any, limit: int | None) -> Any:
+    return value[:limit] if limit is not None and isinstance(value, str) and len(value) > limit else value
+
+
+def row_bytes(value: Any) -> int:
+    """About how many bytes ``value`` (a row, or one of its values) holds in memory:
+    strings and bytes by their size, containers by their contents, arrays and decoded
+    images by their pixels.
+
+    Example:
+        >>> row_bytes({"text": "x" * 1000}) > 1000
+        True
+    """
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (str, bytes, bytearray)):
+            total += sys.getsizeof(item)
+        elif isinstance(item, dict):
+            total += 64 * len(item)
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            total += 8 * len(item)
+            pending.extend(item)
+        elif hasattr(item, "nbytes"):  # numpy arrays, tensors
+            total += int(item.nbytes)
+        elif hasattr(item, "getbands") and hasattr(item, "size"):  # a decoded PIL image
+            total += item.size[0] * item.size[1] * len(item.getbands())
+        else:
+            total += 32
+    return total
+
+
+def _shuffled(items: Iterator[Any], size: int, rng: random.Random, max_bytes: int | None = None) -> Iterator[Any]:
+    """``items`` through a shuffle buffer of ``size`` items and at most ``max_bytes``
+    (:func:`row_bytes`): each new item takes the place of a random buffered one, which is
+    yielded; the rest come out shuffled at the end. An item that would pass ``max_bytes``
+    first pushes random buffered ones out until it fits, so the order is the same as
+    without the byte bound wherever the bound is not reached.
 
     Example:
         >>> sorted(_shuffled(iter(range(10)), 4, random.Random(0))) == list(range(10))
         True
     """
     buffer: list[Any] = []
+    costs: list[int] = []
+    held = 0
     for item in items:
+        cost = row_bytes(item) if max_bytes is not None else 0
+        while buffer and max_bytes is not None and held + cost > max_bytes:
+            j = rng.randrange(len(buffer))
+            yield buffer[j]
+            held -= costs[j]
+            buffer[j], costs[j] = buffer[-1], costs[-1]
+            del buffer[-1], costs[-1]
         if len(buffer) < size:
             buffer.append(item)
+            costs.append(cost)
+            held += cost
             continue
         j = rng.randrange(size)
         yield buffer[j]
-        buffer[j] = item
+        held += cost - costs[j]
+        buffer[j], costs[j] = item, cost
     rng.shuffle(buffer)
     yield from buffer
 
@@ -231,13 +325,15 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
                 raise ValueError(f"dataset file {dataset!r} is empty")
             data = datasets.load_dataset(_BUILDERS[ext], data_files=path)  # one file: split "train"
         elif os.path.isdir(path):
+            _check_folder(path, dataset)
             data = datasets.load_dataset(path, config)
         elif local:
             raise ValueError(f"dataset path {dataset!r} does not exist")
         else:
+            _check_hub_cards(dataset)
             data = datasets.load_dataset(dataset, config, split=split, streaming=streaming)
     except ValueError as exc:
-        if str(exc).startswith(("unsupported data file", "dataset path", "dataset file")):
+        if str(exc).startswith(("unsupported data file", "dataset path", "dataset file", "dataset folder", "Hub dataset")):
             raise
         if local:
             raise ValueError(f"cannot load dataset {dataset!r}: {_reason(exc)}") from None
@@ -253,6 +349,110 @@ def open_split(dataset: str, config: str | None = None, split: str = "train", *,
         if len(data) == 0:
             raise ValueError(f"dataset {dataset!r} split {split!r} is empty")
     return SplitRows(data, seed, name=f"dataset {dataset!r}")
+
+
+def _check_folder(path: str, dataset: str) -> None:
+    """Refuse a folder ``datasets`` cannot or should not walk: the root of the file system
+    (``datasets`` fails on it with an IndexError), or one that holds more than
+    :data:`MAX_FOLDER_ENTRIES` files and folders (counted without following links, and
+    no further than that).
+
+    Example:
+        >>> _check_folder("/", "/")
+        Traceback (most recent call last):
+        ValueError: dataset path '/' is the root of the file system: pass the folder or file that holds the data
+    """
+    absolute = os.path.abspath(path)
+    if os.path.dirname(absolute) == absolute:
+        raise ValueError(f"dataset path {dataset!r} is the root of the file system: pass the folder or file that holds "
+                         "the data")
+    seen, pending = 0, [absolute]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > MAX_FOLDER_ENTRIES:
+                        raise ValueError(f"dataset folder {dataset!r} holds more than {MAX_FOLDER_ENTRIES:,} files and "
+                                         "folders: pass a folder that holds only the data, or one data file")
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+        except OSError:  # an unreadable subfolder: datasets says what it cannot read
+            continue
+    for name in _CARDS:
+        card = os.path.join(absolute, name)
+        if os.path.isfile(card):
+            with open(card, "rb") as file:
+                _check_card(file.read(MAX_CARD_BYTES + 1), name, f"dataset folder {dataset!r}: {name}")
+
+
+def _check_hub_cards(dataset: str) -> None:
+    """:func:`_check_card` for a Hub dataset's ``README.md`` and ``.huggingface.yaml``,
+    read (at most :data:`MAX_CARD_BYTES` + 1 bytes) before ``datasets`` loads them whole.
+    A card that cannot be read (none, gated, offline) is left to ``datasets`` to report."""
+    from huggingface_hub import HfFileSystem
+
+    files = HfFileSystem()
+    for name in _CARDS:
+        try:
+            with files.open(f"datasets/{dataset}/{name}", "rb") as file:
+                data = file.read(MAX_CARD_BYTES + 1)
+        except Exception:  # noqa: BLE001 - missing, gated, offline or unreachable: datasets says which
+            continue
+        _check_card(data, name, f"Hub dataset {dataset!r}: {name}", within="dataset")
+
+
+def _check_card(data: bytes, name: str, where: str, within: str = "folder") -> None:
+    """Refuse a dataset's YAML (``name``: ``README.md``, whose header is read, or
+    ``.huggingface.yaml``; ``data``: up to :data:`MAX_CARD_BYTES` + 1 of its bytes) that
+    ``datasets`` would expand or follow out of the dataset: over :data:`MAX_CARD_BYTES`,
+    with an alias (a few hundred bytes of nested aliases expand to gigabytes as it is
+    loaded), or naming data files or a data folder outside the dataset (an absolute path,
+    ``..``, ``~`` or a URL: ``datasets`` would walk and read them as the data).
+
+    Example:
+        >>> _check_card(b"configs: [{data_files: ../secret/*.jsonl}]", ".huggingface.yaml", "dataset folder 'evil'")
+        Traceback (most recent call last):
+        ValueError: dataset folder 'evil' names data files outside the folder ('../secret/*.jsonl')
+    """
+    import yaml
+
+    if len(data) > MAX_CARD_BYTES:
+        raise ValueError(f"{where} is over {MAX_CARD_BYTES // 2**20} MiB: a dataset card is a page of text")
+    text, line_offset = data.decode("utf-8", errors="replace"), 1
+    if name.endswith(".md"):  # the YAML header only, split as datasets splits it
+        lines = text.splitlines()
+        if not lines or lines[0] != "---" or "---" not in lines[1:]:
+            return
+        text, line_offset = "\n".join(lines[1: lines[1:].index("---") + 1]), 2
+    try:
+        for event in yaml.parse(text):  # events only: nothing is built, so an alias is seen, not expanded
+            if isinstance(event, yaml.AliasEvent):
+                raise ValueError(f"{where} uses the YAML alias *{event.anchor[:40]} (line {event.start_mark.line + line_offset}), "
+                                 "which expands as it is loaded: write the value out")
+        card = yaml.safe_load(text)
+    except yaml.YAMLError:  # datasets says what is wrong with it
+        return
+    configs = card.get("configs") if isinstance(card, dict) else None
+    for config in configs if isinstance(configs, list) else []:
+        if isinstance(config, dict):
+            for pattern in _strings([config.get("data_files"), config.get("data_dir")]):
+                parts = pattern.replace("\\", "/").split("/")
+                if os.path.isabs(pattern) or ".." in parts or pattern.startswith("~") or "://" in pattern or "::" in pattern:
+                    raise ValueError(f"{where} names data files outside the {within} ({pattern[:200]!r})")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in ``value``, a tree of lists and dicts (dict values)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def load_dataset_split(cfg: CalibrationConfig) -> SplitRows:
@@ -334,9 +534,13 @@ def _first_line(exc: BaseException) -> str:
 def detect_column(rows: SplitRows, wanted: str | None, kind: str) -> str | None:
     """The ``kind`` (image, text, label) column: ``wanted`` if given, else detected.
 
-    Images and texts are found by feature type (or, for a stream that declares no
-    features, by the first row's values); labels by a ``ClassLabel`` feature or a column
-    named ``label``/``labels``, and are optional (``None`` when there is none).
+    Images are found by feature type (an ``Image``, or a struct of ``bytes`` and ``path``
+    that no metadata declares as one) or, for a stream that declares no features, by the
+    first row's values; texts by a string feature (a column of mixed types, which
+    ``datasets`` reads as ``Json``, when no column holds only strings: its rows are then
+    checked one by one); labels by a ``ClassLabel`` feature or a column named
+    ``label``/``labels``, and are optional (``None`` when there is none). When none is
+    found, the error says what the columns hold.
 
     Example:
         >>> detect_column(SplitRows(datasets.Dataset.from_dict({"body": ["x"]})), None, "text")  # doctest: +SKIP
@@ -350,21 +554,59 @@ def detect_column(rows: SplitRows, wanted: str | None, kind: str) -> str | None:
             raise ValueError(f"{kind} column {wanted!r} not in the dataset; columns: {', '.join(names)}")
         return wanted
     features = rows.features
-    for name in names:
-        feature = features[name] if features is not None else None
-        if kind == "image" and (isinstance(feature, datasets.Image) or (features is None and _looks_like_image(rows.first_value(name)))):
-            return name
-        if kind == "label" and isinstance(feature, datasets.ClassLabel):
-            return name
-        is_text = getattr(feature, "dtype", None) in ("string", "large_string") if features is not None \
-            else isinstance(rows.first_value(name), str)
-        if kind == "text" and is_text and (name == "text" or "text" not in names):
-            return name
-    if kind == "label":
-        return next((n for n in ("label", "labels") if n in names), None)
-    name = "image_column" if kind == "image" else "text_column"
-    raise SettingError(f"no {kind} column found in the dataset (columns: {', '.join(names)})", field=name,
-                       hint=f"pass {setting(name)}")
+
+    def feature(name: str) -> Any:
+        return features[name] if features is not None else None
+
+    if kind == "image":
+        found = [n for n in names if isinstance(feature(n), datasets.Image) or _is_image_struct(feature(n))
+                 or (features is None and _looks_like_image(rows.first_value(n)))]
+    elif kind == "label":
+        found = [n for n in names if isinstance(feature(n), datasets.ClassLabel)]
+        found = found or [n for n in ("label", "labels") if n in names]
+    else:
+        strings = [n for n in names if (getattr(feature(n), "dtype", None) in ("string", "large_string")
+                                       if features is not None else isinstance(rows.first_value(n), str))]
+        mixed = [n for n in names if isinstance(feature(n), datasets.Json)]
+        found = next(([n for n in tier if n == "text" or "text" not in names] for tier in (strings, mixed)
+                      if any(n == "text" or "text" not in names for n in tier)), [])
+    if found or kind == "label":
+        return found[0] if found else None
+    setting_name = "image_column" if kind == "image" else "text_column"
+    if kind == "text" and "text" in names:
+        problem = f"column 'text' holds {_holds(rows, 'text')}, not strings"
+    else:
+        problem = "columns: " + ", ".join(f"{n} ({_holds(rows, n)})" for n in names[:20]) + (", ..." if len(names) > 20 else "")
+    raise SettingError(f"no {kind} column found in the dataset: {problem}", field=setting_name, hint=f"pass {setting(setting_name)}")
+
+
+def _is_image_struct(feature: Any) -> bool:
+    """A struct of ``bytes`` (and ``path``), as ``datasets`` stores images, in a file whose
+    metadata does not say it is one (a parquet written by pyarrow itself)."""
+    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
+
+
+def _holds(rows: SplitRows, name: str) -> str:
+    """What column ``name`` holds, in words: ``int64``, ``lists``, ``values of mixed types`` ..."""
+    import datasets
+
+    feature = rows.features[name] if rows.features is not None else None
+    if feature is None:
+        value = rows.first_value(name)
+        return {list: "lists", dict: "records", str: "strings"}.get(type(value), type(value).__name__)
+    if isinstance(feature, datasets.Value):
+        return str(feature.dtype)
+    if isinstance(feature, (datasets.List, datasets.LargeList, list)):
+        return "lists"
+    if isinstance(feature, datasets.Json):
+        return "values of mixed types"
+    if isinstance(feature, datasets.ClassLabel):
+        return "class labels"
+    if isinstance(feature, datasets.Image):
+        return "images"
+    if isinstance(feature, dict):
+        return "records of " + ", ".join(list(feature)[:5])
+    return type(feature).__name__
 
 
 def _looks_like_image(value: Any) -> bool:
