@@ -103,12 +103,13 @@ def load_recipe_tasks(path: str | Path) -> Any:
     return settings
 
 
-def read_recipe_yaml(path: str | Path) -> Any:
+def read_recipe_yaml(path: str | Path, data: bytes | None = None) -> Any:
     """The YAML document of the recipe file ``path``, read the safe way a shared file needs.
 
     Plain YAML only (``yaml.SafeLoader``): no Python objects, no aliases (``*name``:
     a few hundred bytes of nested aliases expand to gigabytes), and no file over
-    ``MAX_RECIPE_BYTES``. Every failure is a ``ValueError`` of one short line.
+    ``MAX_RECIPE_BYTES``. Every failure is a ``ValueError`` of one short line. ``data``:
+    the file's bytes, when the caller has read them from a file it opened itself (a push).
 
     Example:
         >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
@@ -118,8 +119,9 @@ def read_recipe_yaml(path: str | Path) -> Any:
 
     where = _quote(str(path))
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_RECIPE_BYTES + 1)  # never more, whatever the file claims to be
+        if data is None:
+            with open(path, "rb") as file:
+                data = file.read(MAX_RECIPE_BYTES + 1)  # never more, whatever the file claims to be
     except OSError as err:
         raise ValueError(f"cannot read recipe {where}: {err.strerror}") from None
     if len(data) > MAX_RECIPE_BYTES:
