@@ -118,7 +118,7 @@ def other_libraries_to_log(debug: bool = False) -> Iterator[None]:
             logging.Logger.addHandler(found, handler)
 
 
-_ROUTES: list["_Routing"] = []  # the active other_libraries_to_log, innermost last
+_ROUTES: list[_Routing] = []  # the active other_libraries_to_log, innermost last
 
 
 class _Routing(logging.Handler):
@@ -145,7 +145,7 @@ class _RoutedLogger(logging.Logger):
     handler a library adds meanwhile is held back, and records go on to the root logger,
     until the routing ends; after it, a logger like any other."""
 
-    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 - logging's name
+    def addHandler(self, hdlr: logging.Handler) -> None:
         if _ROUTES and _terminal(hdlr) and not _own(self.name):
             _ROUTES[-1].held.append((self, hdlr))
             return
