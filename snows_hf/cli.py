@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
 
 
 class _Parser(argparse.ArgumentParser):
@@ -417,20 +418,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
-    from .console import log_to_console, sigterm_as_interrupt
     from .fields import spelled
 
     parser = build_parser()
     args = parser.parse_args(argv)
     log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with sigterm_as_interrupt(), spelled(_flag_spelling(parser, args.command)):
-            return args.func(args)
+        with sigterm_as_interrupt(), other_libraries_to_log(args.debug), spelled(_flag_spelling(parser, args.command)):
+            code = args.func(args)
+            sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush
+            return code
     except KeyboardInterrupt:
-        print("snows-hf: interrupted", file=sys.stderr)
+        _say("snows-hf: interrupted")
         return 130
     except Exception as exc:  # every failure reaches the user as one line
+        if isinstance(exc, BrokenPipeError) and output_closed():  # `snows-hf inspect DIR | head -1`
+            return CLOSED_PIPE
         if args.debug:
             raise
-        print(f"snows-hf: error: {_one_line(exc)}", file=sys.stderr)
+        _say(f"snows-hf: error: {_one_line(exc)}")
         return 1
+
+
+#: The exit code of a command whose reader closed the pipe: what a shell reports for a
+#: process that SIGPIPE ended (128 + 13), as `yes | head -1` does.
+CLOSED_PIPE = 141
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, unless nobody reads stderr any more."""
+    try:
+        print(line, file=sys.stderr)
+    except BrokenPipeError:
+        output_closed()

@@ -6,16 +6,23 @@ and only ever travels in the Authorization header. Transient failures (5xx, drop
 connections) are retried with exponential backoff; authentication and permission
 failures become one clear message. Nothing in the local folder is changed.
 
-Only regular files inside the folder are uploaded: a symbolic link (to a token file, to
-anything outside) stops the push before any request. Text files are uploaded as public
-copies: the run's model, data and scratch paths (``report.json``, ``recipe.yaml``) become
-what :func:`snows_hf.provenance.public_source` shows, and in any text the home folder,
-the working folder and the folder holding the output become ``~`` and ``.``, so no local
-path of this machine is published. The local files keep what reruns need.
+Only regular files inside the folder are uploaded, each opened once without following
+links and uploaded from that open file (:func:`open_regular_files`): a symbolic link (to a
+token file, to anything outside) stops the push before any request, and a link swapped
+in after a file was opened changes nothing that is sent. The files snows-hf writes that
+name local paths (:data:`REWRITTEN`: the card, the report, the recipe, the run's log) are
+uploaded as public copies, read within :data:`REWRITE_LIMIT`: the run's model, data and
+scratch paths (``report.json``, ``recipe.yaml``) become what
+:func:`snows_hf.provenance.public_source` shows, and the home folder, the working folder
+and the folder holding the output become ``~`` and ``.``, so no local path of this machine
+is published. Every other file goes up byte for byte, streamed from its descriptor. The
+local files keep what reruns need.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,14 +30,19 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from .fields import setting
 
 logger = logging.getLogger(__name__)
 
 CARD_PLACEHOLDER = "path/to/this/model"
-TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".log", ".txt")
+#: The files snows-hf writes at the top of an output that can name local paths (the model
+#: card, the report, the recipe, the run's log; the names export, recipe and workflow give
+#: them): push uploads public copies of these and every other file as it is.
+REWRITTEN = ("README.md", "report.json", "recipe.yaml", "snows-hf.log")
+#: The most push reads of a file it rewrites; snows-hf writes them far smaller.
+REWRITE_LIMIT = 16 * 2**20
 # Fields of report.json (and of an eval --json), recipe.yaml that name a model, a dataset
 # or a local folder, by their path in the document, with the kind of thing they name.
 _SOURCE_FIELDS = {
@@ -53,8 +65,9 @@ def push_folder(
 
     The model card's loading example names the repo. Files identical to those already in
     the repo are skipped, so pushing unchanged files makes no new commit. A symbolic link
-    in the folder is an error (:func:`regular_files`); text files go up without the local
-    paths they name (see the module's docstring), the local copies stay as they are.
+    in the folder is an error (:func:`open_regular_files`); snows-hf's own files go up
+    without the local paths they name (see the module's docstring), the local copies stay
+    as they are.
 
     Example:
         >>> push_folder("vit-2of4", "me/vit-2of4")  # doctest: +SKIP
@@ -68,13 +81,17 @@ def push_folder(
         raise ValueError(f"{str(folder)!r} is not a saved model folder (no config.json)")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"invalid repo id {repo_id!r}: use NAME or NAMESPACE/NAME")
-    files = regular_files(folder)
-    from huggingface_hub import get_token
+    with open_regular_files(folder) as files:
+        from huggingface_hub import get_token
 
-    if not token and not get_token():  # else five retries end in "Connection refused" or a 401
-        raise PushError(f"no Hub token found: pass {setting('token')}, set HF_TOKEN, or run `hf auth login`")
-    api = HfApi(endpoint=endpoint, token=token)
-    operations = [CommitOperationAdd(rel, content) for rel, content in _public_contents(folder, files, repo_id)]
+        if not token and not get_token():  # else five retries end in "Connection refused" or a 401
+            raise PushError(f"no Hub token found: pass {setting('token')}, set HF_TOKEN, or run `hf auth login`")
+        operations = [CommitOperationAdd(rel, content) for rel, content in _public_contents(folder, files, repo_id)]
+        return _commit(HfApi(endpoint=endpoint, token=token), operations, repo_id, private, retries, backoff)
+
+
+def _commit(api: Any, operations: list, repo_id: str, private: bool, retries: int, backoff: float) -> str:
+    """``create_repo`` and one commit of ``operations``, transient failures retried."""
 
     def attempt() -> str:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -98,69 +115,134 @@ def push_folder(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def regular_files(folder: str | Path) -> list[tuple[str, Path]]:
-    """``(path relative to folder, path)`` of every file under ``folder``, sorted; a
-    symbolic link (to a file or a folder) or a special file under it is an error that
-    names it, so that nothing outside the folder is ever read for an upload.
+@contextlib.contextmanager
+def open_regular_files(folder: str | Path) -> Iterator[dict[str, BinaryIO]]:
+    """Every file under ``folder``, opened once for reading, by its path relative to
+    ``folder`` (sorted); all closed at the end. Each folder and file is opened relative to
+    the folder above it without following a link, and checked on the open descriptor, so
+    what is read is what was found inside ``folder`` even when the folder changes
+    meanwhile: a symbolic link (to a file or a folder, found when listing or swapped in
+    before opening) or a special file is an error that names it. ``folder`` itself may be
+    a link the caller named.
 
     Example:
-        >>> [rel for rel, _ in regular_files("vit-2of4")]  # doctest: +SKIP
+        >>> with open_regular_files("vit-2of4") as files:  # doctest: +SKIP
+        ...     sorted(files)
         ['README.md', 'config.json', 'model.safetensors', ...]
     """
-    folder = Path(folder)
-    found = []
-    for root, dirs, names in os.walk(folder):  # never into a linked folder (followlinks=False)
-        for name in sorted(dirs + names):
-            path = Path(root, name)
-            rel = path.relative_to(folder).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                raise ValueError(f"{rel!r} in {str(folder)!r} is a symbolic link: push uploads only the regular files "
-                                 "inside the folder; replace the link with a copy, or remove it")
-            if stat.S_ISREG(mode):
-                found.append((rel, path))
-            elif not stat.S_ISDIR(mode):
-                raise ValueError(f"{rel!r} in {str(folder)!r} is not a regular file; remove it before pushing")
-    return sorted(found)
+    if os.open not in os.supports_dir_fd:  # POSIX; Windows opens no file relative to a folder
+        raise PushError("push needs a system that opens files relative to a folder without following links (POSIX)")
+    with contextlib.ExitStack() as stack:
+        top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        stack.callback(os.close, top)
+        found: dict[str, BinaryIO] = {}
+        _open_below(top, "", str(folder), stack, found)
+        yield dict(sorted(found.items()))
 
 
-def _public_contents(folder: Path, files: list[tuple[str, Path]], repo_id: str) -> list[tuple[str, Any]]:
-    """What each file uploads as: its path, or for a text file that names local paths, the public text."""
+def _open_below(parent: int, prefix: str, folder: str, stack: contextlib.ExitStack, found: dict[str, BinaryIO]) -> None:
+    """Open every entry of the folder open as ``parent`` (named ``prefix`` inside ``folder``) into ``found``."""
+    with os.scandir(parent) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        rel = prefix + entry.name
+        if entry.is_symlink():
+            raise _link_error(rel, folder)
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if not (is_dir or entry.is_file(follow_symlinks=False)):
+            raise _special_error(rel, folder)
+        fd = _open_nofollow(entry.name, parent, rel, folder, is_dir)
+        if is_dir:
+            stack.callback(os.close, fd)
+            _open_below(fd, rel + "/", folder, stack, found)
+            continue
+        file = stack.enter_context(os.fdopen(fd, "rb"))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a special file swapped in after the listing
+            raise _special_error(rel, folder)
+        found[rel] = file
+
+
+def _open_nofollow(name: str, parent: int, rel: str, folder: str, directory: bool) -> int:
+    """``name`` in the folder open as ``parent``, opened to read; a link there is an error.
+    Non-blocking, so a FIFO swapped in is opened (and then refused) instead of waited on."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        return os.open(name, flags | (os.O_DIRECTORY if directory else 0), dir_fd=parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # ELOOP for a file, ENOTDIR for a folder: which it was
+            if err.errno == errno.ELOOP or stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                raise _link_error(rel, folder) from None
+        raise ValueError(f"cannot open {rel!r} in {folder!r} to push it: {err.strerror}") from None
+
+
+def _link_error(rel: str, folder: str) -> ValueError:
+    return ValueError(f"{rel!r} in {folder!r} is a symbolic link: push uploads only the regular files "
+                      "inside the folder; replace the link with a copy, or remove it")
+
+
+def _special_error(rel: str, folder: str) -> ValueError:
+    return ValueError(f"{rel!r} in {folder!r} is not a regular file; remove it before pushing")
+
+
+def _public_contents(folder: Path, files: dict[str, BinaryIO], repo_id: str) -> list[tuple[str, Any]]:
+    """What each file uploads as: for the files snows-hf writes (:data:`REWRITTEN`), their
+    bytes without the local paths they name; for every other file, the open file itself."""
+    raw = {rel: _read_bounded(files[rel], rel, folder) for rel in REWRITTEN if rel in files}
+    texts = {rel: _utf8(data) for rel, data in raw.items()}
     documents, renamed = {}, {}
-    for rel, path in files:
-        if path.suffix in (".json", ".yaml", ".yml"):
-            document = _document(path)
-            if _publish_sources(document, renamed):
-                documents[rel] = document
+    for rel, text in texts.items():
+        document = _document(rel, raw[rel]) if text is not None and rel.endswith((".json", ".yaml")) else None
+        if document is not None and _publish_sources(document, renamed):
+            documents[rel] = document
     replacements = {**_local_prefixes(folder), **renamed}
     local = _local_path_pattern(replacements)
-    out = []
-    for rel, path in files:
-        if not rel.endswith(TEXT_SUFFIXES):
-            out.append((rel, str(path)))
+    out: list[tuple[str, Any]] = []
+    for rel, file in files.items():
+        text = texts.get(rel)
+        if rel not in raw or text is None:  # another file, or not text after all: uploaded as it is
+            out.append((rel, raw.get(rel, file)))
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:  # not text after all: uploaded as it is
-            out.append((rel, str(path)))
-            continue
-        public = _dump(path, documents[rel]) if rel in documents else text
+        public = _dump(rel, documents[rel]) if rel in documents else text
         if rel == "README.md":
             public = public.replace(CARD_PLACEHOLDER, repo_id)
         public = local.sub(lambda match: replacements[match.group(0)], public) if local else public
-        out.append((rel, public.encode("utf-8") if public != text else str(path)))
+        out.append((rel, public.encode("utf-8") if public != text else raw[rel]))
     return out
 
 
-def _document(path: Path) -> Any:
-    """The JSON or YAML document in ``path``; ``None`` when it is not one (it stays plain text)."""
+def _read_bounded(file: BinaryIO, rel: str, folder: Path) -> bytes:
+    """The bytes of a file push rewrites, never more than :data:`REWRITE_LIMIT` of them."""
+    chunks, size = [], 0
+    while size <= REWRITE_LIMIT:  # whatever its size says; in pieces, so no buffer of the limit's size
+        chunk = file.read(min(2**20, REWRITE_LIMIT + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
+    if size > REWRITE_LIMIT:
+        raise ValueError(f"{rel!r} in {str(folder)!r} is over {REWRITE_LIMIT // 2**20} MiB: push rewrites it to "
+                         "leave out local paths, and snows-hf writes it far smaller; replace or remove it")
+    return data
+
+
+def _utf8(data: bytes) -> str | None:
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _document(rel: str, data: bytes) -> Any:
+    """The JSON or YAML document in ``data`` (the file ``rel``); ``None`` when it is not one
+    (it stays plain text)."""
+    try:
+        if rel.endswith(".json"):
+            return json.loads(data)
         from .recipe import read_recipe_yaml
 
-        return read_recipe_yaml(path)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        return read_recipe_yaml(rel, data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None
 
 
@@ -207,8 +289,8 @@ def _public_task(task: Any, renamed: dict[str, str]) -> Any:
     return public
 
 
-def _dump(path: Path, document: Any) -> str:
-    if path.suffix == ".json":
+def _dump(rel: str, document: Any) -> str:
+    if rel.endswith(".json"):
         return json.dumps(document, indent=2) + "\n"
     import yaml
 

@@ -108,17 +108,18 @@ def load_recipe_tasks(path: str | Path, **overrides: Any) -> Any:
     return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
-def read_recipe_yaml(path: str | Path) -> Any:
+def read_recipe_yaml(path: str | Path, data: bytes | None = None) -> Any:
     """The YAML document of the recipe file ``path``, read the safe way a shared file needs
     (:func:`~snows_hf.safe_yaml.read_safe_yaml`): plain YAML only, no aliases (``*name``:
     a few hundred bytes of nested aliases expand to gigabytes), a regular file of at most
-    1 MiB. Every failure is a ``ValueError`` of one short line.
+    1 MiB. Every failure is a ``ValueError`` of one short line. ``data``: the file's bytes,
+    when the caller has read them from a file it opened itself (a push).
 
     Example:
         >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
         '2:4'
     """
-    return read_safe_yaml(path, "recipe")
+    return read_safe_yaml(path, "recipe", data=data)
 
 
 def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:

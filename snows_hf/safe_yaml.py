@@ -19,10 +19,11 @@ MAX_YAML_BYTES = 2**20  # a recipe or a task file is a few kB; the bound keeps a
 _QUOTE_LIMIT = 120  # characters of one value quoted in an error message
 
 
-def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...] = ()) -> Any:
+def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...] = (), data: bytes | None = None) -> Any:
     """The YAML document of the file ``path``, a ``kind`` of file (the word its errors use),
     read the safe way a shared file needs; a node tagged with one of ``tags`` (local tags
-    such as lm-eval's ``!function``) is read as its plain value.
+    such as lm-eval's ``!function``) is read as its plain value. ``data``: the file's bytes,
+    when the caller has read them from a file it opened itself (``path`` then only names it).
 
     Example:
         >>> from snows_hf.recipe import bundled_recipes
@@ -32,18 +33,8 @@ def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...]
     import yaml
 
     where = clip(repr(str(path)))
-    try:
-        # never blocks: a pipe nobody writes to opens at once, and is refused below
-        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise ValueError(f"cannot read {kind} {where}: {err.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise ValueError(f"{kind} {where} is not a regular file")
-        with open(handle, "rb", closefd=False) as file:
-            data = file.read(MAX_YAML_BYTES + 1)  # never more, whatever the file claims to be
-    finally:
-        os.close(handle)
+    if data is None:
+        data = _read_regular(path, kind, where)
     if len(data) > MAX_YAML_BYTES:
         raise ValueError(f"{kind} {where} is over {MAX_YAML_BYTES // 2**20} MiB: not a {kind}")
     try:
@@ -57,6 +48,22 @@ def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...]
         raise ValueError(f"{kind} {where} is nested too deeply to be a {kind}") from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
         raise ValueError(f"{kind} {where} is not valid YAML: {clip(' '.join(str(err).split()))}") from None
+
+
+def _read_regular(path: str | Path, kind: str, where: str) -> bytes:
+    """At most ``MAX_YAML_BYTES`` + 1 bytes of the regular file ``path``."""
+    try:
+        # never blocks: a pipe nobody writes to opens at once, and is refused below
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ValueError(f"cannot read {kind} {where}: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise ValueError(f"{kind} {where} is not a regular file")
+        with open(handle, "rb", closefd=False) as file:
+            return file.read(MAX_YAML_BYTES + 1)  # never more, whatever the file claims to be
+    finally:
+        os.close(handle)
 
 
 def clip(text: str, limit: int = _QUOTE_LIMIT) -> str:

@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402,F401 - its stderr handler is made now, on the session's stream, not one test's capture
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

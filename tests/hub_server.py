@@ -52,6 +52,7 @@ class HubServer(ThreadingHTTPServer):
         self.requests: list[str] = []
         self.fail: dict[str, list[int]] = {}
         self.sent: dict[tuple[str, str, str], int] = {}  # file bytes sent, by (kind, repo, path)
+        self.received: list[bytes] = []  # every request body, refused ones included
         self.lock = threading.Lock()
 
     @property
@@ -85,7 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ plumbing
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        data = self.rfile.read(length) if length else b""
+        with self.server.lock:
+            self.server.received.append(data)
+        return data
 
     def _send(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None) -> None:
         data = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())

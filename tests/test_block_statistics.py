@@ -150,3 +150,68 @@ def test_modules_reading_one_tensor_share_its_statistics(monkeypatch):
         job = ModuleJob(name, layer.get_submodule(name), "linear", parse_sparsity("2:4"), 0, layer, calls)
         alone = job.input_stats({"input_sq", "gram"})
         assert all(torch.equal(alone[k], found[name][k]) for k in ("input_sq", "gram")), name
+
+
+# Every padding a Conv2d can take is an explicit padding of its input: "same" (stride 1)
+# pads dilation * (kernel - 1) per dimension, the smaller half first (torch's rule);
+# "valid" pads nothing; reflect, replicate and circular modes pad with those values.
+PADDINGS = [
+    pytest.param({"kernel_size": 3, "padding": "same"}, id="same-3x3"),
+    pytest.param({"kernel_size": (2, 4), "dilation": (1, 2), "padding": "same"}, id="same-even-dilated-asymmetric"),
+    pytest.param({"kernel_size": 1, "padding": "same"}, id="same-1x1"),
+    pytest.param({"kernel_size": 3, "stride": 2, "padding": "valid"}, id="valid-strided"),
+    pytest.param({"kernel_size": 3, "padding": 1, "padding_mode": "reflect"}, id="reflect"),
+    pytest.param({"kernel_size": (3, 2), "padding": (1, 2), "padding_mode": "circular"}, id="circular"),
+    pytest.param({"kernel_size": (2, 3), "padding": "same", "padding_mode": "replicate"}, id="same-replicate"),
+]
+
+
+def _by_hand(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``F.pad``'s (left, right, top, bottom) for ``conv``, written out from torch's documented rule."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+@pytest.mark.parametrize("options", PADDINGS)
+def test_conv_statistics_are_those_of_its_input_padded_by_hand(options):
+    from torch.nn import functional as F
+
+    from snows_hf.methods import InputStats, input_features
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, **options).double()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    padded = F.pad(x, _by_hand(conv), mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+    plain = nn.Conv2d(3, 4, conv.kernel_size, stride=conv.stride, dilation=conv.dilation, padding=0).double()
+    plain.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(plain(padded), conv(x))  # the padding by hand is the one torch applies
+
+    features = input_features(conv, "conv2d", x)
+    expected = input_features(plain, "conv2d", padded)
+    torch.testing.assert_close(features, expected)
+    rows = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # kernel-position-major, as the features
+    output = (conv(x) - conv.bias[None, :, None, None]).permute(0, 2, 3, 1).reshape(-1, conv.out_channels)
+    torch.testing.assert_close(features @ rows.T, output)  # one feature row per output pixel, lined up with the weight
+    sums = InputStats(conv, "conv2d", {"input_sq", "gram"}, torch.float64)
+    sums.add(features)
+    found = sums.result(Processes())
+    positions = conv.kernel_size[0] * conv.kernel_size[1]
+    torch.testing.assert_close(found["gram"], expected.T @ expected)
+    torch.testing.assert_close(found["input_sq"], (expected ** 2).sum(0).reshape(positions, 3) if positions > 1
+                               else (expected ** 2).sum(0))
+
+
+def test_grouped_convolutions_still_have_no_input_statistics():
+    from snows_hf.fields import SettingError
+    from snows_hf.methods import has_input_features, input_features
+
+    conv = nn.Conv2d(4, 4, 3, groups=2, padding="same")
+    assert not has_input_features(conv, "conv2d")
+    with pytest.raises(SettingError, match="grouped Conv2d"):
+        input_features(conv, "conv2d", torch.randn(1, 4, 5, 5))

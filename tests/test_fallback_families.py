@@ -70,6 +70,43 @@ def test_fallback_prunes_dense_convolutions_through_the_cli(name, tmp_path):
     assert sorted(layers) == sorted(in_blocks)
 
 
+def _efficientnet():
+    # transformers' EfficientNet pads with padding="same" (its 1x1 and stride-1 depthwise convolutions)
+    # and "valid" (strided ones, after a ZeroPad2d); squeeze-excite reads >= 4 channels, so 2:4 fits;
+    # hidden_dim: the head's width, which must match its 1x1 convolution's (1280 at width 1.0)
+    config = T.EfficientNetConfig(image_size=32, width_coefficient=1.0, depth_coefficient=1.0, kernel_sizes=[3, 5, 3],
+                                  in_channels=[32, 16, 24], out_channels=[16, 24, 24], strides=[1, 2, 1],
+                                  num_block_repeats=[1, 1, 1], expand_ratios=[1, 4, 4], hidden_dim=1280, num_labels=3)
+    return T.EfficientNetForImageClassification(config), T.EfficientNetImageProcessor(size={"height": 32, "width": 32})
+
+
+def test_efficientnet_prunes_with_the_default_command(tmp_path):
+    """The default method and mask (SNOWS on a SparseGPT mask) read the inputs of convolutions
+    padded "same"; depthwise ones are left out, and the pruned model reloads."""
+    torch.manual_seed(0)
+    model, processor = _efficientnet()
+    model.save_pretrained(tmp_path / "dense")
+    processor.save_pretrained(tmp_path / "dense")
+    argv = ["prune", str(tmp_path / "dense"), "--sparsity", "2:4", "--dataset", "random", "--num-samples", "8",
+            "--batch-size", "4", "--no-eval", "--output-dir", "out", "--quiet"]
+    assert main(argv) == 0
+
+    report = json.loads(Path("out/report.json").read_text())
+    assert (report["config"]["method"], report["config"]["mask"]) == ("snows", "sparsegpt")  # the defaults
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    dense = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    in_blocks = sorted(n for n, m in dense.items() if m.groups == 1 and n.startswith("efficientnet.encoder.blocks."))
+    assert sorted(layers) == in_blocks and all(dense[n].padding == "same" for n in in_blocks)
+    pruned = T.AutoModelForImageClassification.from_pretrained("out").eval()
+    for name, conv in pruned.named_modules():
+        if name in layers:
+            assert satisfies(to_rows(conv.weight, "conv2d") != 0, parse_sparsity("2:4")), name
+            assert not torch.equal(conv.weight, dense[name].weight), name
+        elif isinstance(conv, torch.nn.Conv2d):
+            assert torch.equal(conv.weight, dense[name].weight), name  # depthwise, stem and head untouched
+    assert torch.isfinite(pruned(pixel_values=torch.randn(2, 3, 32, 32)).logits).all()
+
+
 def _gemma3():
     config = T.Gemma3TextConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,

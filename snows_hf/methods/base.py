@@ -232,26 +232,48 @@ def _kernel_positions(module: nn.Module) -> int:
 
 
 def has_input_features(module: nn.Module, layout: str) -> bool:
-    """Whether :func:`input_features` reads this module's inputs (not a grouped,
-    string-padded or non-zero-padded Conv2d).
+    """Whether :func:`input_features` reads this module's inputs (every module but a grouped
+    Conv2d, whose output channels each read only their group's inputs).
 
     Example:
         >>> has_input_features(nn.Conv2d(4, 4, 3, groups=2), "conv2d"), has_input_features(nn.Linear(2, 2), "linear")
         (False, True)
     """
-    return layout != "conv2d" or (module.groups == 1 and not isinstance(module.padding, str)
-                                  and module.padding_mode == "zeros")
+    return layout != "conv2d" or module.groups == 1
+
+
+def conv_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """The padding a Conv2d applies to its input, as ``F.pad`` takes it: ``(left, right,
+    top, bottom)``. ``"valid"`` pads nothing; ``"same"`` (stride 1) pads ``dilation *
+    (kernel - 1)`` per dimension, the smaller half first, as torch does (so one more on the
+    right and bottom for an even kernel); a number pads both sides alike.
+
+    Example:
+        >>> conv_padding(nn.Conv2d(1, 1, kernel_size=(3, 4), padding="same"))
+        (1, 2, 1, 1)
+    """
+    if module.padding == "valid":
+        return (0, 0, 0, 0)
+    if module.padding == "same":
+        pads: list[int] = []
+        for kernel, dilation in reversed(list(zip(module.kernel_size, module.dilation))):  # width first
+            total = dilation * (kernel - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    top, left = module.padding
+    return (left, left, top, top)
 
 
 def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Tensor:
     """A module's input as ``(tokens, features)``, features matching its weight columns.
 
-    Linear and Conv1D: the last dimension. Conv2d: every receptive field (``unfold``),
-    features ordered kernel-position-major so they line up with the ``(out * positions,
-    in)`` weight view, one row per output pixel.
+    Linear and Conv1D: the last dimension. Conv2d: every receptive field of the input as
+    the module pads it (:func:`conv_padding`, with its ``padding_mode``), features ordered
+    kernel-position-major so they line up with the ``(out * positions, in)`` weight view,
+    one row per output pixel.
 
     Example:
-        >>> conv = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        >>> conv = nn.Conv2d(2, 4, kernel_size=3, padding="same")
         >>> input_features(conv, "conv2d", torch.randn(1, 2, 5, 5)).shape
         torch.Size([25, 18])
     """
@@ -259,12 +281,17 @@ def input_features(module: nn.Module, layout: str, x: torch.Tensor) -> torch.Ten
         return x.reshape(-1, x.shape[-1])
     if not has_input_features(module, layout):
         raise SettingError(
-            f"input statistics for grouped, string-padded or non-zero-padded Conv2d are not supported ({module})",
+            f"input statistics for grouped Conv2d are not supported ({module})",
             field="mask", hint=f"use {setting('mask', 'magnitude')} or leave the module out with {setting('ignore')}",
         )
     n, c = x.shape[:2]
+    left, right, top, bottom = conv_padding(module)
+    padding: Any = (top, left)
+    if module.padding_mode != "zeros" or (left, top) != (right, bottom):  # what unfold's own zero padding cannot do
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x, padding = torch.nn.functional.pad(x, (left, right, top, bottom), mode=mode), 0
     cols = torch.nn.functional.unfold(
-        x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+        x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
     )  # (n, c * positions, pixels), channel-major
     positions = cols.shape[1] // c
     return cols.reshape(n, c, positions, -1).permute(0, 3, 2, 1).reshape(-1, positions * c)
