@@ -4,8 +4,8 @@ Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig
 (``data:``), when known, the source model (``model:``) and, when a run scores lm-eval
 tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are
 an error, so a typo never silently falls back to a default. Recipes are shared files: they
-are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, at most 1 MiB), and a value quoted
-in an error message is cut short.
+are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, no key twice, at most
+1 MiB), and a value quoted in an error message is cut short.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
-    prune = _build(PruneConfig.from_dict, PruneConfig.flat_keys(), _upgrade(raw["prune"]), "prune", path)
+    prune = _build(lambda values: PruneConfig.from_dict(_upgrade(values)), PruneConfig.flat_keys(), raw["prune"], "prune",
+                   path)
     data_keys = [f.name for f in dataclasses.fields(CalibrationConfig)]
     data = (_build(lambda values: CalibrationConfig(**values), data_keys, read_recipe_data(raw["data"]), "data", path)
             if raw.get("data") is not None else None)
@@ -107,8 +108,10 @@ def read_recipe_yaml(path: str | Path) -> Any:
     """The YAML document of the recipe file ``path``, read the safe way a shared file needs.
 
     Plain YAML only (``yaml.SafeLoader``): no Python objects, no aliases (``*name``:
-    a few hundred bytes of nested aliases expand to gigabytes), and no file over
-    ``MAX_RECIPE_BYTES``. Every failure is a ``ValueError`` of one short line.
+    a few hundred bytes of nested aliases expand to gigabytes), no mapping that gives a
+    key twice, at any depth (YAML would keep the last silently; a merge ``<<:`` counts as
+    giving its keys), and no file over ``MAX_RECIPE_BYTES``. Every failure is a
+    ``ValueError`` of one short line.
 
     Example:
         >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
@@ -131,6 +134,9 @@ def read_recipe_yaml(path: str | Path) -> Any:
     except _AliasFound as err:
         raise ValueError(f"recipe {where} uses the YAML alias *{_clip(str(err))} (line {err.line}): "
                          "recipes may not use aliases; write the value out") from None
+    except _KeyTwice as err:
+        raise ValueError(f"recipe {where} gives the key {_quote(err.key)} twice (line {err.line}): "
+                         "YAML would keep the last one; give each key once") from None
     except RecursionError:
         raise ValueError(f"recipe {where} is nested too deeply to be a recipe") from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
@@ -142,13 +148,29 @@ def _recipe_loader() -> type:
     import yaml
 
     class RecipeLoader(yaml.SafeLoader):
-        """``SafeLoader`` that stops at the first alias, before anything is expanded."""
+        """``SafeLoader`` that stops at the first alias, before anything is expanded, and at
+        the second occurrence of a key in one mapping."""
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise _AliasFound(event.anchor, event.start_mark.line + 1)
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)  # merged keys (<<:) first, as SafeLoader takes them
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        twice = key in seen  # as the mapping built would see it: 1, 1.0 and true are one key
+                    except TypeError:  # unhashable: SafeLoader refuses it
+                        break
+                    if twice:
+                        raise _KeyTwice(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
 
     return RecipeLoader
 
@@ -159,6 +181,14 @@ class _AliasFound(Exception):
     def __init__(self, anchor: str, line: int) -> None:
         super().__init__(anchor)
         self.line = line
+
+
+class _KeyTwice(Exception):
+    """A key given twice in one mapping of a recipe, and the line of the second."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
 
 
 def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
@@ -185,13 +215,28 @@ _OLD_MEANINGS = {
 }
 
 
-def _upgrade(values: Any) -> Any:
-    """Fill the keys a recipe of an older ``config_version`` lacks with that version's meaning."""
-    if not isinstance(values, dict) or values.get("config_version") not in _OLD_MEANINGS:
-        return values
-    from .config import CONFIG_VERSION
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``prune:`` section of an older ``config_version`` (an int from 1 up) as today's: the
+    keys it lacks hold what its version meant by them.
 
-    return {**_OLD_MEANINGS[values["config_version"]], **values, "config_version": CONFIG_VERSION}
+    Example:
+        >>> _upgrade({"sparsity": "2:4", "config_version": 3})
+        {'newton_steps': 2, 'sparsity': '2:4', 'config_version': 4}
+    """
+    from .config import CONFIG_VERSION
+    from .fields import SettingError
+
+    if "config_version" not in values:
+        return values
+    version = values["config_version"]
+    if type(version) is not int:  # a bool or a float is no version: true == 1.0 == 1 to Python
+        raise SettingError(f"config_version must be an int, got {_quote(version)}", field="config_version")
+    if not 1 <= version <= CONFIG_VERSION:
+        raise SettingError(f"config_version {version} is not supported (this snows-hf reads 1 to {CONFIG_VERSION})",
+                           field="config_version")
+    if version == CONFIG_VERSION:
+        return values
+    return {**_OLD_MEANINGS[version], **values, "config_version": CONFIG_VERSION}
 
 
 def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:

@@ -187,3 +187,27 @@ def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others()
 
     with pytest.raises(ValueError, match="method 'snows' takes a SnowsConfig, got a Mine"):
         PruneConfig(sparsity="2:4", method=Mine())
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 3.0, "4", None, 0, 5])
+def test_a_recipes_version_is_an_int_it_can_read(tmp_path, version):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"prune: {{sparsity: '2:4', config_version: {yaml_text(version)}}}\n")
+    with pytest.raises(ValueError, match=r"prune\.config_version (must be an int|\d is not supported)"):
+        load_recipe(path)
+
+
+def yaml_text(value):
+    import yaml
+
+    return yaml.safe_dump(value).splitlines()[0]
+
+
+def test_a_key_given_twice_is_refused_at_any_depth_and_named_with_its_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("prune:\n  sparsity: '2:4'\n  targets:\n  - {a: 1, b: 2}\n  - {c: 1,\n     c: 2}\n")
+    with pytest.raises(ValueError, match=r"gives the key 'c' twice \(line 6\)"):
+        read_recipe_yaml(path)
+    path.write_text("prune: {sparsity: '2:4', 1: a, 1.0: b}\n")  # one key to the mapping built
+    with pytest.raises(ValueError, match=r"gives the key 1.0 twice \(line 1\)"):
+        load_recipe(path)
