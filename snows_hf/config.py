@@ -12,7 +12,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Mapping
 
-from .fields import SettingError, check_choices, check_types, config_field, require, setting
+from .fields import MAX_INT, SettingError, check_fields, check_keys, config_field, require, setting
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method
 
@@ -22,19 +22,7 @@ CONFIG_VERSION = 4
 # recipes and reports of the same settings stay byte-identical.
 _OPTIONS_BEFORE = "batch_size"
 
-MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
-
-
-def check_seed(seed: int) -> None:
-    """Refuse a seed the random generators cannot take (negative, or past 2**63 - 1).
-
-    Example:
-        >>> check_seed(2**64)
-        Traceback (most recent call last):
-        snows_hf.fields.SettingError: seed must be an integer from 0 to 9223372036854775807, got 18446744073709551616
-    """
-    if not 0 <= seed <= MAX_SEED:
-        raise SettingError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}", field="seed")
+MAX_SEED = MAX_INT  # the largest seed every generator used here (torch, random) takes
 
 
 def _method_options() -> dict[str, Any]:
@@ -73,7 +61,10 @@ class PruneConfig:
         "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)",
         choices=("uniform", "global"),
     )
-    max_layer_sparsity: float | None = config_field(None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)")
+    max_layer_sparsity: float | None = config_field(
+        None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)",
+        minimum=0, maximum=1, strict=True,
+    )
     targets: list[str] | None = config_field(
         None, "regular expressions: prune only block modules whose name (in memory or as saved) "
         "contains a match, or whose type (Linear, Conv1D, Conv2d) matches one (default: the family's targets)"
@@ -86,7 +77,7 @@ class PruneConfig:
     )
     stats_dtype: str = config_field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)",
                                     choices=("float32", "float64"))
-    batch_size: int = config_field(8, "calibration samples per micro-batch")
+    batch_size: int = config_field(8, "calibration samples per micro-batch", minimum=1)
     offload_activations: str = config_field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
         "(one file per micro-batch, read back when its block runs; removed at the end)", choices=("device", "cpu", "disk"),
@@ -102,19 +93,18 @@ class PruneConfig:
         "a window at a time (default: half the accelerator's free memory)"
     )
     block_path: str | None = config_field(None, "dotted name of the model's block list (overrides discovery)")
-    seed: int = config_field(0, "random seed")
+    seed: int = config_field(0, "random seed", minimum=0, maximum=MAX_SEED)
     config_version: int = config_field(CONFIG_VERSION, "version of this configuration schema", cli=False)
 
     def __post_init__(self) -> None:
-        check_types(self)
         if self.sparsity is None:
             raise SettingError("a sparsity is required", field="sparsity",
                                hint=f"e.g. {setting('sparsity', '2:4')} or {setting('sparsity', '50%')}")
+        check_fields(self)
+        if self.config_version != CONFIG_VERSION:
+            raise SettingError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})",
+                               field="config_version")
         self.sparsity = str(parse_sparsity(self.sparsity))
-        if self.batch_size < 1:
-            raise SettingError(f"batch_size must be at least 1, got {self.batch_size}", field="batch_size")
-        check_seed(self.seed)
-        check_choices(self)
         if self.allocation == "global":
             require(not self.pattern.is_nm, "allocation", f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:
@@ -124,7 +114,6 @@ class PruneConfig:
                                hint=f"set {setting('allocation', 'global')} or leave {setting('max_layer_sparsity')} out")
         if self.max_layer_sparsity is not None:
             cap = self.max_layer_sparsity
-            require(0 < cap < 1, "max_layer_sparsity", f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
             require(cap >= self.pattern.fraction, "max_layer_sparsity", f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
         for name in ("targets", "ignore"):
             value = getattr(self, name)
@@ -141,11 +130,17 @@ class PruneConfig:
 
             from .placement import parse_max_memory
 
-            parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
-        if self.config_version != CONFIG_VERSION:
-            raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
+            try:
+                parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
+            except SettingError:
+                raise
+            except ValueError as err:
+                raise SettingError(f"{setting('max_memory')}: {err}", field="max_memory") from None
         self.method = _method_config(self.method)  # fails early, listing the known names
-        get_selector(self.mask)
+        try:
+            get_selector(self.mask)
+        except ValueError as err:
+            raise SettingError(str(err), field="mask") from None
 
     @property
     def pattern(self):
@@ -196,13 +191,11 @@ class PruneConfig:
             >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
             MaskOnlyConfig(statistics='block')
         """
-        unknown = set(values) - set(cls.flat_keys())
-        if unknown:
-            raise ValueError(f"unknown settings: {', '.join(sorted(map(str, unknown)))}")
+        check_keys(cls.flat_keys(), values)
         shared = {f.name: f for f in fields(cls)}
         method = values.get("method", shared["method"].default)
         if isinstance(method, str):
-            options = get_method(method).config_class
+            options = _method_class(method)
             method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
         elif isinstance(method, MethodConfig):
             given = [f.name for f in fields(method) if f.name in values]
@@ -210,12 +203,18 @@ class PruneConfig:
         return cls(**{k: v for k, v in values.items() if k in shared and k != "method"}, method=method)
 
 
+def _method_class(name: str) -> type[MethodConfig]:
+    """The options' class of the method registered as ``name``."""
+    try:
+        return get_method(name).config_class
+    except ValueError as err:
+        raise SettingError(str(err), field="method") from None
+
+
 def _method_config(method: Any) -> MethodConfig:
     """``PruneConfig.method`` as a method config: a name becomes its method's defaults."""
     if isinstance(method, str):
-        return get_method(method).config_class()
-    if not isinstance(method, MethodConfig):
-        raise SettingError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig", field="method")
-    expected = get_method(method).config_class
+        return _method_class(method)()
+    expected = _method_class(method.name)
     require(type(method) is expected, "method", f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
     return method

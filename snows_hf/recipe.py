@@ -14,8 +14,11 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from .fields import SettingError, check_keys, python_spelling, setting, spelled
 
 logger = logging.getLogger("snows_hf")
 
@@ -224,7 +227,6 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
         {'newton_steps': 2, 'sparsity': '2:4', 'config_version': 4}
     """
     from .config import CONFIG_VERSION
-    from .fields import SettingError
 
     if "config_version" not in values:
         return values
@@ -249,12 +251,17 @@ def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: s
     if unknown:
         raise ValueError(f"recipe {where}: unknown keys {_names(unknown, f'{section}.')}")
     try:
-        return make(values)
+        with spelled(python_spelling):  # a recipe's keys are the settings' Python names
+            return make(values)
     except ValueError as err:
         message = _clip_values(str(err), values.values())
-        # Errors of one field start with its name: give the key's whole path in the file.
+        # Give the key's whole path in the file: errors of one field start with its name, or are
+        # about a field they may not name.
+        field = getattr(err, "field", None)
         if message.split(" ", 1)[0] in names:
             message = f"{section}.{message}"
+        elif field in names and not re.search(rf"\b{re.escape(field)}\b", message):
+            message = f"{section}.{field}: {message}"
         raise ValueError(f"recipe {where}: {message}") from None
 
 
@@ -356,9 +363,9 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     """
     from .config import PruneConfig
     from .data import CalibrationConfig
-    from .fields import SettingError, setting
 
     prune, data = dict(prune or {}), dict(data or {})
+    check_keys([f.name for f in dataclasses.fields(CalibrationConfig)], data)
     if model in bundled_recipes() and not os.path.exists(model):
         raise SettingError(f"{model!r} names a bundled recipe, not a model", field="model",
                            hint=f"run it with {setting('recipe', model)}")
