@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .fields import MAX_INT, SettingError, check_fields, check_keys, config_field, require, setting
 from .masks import get_selector, parse_sparsity
@@ -33,6 +33,41 @@ def _method_options() -> dict[str, Any]:
         for f in fields(method.config_class):
             options.setdefault(f.name, f.default if f.default is not MISSING else f.default_factory())
     return options
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Each option of a registered method, and the methods that declare it (their config
+    classes' fields, inherited ones included), in registration order.
+
+    Example:
+        >>> option_owners()["k_step"], option_owners()["statistics"]
+        (['snows', 'snows-fast'], ['none', 'magnitude'])
+    """
+    owners: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for f in fields(method.config_class):
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
+def check_method_options(method: str, keys: Iterable[str]) -> None:
+    """Refuse, among ``keys``, an option of registered methods that ``method`` does not
+    declare: it would be silently ignored. Methods that share an option (``snows-fast``
+    has every option of ``snows``) each take it.
+
+    Example:
+        >>> check_method_options("snows-fast", ["k_step", "seed"])
+        >>> check_method_options("magnitude", ["k_step"])
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of magnitude; leave it out, or choose method='snows'
+    """
+    owners = option_owners()
+    for key in keys:
+        if key in owners and method not in owners[key]:
+            names = owners[key]
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+            raise SettingError(f"{setting(key)} is an option of {listed}, not of {method}", field=key,
+                               hint=f"leave it out, or choose {setting('method', names[0])}")
 
 
 @dataclass
@@ -179,23 +214,31 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PruneConfig:
         """Settings from their flat form (:meth:`to_dict`, a recipe's ``prune:``, a dict of
-        fields). ``method`` names the method, whose options take their keys; the options of
-        the other registered methods are ignored (the chosen method does not read them),
-        and any other key is an error. With a method config in place of a name, that
-        config holds the options.
+        fields). ``method`` names the method, whose options take their keys. The flat form
+        holds every registered method's options, so another method's option is taken at
+        the value :meth:`to_dict` stores for it (its default) and refused at any other
+        (it would be ignored: :func:`check_method_options`); any other key is an error. With
+        a method config in place of a name, that config holds the options.
 
         Example:
             >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
             >>> config.method.k_step, config.method.newton_steps
             (1, 1)
-            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 3}).method
             MaskOnlyConfig(statistics='block')
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1})
+            Traceback (most recent call last):
+            snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of none; leave it out, or choose method='snows'
         """
         check_keys(cls.flat_keys(), values)
         shared = {f.name: f for f in fields(cls)}
         method = values.get("method", shared["method"].default)
         if isinstance(method, str):
             options = _method_class(method)
+            stored = _method_options()
+            changed = [key for key, value in values.items()
+                       if key in stored and (type(value) is not type(stored[key]) or value != stored[key])]
+            check_method_options(method, changed)
             method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
         elif isinstance(method, MethodConfig):
             given = [f.name for f in fields(method) if f.name in values]

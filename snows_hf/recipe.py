@@ -220,13 +220,16 @@ _OLD_MEANINGS = {
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     """A ``prune:`` section of an older ``config_version`` (an int from 1 up) as today's: the
-    keys it lacks hold what its version meant by them.
+    keys it lacks hold what its version meant by them, and the options of methods other
+    than its own that hold what its version wrote for them then (every recipe holds every
+    method's options) are left out, as today's defaults are by
+    :meth:`~snows_hf.config.PruneConfig.from_dict`.
 
     Example:
-        >>> _upgrade({"sparsity": "2:4", "config_version": 3})
-        {'newton_steps': 2, 'sparsity': '2:4', 'config_version': 4}
+        >>> _upgrade({"sparsity": "2:4", "method": "magnitude", "newton_steps": 2, "config_version": 3})
+        {'sparsity': '2:4', 'method': 'magnitude', 'config_version': 4}
     """
-    from .config import CONFIG_VERSION
+    from .config import CONFIG_VERSION, option_owners
 
     if "config_version" not in values:
         return values
@@ -238,7 +241,12 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
                            field="config_version")
     if version == CONFIG_VERSION:
         return values
-    return {**_OLD_MEANINGS[version], **values, "config_version": CONFIG_VERSION}
+    then = _OLD_MEANINGS[version]
+    upgraded = {**then, **values, "config_version": CONFIG_VERSION}
+    method = upgraded.get("method", "snows")
+    owners = option_owners()
+    return {key: value for key, value in upgraded.items()
+            if not (key in then and key in owners and method not in owners[key] and value == then[key])}
 
 
 def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:
@@ -349,7 +357,9 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     """``(model, PruneConfig, CalibrationConfig)`` of a run: the recipe's settings, with
     ``prune`` (flat ``PruneConfig`` keys, :meth:`~snows_hf.config.PruneConfig.to_dict`'s
     form) and ``data`` (``CalibrationConfig`` fields) on top, and the recipe's model unless
-    ``model`` names one; what ``snows-hf prune`` runs.
+    ``model`` names one; what ``snows-hf prune`` runs. An option in ``prune`` of another
+    method than the one run is refused; a ``method`` in ``prune`` that is not the recipe's
+    leaves the recipe's method options out.
 
     ``recipe`` is a recipe file or a bundled recipe's name. Without one, a ``model`` that
     is the ``model:`` of a bundled recipe takes that recipe as the base, unless ``data``
@@ -361,7 +371,7 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
         >>> model, prune.sparsity, prune.method.k_step, data.dataset
         ('HuggingFaceTB/SmolLM2-135M', '2:4', 1, 'Salesforce/wikitext')
     """
-    from .config import PruneConfig
+    from .config import PruneConfig, check_method_options, option_owners
     from .data import CalibrationConfig
 
     prune, data = dict(prune or {}), dict(data or {})
@@ -383,6 +393,13 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     if base_prune is None and "sparsity" not in prune:
         raise SettingError(f"{setting('sparsity')} is required", field="sparsity",
                            hint=f"e.g. {setting('sparsity', '2:4')}, or a {setting('recipe')} with prune.sparsity")
-    config = PruneConfig.from_dict((base_prune.to_dict() if base_prune else {}) | prune)
+    method = prune.get("method", base_prune.method.name if base_prune else PruneConfig.method)
+    base = base_prune.to_dict() if base_prune else {}
+    if isinstance(method, str):
+        check_method_options(method, prune)  # each one given, whatever its value: it would be ignored
+        # the base's options of other methods than the one run (the base's own, when the method changes) go
+        owners = option_owners()
+        base = {key: value for key, value in base.items() if key not in owners or method in owners[key]}
+    config = PruneConfig.from_dict(base | prune)
     cal_cfg = dataclasses.replace(base_data, **data) if base_data else CalibrationConfig(**data)
     return model, config, cal_cfg

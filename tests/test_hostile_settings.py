@@ -277,3 +277,22 @@ def test_a_recipe_with_a_bad_version_or_a_repeated_key_is_refused(text, message,
     line = _one_error(capsys)
     assert message in line, line
     assert _tree(tmp_path) == before
+
+
+# Item 20: an option of another method than the one chosen is refused, not ignored.
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(["--method", "magnitude", "--k-step", "3"], "--k-step is an option of snows and snows-fast, not of magnitude", id="cli-k-step-magnitude"),
+    pytest.param(["--method", "none", "--cg-iters", "2"], "--cg-iters is an option of snows and snows-fast, not of none", id="cli-cg-iters-none"),
+    pytest.param(["--statistics", "module"], "--statistics is an option of none and magnitude, not of snows", id="cli-statistics-default-method"),
+    pytest.param(["--method", "snows-fast", "--statistics", "block"], "--statistics is an option of none and magnitude, not of snows-fast", id="cli-statistics-fast"),
+    pytest.param(["--recipe", "magnitude.yaml", "--holdout", "0.2"], "--holdout is an option of snows and snows-fast, not of magnitude", id="cli-over-a-recipes-method"),
+    pytest.param(["--recipe", "foreign.yaml"], "prune.k_step is an option of snows and snows-fast, not of magnitude", id="recipe-k-step-magnitude"),
+])
+def test_an_option_of_another_method_is_refused(argv, message, tmp_path, capsys):
+    Path("magnitude.yaml").write_text("prune: {sparsity: '2:4', method: magnitude}\n")
+    Path("foreign.yaml").write_text("prune: {sparsity: '2:4', method: magnitude, k_step: 7}\n")
+    before = _tree(tmp_path)
+    assert main(["prune", "no-model", "--sparsity", "2:4", *argv, "--output-dir", "out"]) == 1
+    line = _one_error(capsys)
+    assert message in line, line
+    assert _tree(tmp_path) == before
