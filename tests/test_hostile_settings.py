@@ -296,3 +296,32 @@ def test_an_option_of_another_method_is_refused(argv, message, tmp_path, capsys)
     line = _one_error(capsys)
     assert message in line, line
     assert _tree(tmp_path) == before
+
+
+def test_the_command_line_parses_a_methods_options_as_they_are_declared(capsys):
+    """An out-of-tree method's options get their type and lower bound on the command line
+    from the declaration alone, as SNOWS's do."""
+    from snows_hf.cli import build_parser
+    from snows_hf.fields import config_field
+    from snows_hf.methods import MaskOnly, MethodConfig
+
+    @dataclasses.dataclass
+    class KeepConfig(MethodConfig):
+        name = "keep"
+        keep_blocks: int = config_field(2, "blocks kept dense", minimum=1)
+        keep_share: float = config_field(0.5, "share kept", minimum=0, maximum=1)
+
+    class Keep(MaskOnly):
+        config_class = KeepConfig
+
+    METHODS["keep"] = Keep
+    try:
+        args = build_parser().parse_args(["prune", "m", "--method", "keep", "--keep-blocks", "3", "--keep-share", "0.25",
+                                          "--k-step", "2", "--holdout", "0.5"])
+        assert (args.keep_blocks, args.keep_share, args.k_step, args.holdout) == (3, 0.25, 2, 0.5)
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(["prune", "m", "--method", "keep", "--keep-blocks", "0"])
+        assert stopped.value.code == 2
+        assert "--keep-blocks: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    finally:
+        del METHODS["keep"]
