@@ -10,6 +10,7 @@ from torch import nn
 from .adapters import block_targets, checkpoint_names, find_block_list, weight_layout
 from .checkpoint import RunCheckpoint
 from .config import PruneConfig
+from .fields import allowed, checked_arguments
 from .masks import check_fits, to_rows
 from .pipeline import prune_blocks
 from .report import PruneReport
@@ -17,6 +18,7 @@ from .report import PruneReport
 Calibration = Union[torch.Tensor, Mapping[str, Any], Iterable[Union[Mapping[str, Any], torch.Tensor]]]
 
 
+@checked_arguments(batch_size=allowed(minimum=1))
 def as_batches(calibration: Calibration, batch_size: int, main_input_name: str = "input_ids") -> list[dict]:
     """Normalise calibration data into a list of model-input micro-batches.
 
@@ -56,6 +58,7 @@ def _num_samples(batch: Mapping[str, Any]) -> int:
     return 0
 
 
+@checked_arguments()
 def prune_(
     model: nn.Module, config: PruneConfig | Mapping[str, Any], calibration: Calibration, *, progress: bool = False,
     checkpoint: RunCheckpoint | None = None,

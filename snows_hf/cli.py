@@ -27,9 +27,18 @@ def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = N
     """Add ``--name`` for dataclass field ``name``, its help the field's; unset flags keep
     the dataclass default. A field that declares its allowed values (``choices`` in its
     metadata) offers those; so does one whose values come from a registry, ``described``
-    (value -> what it does, listed in the help). ``other_defaults`` follows the default
-    in the help (other methods' defaults for the same option)."""
+    (value -> what it does, listed in the help). A number field parses as its declared
+    type (an ``int`` from its ``minimum`` up) unless ``type`` is given. ``other_defaults``
+    follows the default in the help (other methods' defaults for the same option)."""
+    from .fields import field_types
+
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kinds = set(field_types(cls)[name]) - {type(None)}
+    if kinds == {int}:
+        minimum = field.metadata.get("minimum")
+        kwargs.setdefault("type", int if minimum is None else _int_at_least(minimum))
+    elif kinds == {float}:
+        kwargs.setdefault("type", float)
     text, default = field.metadata.get("help", ""), field.default
     if described:  # each value and what it does, the default first
         values = sorted(described, key=lambda value: value != default)
@@ -58,12 +67,11 @@ def _int_at_least(minimum: int):
 
 
 _positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
-    from .config import PruneConfig
+    from .config import PruneConfig, option_owners
     from .masks import SELECTORS
     from .methods import METHODS
 
@@ -101,22 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add(prune, PruneConfig, "offload_activations")
     _add(prune, PruneConfig, "offload_dir")
     _add(prune, PruneConfig, "block_path")
-    numbers = {"k_step": _non_negative_int, "newton_steps": _non_negative_int, "cg_iters": _positive_int, "damping": float,
-               "holdout": float, "batches_per_step": _positive_int, "hessian_batches": _positive_int}
-    owners: dict[str, list[str]] = {}  # each method option, and the methods that have it
-    for name, method in METHODS.items():
-        for option in dataclasses.fields(method.config_class):
-            owners.setdefault(option.name, []).append(name)
     groups: dict[tuple[str, ...], Any] = {}
-    for option, names in owners.items():  # one flag per option, grouped by the methods that read it
+    for option, names in option_owners().items():  # one flag per option, grouped by the methods that read it
         if tuple(names) not in groups:
             title = METHODS[names[0]].options_title or METHODS[names[0]].description
             groups[tuple(names)] = prune.add_argument_group(f"{title} (with --method {' or '.join(names)})")
         defaults = {name: {f.name: f.default for f in dataclasses.fields(METHODS[name].config_class)}[option]
                     for name in names}
         others = "; ".join(f"{name}: {value}" for name, value in defaults.items() if value != defaults[names[0]])
-        _add(groups[tuple(names)], METHODS[names[0]].config_class, option, other_defaults=others,
-             **({"type": numbers[option]} if option in numbers else {}))
+        _add(groups[tuple(names)], METHODS[names[0]].config_class, option, other_defaults=others)
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",

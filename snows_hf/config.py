@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from .fields import SettingError, check_choices, check_types, config_field, require, setting
+from .fields import MAX_INT, SettingError, check_fields, check_keys, config_field, require, setting
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method
 
@@ -22,19 +22,7 @@ CONFIG_VERSION = 4
 # recipes and reports of the same settings stay byte-identical.
 _OPTIONS_BEFORE = "batch_size"
 
-MAX_SEED = 2**63 - 1  # the largest seed every generator used here (torch, random) takes
-
-
-def check_seed(seed: int) -> None:
-    """Refuse a seed the random generators cannot take (negative, or past 2**63 - 1).
-
-    Example:
-        >>> check_seed(2**64)
-        Traceback (most recent call last):
-        snows_hf.fields.SettingError: seed must be an integer from 0 to 9223372036854775807, got 18446744073709551616
-    """
-    if not 0 <= seed <= MAX_SEED:
-        raise SettingError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}", field="seed")
+MAX_SEED = MAX_INT  # the largest seed every generator used here (torch, random) takes
 
 
 def _method_options() -> dict[str, Any]:
@@ -45,6 +33,41 @@ def _method_options() -> dict[str, Any]:
         for f in fields(method.config_class):
             options.setdefault(f.name, f.default if f.default is not MISSING else f.default_factory())
     return options
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Each option of a registered method, and the methods that declare it (their config
+    classes' fields, inherited ones included), in registration order.
+
+    Example:
+        >>> option_owners()["k_step"], option_owners()["statistics"]
+        (['snows', 'snows-fast'], ['none', 'magnitude'])
+    """
+    owners: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for f in fields(method.config_class):
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
+def check_method_options(method: str, keys: Iterable[str]) -> None:
+    """Refuse, among ``keys``, an option of registered methods that ``method`` does not
+    declare: it would be silently ignored. Methods that share an option (``snows-fast``
+    has every option of ``snows``) each take it.
+
+    Example:
+        >>> check_method_options("snows-fast", ["k_step", "seed"])
+        >>> check_method_options("magnitude", ["k_step"])
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of magnitude; leave it out, or choose method='snows'
+    """
+    owners = option_owners()
+    for key in keys:
+        if key in owners and method not in owners[key]:
+            names = owners[key]
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+            raise SettingError(f"{setting(key)} is an option of {listed}, not of {method}", field=key,
+                               hint=f"leave it out, or choose {setting('method', names[0])}")
 
 
 @dataclass
@@ -73,7 +96,10 @@ class PruneConfig:
         "(one threshold on the mask scores across layers, each layer capped by max_layer_sparsity)",
         choices=("uniform", "global"),
     )
-    max_layer_sparsity: float | None = config_field(None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)")
+    max_layer_sparsity: float | None = config_field(
+        None, "global allocation: the most any one layer is pruned (default: 0.95, or the target if higher)",
+        minimum=0, maximum=1, strict=True,
+    )
     targets: list[str] | None = config_field(
         None, "regular expressions: prune only block modules whose name (in memory or as saved) "
         "contains a match, or whose type (Linear, Conv1D, Conv2d) matches one (default: the family's targets)"
@@ -86,7 +112,7 @@ class PruneConfig:
     )
     stats_dtype: str = config_field("float32", "dtype of the input statistics the mask selectors use (float32 or float64)",
                                     choices=("float32", "float64"))
-    batch_size: int = config_field(8, "calibration samples per micro-batch")
+    batch_size: int = config_field(8, "calibration samples per micro-batch", minimum=1)
     offload_activations: str = config_field(
         "device", "where calibration activations wait between blocks: device, cpu (pinned with a GPU) or disk "
         "(one file per micro-batch, read back when its block runs; removed at the end)", choices=("device", "cpu", "disk"),
@@ -102,19 +128,18 @@ class PruneConfig:
         "a window at a time (default: half the accelerator's free memory)"
     )
     block_path: str | None = config_field(None, "dotted name of the model's block list (overrides discovery)")
-    seed: int = config_field(0, "random seed")
+    seed: int = config_field(0, "random seed", minimum=0, maximum=MAX_SEED)
     config_version: int = config_field(CONFIG_VERSION, "version of this configuration schema", cli=False)
 
     def __post_init__(self) -> None:
-        check_types(self)
         if self.sparsity is None:
             raise SettingError("a sparsity is required", field="sparsity",
                                hint=f"e.g. {setting('sparsity', '2:4')} or {setting('sparsity', '50%')}")
+        check_fields(self)
+        if self.config_version != CONFIG_VERSION:
+            raise SettingError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})",
+                               field="config_version")
         self.sparsity = str(parse_sparsity(self.sparsity))
-        if self.batch_size < 1:
-            raise SettingError(f"batch_size must be at least 1, got {self.batch_size}", field="batch_size")
-        check_seed(self.seed)
-        check_choices(self)
         if self.allocation == "global":
             require(not self.pattern.is_nm, "allocation", f"global allocation needs an unstructured sparsity (like 0.7), not {self.sparsity}")
             if self.max_layer_sparsity is None:
@@ -124,7 +149,6 @@ class PruneConfig:
                                hint=f"set {setting('allocation', 'global')} or leave {setting('max_layer_sparsity')} out")
         if self.max_layer_sparsity is not None:
             cap = self.max_layer_sparsity
-            require(0 < cap < 1, "max_layer_sparsity", f"max_layer_sparsity must be strictly between 0 and 1, got {cap}")
             require(cap >= self.pattern.fraction, "max_layer_sparsity", f"max_layer_sparsity {cap} is below the target sparsity {self.sparsity}")
         for name in ("targets", "ignore"):
             value = getattr(self, name)
@@ -141,11 +165,17 @@ class PruneConfig:
 
             from .placement import parse_max_memory
 
-            parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
-        if self.config_version != CONFIG_VERSION:
-            raise ValueError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})")
+            try:
+                parse_max_memory(self.max_memory, torch.device("cpu"))  # fails early on a bad size
+            except SettingError:
+                raise
+            except ValueError as err:
+                raise SettingError(f"{setting('max_memory')}: {err}", field="max_memory") from None
         self.method = _method_config(self.method)  # fails early, listing the known names
-        get_selector(self.mask)
+        try:
+            get_selector(self.mask)
+        except ValueError as err:
+            raise SettingError(str(err), field="mask") from None
 
     @property
     def pattern(self):
@@ -184,25 +214,31 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PruneConfig:
         """Settings from their flat form (:meth:`to_dict`, a recipe's ``prune:``, a dict of
-        fields). ``method`` names the method, whose options take their keys; the options of
-        the other registered methods are ignored (the chosen method does not read them),
-        and any other key is an error. With a method config in place of a name, that
-        config holds the options.
+        fields). ``method`` names the method, whose options take their keys. The flat form
+        holds every registered method's options, so another method's option is taken at
+        the value :meth:`to_dict` stores for it (its default) and refused at any other
+        (it would be ignored: :func:`check_method_options`); any other key is an error. With
+        a method config in place of a name, that config holds the options.
 
         Example:
             >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
             >>> config.method.k_step, config.method.newton_steps
             (1, 1)
-            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1}).method
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 3}).method
             MaskOnlyConfig(statistics='block')
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1})
+            Traceback (most recent call last):
+            snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of none; leave it out, or choose method='snows'
         """
-        unknown = set(values) - set(cls.flat_keys())
-        if unknown:
-            raise ValueError(f"unknown settings: {', '.join(sorted(map(str, unknown)))}")
+        check_keys(cls.flat_keys(), values)
         shared = {f.name: f for f in fields(cls)}
         method = values.get("method", shared["method"].default)
         if isinstance(method, str):
-            options = get_method(method).config_class
+            options = _method_class(method)
+            stored = _method_options()
+            changed = [key for key, value in values.items()
+                       if key in stored and (type(value) is not type(stored[key]) or value != stored[key])]
+            check_method_options(method, changed)
             method = options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
         elif isinstance(method, MethodConfig):
             given = [f.name for f in fields(method) if f.name in values]
@@ -210,12 +246,18 @@ class PruneConfig:
         return cls(**{k: v for k, v in values.items() if k in shared and k != "method"}, method=method)
 
 
+def _method_class(name: str) -> type[MethodConfig]:
+    """The options' class of the method registered as ``name``."""
+    try:
+        return get_method(name).config_class
+    except ValueError as err:
+        raise SettingError(str(err), field="method") from None
+
+
 def _method_config(method: Any) -> MethodConfig:
     """``PruneConfig.method`` as a method config: a name becomes its method's defaults."""
     if isinstance(method, str):
-        return get_method(method).config_class()
-    if not isinstance(method, MethodConfig):
-        raise SettingError(f"method must be a str, got {method!r}: a method's name, or its MethodConfig", field="method")
-    expected = get_method(method).config_class
+        return _method_class(method)()
+    expected = _method_class(method.name)
     require(type(method) is expected, "method", f"method {method.name!r} takes a {expected.__name__}, got a {type(method).__name__}")
     return method

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from .fields import SettingError, check_types, config_field, setting
+from .fields import SettingError, check_fields, config_field, setting, settings_from
 from .safe_yaml import clip, read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
@@ -79,17 +79,15 @@ class TaskSettings:
     )
     limit: int | None = config_field(
         None, "score only the first N items of each task: a quick look whose figures carry a wider standard error "
-        "(default: every item)"
+        "(default: every item)", minimum=1,
     )
 
     def __post_init__(self) -> None:
-        check_types(self)
+        check_fields(self)
         if isinstance(self.tasks, str):
             self.tasks = [self.tasks]
         if self.tasks is not None:
             self.tasks = [part.strip() for entry in self.tasks for part in entry.split(",") if part.strip()] or None
-        if self.limit is not None and self.limit < 1:
-            raise SettingError(f"limit must be at least 1, got {self.limit}", field="limit")
         if self.limit is not None and not self.tasks:
             raise SettingError(f"{setting('limit')} limits the items of each lm-eval task, and no task is named",
                                field="limit", hint=f"name them with {setting('tasks')}")
@@ -107,11 +105,11 @@ class TaskSettings:
             >>> TaskSettings.of("piqa,boolq").tasks, TaskSettings.of({"tasks": ["piqa"], "limit": 8}).limit
             (['piqa', 'boolq'], 8)
         """
-        if value is None or isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        return cls(tasks=value if isinstance(value, str) else list(value))
+        if value is None:
+            return None
+        if isinstance(value, (cls, dict)):
+            return settings_from(cls, value, "tasks")
+        return cls(tasks=value)  # names, as a string or a list; anything else is refused naming tasks
 
     def suite(self) -> TaskSuite | None:
         """The tasks found (:func:`resolve_tasks`), or ``None`` when none are named."""

@@ -4,8 +4,9 @@ Written by :func:`snows_hf.export.save_pruned`. A recipe holds the ``PruneConfig
 (``data:``), when known, the source model (``model:``) and, when a run scores lm-eval
 tasks, which (``evaluation:``, :class:`~snows_hf.harness.TaskSettings`). Unknown keys are
 an error, so a typo never silently falls back to a default. Recipes are shared files: they
-are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, a regular file of at most
-1 MiB: :mod:`snows_hf.safe_yaml`), and a value quoted in an error message is cut short.
+are read by :func:`read_recipe_yaml` only (safe YAML, no aliases, no key twice, a regular
+file of at most 1 MiB: :mod:`snows_hf.safe_yaml`), and a value quoted in an error message is
+cut short.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .fields import SettingError, check_keys, python_spelling, setting, spelled
 from .safe_yaml import read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
@@ -74,7 +77,8 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
-    prune = _build(PruneConfig.from_dict, PruneConfig.flat_keys(), _upgrade(raw["prune"]), "prune", path)
+    prune = _build(lambda values: PruneConfig.from_dict(_upgrade(values)), PruneConfig.flat_keys(), raw["prune"], "prune",
+                   path)
     data_keys = [f.name for f in dataclasses.fields(CalibrationConfig)]
     data = (_build(lambda values: CalibrationConfig(**values), data_keys, read_recipe_data(raw["data"]), "data", path)
             if raw.get("data") is not None else None)
@@ -111,9 +115,10 @@ def load_recipe_tasks(path: str | Path, **overrides: Any) -> Any:
 def read_recipe_yaml(path: str | Path, data: bytes | None = None) -> Any:
     """The YAML document of the recipe file ``path``, read the safe way a shared file needs
     (:func:`~snows_hf.safe_yaml.read_safe_yaml`): plain YAML only, no aliases (``*name``:
-    a few hundred bytes of nested aliases expand to gigabytes), a regular file of at most
-    1 MiB. Every failure is a ``ValueError`` of one short line. ``data``: the file's bytes,
-    when the caller has read them from a file it opened itself (a push).
+    a few hundred bytes of nested aliases expand to gigabytes), no mapping that gives a key
+    twice, at any depth, a regular file of at most 1 MiB. Every failure is a ``ValueError``
+    of one short line. ``data``: the file's bytes, when the caller has read them from a file
+    it opened itself (a push).
 
     Example:
         >>> read_recipe_yaml(bundled_recipes()["smollm2-135m-2of4"])["prune"]["sparsity"]
@@ -146,13 +151,35 @@ _OLD_MEANINGS = {
 }
 
 
-def _upgrade(values: Any) -> Any:
-    """Fill the keys a recipe of an older ``config_version`` lacks with that version's meaning."""
-    if not isinstance(values, dict) or values.get("config_version") not in _OLD_MEANINGS:
-        return values
-    from .config import CONFIG_VERSION
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``prune:`` section of an older ``config_version`` (an int from 1 up) as today's: the
+    keys it lacks hold what its version meant by them, and the options of methods other
+    than its own that hold what its version wrote for them then (every recipe holds every
+    method's options) are left out, as today's defaults are by
+    :meth:`~snows_hf.config.PruneConfig.from_dict`.
 
-    return {**_OLD_MEANINGS[values["config_version"]], **values, "config_version": CONFIG_VERSION}
+    Example:
+        >>> _upgrade({"sparsity": "2:4", "method": "magnitude", "newton_steps": 2, "config_version": 3})
+        {'sparsity': '2:4', 'method': 'magnitude', 'config_version': 4}
+    """
+    from .config import CONFIG_VERSION, option_owners
+
+    if "config_version" not in values:
+        return values
+    version = values["config_version"]
+    if type(version) is not int:  # a bool or a float is no version: true == 1.0 == 1 to Python
+        raise SettingError(f"config_version must be an int, got {_quote(version)}", field="config_version")
+    if not 1 <= version <= CONFIG_VERSION:
+        raise SettingError(f"config_version {version} is not supported (this snows-hf reads 1 to {CONFIG_VERSION})",
+                           field="config_version")
+    if version == CONFIG_VERSION:
+        return values
+    then = _OLD_MEANINGS[version]
+    upgraded = {**then, **values, "config_version": CONFIG_VERSION}
+    method = upgraded.get("method", "snows")
+    owners = option_owners()
+    return {key: value for key, value in upgraded.items()
+            if not (key in then and key in owners and method not in owners[key] and value == then[key])}
 
 
 def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:
@@ -165,12 +192,17 @@ def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: s
     if unknown:
         raise ValueError(f"recipe {where}: unknown keys {_names(unknown, f'{section}.')}")
     try:
-        return make(values)
+        with spelled(python_spelling):  # a recipe's keys are the settings' Python names
+            return make(values)
     except ValueError as err:
         message = _clip_values(str(err), values.values())
-        # Errors of one field start with its name: give the key's whole path in the file.
+        # Give the key's whole path in the file: errors of one field start with its name, or are
+        # about a field they may not name.
+        field = getattr(err, "field", None)
         if message.split(" ", 1)[0] in names:
             message = f"{section}.{message}"
+        elif field in names and not re.search(rf"\b{re.escape(field)}\b", message):
+            message = f"{section}.{field}: {message}"
         raise ValueError(f"recipe {where}: {message}") from None
 
 
@@ -288,7 +320,9 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     """``(model, PruneConfig, CalibrationConfig)`` of a run: the recipe's settings, with
     ``prune`` (flat ``PruneConfig`` keys, :meth:`~snows_hf.config.PruneConfig.to_dict`'s
     form) and ``data`` (``CalibrationConfig`` fields) on top, and the recipe's model unless
-    ``model`` names one; what ``snows-hf prune`` runs.
+    ``model`` names one; what ``snows-hf prune`` runs. An option in ``prune`` of another
+    method than the one run is refused; a ``method`` in ``prune`` that is not the recipe's
+    leaves the recipe's method options out.
 
     ``recipe`` is a recipe file or a bundled recipe's name. Without one, a ``model`` that
     is the ``model:`` of a bundled recipe takes that recipe as the base, unless ``data``
@@ -300,11 +334,11 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
         >>> model, prune.sparsity, prune.method.k_step, data.dataset
         ('HuggingFaceTB/SmolLM2-135M', '2:4', 1, 'Salesforce/wikitext')
     """
-    from .config import PruneConfig
+    from .config import PruneConfig, check_method_options, option_owners
     from .data import CalibrationConfig
-    from .fields import SettingError, setting
 
     prune, data = dict(prune or {}), dict(data or {})
+    check_keys([f.name for f in dataclasses.fields(CalibrationConfig)], data)
     if model in bundled_recipes() and not os.path.exists(model):
         raise SettingError(f"{model!r} names a bundled recipe, not a model", field="model",
                            hint=f"run it with {setting('recipe', model)}")
@@ -322,6 +356,13 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     if base_prune is None and "sparsity" not in prune:
         raise SettingError(f"{setting('sparsity')} is required", field="sparsity",
                            hint=f"e.g. {setting('sparsity', '2:4')}, or a {setting('recipe')} with prune.sparsity")
-    config = PruneConfig.from_dict((base_prune.to_dict() if base_prune else {}) | prune)
+    method = prune.get("method", base_prune.method.name if base_prune else PruneConfig.method)
+    base = base_prune.to_dict() if base_prune else {}
+    if isinstance(method, str):
+        check_method_options(method, prune)  # each one given, whatever its value: it would be ignored
+        # the base's options of other methods than the one run (the base's own, when the method changes) go
+        owners = option_owners()
+        base = {key: value for key, value in base.items() if key not in owners or method in owners[key]}
+    config = PruneConfig.from_dict(base | prune)
     cal_cfg = dataclasses.replace(base_data, **data) if base_data else CalibrationConfig(**data)
     return model, config, cal_cfg

@@ -44,6 +44,9 @@ def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...]
     except _AliasFound as err:
         raise ValueError(f"{kind} {where} uses the YAML alias *{clip(str(err))} (line {err.line}): "
                          f"{kind}s may not use aliases; write the value out") from None
+    except _KeyTwice as err:
+        raise ValueError(f"{kind} {where} gives the key {clip(repr(err.key))} twice (line {err.line}): "
+                         "YAML would keep the last one; give each key once") from None
     except RecursionError:
         raise ValueError(f"{kind} {where} is nested too deeply to be a {kind}") from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
@@ -81,13 +84,30 @@ def _loader(tags: tuple[str, ...]) -> type:
     import yaml
 
     class SafeFileLoader(yaml.SafeLoader):
-        """``SafeLoader`` that stops at the first alias, before anything is expanded."""
+        """``SafeLoader`` that stops at the first alias, before anything is expanded, and at
+        the second occurrence of a key in one mapping (YAML would keep the last silently; a
+        merge ``<<:`` counts as giving its keys)."""
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise _AliasFound(event.anchor, event.start_mark.line + 1)
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)  # merged keys (<<:) first, as SafeLoader takes them
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        twice = key in seen  # as the mapping built would see it: 1, 1.0 and true are one key
+                    except TypeError:  # unhashable: SafeLoader refuses it
+                        break
+                    if twice:
+                        raise _KeyTwice(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
 
     for tag in tags:
         SafeFileLoader.add_constructor(tag, lambda loader, node: loader.construct_scalar(node))
@@ -100,3 +120,11 @@ class _AliasFound(Exception):
     def __init__(self, anchor: str, line: int) -> None:
         super().__init__(anchor)
         self.line = line
+
+
+class _KeyTwice(Exception):
+    """A key given twice in one mapping, and the line of the second."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line

@@ -23,9 +23,9 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from .fields import SettingError, setting
+from .fields import SettingError, allowed, check_keys, checked_arguments, setting
 from .report import RunRecord
 
 logger = logging.getLogger("snows_hf")
@@ -165,6 +165,7 @@ class RunResult:
 
         return f"{format_tasks(self.record.tasks)}\n{table}"
 
+    @checked_arguments()
     def save(self, output_dir: str | os.PathLike | None = None, *, save_format: str = "dense",
              overwrite: bool = False) -> Path:
         """Write the pruned model as :func:`run` saves it: weights, processor,
@@ -323,7 +324,12 @@ def _calibration_config(data: Any) -> Any:
 def _prune_config(config: Any) -> Any:
     from .config import PruneConfig
 
-    return config if isinstance(config, PruneConfig) else PruneConfig.from_dict(dict(config))
+    if isinstance(config, PruneConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise SettingError(f"config must be a PruneConfig or a dict of its fields, got {type(config).__name__}",
+                           field="config")
+    return PruneConfig.from_dict(config)
 
 
 def check_settings(config: Any, save_format: str = "dense") -> None:
@@ -351,6 +357,7 @@ def check_settings(config: Any, save_format: str = "dense") -> None:
         check_offload_dir(config.offload_dir)
 
 
+@checked_arguments(eval_batch_size=allowed(minimum=1))
 def run(
     model: Any, config: Any, data: Any = None, *, output_dir: str | os.PathLike | None = None, evaluate: bool = True,
     save_format: str = "dense", push_to_hub: str | None = None, private: bool = False, token: str | None = None,
@@ -426,9 +433,6 @@ def run(
     if not save:
         _check_unsaved(output_dir=output_dir, save_format=save_format, overwrite=overwrite, push_to_hub=push_to_hub,
                        resume=resume)
-    if eval_batch_size is not None and eval_batch_size < 1:
-        raise SettingError(f"{setting('eval_batch_size')} must be at least 1, got {eval_batch_size}",
-                           field="eval_batch_size")
     device = resolve_device(config.device)  # an absent device fails before any loading
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "") or ""
     # unsaved, the default output (here) still says where scratch files go
@@ -600,8 +604,9 @@ class _Run:
         return result
 
 
+@checked_arguments(batch_size=allowed(minimum=1))
 def evaluate(
-    model: Any, data: Any = None, *, reference: Any = None, batch_size: int = 8, device: str = "auto",
+    model: Any, data: Any = None, *, reference: str | os.PathLike | None = None, batch_size: int = 8, device: str = "auto",
     dtype: str = "auto", sparse_inference: bool = False, processor: Any = None, trust_remote_code: bool = False,
     allow_pickle: bool = False, tasks: Any = None, max_memory: str | None = None,
 ) -> EvalResult:
@@ -721,7 +726,7 @@ class EvalResult:
 
 def _calibration_fields(data: Any) -> dict[str, Any]:
     """The fields ``data`` sets: none, a dataset (name, path or in-memory), a config's or a dict's."""
-    from .data import is_in_memory
+    from .data import CalibrationConfig, is_in_memory
 
     if data is None:
         return {}
@@ -731,6 +736,10 @@ def _calibration_fields(data: Any) -> dict[str, Any]:
         return {"dataset": os.fspath(data)}
     if dataclasses.is_dataclass(data):  # field by field: an in-memory dataset is taken, not copied
         return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    if not isinstance(data, Mapping):
+        raise SettingError(f"data must be a CalibrationConfig, a dict of its fields or a dataset, got "
+                           f"{type(data).__name__}", field="data")
+    check_keys([f.name for f in dataclasses.fields(CalibrationConfig)], data)
     return dict(data)
 
 

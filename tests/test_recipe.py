@@ -9,8 +9,8 @@ import pytest
 import snows_hf
 from snows_hf import PruneConfig
 from snows_hf.data import CalibrationConfig
-from snows_hf.methods import MaskOnlyConfig, SnowsConfig, get_method
-from snows_hf.fields import SettingError
+from snows_hf.methods import METHODS, MaskOnly, MethodConfig, SnowsConfig, get_method
+from snows_hf.fields import SettingError, config_field
 from snows_hf.recipe import load_recipe, read_recipe_yaml, recipe_dict, resolve_settings
 
 SAVED = Path(__file__).parent / "data" / "recipes"
@@ -39,7 +39,7 @@ def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
      ("prune: {sparsity: '5:4'}", "invalid sparsity"),
      ("prune: !!python/object:os.system {}", "not valid YAML"),
      ("prune: {sparsity: '2:4', k_step: three}", "prune.k_step must be an int, got 'three'"),
-     ("prune: {sparsity: '2:4', targets: 3}", "prune.targets must be a list of regular expressions"),
+     ("prune: {sparsity: '2:4', targets: 3}", "prune.targets must be a list of strings or None, got 3"),
      ("prune: {sparsity: '2:4', diagnostics: 'no'}", "prune.diagnostics must be a bool")],
 )
 def test_bad_recipes(tmp_path, text, message):
@@ -166,19 +166,22 @@ def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     assert back["newton_steps"] == (written["newton_steps"] if prune.method.name == "snows" else 1)
 
 
-def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others():
+def test_the_flat_form_holds_every_methods_options_and_refuses_another_methods_that_would_be_ignored():
     snows = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
     flat = snows.to_dict()
     assert list(flat) == PruneConfig.flat_keys() and (flat["method"], flat["k_step"]) == ("snows", 1)
     assert PruneConfig.from_dict(flat) == snows
-    masked = PruneConfig.from_dict(flat | {"method": "none"})
-    assert masked.method == MaskOnlyConfig()
+    masked = PruneConfig(sparsity="2:4", method="none")
     assert masked.to_dict()["k_step"] == 3  # another method's options are stored at their defaults
-    with pytest.raises(ValueError, match="unknown settings: k_stpe"):
+    assert PruneConfig.from_dict(masked.to_dict()) == masked  # and read back as such
+    with pytest.raises(SettingError, match="k_step is an option of snows and snows-fast, not of none") as caught:
+        PruneConfig.from_dict(flat | {"method": "none"})  # k_step=1 would be ignored
+    assert caught.value.field == "k_step"
+    with pytest.raises(SettingError, match="unknown settings: 'k_stpe'"):
         PruneConfig.from_dict({"sparsity": "2:4", "k_stpe": 1})
     with pytest.raises(ValueError, match="k_step belong in the method's config"):
         PruneConfig.from_dict({"sparsity": "2:4", "method": SnowsConfig(), "k_step": 1})
-    with pytest.raises(ValueError, match="method must be a str"):
+    with pytest.raises(SettingError, match="method must be a string or a MethodConfig, got 5"):
         PruneConfig(sparsity="2:4", method=5)
 
     @dataclass
@@ -187,3 +190,69 @@ def test_the_flat_form_holds_the_chosen_methods_options_and_ignores_the_others()
 
     with pytest.raises(ValueError, match="method 'snows' takes a SnowsConfig, got a Mine"):
         PruneConfig(sparsity="2:4", method=Mine())
+
+
+def test_methods_that_share_options_each_take_them_from_flags_and_recipes(tmp_path):
+    _, prune, _ = resolve_settings("my-model", prune={"sparsity": "2:4", "method": "snows-fast", "k_step": 1, "cg_iters": 3})
+    assert (prune.method.name, prune.method.k_step, prune.method.cg_iters) == ("snows-fast", 1, 3)
+    path = tmp_path / "recipe.yaml"
+    path.write_text("prune: {sparsity: '2:4', method: magnitude, statistics: module}\n")
+    assert load_recipe(path)[0].method.statistics == "module"
+
+
+def test_another_method_than_a_recipes_leaves_the_recipes_options_out(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: m\nprune: {sparsity: '2:4', method: snows, k_step: 1, cg_iters: 9}\n")
+    _, prune, _ = resolve_settings(recipe=path, prune={"method": "magnitude"})
+    assert prune.method == get_method("magnitude").config_class()
+    _, prune, _ = resolve_settings(recipe=path, prune={"method": "snows-fast"})  # it shares them: they stay
+    assert (prune.method.name, prune.method.k_step, prune.method.cg_iters) == ("snows-fast", 1, 9)
+    with pytest.raises(SettingError, match="statistics is an option of none and magnitude, not of snows") as caught:
+        resolve_settings(recipe=path, prune={"statistics": "block"})  # at its default too: given, it would be ignored
+    assert caught.value.field == "statistics"
+
+
+def test_which_method_owns_an_option_comes_from_each_methods_declared_options():
+    @dataclass
+    class KeepConfig(MethodConfig):
+        name = "keep"
+        keep_share: float = config_field(0.5, "share kept", minimum=0, maximum=1)
+
+    class Keep(MaskOnly):
+        config_class = KeepConfig
+
+    METHODS["keep"] = Keep
+    try:
+        assert PruneConfig.from_dict({"sparsity": "2:4", "method": "keep", "keep_share": 0.25}).method.keep_share == 0.25
+        with pytest.raises(SettingError, match="keep_share is an option of keep, not of snows"):
+            PruneConfig.from_dict({"sparsity": "2:4", "keep_share": 0.25})
+        with pytest.raises(SettingError, match="k_step is an option of snows and snows-fast, not of keep"):
+            resolve_settings("my-model", prune={"sparsity": "2:4", "method": "keep", "k_step": 3})
+        with pytest.raises(SettingError, match="keep_share must be from 0 to 1, got 2"):
+            PruneConfig.from_dict({"sparsity": "2:4", "method": "keep", "keep_share": 2})
+    finally:
+        del METHODS["keep"]
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 3.0, "4", None, 0, 5])
+def test_a_recipes_version_is_an_int_it_can_read(tmp_path, version):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"prune: {{sparsity: '2:4', config_version: {yaml_text(version)}}}\n")
+    with pytest.raises(ValueError, match=r"prune\.config_version (must be an int|\d is not supported)"):
+        load_recipe(path)
+
+
+def yaml_text(value):
+    import yaml
+
+    return yaml.safe_dump(value).splitlines()[0]
+
+
+def test_a_key_given_twice_is_refused_at_any_depth_and_named_with_its_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("prune:\n  sparsity: '2:4'\n  targets:\n  - {a: 1, b: 2}\n  - {c: 1,\n     c: 2}\n")
+    with pytest.raises(ValueError, match=r"gives the key 'c' twice \(line 6\)"):
+        read_recipe_yaml(path)
+    path.write_text("prune: {sparsity: '2:4', 1: a, 1.0: b}\n")  # one key to the mapping built
+    with pytest.raises(ValueError, match=r"gives the key 1.0 twice \(line 1\)"):
+        load_recipe(path)

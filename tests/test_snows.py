@@ -224,7 +224,7 @@ def test_snows_needs_two_micro_batches():
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("k_step", -1, "k_step must be >= 0"), ("target", "nope", "target must be"), ("hessian", "diag", "hessian must be"),
+    [("k_step", -1, "k_step must be at least 0"), ("target", "nope", "target must be"), ("hessian", "diag", "hessian must be"),
      ("holdout", 1.0, "holdout must be"), ("cg_iters", 0, "cg_iters must be"), ("mask", "nope", "unknown mask selector")],
 )
 def test_bad_snows_options(field, value, message):

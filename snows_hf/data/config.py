@@ -7,11 +7,11 @@ the ``data:`` section of a recipe.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from ..config import check_seed
-from ..fields import SettingError, check_types
+from ..config import MAX_SEED
+from ..fields import SettingError, check_fields, config_field
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -42,34 +42,28 @@ class CalibrationConfig:
         >>> CalibrationConfig(dataset=articles, num_samples=64, label_column="topic")  # doctest: +SKIP
     """
 
-    dataset: str | datasets.Dataset | datasets.DatasetDict | None = field(
-        default=None, metadata={"help": "calibration data: a local folder/file, a Hub dataset id (streamed), or 'random' "
-                                "for seeded noise (default: the bundled recipe's for MODEL, else allenai/c4 for text "
-                                "and frgfm/imagenette for images)"})
-    dataset_config: str | None = field(default=None, metadata={"help": "configuration (subset) name of a Hub dataset"})
-    split: str = field(default="train", metadata={"help": "dataset split to draw calibration and evaluation samples from"})
-    num_samples: int = field(default=128, metadata={"help": "number of calibration samples"})
-    seq_len: int | None = field(default=None, metadata={"help": "tokens per calibration sequence (text models) "
-                                f"(default: {DEFAULT_SEQ_LEN})"})
-    text_column: str | None = field(default=None, metadata={"help": "text column (default: detected)"})
-    image_column: str | None = field(default=None, metadata={"help": "image column (default: detected)"})
-    label_column: str | None = field(default=None, metadata={"help": "label column for evaluation (default: detected)"})
-    eval_samples: int = field(default=128, metadata={"help": "held-out samples (sequences for causal LMs) to evaluate dense and pruned models on"})
-    seed: int = field(default=0, metadata={"help": "random seed for sampling"})
-    streaming: bool = field(default=True, metadata={"help": "stream Hub datasets, reading only the rows used "
-                            "(false: download and prepare the whole split first)"})
+    dataset: str | datasets.Dataset | datasets.DatasetDict | None = config_field(
+        None, "calibration data: a local folder/file, a Hub dataset id (streamed), or 'random' for seeded noise "
+        "(default: the bundled recipe's for MODEL, else allenai/c4 for text and frgfm/imagenette for images)")
+    dataset_config: str | None = config_field(None, "configuration (subset) name of a Hub dataset")
+    split: str = config_field("train", "dataset split to draw calibration and evaluation samples from")
+    num_samples: int = config_field(128, "number of calibration samples", minimum=1)
+    seq_len: int | None = config_field(None, f"tokens per calibration sequence (text models) (default: {DEFAULT_SEQ_LEN})",
+                                       minimum=1)
+    text_column: str | None = config_field(None, "text column (default: detected)")
+    image_column: str | None = config_field(None, "image column (default: detected)")
+    label_column: str | None = config_field(None, "label column for evaluation (default: detected)")
+    eval_samples: int = config_field(
+        128, "held-out samples (sequences for causal LMs) to evaluate dense and pruned models on", minimum=0)
+    seed: int = config_field(0, "random seed for sampling", minimum=0, maximum=MAX_SEED)
+    streaming: bool = config_field(True, "stream Hub datasets, reading only the rows used "
+                                   "(false: download and prepare the whole split first)")
 
     def __post_init__(self) -> None:
-        check_types(self)
+        check_fields(self)
         if not (self.dataset is None or isinstance(self.dataset, str) or is_in_memory(self.dataset)):
-            raise ValueError(f"dataset must be a name or path, a datasets.Dataset or a DatasetDict, got {self.dataset!r}")
-        check_seed(self.seed)
-        if self.num_samples < 1:
-            raise SettingError(f"num_samples must be at least 1, got {self.num_samples}", field="num_samples")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise SettingError(f"seq_len must be at least 1, got {self.seq_len}", field="seq_len")
-        if self.eval_samples < 0:
-            raise SettingError(f"eval_samples must be at least 0, got {self.eval_samples}", field="eval_samples")
+            raise SettingError(f"dataset must be a name or path, a datasets.Dataset or a DatasetDict, got {self.dataset!r}",
+                               field="dataset")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data, as ``recipe.yaml`` and ``report.json`` hold them: an

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..blocks import run_block, tracked_hooks
 from ..distributed import Processes
-from ..fields import SettingError, check_choices, check_types, setting
+from ..fields import SettingError, check_fields, setting
 from ..masks import SparsityPattern, to_rows
 
 
@@ -310,8 +310,9 @@ class MethodResult:
 class MethodConfig:
     """The options of one pruning method. A method's subclass sets ``name`` (what
     ``PruneConfig.method``, recipes and ``--method`` call the method) and declares each
-    option as a field with its help text and, for a fixed set of values, its choices
-    (:func:`~snows_hf.fields.config_field`); both are checked on creation.
+    option as a field with its type, help text and the rules of its values (choices or
+    bounds, :func:`~snows_hf.fields.config_field`), all checked on creation
+    (:func:`~snows_hf.fields.check_fields`).
 
     Example:
         >>> from snows_hf.methods import SnowsConfig
@@ -323,8 +324,7 @@ class MethodConfig:
     name: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        check_types(self)
-        check_choices(self)
+        check_fields(self)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..fields import SettingError, check_choices, check_types, config_field, require, setting
+from ..fields import SettingError, config_field, redeclared, setting
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
 from ..placement import format_size
@@ -116,7 +116,8 @@ class SnowsConfig(MethodConfig):
 
     name = "snows"
 
-    k_step: int = config_field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)")
+    k_step: int = config_field(3, "SNOWS: operations downstream of each module in its re-fit window (0 = layer-wise)",
+                               minimum=0)
     target: str = config_field(
         "dense-stream", "SNOWS: dense targets from the dense network's own activations (dense-stream) "
         "or from the pruned network's (official)", choices=("dense-stream", "official"),
@@ -134,30 +135,20 @@ class SnowsConfig(MethodConfig):
     # (README "Results": benchmarks/solver_budget.py on 2 SmolLM2 blocks, quality.py on the
     # whole model at 2:4): a second step costs about 75% more time for a seventh of the
     # output error SNOWS removes from SparseGPT's.
-    newton_steps: int = config_field(1, "SNOWS: Newton steps per module")
-    cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most")
-    damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian")
+    newton_steps: int = config_field(1, "SNOWS: Newton steps per module", minimum=0)
+    cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most", minimum=1)
+    damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian", minimum=0)
     preconditioner: str = config_field(
         "input-energy", "SNOWS: CG preconditioner, input-energy (each weight scaled by the energy of the input "
         "feature it multiplies, the diagonal of the layer's Gram matrix) or none", choices=("input-energy", "none"),
     )
-    holdout: float = config_field(0.125, "SNOWS: share of calibration micro-batches held out for the line search")
-    batches_per_step: int | None = config_field(None, "SNOWS: micro-batches per Newton step (default: all)")
+    holdout: float = config_field(0.125, "SNOWS: share of calibration micro-batches held out for the line search",
+                                  minimum=0, maximum=1, strict=True)
+    batches_per_step: int | None = config_field(None, "SNOWS: micro-batches per Newton step (default: all)", minimum=1)
     hessian_batches: int | None = config_field(
         None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
-        "(sub-sampled Newton; the gradient uses all of them; default: all)"
+        "(sub-sampled Newton; the gradient uses all of them; default: all)", minimum=1,
     )
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        require(self.k_step >= 0, "k_step", f"k_step must be >= 0, got {self.k_step}")
-        check_choices(self)
-        require(self.newton_steps >= 0, "newton_steps", f"newton_steps must be >= 0, got {self.newton_steps}")
-        require(self.cg_iters >= 1, "cg_iters", f"cg_iters must be >= 1, got {self.cg_iters}")
-        require(self.damping >= 0, "damping", f"damping must be >= 0, got {self.damping}")
-        require(0 < self.holdout < 1, "holdout", f"holdout must be strictly between 0 and 1, got {self.holdout}")
-        require(self.batches_per_step is None or self.batches_per_step >= 1, "batches_per_step", f"batches_per_step must be >= 1, got {self.batches_per_step}")
-        require(self.hessian_batches is None or self.hessian_batches >= 1, "hessian_batches", f"hessian_batches must be >= 1, got {self.hessian_batches}")
 
 
 @dataclass
@@ -197,7 +188,7 @@ class SnowsFastConfig(SnowsConfig):
 
     name = "snows-fast"
 
-    cg_iters: int = config_field(2, "SNOWS: conjugate-gradient iterations per Newton step at most")
+    cg_iters: int = redeclared(SnowsConfig, "cg_iters", 2)
 
 
 class SnowsMethod(Method):
