@@ -158,6 +158,11 @@ REFUSED = [
     pytest.param(lambda m: _linked_output("out"),
                  ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
                  "out holds files snows-hf did not write (model.safetensors)", id="output-holds-a-link"),
+    pytest.param(lambda m: (Path("victim").write_text("mine"), os.symlink("victim", ".out.snows-hf-lock")),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out"],
+                 "/.out.snows-hf-lock' is no lock file snows-hf can take (Too many levels of symbolic links)", id="lock-file-is-a-link"),
+    pytest.param(lambda m: os.mkdir(".out.snows-hf-lock"), ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out"],
+                 "/.out.snows-hf-lock' is no lock file snows-hf can take (Is a directory)", id="lock-file-is-a-folder"),
     # issue 30, 16: what only the save would have found, found before loading
     pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--output-dir", BAD_NAME],
                  "output path 'bad\\udcff' is not valid UTF-8", id="output-dir-not-utf8"),
