@@ -15,9 +15,9 @@ sparsity is measured again from those weights (the pipeline checks each tensor's
 shape, dtype and pattern against the model before writing it). A checkpoint that fails
 a check raises :class:`CheckpointError`: it cannot be continued, only deleted.
 
-:meth:`RunCheckpoint.lock` holds the folder for one live run (an ``fcntl.flock`` on
-``run.lock``, which holds the owner's pid); the system lets go of it when that process
-ends, however it ends.
+A checkpoint belongs to its output: the run holds that output
+(:func:`snows_hf.export.claim_output`) for as long as it writes either, so one live run
+at a time uses it.
 
 Example:
     >>> ckpt = RunCheckpoint("out/.my-model-pruned.checkpoint")  # doctest: +SKIP
@@ -39,7 +39,6 @@ import torch
 from .fields import SettingError, setting
 
 STATE = "state.json"
-LOCK = "run.lock"
 FORMAT = 1
 # settings that move tensors around without changing the result
 _PLACEMENT_FIELDS = ("device", "offload_activations", "offload_dir", "max_memory", "diagnostics")
@@ -109,8 +108,6 @@ class RunCheckpoint:
     def __init__(self, folder: str | os.PathLike, resume: bool = False) -> None:
         self.folder, self.resume = Path(folder), resume
         self.state: dict[str, Any] | None = None
-        self._lock_fd: int | None = None
-        self._created: list[Path] = []  # parent folders lock() made
 
     @property
     def exists(self) -> bool:
@@ -226,51 +223,6 @@ class RunCheckpoint:
                 torch.set_rng_state(torch.tensor(self.state["rng"], dtype=torch.uint8))
             except (TypeError, ValueError, RuntimeError, OverflowError) as err:
                 raise self._unusable(f"its random-generator state is malformed ({' '.join(str(err).split())})") from None
-
-    def lock(self) -> None:
-        """Hold this checkpoint (and so the output it belongs to) for this process until
-        :meth:`release`, or until the process ends; refuse when a live run holds it.
-
-        Example:
-            >>> ckpt = RunCheckpoint(".out.snows-hf-checkpoint")  # doctest: +SKIP
-            >>> ckpt.lock()  # doctest: +SKIP
-            ValueError: another snows-hf run (pid 4242) is writing this output ...
-        """
-        import fcntl
-
-        self._created = [p for p in reversed(self.folder.parents) if not p.exists()]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise SettingError(f"another snows-hf run (pid {owner}) is writing this output and holds {str(path)!r}",
-                                   field="output_dir",
-                                   hint=f"wait for it to end or choose another {setting('output_dir')}") from None
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    break
-            os.close(fd)  # its owner removed the file while we opened it: lock the one there now
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def release(self) -> None:
-        """Let go of :meth:`lock`; the folder (and any parent :meth:`lock` made) goes when
-        nothing else is in it, as after a refused or failed start."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / LOCK).unlink()  # still held, so no other run is using this file
-        os.close(fd)
-        for folder in (self.folder, *reversed(self._created)):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
     def remove(self) -> None:
         """The run is complete: the checkpoint goes."""

