@@ -163,12 +163,48 @@ def compact_constants() -> list[str]:
     ]
 
 
+def compact_example() -> list[str]:
+    """What a compact checkpoint holds, read back from one written now: a tiny Llama pruned
+    2:4 and one pruned 50%, saved compact; every tensor of one layer with its dtype and
+    shape, and the ``quantization_config`` (its ``layers`` cut to one entry)."""
+    import json
+    import tempfile
+
+    import torch
+    from safetensors import safe_open
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import snows_hf
+
+    lines = []
+    for sparsity in ("2:4", "50%"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2))
+        calibration = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+        report = snows_hf.prune_(model, {"sparsity": sparsity, "method": "magnitude", "batch_size": 4}, calibration)
+        with tempfile.TemporaryDirectory() as folder:
+            out = snows_hf.save_pruned(model, report, f"{folder}/out", save_format="compact")
+            config = json.loads((out / "config.json").read_text())["quantization_config"]
+            layer = next(iter(config["layers"].values()))
+            prefix = layer["key"]
+            with safe_open(str(out / "model.safetensors"), "pt") as f:
+                rows = [f"| `{name}` | `{str(f.get_slice(name).get_dtype())}` | `{list(f.get_slice(name).get_shape())}` |"
+                        for name in sorted(f.keys()) if name.startswith(prefix)]
+        config["layers"] = {name: meta for name, meta in list(config["layers"].items())[:1]}
+        lines += [f"### {sparsity}: layer `{prefix}`, dense shape `{layer['shape']}`", "",
+                  "| tensor | dtype | shape |", "|---|---|---|", *rows, "",
+                  "`config.json`, `quantization_config`:", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return lines
+
+
 SECTIONS: dict[str, Callable[[], list[str]]] = {
     "cli": cli_reference,
     "api": api_reference,
     "recipe-fields": recipe_fields,
     "recipes": bundled_recipes,
     "compact-constants": compact_constants,
+    "compact-example": compact_example,
 }
 
 
