@@ -220,6 +220,20 @@ def test_block_refit_keeps_every_mask_and_never_raises_the_window_loss(settings)
     assert max(moved) > 1e-3, moved  # re-fitted (q and k, of little weight in the block's output, move least)
 
 
+def test_nan_in_a_block_keeps_its_best_finite_weights_and_says_so():
+    model = tiny_llama(layers=3)
+    with torch.no_grad():
+        model.model.layers[1].input_layernorm.weight[0] = float("nan")  # NaN from block 1 on
+    report = snows_hf.prune_(model, _block(batch_size=3), torch.randint(4, 128, (12, 16), generator=torch.Generator().manual_seed(0)))
+    flagged = {layer.block for layer in report.layers if "numerics" in layer.metrics}
+    assert flagged == {0, 1, 2}  # block 0's window reaches block 1's norm (K=2)
+    assert all("NaN/Inf" in layer.metrics["numerics"] for layer in report.layers)
+    assert report.solver["non_finite"] == 21 and report.solver["solves"] == 3
+    for layer in report.layers:
+        weight = model.get_submodule(layer.name).weight
+        assert torch.isfinite(weight).all() and ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+
+
 def _block0_error(**settings):
     """Relative error of block 0's output on held-out samples after pruning block 0 only,
     and the Hessian-vector products the run took."""

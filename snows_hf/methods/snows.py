@@ -56,6 +56,7 @@ from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
 from ..placement import format_size
 from ..solver import FlatLayout, NewtonConfig, newton_refit, window_loss
+from ..solver.cg import project
 from ..solver.hvp import HESSIAN_KINDS
 from ..solver.lsq import masked_lstsq
 from ..windows import WindowRunner
@@ -413,16 +414,17 @@ class SnowsMethod(Method):
                 # held-out window loss falls, in execution order (one window forward each).
                 chosen, inits = list(starts), [start_name] * len(jobs)
                 masked_loss = best = heldout(chosen)
-                for i, weight in lsq.items():
-                    trial = chosen[:i] + [weight] + chosen[i + 1:]
+                for i, fit in lsq.items():
+                    trial = chosen[:i] + [fit] + chosen[i + 1:]
                     loss = heldout(trial)
                     if loss < best:
                         chosen, best, inits[i] = trial, loss, "lsq"
-            start = layout.pack(chosen)
-            result = newton_refit(start, layout.pack(masks), residuals, [batches[i] for i in train], held_batches,
+            start, mask = layout.pack(chosen), layout.pack(masks)
+            del starts, chosen, lsq, masks  # the flat copies are the solve's; CG keeps a few more of its size
+            result = newton_refit(start, mask, residuals, [batches[i] for i in train], held_batches,
                                   self.newton_config(), shard, preconditioner=preconditioner, heldout_loss=best)
         self._remember_graphs(result, f"block {job.block_index}")
-        masked = layout.pack([j.module.weight.detach() * m for j, m in zip(jobs, masks)])
+        masked = project(layout.pack([j.module.weight for j in jobs]), mask)
         weight, numerics = _finite_weight(result, start, masked, ", ".join(dict.fromkeys(inits)))
         if numerics:
             logger.warning("block %d: %s", job.block_index, numerics)
@@ -526,7 +528,8 @@ class SnowsMethod(Method):
         return [(job.processes.sum(gram), job.processes.sum(cross)) for gram, cross in grams.values()]
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
-        """Dense outputs of the window for every micro-batch, computed once per module."""
+        """Dense outputs of the window for every micro-batch, computed once per re-fit (of a
+        module, or of a block: the modules of ``job``'s block are all dense then)."""
         if self.config.method.target == "dense-stream":
             calls, overrides = job.dense_calls, job.dense_overrides
         else:  # the module and everything after it are still dense in the model
