@@ -14,7 +14,8 @@ Methods: ``magnitude``, ``wanda``, ``sparsegpt`` (its mask and its own weight up
 and SNOWS (``snows-k0``, ``snows-k1``, ``snows-k3``: the re-fit over a window of K
 operations, on the mask ``--snows-mask``, default the library's own default; ``snows-k3-2x5``:
 K=3 with the Newton-CG budget of ``config_version`` 3, 2 steps x 5 CG; ``snows-fast``: the
-cheaper preset). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
+cheaper preset; ``snows-block``, ``snows-block-1x35``: one re-fit per block, ``refit_unit="block"``,
+at 1 x 5 and at 1 x 35 CG, the products the per-module default takes on a Llama block). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
 
     python benchmarks/quality.py --model smollm2 --sparsity 2:4 50% --methods sparsegpt snows-fast snows-k3 \
         --out benchmarks/results/quality_smollm2_frontier.json
@@ -63,6 +64,8 @@ METHODS = {
     "snows-k3": {"method": "snows", "k_step": 3},  # the defaults
     "snows-k3-2x5": {"method": "snows", "k_step": 3, "newton_steps": 2, "cg_iters": 5},  # the defaults of config_version 3
     "snows-fast": {"method": "snows-fast"},  # the cheaper preset (K=3, 1 Newton step x at most 2 CG)
+    "snows-block": {"method": "snows", "k_step": 3, "refit_unit": "block"},  # one re-fit per block, 1 x 5
+    "snows-block-1x35": {"method": "snows", "k_step": 3, "refit_unit": "block", "cg_iters": 35},  # a Llama block's 7 x 5
 }
 
 

@@ -10,11 +10,13 @@ model with the same data, one after another in one process:
   plain CG or preconditioned by each input feature's energy (PCG), with sub-sampled
   curvature (``hessian_batches``: the gradient uses every training micro-batch, the
   Hessian-vector products only that many), or starting from SparseGPT's own update
-  instead of the closed-form least-squares fit.
+  instead of the closed-form least-squares fit;
+- the block re-fit (``refit_unit="block"``): one Newton-CG over all seven modules of a
+  block on the block's window, at several budgets.
 
 Accuracy is the relative error ``||h - h_dense||^2 / ||h_dense||^2`` of the truncated
 model's last hidden state on ``--eval-samples`` held-out BBC sequences (never seen in
-calibration), and the mean over modules of the held-out window loss after the re-fit
+calibration), and the mean over re-fits (modules, or blocks) of the held-out window loss after the re-fit
 divided by that with the mask selector's weight before any re-fit (SparseGPT's own update,
 or the masked weight). Writes ``benchmarks/results/solver_budget.json``.
 
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 SPARSEGPT_MASK = {"mask": "sparsegpt"}
 PLAIN, JACOBI = {"preconditioner": "none"}, {"preconditioner": "input-energy"}
 UPDATE = {"mask": "sparsegpt", "init": "mask"}  # SparseGPT's mask, its own update as the start
+BLOCK = {"refit_unit": "block"}  # one re-fit per block instead of per module
 VARIANTS = [
     ("SparseGPT (mask + update)", {"method": "none", "mask": "sparsegpt"}),
     ("SNOWS, magnitude mask, least-squares start, 2 x 10 CG", {"mask": "magnitude", "init": "lsq", "newton_steps": 2,
@@ -60,6 +63,15 @@ VARIANTS = [
      {**UPDATE, "newton_steps": 2, "cg_iters": 5, "batches_per_step": 2, **JACOBI}),
     ("SNOWS, SparseGPT mask + update start, 3 x 5 PCG, 2 micro-batches per step",
      {**UPDATE, "newton_steps": 3, "cg_iters": 5, "batches_per_step": 2, **JACOBI}),
+    # The block re-fit (issue 31): one Newton-CG over a block's seven modules together.
+    # 1 x 35 takes as many Hessian-vector products as the per-module default (7 x 1 x 5).
+    ("SNOWS per block, SparseGPT mask + update start, 1 x 5 PCG", {**UPDATE, **BLOCK, "newton_steps": 1, "cg_iters": 5, **JACOBI}),
+    ("SNOWS per block, SparseGPT mask + update start, 1 x 10 PCG", {**UPDATE, **BLOCK, "newton_steps": 1, "cg_iters": 10, **JACOBI}),
+    ("SNOWS per block, SparseGPT mask + update start, 2 x 5 PCG", {**UPDATE, **BLOCK, "newton_steps": 2, "cg_iters": 5, **JACOBI}),
+    ("SNOWS per block, SparseGPT mask + update start, 1 x 35 PCG", {**UPDATE, **BLOCK, "newton_steps": 1, "cg_iters": 35, **JACOBI}),
+    ("SNOWS per block, SparseGPT mask + update start, 1 x 5 CG", {**UPDATE, **BLOCK, "newton_steps": 1, "cg_iters": 5, **PLAIN}),
+    ("SNOWS per block, magnitude mask, least-squares start, 1 x 10 PCG",
+     {"mask": "magnitude", "init": "lsq", **BLOCK, "newton_steps": 1, "cg_iters": 10, **JACOBI}),
 ]
 
 
@@ -76,6 +88,7 @@ def main() -> None:
 
     import snows_hf
     from smollm2_bbc import bbc_data, truncated_smollm2
+    from snows_hf.pipeline import counted_solves
 
     torch.set_num_threads(2)
 
@@ -101,15 +114,12 @@ def main() -> None:
         report = snows_hf.prune_(model, {**common, "method": "snows", **overrides}, data.calibration)
         seconds = time.perf_counter() - start
         error = float((hidden(model, held) - dense).pow(2).sum() / dense.pow(2).sum())
-        ratios = [
-            layer.metrics["heldout_loss_after"] / layer.metrics["heldout_loss_masked"]
-            for layer in report.layers
-            if layer.metrics.get("heldout_loss_masked")
-        ]
+        solves = counted_solves(report)  # a block re-fit once, not once per module
+        ratios = [m["heldout_loss_after"] / m["heldout_loss_masked"] for m in solves if m.get("heldout_loss_masked")]
         rows.append({
             "variant": name, "config": overrides, "seconds": seconds, "output_error": error,
             "window_loss_vs_mask": sum(ratios) / len(ratios) if ratios else None,
-            "hessian_vector_products": sum(sum(layer.metrics.get("cg_iterations", [])) for layer in report.layers),
+            "hessian_vector_products": sum(sum(m.get("cg_iterations", [])) for m in solves),
         })
         print(f"[{index}] {name}: {seconds:.1f} s, output error {error:.5f}", flush=True)
 

@@ -381,39 +381,60 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
     if needed:  # every module's statistics in one forward, before any is pruned
         readable = [(rel, m, weight_layout(m)) for rel, m in modules if has_input_features(m, weight_layout(m))]
         collected = block_input_stats(block, readable, stream.calls, needed, stats_dtype, shards.processes)
-    bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
-    for rel_name, module in bar:
-        bar.set_postfix_str(rel_name, refresh=False)
-        t0 = time.perf_counter()
+
+    def job_of(rel_name: str, module: nn.Module) -> ModuleJob:
         name = targets.name(index, rel_name)
-        layout = weight_layout(module)
-        pattern = targets.pattern(name)
-        job = ModuleJob(
-            name, module, layout, pattern, index, block, stream.calls,
+        return ModuleJob(
+            name, module, weight_layout(module), targets.pattern(name), index, block, stream.calls,
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
             dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights), stats_dtype=stats_dtype,
             batch_ids=shards.batch_ids, num_batches=shards.num_batches, processes=shards.processes,
             stats=dict(collected.get(rel_name, {})),
         )
+
+    if method.prunes_blocks and modules:  # one solve for every module of the block; each gets its share of the time
+        t0 = time.perf_counter()
+        jobs = [job_of(rel_name, module) for rel_name, module in modules]
+        diagnostics = [_diagnostics(job, method) for job in jobs]
+        results = method.prune_block(jobs)
+        if len(results) != len(jobs):
+            raise RuntimeError(f"{type(method).__name__}.prune_block gave {len(results)} results for {len(jobs)} modules")
+        share = (time.perf_counter() - t0) / max(1, len(jobs))
+        for job, result, found in zip(jobs, results, diagnostics):
+            _write_result(stream, report, job, result, share, found)
+        return
+    bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
+    for rel_name, module in bar:
+        bar.set_postfix_str(rel_name, refresh=False)
+        t0 = time.perf_counter()
+        job = job_of(rel_name, module)
         diagnostics = _diagnostics(job, method)
         result = method.prune_module(job)
-        stream.remember_dense(job.param_name, module.weight)
-        _write_weight(module, layout, result.weight_rows, result.mask_rows)
-        sparsity = float((module.weight == 0).float().mean())
-        report.layers.append(
-            LayerReport(
-                name=name,
-                block=index,
-                shape=list(module.weight.shape),
-                layout=layout,
-                sparsity=sparsity,
-                seconds=time.perf_counter() - t0,
-                partial_groups=_partial_groups(result.mask_rows, pattern),
-                metrics=result.metrics,
-                diagnostics=diagnostics,
-            )
+        _write_result(stream, report, job, result, time.perf_counter() - t0, diagnostics)
+
+
+def _write_result(stream: _BlockStream, report: PruneReport, job: ModuleJob, result, seconds: float,
+                  diagnostics: dict | None) -> None:
+    """Write a method's result into the model (keeping the dense weight for the dense
+    stream first) and add the module's line to the report."""
+    module, layout = job.module, job.layout
+    stream.remember_dense(job.param_name, module.weight)
+    _write_weight(module, layout, result.weight_rows, result.mask_rows)
+    sparsity = float((module.weight == 0).float().mean())
+    report.layers.append(
+        LayerReport(
+            name=job.name,
+            block=job.block_index,
+            shape=list(module.weight.shape),
+            layout=layout,
+            sparsity=sparsity,
+            seconds=seconds,
+            partial_groups=_partial_groups(result.mask_rows, job.pattern),
+            metrics=result.metrics,
+            diagnostics=diagnostics,
         )
-        layer_logger.info(layer_line(report.layers[-1]))
+    )
+    layer_logger.info(layer_line(report.layers[-1]))
 
 
 def layer_line(layer: LayerReport) -> str:
@@ -497,14 +518,32 @@ def _warn(report: PruneReport, message: str) -> None:
     report.warnings.append(message)
 
 
+def counted_solves(report: PruneReport) -> list[dict[str, Any]]:
+    """The metrics of each re-fit once: a layer's own, or, for the modules of a block
+    re-fitted together, those of the first (every one of them holds the joint solve's
+    figures, under its name in ``joint_solve``).
+
+    Example:
+        >>> joint = {"stop_reason": "steps", "joint_solve": "b.0.q"}
+        >>> layers = [LayerReport(n, 0, [2, 2], "linear", 0.5, 1.0, metrics=joint) for n in ("b.0.q", "b.0.k")]
+        >>> len(counted_solves(PruneReport({}, None, "b", 1, 8, layers=layers)))
+        1
+    """
+    return [layer.metrics for layer in report.layers if "stop_reason" in layer.metrics
+            and layer.metrics.get("joint_solve", layer.name) == layer.name]
+
+
 def _solver_summary(report: PruneReport) -> dict[str, int]:
-    """How the re-fits ended, over all layers: nothing here is hidden in averages."""
-    refits = [layer.metrics for layer in report.layers if "stop_reason" in layer.metrics]
+    """How the re-fits ended, over all layers (a block re-fit counts once, as its
+    ``layers`` are its modules): nothing here is hidden in averages."""
+    refits = counted_solves(report)
     converged = [c for m in refits for c in m.get("cg_converged", [])]
+    layers = lambda m: len(m.get("joint_modules", [None]))  # noqa: E731 - the modules one solve re-fitted
     return {
-        "layers": len(refits),
+        "layers": sum(layers(m) for m in refits),
+        "solves": len(refits),
         "rejected_line_search": sum(m["stop_reason"] == "line_search_failed" for m in refits),
-        "non_finite": sum(bool(m.get("numerics")) for m in refits),
+        "non_finite": sum(layers(m) for m in refits if m.get("numerics")),
         "newton_steps": sum(m["newton_steps"] for m in refits),
         "cg_solves": len(converged),
         "cg_not_converged": converged.count(False),

@@ -9,7 +9,8 @@ output, then the next K operation outputs that *depend on its weight* (so the si
 ``k_proj`` does not count as downstream of ``q_proj``, and a repeated tensor, such as an
 MLP whose output is its last Linear's output, counts once). The trace runs on through
 later blocks when K is large, and simply ends with the network's last block, so windows
-near the end are shorter.
+near the end are shorter. The window of a block re-fit (:meth:`WindowRunner.trace_block`)
+is the block's output and the K operations after it that depend on any of its weights.
 
 Later blocks are called as the pipeline chains them (:attr:`BlockList.next_call
 <snows_hf.adapters.BlockList>`): the current block's other arguments (attention masks,
@@ -19,7 +20,7 @@ rotary embeddings) with new hidden states, or what the family's adapter says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
@@ -97,7 +98,7 @@ class WindowRunner:
         ...     outputs = runner.run(call, window, {"mlp.fc1.weight": w})
     """
 
-    def __init__(self, blocks: "BlockList", block_index: int, param_name: str):
+    def __init__(self, blocks: "BlockList", block_index: int, param_name: str | None = None):
         self.blocks = blocks.modules
         self.next_call = blocks.next_call
         self.adapter = blocks.adapter
@@ -110,6 +111,7 @@ class WindowRunner:
         self._outputs: list[torch.Tensor | None] = []
         self._trace: list[tuple[OpKey, torch.Tensor]] = []
         self._trace_limit = 0
+        self._trace_from: str | None = None  # a block's window starts at the block's output
 
     def __enter__(self) -> "WindowRunner":
         self._frozen = [p for b in self.blocks[self.block_index :] for p in b.parameters() if p.requires_grad]
@@ -139,6 +141,8 @@ class WindowRunner:
                 return
             op = (key, occurrence)
             if self._mode == "trace":
+                if self._trace_from is not None and not self._trace and key != self._trace_from:
+                    return
                 if tensor.requires_grad and all(tensor is not t for _, t in self._trace):
                     self._trace.append((op, tensor))
                     if len(self._trace) >= self._trace_limit:
@@ -166,16 +170,36 @@ class WindowRunner:
 
     def trace(self, call: BlockCall, weight: torch.Tensor, k: int) -> Window:
         """Find the window: the module's output and the next ``k`` operations depending on ``weight``."""
+        if self.param_name is None:
+            raise ValueError("this WindowRunner was made without a param_name: trace a block's window with trace_block")
+        return self._traced(call, {self.param_name: weight}, k, start=None)
+
+    def trace_block(self, call: BlockCall, weights: Mapping[str, torch.Tensor], k: int) -> Window:
+        """Find the window of a block re-fit: the block's output and the next ``k``
+        operations depending on any of ``weights`` (parameter name relative to the block
+        -> its value), running on into later blocks as :meth:`trace` does.
+
+        Example:
+            >>> with WindowRunner(find_block_list(model), 0) as runner:  # doctest: +SKIP
+            ...     runner.trace_block(call, {"mlp.fc1.weight": w1, "mlp.fc2.weight": w2}, k=1).names()
+            ['0', '1.layernorm_before']
+        """
+        return self._traced(call, weights, k, start=str(self.block_index))
+
+    def _traced(self, call: BlockCall, weights: Mapping[str, torch.Tensor], k: int, start: str | None) -> Window:
         if k < 0:
             raise ValueError(f"k_step must be >= 0, got {k}")
-        self._mode, self._trace, self._trace_limit = "trace", [], k + 1
-        probe = weight.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            self._forward(call, {self.param_name: probe}, len(self.blocks) - 1)
+        self._mode, self._trace, self._trace_limit, self._trace_from = "trace", [], k + 1, start
+        probes = {name: w.detach().clone().requires_grad_(True) for name, w in weights.items()}
+        try:
+            with torch.enable_grad():
+                self._forward(call, probes, len(self.blocks) - 1)
+        finally:
+            self._trace_from = None
         ops = tuple(op for op, _ in self._trace)
         self._trace = []
         if not ops:
-            raise RuntimeError(f"tracing found no output depending on {self.param_name}")
+            raise RuntimeError(f"tracing found no output depending on {', '.join(weights)}")
         last_block = max(int(name.split(".")[0]) for name, _ in ops)
         return Window(ops=ops, last_block=last_block)
 

@@ -210,6 +210,7 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "x"], "invalid float value", id="cap-not-a-number"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--mask", "obs"], "invalid choice: 'obs'", id="unknown-mask"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--stats-dtype", "float16"], "invalid choice: 'float16'", id="stats-dtype"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--refit-unit", "layer"], "invalid choice: 'layer'", id="refit-unit"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--k-step", "-1"], "--k-step: must be an integer >= 0", id="k-negative"),
     pytest.param(["prune", "noweights", "--dataset", "random", "--sparsity", "2:4"], "cannot load the weights of 'noweights'", id="model-without-weights"),
     pytest.param(["prune", "corrupt", "--dataset", "random", "--sparsity", "2:4"], "corrupt or truncated", id="corrupt-safetensors"),

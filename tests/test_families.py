@@ -100,7 +100,7 @@ def _final(model, inputs) -> torch.Tensor:
 
 def _prune(name, spec, method, calib):
     model = _build(name)
-    config = {"sparsity": spec, "method": method, "k_step": 2, "batch_size": 4}
+    config = {"sparsity": spec, "method": method, "batch_size": 4} | ({"k_step": 2} if method == "snows" else {})
     return model, snows_hf.prune_(model, config, calib)
 
 

@@ -40,7 +40,8 @@ def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
      ("prune: !!python/object:os.system {}", "not valid YAML"),
      ("prune: {sparsity: '2:4', k_step: three}", "prune.k_step must be an int, got 'three'"),
      ("prune: {sparsity: '2:4', targets: 3}", "prune.targets must be a list of strings or None, got 3"),
-     ("prune: {sparsity: '2:4', diagnostics: 'no'}", "prune.diagnostics must be a bool")],
+     ("prune: {sparsity: '2:4', diagnostics: 'no'}", "prune.diagnostics must be a bool"),
+     ("prune: {sparsity: '2:4', refit_unit: layer}", "prune.refit_unit must be module or block, got 'layer'")],
 )
 def test_bad_recipes(tmp_path, text, message):
     path = tmp_path / "recipe.yaml"
@@ -143,12 +144,18 @@ def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, 
         assert prune.method == get_method(method).config_class(**MASK_ONLY.get(name, {"statistics": "module"}))
 
 
+#: options added since without a new config_version: their default is what every older file meant
+ADDED = {"refit_unit": "module"}
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v3-*.yaml")))
 def test_a_version_3_recipe_writes_back_unchanged_but_for_its_version(name):
     prune, _, _ = load_recipe(SAVED / name)
     written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
     back = recipe_dict(prune)["prune"]
-    assert [(k, v) for k, v in back.items() if k != "newton_steps"] == [(k, v) for k, v in written.items() if k != "newton_steps"]
+    other = {"newton_steps", *ADDED}
+    assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
+    assert {k: back[k] for k in ADDED} == ADDED
     # another method's options are stored at today's defaults; a SNOWS file keeps its own
     assert back["newton_steps"] == (written["newton_steps"] if prune.method.name.startswith("snows") else 1)
 
@@ -160,8 +167,9 @@ def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     prune, _, _ = load_recipe(SAVED / name)
     written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
     back = recipe_dict(prune)["prune"]
-    other = {"statistics", "newton_steps"}  # keys whose value comes from another method's defaults
+    other = {"statistics", "newton_steps", *ADDED}  # keys whose value comes from another method's defaults
     assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
+    assert {k: back[k] for k in ADDED} == ADDED
     assert back["statistics"] == ("block" if prune.method.name == "snows" else "module")  # another method's default
     assert back["newton_steps"] == (written["newton_steps"] if prune.method.name == "snows" else 1)
 

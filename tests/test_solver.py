@@ -223,9 +223,10 @@ def test_shards_add_up_to_the_whole(kind, max_graphs):
     assert float(window_loss(residual_fn, W, held, parts[0].shard)) == pytest.approx(float(window_loss(residual_fn, W, held)))
 
 
-class _FakeMemory:
+class FakeMemory:
     """A residual function that runs out of memory when more than ``limit`` batches'
-    graphs are alive at once (tracked through weak references to its outputs)."""
+    graphs are alive at once (tracked through weak references to its outputs); the
+    block re-fit's tests use it too."""
 
     def __init__(self, residual_fn, limit):
         import weakref
@@ -247,7 +248,7 @@ def test_out_of_memory_halves_the_graphs_held_and_gives_the_same_products(kind):
     residual_fn, W, batches = make_window(seed=5, n_batches=6)
     v = torch.randn_like(W)
     whole = HessianOperator(residual_fn, W, batches, kind)
-    tight = _FakeMemory(residual_fn, limit=2)
+    tight = FakeMemory(residual_fn, limit=2)
     op = HessianOperator(tight, W, batches, kind)
     assert tight.ooms >= 1 and op.graph_batches <= 2
     assert not op.keeps_graphs
@@ -259,7 +260,7 @@ def test_out_of_memory_halves_the_graphs_held_and_gives_the_same_products(kind):
 def test_out_of_memory_with_one_batch_per_graph_says_what_to_lower():
     residual_fn, W, batches = make_window(seed=6, n_batches=3)
     with pytest.raises(RuntimeError, match="lower batch_size or k_step"):
-        HessianOperator(_FakeMemory(residual_fn, limit=0), W, batches, "exact")
+        HessianOperator(FakeMemory(residual_fn, limit=0), W, batches, "exact")
     with pytest.raises(ValueError, match="max_graphs"):
         HessianOperator(residual_fn, W, batches, "exact", max_graphs=0)
 
@@ -270,7 +271,7 @@ def test_newton_settles_on_the_graphs_that_fit():
     mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(0), dtype=DT) > 0.4
     cfg = NewtonConfig(steps=3, hessian="gauss-newton", cg_rtol=1e-8)
     free = newton_refit(W, mask, residual_fn, batches[:5], batches[5:], cfg)
-    tight = _FakeMemory(residual_fn, limit=2)
+    tight = FakeMemory(residual_fn, limit=2)
     squeezed = newton_refit(W, mask, tight, batches[:5], batches[5:], cfg)
     assert free.graph_batches == 5 and squeezed.graph_batches <= 2
     assert tight.ooms == 1 == squeezed.memory_retries and free.memory_retries == 0  # later steps start from what fitted

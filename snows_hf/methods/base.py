@@ -1,13 +1,16 @@
 """Pruning methods: what happens to one targeted module, given its block's inputs.
 
 A method turns a :class:`ModuleJob` into a :class:`MethodResult` (new weight and keep-mask,
-both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`). It never writes
-into the model itself: the pipeline does, so every method gets the same bookkeeping.
+both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`), or, when it says it
+prunes blocks (:attr:`Method.prunes_blocks`), the jobs of all of a block's modules into
+one result each. It never writes into the model itself: the pipeline does, so every
+method gets the same bookkeeping.
 Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registered under.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
@@ -91,24 +94,8 @@ class ModuleJob:
         calls, overrides = (self.dense_calls, self.dense_overrides) if dense else (self.calls, None)
         if calls is None:
             raise RuntimeError("the dense stream was not kept for this method")
-        seen: list[torch.Tensor] = []
-        active = [False]  # two of these generators may be open at once on the same module
-
-        def grab(module: nn.Module, args: tuple, output: Any) -> None:
-            if active[0]:
-                x = input_features(module, self.layout, args[0])
-                seen.append(x.to(torch.promote_types(x.dtype, torch.float32)))
-
-        with tracked_hooks() as hooks:
-            hooks.append(self.module.register_forward_hook(grab))
-            for i in indices:
-                seen.clear()
-                active[0] = True
-                try:
-                    run_block(self.block, calls[i], overrides)
-                finally:
-                    active[0] = False
-                yield seen[0]
+        for found in modules_inputs(self.block, [(self.name, self.module, self.layout)], calls, indices, overrides):
+            yield found[self.name]
 
     def input_stats(self, needs: Iterable[str]) -> dict[str, torch.Tensor]:
         """Statistics of the module's inputs over all calls, as mask selectors ask for them.
@@ -127,6 +114,45 @@ class ModuleJob:
             sums.add(x)
         self.stats.update(sums.result(self.processes))
         return {k: self.stats[k] for k in needs}
+
+
+@torch.no_grad()
+def modules_inputs(block: nn.Module, modules: list[tuple[str, nn.Module, str]], calls: list, indices: Iterable[int],
+                   overrides: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """For each call in ``indices``, the input of every ``(name, module, layout)`` of
+    ``block`` as ``(tokens, features)`` (:func:`input_features`, at least float32), by name:
+    one block forward per call, with parameters ``overrides`` (names relative to the
+    block) in place of the block's own. A module run twice in one forward gives its first
+    input. The hooks are always removed.
+
+    Example:
+        >>> from snows_hf.blocks import BlockCall
+        >>> block = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> call = BlockCall((torch.ones(4, 2),), {})
+        >>> found = next(modules_inputs(block, [("1", block[1], "linear")], [call], [0]))
+        >>> found["1"].shape
+        torch.Size([4, 3])
+    """
+    seen: dict[str, torch.Tensor] = {}
+    active = [False]  # two of these generators may be open at once on the same modules
+
+    def hook_for(name: str, layout: str):
+        def grab(module: nn.Module, args: tuple, output: Any) -> None:
+            if active[0] and name not in seen:
+                x = input_features(module, layout, args[0])
+                seen[name] = x.to(torch.promote_types(x.dtype, torch.float32))
+
+        return grab
+
+    with _hooked(modules, hook_for):
+        for i in indices:
+            seen.clear()
+            active[0] = True
+            try:
+                run_block(block, calls[i], overrides)
+            finally:
+                active[0] = False
+            yield dict(seen)
 
 
 class InputStats:
@@ -216,15 +242,22 @@ def block_input_stats(block: nn.Module, modules: list[tuple[str, nn.Module, str]
 
         return grab
 
-    with tracked_hooks() as hooks:
-        for name, module, layout in modules:
-            hooks.append(module.register_forward_hook(hook_for(name, layout)))
+    with _hooked(modules, hook_for):
         for call in calls:
             seen.clear()
             shared.clear()
             run_block(block, call)
             shared.clear()
     return {name: s.result(processes) for name, s in sums.items()}
+
+
+@contextlib.contextmanager
+def _hooked(modules: list[tuple[str, nn.Module, str]], hook_for: Any) -> Iterator[None]:
+    """``hook_for(name, layout)`` on each module as a forward hook, always removed on exit."""
+    with tracked_hooks() as hooks:
+        for name, module, layout in modules:
+            hooks.append(module.register_forward_hook(hook_for(name, layout)))
+        yield
 
 
 def _kernel_positions(module: nn.Module) -> int:
@@ -404,7 +437,19 @@ class Method:
         """
         return frozenset()
 
+    @property
+    def prunes_blocks(self) -> bool:
+        """Whether the pipeline hands this method all of a block's modules at once
+        (:meth:`prune_block`) instead of one at a time (:meth:`prune_module`, the default)."""
+        return False
+
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prune_block(self, jobs: list[ModuleJob]) -> list[MethodResult]:  # pragma: no cover - abstract
+        """One result per job, for every targeted module of one block (in execution order),
+        when :attr:`prunes_blocks` says so. No job's module is pruned yet: the block is
+        still dense in the model, and each job's ``dense_overrides`` is empty."""
         raise NotImplementedError
 
     def plan(self, micro_batches: int) -> MethodPlan:

@@ -24,6 +24,18 @@ solution (per-row least squares of the module's own output on its support, from 
 Gram matrices of its inputs), which a few Newton-CG steps on the K-window then refine;
 the start is kept only if its held-out window loss beats the selector's weight (the
 masked dense weight, or SparseGPT's OBS-updated one).
+
+``refit_unit="block"`` re-fits all of a block's targeted modules together instead: their
+masks come from one forward's statistics of the still dense block (as the mask-only
+methods' ``statistics="block"``), each start is chosen as above (the least-squares fits
+from one forward per training micro-batch and stream, with the block at its masked
+starts; each replaces the selector's weight where the block's held-out window loss
+falls), and one Newton-CG solves for every kept weight of the block at once, the weights
+end to end in one flat vector. The window is the block's output and the K operations
+after it, with dense targets computed once per block; CG's preconditioner is
+block-diagonal, each module's own input-energy diagonal. A Hessian-vector product is then
+one window forward and backward per micro-batch for the whole block, where the
+per-module re-fit takes one per module.
 """
 
 from __future__ import annotations
@@ -43,11 +55,12 @@ from ..fields import SettingError, config_field, redeclared, setting
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..masks.selectors import row_input_sq
 from ..placement import format_size
-from ..solver import NewtonConfig, newton_refit, window_loss
+from ..solver import FlatLayout, NewtonConfig, newton_refit, window_loss
+from ..solver.cg import project
 from ..solver.hvp import HESSIAN_KINDS
 from ..solver.lsq import masked_lstsq
 from ..windows import WindowRunner
-from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob
+from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, modules_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +82,28 @@ def _finite_weight(result, start: torch.Tensor, masked: torch.Tensor, init: str)
         if bool(torch.isfinite(candidate).all()):
             return candidate, f"{problem or 'NaN/Inf in the re-fitted weights'}; kept {name}"
     return masked, "NaN/Inf in the dense weights themselves; kept them masked"
+
+
+def _local(job: ModuleJob, batch_ids: list[int]) -> list[int]:
+    """Positions in ``job.calls`` of the global micro-batches ``batch_ids`` this process holds."""
+    return [job.local_index(i) for i in batch_ids if job.processes.owns(i)]
+
+
+def _zero_gram(job: ModuleJob) -> tuple[torch.Tensor, torch.Tensor]:
+    features = job.weight_rows().shape[1]
+    dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
+    gram = torch.zeros(features, features, dtype=dtype, device=job.module.weight.device)
+    return gram, torch.zeros_like(gram)
+
+
+def _lsq_start(job: ModuleJob, grams: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor,
+               mask_rows: torch.Tensor) -> torch.Tensor | None:
+    """The closed-form K=0 start of ``job``'s module (its weight's shape), or ``None`` when
+    the Gram matrices hold NaN/Inf (no closed form then)."""
+    gram, cross = grams
+    if not bool(torch.isfinite(gram).all() and torch.isfinite(cross).all()):
+        return None
+    return from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, job.module.weight.shape)
 
 
 class _Batch:
@@ -149,6 +184,13 @@ class SnowsConfig(MethodConfig):
         None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
         "(sub-sampled Newton; the gradient uses all of them; default: all)", minimum=1,
     )
+    # "module" stays the default until measurements (issue 31) say which unit is the knee.
+    refit_unit: str = config_field(
+        "module", "SNOWS: re-fit each module alone over its own window (module), or all of a block's modules "
+        "together in one Newton-CG over the block's output and the K operations after it (block: masks and "
+        "starts from one forward's statistics, one window forward per Hessian-vector product)",
+        choices=("module", "block"),
+    )
 
 
 @dataclass
@@ -160,19 +202,23 @@ class SnowsPlan(MethodPlan):
     newton_steps: int = 0
     cg_iters: int = 0
     graph_batches: int = 0
+    per_block: bool = False  #: one re-fit per block (``refit_unit="block"``)
 
     def footer(self, modules: list, batch_size: int) -> list[str]:
         """The largest window's activations over the kept graphs (about what a window holds
         on the device beyond the weights and activations), and the Hessian-vector products
-        at most: modules x Newton steps x CG iterations.
+        at most: re-fits (modules, or blocks) x Newton steps x CG iterations. A block's
+        window spans the blocks its modules' windows span, so its graphs are estimated
+        from the module whose window reaches furthest.
 
         Example:
             >>> SnowsPlan(newton_steps=2, cg_iters=5, graph_batches=7).footer([], batch_size=4)
             ["largest window's kept graphs (estimate): 0 B", 'Hessian-vector products: at most 0']
         """
         graphs = max((m.window_bytes for m in modules), default=0) * self.graph_batches * batch_size
+        refits = len({m.block for m in modules}) if self.per_block else len(modules)
         return [f"largest window's kept graphs (estimate): {format_size(graphs)}",
-                f"Hessian-vector products: at most {len(modules) * self.newton_steps * self.cg_iters:,}"]
+                f"Hessian-vector products: at most {refits * self.newton_steps * self.cg_iters:,}"]
 
 
 @dataclass
@@ -209,20 +255,34 @@ class SnowsMethod(Method):
     def needs_dense_stream(self) -> bool:  # type: ignore[override]
         return self.config.method.target == "dense-stream"
 
+    @property
+    def prunes_blocks(self) -> bool:  # type: ignore[override]
+        return self.config.method.refit_unit == "block"
+
+    def block_statistics(self) -> frozenset[str]:
+        """A block re-fit chooses every mask of the block from one forward's statistics
+        (the selector's, and the preconditioner's and diagnostics' ``input_sq``)."""
+        if not self.prunes_blocks:
+            return frozenset()
+        energy = self.config.method.preconditioner == "input-energy" or self.config.diagnostics
+        return frozenset(get_selector(self.mask_selector).needs | ({"input_sq"} if energy else set()))
+
     def plan(self, micro_batches: int) -> SnowsPlan:
         cfg = self.config.method
         held = len(split_holdout(micro_batches, cfg.holdout)[1])
+        unit = ", one re-fit per block" if cfg.refit_unit == "block" else ""
         return SnowsPlan(
-            settings=f", K={cfg.k_step}, {cfg.newton_steps} Newton steps x {cfg.cg_iters} CG at most",
+            settings=f", K={cfg.k_step}, {cfg.newton_steps} Newton steps x {cfg.cg_iters} CG at most{unit}",
             calibration=f", {held} held out for the line search", window_k=cfg.k_step,
-            newton_steps=cfg.newton_steps, cg_iters=cfg.cg_iters,
+            newton_steps=cfg.newton_steps, cg_iters=cfg.cg_iters, per_block=cfg.refit_unit == "block",
             graph_batches=min(micro_batches - held, cfg.batches_per_step or micro_batches,
                               cfg.hessian_batches or micro_batches),
         )
 
     @classmethod
     def summary(cls, settings: Mapping[str, Any]) -> str:
-        return super().summary(settings) + f", K={settings['k_step']}, {settings['target']} targets"
+        unit = ", re-fit per block" if settings.get("refit_unit") == "block" else ""
+        return super().summary(settings) + f", K={settings['k_step']}, {settings['target']} targets{unit}"
 
     @classmethod
     def metadata(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,6 +294,8 @@ class SnowsMethod(Method):
             ("K (operations downstream)", settings["k_step"]), ("targets", settings["target"]),
             ("Newton steps x CG iterations", f"{settings['newton_steps']} x {settings['cg_iters']}"),
             ("start", settings["init"]),
+            # settings stored before the option existed meant a module at a time
+            ("re-fit unit", settings.get("refit_unit", "module")),
         ]
 
     def newton_config(self) -> NewtonConfig:
@@ -258,12 +320,9 @@ class SnowsMethod(Method):
         start_weight = from_rows(start_rows, job.layout, weight.shape).to(weight.dtype) * mask
         start_name = self.mask_selector if selector.updates_weights else "mask"
         lsq_weight = None
-        use_lsq = cfg.init == "lsq" or (cfg.init == "auto" and not selector.updates_weights)
-        if use_lsq and job.layout in ("linear", "conv1d"):
-            gram, cross = self._grams(job, [job.local_index(i) for i in train if job.processes.owns(i)])
-            finite = bool(torch.isfinite(gram).all() and torch.isfinite(cross).all())  # else no closed form
-            if finite:
-                lsq_weight = from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, weight.shape)
+        if self._uses_lsq(selector) and job.layout in ("linear", "conv1d"):
+            (grams,) = self._grams([job], _local(job, train))
+            lsq_weight = _lsq_start(job, grams, rows, mask_rows)
         preconditioner = self._preconditioner(job, rows, weight) if cfg.preconditioner == "input-energy" else None
         with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
@@ -292,7 +351,105 @@ class SnowsMethod(Method):
         weight, numerics = _finite_weight(result, start_weight, weight * mask, init)
         if numerics:
             logger.warning("%s: %s", job.name, numerics)
-        metrics = {
+        metrics = self._solve_metrics(window, init, masked_loss, result, start)
+        if numerics:
+            metrics["numerics"] = numerics
+        return MethodResult(weight_rows=to_rows(weight, job.layout), mask_rows=mask_rows, metrics=metrics)
+
+    def prune_block(self, jobs: list[ModuleJob]) -> list[MethodResult]:
+        """Re-fit all of a block's modules together: each mask from the block's statistics
+        and each start as :meth:`prune_module` chooses them, then one Newton-CG over every
+        kept weight of the block at once, on the block's window (its output and the K
+        operations after it). The variable is the modules' weights end to end in one flat
+        vector (:class:`~snows_hf.solver.FlatLayout`), so one Hessian-vector product is one
+        window forward and backward per micro-batch, whatever the number of modules."""
+        cfg = self.config.method
+        began = time.perf_counter()
+        job = jobs[0]  # the jobs share the block, its calls and its processes
+        selector = get_selector(self.mask_selector)
+        rows, mask_rows, masks, starts = [], [], [], []
+        for j in jobs:
+            rows.append(j.weight_rows())
+            start_rows, kept = apply_selector(self.mask_selector, rows[-1], j.pattern, j.input_stats(selector.needs))
+            weight = j.module.weight.detach()
+            masks.append(from_rows(kept, j.layout, weight.shape).bool())
+            starts.append(from_rows(start_rows, j.layout, weight.shape).to(weight.dtype) * masks[-1])
+            mask_rows.append(kept)
+        train, held = split_holdout(job.num_batches, cfg.holdout)
+        shard = job.processes.batch_shard(lambda batch: batch.index)
+        names = [j.param_name for j in jobs]
+        lsq = self._block_lsq(jobs, train, dict(zip(names, starts)), rows, mask_rows) if self._uses_lsq(selector) else {}
+        energies = [self._preconditioner(j, r, j.module.weight) for j, r in zip(jobs, rows)] \
+            if cfg.preconditioner == "input-energy" else [None]
+        layout = FlatLayout(starts)
+        # block-diagonal: each module's own diagonal; none at all if a module has none
+        preconditioner = None if any(e is None for e in energies) else layout.pack(energies, torch.float32)
+        start_name = self.mask_selector if selector.updates_weights else "mask"
+        with WindowRunner(job.blocks, job.block_index) as runner, _double_differentiable():
+            window = runner.trace_block(job.calls[0], dict(zip(names, starts)), cfg.k_step)
+            targets = self._targets(job, runner, window)  # the block is still dense in the model
+            scales = self._scales(job, targets)
+
+            def residuals(w: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
+                local = job.local_index(batch.index)
+                outputs = runner.run(job.calls[local], window, dict(zip(names, layout.unpack(w))))
+                return [(o - t) * s for o, t, s in zip(outputs, targets[local], scales)]
+
+            batches = [_Batch(i) for i in range(job.num_batches)]
+            held_batches = [batches[i] for i in held]
+            with torch.no_grad():
+                def heldout(weights: list[torch.Tensor]) -> float:
+                    return float(window_loss(residuals, layout.pack(weights), held_batches, shard))
+
+                # Each module's least-squares start replaces the selector's where the block's
+                # held-out window loss falls, in execution order (one window forward each).
+                chosen, inits = list(starts), [start_name] * len(jobs)
+                masked_loss = best = heldout(chosen)
+                for i, fit in lsq.items():
+                    trial = chosen[:i] + [fit] + chosen[i + 1:]
+                    loss = heldout(trial)
+                    if loss < best:
+                        chosen, best, inits[i] = trial, loss, "lsq"
+            start, mask = layout.pack(chosen), layout.pack(masks)
+            del starts, chosen, lsq, masks  # the flat copies are the solve's; CG keeps a few more of its size
+            result = newton_refit(start, mask, residuals, [batches[i] for i in train], held_batches,
+                                  self.newton_config(), shard, preconditioner=preconditioner, heldout_loss=best)
+        self._remember_graphs(result, f"block {job.block_index}")
+        masked = project(layout.pack([j.module.weight for j in jobs]), mask)
+        weight, numerics = _finite_weight(result, start, masked, ", ".join(dict.fromkeys(inits)))
+        if numerics:
+            logger.warning("block %d: %s", job.block_index, numerics)
+        # Every module's record holds the joint solve's figures, named by its first module
+        # (``joint_solve``): totals over layers count each solve once (``counted_solves``).
+        joint = {"refit_unit": "block", "joint_solve": job.name, "joint_modules": [j.name for j in jobs]}
+        results = []
+        for j, w, kept, init in zip(jobs, layout.unpack(weight), mask_rows, inits):
+            metrics = self._solve_metrics(window, init, masked_loss, result, began) | joint
+            if numerics:
+                metrics["numerics"] = numerics
+            results.append(MethodResult(weight_rows=to_rows(w, j.layout), mask_rows=kept, metrics=metrics))
+        return results
+
+    def _uses_lsq(self, selector) -> bool:
+        init = self.config.method.init
+        return init == "lsq" or (init == "auto" and not selector.updates_weights)
+
+    def _block_lsq(self, jobs: list[ModuleJob], train: list[int], starts: dict[str, torch.Tensor],
+                   rows: list[torch.Tensor], mask_rows: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The closed-form least-squares start of each Linear / Conv1D job (by position in
+        ``jobs``), from one block forward per training call and stream: its inputs come
+        from the block with every module at its selector start (the masks all applied)."""
+        fit = [i for i, j in enumerate(jobs) if j.layout in ("linear", "conv1d")]
+        if not fit:
+            return {}
+        grams = self._grams([jobs[i] for i in fit], _local(jobs[0], train), starts)
+        found = {i: _lsq_start(jobs[i], g, rows[i], mask_rows[i]) for i, g in zip(fit, grams)}
+        return {i: w for i, w in found.items() if w is not None}
+
+    @staticmethod
+    def _solve_metrics(window, init: str, masked_loss: float, result, began: float) -> dict[str, Any]:
+        """What a re-fit started from, spent and reached, as each layer's record keeps it."""
+        return {
             "k": window.k,
             "window": window.names(),
             "init": init,
@@ -307,11 +464,8 @@ class SnowsMethod(Method):
             "line_search_failed": result.line_search_failed,
             "stop_reason": result.stop_reason,
             "cg_converged": [h["cg_converged"] for h in result.history],
-            "solver_seconds": time.perf_counter() - start,
+            "solver_seconds": time.perf_counter() - began,
         }
-        if numerics:
-            metrics["numerics"] = numerics
-        return MethodResult(weight_rows=to_rows(weight, job.layout), mask_rows=mask_rows, metrics=metrics)
 
     def _remember_graphs(self, result, name: str) -> None:
         """After out-of-memory retries, later modules start from the graphs that fitted."""
@@ -337,29 +491,36 @@ class SnowsMethod(Method):
         return from_rows(energy, job.layout, weight.shape).to(weight.device)
 
     @torch.no_grad()
-    def _grams(self, job: ModuleJob, train: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``X^T X`` of the module's inputs and ``X^T X_t`` with its target-side inputs,
-        over this process's training calls (positions in ``job.calls``), summed across processes.
+    def _grams(self, jobs: list[ModuleJob], train: list[int],
+               overrides: dict[str, torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``X^T X`` of each job's module inputs and ``X^T X_t`` with its target-side inputs,
+        over this process's training calls (positions in ``calls``), summed across
+        processes: one block forward per call and stream for all of ``jobs`` (modules of
+        one block) together.
 
-        ``X`` comes from the partly pruned network; ``X_t`` from the dense network
+        ``X`` comes from the partly pruned network, the block run with ``overrides`` in
+        place of its own weights (``None``: as it is); ``X_t`` from the dense network
         (``dense-stream``) or is ``X`` itself (``official``), sample for sample.
         """
-        features = job.weight_rows().shape[1]
-        dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
-        gram = torch.zeros(features, features, dtype=dtype, device=job.module.weight.device)
+        job = jobs[0]
+        modules = [(j.name, j.module, j.layout) for j in jobs]
+        grams = {j.name: _zero_gram(j) for j in jobs}
+        pruned = modules_inputs(job.block, modules, job.calls, train, overrides)
         if self.config.method.target != "dense-stream":
-            for x in job.module_inputs(train):
-                gram += x.T @ x
-            gram = job.processes.sum(gram)
-            return gram, gram
-        cross = torch.zeros_like(gram)
-        for x, x_t in zip(job.module_inputs(train), job.module_inputs(train, dense=True), strict=True):
-            gram += x.T @ x
-            cross += x.T @ x_t
-        return job.processes.sum(gram), job.processes.sum(cross)
+            for found in pruned:
+                for name, (gram, _) in grams.items():
+                    gram += found[name].T @ found[name]
+            return [(gram, gram) for gram in (job.processes.sum(g) for g, _ in grams.values())]
+        dense = modules_inputs(job.block, modules, job.dense_calls, train, job.dense_overrides)
+        for found, found_t in zip(pruned, dense, strict=True):
+            for name, (gram, cross) in grams.items():
+                gram += found[name].T @ found[name]
+                cross += found[name].T @ found_t[name]
+        return [(job.processes.sum(gram), job.processes.sum(cross)) for gram, cross in grams.values()]
 
     def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
-        """Dense outputs of the window for every micro-batch, computed once per module."""
+        """Dense outputs of the window for every micro-batch, computed once per re-fit (of a
+        module, or of a block: the modules of ``job``'s block are all dense then)."""
         if self.config.method.target == "dense-stream":
             calls, overrides = job.dense_calls, job.dense_overrides
         else:  # the module and everything after it are still dense in the model

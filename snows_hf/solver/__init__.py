@@ -1,7 +1,8 @@
 """Pure-torch SNOWS solver: window loss, Hessian-vector products, masked CG, Newton re-fit.
 
 Knows nothing about models: it works on a weight tensor, a bool mask and a residual
-function ``residual_fn(w, batch) -> list[Tensor]``.
+function ``residual_fn(w, batch) -> list[Tensor]``. Several weights re-fitted together
+are one flat vector (:class:`FlatLayout` packs and unpacks them).
 
 Example:
     >>> import torch
@@ -15,6 +16,7 @@ Example:
 """
 
 from .cg import CGResult, masked_cg
+from .flat import FlatLayout
 from .hvp import ONE_PROCESS, BatchShard, HessianOperator, batch_loss, window_loss
 from .newton import NewtonConfig, NewtonResult, newton_refit
 
@@ -22,6 +24,7 @@ __all__ = [
     "ONE_PROCESS",
     "BatchShard",
     "CGResult",
+    "FlatLayout",
     "HessianOperator",
     "NewtonConfig",
     "NewtonResult",
