@@ -712,6 +712,45 @@ def budget_knee(budget: dict, base_seconds: float | None) -> list[str]:
                 f"{found['budget']}; the default is {DEFAULT_BUDGET}."]
 
 
+def block_refit_table(block: dict, budget: dict | None) -> list[str]:
+    """The block re-fit (``refit_unit: block``) beside the per-module re-fit on the solver
+    budget's two blocks: output errors and Hessian-vector products from one run, and how far
+    its seconds can be trusted, judged by SparseGPT's time against the budget file's."""
+    lines = [
+        f"**Re-fitting a block's modules together** (`--refit-unit block`: one Newton-CG over all of a block's kept "
+        f"weights on the block's output and the K operations after it, against one per module; SmolLM2-135M, first "
+        f"{block['blocks']} blocks, {block['sparsity']}, {block['num_samples']} x {block['seq_len']} tokens; output "
+        "error as in the solver budget): `python benchmarks/solver_budget.py --only 0 5 7 16 17 18 19 20 21 --out "
+        "benchmarks/results/solver_budget_block.json`",
+        "",
+        "| variant | output error | HVPs | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['variant']} | {r['output_error']:.5f} | {r['hessian_vector_products']} | {r['seconds']:.1f} |"
+              for r in block["rows"]]
+    base = lambda b: next((r for r in b["rows"] if r["config"].get("method") == "none"), None)  # noqa: E731
+    here, there = base(block), base(budget) if budget else None
+    per_module = [r for r in block["rows"] if "per block" not in r["variant"] and r["config"].get("method") != "none"]
+    per_block = [r for r in block["rows"] if "per block" in r["variant"]]
+    if here and there and here["seconds"] > 2 * there["seconds"]:
+        lines += ["", f"SparseGPT took {here['seconds']:.1f} s in this run against {there['seconds']:.1f} s in the "
+                      "solver budget's run: other work shared the machine, so these seconds say little; compare the "
+                      "output errors and the Hessian-vector products."]
+    if per_module and per_block:
+        equal = [(m, b) for m in per_module for b in per_block
+                 if m["hessian_vector_products"] == b["hessian_vector_products"]]
+        best = min(per_block, key=lambda r: r["output_error"])
+        text = (f"The best block re-fit reaches an output error of {best['output_error']:.5f} with "
+                f"{best['hessian_vector_products']} products; ")
+        if equal:
+            m, b = equal[0]
+            text += (f"at equal products ({m['hessian_vector_products']}) the per-module re-fit reaches "
+                     f"{m['output_error']:.5f} and the block re-fit {b['output_error']:.5f}, so the per-module re-fit "
+                     f"stays the default.")
+        lines += ["", text]
+    return lines
+
+
 def speed_table(speed: dict) -> list[str]:
     total = speed["instrumented_seconds"]
     lines = [
@@ -769,6 +808,9 @@ def results_block() -> list[list[str]]:
         parts.append(order)
     if budget:
         parts.append(budget_table(budget))
+    block = load("solver_budget_block.json")
+    if block:
+        parts.append(block_refit_table(block, budget))
     if speed:
         parts.append(speed_table(speed))
     parts.append(goals(quality, speed, frontier, load("solver_speed_mask_only.json"), load("real_shapes_cpu.json")))
