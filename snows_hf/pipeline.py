@@ -130,7 +130,10 @@ def execution_order(block: nn.Module, targets: list[tuple[str, nn.Module]], call
 
 def _write_weight(module: nn.Module, layout: str, weight_rows: torch.Tensor, mask_rows: torch.Tensor) -> None:
     weight = module.weight
-    new = from_rows((weight_rows * mask_rows).to(weight.dtype), layout, weight.shape)
+    # where(), not a product: a pruned negative weight times 0 is -0.0, which the compact
+    # format (kept values + positions) gives back as +0.0; zeros are written as +0.0 here
+    kept = torch.where(mask_rows.bool(), weight_rows, torch.zeros((), dtype=weight_rows.dtype, device=weight_rows.device))
+    new = from_rows(kept.to(weight.dtype), layout, weight.shape)
     with torch.no_grad():
         weight.copy_(new.to(weight.device))
 

@@ -55,6 +55,18 @@ def test_captured_inputs_reproduce_model_forward(kind):
     assert _all_hooks(model) == 0
 
 
+@pytest.mark.parametrize("method", ["magnitude", "none", "snows"])
+def test_pruned_weights_are_positive_zeros(method):
+    """A pruned weight is +0.0 whatever its sign was, so the compact format (kept values and
+    their positions) gives every bit back (a product with the mask left -0.0 for negatives)."""
+    model = tiny_llama()
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": method, "batch_size": 2}, _inputs("llama", n=4))
+    for layer in report.layers:
+        weight = model.get_submodule(layer.name).weight
+        assert int((weight == 0).sum()) == weight.numel() // 2, layer.name
+        assert not bool(((weight == 0) & torch.signbit(weight)).any()), layer.name
+
+
 @pytest.mark.parametrize("kind, spec", [("vit", "2:4"), ("llama", "50%"), ("bert", "4:8"), ("llama", "1:4")])
 def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
     model = FACTORIES[kind]()
