@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .fields import SettingError, check_keys, python_spelling, setting, spelled
-from .safe_yaml import read_safe_yaml
+from .safe_yaml import QUOTE_LIMIT as _QUOTE_LIMIT, clip as _clip, read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
 
 RECIPE_FILE = "recipe.yaml"
 _SECTIONS = ("model", "prune", "data", "evaluation", "snows_hf_version")
-_QUOTE_LIMIT = 120  # characters of one value quoted in an error message
 
 
 def recipe_dict(prune: Any, data: Any = None, model: str | None = None, tasks: Any = None) -> dict[str, Any]:
@@ -125,10 +124,6 @@ def read_recipe_yaml(path: str | Path, data: bytes | None = None) -> Any:
         '2:4'
     """
     return read_safe_yaml(path, "recipe", data=data)
-
-
-def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _quote(value: Any) -> str:

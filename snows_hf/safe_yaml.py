@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_YAML_BYTES = 2**20  # a recipe or a task file is a few kB; the bound keeps a hostile one cheap
-_QUOTE_LIMIT = 120  # characters of one value quoted in an error message
+QUOTE_LIMIT = 120  #: characters of one value quoted in an error message
 
 
 def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...] = (), data: bytes | None = None) -> Any:
@@ -69,7 +69,7 @@ def _read_regular(path: str | Path, kind: str, where: str) -> bytes:
         os.close(handle)
 
 
-def clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
     """``text`` cut short to ``limit`` characters: values from files reach error messages.
 
     Example:
