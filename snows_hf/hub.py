@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .fields import setting
+from .fields import allowed, checked_arguments, setting
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class PushError(RuntimeError):
     """A push that failed for a reason the user has to act on."""
 
 
+@checked_arguments(retries=allowed(minimum=0), backoff=allowed(minimum=0))
 def push_folder(
     folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
     endpoint: str | None = None, retries: int = 4, backoff: float = 1.0,

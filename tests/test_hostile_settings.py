@@ -27,6 +27,7 @@ from snows_hf import CalibrationConfig, PruneConfig, SettingError
 from snows_hf.api import as_batches, prune_
 from snows_hf.cli import main
 from snows_hf.harness import TaskSettings
+from snows_hf.hub import push_folder
 from snows_hf.methods import METHODS
 from snows_hf.recipe import load_recipe, load_recipe_tasks
 from snows_hf.workflow import evaluate, run
@@ -197,6 +198,7 @@ ENTRY_POINTS = {
     "evaluate": (evaluate, lambda **kw: evaluate("no-model", **kw)),
     "prune_": (prune_, lambda **kw: prune_(nn.Linear(4, 4), {"sparsity": "2:4"}, torch.zeros(2, 4), **kw)),
     "as_batches": (as_batches, lambda **kw: as_batches(torch.zeros(2, 4), **({"batch_size": 1} | kw))),
+    "push_folder": (push_folder, lambda **kw: push_folder(**({"folder": "no-folder", "repo_id": "me/repo"} | kw))),
 }
 CHECKED = (bool, int, str, float, type(None))
 
@@ -212,7 +214,9 @@ def _argument_rows() -> list:
                 rows.append(pytest.param(label, name, value, id=f"{label}.{name}={value!r}"))
     rows += [pytest.param("run", "eval_batch_size", 0, id="run.eval_batch_size=0"),
              pytest.param("evaluate", "batch_size", 0, id="evaluate.batch_size=0"),
-             pytest.param("as_batches", "batch_size", 0, id="as_batches.batch_size=0")]
+             pytest.param("as_batches", "batch_size", 0, id="as_batches.batch_size=0"),
+             pytest.param("push_folder", "retries", -1, id="push_folder.retries=-1"),
+             pytest.param("push_folder", "backoff", -1.0, id="push_folder.backoff=-1.0")]
     return rows
 
 
