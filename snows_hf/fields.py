@@ -399,9 +399,22 @@ def _article(name: str) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
-def _shown(value: Any, limit: int = 120) -> str:
+def _shown(value: Any) -> str:
     """``repr(value)``, cut short: values from files reach messages."""
-    text = repr(value)
+    return shorten(repr(value))
+
+
+QUOTE_CHARS = 120  #: characters of one value (a setting, a YAML key) that a message quotes
+
+
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, its end replaced by an ellipsis: a value
+    from a file (a recipe's, a task file's) reaches a message only through it or :func:`clip`.
+
+    Example:
+        >>> shorten("x" * 200, 10)
+        'xxxxxxx...'
+    """
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

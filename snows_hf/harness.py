@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from .fields import SettingError, check_fields, config_field, setting, settings_from
-from .safe_yaml import clip, read_safe_yaml
+from .fields import SettingError, check_fields, config_field, setting, settings_from, shorten
+from .safe_yaml import read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
 
@@ -180,7 +180,7 @@ def check_recipe_tasks(specs: list[str], source: str) -> None:
     for spec in specs:
         if (any(s in spec for s in separators) or spec.startswith(("~", ".")) or spec.lower().endswith((".yaml", ".yml"))
                 or os.path.lexists(os.path.expanduser(spec))):
-            raise SettingError(f"{source}: evaluation.tasks names {clip(repr(spec))}, a path: a recipe names lm-eval "
+            raise SettingError(f"{source}: evaluation.tasks names {shorten(repr(spec))}, a path: a recipe names lm-eval "
                                "tasks by their registered names only, since a task file runs code", field="tasks",
                                hint=f"name task files you trust yourself with {setting('tasks')}")
 
@@ -230,14 +230,14 @@ def check_task_files(files: list[Path]) -> None:
             path, chain = pending.pop()
             if path in chain:
                 cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
-                raise SettingError(f"task file {clip(repr(path.name))} includes itself: {clip(cycle, 240)}",
+                raise SettingError(f"task file {shorten(repr(path.name))} includes itself: {shorten(cycle, 240)}",
                                    field="tasks", hint="an include: chain has to end")
             if path in seen:
-                raise SettingError(f"task file {clip(repr(top.name))} includes {clip(repr(path.name))} twice, which "
+                raise SettingError(f"task file {shorten(repr(top.name))} includes {shorten(repr(path.name))} twice, which "
                                    "lm-eval refuses", field="tasks", hint="include each file once")
             if len(chain) > MAX_INCLUDE_DEPTH:
-                shown = clip(" -> ".join(p.name for p in chain[:3]) + " -> ...", 240)
-                raise SettingError(f"task file {clip(repr(top.name))} includes files more than {MAX_INCLUDE_DEPTH} "
+                shown = shorten(" -> ".join(p.name for p in chain[:3]) + " -> ...", 240)
+                raise SettingError(f"task file {shorten(repr(top.name))} includes files more than {MAX_INCLUDE_DEPTH} "
                                    f"deep ({shown})", field="tasks")
             seen.add(path)
             size, included = parsed[path] if path in parsed else read(path)
@@ -254,8 +254,8 @@ def _includes(path: Path, document: Any) -> list[Path]:
     value = document["include"]
     names = value if isinstance(value, list) else [value]
     if not all(isinstance(name, str) for name in names):
-        raise SettingError(f"task file {clip(repr(str(path)))}: include: must name YAML files (a file name or a list "
-                           f"of them), got {clip(repr(value))}", field="tasks")
+        raise SettingError(f"task file {shorten(repr(str(path)))}: include: must name YAML files (a file name or a list "
+                           f"of them), got {shorten(repr(value))}", field="tasks")
     return [_real(path.parent / name) for name in names]  # an absolute name replaces the folder
 
 
@@ -264,7 +264,7 @@ def _real(path: Path) -> Path:
     try:
         return path.expanduser().resolve()
     except (OSError, RuntimeError, ValueError) as err:  # a loop of links, an unknown user's home, a NUL byte
-        raise SettingError(f"cannot find task file {clip(repr(str(path)))}: {err}", field="tasks") from None
+        raise SettingError(f"cannot find task file {shorten(repr(str(path)))}: {err}", field="tasks") from None
 
 
 def _folder_yaml_files(folder: Path) -> list[Path]:
@@ -280,7 +280,7 @@ def _folder_yaml_files(folder: Path) -> list[Path]:
             for entry in listing:
                 entries += 1
                 if entries > MAX_FOLDER_ENTRIES:
-                    raise SettingError(f"task folder {clip(repr(str(folder)))} holds more than {MAX_FOLDER_ENTRIES} "
+                    raise SettingError(f"task folder {shorten(repr(str(folder)))} holds more than {MAX_FOLDER_ENTRIES} "
                                        "entries: too many to be a task folder", field="tasks",
                                        hint="name the task files or their own folder")
                 if entry.is_dir(follow_symlinks=False):
@@ -289,7 +289,7 @@ def _folder_yaml_files(folder: Path) -> list[Path]:
                 elif entry.name.endswith(".yaml"):
                     found.append(Path(entry.path))
                     if len(found) > MAX_TASK_FILES:
-                        raise SettingError(f"task folder {clip(repr(str(folder)))} holds more than {MAX_TASK_FILES} "
+                        raise SettingError(f"task folder {shorten(repr(str(folder)))} holds more than {MAX_TASK_FILES} "
                                            "YAML files", field="tasks", hint="name the task files or their own folder")
     return sorted(found, key=Path.as_posix)
 

@@ -19,8 +19,8 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .fields import SettingError, check_keys, python_spelling, setting, spelled
-from .safe_yaml import QUOTE_LIMIT as _QUOTE_LIMIT, clip as _clip, read_safe_yaml
+from .fields import QUOTE_CHARS, SettingError, check_keys, python_spelling, setting, shorten, spelled
+from .safe_yaml import read_safe_yaml
 
 logger = logging.getLogger("snows_hf")
 
@@ -128,11 +128,11 @@ def read_recipe_yaml(path: str | Path, data: bytes | None = None) -> Any:
 
 def _quote(value: Any) -> str:
     """``repr(value)``, cut short: recipe values reach error messages."""
-    return _clip(repr(value))
+    return shorten(repr(value))
 
 
 def _names(keys: Any, prefix: str = "") -> str:
-    return _clip(", ".join(prefix + _clip(str(key)) for key in sorted(map(str, keys))), 4 * _QUOTE_LIMIT)
+    return shorten(", ".join(prefix + shorten(str(key)) for key in sorted(map(str, keys))), 4 * QUOTE_CHARS)
 
 
 # What version 1 of the settings meant by a key it did not have (or had another default
@@ -206,9 +206,9 @@ def _clip_values(message: str, values: Any) -> str:
     itself at most a few values long."""
     for value in values:
         for text in {repr(value), str(value)}:
-            if len(text) > _QUOTE_LIMIT and text in message:
-                message = message.replace(text, _clip(text))
-    return _clip(message, 4 * _QUOTE_LIMIT)
+            if len(text) > QUOTE_CHARS and text in message:
+                message = message.replace(text, shorten(text))
+    return shorten(message, 4 * QUOTE_CHARS)
 
 
 def bundled_recipes() -> dict[str, Path]:

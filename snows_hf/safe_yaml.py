@@ -15,8 +15,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .fields import shorten
+
 MAX_YAML_BYTES = 2**20  # a recipe or a task file is a few kB; the bound keeps a hostile one cheap
-QUOTE_LIMIT = 120  #: characters of one value quoted in an error message
 
 
 def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...] = (), data: bytes | None = None) -> Any:
@@ -32,7 +33,7 @@ def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...]
     """
     import yaml
 
-    where = clip(repr(str(path)))
+    where = shorten(repr(str(path)))
     if data is None:
         data = _read_regular(path, kind, where)
     if len(data) > MAX_YAML_BYTES:
@@ -42,15 +43,15 @@ def read_safe_yaml(path: str | Path, kind: str = "recipe", tags: tuple[str, ...]
     except UnicodeDecodeError:
         raise ValueError(f"{kind} {where} is not UTF-8 text") from None
     except _AliasFound as err:
-        raise ValueError(f"{kind} {where} uses the YAML alias *{clip(str(err))} (line {err.line}): "
+        raise ValueError(f"{kind} {where} uses the YAML alias *{shorten(str(err))} (line {err.line}): "
                          f"{kind}s may not use aliases; write the value out") from None
     except _KeyTwice as err:
-        raise ValueError(f"{kind} {where} gives the key {clip(repr(err.key))} twice (line {err.line}): "
+        raise ValueError(f"{kind} {where} gives the key {shorten(repr(err.key))} twice (line {err.line}): "
                          "YAML would keep the last one; give each key once") from None
     except RecursionError:
         raise ValueError(f"{kind} {where} is nested too deeply to be a {kind}") from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of 5000 digits
-        raise ValueError(f"{kind} {where} is not valid YAML: {clip(' '.join(str(err).split()))}") from None
+        raise ValueError(f"{kind} {where} is not valid YAML: {shorten(' '.join(str(err).split()))}") from None
 
 
 def _read_regular(path: str | Path, kind: str, where: str) -> bytes:
@@ -67,16 +68,6 @@ def _read_regular(path: str | Path, kind: str, where: str) -> bytes:
             return file.read(MAX_YAML_BYTES + 1)  # never more, whatever the file claims to be
     finally:
         os.close(handle)
-
-
-def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """``text`` cut short to ``limit`` characters: values from files reach error messages.
-
-    Example:
-        >>> clip("x" * 200, 10)
-        'xxxxxxx...'
-    """
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @functools.cache
