@@ -55,10 +55,10 @@ import record  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 METHODS = {
-    "magnitude": {"method": "none", "mask": "magnitude"},
-    "wanda": {"method": "none", "mask": "wanda"},
-    "sparsegpt": {"method": "none", "mask": "sparsegpt"},
-    "sparsegpt-module": {"method": "none", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
+    "magnitude": {"method": "mask-only", "mask": "magnitude"},
+    "wanda": {"method": "mask-only", "mask": "wanda"},
+    "sparsegpt": {"method": "mask-only", "mask": "sparsegpt"},
+    "sparsegpt-module": {"method": "mask-only", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
     "snows-k3": {"method": "snows", "k_step": 3},  # the defaults

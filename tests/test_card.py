@@ -46,7 +46,7 @@ def test_card_renders_parses_and_carries_eval_results(llama_dir, tmp_path):
 
 def test_card_metadata_for_hub_sources():
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "magnitude", "diagnostics": False},
+    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude", "diagnostics": False},
                              {"input_ids": torch.randint(0, 100, (4, 8))})
     payload = report.to_dict() | {
         "source_model": "org/tiny-llama", "data": {"dataset": "org/corpus", "split": "validation"},
@@ -93,7 +93,7 @@ def test_public_source_trusts_a_caller_that_found_the_source_on_disk():
 
 
 def _payload(model, source, dataset):
-    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "magnitude", "diagnostics": False},
+    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude", "diagnostics": False},
                              {"input_ids": torch.randint(0, 100, (4, 8))})
     return report.to_dict() | {
         "source_model": source, "num_calibration_samples": 4,
@@ -133,7 +133,7 @@ def test_card_treats_a_relative_folder_named_like_a_hub_id_as_local():
 
 
 def test_a_run_on_random_inputs_names_no_dataset(vit_dir):
-    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, {"dataset": "random", "num_samples": 4},
+    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, {"dataset": "random", "num_samples": 4},
                  output_dir="out", progress=False)
     text = Path("out/README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])

@@ -58,7 +58,7 @@ def _jinja_tasks(tmp_path: Path) -> Path:
 
 
 def _recipe(path: Path, tasks) -> Path:
-    path.write_text(yaml.safe_dump({"prune": {"sparsity": "2:4", "method": "magnitude"},
+    path.write_text(yaml.safe_dump({"prune": {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"},
                                     "data": {"dataset": "random", "num_samples": 2, "seq_len": 8},
                                     "evaluation": {"tasks": tasks, "limit": 2}}))
     return path
