@@ -92,7 +92,7 @@ def block_forward_seconds(model, calibration, batch_size: int, repeats: int = 3)
     """Seconds of one block forward over every calibration micro-batch (the first block,
     its captured inputs, the median of ``repeats``): the unit the mask-only goal counts in."""
     from snows_hf.adapters import find_block_list
-    from snows_hf.api import as_batches
+    from snows_hf.oneshot import as_batches
     from snows_hf.blocks import run_block
     from snows_hf.pipeline import capture_block_inputs
 

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Any, Sequence
 
-from . import __version__
+from .version import __version__
 from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
 
 

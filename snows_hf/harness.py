@@ -517,7 +517,7 @@ class PairedTasks:
             >>> PairedTasks.for_model(None, model, tokenizer) is None  # doctest: +SKIP
             True
         """
-        from .tasks import task_of
+        from .heads import task_of
 
         if suite is None:
             return None

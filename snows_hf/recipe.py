@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from .fields import QUOTE_CHARS, SettingError, check_keys, python_spelling, setting, shorten, spelled
 from .safe_yaml import read_safe_yaml
+from .version import __version__
 
 logger = logging.getLogger("snows_hf")
 
@@ -37,8 +38,6 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None, tasks: A
         >>> recipe_dict(PruneConfig(sparsity="2:4"), model="my-vit")["prune"]["sparsity"]
         '2:4'
     """
-    from . import __version__
-
     out: dict[str, Any] = {"snows_hf_version": __version__}
     if model is not None:
         out["model"] = model

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .methods import METHODS, Method
+from .version import __version__
 
 
 @dataclass
@@ -78,8 +79,6 @@ class PruneReport:
 
     def sparsity_block(self) -> dict[str, Any]:
         """The ``sparsity`` entry written into ``config.json`` next to the weights."""
-        from . import __version__
-
         block = {"pattern": self.config["sparsity"], **self._method().metadata(self.config)}
         if self.config.get("allocation") == "global":
             block.update(allocation="global", max_layer_sparsity=self.config["max_layer_sparsity"])

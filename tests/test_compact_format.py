@@ -96,6 +96,19 @@ def test_import_snows_hf_is_all_from_pretrained_needs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_import_snows_hf_imports_no_torch_and_installs_one_hook():
+    """The hook that registers the compact format costs no import: transformers and torch
+    load only when the caller's code loads them; importing again adds no second hook."""
+    code = ("import importlib, sys, snows_hf, snows_hf.compact_hook as hook\n"
+            "importlib.reload(snows_hf)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules),"
+            " sum(isinstance(f, hook.WhenLoaded) for f in sys.meta_path))\n")
+    root = str(Path(snows_hf.__file__).parents[1])  # this checkout's package, whatever is installed
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert result.stdout.split("\n")[0] == "[] 1", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("damage, message", [
     ("remove-code", "model.layers.0.mlp.up_proj.weight_code is missing"),
     ("rename-values", "model.layers.0.mlp.up_proj.weight is missing"),

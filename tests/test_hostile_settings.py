@@ -24,7 +24,7 @@ from torch import nn
 
 import snows_hf
 from snows_hf import CalibrationConfig, PruneConfig, SettingError
-from snows_hf.api import as_batches, prune_
+from snows_hf.oneshot import as_batches, prune_
 from snows_hf.cli import main
 from snows_hf.harness import TaskSettings
 from snows_hf.hub import push_folder

@@ -42,7 +42,7 @@ import torch
 from ..evaluation import Evaluation
 from ..fields import SettingError, setting
 from ..loading import load_processor
-from ..tasks import modality, task_of
+from ..heads import modality, task_of
 from .config import DEFAULT_SEQ_LEN, CalibrationConfig, dataset_label
 from .sources import DEFAULT_DATASETS, RANDOM, SplitRows, detect_column, load_dataset_split, split_read
 
@@ -72,7 +72,7 @@ class EvalSet:
     """Held-out inputs for before/after measurements.
 
     Attributes:
-        evaluation: how models are measured on it (the model's task's, :mod:`snows_hf.tasks`).
+        evaluation: how models are measured on it (the model's task's, :mod:`snows_hf.heads`).
         inputs: stacked model inputs (``input_ids`` + ``attention_mask``, or ``pixel_values``).
         labels: class indices aligned with the inputs (-1: a row whose class the model
             does not have, left out of accuracy), or ``None``.

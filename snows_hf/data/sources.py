@@ -97,7 +97,7 @@ DEFAULT_DATASETS: dict[str, DatasetDefault] = {
             "ImageNet-1k itself is gated",
     ),
 }
-"""Modality (:func:`snows_hf.tasks.modality`) -> default calibration data."""
+"""Modality (:func:`snows_hf.heads.modality`) -> default calibration data."""
 
 
 def is_local(source: str) -> bool:
