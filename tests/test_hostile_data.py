@@ -18,8 +18,8 @@ import torch
 from conftest import tiny_llama, tiny_tokenizer, tiny_vit
 
 from snows_hf.cli import main
-from snows_hf.data import (CalibrationConfig, SplitRows, load_dataset_split, match_class_names, prepare_data, preparation,
-                           sources)
+from snows_hf.data import (CalibrationConfig, SplitRows, load_dataset_split, match_class_names, order, prepare_data,
+                           preparation, sources)
 
 WORDS = " ".join(f"w{i % 120}" for i in range(1000))  # 4,890 characters, 1,000 tokens of the tiny tokenizer
 
@@ -251,7 +251,7 @@ def _buffer_before_the_byte_bound(items, size, rng):
 def test_the_buffer_order_is_unchanged_below_its_byte_bound(seed):
     items = [(i, {"text": "w1 w2"}) for i in range(5000)]
     expected = list(_buffer_before_the_byte_bound(iter(items), 1000, random.Random(seed)))
-    assert list(sources._shuffled(iter(items), 1000, random.Random(seed))) == expected
+    assert list(order._shuffled(iter(items), 1000, random.Random(seed))) == expected
 
 
 def test_the_shuffle_buffer_of_a_stream_holds_a_bounded_number_of_bytes(monkeypatch):

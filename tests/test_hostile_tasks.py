@@ -293,7 +293,7 @@ def test_a_named_task_file_is_indexed_alone_not_with_its_folder(tmp_path):
 
 
 def test_a_named_task_folder_is_walked_and_read_within_bounds(tmp_path, monkeypatch):
-    from snows_hf import harness
+    from snows_hf.harness import suite as harness  # where the bounds are read
 
     folder = tmp_path / "tasks"
     for i in range(4):

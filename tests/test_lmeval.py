@@ -131,7 +131,7 @@ def test_eval_scores_a_compact_checkpoint_against_its_reference_from_the_command
 
 
 def test_a_model_placed_with_max_memory_is_scored_where_it_is_placed(tmp_path, monkeypatch):
-    from snows_hf import harness
+    from snows_hf.harness import scoring as harness  # where PairedTasks finds score_tasks
 
     tokenizer = tiny_tokenizer()
     model = tiny_llama()
