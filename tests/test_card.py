@@ -55,7 +55,7 @@ def test_card_metadata_for_hub_sources():
     card = build_card(model, payload, repo_id="me/tiny-llama-50pct")
     assert card.data.base_model == "org/tiny-llama" and card.data.datasets == ["org/corpus"]
     assert {r.metric_value for r in card.data.eval_results} == {10.0, 12.5}
-    assert "magnitude" in card.data.tags and 'from_pretrained("me/tiny-llama-50pct")' in str(card)
+    assert "mask-only" in card.data.tags and 'from_pretrained("me/tiny-llama-50pct")' in str(card)
     assert "sparse GPU kernels" not in str(card)  # unstructured 50%: no kernel runs it faster
 
 

@@ -146,3 +146,19 @@ def test_an_earlier_module_name_still_imports(old, new, name):
         module = importlib.import_module(old)
     assert len(caught) == 1
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
+
+
+@pytest.mark.parametrize("old", sorted(OLD_METHODS))
+def test_a_report_of_an_earlier_run_reads_its_method_by_todays_name(deprecations, old):
+    """A ``report.json`` written before the rename (read again by ``convert``) describes its run
+    as today's names do, silently: the file names the method, the user did not."""
+    from snows_hf.report import PruneReport
+
+    config = PruneConfig(sparsity="2:4", **OLD_METHODS[old][1]).to_dict()
+    recorded = {"config": {**config, "method": old, "mask": "sparsegpt" if old == "magnitude" else config["mask"]},
+                "layers": [], "model_type": "llama", "block_path": "model.layers", "num_blocks": 0, "num_calibration_samples": 8}
+    report = PruneReport.from_dict(recorded)
+    assert report.config == config
+    assert report.sparsity_block()["method"] == "mask-only"
+    assert report.sparsity_block()["mask"] == OLD_METHODS[old][1].get("mask", "sparsegpt")
+    assert deprecations() == []

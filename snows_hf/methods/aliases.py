@@ -37,10 +37,11 @@ def register_method_alias(old: str, new: str, **settings: Any) -> None:
     METHOD_ALIASES[old] = (new, dict(settings))
 
 
-def without_method_alias(values: Mapping[str, Any]) -> dict[str, Any]:
+def without_method_alias(values: Mapping[str, Any], quiet: bool = False) -> dict[str, Any]:
     """Flat settings ``values`` with an earlier method name (one no registered method
     takes) replaced by the method and settings it stands for, logging one deprecation
-    line that names the new spelling; other settings as they are.
+    line that names the new spelling (``quiet``: none, for settings a file of an earlier
+    run recorded, not ones a user gives); other settings as they are.
 
     Example:
         >>> without_method_alias({"method": "magnitude", "mask": "sparsegpt"})  # logs one deprecation line
@@ -52,6 +53,8 @@ def without_method_alias(values: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(method, str) or method in METHODS or method not in METHOD_ALIASES:
         return dict(values)
     new, settings = METHOD_ALIASES[method]
+    if quiet:
+        return {**values, "method": new, **settings}
     spelled = " with ".join([setting("method", new), *(setting(key, value) for key, value in settings.items())])
     logger.warning("method %r is deprecated and will be removed: use %s (same weights)", method, spelled)
     return {**values, "method": new, **settings}
