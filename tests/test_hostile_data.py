@@ -256,7 +256,7 @@ def test_the_buffer_order_is_unchanged_below_its_byte_bound(seed):
 
 def test_the_shuffle_buffer_of_a_stream_holds_a_bounded_number_of_bytes(monkeypatch):
     """Image bytes cannot be cut: the buffer holds fewer rows when rows are large."""
-    monkeypatch.setattr(sources, "SHUFFLE_BUFFER_BYTES", 2_000_000)
+    monkeypatch.setattr(order, "SHUFFLE_BUFFER_BYTES", 2_000_000)  # where SplitRows reads it
     row_bytes, pulled = 100_000, []
 
     def rows():
