@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from . import __version__
 from .cli_options import (Parser, add_allow_pickle, add_common, add_data_options, add_execution_options, add_field,
-                          add_method_options, add_push_options, add_task_options, check_given, flag_spelling)
+                          add_method_options, add_push_options, add_task_options, check_given, flag_spelling,
+                          flag_taken)
 from .config import PruneConfig
 from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
 from .demo import DemoSettings
@@ -282,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
-    parser = build_parser()  # with the methods registered by now
+    try:
+        parser = build_parser()  # with the methods registered by now
+    except argparse.ArgumentError as exc:  # a registered method's option with the flag of another option
+        _say(f"snows-hf: error: {flag_taken(exc)}")
+        return 1
     args = parser.parse_args(argv)
     log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:

@@ -116,6 +116,28 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         add_field(groups[tuple(names)], METHODS[names[0]].config_class, option, other_defaults=others)
 
 
+def flag_taken(error: argparse.ArgumentError) -> str:
+    """What to tell the user when building the parser met two options of one flag: a
+    registered method's option named as an option of the command line (``output_dir``,
+    ``seed``), which could never be set, nor the other one.
+
+    Example:
+        >>> parser = Parser(prog="demo")
+        >>> _ = parser.add_argument("--k-step")
+        >>> try:
+        ...     add_method_options(parser)
+        ... except argparse.ArgumentError as error:
+        ...     print(flag_taken(error))
+        method 'snows' declares an option 'k_step', but the command line has --k-step for something else; rename the option
+    """
+    flag = max((error.argument_name or "").split("/"), key=len)
+    option = flag.lstrip("-").replace("-", "_")
+    owners = option_owners().get(option)
+    if not owners:
+        return str(error)
+    return f"method {owners[0]!r} declares an option {option!r}, but the command line has {flag} for something else; rename the option"
+
+
 def add_data_options(parser: argparse.ArgumentParser, streaming_flag: bool = False) -> None:
     """The data options (:class:`~snows_hf.CalibrationConfig`'s fields) and ``--processor``;
     with ``streaming_flag``, also ``--streaming`` (``eval``: a folder's recipe may ask for

@@ -133,3 +133,19 @@ def test_an_out_of_bounds_value_is_refused_with_the_same_message_everywhere(shri
     err = capsys.readouterr().err
     assert err.splitlines() == [f"snows-hf: error: recipe 'r.yaml': prune.{name} {problem}"], err
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("option, flag", [
+    pytest.param("output_dir", "--output-dir", id="an-option-of-prune-added-after"),
+    pytest.param("seed", "--seed", id="a-data-option"),
+    pytest.param("debug", "--debug", id="a-common-option"),
+])
+def test_an_option_named_as_a_command_line_option_is_refused_in_one_line(option, flag, registries, llama_dir, capsys):
+    clash = dataclass(type("ClashConfig", (ShrinkConfig,), {"name": "clash-test", "__annotations__": {option: int},
+                                                             option: config_field(1, "clashes", minimum=1)}))
+    register_method(type("Clash", (Shrink,), {"config_class": clash}))
+    assert main(["prune", str(llama_dir), *COMMON, "--output-dir", "out"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"snows-hf: error: method 'clash-test' declares an option {option!r}, but the command line has {flag} for "
+        "something else; rename the option"]
+    assert not Path("out").exists()
