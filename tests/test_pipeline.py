@@ -1,6 +1,5 @@
 """The block pipeline: capture, propagation, in-place pruning, hooks, reports."""
 
-import contextlib
 from dataclasses import dataclass
 
 import pytest
@@ -104,17 +103,7 @@ def _options(name):
     return dataclass(type(f"Options_{name}", (MethodConfig,), {"name": name}))
 
 
-@contextlib.contextmanager
-def _registered(method):
-    """``method`` registered for the duration of the block only."""
-    register_method(method)
-    try:
-        yield
-    finally:
-        del METHODS[method.config_class.name]
-
-
-def test_hooks_removed_when_a_method_fails():
+def test_hooks_removed_when_a_method_fails(registries):
     class Boom(Method):
         config_class = _options("boom-test")
 
@@ -122,12 +111,13 @@ def test_hooks_removed_when_a_method_fails():
             raise RuntimeError("boom")
 
     model = tiny_vit()
-    with _registered(Boom), pytest.raises(RuntimeError, match="boom"):
+    register_method(Boom)
+    with pytest.raises(RuntimeError, match="boom"):
         snows_hf.prune_(model, {"sparsity": "2:4", "method": "boom-test"}, _inputs("vit"))
     assert _all_hooks(model) == 0
 
 
-def test_a_registered_method_gives_its_own_words_to_the_report():
+def test_a_registered_method_gives_its_own_words_to_the_report(registries):
     class Keep(MaskOnly):
         config_class = _options("keep-test")
         uses_mask_setting = False
@@ -136,10 +126,11 @@ def test_a_registered_method_gives_its_own_words_to_the_report():
         def summary(cls, settings):
             return super().summary(settings) + ", weights kept as masked"
 
-    with _registered(Keep):
-        report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "keep-test", "batch_size": 4}, _inputs("vit"))
-        assert "(method keep-test, weights kept as masked)" in report.format_table()
-        assert report.sparsity_block()["method"] == "keep-test" and "mask" not in report.sparsity_block()
+    register_method(Keep)
+    report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "keep-test", "batch_size": 4}, _inputs("vit"))
+    assert "(method keep-test, weights kept as masked)" in report.format_table()
+    assert report.sparsity_block()["method"] == "keep-test" and "mask" not in report.sparsity_block()
+    del METHODS["keep-test"]
     # read later, without the method registered: its name and mask, as for any method
     assert "(method keep-test, mask sparsegpt)" in report.format_table()
 

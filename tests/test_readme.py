@@ -80,7 +80,7 @@ def _python_block(containing: str) -> str:
     return next(b for b in blocks if containing in b)
 
 
-def test_the_documented_extension_example_registers_what_it_says():
+def test_the_documented_extension_example_registers_what_it_says(registries):
     """Run the README's registration example: its selector prunes as Wanda does (it is Wanda's
     rule), and its architecture entry is found; both registrations are removed after."""
     import torch
@@ -88,21 +88,16 @@ def test_the_documented_extension_example_registers_what_it_says():
     import snows_hf
     from conftest import tiny_llama
     from snows_hf.adapters import ADAPTERS
-    from snows_hf.masks import SELECTORS
 
-    try:
-        exec(_python_block("register_selector("), {})
-        assert ADAPTERS["my-arch"].blocks == "encoder.layers"
-        inputs = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(0))
-        weights = []
-        for mask in ("my-wanda", "wanda"):
-            model = tiny_llama()
-            snows_hf.prune_(model, {"sparsity": "2:4", "method": "none", "mask": mask, "batch_size": 4}, inputs)
-            weights.append(model.model.layers[0].mlp.down_proj.weight.clone())
-        assert torch.equal(weights[0], weights[1]) and float((weights[0] == 0).float().mean()) == 0.5
-    finally:
-        ADAPTERS.pop("my-arch", None)
-        SELECTORS.pop("my-wanda", None)
+    exec(_python_block("register_selector("), {})
+    assert ADAPTERS["my-arch"].blocks == "encoder.layers"
+    inputs = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(0))
+    weights = []
+    for mask in ("my-wanda", "wanda"):
+        model = tiny_llama()
+        snows_hf.prune_(model, {"sparsity": "2:4", "method": "none", "mask": mask, "batch_size": 4}, inputs)
+        weights.append(model.model.layers[0].mlp.down_proj.weight.clone())
+    assert torch.equal(weights[0], weights[1]) and float((weights[0] == 0).float().mean()) == 0.5
 
 
 def _readme_results():

@@ -1,5 +1,5 @@
 """Messages name settings as the caller writes them: keywords from Python, flags from the
-command line (``snows_hf.fields.setting``), and no ``--flag`` text outside ``cli.py``."""
+command line (``snows_hf.fields.setting``), and no ``--flag`` text outside ``cli.py`` and ``cli_options.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import snows_hf
-from snows_hf.cli import _flag_spelling, build_parser, main
+from snows_hf.cli import build_parser, main
+from snows_hf.cli_options import flag_spelling
 from snows_hf.export import FILES_KEY
 from snows_hf.fields import UNSET, SettingError, setting, spelled
 
@@ -20,7 +21,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 
 
 def _library_modules() -> list[Path]:
-    return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "cli.py"]
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name not in ("cli.py", "cli_options.py")]
 
 
 def _strings(tree: ast.AST) -> list[tuple[int, str]]:
@@ -62,12 +63,12 @@ def test_no_flag_text_outside_the_command_line():
 def test_every_setting_a_message_names_is_an_option_of_the_command_line():
     named = set().union(*(_named_settings(ast.parse(p.read_text())) for p in _library_modules()))
     assert {"output_dir", "overwrite", "resume", "num_samples", "batch_size", "sparsity"} <= named  # the scan works
-    spell = _flag_spelling(build_parser())
+    spell = flag_spelling(build_parser())
     # arguments of snows_hf.run that the command line never passes, and a recipe's version
     python_only = {"save", "eval_batch_size", "config", "data", "config_version"}
     unspelled = sorted(n for n in named - python_only if spell(n, UNSET) == n)
     assert unspelled == []
-    prune = _flag_spelling(build_parser(), "prune")
+    prune = flag_spelling(build_parser(), "prune")
     assert prune("model", UNSET) == "MODEL" and prune("model", "my-vit") == "my-vit"
 
 
@@ -82,7 +83,7 @@ def test_every_setting_a_message_names_is_an_option_of_the_command_line():
 def test_a_setting_is_spelled_for_python_and_for_the_command_line(name, value, python, cli):
     args = (name,) if value is None else (name, value)
     assert setting(*args) == python
-    with spelled(_flag_spelling(build_parser())):
+    with spelled(flag_spelling(build_parser())):
         assert setting(*args) == cli
     assert setting(*args) == python  # the spelling ends with its block
 

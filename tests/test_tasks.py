@@ -68,8 +68,7 @@ def test_a_duplicate_registration_is_refused(task, message):
     assert TASKS == before
 
 
-def test_a_new_task_is_one_registration(monkeypatch):
-    monkeypatch.setattr("snows_hf.heads.TASKS", dict(TASKS))
+def test_a_new_task_is_one_registration(registries):
     token = register_task(Task("token-classification", "text", "token-classification", "AutoModelForTokenClassification",
                                CLASSIFICATION, ("ForTokenClassification",)))
     model = transformers.BertForTokenClassification(transformers.BertConfig(**_BERT, num_labels=3))
