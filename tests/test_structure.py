@@ -109,7 +109,7 @@ LAYERS = [
     # the block loop and what is made of its result
     {"pipeline", "oneshot", "plan", "card", "export", "hub"},
     # the verbs: a whole run, the command line, the demo, the package's own top and earlier module names
-    {"workflow", "cli", "demo", "__main__", "", "api", "tasks"},
+    {"workflow", "cli", "cli_options", "demo", "__main__", "", "api", "tasks"},
 ]
 
 
