@@ -34,8 +34,9 @@ from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
 from .placement import BlockPlacement, block_budget
-from .methods import ModuleJob, block_input_stats, get_method, has_input_features, input_features
+from .methods import ModuleJob, get_method
 from .report import LayerReport, PruneReport
+from .statistics import block_input_stats, has_input_features, input_features
 
 logger = logging.getLogger(__name__)
 #: one line per pruned layer (loss before/after, CG iterations, seconds): the log file

@@ -11,8 +11,8 @@ Example:
     1
 """
 
-from .base import (METHODS, InputStats, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, block_input_stats,
-                   get_method, has_input_features, input_features, register_method)
+from ..statistics import InputStats, block_input_stats, has_input_features, input_features
+from .base import METHODS, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, get_method, register_method
 from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
 from .snows import SnowsConfig, SnowsFastConfig, SnowsFastMethod, SnowsMethod, SnowsPlan, split_holdout
 

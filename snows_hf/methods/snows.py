@@ -59,8 +59,9 @@ from ..solver import FlatLayout, NewtonConfig, newton_refit, window_loss
 from ..solver.cg import project
 from ..solver.hvp import HESSIAN_KINDS
 from ..solver.lsq import masked_lstsq
+from ..statistics import modules_inputs
 from ..windows import WindowRunner
-from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, modules_inputs
+from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob
 
 logger = logging.getLogger(__name__)
 
