@@ -11,7 +11,7 @@ Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -172,6 +172,26 @@ class MethodPlan:
         return []
 
 
+@dataclass
+class LayerPlot:
+    """A method's panel of the model card's plot, under the per-layer sparsity: one line
+    per series over the pruned layers (:meth:`Method.card_plot`).
+
+    Attributes:
+        ylabel: the panel's y-axis label.
+        series: ``(label, values, colour)`` of each line, a value per layer.
+        log: whether the y axis is logarithmic.
+
+    Example:
+        >>> LayerPlot("error", [("re-fitted", [0.5, 0.25], "#55a868")], log=True).series[0][1]
+        [0.5, 0.25]
+    """
+
+    ylabel: str
+    series: list[tuple[str, list[float], str]]
+    log: bool = False
+
+
 class Method:
     """Base class of pruning methods: a subclass names its options' class (``config_class``,
     whose ``name`` the method is registered under) and implements ``prune_module``.
@@ -180,7 +200,12 @@ class Method:
     options are ``config.method``, the settings every method shares (``mask``, ...) the
     other fields. It also says what it is in a run's words: its part of the dry-run plan
     (:meth:`plan`) and, from a run's stored settings, of the terminal summary, of the
-    saved ``config.json`` and of the model card.
+    saved ``config.json`` and of the model card. And it speaks for its own results, the
+    ``metrics`` it puts into each layer's record (keys it declares in
+    :attr:`metric_keys`): the per-layer log line (:meth:`layer_text`), the run's figures
+    and their log lines (:meth:`run_figures`, :meth:`run_lines`), the model card's
+    per-layer column and plot (:meth:`card_column`, :meth:`card_plot`). The pipeline and
+    the card read none of those keys themselves; the defaults here say nothing.
     """
 
     config_class: type[MethodConfig] = MethodConfig
@@ -194,6 +219,8 @@ class Method:
     description: str = ""
     #: the heading of its options in ``--help`` (default: ``description``)
     options_title: str = ""
+    #: every key this method puts into a layer's ``metrics`` (only its own words read them)
+    metric_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -229,12 +256,54 @@ class Method:
         return False
 
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
+        """The extension point of a method: prune one module. ``job`` holds the module (its
+        weight still the current one), its pattern, its block and that block's calibration
+        inputs (:meth:`ModuleJob.input_stats`, :meth:`ModuleJob.module_inputs`); the answer
+        is the new weight and keep-mask in the ``(rows, inputs)`` view, with ``metrics`` for
+        the layer's record. The pipeline writes them into the model (pruned weights as
+        +0.0), in execution order, so the next module's inputs come from the pruned ones.
+
+        Example (a method registered from outside: the run's mask, the kept weights scaled):
+            >>> from snows_hf import PruneConfig, prune_
+            >>> from snows_hf.fields import config_field
+            >>> from snows_hf.masks import apply_selector, get_selector
+            >>> @dataclass
+            ... class ShrinkConfig(MethodConfig):
+            ...     name = "shrink"
+            ...     factor: float = config_field(0.5, "scale of the kept weights", minimum=0)
+            >>> class Shrink(Method):
+            ...     config_class = ShrinkConfig
+            ...     metric_keys = frozenset({"kept"})
+            ...     def prune_module(self, job):
+            ...         stats = job.input_stats(get_selector(self.mask_selector).needs)
+            ...         rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
+            ...         return MethodResult(rows * self.config.method.factor, mask, {"kept": float(mask.float().mean())})
+            ...     @classmethod
+            ...     def layer_text(cls, metrics):
+            ...         return f", {metrics['kept']:.0%} kept"
+            >>> _ = register_method(Shrink)
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            ...                                      num_attention_heads=2, vocab_size=50))
+            >>> config = PruneConfig(sparsity="2:4", method=ShrinkConfig(factor=0.9), mask="magnitude", batch_size=2)
+            >>> prune_(model, config, torch.randint(0, 50, (4, 8))).layers[0].metrics
+            {'kept': 0.5}
+            >>> del METHODS["shrink"]  # this example's method only
+        """
         raise NotImplementedError
 
     def prune_block(self, jobs: list[ModuleJob]) -> list[MethodResult]:  # pragma: no cover - abstract
-        """One result per job, for every targeted module of one block (in execution order),
-        when :attr:`prunes_blocks` says so. No job's module is pruned yet: the block is
-        still dense in the model, and each job's ``dense_overrides`` is empty."""
+        """The extension point of a method that prunes a block at a time (when
+        :attr:`prunes_blocks` says so): one result per job, for every targeted module of one
+        block (in execution order). No job's module is pruned yet: the block is still dense
+        in the model, and each job's ``dense_overrides`` is empty.
+
+        Example (each module as :meth:`prune_module` would, all from the dense block):
+            >>> class ShrinkBlock(Shrink):  # doctest: +SKIP
+            ...     prunes_blocks = True
+            ...     def prune_block(self, jobs):
+            ...         return [self.prune_module(job) for job in jobs]
+        """
         raise NotImplementedError
 
     def plan(self, micro_batches: int) -> MethodPlan:
@@ -279,6 +348,61 @@ class Method:
             [('method', 'none'), ('mask', 'wanda')]
         """
         return [("method", settings["method"])] + ([("mask", settings["mask"])] if cls.uses_mask_setting else [])
+
+
+    @classmethod
+    def layer_text(cls, metrics: Mapping[str, Any]) -> str:
+        """What a layer's log line says of its ``metrics``, between its sparsity and its
+        seconds (``", window loss ..."``): nothing here.
+
+        Example:
+            >>> Method.layer_text({})
+            ''
+        """
+        return ""
+
+    @classmethod
+    def run_figures(cls, report: Any) -> dict[str, Any]:
+        """The method's figures over all layers of a finished run (``report``: its
+        :class:`~snows_hf.report.PruneReport`), kept as the report's ``solver``: none here.
+
+        Example:
+            >>> Method.run_figures(None)
+            {}
+        """
+        return {}
+
+    @classmethod
+    def run_lines(cls, figures: Mapping[str, Any]) -> list[str]:
+        """The log lines that say :meth:`run_figures` at the end of a run: none here.
+
+        Example:
+            >>> Method.run_lines({})
+            []
+        """
+        return []
+
+    @classmethod
+    def card_column(cls, metrics: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+        """The heading and the cells (one per layer, from each layer's ``metrics``) of the
+        last column of the model card's per-layer table.
+
+        Example:
+            >>> Method.card_column([{}, {}])
+            ('reconstruction error (not measured without a re-fit)', ['', ''])
+        """
+        return "reconstruction error (not measured without a re-fit)", [""] * len(metrics)
+
+    @classmethod
+    def card_plot(cls, metrics: Sequence[Mapping[str, Any]]) -> LayerPlot | None:
+        """The model card's panel under the per-layer sparsity, from each layer's
+        ``metrics``: none here.
+
+        Example:
+            >>> Method.card_plot([{}]) is None
+            True
+        """
+        return None
 
 
 METHODS: dict[str, type[Method]] = {}
