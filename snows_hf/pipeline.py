@@ -39,8 +39,8 @@ from .statistics import block_input_stats, has_input_features
 from .targets import Targets
 
 logger = logging.getLogger(__name__)
-#: one line per pruned layer (loss before/after, CG iterations, seconds): the log file
-#: always has them, the terminal with ``--verbose``
+#: one line per pruned layer (sparsity, what the method says of its result, seconds): the
+#: log file always has them, the terminal with ``--verbose``
 layer_logger = logging.getLogger("snows_hf.layers")
 
 

@@ -39,7 +39,8 @@ def test_pipeline_and_card_name_no_metric_key_of_any_method():
 def test_the_key_search_finds_keys_where_code_reads_them():
     """The check above would pass on a search that finds nothing: it finds these."""
     old = 'm = layer.metrics\nif "heldout_loss_after" in m:\n    text = f"{m[\'k\']}"  # counts joint_solve once\n'
-    assert _named_keys(old, {"heldout_loss_after", "k", "joint_solve", "window"}) == ["heldout_loss_after", "joint_solve", "k"]
+    found = _named_keys(old, {"heldout_loss_after", "k", "joint_solve", "window"})
+    assert found == ["heldout_loss_after", "joint_solve", "k"]
     assert _named_keys('"a window of k steps"', {"k", "window"}) == []  # plain words in text are not keys
 
 

@@ -12,8 +12,8 @@ Example:
 """
 
 from ..statistics import InputStats, block_input_stats, has_input_features, input_features
-from .base import (METHODS, LayerPlot, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, get_method,
-                   register_method)
+from .base import METHODS, LayerPlot, Method, MethodConfig, MethodPlan, MethodResult, get_method, register_method
+from .job import ModuleJob
 from .mask_only import MagnitudeConfig, MagnitudeMethod, MaskOnly, MaskOnlyConfig
 from .refit import split_holdout
 from .snows import SnowsConfig, SnowsFastConfig, SnowsFastMethod, SnowsMethod, SnowsPlan
@@ -23,7 +23,7 @@ register_method(MagnitudeMethod)
 register_method(SnowsMethod)
 register_method(SnowsFastMethod)
 
-__all__ = ["METHODS", "InputStats", "LayerPlot", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig", "Method",
-           "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsFastConfig", "SnowsFastMethod",
-           "SnowsMethod", "SnowsPlan",
+__all__ = ["METHODS", "InputStats", "LayerPlot", "MagnitudeConfig", "MagnitudeMethod", "MaskOnly", "MaskOnlyConfig",
+           "Method", "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsFastConfig",
+           "SnowsFastMethod", "SnowsMethod", "SnowsPlan",
            "block_input_stats", "get_method", "has_input_features", "input_features", "register_method", "split_holdout"]

@@ -21,7 +21,7 @@ from ..masks.selectors import row_input_sq
 from ..solver.lsq import masked_lstsq
 from ..statistics import modules_inputs
 from ..windows import WindowRunner
-from .base import ModuleJob
+from .job import ModuleJob
 
 
 def finite_weight(result, start: torch.Tensor, masked: torch.Tensor, init: str) -> tuple[torch.Tensor, str | None]:

@@ -36,6 +36,10 @@ after it, with dense targets computed once per block; CG's preconditioner is
 block-diagonal, each module's own input-energy diagonal. A Hessian-vector product is then
 one window forward and backward per micro-batch for the whole block, where the
 per-module re-fit takes one per module.
+
+The pieces both re-fits share are in :mod:`~snows_hf.methods.refit`, the block re-fit in
+:mod:`~snows_hf.methods.snows_block`, and what SNOWS says of its results (log lines,
+the solver's figures, the card's column and plot) in :mod:`~snows_hf.methods.snows_report`.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from ..placement import format_size
 from ..solver import NewtonConfig, newton_refit, window_loss
 from ..solver.hvp import HESSIAN_KINDS
 from ..windows import WindowRunner
-from .base import LayerPlot, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob
+from .base import LayerPlot, Method, MethodConfig, MethodPlan, MethodResult
+from .job import ModuleJob
 from .refit import (MicroBatch, dense_targets, double_differentiable, finite_weight, input_energy, input_grams,
                     local_positions, lsq_start, solve_metrics, split_holdout, term_scales)
 from .snows_block import refit_block

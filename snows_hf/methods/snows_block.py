@@ -19,7 +19,8 @@ from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..solver import FlatLayout, NewtonConfig, newton_refit, window_loss
 from ..solver.cg import project
 from ..windows import WindowRunner
-from .base import MethodConfig, MethodResult, ModuleJob
+from .base import MethodConfig, MethodResult
+from .job import ModuleJob
 from .refit import (MicroBatch, dense_targets, double_differentiable, finite_weight, input_energy, input_grams,
                     local_positions, lsq_start, solve_metrics, split_holdout, term_scales)
 

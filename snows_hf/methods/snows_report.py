@@ -92,10 +92,11 @@ def solver_lines(figures: Mapping[str, int]) -> list[str]:
     if not figures:
         return []
     s = figures
+    non_finite = f"; {s['non_finite']} layers met NaN/Inf" if s["non_finite"] else ""
     return ["solver: %d Newton steps over %d layers; %d ended on a rejected line search; CG reached its "
             "tolerance in %d of %d solves (the rest stopped at %s)%s" % (
                 s["newton_steps"], s["layers"], s["rejected_line_search"], s["cg_solves"] - s["cg_not_converged"],
-                s["cg_solves"], setting("cg_iters"), f"; {s['non_finite']} layers met NaN/Inf" if s["non_finite"] else "")]
+                s["cg_solves"], setting("cg_iters"), non_finite)]
 
 
 def loss_column(metrics: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]] | None:
