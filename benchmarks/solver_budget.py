@@ -88,7 +88,7 @@ def main() -> None:
 
     import snows_hf
     from smollm2_bbc import bbc_data, truncated_smollm2
-    from snows_hf.pipeline import counted_solves
+    from snows_hf.methods.snows_report import counted_solves
 
     torch.set_num_threads(2)
 

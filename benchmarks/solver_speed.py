@@ -55,7 +55,7 @@ def _timed(name, fn):
 
 def _instrument() -> None:
     """Wrap the SNOWS pieces with timers (the benchmark's own process only)."""
-    from snows_hf.methods import snows as refit
+    from snows_hf.methods import refit, snows, snows_block
     from snows_hf.solver import hvp, newton
 
     class TimedOperator(hvp.HessianOperator):
@@ -82,10 +82,13 @@ def _instrument() -> None:
     newton.HessianOperator = TimedOperator
     newton._line_search = _timed("line searches (held-out forwards)", newton._line_search)
     newton.masked_cg = _timed("CG total (incl. its products)", newton.masked_cg)
-    refit.SnowsMethod._targets = _timed("dense targets (once per module)", refit.SnowsMethod._targets)
-    refit.SnowsMethod._grams = _timed("Gram matrices (K=0 start)", refit.SnowsMethod._grams)
+    # snows.py and snows_block.py call the pieces by the names they imported: wrapped there
+    targets = _timed("dense targets (once per module)", refit.dense_targets)
+    grams = _timed("Gram matrices (K=0 start)", refit.input_grams)
+    solve = _timed("Newton re-fit total", snows.newton_refit)
+    for module in (snows, snows_block):
+        module.dense_targets, module.input_grams, module.newton_refit = targets, grams, solve
     refit.masked_lstsq = _timed("least-squares solves (K=0 start)", refit.masked_lstsq)
-    refit.newton_refit = _timed("Newton re-fit total", refit.newton_refit)
 
 
 def block_forward_seconds(model, calibration, batch_size: int, repeats: int = 3) -> float:

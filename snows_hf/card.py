@@ -3,7 +3,7 @@
 Rendered with ``huggingface_hub.ModelCard.from_template`` and ``ModelCardData`` so the
 Hub reads its metadata: base model, tags, calibration dataset, and the dense and pruned
 metrics, held-out and lm-eval tasks', as ``eval_results`` (which become the ``model-index``). A small PNG plots the
-per-layer sparsity and, for SNOWS, the per-layer reconstruction error. Models and
+per-layer sparsity and the method's own panel (for SNOWS, the per-layer window loss). Models and
 datasets appear by Hub id or by local folder or file name, never by path
 (:func:`snows_hf.provenance.public_source`): the card is what ``--push-to-hub`` publishes.
 """
@@ -158,7 +158,7 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
     data = payload.get("data") or {}
     calibration = payload.get("calibration") or {}
     evaluation = payload.get("evaluation") or {}
-    method = METHODS.get(cfg["method"], Method)  # a method this session has not registered: the plain words
+    method = _method_of(payload)
     settings = [("pattern", cfg["sparsity"]), *method.card_settings(cfg)]
     if cfg.get("allocation") == "global":
         settings.append(("allocation", f"global, at most {cfg['max_layer_sparsity']} per layer"))
@@ -171,12 +171,9 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         dense = (evaluation.get("dense") or {}).get(metric, 1.0 if metric in ("cosine_to_dense", "cosine_to_dense_min", "top1_agreement") else None)
         results.append((_METRIC_NAMES.get(metric, metric), "" if dense is None else f"{dense:.4f}",
                         f"{evaluation['pruned'][metric]:.4f}"))
-    snows = any("heldout_loss_after" in layer.get("metrics", {}) for layer in payload["layers"])
-    layers = []
-    for layer in payload["layers"]:
-        m = layer.get("metrics", {})
-        error = f"{m['heldout_loss_masked']:.4g} -> {m['heldout_loss_after']:.4g}" if "heldout_loss_after" in m else ""
-        layers.append((layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.2%}", error))
+    error_header, errors = method.card_column([layer.get("metrics", {}) for layer in payload["layers"]])
+    layers = [(layer["name"], "x".join(map(str, layer["shape"])), f"{layer['sparsity']:.2%}", error)
+              for layer, error in zip(payload["layers"], errors, strict=True)]
     return {
         "title": f"{name}",
         "source_line": (f"[{source.name}](https://huggingface.co/{source.name})" if source and source.on_hub
@@ -186,14 +183,26 @@ def _body(payload: dict[str, Any], model: Any, name: str, auto_class: str, plot:
         "task_rows": _task_table(payload.get("tasks")), "task_limit": (payload.get("tasks") or {}).get("limit"),
         "eval_source": f"{dataset.name}, split {data.get('split')}" if dataset else "",
         "overall": f"{payload['sparsity']:.2%}", "plot": plot,
-        "error_header": "line-search window loss (micro-batches kept out of the Newton steps, not out of the mask statistics), masked -> re-fitted" if snows else "reconstruction error (not measured without a re-fit)",
+        "error_header": error_header,
         "layers": layers, "auto_class": auto_class, "repo_hint": repo_id or "path/to/this/model",
         "sparse_kernels": cfg["sparsity"] in ("2:4", "1:4"),  # at most 2 of every 4: what the GPU kernels take
     }
 
 
+def _method_of(payload: dict[str, Any]) -> type[Method]:
+    """The method that wrote ``payload``; one this session has not registered: the plain words."""
+    return METHODS.get(payload["config"]["method"], Method)
+
+
 def plot_layers(payload: dict[str, Any], path: str | Path) -> bool:
-    """Save a PNG of per-layer sparsity (and SNOWS reconstruction error); False without matplotlib."""
+    """Save a PNG of per-layer sparsity, and under it the method's own panel
+    (:meth:`Method.card_plot <snows_hf.methods.Method.card_plot>`: for SNOWS, the held-out
+    window loss, mask only and re-fitted); False without matplotlib.
+
+    Example:
+        >>> plot_layers(json.loads(Path("out/report.json").read_text()), "layers.png")  # doctest: +SKIP
+        True
+    """
     try:
         import matplotlib
 
@@ -204,18 +213,19 @@ def plot_layers(payload: dict[str, Any], path: str | Path) -> bool:
         return False
     layers = payload["layers"]
     x = range(len(layers))
-    refit = [layer.get("metrics", {}) for layer in layers]
-    has_error = all("heldout_loss_after" in m for m in refit)
-    fig, axes = plt.subplots(2 if has_error else 1, 1, figsize=(8, 4.5 if has_error else 2.5), sharex=True, squeeze=False)
+    panel = _method_of(payload).card_plot([layer.get("metrics", {}) for layer in layers])
+    fig, axes = plt.subplots(1 if panel is None else 2, 1, figsize=(8, 2.5 if panel is None else 4.5), sharex=True,
+                             squeeze=False)
     axes[0][0].bar(x, [layer["sparsity"] for layer in layers], color="#4c72b0")
     axes[0][0].set_ylabel("sparsity")
     axes[0][0].set_ylim(0, 1)
-    if has_error:
+    if panel is not None:
         ax = axes[1][0]
-        ax.plot(x, [m["heldout_loss_masked"] for m in refit], "o-", ms=3, label="mask only", color="#c44e52")
-        ax.plot(x, [m["heldout_loss_after"] for m in refit], "o-", ms=3, label="SNOWS", color="#55a868")
-        ax.set_yscale("log")
-        ax.set_ylabel("line-search window loss")
+        for label, values, color in panel.series:
+            ax.plot(x, values, "o-", ms=3, label=label, color=color)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.set_ylabel(panel.ylabel)
         ax.legend(fontsize=8)
     axes[-1][0].set_xlabel("pruned layer (execution order)")
     fig.tight_layout()

@@ -24,22 +24,23 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpace, ActivationStore
-from .adapters import BlockList, block_targets, check_patterns, checkpoint_names, find_block_list, weight_layout
-from .blocks import BlockCall, counted_forwards, run_block, shared_parameters, tracked_hooks
+from .adapters import BlockList, find_block_list, weight_layout
+from .blocks import BlockCall, counted_forwards, run_block, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
 from .devices import embedding_device
 from .distributed import Processes, current_processes
 from .fields import SettingError, setting
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
-from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
 from .placement import BlockPlacement, block_budget
-from .methods import ModuleJob, block_input_stats, get_method, has_input_features, input_features
+from .methods import Method, ModuleJob, get_method
 from .report import LayerReport, PruneReport
+from .statistics import block_input_stats, has_input_features
+from .targets import Targets
 
 logger = logging.getLogger(__name__)
-#: one line per pruned layer (loss before/after, CG iterations, seconds): the log file
-#: always has them, the terminal with ``--verbose``
+#: one line per pruned layer (sparsity, what the method says of its result, seconds): the
+#: log file always has them, the terminal with ``--verbose``
 layer_logger = logging.getLogger("snows_hf.layers")
 
 
@@ -142,111 +143,6 @@ def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
     if not pattern.is_nm or layout_rows.shape[1] % pattern.m == 0:
         return 0
     return layout_rows.shape[0]
-
-
-class Targets:
-    """Which modules of each block are pruned, and at what pattern (global allocation):
-    the pipeline's and the dry-run plan's one answer.
-
-    Example:
-        >>> targets = Targets(model, PruneConfig(sparsity="2:4"), find_block_list(model))  # doctest: +SKIP
-    """
-
-    def __init__(self, model: nn.Module, config: Any, blocks: BlockList):
-        self.model, self.config, self.blocks = model, config, blocks
-        wanted = bool(config.targets or config.ignore)
-        self.saved_names = checkpoint_names(model) if wanted else {}
-        self.tied = shared_parameters(model)
-        self._of: dict[int, list[tuple[str, nn.Module]]] = {}
-        unmatched = check_patterns(blocks.modules, blocks.names, config.targets, self.saved_names)
-        if unmatched:
-            raise SettingError(
-                f"{setting('targets')} {' '.join(map(repr, unmatched))} matches no Linear/Conv1D/Conv2d module in the "
-                f"blocks at {blocks.path} (names look like {self._example()})", field="targets",
-            )
-        unused = check_patterns(blocks.modules, blocks.names, config.ignore, self.saved_names)
-        if unused:
-            logger.warning("%s %s matches no module in the blocks", setting("ignore"), " ".join(map(repr, unused)))
-        self.patterns: dict[str, SparsityPattern] = {}
-        if not any(self.of(i) for i in range(len(blocks))):
-            raise SettingError(f"no module is left to prune in the blocks at {blocks.path}", field="targets",
-                               hint=f"check {setting('targets')} / {setting('ignore')}")
-
-    def _example(self) -> str:
-        names = [f"{self.blocks.names[0]}.{n}" for n, m in self.blocks.modules[0].named_modules() if weight_layout(m)]
-        return ", ".join(names[:2] + [self.saved_names[n] for n in names[:1] if n in self.saved_names]) or "?"
-
-    def of(self, index: int) -> list[tuple[str, nn.Module]]:
-        """The targeted modules of block ``index`` (names relative to the block); weights
-        tied to another parameter (shared embeddings, shared layers) are never pruned."""
-        if index not in self._of:
-            cfg = self.config
-            found = block_targets(
-                self.blocks.modules[index], self.model, self.blocks.names[index], cfg.targets, cfg.ignore, self.saved_names
-            )
-            self._of[index] = [(name, module) for name, module in found if id(module.weight) not in self.tied]
-        return self._of[index]
-
-    def name(self, index: int, rel_name: str) -> str:
-        """Full module name of ``rel_name`` in block ``index``."""
-        return f"{self.blocks.names[index]}.{rel_name}"
-
-    def pattern(self, name: str) -> SparsityPattern:
-        return self.patterns.get(name, self.config.pattern)
-
-    def allocate(self, calls: Any, selector: str, space: Any, processes: Processes, place: BlockPlacement) -> None:
-        """Global allocation: per-layer sparsities from one threshold on dense-model scores."""
-        cfg = self.config
-        score = _allocation_score(selector)
-        modules = {self.name(i, n): m for i in range(len(self.blocks)) for n, m in self.of(i)}
-        input_sq = _dense_input_sq(self, calls, space, processes, place) if score.needs else {}
-
-        def scores_of(name: str, module: nn.Module):
-            return lambda: score.score(to_rows(module.weight.detach(), weight_layout(module)), {"input_sq": input_sq.get(name)})
-
-        try:
-            counts = allocate_global({n: scores_of(n, m) for n, m in modules.items()}, cfg.pattern.fraction, cfg.max_layer_sparsity)
-        except ValueError as err:
-            raise SettingError(str(err), field="max_layer_sparsity", hint=f"raise {setting('max_layer_sparsity')}") from None
-        self.patterns = {n: SparsityPattern(fraction=counts[n] / m.weight.numel()) for n, m in modules.items()}
-
-
-def _allocation_score(selector: str):
-    """The score one global threshold is set on: the selector's own, or for SparseGPT the
-    Hessian-scaled one (its saliency with the diagonal of ``H`` in place of ``H^-1``)."""
-    return get_selector("hessian" if selector == "sparsegpt" else selector)
-
-
-@torch.no_grad()
-def _dense_input_sq(
-    targets: Targets, calls: Any, space: Any, processes: Processes, place: BlockPlacement
-) -> dict[str, torch.Tensor]:
-    """``input_sq`` of every targeted module on the dense model, one pass over the blocks
-    (summed across data-parallel processes)."""
-    sums: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str, layout: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            sq = input_features(module, layout, args[0]).float().pow(2).sum(0)
-            if layout == "conv2d":
-                sq = sq.reshape(-1, module.weight.shape[1])  # (positions, inputs)
-            sums[name] = sums[name] + sq if name in sums else sq
-
-        return hook
-
-    blocks, first = targets.blocks, calls
-    for index, block in enumerate(blocks.modules):
-        with tracked_hooks() as hooks:
-            for rel, module in targets.of(index):
-                hooks.append(module.register_forward_hook(hook_for(targets.name(index, rel), weight_layout(module))))
-            place.need(index)
-            following = space.store(blocks.next_call(block, call, run_block(block, call)) for call in calls)
-        place.release_before(index + 1)
-        if calls is not first:
-            calls.close()
-        calls = following
-    calls.close()
-    return {name: processes.sum(sums[name]) for name in sorted(sums)}
 
 
 def prune_blocks(
@@ -404,7 +300,7 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
             raise RuntimeError(f"{type(method).__name__}.prune_block gave {len(results)} results for {len(jobs)} modules")
         share = (time.perf_counter() - t0) / max(1, len(jobs))
         for job, result, found in zip(jobs, results, diagnostics):
-            _write_result(stream, report, job, result, share, found)
+            _write_result(stream, report, job, result, share, found, method)
         return
     bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
     for rel_name, module in bar:
@@ -413,11 +309,11 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
         job = job_of(rel_name, module)
         diagnostics = _diagnostics(job, method)
         result = method.prune_module(job)
-        _write_result(stream, report, job, result, time.perf_counter() - t0, diagnostics)
+        _write_result(stream, report, job, result, time.perf_counter() - t0, diagnostics, method)
 
 
 def _write_result(stream: _BlockStream, report: PruneReport, job: ModuleJob, result, seconds: float,
-                  diagnostics: dict | None) -> None:
+                  diagnostics: dict | None, method: Method) -> None:
     """Write a method's result into the model (keeping the dense weight for the dense
     stream first) and add the module's line to the report."""
     module, layout = job.module, job.layout
@@ -437,25 +333,19 @@ def _write_result(stream: _BlockStream, report: PruneReport, job: ModuleJob, res
             diagnostics=diagnostics,
         )
     )
-    layer_logger.info(layer_line(report.layers[-1]))
+    layer_logger.info(layer_line(report.layers[-1], method))
 
 
-def layer_line(layer: LayerReport) -> str:
-    """One line on a pruned layer: sparsity, held-out window loss before and after the
-    re-fit, Newton steps and CG iterations, seconds.
+def layer_line(layer: LayerReport, method: type[Method] | Method = Method) -> str:
+    """One line on a pruned layer: its sparsity, what ``method`` says of its result
+    (:meth:`Method.layer_text <snows_hf.methods.Method.layer_text>`: for SNOWS, the held-out
+    window loss before and after the re-fit, Newton steps and CG iterations), seconds.
 
     Example:
         >>> layer_line(LayerReport("h.0.fc", 0, [4, 8], "linear", 0.5, 1.25))
         'h.0.fc: 50.0% sparse, 1.2 s'
     """
-    m = layer.metrics
-    text = f"{layer.name}: {layer.sparsity:.1%} sparse"
-    if "heldout_loss_after" in m:
-        before, after = m.get("heldout_loss_masked", m["heldout_loss_before"]), m["heldout_loss_after"]
-        steps = m.get("newton_steps", 0)
-        text += (f", window loss {before:.3g} -> {after:.3g}, {steps} Newton step{'' if steps == 1 else 's'}, "
-                 f"CG {'+'.join(map(str, m.get('cg_iterations', []))) or '0'}")
-    return f"{text}, {layer.seconds:.1f} s"
+    return f"{layer.name}: {layer.sparsity:.1%} sparse{method.layer_text(layer.metrics)}, {layer.seconds:.1f} s"
 
 
 def _block_weights(targets: Targets, index: int) -> dict[str, torch.Tensor]:
@@ -521,46 +411,10 @@ def _warn(report: PruneReport, message: str) -> None:
     report.warnings.append(message)
 
 
-def counted_solves(report: PruneReport) -> list[dict[str, Any]]:
-    """The metrics of each re-fit once: a layer's own, or, for the modules of a block
-    re-fitted together, those of the first (every one of them holds the joint solve's
-    figures, under its name in ``joint_solve``).
-
-    Example:
-        >>> joint = {"stop_reason": "steps", "joint_solve": "b.0.q"}
-        >>> layers = [LayerReport(n, 0, [2, 2], "linear", 0.5, 1.0, metrics=joint) for n in ("b.0.q", "b.0.k")]
-        >>> len(counted_solves(PruneReport({}, None, "b", 1, 8, layers=layers)))
-        1
-    """
-    return [layer.metrics for layer in report.layers if "stop_reason" in layer.metrics
-            and layer.metrics.get("joint_solve", layer.name) == layer.name]
-
-
-def _solver_summary(report: PruneReport) -> dict[str, int]:
-    """How the re-fits ended, over all layers (a block re-fit counts once, as its
-    ``layers`` are its modules): nothing here is hidden in averages."""
-    refits = counted_solves(report)
-    converged = [c for m in refits for c in m.get("cg_converged", [])]
-    layers = lambda m: len(m.get("joint_modules", [None]))  # noqa: E731 - the modules one solve re-fitted
-    return {
-        "layers": sum(layers(m) for m in refits),
-        "solves": len(refits),
-        "rejected_line_search": sum(m["stop_reason"] == "line_search_failed" for m in refits),
-        "non_finite": sum(layers(m) for m in refits if m.get("numerics")),
-        "newton_steps": sum(m["newton_steps"] for m in refits),
-        "cg_solves": len(converged),
-        "cg_not_converged": converged.count(False),
-    } if refits else {}
-
-
-def _log_summary(report: PruneReport, method) -> None:
-    report.solver = _solver_summary(report)
-    if report.solver:
-        s = report.solver
-        logger.info("solver: %d Newton steps over %d layers; %d ended on a rejected line search; CG reached its "
-                    "tolerance in %d of %d solves (the rest stopped at %s)%s", s["newton_steps"], s["layers"],
-                    s["rejected_line_search"], s["cg_solves"] - s["cg_not_converged"], s["cg_solves"], setting("cg_iters"),
-                    f"; {s['non_finite']} layers met NaN/Inf" if s["non_finite"] else "")
+def _log_summary(report: PruneReport, method: Method) -> None:
+    report.solver = method.run_figures(report)
+    for line in method.run_lines(report.solver):
+        logger.info("%s", line)
     partial = [layer.name for layer in report.layers if layer.partial_groups]
     if partial:
         logger.warning(

@@ -5,7 +5,7 @@ import torch
 from conftest import VOCAB, tiny_llama, tiny_vit
 
 import snows_hf
-from snows_hf.methods import MagnitudeMethod
+from snows_hf.methods import MaskOnly
 
 
 def _inputs(kind):
@@ -38,7 +38,7 @@ def test_cpu_and_disk_offload_give_the_same_weights(kind, options, tmp_path):
 
 def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = MagnitudeMethod.prune_module
+    original = MaskOnly.prune_module
 
     def fail_later(self, job):
         calls["n"] += 1
@@ -46,7 +46,7 @@ def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return original(self, job)
 
-    monkeypatch.setattr(MagnitudeMethod, "prune_module", fail_later)
+    monkeypatch.setattr(MaskOnly, "prune_module", fail_later)
     with pytest.raises(RuntimeError, match="boom"):
         snows_hf.prune_(tiny_llama(), {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4,
                                        "offload_activations": "disk", "offload_dir": str(tmp_path)}, _inputs("llama"))

@@ -12,14 +12,15 @@ from torch import nn
 from torch.autograd.functional import hessian
 
 import snows_hf
-import snows_hf.methods.snows as refit
+import snows_hf.methods.snows_block as refit
 from snows_hf import PruneConfig
 from snows_hf.adapters import BlockList, find_block_list
 from snows_hf.blocks import BlockCall, run_block
 from snows_hf.checkpoint import RunCheckpoint
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 from snows_hf.methods import ModuleJob, SnowsConfig, SnowsMethod, SnowsPlan, get_method
-from snows_hf.pipeline import capture_block_inputs, counted_solves
+from snows_hf.methods.snows_report import counted_solves
+from snows_hf.pipeline import capture_block_inputs
 from snows_hf.solver import FlatLayout, HessianOperator, window_loss
 from snows_hf.windows import WindowRunner
 

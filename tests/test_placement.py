@@ -103,10 +103,10 @@ def test_sizes_and_budgets():
 
 
 def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_path, monkeypatch, capsys):
-    from snows_hf.methods import MagnitudeMethod
+    from snows_hf.methods import MaskOnly
 
     calls = {"n": 0}
-    original = MagnitudeMethod.prune_module
+    original = MaskOnly.prune_module
 
     def fail_in_block_two(self, job):
         calls["n"] += 1
@@ -114,7 +114,7 @@ def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_
             raise RuntimeError("boom")
         return original(self, job)
 
-    monkeypatch.setattr(MagnitudeMethod, "prune_module", fail_in_block_two)
+    monkeypatch.setattr(MaskOnly, "prune_module", fail_in_block_two)
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, device_map="auto", max_memory={"cpu": 60_000}, offload_folder=str(tmp_path / "offload"))
     with pytest.raises(RuntimeError, match="boom"):

@@ -10,7 +10,7 @@ from snows_hf.blocks import BlockCall
 from snows_hf.export import save_pruned
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 from snows_hf.pipeline import capture_block_inputs
-from snows_hf.methods.snows import SnowsMethod, split_holdout
+from snows_hf.methods import SnowsConfig, split_holdout
 from snows_hf.windows import WindowRunner
 
 FACTORIES = {"vit": tiny_vit, "llama": tiny_llama, "bert": tiny_bert}
@@ -70,11 +70,13 @@ def test_heldout_loss_never_increases_and_report_is_complete(target):
 
 def test_failed_line_search_keeps_masked_weights_and_says_so(monkeypatch):
     """Held-out targets equal to the masked start's own outputs: no step can help there."""
-    original = SnowsMethod._targets
+    import snows_hf.methods.snows as refit
 
-    def rigged(self, job, runner, window):
-        targets = original(self, job, runner, window)
-        _, held = split_holdout(len(job.calls), self.config.method.holdout)
+    original = refit.dense_targets
+
+    def rigged(job, runner, window, target):
+        targets = original(job, runner, window, target)
+        _, held = split_holdout(len(job.calls), SnowsConfig().holdout)
         rows = job.weight_rows()
         from snows_hf.masks import from_rows, select_mask
 
@@ -85,7 +87,7 @@ def test_failed_line_search_keeps_masked_weights_and_says_so(monkeypatch):
                 targets[i] = [t.detach() for t in runner.run(job.calls[i], window, {job.param_name: start})]
         return targets
 
-    monkeypatch.setattr(SnowsMethod, "_targets", rigged)
+    monkeypatch.setattr(refit, "dense_targets", rigged)
     dense = tiny_vit()
     model = tiny_vit()
     report = snows_hf.prune_(model, _snows(k_step=0, mask="magnitude", init="lsq"), _inputs("vit"))

@@ -12,11 +12,13 @@ Example:
     1
 """
 
-from .base import (METHODS, InputStats, Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, block_input_stats,
-                   get_method, has_input_features, input_features, register_method)
+from ..statistics import InputStats, block_input_stats, has_input_features, input_features
 from .aliases import METHOD_ALIASES, register_method_alias, without_method_alias
+from .base import METHODS, LayerPlot, Method, MethodConfig, MethodPlan, MethodResult, get_method, register_method
+from .job import ModuleJob
 from .mask_only import MaskOnly, MaskOnlyConfig
-from .snows import SnowsConfig, SnowsFastConfig, SnowsFastMethod, SnowsMethod, SnowsPlan, split_holdout
+from .refit import split_holdout
+from .snows import SnowsConfig, SnowsFastConfig, SnowsFastMethod, SnowsMethod, SnowsPlan
 
 register_method(MaskOnly)
 register_method(SnowsMethod)
@@ -24,7 +26,7 @@ register_method(SnowsFastMethod)
 register_method_alias("none", "mask-only")
 register_method_alias("magnitude", "mask-only", mask="magnitude")  # magnitude is a mask, not a method
 
-__all__ = ["METHODS", "METHOD_ALIASES", "InputStats", "MaskOnly", "MaskOnlyConfig", "Method",
+__all__ = ["METHODS", "METHOD_ALIASES", "InputStats", "LayerPlot", "MaskOnly", "MaskOnlyConfig", "Method",
            "MethodConfig", "MethodPlan", "MethodResult", "ModuleJob", "SnowsConfig", "SnowsFastConfig", "SnowsFastMethod",
            "SnowsMethod", "SnowsPlan", "block_input_stats", "get_method", "has_input_features", "input_features",
            "register_method", "register_method_alias", "split_holdout", "without_method_alias"]

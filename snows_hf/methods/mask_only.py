@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from ..fields import config_field
 from ..masks import apply_selector, get_selector
-from .base import Method, MethodConfig, MethodResult, ModuleJob
+from .base import Method, MethodConfig, MethodResult
+from .job import ModuleJob
 
 
 @dataclass

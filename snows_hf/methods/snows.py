@@ -36,105 +36,35 @@ after it, with dense targets computed once per block; CG's preconditioner is
 block-diagonal, each module's own input-energy diagonal. A Hessian-vector product is then
 one window forward and backward per micro-batch for the whole block, where the
 per-module re-fit takes one per module.
+
+The pieces both re-fits share are in :mod:`~snows_hf.methods.refit`, the block re-fit in
+:mod:`~snows_hf.methods.snows_block`, and what SNOWS says of its results (log lines,
+the solver's figures, the card's column and plot) in :mod:`~snows_hf.methods.snows_report`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
-
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..fields import SettingError, config_field, redeclared, setting
+from ..fields import config_field, redeclared
 from ..masks import apply_selector, from_rows, get_selector, to_rows
-from ..masks.selectors import row_input_sq
 from ..placement import format_size
-from ..solver import FlatLayout, NewtonConfig, newton_refit, window_loss
-from ..solver.cg import project
+from ..solver import NewtonConfig, newton_refit, window_loss
 from ..solver.hvp import HESSIAN_KINDS
-from ..solver.lsq import masked_lstsq
 from ..windows import WindowRunner
-from .base import Method, MethodConfig, MethodPlan, MethodResult, ModuleJob, modules_inputs
+from .base import LayerPlot, Method, MethodConfig, MethodPlan, MethodResult
+from .job import ModuleJob
+from .refit import (MicroBatch, dense_targets, double_differentiable, finite_weight, input_energy, input_grams,
+                    local_positions, lsq_start, solve_metrics, split_holdout, term_scales)
+from .snows_block import refit_block
+from .snows_report import METRIC_KEYS, loss_column, loss_plot, refit_text, solver_figures, solver_lines
 
 logger = logging.getLogger(__name__)
-
-
-def _finite_weight(result, start: torch.Tensor, masked: torch.Tensor, init: str) -> tuple[torch.Tensor, str | None]:
-    """The re-fitted weight, or, after NaN/Inf, the best finite one seen: the last accepted
-    Newton iterate, the start, or the masked dense weight. Says what happened, if anything."""
-    problem = {
-        "non_finite_loss": "NaN/Inf in the window loss (its inputs or dense targets)",
-        "non_finite_gradient": "NaN/Inf in the gradient",
-        "non_finite_direction": "NaN/Inf in the conjugate-gradient solve",
-    }.get(result.stop_reason)
-    if bool(torch.isfinite(result.weight).all()):
-        if problem is None:
-            return result.weight, None
-        kept = "the last accepted Newton step" if result.steps_accepted else f"its starting weights ({init})"
-        return result.weight, f"{problem}; kept {kept}"
-    for candidate, name in ((start, f"its starting weights ({init})"), (masked, "the masked dense weights")):
-        if bool(torch.isfinite(candidate).all()):
-            return candidate, f"{problem or 'NaN/Inf in the re-fitted weights'}; kept {name}"
-    return masked, "NaN/Inf in the dense weights themselves; kept them masked"
-
-
-def _local(job: ModuleJob, batch_ids: list[int]) -> list[int]:
-    """Positions in ``job.calls`` of the global micro-batches ``batch_ids`` this process holds."""
-    return [job.local_index(i) for i in batch_ids if job.processes.owns(i)]
-
-
-def _zero_gram(job: ModuleJob) -> tuple[torch.Tensor, torch.Tensor]:
-    features = job.weight_rows().shape[1]
-    dtype = torch.promote_types(job.module.weight.dtype, torch.float32)
-    gram = torch.zeros(features, features, dtype=dtype, device=job.module.weight.device)
-    return gram, torch.zeros_like(gram)
-
-
-def _lsq_start(job: ModuleJob, grams: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor,
-               mask_rows: torch.Tensor) -> torch.Tensor | None:
-    """The closed-form K=0 start of ``job``'s module (its weight's shape), or ``None`` when
-    the Gram matrices hold NaN/Inf (no closed form then)."""
-    gram, cross = grams
-    if not bool(torch.isfinite(gram).all() and torch.isfinite(cross).all()):
-        return None
-    return from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, job.module.weight.shape)
-
-
-class _Batch:
-    """One calibration micro-batch by index; distinct objects keep train and held-out apart."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
-
-
-def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out micro-batches: the last ``ceil(fraction * n)`` are held out.
-
-    Example:
-        >>> split_holdout(8, 0.125)
-        ([0, 1, 2, 3, 4, 5, 6], [7])
-    """
-    if n < 2:
-        raise SettingError(
-            "SNOWS needs at least 2 calibration micro-batches (one is held out for the line search)",
-            field="batch_size", hint=f"lower {setting('batch_size')} or raise {setting('num_samples')}",
-        )
-    held = min(n - 1, max(1, math.ceil(fraction * n - 1e-9)))
-    return list(range(n - held)), list(range(n - held, n))
-
-
-def _double_differentiable() -> contextlib.AbstractContextManager:
-    # Fused attention kernels have no second derivative; the math kernel does, and
-    # Hessian-vector products differentiate through the backward pass.
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 @dataclass
@@ -246,6 +176,7 @@ class SnowsMethod(Method):
     options_title = "SNOWS re-fit"
     card_paragraph = ("After each layer's mask was chosen, SNOWS re-fitted its surviving weights so that "
                       "the network's outputs several operations downstream stay close to the dense model.")
+    metric_keys = METRIC_KEYS
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -298,6 +229,26 @@ class SnowsMethod(Method):
             ("re-fit unit", settings.get("refit_unit", "module")),
         ]
 
+    @classmethod
+    def layer_text(cls, metrics: Mapping[str, Any]) -> str:
+        return refit_text(metrics)
+
+    @classmethod
+    def run_figures(cls, report: Any) -> dict[str, Any]:
+        return solver_figures(report)
+
+    @classmethod
+    def run_lines(cls, figures: Mapping[str, Any]) -> list[str]:
+        return solver_lines(figures)
+
+    @classmethod
+    def card_column(cls, metrics: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+        return loss_column(metrics) or super().card_column(metrics)
+
+    @classmethod
+    def card_plot(cls, metrics: Sequence[Mapping[str, Any]]) -> LayerPlot | None:
+        return loss_plot(metrics)
+
     def newton_config(self) -> NewtonConfig:
         cfg = self.config.method
         return NewtonConfig(
@@ -321,20 +272,20 @@ class SnowsMethod(Method):
         start_name = self.mask_selector if selector.updates_weights else "mask"
         lsq_weight = None
         if self._uses_lsq(selector) and job.layout in ("linear", "conv1d"):
-            (grams,) = self._grams([job], _local(job, train))
-            lsq_weight = _lsq_start(job, grams, rows, mask_rows)
-        preconditioner = self._preconditioner(job, rows, weight) if cfg.preconditioner == "input-energy" else None
-        with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, _double_differentiable():
+            (grams,) = input_grams([job], local_positions(job, train), cfg.target)
+            lsq_weight = lsq_start(job, grams, rows, mask_rows)
+        preconditioner = input_energy(job, rows, weight) if cfg.preconditioner == "input-energy" else None
+        with WindowRunner(job.blocks, job.block_index, job.param_name) as runner, double_differentiable():
             window = runner.trace(job.calls[0], weight, cfg.k_step)
-            targets = self._targets(job, runner, window)
-            scales = self._scales(job, targets)
+            targets = dense_targets(job, runner, window, cfg.target)
+            scales = term_scales(job, targets, cfg.term_scale)
 
-            def residuals(w: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
+            def residuals(w: torch.Tensor, batch: MicroBatch) -> list[torch.Tensor]:
                 local = job.local_index(batch.index)
                 outputs = runner.run(job.calls[local], window, {job.param_name: w})
                 return [(o - t) * s for o, t, s in zip(outputs, targets[local], scales)]
 
-            batches = [_Batch(i) for i in range(job.num_batches)]
+            batches = [MicroBatch(i) for i in range(job.num_batches)]
             held_batches = [batches[i] for i in held]
             with torch.no_grad():
                 masked_loss = float(window_loss(residuals, start_weight, held_batches, shard))
@@ -348,10 +299,10 @@ class SnowsMethod(Method):
                 preconditioner=preconditioner, heldout_loss=lsq_loss if init == "lsq" else masked_loss,
             )
         self._remember_graphs(result, job.name)
-        weight, numerics = _finite_weight(result, start_weight, weight * mask, init)
+        weight, numerics = finite_weight(result, start_weight, weight * mask, init)
         if numerics:
             logger.warning("%s: %s", job.name, numerics)
-        metrics = self._solve_metrics(window, init, masked_loss, result, start)
+        metrics = solve_metrics(window, init, masked_loss, result, start)
         if numerics:
             metrics["numerics"] = numerics
         return MethodResult(weight_rows=to_rows(weight, job.layout), mask_rows=mask_rows, metrics=metrics)
@@ -360,112 +311,18 @@ class SnowsMethod(Method):
         """Re-fit all of a block's modules together: each mask from the block's statistics
         and each start as :meth:`prune_module` chooses them, then one Newton-CG over every
         kept weight of the block at once, on the block's window (its output and the K
-        operations after it). The variable is the modules' weights end to end in one flat
-        vector (:class:`~snows_hf.solver.FlatLayout`), so one Hessian-vector product is one
-        window forward and backward per micro-batch, whatever the number of modules."""
-        cfg = self.config.method
-        began = time.perf_counter()
-        job = jobs[0]  # the jobs share the block, its calls and its processes
+        operations after it): :func:`~snows_hf.methods.snows_block.refit_block`."""
         selector = get_selector(self.mask_selector)
-        rows, mask_rows, masks, starts = [], [], [], []
-        for j in jobs:
-            rows.append(j.weight_rows())
-            start_rows, kept = apply_selector(self.mask_selector, rows[-1], j.pattern, j.input_stats(selector.needs))
-            weight = j.module.weight.detach()
-            masks.append(from_rows(kept, j.layout, weight.shape).bool())
-            starts.append(from_rows(start_rows, j.layout, weight.shape).to(weight.dtype) * masks[-1])
-            mask_rows.append(kept)
-        train, held = split_holdout(job.num_batches, cfg.holdout)
-        shard = job.processes.batch_shard(lambda batch: batch.index)
-        names = [j.param_name for j in jobs]
-        lsq = self._block_lsq(jobs, train, dict(zip(names, starts)), rows, mask_rows) if self._uses_lsq(selector) else {}
-        energies = [self._preconditioner(j, r, j.module.weight) for j, r in zip(jobs, rows)] \
-            if cfg.preconditioner == "input-energy" else [None]
-        layout = FlatLayout(starts)
-        # block-diagonal: each module's own diagonal; none at all if a module has none
-        preconditioner = None if any(e is None for e in energies) else layout.pack(energies, torch.float32)
-        start_name = self.mask_selector if selector.updates_weights else "mask"
-        with WindowRunner(job.blocks, job.block_index) as runner, _double_differentiable():
-            window = runner.trace_block(job.calls[0], dict(zip(names, starts)), cfg.k_step)
-            targets = self._targets(job, runner, window)  # the block is still dense in the model
-            scales = self._scales(job, targets)
-
-            def residuals(w: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
-                local = job.local_index(batch.index)
-                outputs = runner.run(job.calls[local], window, dict(zip(names, layout.unpack(w))))
-                return [(o - t) * s for o, t, s in zip(outputs, targets[local], scales)]
-
-            batches = [_Batch(i) for i in range(job.num_batches)]
-            held_batches = [batches[i] for i in held]
-            with torch.no_grad():
-                def heldout(weights: list[torch.Tensor]) -> float:
-                    return float(window_loss(residuals, layout.pack(weights), held_batches, shard))
-
-                # Each module's least-squares start replaces the selector's where the block's
-                # held-out window loss falls, in execution order (one window forward each).
-                chosen, inits = list(starts), [start_name] * len(jobs)
-                masked_loss = best = heldout(chosen)
-                for i, fit in lsq.items():
-                    trial = chosen[:i] + [fit] + chosen[i + 1:]
-                    loss = heldout(trial)
-                    if loss < best:
-                        chosen, best, inits[i] = trial, loss, "lsq"
-            start, mask = layout.pack(chosen), layout.pack(masks)
-            del starts, chosen, lsq, masks  # the flat copies are the solve's; CG keeps a few more of its size
-            result = newton_refit(start, mask, residuals, [batches[i] for i in train], held_batches,
-                                  self.newton_config(), shard, preconditioner=preconditioner, heldout_loss=best)
-        self._remember_graphs(result, f"block {job.block_index}")
-        masked = project(layout.pack([j.module.weight for j in jobs]), mask)
-        weight, numerics = _finite_weight(result, start, masked, ", ".join(dict.fromkeys(inits)))
+        results, solved, numerics = refit_block(jobs, self.config.method, self.mask_selector, self.newton_config(),
+                                                self._uses_lsq(selector))
+        self._remember_graphs(solved, f"block {jobs[0].block_index}")
         if numerics:
-            logger.warning("block %d: %s", job.block_index, numerics)
-        # Every module's record holds the joint solve's figures, named by its first module
-        # (``joint_solve``): totals over layers count each solve once (``counted_solves``).
-        joint = {"refit_unit": "block", "joint_solve": job.name, "joint_modules": [j.name for j in jobs]}
-        results = []
-        for j, w, kept, init in zip(jobs, layout.unpack(weight), mask_rows, inits):
-            metrics = self._solve_metrics(window, init, masked_loss, result, began) | joint
-            if numerics:
-                metrics["numerics"] = numerics
-            results.append(MethodResult(weight_rows=to_rows(w, j.layout), mask_rows=kept, metrics=metrics))
+            logger.warning("block %d: %s", jobs[0].block_index, numerics)
         return results
 
     def _uses_lsq(self, selector) -> bool:
         init = self.config.method.init
         return init == "lsq" or (init == "auto" and not selector.updates_weights)
-
-    def _block_lsq(self, jobs: list[ModuleJob], train: list[int], starts: dict[str, torch.Tensor],
-                   rows: list[torch.Tensor], mask_rows: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-        """The closed-form least-squares start of each Linear / Conv1D job (by position in
-        ``jobs``), from one block forward per training call and stream: its inputs come
-        from the block with every module at its selector start (the masks all applied)."""
-        fit = [i for i, j in enumerate(jobs) if j.layout in ("linear", "conv1d")]
-        if not fit:
-            return {}
-        grams = self._grams([jobs[i] for i in fit], _local(jobs[0], train), starts)
-        found = {i: _lsq_start(jobs[i], g, rows[i], mask_rows[i]) for i, g in zip(fit, grams)}
-        return {i: w for i, w in found.items() if w is not None}
-
-    @staticmethod
-    def _solve_metrics(window, init: str, masked_loss: float, result, began: float) -> dict[str, Any]:
-        """What a re-fit started from, spent and reached, as each layer's record keeps it."""
-        return {
-            "k": window.k,
-            "window": window.names(),
-            "init": init,
-            "heldout_loss_masked": masked_loss,
-            "train_loss_before": result.train_loss_before,
-            "train_loss_after": result.train_loss_after,
-            "heldout_loss_before": result.heldout_loss_before,
-            "heldout_loss_after": result.heldout_loss_after,
-            "newton_steps": result.steps_accepted,
-            "rejected_steps": result.steps_rejected,
-            "cg_iterations": result.cg_iterations,
-            "line_search_failed": result.line_search_failed,
-            "stop_reason": result.stop_reason,
-            "cg_converged": [h["cg_converged"] for h in result.history],
-            "solver_seconds": time.perf_counter() - began,
-        }
 
     def _remember_graphs(self, result, name: str) -> None:
         """After out-of-memory retries, later modules start from the graphs that fitted."""
@@ -473,68 +330,6 @@ class SnowsMethod(Method):
             logger.info("%s: out of memory with every micro-batch graph kept; holding %d at a time from now on",
                         name, result.graph_batches)
             self._max_graphs = result.graph_batches
-
-    @staticmethod
-    def _preconditioner(job: ModuleJob, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """CG's diagonal: weight ``(j, i)`` scaled by the energy of the input feature it
-        multiplies (per kernel position for Conv2d), the diagonal of the layer's ``X^T X``.
-
-        For K=0 that is the exact diagonal of each row's window Hessian; downstream
-        operations mostly rescale rows, which the diagonal leaves to CG. Features never
-        active get the mean energy; non-finite statistics give no preconditioner.
-        """
-        energy = row_input_sq(rows, job.input_stats(("input_sq",)))  # the selectors' statistics, cached
-        if not bool(torch.isfinite(energy).all()):
-            return None
-        mean = energy.mean().clamp(min=1e-30)
-        energy = torch.where(energy > 1e-6 * mean, energy, mean)
-        return from_rows(energy, job.layout, weight.shape).to(weight.device)
-
-    @torch.no_grad()
-    def _grams(self, jobs: list[ModuleJob], train: list[int],
-               overrides: dict[str, torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``X^T X`` of each job's module inputs and ``X^T X_t`` with its target-side inputs,
-        over this process's training calls (positions in ``calls``), summed across
-        processes: one block forward per call and stream for all of ``jobs`` (modules of
-        one block) together.
-
-        ``X`` comes from the partly pruned network, the block run with ``overrides`` in
-        place of its own weights (``None``: as it is); ``X_t`` from the dense network
-        (``dense-stream``) or is ``X`` itself (``official``), sample for sample.
-        """
-        job = jobs[0]
-        modules = [(j.name, j.module, j.layout) for j in jobs]
-        grams = {j.name: _zero_gram(j) for j in jobs}
-        pruned = modules_inputs(job.block, modules, job.calls, train, overrides)
-        if self.config.method.target != "dense-stream":
-            for found in pruned:
-                for name, (gram, _) in grams.items():
-                    gram += found[name].T @ found[name]
-            return [(gram, gram) for gram in (job.processes.sum(g) for g, _ in grams.values())]
-        dense = modules_inputs(job.block, modules, job.dense_calls, train, job.dense_overrides)
-        for found, found_t in zip(pruned, dense, strict=True):
-            for name, (gram, cross) in grams.items():
-                gram += found[name].T @ found[name]
-                cross += found[name].T @ found_t[name]
-        return [(job.processes.sum(gram), job.processes.sum(cross)) for gram, cross in grams.values()]
-
-    def _targets(self, job: ModuleJob, runner: WindowRunner, window) -> list[list[torch.Tensor]]:
-        """Dense outputs of the window for every micro-batch, computed once per re-fit (of a
-        module, or of a block: the modules of ``job``'s block are all dense then)."""
-        if self.config.method.target == "dense-stream":
-            calls, overrides = job.dense_calls, job.dense_overrides
-        else:  # the module and everything after it are still dense in the model
-            calls, overrides = job.calls, {}
-        with torch.no_grad():
-            return [[t.detach() for t in runner.run(call, window, overrides)] for call in calls]
-
-    def _scales(self, job: ModuleJob, targets: list[list[torch.Tensor]]) -> list[float]:
-        """``1 / sqrt(mean energy)`` of each window term over all micro-batches (all processes)."""
-        if self.config.method.term_scale == "none":
-            return [1.0] * len(targets[0])
-        local = torch.stack([sum(t[k].double().pow(2).mean() for t in targets) for k in range(len(targets[0]))])
-        energy = (job.processes.sum(local) / job.num_batches).tolist()
-        return [1.0 / max(e, 1e-12) ** 0.5 for e in energy]
 
 
 class SnowsFastMethod(SnowsMethod):
