@@ -101,7 +101,7 @@ def test_a_registered_method_speaks_in_the_log_the_report_and_the_card(caplog, t
     assert [r.getMessage() for r in caplog.records if r.name == "snows_hf.pipeline"][-1] == "echo: 7 layers"
     assert "| layer | shape | sparsity | share kept (echo) |" in card
     assert "| `model.layers.0.self_attn.q_proj` | 32x32 | 50.00% | 0.500 |" in card
-    plot_layers(payload | {"config": {**payload["config"], "method": "none"}}, tmp_path / "plain.png")
+    plot_layers(payload | {"config": {**payload["config"], "method": "mask-only"}}, tmp_path / "plain.png")
     assert _png_height(tmp_path / "echo.png") > _png_height(tmp_path / "plain.png")  # its own panel under sparsity
 
 
@@ -112,6 +112,6 @@ def test_snows_records_only_the_keys_it_declares_and_the_mask_only_methods_none(
     recorded = set().union(*(layer.metrics for layer in report.layers))
     assert "heldout_loss_after" in recorded and recorded <= METHODS["snows"].metric_keys
     assert ("joint_solve" in recorded) == (unit == "block")
-    plain = snows_hf.prune_(tiny_llama(layers=1), {"sparsity": "2:4", "method": "none", "batch_size": 4}, IDS)
+    plain = snows_hf.prune_(tiny_llama(layers=1), {"sparsity": "2:4", "method": "mask-only", "batch_size": 4}, IDS)
     assert all(layer.metrics == {} for layer in plain.layers) and plain.solver == {}
-    assert METHODS["none"].metric_keys == METHODS["magnitude"].metric_keys == frozenset()
+    assert METHODS["mask-only"].metric_keys == frozenset()

@@ -102,12 +102,13 @@ LAYERS = [
     # settings, math and files, knowing nothing of models
     {"version", "fields", "safe_yaml", "provenance", "console", "blocks", "solver", "masks", "metrics"},
     # models and devices: architectures and heads as data, placement, loading, outputs and their scores
-    {"adapters", "heads", "devices", "distributed", "placement", "evaluation", "loading", "windows", "activations"},
+    {"adapters", "heads", "devices", "distributed", "placement", "evaluation", "loading", "windows", "activations",
+     "statistics"},
     # what a run is made of: methods, settings, data, reports, formats, lm-eval tasks, recipes
     {"methods", "config", "data", "report", "checkpoint", "compact_format", "compact_hook", "harness",
      "sparse_inference", "recipe", "inspection"},
     # the block loop and what is made of its result
-    {"pipeline", "oneshot", "plan", "card", "export", "hub"},
+    {"pipeline", "targets", "oneshot", "plan", "card", "export", "hub"},
     # the verbs: a whole run, the command line, the demo, the package's own top and earlier module names
     {"workflow", "cli", "cli_options", "demo", "__main__", "", "api", "tasks"},
 ]
