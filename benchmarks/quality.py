@@ -66,6 +66,12 @@ METHODS = {
     "snows-fast": {"method": "snows-fast"},  # the cheaper preset (K=3, 1 Newton step x at most 2 CG)
     "snows-block": {"method": "snows", "k_step": 3, "refit_unit": "block"},  # one re-fit per block, 1 x 5
     "snows-block-1x35": {"method": "snows", "k_step": 3, "refit_unit": "block", "cg_iters": 35},  # a Llama block's 7 x 5
+    "snows-lsq": {"method": "snows", "k_step": 3, "init": "lsq"},  # the least-squares start where it beats the selector's
+    "snows-magnitude": {"method": "snows", "k_step": 3, "mask": "magnitude"},  # the magnitude mask under SNOWS
+    "lsq-magnitude": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "magnitude"},  # the start alone
+    "lsq-sparsegpt": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "sparsegpt"},
+    "snows-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4},  # four steps, no tolerance: what each one gains
+    "snows-lsq-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4, "init": "lsq"},
 }
 
 
@@ -229,6 +235,7 @@ class PeakMemory:
 
 def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snows_mask: str | None) -> dict:
     import snows_hf
+    from snows_hf.pipeline import counted_solves
 
     options = {"sparsity": spec, "batch_size": bench.batch_size, "diagnostics": False, **METHODS[method]}
     if options["method"].startswith("snows") and snows_mask:
@@ -246,6 +253,9 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
         "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity, "options": options,
         "config": report.config,  # every setting as run, defaults included (they change between versions)
         "block_forwards": report.block_forwards, "per_sample": per_sample,
+        "refits": [{k: m.get(k) for k in ("init", "newton_steps", "cg_iterations", "stop_reason", "heldout_loss_masked",
+                                          "heldout_loss_before", "heldout_loss_after", "heldout_losses")}
+                   for m in counted_solves(report)],  # what each re-fit chose and spent
     }
 
 

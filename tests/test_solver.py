@@ -632,7 +632,7 @@ def test_exact_hessian_flags_negative_curvature_in_newton():
         dict(hessian_batches=0),
         dict(hessian_batches=1.5),
         dict(min_decrease=-0.1),
-        dict(min_decrease=1.0),
+        dict(min_decrease=1.5),
     ],
 )
 def test_bad_config_raises(kwargs):

@@ -170,7 +170,11 @@ class SnowsConfig(MethodConfig):
     # (README "Results": benchmarks/solver_budget.py on 2 SmolLM2 blocks, quality.py on the
     # whole model at 2:4): a second step costs about 75% more time for a seventh of the
     # output error SNOWS removes from SparseGPT's.
-    newton_steps: int = config_field(1, "SNOWS: Newton steps per module", minimum=0)
+    newton_steps: int = config_field(1, "SNOWS: Newton steps per module at most", minimum=0)
+    newton_tol: float = config_field(
+        0.0, "SNOWS: take another Newton step only while the last one lowered the held-out window loss by more "
+        "than this share of it (0: always newton_steps)", minimum=0, maximum=1,
+    )
     cg_iters: int = config_field(5, "SNOWS: conjugate-gradient iterations per Newton step at most", minimum=1)
     damping: float = config_field(1e-4, "SNOWS: damping added to the Hessian", minimum=0)
     preconditioner: str = config_field(
@@ -301,7 +305,7 @@ class SnowsMethod(Method):
     def newton_config(self) -> NewtonConfig:
         cfg = self.config.method
         return NewtonConfig(
-            steps=cfg.newton_steps, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
+            steps=cfg.newton_steps, min_decrease=cfg.newton_tol, hessian=cfg.hessian, cg_iters=cfg.cg_iters, damping=cfg.damping,
             batches_per_step=cfg.batches_per_step, hessian_batches=cfg.hessian_batches, max_graphs=self._max_graphs,
             final_train_loss=self.config.diagnostics,  # a record only: one more forward over the training batches
         )
@@ -464,6 +468,8 @@ class SnowsMethod(Method):
             "line_search_failed": result.line_search_failed,
             "stop_reason": result.stop_reason,
             "cg_converged": [h["cg_converged"] for h in result.history],
+            # each attempted step's held-out loss after it: what the budget bought, step by step
+            "heldout_losses": [h["heldout_loss_after"] for h in result.history],
             "solver_seconds": time.perf_counter() - began,
         }
 

@@ -73,7 +73,7 @@ class NewtonConfig:
         finite = 0.0 <= self.damping < float("inf")
         per_step = self.batches_per_step
         _require(_is_int(self.steps) and self.steps >= 0, "steps", "an int >= 0", self.steps)
-        _require(0.0 <= self.min_decrease < 1.0, "min_decrease", "in [0, 1)", self.min_decrease)
+        _require(0.0 <= self.min_decrease <= 1.0, "min_decrease", "in [0, 1]", self.min_decrease)
         _require(self.hessian in HESSIAN_KINDS, "hessian", f"one of {HESSIAN_KINDS}", self.hessian)
         _require(_is_int(self.cg_iters) and self.cg_iters >= 1, "cg_iters", "an int >= 1", self.cg_iters)
         _require(0.0 <= self.cg_rtol < 1.0, "cg_rtol", "in [0, 1)", self.cg_rtol)
