@@ -310,6 +310,11 @@ def main() -> None:
     dense_scores, dense_per_sample = bench.evaluate(dense_model, held, dense)
     del dense_model
     shape = {k: list(v.shape) for k, v in calibration.items() if hasattr(v, "shape")}
+    if results["rows"] and results.get("dense_per_sample") != dense_per_sample:
+        # Another dense model (a retrained classifier differs from machine to machine) or other
+        # held-out items: the earlier rows cannot be paired with new ones, so they go.
+        print(f"the dense model or its held-out data changed: {len(results['rows'])} earlier rows of {out} dropped")
+        results["rows"] = []
     results.update({
         "model": args.model, "metric": bench.metric, "higher_is_better": bench.higher_is_better,
         "dense": dense_scores, "dense_per_sample": dense_per_sample,
