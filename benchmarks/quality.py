@@ -72,6 +72,11 @@ METHODS = {
     "lsq-sparsegpt": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "sparsegpt"},
     "snows-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4},  # four steps, no tolerance: what each one gains
     "snows-lsq-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4, "init": "lsq"},
+    # the start chosen per module by held-out window loss among SparseGPT's update and the
+    # least-squares fits on SparseGPT's and on the magnitude mask
+    "snows-choose": {"method": "snows", "k_step": 3, "init": "lsq", "alternative_mask": "magnitude"},
+    "snows-choose-tol": {"method": "snows", "k_step": 3, "init": "lsq", "alternative_mask": "magnitude",
+                         "newton_steps": 4, "newton_tol": 0.01},
 }
 
 
