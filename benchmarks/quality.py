@@ -54,29 +54,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 import record  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
+V4 = {"init": "auto", "alternative_mask": "none", "newton_tol": 0.0}  # one start, fixed steps: before config_version 5
 METHODS = {
-    "magnitude": {"method": "none", "mask": "magnitude"},
-    "wanda": {"method": "none", "mask": "wanda"},
-    "sparsegpt": {"method": "none", "mask": "sparsegpt"},
-    "sparsegpt-module": {"method": "none", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
+    "magnitude": {"method": "mask-only", "mask": "magnitude"},
+    "wanda": {"method": "mask-only", "mask": "wanda"},
+    "sparsegpt": {"method": "mask-only", "mask": "sparsegpt"},
+    "sparsegpt-module": {"method": "mask-only", "mask": "sparsegpt", "statistics": "module"},  # the order before version 3
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
     "snows-k3": {"method": "snows", "k_step": 3},  # the defaults
-    "snows-k3-2x5": {"method": "snows", "k_step": 3, "newton_steps": 2, "cg_iters": 5},  # the defaults of config_version 3
+    "snows-v4": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1},  # the defaults of config_version 4
+    "snows-k3-2x5": {"method": "snows", "k_step": 3, **V4, "newton_steps": 2, "cg_iters": 5},  # of config_version 3
     "snows-fast": {"method": "snows-fast"},  # the cheaper preset (K=3, 1 Newton step x at most 2 CG)
-    "snows-block": {"method": "snows", "k_step": 3, "refit_unit": "block"},  # one re-fit per block, 1 x 5
-    "snows-block-1x35": {"method": "snows", "k_step": 3, "refit_unit": "block", "cg_iters": 35},  # a Llama block's 7 x 5
-    "snows-lsq": {"method": "snows", "k_step": 3, "init": "lsq"},  # the least-squares start where it beats the selector's
-    "snows-magnitude": {"method": "snows", "k_step": 3, "mask": "magnitude"},  # the magnitude mask under SNOWS
+    "snows-block": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1},  # per block, 1 x 5
+    "snows-block-1x35": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1,
+                         "cg_iters": 35},  # a Llama block's 7 x 5
+    "snows-lsq": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "init": "lsq"},  # least squares where better
+    "snows-magnitude": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "mask": "magnitude"},  # its own mask
     "lsq-magnitude": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "magnitude"},  # the start alone
     "lsq-sparsegpt": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "sparsegpt"},
-    "snows-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4},  # four steps, no tolerance: what each one gains
-    "snows-lsq-4x5": {"method": "snows", "k_step": 3, "newton_steps": 4, "init": "lsq"},
-    # the start chosen per module by held-out window loss among SparseGPT's update and the
-    # least-squares fits on SparseGPT's and on the magnitude mask
-    "snows-choose": {"method": "snows", "k_step": 3, "init": "lsq", "alternative_mask": "magnitude"},
-    "snows-choose-tol": {"method": "snows", "k_step": 3, "init": "lsq", "alternative_mask": "magnitude",
-                         "newton_steps": 4, "newton_tol": 0.01},
+    # the start chosen per module by held-out window loss (the default's start) with 1 step, and with up to 4
+    "snows-choose": {"method": "snows", "k_step": 3, "newton_steps": 1},
+    "snows-choose-tol": {"method": "snows", "k_step": 3, "newton_steps": 4, "newton_tol": 0.01},
 }
 
 
