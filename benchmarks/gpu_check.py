@@ -99,14 +99,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     one_block = "1MB"  # below any block: the device holds the current window only
     images = {"pixel_values": torch.randn(args.samples, 3, 224, 224, generator=g)}
-    sparsegpt = {"method": "none", "mask": "sparsegpt"}
+    sparsegpt = {"method": "mask-only", "mask": "sparsegpt"}
     cases = [
         ("ViT-B/16", _vit_base, images, [
             ("sparsegpt (mask + update)", sparsegpt, True),
             ("snows, activations device", {}, True),
         ]),
         ("ViT-L/16", _vit, images, [
-            ("magnitude", {"method": "magnitude"}, True),
+            ("magnitude", {"method": "mask-only", "mask": "magnitude"}, True),
             ("sparsegpt (mask + update)", sparsegpt, True),
             ("snows, activations device", {}, True),
             ("snows, activations cpu", {"offload_activations": "cpu"}, True),

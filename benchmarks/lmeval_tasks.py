@@ -66,7 +66,7 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         tasks, pruned = write_task(Path(tmp), args.items), Path(tmp) / "pruned"
-        subprocess.run([*cli, "prune", str(dense), "--sparsity", args.sparsity, "--method", "magnitude",
+        subprocess.run([*cli, "prune", str(dense), "--sparsity", args.sparsity, "--method", "mask-only", "--mask", "magnitude",
                         "--dataset", str(bbc_jsonl()), "--num-samples", "32", "--seq-len", "256", "--no-eval", "--no-diagnostics",
                         "--output-dir", str(pruned), "--quiet"], check=True)
         for name, extra in (("all", []), ("limit", ["--limit", str(args.limit)])):

@@ -1,7 +1,7 @@
 """Mask selector x {mask only, + SNOWS} on the Fashion-MNIST ViT, at 2:4 and 70% unstructured.
 
 The 4-block ViT of benchmarks/fmnist.py (87.6% top-1, cached outside git) is pruned with
-each mask selector, once keeping the selector's weights (``--method none``: masked dense
+each mask selector, once keeping the selector's weights (``--method mask-only``: masked dense
 weights, or SparseGPT's own OBS update) and once re-fitted by SNOWS with its defaults.
 Printed: top-1 on all 10,000 test images, the drop from dense, and wall time. One run,
 one table, written to ``benchmarks/results/mask_selectors.json`` after every row; timings
@@ -20,7 +20,7 @@ import record
 import snows_hf
 
 SELECTORS = ("magnitude", "wanda", "hessian", "sparsegpt")
-METHODS = (("mask only", "none"), ("+ SNOWS", "snows"))
+METHODS = (("mask only", "mask-only"), ("+ SNOWS", "snows"))
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, nargs="+", default=[128])
     parser.add_argument("--places", nargs="+", default=["device", "cpu", "disk"], choices=["device", "cpu", "disk"])
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--method", default="none")
+    parser.add_argument("--method", default="mask-only")
     parser.add_argument("--mask", default="wanda")
     parser.add_argument("--place", help=argparse.SUPPRESS)
     record.out_option(parser, "offload_memory")

@@ -283,8 +283,10 @@ def importance_linear(results: dict) -> list[str]:
 
 # --- SmolLM2 through the command line (smollm2_bbc.py) -----------------------------------------------------------
 
-QUALITY_METHOD = {("magnitude", "magnitude"): "magnitude", ("none", "magnitude"): "magnitude",
-                  ("none", "wanda"): "wanda", ("none", "sparsegpt"): "sparsegpt"}
+QUALITY_METHOD = {("magnitude", "magnitude"): "magnitude", ("none", "magnitude"): "magnitude",  # recorded before
+                  ("none", "wanda"): "wanda", ("none", "sparsegpt"): "sparsegpt",   # mask-only had its name
+                  ("mask-only", "magnitude"): "magnitude", ("mask-only", "wanda"): "wanda",
+                  ("mask-only", "sparsegpt"): "sparsegpt"}
 
 
 def _run_name(row: dict) -> str:

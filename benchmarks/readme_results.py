@@ -55,6 +55,7 @@ METHOD_NAMES = {
     "snows-k0": "SNOWS K=0", "snows-k1": "SNOWS K=1", "snows-k3": "SNOWS K=3",
 }
 #: SNOWS budgets on whole SmolLM2, each file with SparseGPT in the same run (beside quality_smollm2.json)
+MASK_ONLY = ("none", "mask-only")  #: the mask-only method as results name it, recorded before and since its rename
 FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json")
 
 
@@ -752,7 +753,7 @@ def budget_table(budget: dict) -> list[str]:
         "| x SparseGPT |",
         "|---|---|---|---|---|---|",
     ]
-    base = next((r["seconds"] for r in budget["rows"] if r["config"].get("method") == "none"), None)
+    base = next((r["seconds"] for r in budget["rows"] if r["config"].get("method") in MASK_ONLY), None)
     for r in budget["rows"]:
         loss = "" if r["window_loss_vs_mask"] is None else f"{r['window_loss_vs_mask']:.4f}"
         times = "" if base is None else f"{r['seconds'] / base:.1f}"
@@ -766,7 +767,7 @@ def budget_knee(budget: dict, base_seconds: float | None) -> list[str]:
     iterations only, all from the one run of the file (output error against time)."""
     budget_keys = ("newton_steps", "cg_iters")
     default = next((r for r in budget["rows"] if r["variant"].endswith("(the defaults)")), None)
-    sparsegpt = next((r for r in budget["rows"] if r["config"].get("method") == "none"), None)
+    sparsegpt = next((r for r in budget["rows"] if r["config"].get("method") in MASK_ONLY), None)
     if default is None or sparsegpt is None or not base_seconds:
         return []
     others = {k: v for k, v in default["config"].items() if k not in budget_keys}
@@ -798,9 +799,9 @@ def block_refit_table(block: dict, budget: dict | None) -> list[str]:
     ]
     lines += [f"| {r['variant']} | {r['output_error']:.5f} | {r['hessian_vector_products']} | {r['seconds']:.1f} |"
               for r in block["rows"]]
-    base = lambda b: next((r for r in b["rows"] if r["config"].get("method") == "none"), None)  # noqa: E731
+    base = lambda b: next((r for r in b["rows"] if r["config"].get("method") in MASK_ONLY), None)  # noqa: E731
     here, there = base(block), base(budget) if budget else None
-    per_module = [r for r in block["rows"] if "per block" not in r["variant"] and r["config"].get("method") != "none"]
+    per_module = [r for r in block["rows"] if "per block" not in r["variant"] and r["config"].get("method") not in MASK_ONLY]
     per_block = [r for r in block["rows"] if "per block" in r["variant"]]
     if here and there and here["seconds"] > 2 * there["seconds"]:
         lines += ["", f"SparseGPT took {here['seconds']:.1f} s in this run against {there['seconds']:.1f} s in the "

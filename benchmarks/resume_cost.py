@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--stop-at", type=int, default=15)
-    parser.add_argument("--method", default="magnitude")
+    parser.add_argument("--method", default="mask-only")
+    parser.add_argument("--mask", default="magnitude")
     record.out_option(parser, "resume_cost")
     args = parser.parse_args()
 
@@ -54,7 +55,7 @@ def main() -> None:
     model, tokenizer = load_model(folder, dtype="float32")
     cfg = CalibrationConfig(dataset=str(bbc_jsonl()), num_samples=args.num_samples, seq_len=args.seq_len)
     calibration = prepare_data(load_dataset_split(cfg), cfg, model, tokenizer).calibration
-    config = snows_hf.PruneConfig(sparsity="2:4", method=args.method, diagnostics=False, batch_size=8)
+    config = snows_hf.PruneConfig(sparsity="2:4", method=args.method, mask=args.mask, diagnostics=False, batch_size=8)
     blocks = model.config.num_hidden_layers
 
     start = time.perf_counter()

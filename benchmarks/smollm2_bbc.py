@@ -86,8 +86,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", default="50%")
-    parser.add_argument("--method", default="magnitude")
-    parser.add_argument("--mask", default="magnitude", help="mask selector for --method none/snows")
+    parser.add_argument("--method", default="mask-only")
+    parser.add_argument("--mask", default="magnitude", help="mask selector for --method mask-only/snows")
     parser.add_argument("--num-samples", default="32")
     parser.add_argument("--seq-len", default="256")
     parser.add_argument("--eval-samples", default="32")

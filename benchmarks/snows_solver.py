@@ -25,7 +25,7 @@ from snows_hf.adapters import find_block_list
 
 PROBE = 1000  #: test images whose block outputs are compared
 RUNS = [
-    ("mask only", {"method": "none"}),
+    ("mask only", {"method": "mask-only"}),
     ("snows K=0 dense-stream", {"method": "snows", "k_step": 0, "target": "dense-stream"}),
     ("snows K=0 official", {"method": "snows", "k_step": 0, "target": "official"}),
     ("snows K=1 dense-stream", {"method": "snows", "k_step": 1, "target": "dense-stream"}),

@@ -6,7 +6,7 @@ model and data:
 
 - one block forward over every calibration micro-batch, the unit the mask-only goal
   counts in (at most 2.5 of them per block for SparseGPT);
-- SparseGPT (mask + its own weight update, ``--method none --mask sparsegpt``);
+- SparseGPT (mask + its own weight update, ``--method mask-only --mask sparsegpt``);
 - SNOWS at the defaults (SparseGPT mask and its update as the start, K=3, 2 Newton steps
   of at most 5 preconditioned CG iterations), timed as it is;
 - SNOWS again, instrumented: dense targets, Gram matrices (K=0 start), Hessian-operator
@@ -92,7 +92,7 @@ def block_forward_seconds(model, calibration, batch_size: int, repeats: int = 3)
     """Seconds of one block forward over every calibration micro-batch (the first block,
     its captured inputs, the median of ``repeats``): the unit the mask-only goal counts in."""
     from snows_hf.adapters import find_block_list
-    from snows_hf.api import as_batches
+    from snows_hf.oneshot import as_batches
     from snows_hf.blocks import run_block
     from snows_hf.pipeline import capture_block_inputs
 
@@ -133,7 +133,7 @@ def main() -> None:
 
     forward = block_forward_seconds(model, calibration, common["batch_size"])
     start = time.perf_counter()
-    sparsegpt = snows_hf.prune_(model, {**common, "method": "none", "mask": "sparsegpt"}, calibration)
+    sparsegpt = snows_hf.prune_(model, {**common, "method": "mask-only", "mask": "sparsegpt"}, calibration)
     sparsegpt_total = time.perf_counter() - start
     if args.mask_only:
         return mask_only_table(args, out, forward, sparsegpt, sparsegpt_total)

@@ -29,7 +29,7 @@ def main() -> int:
     config = ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                        image_size=224, patch_size=16, num_labels=1000)
     model = ViTForImageClassification(config).eval()
-    snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude", "batch_size": 2, "diagnostics": False},
+    snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 2, "diagnostics": False},
                     {"pixel_values": torch.randn(2, 3, 224, 224)})
     text = plan_for_gpu(model.to(torch.bfloat16)).format()
     print(text)

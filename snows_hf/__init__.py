@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from . import compact_hook
+from .version import __version__
 
 # Heavy imports (torch, transformers) wait until a name is used, so `import snows_hf`
 # and `snows-hf --help` stay fast and touch no accelerator.
@@ -23,8 +24,8 @@ _EXPORTS = {
     "evaluate": "workflow",
     "RunRecord": "report",
     "save_pruned": "export",
-    "prune_": "api",
-    "as_batches": "api",
+    "prune_": "oneshot",
+    "as_batches": "oneshot",
     "PruneConfig": "config",
     "SnowsConfig": "methods",
     "SnowsFastConfig": "methods",
@@ -41,7 +42,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import as_batches, prune_
+    from .oneshot import as_batches, prune_
     from .export import save_pruned
     from .workflow import RunResult, evaluate, run
     from .config import PruneConfig
@@ -53,54 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sparse_inference import SparseInferenceReport, sparse_inference_
 
 
-def _register_compact_format_when_transformers_loads() -> None:
-    """Make ``from_pretrained`` read compact snows-hf checkpoints, without importing
-    transformers now: registration runs once ``transformers.modeling_utils`` (which every
-    ``from_pretrained`` needs) has been imported, or right away if it already was."""
-    import importlib.abc
-    import importlib.util
-    import sys
-
-    target = "transformers.modeling_utils"
-
-    def register() -> None:
-        from .compact_format import register as _register
-
-        _register()
-
-    if target in sys.modules:
-        register()
-        return
-
-    class _Finder(importlib.abc.MetaPathFinder):
-        busy = False
-
-        def find_spec(self, name, path, target_module=None):  # noqa: ANN001
-            if name != target or self.busy:
-                return None
-            self.busy = True  # the lookup below runs the meta path again, us included
-            try:
-                spec = importlib.util.find_spec(name)
-            finally:
-                self.busy = False
-            if spec is None or spec.loader is None:
-                return spec
-            exec_module, finder = spec.loader.exec_module, self
-
-            def exec_and_register(module):  # noqa: ANN001
-                exec_module(module)
-                if finder in sys.meta_path:  # only once the module really loaded
-                    sys.meta_path.remove(finder)
-                register()
-
-            spec.loader.exec_module = exec_and_register
-            return spec
-
-    if not any(type(f).__name__ == "_Finder" and type(f).__module__ == __name__ for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
-
-
-_register_compact_format_when_transformers_loads()
+# Compact checkpoints load with from_pretrained after `import snows_hf`: a cheap, idempotent
+# hook registers their format once transformers loads (nothing is imported now).
+compact_hook.install()
 
 
 def __getattr__(name: str) -> Any:

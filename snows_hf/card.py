@@ -18,7 +18,7 @@ from typing import Any
 from .data import RANDOM
 from .methods import METHODS, Method
 from .provenance import Source, public_source_here
-from .tasks import task_of
+from .heads import task_of
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Any, Sequence
 
-from . import __version__
+from .version import __version__
 from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
 
 
@@ -51,6 +51,18 @@ def _add(parser: Any, cls: type, name: str, described: dict[str, str] | None = N
                         **kwargs)
 
 
+class _Choices(list):
+    """Allowed values as listed (in the help and errors), which also accept the earlier names
+    in ``also``: those are read still, with a deprecation line, but no longer offered."""
+
+    def __init__(self, names: list[str], also: Any) -> None:
+        super().__init__(names)
+        self.also = also
+
+    def __contains__(self, value: object) -> bool:
+        return super().__contains__(value) or value in self.also
+
+
 def _int_at_least(minimum: int):
     """An argparse type for integers >= ``minimum``, with a one-line error otherwise."""
 
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``snows-hf`` parser (``prune``, ``eval``, ``push``, ``convert``, ``inspect``, ``recipes``, ``demo``)."""
     from .config import PruneConfig, option_owners
     from .masks import SELECTORS
-    from .methods import METHODS
+    from .methods import METHOD_ALIASES, METHODS
 
     parser = _Parser(prog="snows-hf", description="One-shot pruning of Hugging Face models with SNOWS re-fitting.")
     parser.add_argument("--version", action="version", version=f"snows-hf {__version__}")
@@ -87,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a recipe.yaml (of an earlier run, or your own) or a bundled recipe's name "
                        "(snows-hf recipes); flags given here override its fields")
     _add(prune, PruneConfig, "sparsity")
-    _add(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()})
+    _add(prune, PruneConfig, "method", described={name: method.description for name, method in METHODS.items()},
+         choices=_Choices(sorted(METHODS), also=METHOD_ALIASES))
     _add(prune, PruneConfig, "mask", choices=sorted(SELECTORS))
     _add(prune, PruneConfig, "allocation")
     _add(prune, PruneConfig, "max_layer_sparsity", type=float)

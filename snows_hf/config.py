@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from .fields import MAX_INT, SettingError, check_fields, check_keys, config_field, require, setting
 from .masks import get_selector, parse_sparsity
-from .methods import METHODS, MethodConfig, get_method
+from .methods import METHODS, MethodConfig, get_method, without_method_alias
 
 CONFIG_VERSION = 5
 # The flat form lists the methods' options between the fields that choose what is pruned
@@ -41,7 +41,7 @@ def option_owners() -> dict[str, list[str]]:
 
     Example:
         >>> option_owners()["k_step"], option_owners()["statistics"]
-        (['snows', 'snows-fast'], ['none', 'magnitude'])
+        (['snows', 'snows-fast'], ['mask-only'])
     """
     owners: dict[str, list[str]] = {}
     for name, method in METHODS.items():
@@ -57,9 +57,9 @@ def check_method_options(method: str, keys: Iterable[str]) -> None:
 
     Example:
         >>> check_method_options("snows-fast", ["k_step", "seed"])
-        >>> check_method_options("magnitude", ["k_step"])
+        >>> check_method_options("mask-only", ["k_step"])
         Traceback (most recent call last):
-        snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of magnitude; leave it out, or choose method='snows'
+        snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of mask-only; leave it out, or choose method='snows'
     """
     owners = option_owners()
     for key in keys:
@@ -81,14 +81,14 @@ class PruneConfig:
         >>> cfg = PruneConfig(sparsity="2:4", method=SnowsConfig(k_step=1))
         >>> cfg.pattern.n, cfg.pattern.m, cfg.method.name, cfg.method.k_step
         (2, 4, 'snows', 1)
-        >>> PruneConfig(sparsity="50%", method="magnitude").method
-        MagnitudeConfig(statistics='block')
+        >>> PruneConfig(sparsity="50%", method="mask-only", mask="magnitude").method
+        MaskOnlyConfig(statistics='block')
     """
 
     sparsity: str | float = config_field(None, "target sparsity: N:M (2:4, 4:8, 1:4) or a fraction (0.5, 50%)")
     method: str | MethodConfig = config_field("snows", "pruning method")  # the methods registered, listed by the command line
     mask: str = config_field(
-        "sparsegpt", "mask selector used by the snows, snows-fast and none methods (sparsegpt also updates the kept weights; "
+        "sparsegpt", "mask selector used by the snows, snows-fast and mask-only methods (sparsegpt also updates the kept weights; "
         "benchmarks/solver_budget.py measures it against magnitude under SNOWS)"
     )
     allocation: str = config_field(
@@ -135,6 +135,8 @@ class PruneConfig:
         if self.sparsity is None:
             raise SettingError("a sparsity is required", field="sparsity",
                                hint=f"e.g. {setting('sparsity', '2:4')} or {setting('sparsity', '50%')}")
+        for key, value in without_method_alias({"method": self.method}).items():  # an earlier name: today's
+            setattr(self, key, value)
         check_fields(self)
         if self.config_version != CONFIG_VERSION:
             raise SettingError(f"config_version {self.config_version} is not supported (this is {CONFIG_VERSION})",
@@ -224,13 +226,14 @@ class PruneConfig:
             >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
             >>> config.method.k_step, config.method.newton_steps
             (1, 1)
-            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 3}).method
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "mask-only", "k_step": 3}).method
             MaskOnlyConfig(statistics='block')
-            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "none", "k_step": 1})
+            >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "mask-only", "k_step": 1})
             Traceback (most recent call last):
-            snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of none; leave it out, or choose method='snows'
+            snows_hf.fields.SettingError: k_step is an option of snows and snows-fast, not of mask-only; leave it out, or choose method='snows'
         """
         check_keys(cls.flat_keys(), values)
+        values = without_method_alias(values)  # an earlier method name, read as today's (one deprecation line)
         shared = {f.name: f for f in fields(cls)}
         method = values.get("method", shared["method"].default)
         if isinstance(method, str):

@@ -43,8 +43,8 @@ class DemoSettings:
         otherwise pick, on the same data), then SNOWS on the SparseGPT mask, its default
         start (the saved model)."""
         return {
-            "magnitude": {"method": "magnitude"},
-            "sparsegpt": {"method": "none", "mask": "sparsegpt"},
+            "magnitude": {"method": "mask-only", "mask": "magnitude"},
+            "sparsegpt": {"method": "mask-only", "mask": "sparsegpt"},
             f"snows K={self.k_step}": {
                 "method": "snows", "mask": "sparsegpt", "k_step": self.k_step,
                 "newton_steps": self.newton_steps, "cg_iters": self.cg_iters,

@@ -2,7 +2,7 @@
 
 How a model is measured follows its head: an :class:`Evaluation` says what is taken from
 each batch and which metrics follow, and how the held-out set is built for it. Each task
-of :mod:`snows_hf.tasks` names one of :data:`CLASSIFICATION`, :data:`CAUSAL_LM` and
+of :mod:`snows_hf.heads` names one of :data:`CLASSIFICATION`, :data:`CAUSAL_LM` and
 :data:`EMBEDDING`.
 """
 

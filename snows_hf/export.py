@@ -590,7 +590,7 @@ def save_pruned(
 def _write_recipe(folder: Path, recipe: dict[str, Any]) -> None:
     import yaml
 
-    from . import __version__
+    from .version import __version__
     from .recipe import RECIPE_FILE
 
     recipe = {"snows_hf_version": __version__, **recipe}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .fields import SettingError, clip, setting
-from .tasks import modality
+from .heads import modality
 
 logger = logging.getLogger(__name__)
 

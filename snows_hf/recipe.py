@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from .fields import QUOTE_CHARS, SettingError, check_keys, python_spelling, setting, shorten, spelled
 from .safe_yaml import read_safe_yaml
+from .version import __version__
 
 logger = logging.getLogger("snows_hf")
 
@@ -37,8 +38,6 @@ def recipe_dict(prune: Any, data: Any = None, model: str | None = None, tasks: A
         >>> recipe_dict(PruneConfig(sparsity="2:4"), model="my-vit")["prune"]["sparsity"]
         '2:4'
     """
-    from . import __version__
-
     out: dict[str, Any] = {"snows_hf_version": __version__}
     if model is not None:
         out["model"] = model
@@ -64,6 +63,7 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     """
     from .data import CalibrationConfig, read_recipe_data
     from .config import PruneConfig
+    from .methods import without_method_alias
 
     path = resolve_recipe(path)
     raw = read_recipe_yaml(path)
@@ -76,8 +76,8 @@ def load_recipe(path: str | Path) -> tuple[Any, Any, str | None]:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"recipe {where}: model must be a Hub id or a folder (a string), got {_quote(model)}")
-    prune = _build(lambda values: PruneConfig.from_dict(_upgrade(values)), PruneConfig.flat_keys(), raw["prune"], "prune",
-                   path)
+    prune = _build(lambda values: PruneConfig.from_dict(_upgrade(without_method_alias(values))), PruneConfig.flat_keys(),
+                   raw["prune"], "prune", path)
     data_keys = [f.name for f in dataclasses.fields(CalibrationConfig)]
     data = (_build(lambda values: CalibrationConfig(**values), data_keys, read_recipe_data(raw["data"]), "data", path)
             if raw.get("data") is not None else None)
@@ -333,8 +333,9 @@ def resolve_settings(model: str | None = None, recipe: str | Path | None = None,
     """
     from .config import PruneConfig, check_method_options, option_owners
     from .data import CalibrationConfig
+    from .methods import without_method_alias
 
-    prune, data = dict(prune or {}), dict(data or {})
+    prune, data = without_method_alias(prune or {}), dict(data or {})
     check_keys([f.name for f in dataclasses.fields(CalibrationConfig)], data)
     if model in bundled_recipes() and not os.path.exists(model):
         raise SettingError(f"{model!r} names a bundled recipe, not a model", field="model",

@@ -7,7 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from .methods import METHODS, Method
+from .methods import METHODS, Method, without_method_alias
+from .version import __version__
 
 
 @dataclass
@@ -70,7 +71,9 @@ class PruneReport:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "PruneReport":
-        """A report back from :meth:`to_dict` (``report.json``); other keys are ignored."""
+        """A report back from :meth:`to_dict` (``report.json``); other keys are ignored. An
+        earlier run's method name reads as today's (``none`` as ``mask-only``)."""
+        payload = {**payload, "config": without_method_alias(payload["config"], quiet=True)}
         names = {f.name for f in fields(cls)} - {"layers"}
         layer_names = {f.name for f in fields(LayerReport)}
         layers = [LayerReport(**{k: v for k, v in layer.items() if k in layer_names}) for layer in payload["layers"]]
@@ -78,8 +81,6 @@ class PruneReport:
 
     def sparsity_block(self) -> dict[str, Any]:
         """The ``sparsity`` entry written into ``config.json`` next to the weights."""
-        from . import __version__
-
         block = {"pattern": self.config["sparsity"], **self._method().metadata(self.config)}
         if self.config.get("allocation") == "global":
             block.update(allocation="global", max_layer_sparsity=self.config["max_layer_sparsity"])

@@ -1,7 +1,7 @@
 """The whole run from Python: :func:`run` loads, evaluates, prunes, evaluates, saves and
 pushes, writing the same folder as ``snows-hf prune``; :func:`evaluate` is ``snows-hf eval``.
 
-:func:`~snows_hf.api.prune_` stays the in-place primitive (a model and calibration tensors
+:func:`~snows_hf.oneshot.prune_` stays the in-place primitive (a model and calibration tensors
 in, a report out); this module owns everything around it: data, placement, checkpoints,
 the paired dense/pruned evaluation, the output folder and its log.
 
@@ -643,7 +643,7 @@ class _Run:
               overwrite: bool, trust_remote_code: bool, allow_pickle: bool, load_options: dict[str, Any]) -> RunResult:
         """Load, prepare the data, evaluate, prune, evaluate, and save to ``output_dir``
         (``None``: not at all)."""
-        from .api import prune_
+        from .oneshot import prune_
         from .data import check_seq_len, prepare_run_data
         from .export import check_room, largest_file_bytes, model_bytes
         from .harness import PairedTasks
@@ -854,7 +854,7 @@ def _recipe_within_bounds(recipe: Any, fields: dict[str, Any], model: Any, folde
     it was read whole. One line says what the recipe chose and what was not taken, as a
     warning where the rows evaluated may not be the ones its run held out."""
     from .data import DEFAULT_SEQ_LEN, CalibrationConfig, dataset_label, fit_seq_len, is_local
-    from .tasks import modality
+    from .heads import modality
 
     cfg = dataclasses.replace(recipe, **fields)
     notes, other_rows = [], False

@@ -20,7 +20,7 @@ def _inputs(kind):
 
 @pytest.mark.parametrize("kind", ["llama", "vit"])
 @pytest.mark.parametrize("options", [{"k_step": 2}, {"k_step": 2, "target": "official"}, {"k_step": 2, "refit_unit": "block"},
-                                     {"method": "none", "mask": "sparsegpt", "sparsity": "0.5", "allocation": "global"}])
+                                     {"method": "mask-only", "mask": "sparsegpt", "sparsity": "0.5", "allocation": "global"}])
 def test_cpu_and_disk_offload_give_the_same_weights(kind, options, tmp_path):
     factory = tiny_llama if kind == "llama" else tiny_vit
     weights = {}
@@ -48,7 +48,7 @@ def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MagnitudeMethod, "prune_module", fail_later)
     with pytest.raises(RuntimeError, match="boom"):
-        snows_hf.prune_(tiny_llama(), {"sparsity": "2:4", "method": "magnitude", "batch_size": 4,
+        snows_hf.prune_(tiny_llama(), {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4,
                                        "offload_activations": "disk", "offload_dir": str(tmp_path)}, _inputs("llama"))
     assert calls["n"] == 9 and list(tmp_path.iterdir()) == []
 
@@ -56,7 +56,7 @@ def test_no_files_remain_after_an_error(tmp_path, monkeypatch):
 def test_a_run_offloads_to_disk_next_to_the_output(llama_dir, tmp_path):
     out = tmp_path / "runs" / "pruned"
     out.parent.mkdir()
-    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "magnitude", "offload_activations": "disk"}, "random",
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "offload_activations": "disk"}, "random",
                  output_dir=out, progress=False)
     assert sorted(p.name for p in out.parent.iterdir()) == ["pruned"]
 

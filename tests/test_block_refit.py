@@ -200,7 +200,7 @@ def test_block_refit_keeps_every_mask_and_never_raises_the_window_loss(settings)
     weights moved, and the line search never leaves the window loss above its start."""
     model, masked = tiny_llama().double(), tiny_llama().double()
     report = snows_hf.prune_(model, _block(**settings), _inputs("llama"))
-    snows_hf.prune_(masked, {"sparsity": "2:4", "batch_size": 4, **settings, "method": "none", "statistics": "block"},
+    snows_hf.prune_(masked, {"sparsity": "2:4", "batch_size": 4, **settings, "method": "mask-only", "statistics": "block"},
                     _inputs("llama"))
     pattern = parse_sparsity(settings.get("sparsity", "2:4"))
     assert len(report.layers) == 14 and report.solver["solves"] == 2 and report.solver["layers"] == 14

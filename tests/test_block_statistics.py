@@ -58,7 +58,7 @@ def test_a_module_seen_twice_in_one_forward_counts_its_first_input():
     assert torch.equal(found["0"]["input_sq"], torch.full((3,), 2.0, dtype=torch.float64))
 
 
-def _prune(statistics: str, method: str = "none", mask: str = "sparsegpt", diagnostics: bool = True):
+def _prune(statistics: str, method: str = "mask-only", mask: str = "sparsegpt", diagnostics: bool = True):
     model = tiny_llama()
     report = snows_hf.prune_(model, {"sparsity": "2:4", "method": method, "mask": mask, "statistics": statistics,
                                      "diagnostics": diagnostics, "batch_size": 4}, INPUTS)
@@ -66,11 +66,11 @@ def _prune(statistics: str, method: str = "none", mask: str = "sparsegpt", diagn
 
 
 @pytest.mark.parametrize("statistics, method, mask, diagnostics, passes", [
-    ("block", "none", "sparsegpt", True, 2),    # statistics of all seven modules, then propagation
-    ("block", "none", "wanda", False, 2),
-    ("block", "magnitude", "magnitude", False, 1),  # nothing to collect: propagation only
-    ("block", "magnitude", "magnitude", True, 2),   # the diagnostics' statistics, in the same single pass
-    ("module", "none", "sparsegpt", True, 8),   # one forward per module (diagnostics reuse it), then propagation
+    ("block", "mask-only", "sparsegpt", True, 2),    # statistics of all seven modules, then propagation
+    ("block", "mask-only", "wanda", False, 2),
+    ("block", "mask-only", "magnitude", False, 1),  # nothing to collect: propagation only
+    ("block", "mask-only", "magnitude", True, 2),   # the diagnostics' statistics, in the same single pass
+    ("module", "mask-only", "sparsegpt", True, 8),   # one forward per module (diagnostics reuse it), then propagation
 ])
 def test_block_forwards_per_block_are_counted_in_the_report(statistics, method, mask, diagnostics, passes):
     _, report = _prune(statistics, method, mask, diagnostics)

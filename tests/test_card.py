@@ -46,7 +46,7 @@ def test_card_renders_parses_and_carries_eval_results(llama_dir, tmp_path):
 
 def test_card_metadata_for_hub_sources():
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "magnitude", "diagnostics": False},
+    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude", "diagnostics": False},
                              {"input_ids": torch.randint(0, 100, (4, 8))})
     payload = report.to_dict() | {
         "source_model": "org/tiny-llama", "data": {"dataset": "org/corpus", "split": "validation"},
@@ -55,7 +55,7 @@ def test_card_metadata_for_hub_sources():
     card = build_card(model, payload, repo_id="me/tiny-llama-50pct")
     assert card.data.base_model == "org/tiny-llama" and card.data.datasets == ["org/corpus"]
     assert {r.metric_value for r in card.data.eval_results} == {10.0, 12.5}
-    assert "magnitude" in card.data.tags and 'from_pretrained("me/tiny-llama-50pct")' in str(card)
+    assert "mask-only" in card.data.tags and 'from_pretrained("me/tiny-llama-50pct")' in str(card)
     assert "sparse GPU kernels" not in str(card)  # unstructured 50%: no kernel runs it faster
 
 
@@ -93,7 +93,7 @@ def test_public_source_trusts_a_caller_that_found_the_source_on_disk():
 
 
 def _payload(model, source, dataset):
-    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "magnitude", "diagnostics": False},
+    report = snows_hf.prune_(model, {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude", "diagnostics": False},
                              {"input_ids": torch.randint(0, 100, (4, 8))})
     return report.to_dict() | {
         "source_model": source, "num_calibration_samples": 4,
@@ -133,7 +133,7 @@ def test_card_treats_a_relative_folder_named_like_a_hub_id_as_local():
 
 
 def test_a_run_on_random_inputs_names_no_dataset(vit_dir):
-    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, {"dataset": "random", "num_samples": 4},
+    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, {"dataset": "random", "num_samples": 4},
                  output_dir="out", progress=False)
     text = Path("out/README.md").read_text()
     header = yaml.safe_load(text.split("---")[1])

@@ -30,7 +30,7 @@ def _check_output(out, source_dir, auto_cls, block_prefix, spec):
     targets = _targets(pruned, block_prefix)
     assert targets
     block = json.loads((Path(out) / "config.json").read_text())["sparsity"]
-    assert block["pattern"] == str(pattern) and block["method"] == "magnitude" and "k_step" not in block
+    assert block["pattern"] == str(pattern) and block["method"] == "mask-only" and block["mask"] == "magnitude" and "k_step" not in block
     assert set(block["layers"]) == set(targets)
     for name, module in targets.items():
         assert satisfies(to_rows(module.weight, "linear") != 0, pattern), name
@@ -50,7 +50,7 @@ def _check_output(out, source_dir, auto_cls, block_prefix, spec):
 def test_prune_tiny_vit_2of4(vit_dir, capsys):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]) == 0
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", "out", "--quiet"]) == 0
     assert "overall measured sparsity: 50.00%" in capsys.readouterr().out
     _check_output("out", vit_dir, AutoModelForImageClassification, "vit.layers.", "2:4")
     AutoImageProcessor.from_pretrained("out")  # processor files travel with the model
@@ -64,7 +64,7 @@ def test_prune_tiny_llama_50pct_from_jsonl(llama_dir, tmp_path):
     data = tmp_path / "calib.jsonl"
     rows = [{"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(40))} for i in range(30)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    args = ["prune", str(llama_dir), "--sparsity", "50%", "--method", "magnitude", "--dataset", str(data), "--num-samples", "6",
+    args = ["prune", str(llama_dir), "--sparsity", "50%", "--method", "mask-only", "--mask", "magnitude", "--dataset", str(data), "--num-samples", "6",
             "--seq-len", "32", "--batch-size", "4", "--output-dir", "out", "--quiet"]
     assert main(args) == 0
     _check_output("out", llama_dir, AutoModelForCausalLM, "model.layers.", "50%")
@@ -82,14 +82,14 @@ def test_prune_vit_from_image_folder(vit_dir, tmp_path):
         folder.mkdir(parents=True)
         for i in range(3):
             Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(folder / f"{i}.png")
-    args = ["prune", str(vit_dir), "--sparsity", "4:8", "--method", "magnitude", "--dataset", str(tmp_path / "images"),
+    args = ["prune", str(vit_dir), "--sparsity", "4:8", "--method", "mask-only", "--mask", "magnitude", "--dataset", str(tmp_path / "images"),
             "--num-samples", "10", "--output-dir", "out", "--quiet"]
     assert main(args) == 0
     assert json.loads(Path("out/report.json").read_text())["num_calibration_samples"] == 6  # all that exist
 
 
 def test_overwrite_replaces_only_when_asked(vit_dir):
-    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--quiet"]
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", "out", "--quiet"]
     assert main(args) == 0
     first = Path("out/report.json").read_text()
     assert main(args) == 1
@@ -104,7 +104,7 @@ def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_d
     from collections import namedtuple
 
     args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "out", "--overwrite", "--quiet"]
-    assert main(args + ["--method", "magnitude"]) == 0  # an earlier output, which --overwrite may replace
+    assert main(args + ["--method", "mask-only", "--mask", "magnitude"]) == 0  # an earlier output, which --overwrite may replace
     old = Path("out/report.json").read_text()
     capsys.readouterr()
     usage = namedtuple("usage", "total used free")
@@ -119,7 +119,7 @@ def test_a_full_disk_is_refused_before_pruning_and_the_old_output_survives(vit_d
 def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vit_dir, monkeypatch, capsys):
     import snows_hf.card
 
-    old_args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--output-dir", "out", "--quiet"]
+    old_args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--output-dir", "out", "--quiet"]
     assert main(old_args) == 0  # an earlier output, which --overwrite may replace
     old = {p.name: p.read_bytes() for p in Path("out").iterdir()}
 
@@ -128,7 +128,7 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
 
     original = snows_hf.card.write_card
     monkeypatch.setattr(snows_hf.card, "write_card", card_fails)
-    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out", "--overwrite",
+    args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", "out", "--overwrite",
             "--quiet"]
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_images_of_any_mode_or_size_are_converted_not_refused(vit_dir, mode, siz
         (Path("odd") / label).mkdir(parents=True)
         for i in range(3):
             Image.new(mode, size).save(Path("odd") / label / f"{i}.{suffix}")
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "odd",
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "odd",
                  "--num-samples", "4", "--output-dir", "out", "--quiet"]) == 0
     report = json.loads(Path("out/report.json").read_text())
     assert report["num_calibration_samples"] == 4 and report["evaluation"]["samples"] == 2
@@ -174,8 +174,8 @@ def test_defaults_run_snows_and_name_the_output(vit_dir):
     assert block["overall"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("method, warned", [(["--method", "snows"], True), (["--method", "none", "--mask", "wanda"], True),
-                                            (["--method", "magnitude"], False), (["--method", "none", "--mask", "magnitude"], False)])
+@pytest.mark.parametrize("method, warned", [(["--method", "snows"], True), (["--method", "mask-only", "--mask", "wanda"], True),
+                                            (["--method", "mask-only", "--mask", "magnitude"], False), (["--method", "magnitude"], False)])
 def test_random_inputs_warn_when_the_method_fits_data(vit_dir, capsys, method, warned):
     assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--num-samples", "8",
                  "--batch-size", "4", "--no-diagnostics", *method, "--output-dir", "out"]) == 0
@@ -201,9 +201,9 @@ BAD_INPUTS = [
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--device", "cuda:7"], "device 'cuda:7'", id="absent-device"),
     pytest.param(["prune", "{vit}", "--dataset", "random"], "--sparsity", id="no-sparsity"),
     pytest.param(["prune", "google/vit-base-patch16-224", "--dataset", "random", "--sparsity", "2:4"], "Hugging Face Hub could not serve it", id="hub-id-offline"),
-    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--targets", "nope"], "--targets 'nope' matches no", id="targets-unmatched"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--targets", "nope"], "--targets 'nope' matches no", id="targets-unmatched"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--targets", "("], "not a regular expression", id="targets-bad-regex"),
-    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "none", "--ignore", ".*"], "no module is left to prune", id="ignore-everything"),
+    pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--ignore", ".*"], "no module is left to prune", id="ignore-everything"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "2:4", "--allocation", "global"], "unstructured sparsity", id="global-nm"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.5", "--max-layer-sparsity", "0.9"], "allocation='global' only", id="cap-without-global"),
     pytest.param(["prune", "{vit}", "--dataset", "random", "--sparsity", "0.7", "--allocation", "global", "--max-layer-sparsity", "0.5"], "below the target", id="cap-below-target"),
@@ -323,8 +323,8 @@ def test_method_help_lists_each_registered_method_and_what_it_does(capsys, monke
     finally:
         del METHODS["keep-test"]
     out = " ".join(capsys.readouterr().out.split())
-    assert ("--method {keep-test,magnitude,none,snows,snows-fast} pruning method: snows (mask, then re-fit over a "
-            "K-step window), none (mask only), magnitude (magnitude mask only), snows-fast (SNOWS with at most 2 CG "
+    assert ("--method {keep-test,mask-only,snows,snows-fast} pruning method: snows (mask, then re-fit over a "
+            "K-step window), mask-only (the mask selector's weights, no re-fit), snows-fast (SNOWS with at most 2 CG "
             "iterations: faster, less accurate), keep-test (the mask's weights as they are) (default: snows)") in out
     # an option two methods read shows each one's default
     assert "SNOWS re-fit (with --method snows or snows-fast)" in out
@@ -344,7 +344,7 @@ def test_module_entry_point_and_real_process_errors(tmp_path):
 def test_sparsegpt_global_with_targets_from_the_command_line(llama_dir):
     from transformers import AutoModelForCausalLM
 
-    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "60%", "--method", "none", "--mask", "sparsegpt",
+    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "60%", "--method", "mask-only", "--mask", "sparsegpt",
             "--allocation", "global", "--max-layer-sparsity", "0.8", "--targets", "mlp", "--ignore", "down_proj",
             "--stats-dtype", "float64", "--num-samples", "8", "--output-dir", "out", "--quiet"]
     assert main(argv) == 0

@@ -45,7 +45,7 @@ CASES = {  # factory, inputs, config, Auto class name
 def _pruned(case):
     factory, inputs, config, auto = CASES[case]
     model = factory()
-    report = snows_hf.prune_(model, {"method": "magnitude", "diagnostics": False, "batch_size": 4} | config, inputs())
+    report = snows_hf.prune_(model, {"method": "mask-only", "mask": "magnitude", "diagnostics": False, "batch_size": 4} | config, inputs())
     return model, report, auto
 
 
@@ -96,6 +96,19 @@ def test_import_snows_hf_is_all_from_pretrained_needs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_import_snows_hf_imports_no_torch_and_installs_one_hook():
+    """The hook that registers the compact format costs no import: transformers and torch
+    load only when the caller's code loads them; importing again adds no second hook."""
+    code = ("import importlib, sys, snows_hf, snows_hf.compact_hook as hook\n"
+            "importlib.reload(snows_hf)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules),"
+            " sum(isinstance(f, hook.WhenLoaded) for f in sys.meta_path))\n")
+    root = str(Path(snows_hf.__file__).parents[1])  # this checkout's package, whatever is installed
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert result.stdout.split("\n")[0] == "[] 1", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("damage, message", [
     ("remove-code", "model.layers.0.mlp.up_proj.weight_code is missing"),
     ("rename-values", "model.layers.0.mlp.up_proj.weight is missing"),
@@ -129,7 +142,7 @@ def test_damaged_compact_tensors_fail_by_name(damage, message, tmp_path):
 def test_a_run_saves_the_compact_format(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, "random", save_format="compact", output_dir="out",
+    snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, "random", save_format="compact", output_dir="out",
                  progress=False)
     keys = load_file("out/model.safetensors")
     assert any(k.endswith("weight_code") for k in keys) and keys["vit.encoder.layer.0.attention.attention.query.weight"].dim() == 1
@@ -142,7 +155,7 @@ def test_a_run_saves_the_compact_format(vit_dir):
 def test_convert_both_ways_keeps_weights_card_and_recipe(vit_dir):
     from transformers import AutoModelForImageClassification
 
-    snows_hf.run(vit_dir, {"sparsity": "0.5", "method": "magnitude"}, "random", output_dir="dense", progress=False)
+    snows_hf.run(vit_dir, {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude"}, "random", output_dir="dense", progress=False)
     convert("dense", "compact")
     convert("dense-compact", "dense", "back")
     models = {d: AutoModelForImageClassification.from_pretrained(d) for d in ("dense", "dense-compact", "back")}
@@ -194,7 +207,7 @@ def test_compact_loads_into_another_head_class_as_dense_does(case, tmp_path):
 
     factory, inputs, auto = HEADS[case]
     model = factory()
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude", "diagnostics": False, "batch_size": 4},
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "diagnostics": False, "batch_size": 4},
                              inputs())
     loaded, info = {}, {}
     for fmt in ("dense", "compact"):
@@ -240,7 +253,7 @@ def test_an_all_zero_layer_saves_compact_and_converts_bit_for_bit(config, tmp_pa
     from transformers import AutoModelForCausalLM
 
     source = _with_zero_layer(tmp_path / "zeros")
-    settings = {"method": "magnitude"} | config
+    settings = {"method": "mask-only", "mask": "magnitude"} | config
     snows_hf.run(source, settings, "random", save_format="compact", output_dir="compact", progress=False)
     snows_hf.run(source, settings, "random", output_dir="dense", progress=False)
     report = json.loads(Path("compact/report.json").read_text())

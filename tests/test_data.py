@@ -120,7 +120,7 @@ def test_a_run_reports_before_after_and_evaluate_reproduces_it(llama_dir, tmp_pa
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"text": t}) for t in _texts(60)))
     data = {"dataset": str(path), "num_samples": 8, "seq_len": 16, "eval_samples": 6}
-    out = snows_hf.run(llama_dir, {"sparsity": "50%", "method": "magnitude"}, data, output_dir="out",
+    out = snows_hf.run(llama_dir, {"sparsity": "50%", "method": "mask-only", "mask": "magnitude"}, data, output_dir="out",
                        progress=False).format()
     assert "perplexity" in out and "dense" in out and "pruned" in out and "overall measured sparsity" in out
     report = json.loads(Path("out/report.json").read_text())
@@ -139,7 +139,7 @@ def test_a_run_reports_before_after_and_evaluate_reproduces_it(llama_dir, tmp_pa
 
 def test_no_eval_and_image_classifier(vit_dir, tmp_path):
     root = _image_folder(tmp_path / "imgs")
-    config = {"sparsity": "2:4", "method": "magnitude"}
+    config = {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}
     snows_hf.run(vit_dir, config, {"dataset": str(root), "num_samples": 6, "eval_samples": 6}, output_dir="a",
                  progress=False)
     figures = json.loads(Path("a/report.json").read_text())["evaluation"]

@@ -38,7 +38,7 @@ def _regnet():
     return T.RegNetForImageClassification(config), T.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0)
 
 
-CONV_NETS = {"mobilenet_v2": (_mobilenet_v2, "magnitude"), "regnet": (_regnet, "none")}
+CONV_NETS = {"mobilenet_v2": (_mobilenet_v2, ["mask-only", "--mask", "magnitude"]), "regnet": (_regnet, ["mask-only"])}
 
 
 @pytest.mark.parametrize("name", sorted(CONV_NETS))
@@ -49,7 +49,7 @@ def test_fallback_prunes_dense_convolutions_through_the_cli(name, tmp_path):
     assert model.config.model_type not in ADAPTERS  # the fallback's case
     model.save_pretrained(tmp_path / "dense")
     processor.save_pretrained(tmp_path / "dense")
-    argv = ["prune", str(tmp_path / "dense"), "--sparsity", "2:4", "--method", method, "--dataset", "random",
+    argv = ["prune", str(tmp_path / "dense"), "--sparsity", "2:4", "--method", *method, "--dataset", "random",
             "--num-samples", "8", "--batch-size", "4", "--no-eval", "--output-dir", "out", "--quiet"]
     assert main(argv) == 0
 
@@ -214,7 +214,7 @@ def test_mixed_kinds_survive_activation_offload(place):
     weights = {}
     for where in ("device", place):
         model = _mixed("gemma3_text")
-        config = {"sparsity": "2:4", "method": "none", "batch_size": 4, "offload_activations": where}
+        config = {"sparsity": "2:4", "method": "mask-only", "batch_size": 4, "offload_activations": where}
         snows_hf.prune_(model, config, _text(8))
         weights[where] = {k: v.clone() for k, v in model.state_dict().items()}
     for key, value in weights["device"].items():

@@ -98,9 +98,9 @@ def _final(model, inputs) -> torch.Tensor:
     return model(**inputs, output_hidden_states=True).hidden_states[-1]
 
 
-def _prune(name, spec, method, calib):
+def _prune(name, spec, method, calib, **settings):
     model = _build(name)
-    config = {"sparsity": spec, "method": method, "batch_size": 4} | ({"k_step": 2} if method == "snows" else {})
+    config = {"sparsity": spec, "method": method, "batch_size": 4, **settings} | ({"k_step": 2} if method == "snows" else {})
     return model, snows_hf.prune_(model, config, calib)
 
 
@@ -114,7 +114,7 @@ def test_family_prune_save_reload(name, spec, tmp_path):
         assert dense.config.model_type not in ADAPTERS
     reference = _final(dense, probe)
 
-    masked, _ = _prune(name, spec, "none", calib)
+    masked, _ = _prune(name, spec, "mask-only", calib)
     model, report = _prune(name, spec, "snows", calib)
     err_mask = float((_final(masked, probe) - reference).norm() / reference.norm())
     err_snows = float((_final(model, probe) - reference).norm() / reference.norm())
@@ -148,7 +148,7 @@ def test_a_pruned_family_runs_on_semi_structured_weights(name):
     """Every pruned linear layer takes a sparse weight (torch's own tensor class, its
     matmul done densely on CPU) and the model's outputs stay those of the pruned model."""
     family = FAMILIES[name]
-    model, report = _prune(name, "2:4", "magnitude", _inputs(family, 8, 0))
+    model, report = _prune(name, "2:4", "mask-only", _inputs(family, 8, 0), mask="magnitude")
     probe = _inputs(family, 4, 1)
     before = _final(model, probe)
     linear = {layer.name for layer in report.layers if layer.layout in ("linear", "conv1d")}
@@ -163,7 +163,7 @@ def test_a_pruned_family_runs_on_semi_structured_weights(name):
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_tied_embeddings_stay_tied_and_unpruned(name, tmp_path):
     family = FAMILIES[name]
-    model, report = _prune(name, "2:4", "magnitude", _inputs(family, 8, 0))
+    model, report = _prune(name, "2:4", "mask-only", _inputs(family, 8, 0), mask="magnitude")
     dense_embeddings = _build(name).get_input_embeddings().weight
     assert not any("lm_head" in layer.name or "embed" in layer.name for layer in report.layers)
     save_pruned(model, report, tmp_path / "out")
@@ -177,7 +177,7 @@ def test_weights_shared_inside_the_blocks_are_never_pruned():
     model = _build("llama")
     layers = model.model.layers
     layers[1].mlp.up_proj.weight = layers[0].mlp.up_proj.weight  # one tensor, two places
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude", "batch_size": 4},
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4},
                              _inputs(FAMILIES["llama"], 8, 0))
     assert not any(layer.name.endswith("up_proj") for layer in report.layers)
     assert bool((layers[0].mlp.up_proj.weight != 0).all())
@@ -195,14 +195,14 @@ def test_unmappable_model_names_what_it_found():
             return self.b(self.a(input_ids))
 
     with pytest.raises(SettingError, match="no list of identical modules; pass block_path with") as caught:
-        snows_hf.prune_(Flat(T.PretrainedConfig()), {"sparsity": "2:4", "method": "magnitude"}, torch.randn(4, 4))
+        snows_hf.prune_(Flat(T.PretrainedConfig()), {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, torch.randn(4, 4))
     assert caught.value.field == "block_path"
 
     model = _build("bert")
     model.extra = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
     model.config.model_type = "unknown-family"
     with pytest.raises(ValueError, match=r"ambiguous block lists .*bert\.encoder\.layer \(2\), extra \(2\); pass block_path to choose"):
-        snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs(FAMILIES["bert"], 4, 0))
+        snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, _inputs(FAMILIES["bert"], 4, 0))
     assert bool((model.bert.encoder.layer[0].intermediate.dense.weight != 0).all())  # nothing pruned
 
 

@@ -52,7 +52,7 @@ HOSTILE = [
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "random", "--seed", "-1"], "seed must be an integer from 0 to", id="seed-negative"),
     pytest.param(["eval", "{llama}", "--dataset", "d.jsonl", "--num-samples", "2", "--seq-len", "16", "--reference", "{vit}"], "the reference is a ViTForImageClassification (model_type vit), the model a LlamaForCausalLM", id="reference-other-architecture"),
     pytest.param(["convert", "foreign", "--to", "compact"], "foreign/report.json' is not a snows-hf report (no 'layers')", id="convert-foreign-report"),
-    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "seven", "--num-samples", "4", "--method", "magnitude"],
+    pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "seven", "--num-samples", "4", "--method", "mask-only", "--mask", "magnitude"],
                  "labels in column 'label' (3, 4, 5, 6) are outside the model's 3 classes", id="labels-outside-classes"),
 ]
 
@@ -75,7 +75,7 @@ def test_non_finite_metrics_make_valid_json_and_stay_out_of_the_model_index(llam
     import yaml
 
     _texts(tmp_path / "d.jsonl")
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "d.jsonl",
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "d.jsonl",
                  "--seq-len", "1", "--num-samples", "4", "--eval-samples", "4", "--output-dir", "out"]) == 0
     text = Path("out/report.json").read_text()
     report = json.loads(text, parse_constant=lambda token: pytest.fail(f"report.json holds {token}"))
@@ -89,7 +89,7 @@ def test_non_finite_metrics_make_valid_json_and_stay_out_of_the_model_index(llam
 
 def test_calibration_using_every_row_says_evaluation_was_skipped(llama_dir, tmp_path, capsys):
     _texts(tmp_path / "d.jsonl", n=6)
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "d.jsonl",
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "d.jsonl",
                  "--seq-len", "16", "--num-samples", "64", "--output-dir", "out"]) == 0
     err = capsys.readouterr().err
     assert "no held-out evaluation samples are left after the 6 calibration rows" in err
@@ -100,7 +100,7 @@ def test_calibration_using_every_row_says_evaluation_was_skipped(llama_dir, tmp_
 
 def test_a_model_offloaded_to_disk_is_evaluated_through_accelerates_hooks(llama_dir, tmp_path, capsys):
     _texts(tmp_path / "d.jsonl")
-    common = ["--sparsity", "2:4", "--method", "magnitude", "--dataset", "d.jsonl", "--num-samples", "8",
+    common = ["--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "d.jsonl", "--num-samples", "8",
               "--seq-len", "16", "--eval-samples", "4", "--quiet"]
     assert main(["prune", str(llama_dir), *common, "--output-dir", "in-memory"]) == 0
     assert main(["prune", str(llama_dir), *common, "--max-memory", "cpu=1KB", "--output-dir", "offloaded"]) == 0, \
@@ -115,7 +115,7 @@ def test_push_with_no_token_anywhere_is_one_line_at_once(vit_dir, tmp_path, monk
 
     import huggingface_hub.constants
 
-    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude",
+    assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude",
                  "--num-samples", "4", "--output-dir", "out", "--quiet"]) == 0
     capsys.readouterr()
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -27,7 +27,7 @@ WHERE = re.escape(f"quantization_config.layers['{LAYER}']")
 
 def _pruned(model, spec: str, folder: Path, save_format: str = "dense", processor=None) -> Path:
     """``model`` pruned by magnitude to ``spec`` on random tokens, saved to ``folder``."""
-    report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "diagnostics": False, "batch_size": 4},
+    report = snows_hf.prune_(model, {"sparsity": spec, "method": "mask-only", "mask": "magnitude", "diagnostics": False, "batch_size": 4},
                              torch.randint(4, VOCAB, (8, 12)))
     return save_pruned(model, report, folder, processor, save_format=save_format)
 
@@ -208,7 +208,7 @@ def test_cli_refuses_compact_2_of_32_before_loading(vit_dir, tmp_path, capsys, m
 
     monkeypatch.setattr(snows_hf.loading, "load_model", no_load)
     before = _listing(tmp_path)
-    argv = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:32", "--method", "magnitude",
+    argv = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:32", "--method", "mask-only", "--mask", "magnitude",
             "--save-format", "compact", "--no-eval", "--output-dir", "out", "--quiet"]
     assert main(argv) == 1
     assert "the compact format codes groups of at most 16" in _one_error_line(capsys)
@@ -271,21 +271,21 @@ def test_patterns_that_zero_a_layer_are_refused_before_pruning(case):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = torch.randn(4, 3, 32, 32) if factory is tiny_vit else torch.randint(4, VOCAB, (4, 12))
     with pytest.raises(ValueError, match=message):
-        snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 4}, inputs)
+        snows_hf.prune_(model, {"sparsity": spec, "method": "mask-only", "mask": "magnitude", "batch_size": 4}, inputs)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("spec", ["1:32", "2:4"])
 def test_patterns_within_the_narrowest_width_still_prune(spec):
     model = tiny_vit()  # 1:32: one group of 32 per row of q/k/v/o and fc1, the narrowest inputs
-    report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 4}, torch.randn(4, 3, 32, 32))
+    report = snows_hf.prune_(model, {"sparsity": spec, "method": "mask-only", "mask": "magnitude", "batch_size": 4}, torch.randn(4, 3, 32, 32))
     assert all(layer.sparsity < 1 for layer in report.layers)
 
 
 @pytest.mark.parametrize("spec", ["1:100", "0.999999"])
 def test_cli_refuses_patterns_that_zero_a_layer(spec, vit_dir, tmp_path, capsys):
     before = _listing(tmp_path)
-    argv = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", spec, "--method", "magnitude", "--no-eval",
+    argv = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", spec, "--method", "mask-only", "--mask", "magnitude", "--no-eval",
             "--output-dir", "out", "--quiet"]
     assert main(argv) == 1
     line = _one_error_line(capsys)
@@ -381,7 +381,7 @@ def test_an_all_zero_layer_saves_compact_from_the_cli(command, config, tmp_path,
     model.save_pretrained("zeros")
     tiny_tokenizer().save_pretrained("zeros")
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items()]
-    run = ["prune", "zeros", "--method", "magnitude", "--dataset", "random", "--num-samples", "4", "--no-eval", "--quiet",
+    run = ["prune", "zeros", "--method", "mask-only", "--mask", "magnitude", "--dataset", "random", "--num-samples", "4", "--no-eval", "--quiet",
            *flags]
     if command == "prune":
         assert main([*run, "--save-format", "compact", "--output-dir", "out"]) == 0, capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_an_offloaded_run_prints_no_other_librarys_lines(llama_dir, tmp_path):
     """accelerate's offload warning (a model placed within --max-memory) goes to the run's
     log, not to the terminal."""
     data = _texts(tmp_path / "d.jsonl")
-    argv = ["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", str(data),
+    argv = ["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", str(data),
             "--num-samples", "4", "--seq-len", "16", "--eval-samples", "2", "--max-memory", "20KiB",
             "--output-dir", str(tmp_path / "out")]
     result = _run(argv, capture_output=True, text=True, cwd=tmp_path)

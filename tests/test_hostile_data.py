@@ -18,8 +18,8 @@ import torch
 from conftest import tiny_llama, tiny_tokenizer, tiny_vit
 
 from snows_hf.cli import main
-from snows_hf.data import (CalibrationConfig, SplitRows, load_dataset_split, match_class_names, prepare_data, preparation,
-                           sources)
+from snows_hf.data import (CalibrationConfig, SplitRows, load_dataset_split, match_class_names, order, prepare_data,
+                           preparation, sources)
 
 WORDS = " ".join(f"w{i % 120}" for i in range(1000))  # 4,890 characters, 1,000 tokens of the tiny tokenizer
 
@@ -112,7 +112,7 @@ def test_hostile_data_is_one_line_and_nothing_is_written(argv, message, vit_dir,
     monkeypatch.setattr(sources, "MAX_FOLDER_ENTRIES", 50, raising=False)  # the walk's bound, small enough to test
     before = _tree()
     argv = [a.format(vit=vit_dir, llama=llama_dir) for a in argv]
-    extra = ["--sparsity", "2:4", "--method", "magnitude", "--output-dir", "out"] if argv[0] == "prune" else []
+    extra = ["--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", "out"] if argv[0] == "prune" else []
     code = main(argv + extra + ["--num-samples", "2"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]
@@ -209,7 +209,7 @@ def test_long_rows_for_a_classifier_are_cut_at_the_sequence_length():
 
 def test_a_file_of_long_rows_runs_from_the_command_line(llama_dir, capsys):
     datasets.Dataset.from_dict({"text": _long_rows()}).to_parquet("long.parquet")
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "long.parquet",
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "long.parquet",
                  "--num-samples", "4", "--seq-len", "16", "--eval-samples", "2", "--output-dir", "out", "--quiet"]) == 0
     report = json.loads(Path("out/report.json").read_text())
     assert report["evaluation"]["samples"] == 2
@@ -251,12 +251,12 @@ def _buffer_before_the_byte_bound(items, size, rng):
 def test_the_buffer_order_is_unchanged_below_its_byte_bound(seed):
     items = [(i, {"text": "w1 w2"}) for i in range(5000)]
     expected = list(_buffer_before_the_byte_bound(iter(items), 1000, random.Random(seed)))
-    assert list(sources._shuffled(iter(items), 1000, random.Random(seed))) == expected
+    assert list(order._shuffled(iter(items), 1000, random.Random(seed))) == expected
 
 
 def test_the_shuffle_buffer_of_a_stream_holds_a_bounded_number_of_bytes(monkeypatch):
     """Image bytes cannot be cut: the buffer holds fewer rows when rows are large."""
-    monkeypatch.setattr(sources, "SHUFFLE_BUFFER_BYTES", 2_000_000)
+    monkeypatch.setattr(order, "SHUFFLE_BUFFER_BYTES", 2_000_000)  # where SplitRows reads it
     row_bytes, pulled = 100_000, []
 
     def rows():
@@ -347,7 +347,7 @@ def test_small_images_give_the_same_pixels_as_before(tmp_path):
 
 def test_an_undeclared_image_struct_in_parquet_is_read_as_images(vit_dir, capsys):
     _struct_parquet("struct.parquet", [_small_png_bytes(c) for c in range(0, 240, 20)])
-    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "struct.parquet",
+    assert main(["prune", str(vit_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "struct.parquet",
                  "--num-samples", "4", "--eval-samples", "4", "--output-dir", "out", "--quiet"]) == 0, capsys.readouterr().err
     report = json.loads(Path("out/report.json").read_text())
     assert len(report["data"]["calibration_rows"]) == 4 and report["evaluation"]["samples"] == 4

@@ -163,7 +163,7 @@ def test_a_recipes_sequence_length_is_capped_and_its_calibration_rows_still_skip
 def test_eval_at_another_length_evaluates_only_rows_the_run_held_out(llama_dir, tmp_path, capsys):
     """A run calibrated on 8 x 32 tokens; eval at --seq-len 16 skips the same rows, not 8 x 16 tokens' worth."""
     _texts(tmp_path / "d.jsonl")
-    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "d.jsonl",
+    assert main(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "d.jsonl",
                  "--num-samples", "8", "--seq-len", "32", "--eval-samples", "4", "--output-dir", "out", "--quiet"]) == 0
     report = json.loads(Path("out/report.json").read_text())
     assert main(["eval", "out", "--seq-len", "16", "--json", "figures.json", "--quiet"]) == 0

@@ -22,7 +22,7 @@ from snows_hf.cli import main
 from snows_hf.workflow import checkpoint_dir
 from snows_hf.methods import get_method
 
-FAST = ["--dataset", "random", "--method", "magnitude", "--num-samples", "4", "--no-eval", "--quiet"]
+FAST = ["--dataset", "random", "--method", "mask-only", "--mask", "magnitude", "--num-samples", "4", "--no-eval", "--quiet"]
 ROOT = str(Path(snows_hf.loading.__file__).parents[1])  # subprocesses import the snows_hf under test
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
@@ -273,7 +273,7 @@ def test_a_second_live_run_into_one_output_is_refused_naming_the_first(vit_dir, 
 
 def _interrupted_run(llama_dir, monkeypatch):
     """A CLI run stopped in block 1 of 2: block 0 is in the checkpoint."""
-    cls = get_method("magnitude")
+    cls = get_method("mask-only")
     original, seen = cls.prune_module, {"n": 0}
 
     def prune_module(self, job):

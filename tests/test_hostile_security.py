@@ -18,7 +18,7 @@ from hub_server import TOKEN
 
 from snows_hf.cli import main
 
-PRUNE = ["--sparsity", "2:4", "--method", "magnitude", "--dataset", "random", "--num-samples", "2", "--seq-len", "8"]
+PRUNE = ["--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "random", "--num-samples", "2", "--seq-len", "8"]
 
 
 def _tree(folder):
@@ -237,7 +237,7 @@ def test_push_publishes_no_local_path_and_keeps_the_local_files(hub, home_llama_
     data.write_text("".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 120}" for j in range(30))}) + "\n"
                             for i in range(40)))
     out = tmp_path / "work" / "out"
-    argv = ["prune", str(model), "--sparsity", "2:4", "--method", "magnitude", "--dataset", str(data),
+    argv = ["prune", str(model), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", str(data),
             "--num-samples", "4", "--seq-len", "16", "--eval-samples", "2", "--offload-activations", "disk",
             "--output-dir", str(out), "--quiet"]
     assert main(argv) == 0

@@ -24,7 +24,7 @@ from torch import nn
 
 import snows_hf
 from snows_hf import CalibrationConfig, PruneConfig, SettingError
-from snows_hf.api import as_batches, prune_
+from snows_hf.oneshot import as_batches, prune_
 from snows_hf.cli import main
 from snows_hf.harness import TaskSettings
 from snows_hf.hub import push_folder
@@ -98,7 +98,7 @@ def test_the_table_covers_every_field_and_its_bounds():
     ids = {row.id for row in SETTINGS_ROWS}
     for expected in ("prune.batch_size=0", "prune.batch_size=None", "prune.seed=-1", "prune.config_version=True",
                      "method:snows.k_step=-1", "method:snows-fast.cg_iters=0", "method:snows.holdout=1",
-                     "method:snows.holdout=0", "method:snows.damping=nan", "method:none.statistics='nope'",
+                     "method:snows.holdout=0", "method:snows.damping=nan", "method:mask-only.statistics='nope'",
                      "data.num_samples=0", "data.eval_samples=-1", "data.seq_len=0", "data.dataset=3",
                      "evaluation.limit=0", "prune.max_layer_sparsity=1", "prune.max_layer_sparsity=0",
                      "method:snows.newton_steps=2.5", "prune.targets=[3]", "prune.diagnostics='3'"):
@@ -285,16 +285,19 @@ def test_a_recipe_with_a_bad_version_or_a_repeated_key_is_refused(text, message,
 
 # Item 20: an option of another method than the one chosen is refused, not ignored.
 @pytest.mark.parametrize("argv, message", [
-    pytest.param(["--method", "magnitude", "--k-step", "3"], "--k-step is an option of snows and snows-fast, not of magnitude", id="cli-k-step-magnitude"),
-    pytest.param(["--method", "none", "--cg-iters", "2"], "--cg-iters is an option of snows and snows-fast, not of none", id="cli-cg-iters-none"),
-    pytest.param(["--statistics", "module"], "--statistics is an option of none and magnitude, not of snows", id="cli-statistics-default-method"),
-    pytest.param(["--method", "snows-fast", "--statistics", "block"], "--statistics is an option of none and magnitude, not of snows-fast", id="cli-statistics-fast"),
-    pytest.param(["--recipe", "magnitude.yaml", "--holdout", "0.2"], "--holdout is an option of snows and snows-fast, not of magnitude", id="cli-over-a-recipes-method"),
-    pytest.param(["--recipe", "foreign.yaml"], "prune.k_step is an option of snows and snows-fast, not of magnitude", id="recipe-k-step-magnitude"),
+    pytest.param(["--method", "mask-only", "--mask", "magnitude", "--k-step", "3"], "--k-step is an option of snows and snows-fast, not of mask-only", id="cli-k-step-mask-only"),
+    pytest.param(["--method", "none", "--cg-iters", "2"], "--cg-iters is an option of snows and snows-fast, not of mask-only", id="cli-cg-iters-none"),
+    pytest.param(["--method", "magnitude", "--k-step", "3"], "--k-step is an option of snows and snows-fast, not of mask-only", id="cli-k-step-magnitude"),
+    pytest.param(["--statistics", "module"], "--statistics is an option of mask-only, not of snows", id="cli-statistics-default-method"),
+    pytest.param(["--method", "snows-fast", "--statistics", "block"], "--statistics is an option of mask-only, not of snows-fast", id="cli-statistics-fast"),
+    pytest.param(["--recipe", "magnitude.yaml", "--holdout", "0.2"], "--holdout is an option of snows and snows-fast, not of mask-only", id="cli-over-a-recipes-method"),
+    pytest.param(["--recipe", "foreign.yaml"], "prune.k_step is an option of snows and snows-fast, not of mask-only", id="recipe-k-step-mask-only"),
+    pytest.param(["--recipe", "old.yaml"], "prune.k_step is an option of snows and snows-fast, not of mask-only", id="recipe-k-step-magnitude"),
 ])
 def test_an_option_of_another_method_is_refused(argv, message, tmp_path, capsys):
-    Path("magnitude.yaml").write_text("prune: {sparsity: '2:4', method: magnitude}\n")
-    Path("foreign.yaml").write_text("prune: {sparsity: '2:4', method: magnitude, k_step: 7}\n")
+    Path("magnitude.yaml").write_text("prune: {sparsity: '2:4', method: mask-only, mask: magnitude}\n")
+    Path("foreign.yaml").write_text("prune: {sparsity: '2:4', method: mask-only, mask: magnitude, k_step: 7}\n")
+    Path("old.yaml").write_text("prune: {sparsity: '2:4', method: magnitude, k_step: 7}\n")  # an earlier name
     before = _tree(tmp_path)
     assert main(["prune", "no-model", "--sparsity", "2:4", *argv, "--output-dir", "out"]) == 1
     line = _one_error(capsys)

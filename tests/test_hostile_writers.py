@@ -109,7 +109,7 @@ def _demo_writer(_):
 
 
 def _python_save(vit_dir):
-    result = snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, "random", save=False, progress=False)
+    result = snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, "random", save=False, progress=False)
     result.save("out")
 
 
@@ -205,7 +205,7 @@ def _tree_of_text(text):
 
 
 def test_a_python_save_refuses_a_target_that_appeared_meanwhile(vit_dir, monkeypatch):
-    result = snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "magnitude"}, "random", save=False, progress=False)
+    result = snows_hf.run(vit_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, "random", save=False, progress=False)
     os.mkdir("first")
     Path("first/notes.txt").write_text("mine")
     _during_the_save(monkeypatch, lambda: shutil.copytree("first", "out"))

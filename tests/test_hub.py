@@ -30,7 +30,7 @@ def _texts(path):
 
 def _prune(llama_dir, out, tmp_path, **options):
     data = {"dataset": str(_texts(tmp_path / "d.jsonl")), "num_samples": 8, "seq_len": 16, "eval_samples": 4}
-    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "magnitude"}, data, output_dir=out, progress=False, **options)
+    snows_hf.run(llama_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, data, output_dir=out, progress=False, **options)
 
 
 def _all_pushed_bytes(server):
@@ -94,7 +94,7 @@ def test_transient_server_errors_are_retried(hub, llama_dir, tmp_path):
 def test_bad_token_is_one_clear_line_and_keeps_the_output(hub, llama_dir, tmp_path, capsys):
     _prune(llama_dir, tmp_path / "out", tmp_path)
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--output-dir", str(tmp_path / "new"),
+    argv = ["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", str(tmp_path / "new"),
             "--push-to-hub", "tester/denied", "--token", "hf_wrong", "--quiet"]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -123,7 +123,7 @@ def test_prune_a_model_and_a_dataset_by_their_hub_ids(hub, tmp_path):
     api.create_repo("tester/texts", repo_type="dataset")
     api.upload_folder(folder_path=str(data), repo_id="tester/texts", repo_type="dataset")
     code = ("import snows_hf\n"
-            "snows_hf.run('tester/tiny-llama', {'sparsity': '2:4', 'method': 'magnitude'}, {'dataset': 'tester/texts', "
+            "snows_hf.run('tester/tiny-llama', {'sparsity': '2:4', 'method': 'mask-only', 'mask': 'magnitude'}, {'dataset': 'tester/texts', "
             f"'num_samples': 4, 'seq_len': 16, 'eval_samples': 2}}, output_dir={str(tmp_path / 'pruned')!r}, progress=False)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_client_env(hub, tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,7 +22,7 @@ pytest.importorskip("lm_eval")
 TASK_DIR = Path(__file__).parent / "data" / "lmeval"
 TASK = "snows_tiny_choice"
 LIMIT = 6
-MAGNITUDE = {"sparsity": "0.5", "method": "magnitude", "diagnostics": False, "batch_size": 4}
+MAGNITUDE = {"sparsity": "0.5", "method": "mask-only", "mask": "magnitude", "diagnostics": False, "batch_size": 4}
 
 
 def local_task(folder: Path) -> Path:
@@ -131,7 +131,7 @@ def test_eval_scores_a_compact_checkpoint_against_its_reference_from_the_command
 
 
 def test_a_model_placed_with_max_memory_is_scored_where_it_is_placed(tmp_path, monkeypatch):
-    from snows_hf import harness
+    from snows_hf.harness import scoring as harness  # where PairedTasks finds score_tasks
 
     tokenizer = tiny_tokenizer()
     model = tiny_llama()
@@ -192,7 +192,7 @@ def test_prune_with_tasks_from_the_command_line_publishes_the_task_folder_by_its
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the Hub only for the push
-    assert main(["prune", str(model), "--sparsity", "2:4", "--method", "magnitude", "--dataset",
+    assert main(["prune", str(model), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset",
                  str(_texts(tmp_path / "d.jsonl")), "--num-samples", "4", "--seq-len", "16", "--no-eval",
                  "--tasks", str(tasks), "--limit", "2", "--output-dir", str(out), "--quiet"]) == 0
     assert yaml.safe_load((out / "recipe.yaml").read_text())["evaluation"] == {"tasks": [str(tasks)], "limit": 2}

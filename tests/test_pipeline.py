@@ -10,7 +10,7 @@ from conftest import VOCAB, tiny_bert, tiny_llama, tiny_vit
 import snows_hf
 from snows_hf.adapters import block_targets, find_block_list
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
-from snows_hf.methods import MagnitudeConfig, MaskOnly, Method, MethodConfig, register_method, METHODS
+from snows_hf.methods import MaskOnly, MaskOnlyConfig, Method, MethodConfig, register_method, METHODS
 from snows_hf.pipeline import capture_block_inputs, run_block
 
 
@@ -55,12 +55,13 @@ def test_captured_inputs_reproduce_model_forward(kind):
     assert _all_hooks(model) == 0
 
 
-@pytest.mark.parametrize("method", ["magnitude", "none", "snows"])
+@pytest.mark.parametrize("method", [{"method": "mask-only", "mask": "magnitude"}, {"method": "mask-only"},
+                                    {"method": "snows"}])
 def test_pruned_weights_are_positive_zeros(method):
     """A pruned weight is +0.0 whatever its sign was, so the compact format (kept values and
     their positions) gives every bit back (a product with the mask left -0.0 for negatives)."""
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": method, "batch_size": 2}, _inputs("llama", n=4))
+    report = snows_hf.prune_(model, {"sparsity": "2:4", **method, "batch_size": 2}, _inputs("llama", n=4))
     for layer in report.layers:
         weight = model.get_submodule(layer.name).weight
         assert int((weight == 0).sum()) == weight.numel() // 2, layer.name
@@ -71,7 +72,7 @@ def test_pruned_weights_are_positive_zeros(method):
 def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
     model = FACTORIES[kind]()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = snows_hf.prune_(model, {"sparsity": spec, "method": "magnitude", "batch_size": 2}, _inputs(kind, n=5))
+    report = snows_hf.prune_(model, {"sparsity": spec, "method": "mask-only", "mask": "magnitude", "batch_size": 2}, _inputs(kind, n=5))
     pattern = parse_sparsity(spec)
     blocks = find_block_list(model).modules
     targeted = {f"{n}.weight" for n, _ in model.named_modules() if n in {layer.name for layer in report.layers}}
@@ -91,7 +92,7 @@ def test_prune_in_place_meets_pattern_and_leaves_rest_alone(kind, spec):
 
 def test_targets_exclude_embeddings_and_heads():
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, _inputs("llama"))
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, _inputs("llama"))
     names = [layer.name for layer in report.layers]
     assert all(name.startswith("model.layers.") for name in names)
     assert names[:4] == [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"]
@@ -145,7 +146,7 @@ def test_a_registered_method_gives_its_own_words_to_the_report():
 
 def test_register_method_rejects_duplicates():
     class Again(Method):
-        config_class = MagnitudeConfig
+        config_class = MaskOnlyConfig
 
     with pytest.raises(ValueError, match="already registered"):
         register_method(Again)
@@ -181,7 +182,7 @@ def test_generic_fallback_and_block_path():
                                              num_attention_heads=4, vocab_size=VOCAB)).eval()
     blocks = find_block_list(model)
     assert blocks.path == "gpt_neox.layers" and len(blocks) == 3 and blocks.names[2] == "gpt_neox.layers.2"
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude"}, torch.randint(0, VOCAB, (2, 8)))
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, torch.randint(0, VOCAB, (2, 8)))
     assert report.sparsity == pytest.approx(0.5)
     with pytest.raises(ValueError, match="does not name a non-empty ModuleList"):
         find_block_list(model, "gpt_neox.embed_in")
@@ -202,7 +203,7 @@ def test_data_aware_masks_match_hand_computed_statistics(mask):
     expected = select_mask(mask, q, parse_sparsity("2:4"), {"input_sq": x.pow(2).sum(0)})
 
     model = tiny_llama()
-    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "none", "mask": mask, "batch_size": 4}, batch)
+    report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": mask, "batch_size": 4}, batch)
     assert report.layers[0].name == "model.layers.0.self_attn.q_proj"
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight != 0, expected)
     assert not torch.equal(expected, select_mask("magnitude", q, parse_sparsity("2:4")))

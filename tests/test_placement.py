@@ -118,14 +118,14 @@ def test_an_error_mid_run_leaves_hooks_on_and_no_offload_folder(checkpoint, tmp_
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, device_map="auto", max_memory={"cpu": 60_000}, offload_folder=str(tmp_path / "offload"))
     with pytest.raises(RuntimeError, match="boom"):
-        prune_(model, PruneConfig(sparsity="2:4", method="magnitude", batch_size=3), CAL)
+        prune_(model, PruneConfig(sparsity="2:4", method="mask-only", mask="magnitude", batch_size=3), CAL)
     layer = model.model.layers[1].mlp.up_proj
     assert layer.weight.device.type == "meta" and layer._hf_hook.offload
     with torch.no_grad():
         assert torch.isfinite(model(CAL[:1]).logits).all()  # the model still runs through its hooks
 
     calls["n"] = 0
-    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--method", "magnitude", "--no-eval", "--quiet",
+    code = main(["prune", str(checkpoint), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--no-eval", "--quiet",
                  "--max-memory", "cpu=60KB", "--output-dir", str(tmp_path / "out"), "--offload-dir", str(tmp_path)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]

@@ -19,12 +19,12 @@ SAVED = Path(__file__).parent / "data" / "recipes"
 def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"text": "w{i} w{i + 3} w{i + 7} w{i + 1}"}}\n' for i in range(100)))
-    snows_hf.run(llama_dir, {"sparsity": "60%", "method": "none", "mask": "sparsegpt", "allocation": "global",
+    snows_hf.run(llama_dir, {"sparsity": "60%", "method": "mask-only", "mask": "sparsegpt", "allocation": "global",
                              "targets": ["mlp"]},
                  {"dataset": str(data), "num_samples": 4, "seq_len": 16, "eval_samples": 2}, output_dir="out",
                  progress=False)
     prune, calib, model = load_recipe("out/recipe.yaml")
-    assert prune == PruneConfig(sparsity="0.6", method="none", mask="sparsegpt", allocation="global", targets=["mlp"])
+    assert prune == PruneConfig(sparsity="0.6", method="mask-only", mask="sparsegpt", allocation="global", targets=["mlp"])
     assert calib == CalibrationConfig(dataset=str(data), num_samples=4, seq_len=16, eval_samples=2)
     assert model == str(llama_dir)
 
@@ -111,20 +111,20 @@ COMMON = {"sparsity": "2:4", "mask": "sparsegpt", "allocation": "uniform", "max_
 SNOWS = {"k_step": 3, "target": "dense-stream", "term_scale": "energy", "init": "auto", "hessian": "gauss-newton",
          "newton_steps": 2, "cg_iters": 5, "damping": 1e-4, "preconditioner": "input-energy", "holdout": 0.125,
          "batches_per_step": None, "hessian_batches": None}
-SAVED_RECIPES = [  # file, method, settings unlike COMMON, SNOWS options unlike SNOWS
+SAVED_RECIPES = [  # file, method (read as today's name), settings unlike COMMON, SNOWS options unlike SNOWS
     ("v1-snows-early.yaml", "snows", {"mask": "magnitude", "batch_size": 4},
      {"k_step": 1, "newton_steps": 1, "init": "lsq", "cg_iters": 10, "preconditioner": "none"}),
-    ("v1-none-wanda-early.yaml", "none", {"sparsity": "0.6", "mask": "wanda"}, None),
+    ("v1-none-wanda-early.yaml", "mask-only", {"sparsity": "0.6", "mask": "wanda"}, None),
     ("v1-snows.yaml", "snows", {"batch_size": 4}, {"k_step": 1, "newton_steps": 1}),
-    ("v1-magnitude.yaml", "magnitude", {"sparsity": "0.5"}, None),
+    ("v1-magnitude.yaml", "mask-only", {"sparsity": "0.5", "mask": "magnitude"}, None),
     ("v2-snows.yaml", "snows", {"sparsity": "0.5", "batch_size": 4},
      {"k_step": 1, "target": "official", "term_scale": "none", "init": "lsq", "hessian": "exact", "newton_steps": 1,
       "cg_iters": 3, "damping": 1e-3, "preconditioner": "none", "holdout": 0.25, "batches_per_step": 2,
       "hessian_batches": 1}),
-    ("v2-none.yaml", "none", {"sparsity": "0.6", "allocation": "global", "max_layer_sparsity": 0.95, "targets": ["mlp"],
+    ("v2-none.yaml", "mask-only", {"sparsity": "0.6", "allocation": "global", "max_layer_sparsity": 0.95, "targets": ["mlp"],
                               "ignore": ["down_proj"], "stats_dtype": "float64"}, None),
-    ("v2-magnitude.yaml", "magnitude", {"sparsity": "4:8", "diagnostics": False, "seed": 3}, None),
-    ("v3-none.yaml", "none", {"mask": "wanda"}, None),
+    ("v2-magnitude.yaml", "mask-only", {"sparsity": "4:8", "mask": "magnitude", "diagnostics": False, "seed": 3}, None),
+    ("v3-none.yaml", "mask-only", {"mask": "wanda"}, None),
 ]
 #: what the mask-only options of each file are (versions 1 and 2 had none: they meant "module")
 MASK_ONLY = {"v3-none.yaml": {"statistics": "module"}}
@@ -144,14 +144,18 @@ def test_saved_recipes_of_every_version_load_to_the_same_settings(name, method, 
         assert prune.method == get_method(method).config_class(**MASK_ONLY.get(name, {"statistics": "module"}))
 
 
+#: earlier method names, and the settings that name them today
+RENAMED = {"none": {"method": "mask-only"}, "magnitude": {"method": "mask-only", "mask": "magnitude"}}
+
 #: options added since without a new config_version: their default is what every older file meant
 ADDED = {"refit_unit": "module"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v3-*.yaml")))
-def test_a_version_3_recipe_writes_back_unchanged_but_for_its_version(name):
+def test_a_version_3_recipe_writes_back_unchanged_but_for_its_version_and_method_name(name):
     prune, _, _ = load_recipe(SAVED / name)
     written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
+    written |= RENAMED.get(written["method"], {})  # an earlier method name: what it is called today
     back = recipe_dict(prune)["prune"]
     other = {"newton_steps", *ADDED}
     assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
@@ -166,6 +170,7 @@ def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     version 4 with what version 2 meant by the key it lacked (statistics per module)."""
     prune, _, _ = load_recipe(SAVED / name)
     written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
+    written |= RENAMED.get(written["method"], {})  # an earlier method name: what it is called today
     back = recipe_dict(prune)["prune"]
     other = {"statistics", "newton_steps", *ADDED}  # keys whose value comes from another method's defaults
     assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
@@ -179,11 +184,11 @@ def test_the_flat_form_holds_every_methods_options_and_refuses_another_methods_t
     flat = snows.to_dict()
     assert list(flat) == PruneConfig.flat_keys() and (flat["method"], flat["k_step"]) == ("snows", 1)
     assert PruneConfig.from_dict(flat) == snows
-    masked = PruneConfig(sparsity="2:4", method="none")
+    masked = PruneConfig(sparsity="2:4", method="mask-only")
     assert masked.to_dict()["k_step"] == 3  # another method's options are stored at their defaults
     assert PruneConfig.from_dict(masked.to_dict()) == masked  # and read back as such
-    with pytest.raises(SettingError, match="k_step is an option of snows and snows-fast, not of none") as caught:
-        PruneConfig.from_dict(flat | {"method": "none"})  # k_step=1 would be ignored
+    with pytest.raises(SettingError, match="k_step is an option of snows and snows-fast, not of mask-only") as caught:
+        PruneConfig.from_dict(flat | {"method": "mask-only"})  # k_step=1 would be ignored
     assert caught.value.field == "k_step"
     with pytest.raises(SettingError, match="unknown settings: 'k_stpe'"):
         PruneConfig.from_dict({"sparsity": "2:4", "k_stpe": 1})
@@ -204,18 +209,18 @@ def test_methods_that_share_options_each_take_them_from_flags_and_recipes(tmp_pa
     _, prune, _ = resolve_settings("my-model", prune={"sparsity": "2:4", "method": "snows-fast", "k_step": 1, "cg_iters": 3})
     assert (prune.method.name, prune.method.k_step, prune.method.cg_iters) == ("snows-fast", 1, 3)
     path = tmp_path / "recipe.yaml"
-    path.write_text("prune: {sparsity: '2:4', method: magnitude, statistics: module}\n")
+    path.write_text("prune: {sparsity: '2:4', method: mask-only, mask: magnitude, statistics: module}\n")
     assert load_recipe(path)[0].method.statistics == "module"
 
 
 def test_another_method_than_a_recipes_leaves_the_recipes_options_out(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("model: m\nprune: {sparsity: '2:4', method: snows, k_step: 1, cg_iters: 9}\n")
-    _, prune, _ = resolve_settings(recipe=path, prune={"method": "magnitude"})
-    assert prune.method == get_method("magnitude").config_class()
+    _, prune, _ = resolve_settings(recipe=path, prune={"method": "mask-only", "mask": "magnitude"})
+    assert prune.method == get_method("mask-only").config_class() and prune.mask == "magnitude"
     _, prune, _ = resolve_settings(recipe=path, prune={"method": "snows-fast"})  # it shares them: they stay
     assert (prune.method.name, prune.method.k_step, prune.method.cg_iters) == ("snows-fast", 1, 9)
-    with pytest.raises(SettingError, match="statistics is an option of none and magnitude, not of snows") as caught:
+    with pytest.raises(SettingError, match="statistics is an option of mask-only, not of snows") as caught:
         resolve_settings(recipe=path, prune={"statistics": "block"})  # at its default too: given, it would be ignored
     assert caught.value.field == "statistics"
 

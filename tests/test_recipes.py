@@ -74,7 +74,7 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
     one = capsys.readouterr().out
     graphs = lambda text: next(line for line in text.splitlines() if "kept graphs" in line).split(": ")[1]
     assert graphs(one) != graphs(out)  # curvature on 1 micro-batch of 7 holds a seventh of the graphs
-    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--dry-run", "--method", "none"]) == 0
+    assert main(["prune", str(llama_dir), "--dataset", "random", "--sparsity", "2:4", "--dry-run", "--method", "mask-only"]) == 0
     plain = capsys.readouterr().out
     assert "kept graphs" not in plain and "Hessian-vector" not in plain and "streams" not in plain
 
@@ -86,8 +86,8 @@ def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama
     Path("full").mkdir()
     Path("full/x").write_text("x")
     before = _tree(tmp_path)
-    found = plan(llama_dir, {"sparsity": "2:4", "method": "magnitude"}, "random")
-    assert found.output_dir == "tiny-llama-pruned-2of4" and found.traced_on == "meta" and found.method == "magnitude"
+    found = plan(llama_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, "random")
+    assert found.output_dir == "tiny-llama-pruned-2of4" and found.traced_on == "meta" and found.method == "mask-only"
     assert plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir=Path("elsewhere")).output_dir == "elsewhere"
     with pytest.raises(ValueError, match="full holds files snows-hf did not write"):
         plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir="full")

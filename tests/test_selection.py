@@ -25,7 +25,7 @@ def _pruned(report):
 
 
 def test_targets_and_ignore_accept_memory_and_checkpoint_names_and_types():
-    config = {"sparsity": "2:4", "method": "magnitude", "batch_size": 4}
+    config = {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4}
     # the checkpoint spelling of ViT's query projection (transformers 5 calls it q_proj)
     report = snows_hf.prune_(tiny_vit(), config | {"targets": [r"attention\.attention\.query"]}, _pixels())
     assert _pruned(report) == ["vit.layers.0.attention.q_proj", "vit.layers.1.attention.q_proj"]
@@ -38,7 +38,7 @@ def test_targets_and_ignore_accept_memory_and_checkpoint_names_and_types():
 
 
 def test_target_errors_are_clear():
-    config = {"sparsity": "2:4", "method": "magnitude", "batch_size": 4}
+    config = {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4}
     with pytest.raises(ValueError, match=r"targets 'nope' matches no Linear/Conv1D/Conv2d module .*q_proj"):
         snows_hf.prune_(tiny_vit(), config | {"targets": ["q_proj", "nope"]}, _pixels())
     with pytest.raises(ValueError, match="no module is left to prune"):
@@ -50,7 +50,7 @@ def test_target_errors_are_clear():
 @pytest.mark.parametrize("mask", ["magnitude", "wanda", "hessian", "sparsegpt"])
 def test_global_allocation_hits_target_and_respects_cap(mask):
     model = tiny_llama()
-    config = {"sparsity": "0.6", "method": "none", "mask": mask, "allocation": "global",
+    config = {"sparsity": "0.6", "method": "mask-only", "mask": mask, "allocation": "global",
               "max_layer_sparsity": 0.75, "batch_size": 4}
     report = snows_hf.prune_(model, config, _ids())
     sizes = [torch.Size(layer.shape).numel() for layer in report.layers]
@@ -89,7 +89,7 @@ def _layer_error(model_factory, config, inputs, module):
 def test_sparsegpt_keeps_its_update_and_beats_magnitude():
     inputs = {"input_ids": _ids(16)}
     first = lambda m: m.model.layers[0].self_attn.q_proj  # noqa: E731
-    base = {"sparsity": "2:4", "method": "none", "batch_size": 4}
+    base = {"sparsity": "2:4", "method": "mask-only", "batch_size": 4}
     err_sgpt, model = _layer_error(tiny_llama, base | {"mask": "sparsegpt"}, inputs, first)
     err_mag, _ = _layer_error(tiny_llama, base | {"mask": "magnitude"}, inputs, first)
     assert err_sgpt < 0.9 * err_mag  # near-isotropic random inputs: a modest, deterministic gain
@@ -131,7 +131,7 @@ def test_conv2d_layers_pruned_with_every_selector(mask, spec):
 
     torch.manual_seed(0)
     model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[16, 24], depths=[1, 1], num_labels=3)).eval()
-    config = {"sparsity": spec, "method": "none", "mask": mask, "targets": ["Conv2d"], "batch_size": 4}
+    config = {"sparsity": spec, "method": "mask-only", "mask": mask, "targets": ["Conv2d"], "batch_size": 4}
     report = snows_hf.prune_(model, config, {"pixel_values": _pixels(8)})
     modules = dict(model.named_modules())
     assert len(report.layers) == 8 and {layer.layout for layer in report.layers} == {"conv2d"}  # with the stage-0 shortcut
@@ -155,7 +155,7 @@ def test_diagnostics_in_report_and_warning_when_magnitude_drops_importance(caplo
             for proj in (layer.attention.q_proj, layer.attention.k_proj, layer.attention.v_proj):
                 proj.weight.div_(scale.sqrt())
     with caplog.at_level(logging.WARNING, logger="snows_hf"):
-        report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "magnitude", "batch_size": 4}, _pixels())
+        report = snows_hf.prune_(model, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "batch_size": 4}, _pixels())
     diag = report.layers[0].diagnostics
     assert set(diag) == {"jaccard", "importance_removed_magnitude", "importance_removed_hessian",
                          "input_variance_spread", "dead_inputs"}
@@ -171,6 +171,6 @@ def test_diagnostics_can_be_switched_off(monkeypatch):
     calls = []
     original = ModuleJob.input_stats
     monkeypatch.setattr(ModuleJob, "input_stats", lambda self, needs: calls.append(set(needs)) or original(self, needs))
-    report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "magnitude", "diagnostics": False}, _pixels())
+    report = snows_hf.prune_(tiny_vit(), {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude", "diagnostics": False}, _pixels())
     assert all(layer.diagnostics is None for layer in report.layers)
     assert all(not needs for needs in calls)  # magnitude needs nothing, so no statistics pass ran

@@ -145,7 +145,7 @@ def test_a_hub_dataset_card_with_a_yaml_alias_is_one_line_before_datasets_expand
                                b"c: [*b, *b, *b, *b, *b, *b, *b, *b]\n---\n# a card\n")
     repo.files["data/train-00000-of-00001.parquet"] = parquet({"text": _text_rows(0, 50)})
     hub.repos[("dataset", "tester/bomb")] = commit(repo)
-    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "tester/bomb",
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "tester/bomb",
                    "--num-samples", "2", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.startswith("snows-hf: error:")]
     assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -195,7 +195,7 @@ def test_a_model_repo_with_other_frameworks_weights_fetches_only_safetensors(hub
         repo.files[name] = b"\0" * 4096
     repo.lfs.update(n for n in repo.files if n.endswith((".safetensors", ".bin", ".h5", ".msgpack")))
     hub.repos[("model", "tester/tiny-llama")] = commit(repo)
-    result = _cli(["prune", "tester/tiny-llama", "--sparsity", "2:4", "--dataset", "random", "--method", "magnitude",
+    result = _cli(["prune", "tester/tiny-llama", "--sparsity", "2:4", "--dataset", "random", "--method", "mask-only", "--mask", "magnitude",
                    "--num-samples", "4", "--seq-len", "16", "--output-dir", "out"], hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     fetched = hub.bytes_sent("model", "tester/tiny-llama")
@@ -269,7 +269,7 @@ def test_labels_outside_the_models_classes_are_refused():
 
 def test_no_streaming_downloads_the_split_and_gives_a_row_order_of_its_own(hub, tmp_path, llama_dir):
     hub.repos[("dataset", "allenai/c4")] = _c4_like()
-    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "magnitude", "--dataset", "allenai/c4",
+    result = _cli(["prune", str(llama_dir), "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--dataset", "allenai/c4",
                    "--dataset-config", "en", "--no-streaming", "--num-samples", "4", "--seq-len", "16",
                    "--eval-samples", "4", "--output-dir", "out"], hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -92,3 +92,48 @@ def test_the_scan_sees_function_level_and_relative_imports():
     edges = _imports()
     assert any(t == "snows_hf.workflow" for t, _, _ in edges["snows_hf.cli"])  # imported inside a function
     assert any(t == "snows_hf.fields" for t, _, _ in edges["snows_hf.masks.patterns"])  # from ..fields
+
+
+#: The package's floors, bottom first: a module imports modules of its own floor or below,
+#: never above (function-level imports included). Each module of the package is named here
+#: by its top-level name (a package, such as ``masks``, stands for all its modules); a new
+#: one goes where what it holds belongs.
+LAYERS = [
+    # settings, math and files, knowing nothing of models
+    {"version", "fields", "safe_yaml", "provenance", "console", "blocks", "solver", "masks", "metrics"},
+    # models and devices: architectures and heads as data, placement, loading, outputs and their scores
+    {"adapters", "heads", "devices", "distributed", "placement", "evaluation", "loading", "windows", "activations"},
+    # what a run is made of: methods, settings, data, reports, formats, lm-eval tasks, recipes
+    {"methods", "config", "data", "report", "checkpoint", "compact_format", "compact_hook", "harness",
+     "sparse_inference", "recipe", "inspection"},
+    # the block loop and what is made of its result
+    {"pipeline", "oneshot", "plan", "card", "export", "hub"},
+    # the verbs: a whole run, the command line, the demo, the package's own top and earlier module names
+    {"workflow", "cli", "demo", "__main__", "", "api", "tasks"},
+]
+
+
+def _floor(module: str) -> int:
+    name = module.removeprefix("snows_hf").removeprefix(".").split(".")[0]
+    found = [i for i, floor in enumerate(LAYERS) if name in floor]
+    assert found, f"snows_hf.{name} is on no floor: add it to LAYERS in tests/test_structure.py"
+    return found[0]
+
+
+def test_no_module_imports_upward():
+    upward = [f"{name}:{line} imports {target}" for name, edges in _imports().items()
+              for target, _, line in edges if _floor(target) > _floor(name)]
+    assert upward == []
+
+
+def test_every_module_is_on_exactly_one_floor():
+    names = [name for floor in LAYERS for name in floor]
+    assert len(names) == len(set(names))
+    for module in _imports():
+        _floor(module)
+
+
+def test_the_floor_check_sees_an_upward_import():
+    """The check above would pass if every module sat on one floor: these are apart."""
+    assert _floor("snows_hf.masks.patterns") < _floor("snows_hf.methods.base") < _floor("snows_hf.pipeline") \
+        < _floor("snows_hf.workflow")

@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from snows_hf.evaluation import CAUSAL_LM, CLASSIFICATION, EMBEDDING
-from snows_hf.tasks import TASKS, Task, modality, register_task, task_of
+from snows_hf.heads import TASKS, Task, modality, register_task, task_of
 
 _BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=64)
 _VIT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16,
@@ -69,7 +69,7 @@ def test_a_duplicate_registration_is_refused(task, message):
 
 
 def test_a_new_task_is_one_registration(monkeypatch):
-    monkeypatch.setattr("snows_hf.tasks.TASKS", dict(TASKS))
+    monkeypatch.setattr("snows_hf.heads.TASKS", dict(TASKS))
     token = register_task(Task("token-classification", "text", "token-classification", "AutoModelForTokenClassification",
                                CLASSIFICATION, ("ForTokenClassification",)))
     model = transformers.BertForTokenClassification(transformers.BertConfig(**_BERT, num_labels=3))

@@ -27,7 +27,7 @@ def _data(tmp_path, **extra):
     return CalibrationConfig(dataset=_texts(tmp_path / "d.jsonl"), num_samples=8, seq_len=16, eval_samples=4, **extra)
 
 
-MAGNITUDE = PruneConfig(sparsity="2:4", method="magnitude", batch_size=4)
+MAGNITUDE = PruneConfig(sparsity="2:4", method="mask-only", mask="magnitude", batch_size=4)
 
 
 def test_run_from_a_folder_writes_what_the_cli_writes(llama_dir, tmp_path):
@@ -52,7 +52,7 @@ def test_run_from_a_folder_writes_what_the_cli_writes(llama_dir, tmp_path):
 
 def test_run_takes_a_loaded_model_and_dict_settings(tmp_path):
     model, tokenizer = tiny_llama(), tiny_tokenizer()
-    result = snows_hf.run(model, {"sparsity": "4:8", "method": "magnitude"}, {"dataset": _texts(tmp_path / "d.jsonl"),
+    result = snows_hf.run(model, {"sparsity": "4:8", "method": "mask-only", "mask": "magnitude"}, {"dataset": _texts(tmp_path / "d.jsonl"),
                           "num_samples": 8, "seq_len": 16}, processor=tokenizer, evaluate=False,
                           output_dir=tmp_path / "out", progress=False)
 
@@ -65,7 +65,7 @@ def test_run_takes_a_loaded_model_and_dict_settings(tmp_path):
 
 def test_run_refuses_a_loaded_model_with_max_memory_before_pruning(tmp_path):
     with pytest.raises(ValueError, match="pass a Hub id or a folder"):
-        snows_hf.run(tiny_llama(), PruneConfig(sparsity="2:4", method="magnitude", max_memory="1GiB"),
+        snows_hf.run(tiny_llama(), PruneConfig(sparsity="2:4", method="mask-only", mask="magnitude", max_memory="1GiB"),
                      {"dataset": "random", "num_samples": 4, "seq_len": 8}, output_dir=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

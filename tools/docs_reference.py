@@ -31,7 +31,7 @@ MORE_API = {
     "Extension points": ["snows_hf.adapters.register_adapter", "snows_hf.adapters.Adapter",
                          "snows_hf.masks.register_selector", "snows_hf.methods.register_method",
                          "snows_hf.methods.Method", "snows_hf.methods.MethodConfig",
-                         "snows_hf.tasks.register_task", "snows_hf.tasks.Task"],
+                         "snows_hf.heads.register_task", "snows_hf.heads.Task"],
     "Data": ["snows_hf.data.build_calibration"],
     "lm-eval tasks": ["snows_hf.harness.TaskSettings"],
 }

@@ -22,34 +22,31 @@ local folder is walked, within :data:`MAX_FOLDER_ENTRIES`, before ``datasets`` w
 
 Calibration takes rows from the front of the order and evaluation the rows after, so the
 two never share a row (:mod:`snows_hf.data.preparation`).
+
+The order is :mod:`~snows_hf.data.order`'s (:class:`SplitRows`) and the columns a run reads
+are found by :mod:`~snows_hf.data.columns`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import random
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..fields import SettingError, setting
 from .config import IN_MEMORY, CalibrationConfig, is_in_memory
+from .order import SplitRows, first_line
+# importable from here too, as before they had modules of their own
+from .columns import detect_column  # noqa: F401
+from .order import SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES, row_bytes  # noqa: F401
 
 logger = logging.getLogger(__name__)
+
 
 RANDOM = "random"
 """The dataset name that asks for seeded random inputs instead of data."""
 
-SHUFFLE_BUFFER = 1000
-"""Rows held by the shuffle buffer of a streamed dataset."""
-
-SHUFFLE_BUFFER_BYTES = 256 * 2**20
-"""Bytes the shuffle buffer of a streamed dataset holds at most (rows as :meth:`SplitRows.bounded`
-leaves them, counted by :func:`row_bytes`): 1,000 rows of web text are about 2 MB and of
-ImageNet photos about 110 MB, so the bound only shortens the buffer for rows far larger
-than those, where 1,000 whole rows could need gigabytes."""
 
 MAX_FOLDER_ENTRIES = 100_000
 """Files and folders a local dataset folder may hold: ``datasets`` lists every one before
@@ -97,7 +94,7 @@ DEFAULT_DATASETS: dict[str, DatasetDefault] = {
             "ImageNet-1k itself is gated",
     ),
 }
-"""Modality (:func:`snows_hf.tasks.modality`) -> default calibration data."""
+"""Modality (:func:`snows_hf.heads.modality`) -> default calibration data."""
 
 
 def is_local(source: str) -> bool:
@@ -109,190 +106,6 @@ def is_local(source: str) -> bool:
     """
     path = os.path.expanduser(source)
     return os.path.exists(path) or source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-
-
-class SplitRows:
-    """One split of a dataset, visited in its seeded order (see the module docstring).
-
-    Attributes:
-        data: the ``datasets.Dataset`` or ``datasets.IterableDataset``.
-        seed: the order's seed.
-        streamed: whether ``data`` is streamed.
-
-    Example:
-        >>> rows = SplitRows(datasets.Dataset.from_dict({"text": ["a", "b", "c"]}), seed=0)  # doctest: +SKIP
-        >>> [row_id for row_id, _ in rows]  # doctest: +SKIP
-        [2, 0, 1]
-    """
-
-    def __init__(self, data: Any, seed: int = 0, name: str = "the dataset") -> None:
-        import datasets
-
-        self.data, self.seed, self.name = data, seed, name
-        self.streamed = isinstance(data, datasets.IterableDataset)
-        self._first: dict | None = None
-        self._limits: dict[str, int | None] | None = None
-
-    @property
-    def size(self) -> int | None:
-        """Rows in the split, when known without reading it (not for streamed data)."""
-        return None if self.streamed else len(self.data)
-
-    @property
-    def features(self) -> Any:
-        """The split's ``datasets.Features``, or ``None`` when a stream does not declare them."""
-        return self.data.features
-
-    @property
-    def column_names(self) -> list[str]:
-        """Column names, from the features or, for undeclared streams, the first row."""
-        if self.features is not None:
-            return list(self.features)
-        return list(self._first_row())
-
-    def _first_row(self) -> dict:
-        if self._first is None:
-            for _, row in self._read(self.data):
-                self._first = row
-                break
-            else:
-                raise ValueError(f"{self.name} has no rows")
-        return self._first
-
-    def first_value(self, column: str) -> Any:
-        """The value of ``column`` in the first row of the split's storage order."""
-        return self._first_row()[column]
-
-    def cast_column(self, column: str, feature: Any) -> None:
-        """Read ``column`` as ``feature`` from now on (``Image(decode=False)``: raw bytes)."""
-        self.data = self.data.cast_column(column, feature)
-
-    def bounded(self, limits: dict[str, int | None]) -> SplitRows:
-        """The same rows in the same order, reading only the columns of ``limits``, each
-        string in them cut to its number of characters (``None``: kept whole) as rows are
-        read: before a stream's shuffle buffer holds them, and before anything else sees them.
-
-        Example:
-            >>> rows = SplitRows(datasets.Dataset.from_dict({"text": ["abcdef"], "url": ["u"]}))  # doctest: +SKIP
-            >>> [row for _, row in rows.bounded({"text": 3})]  # doctest: +SKIP
-            [{'text': 'abc'}]
-        """
-        bounded = copy.copy(self)
-        bounded.data = self.data.select_columns(list(limits))  # unused columns are never read into rows
-        bounded._limits, bounded._first = dict(limits), None
-        return bounded
-
-    def _bounded(self, row: dict) -> dict:
-        if self._limits is None:
-            return row
-        return {name: _cut(row[name], limit) for name, limit in self._limits.items()}
-
-    def describe(self) -> dict[str, Any]:
-        """How the rows were read, for report.json."""
-        if not self.streamed:
-            return {"streaming": False, "rows_in_split": len(self.data)}
-        return {"streaming": True, "shards": self.data.n_shards, "shuffle_buffer": SHUFFLE_BUFFER,
-                "shuffle_buffer_bytes": SHUFFLE_BUFFER_BYTES}
-
-    def __iter__(self) -> Iterator[tuple[Any, dict]]:
-        """``(row id, row)`` in the seeded order: an index, or ``[shard, offset]`` when streamed."""
-        if not self.streamed:
-            import torch
-
-            order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            return ((i, self._bounded(self.data[i])) for i in order)
-        return _shuffled(self._shards_in_order(), SHUFFLE_BUFFER, random.Random(self.seed), SHUFFLE_BUFFER_BYTES)
-
-    def _shards_in_order(self) -> Iterator[tuple[list[int], dict]]:
-        count = self.data.n_shards
-        order = list(range(count))
-        random.Random(self.seed).shuffle(order)
-        for shard in order:
-            piece = self.data.shard(num_shards=count, index=shard) if count > 1 else self.data
-            for offset, row in self._read(piece):
-                yield [shard, offset], row
-
-    def _read(self, data: Any) -> Iterator[tuple[int, dict]]:
-        """Rows of ``data`` with their offsets; a failure while reading is one clear error."""
-        rows = iter(data)
-        offset = 0
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                return
-            except Exception as exc:  # noqa: BLE001 - streams raise network, parquet and decode errors
-                raise ValueError(f"reading {self.name} failed: {_first_line(exc)}") from None
-            yield offset, self._bounded(row)
-            offset += 1
-
-
-def _cut(value: Any, limit: int | None) -> Any:
-    return value[:limit] if limit is not None and isinstance(value, str) and len(value) > limit else value
-
-
-def row_bytes(value: Any) -> int:
-    """About how many bytes ``value`` (a row, or one of its values) holds in memory:
-    strings and bytes by their size, containers by their contents, arrays and decoded
-    images by their pixels.
-
-    Example:
-        >>> row_bytes({"text": "x" * 1000}) > 1000
-        True
-    """
-    total, pending = 0, [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, (str, bytes, bytearray)):
-            total += sys.getsizeof(item)
-        elif isinstance(item, dict):
-            total += 64 * len(item)
-            pending.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            total += 8 * len(item)
-            pending.extend(item)
-        elif hasattr(item, "nbytes"):  # numpy arrays, tensors
-            total += int(item.nbytes)
-        elif hasattr(item, "getbands") and hasattr(item, "size"):  # a decoded PIL image
-            total += item.size[0] * item.size[1] * len(item.getbands())
-        else:
-            total += 32
-    return total
-
-
-def _shuffled(items: Iterator[Any], size: int, rng: random.Random, max_bytes: int | None = None) -> Iterator[Any]:
-    """``items`` through a shuffle buffer of ``size`` items and at most ``max_bytes``
-    (:func:`row_bytes`): each new item takes the place of a random buffered one, which is
-    yielded; the rest come out shuffled at the end. An item that would pass ``max_bytes``
-    first pushes random buffered ones out until it fits, so the order is the same as
-    without the byte bound wherever the bound is not reached.
-
-    Example:
-        >>> sorted(_shuffled(iter(range(10)), 4, random.Random(0))) == list(range(10))
-        True
-    """
-    buffer: list[Any] = []
-    costs: list[int] = []
-    held = 0
-    for item in items:
-        cost = row_bytes(item) if max_bytes is not None else 0
-        while buffer and max_bytes is not None and held + cost > max_bytes:
-            j = rng.randrange(len(buffer))
-            yield buffer[j]
-            held -= costs[j]
-            buffer[j], costs[j] = buffer[-1], costs[-1]
-            del buffer[-1], costs[-1]
-        if len(buffer) < size:
-            buffer.append(item)
-            costs.append(cost)
-            held += cost
-            continue
-        j = rng.randrange(size)
-        yield buffer[j]
-        held += cost - costs[j]
-        buffer[j], costs[j] = item, cost
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 def open_split(dataset: str, config: str | None = None, split: str = "train", *, streaming: bool = True,
@@ -493,7 +306,7 @@ def split_read(cfg: CalibrationConfig) -> str | None:
 
 def _hub_error(dataset: str, config: str | None, split: str, exc: BaseException) -> str:
     """One line for a Hub dataset that cannot be read: what, why, and the way around it."""
-    text = _first_line(exc)
+    text = first_line(exc)
     lower = text.lower()
     if "gated" in lower or "authenticat" in lower or "401" in lower or "403" in lower:
         reason = "it is gated: accept its terms on the Hub and run `hf auth login`"
@@ -523,93 +336,4 @@ def _reason(exc: BaseException) -> str:
         return "it holds no rows"
     if isinstance(exc, UnicodeDecodeError):
         return f"it is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def detect_column(rows: SplitRows, wanted: str | None, kind: str) -> str | None:
-    """The ``kind`` (image, text, label) column: ``wanted`` if given, else detected.
-
-    Images are found by feature type (an ``Image``, or a struct of ``bytes`` and ``path``
-    that no metadata declares as one) or, for a stream that declares no features, by the
-    first row's values; texts by a string feature (a column of mixed types, which
-    ``datasets`` reads as ``Json``, when no column holds only strings: its rows are then
-    checked one by one); labels by a ``ClassLabel`` feature or a column named
-    ``label``/``labels``, and are optional (``None`` when there is none). When none is
-    found, the error says what the columns hold.
-
-    Example:
-        >>> detect_column(SplitRows(datasets.Dataset.from_dict({"body": ["x"]})), None, "text")  # doctest: +SKIP
-        'body'
-    """
-    import datasets
-
-    names = rows.column_names
-    if wanted is not None:
-        if wanted not in names:
-            raise ValueError(f"{kind} column {wanted!r} not in the dataset; columns: {', '.join(names)}")
-        return wanted
-    features = rows.features
-
-    def feature(name: str) -> Any:
-        return features[name] if features is not None else None
-
-    if kind == "image":
-        found = [n for n in names if isinstance(feature(n), datasets.Image) or _is_image_struct(feature(n))
-                 or (features is None and _looks_like_image(rows.first_value(n)))]
-    elif kind == "label":
-        found = [n for n in names if isinstance(feature(n), datasets.ClassLabel)]
-        found = found or [n for n in ("label", "labels") if n in names]
-    else:
-        strings = [n for n in names if (getattr(feature(n), "dtype", None) in ("string", "large_string")
-                                       if features is not None else isinstance(rows.first_value(n), str))]
-        mixed = [n for n in names if isinstance(feature(n), datasets.Json)]
-        found = next(([n for n in tier if n == "text" or "text" not in names] for tier in (strings, mixed)
-                      if any(n == "text" or "text" not in names for n in tier)), [])
-    if found or kind == "label":
-        return found[0] if found else None
-    setting_name = "image_column" if kind == "image" else "text_column"
-    if kind == "text" and "text" in names:
-        problem = f"column 'text' holds {_holds(rows, 'text')}, not strings"
-    else:
-        problem = "columns: " + ", ".join(f"{n} ({_holds(rows, n)})" for n in names[:20]) + (", ..." if len(names) > 20 else "")
-    raise SettingError(f"no {kind} column found in the dataset: {problem}", field=setting_name, hint=f"pass {setting(setting_name)}")
-
-
-def _is_image_struct(feature: Any) -> bool:
-    """A struct of ``bytes`` (and ``path``), as ``datasets`` stores images, in a file whose
-    metadata does not say it is one (a parquet written by pyarrow itself)."""
-    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
-
-
-def _holds(rows: SplitRows, name: str) -> str:
-    """What column ``name`` holds, in words: ``int64``, ``lists``, ``values of mixed types`` ..."""
-    import datasets
-
-    feature = rows.features[name] if rows.features is not None else None
-    if feature is None:
-        value = rows.first_value(name)
-        return {list: "lists", dict: "records", str: "strings"}.get(type(value), type(value).__name__)
-    if isinstance(feature, datasets.Value):
-        return str(feature.dtype)
-    if isinstance(feature, (datasets.List, datasets.LargeList, list)):
-        return "lists"
-    if isinstance(feature, datasets.Json):
-        return "values of mixed types"
-    if isinstance(feature, datasets.ClassLabel):
-        return "class labels"
-    if isinstance(feature, datasets.Image):
-        return "images"
-    if isinstance(feature, dict):
-        return "records of " + ", ".join(list(feature)[:5])
-    return type(feature).__name__
-
-
-def _looks_like_image(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "bytes" in value or "path" in value
-    return type(value).__module__.startswith("PIL")
+    return first_line(exc)

@@ -432,7 +432,7 @@ class Method:
 
         Example:
             >>> from snows_hf import PruneConfig
-            >>> sorted(get_method("none")(PruneConfig(sparsity="2:4", method="none", mask="sparsegpt")).block_statistics())
+            >>> sorted(get_method("mask-only")(PruneConfig(sparsity="2:4", method="mask-only", mask="sparsegpt")).block_statistics())
             ['gram', 'input_sq']
         """
         return frozenset()
@@ -468,8 +468,8 @@ class Method:
         """The method as the terminal summary says it, from a run's stored (flat) settings.
 
         Example:
-            >>> Method.summary({"method": "none", "mask": "wanda"})
-            'method none, mask wanda'
+            >>> Method.summary({"method": "mask-only", "mask": "wanda"})
+            'method mask-only, mask wanda'
         """
         return f"method {settings['method']}" + (f", mask {settings['mask']}" if cls.uses_mask_setting else "")
 
@@ -479,8 +479,8 @@ class Method:
         from the run's stored (flat) settings.
 
         Example:
-            >>> Method.metadata({"method": "none", "mask": "wanda"})
-            {'method': 'none', 'mask': 'wanda'}
+            >>> Method.metadata({"method": "mask-only", "mask": "wanda"})
+            {'method': 'mask-only', 'mask': 'wanda'}
         """
         return {"method": settings["method"], **({"mask": settings["mask"]} if cls.uses_mask_setting else {})}
 
@@ -490,8 +490,8 @@ class Method:
         (flat) settings.
 
         Example:
-            >>> Method.card_settings({"method": "none", "mask": "wanda"})
-            [('method', 'none'), ('mask', 'wanda')]
+            >>> Method.card_settings({"method": "mask-only", "mask": "wanda"})
+            [('method', 'mask-only'), ('mask', 'wanda')]
         """
         return [("method", settings["method"])] + ([("mask", settings["mask"])] if cls.uses_mask_setting else [])
 

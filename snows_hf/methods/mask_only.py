@@ -1,4 +1,7 @@
-"""Methods that only mask: the kept weights are not re-fitted."""
+"""The method that only masks, ``mask-only``: the run's mask selector picks the pruned
+weights and the kept ones are not re-fitted. The magnitude mask alone is this method with
+``mask="magnitude"`` (the earlier method names ``none`` and ``magnitude`` are read as
+these: :mod:`~snows_hf.methods.aliases`)."""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from .base import Method, MethodConfig, MethodResult, ModuleJob
 
 @dataclass
 class MaskOnlyConfig(MethodConfig):
-    """Options of the ``none`` method (its mask is the run's ``mask``): where each module's
-    input statistics come from.
+    """Options of the ``mask-only`` method (its mask is the run's ``mask``): where each
+    module's input statistics come from.
 
     Example:
         >>> MaskOnlyConfig().name, MaskOnlyConfig().statistics
-        ('none', 'block')
+        ('mask-only', 'block')
     """
 
-    name = "none"
+    name = "mask-only"
     statistics: str = config_field(
         "block", "where each module's input statistics come from: 'block' collects every module's in one forward of "
         "its block before any is pruned (two block forwards per block in all, as SparseGPT's reference and "
@@ -32,8 +35,8 @@ class MaskOnly(Method):
     the selector's own update where it makes one (SparseGPT)."""
 
     config_class = MaskOnlyConfig
-    description = "mask only"
-    options_title = "mask-only methods"
+    description = "the mask selector's weights, no re-fit"
+    options_title = "mask-only method"
     card_paragraph = "Masks only: the surviving weights are those of the mask selector."
 
     @property
@@ -50,29 +53,3 @@ class MaskOnly(Method):
         stats = job.input_stats(get_selector(self.mask_selector).needs)
         weight_rows, mask = apply_selector(self.mask_selector, job.weight_rows(), job.pattern, stats)
         return MethodResult(weight_rows=weight_rows, mask_rows=mask)
-
-
-@dataclass
-class MagnitudeConfig(MaskOnlyConfig):
-    """Options of the ``magnitude`` method (it ignores the run's ``mask``): where the
-    diagnostics' input statistics come from.
-
-    Example:
-        >>> MagnitudeConfig().name
-        'magnitude'
-    """
-
-    name = "magnitude"
-
-
-class MagnitudeMethod(MaskOnly):
-    """Magnitude mask only: keep the largest ``|W|`` under the pattern, no re-fit."""
-
-    config_class = MagnitudeConfig
-    uses_mask_setting = False
-    description = "magnitude mask only"
-    card_paragraph = "Magnitude masks only: the largest weights were kept as they were."
-
-    @property
-    def mask_selector(self) -> str:
-        return "magnitude"
