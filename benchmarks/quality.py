@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import record  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
+V4 = {"init": "auto", "alternative_mask": "none", "newton_tol": 0.0}  # one start, fixed steps: before config_version 5
 METHODS = {
     "magnitude": {"method": "mask-only", "mask": "magnitude"},
     "wanda": {"method": "mask-only", "mask": "wanda"},
@@ -62,10 +63,19 @@ METHODS = {
     "snows-k0": {"method": "snows", "k_step": 0},
     "snows-k1": {"method": "snows", "k_step": 1},
     "snows-k3": {"method": "snows", "k_step": 3},  # the defaults
-    "snows-k3-2x5": {"method": "snows", "k_step": 3, "newton_steps": 2, "cg_iters": 5},  # the defaults of config_version 3
+    "snows-v4": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1},  # the defaults of config_version 4
+    "snows-k3-2x5": {"method": "snows", "k_step": 3, **V4, "newton_steps": 2, "cg_iters": 5},  # of config_version 3
     "snows-fast": {"method": "snows-fast"},  # the cheaper preset (K=3, 1 Newton step x at most 2 CG)
-    "snows-block": {"method": "snows", "k_step": 3, "refit_unit": "block"},  # one re-fit per block, 1 x 5
-    "snows-block-1x35": {"method": "snows", "k_step": 3, "refit_unit": "block", "cg_iters": 35},  # a Llama block's 7 x 5
+    "snows-block": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1},  # per block, 1 x 5
+    "snows-block-1x35": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1,
+                         "cg_iters": 35},  # a Llama block's 7 x 5
+    "snows-lsq": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "init": "lsq"},  # least squares where better
+    "snows-magnitude": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "mask": "magnitude"},  # its own mask
+    "lsq-magnitude": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "magnitude"},  # the start alone
+    "lsq-sparsegpt": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "sparsegpt"},
+    # the start chosen per module by held-out window loss (the default's start) with 1 step, and with up to 4
+    "snows-choose": {"method": "snows", "k_step": 3, "newton_steps": 1},
+    "snows-choose-tol": {"method": "snows", "k_step": 3, "newton_steps": 4, "newton_tol": 0.01},
 }
 
 
@@ -229,6 +239,7 @@ class PeakMemory:
 
 def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snows_mask: str | None) -> dict:
     import snows_hf
+    from snows_hf.pipeline import counted_solves
 
     options = {"sparsity": spec, "batch_size": bench.batch_size, "diagnostics": False, **METHODS[method]}
     if options["method"].startswith("snows") and snows_mask:
@@ -246,6 +257,9 @@ def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snow
         "peak_memory_gib": memory.gib, "measured_sparsity": report.sparsity, "options": options,
         "config": report.config,  # every setting as run, defaults included (they change between versions)
         "block_forwards": report.block_forwards, "per_sample": per_sample,
+        "refits": [{k: m.get(k) for k in ("init", "newton_steps", "cg_iterations", "stop_reason", "heldout_loss_masked",
+                                          "heldout_loss_before", "heldout_loss_after", "heldout_losses")}
+                   for m in counted_solves(report)],  # what each re-fit chose and spent
     }
 
 
@@ -300,6 +314,11 @@ def main() -> None:
     dense_scores, dense_per_sample = bench.evaluate(dense_model, held, dense)
     del dense_model
     shape = {k: list(v.shape) for k, v in calibration.items() if hasattr(v, "shape")}
+    if results["rows"] and results.get("dense_per_sample") != dense_per_sample:
+        # Another dense model (a retrained classifier differs from machine to machine) or other
+        # held-out items: the earlier rows cannot be paired with new ones, so they go.
+        print(f"the dense model or its held-out data changed: {len(results['rows'])} earlier rows of {out} dropped")
+        results["rows"] = []
     results.update({
         "model": args.model, "metric": bench.metric, "higher_is_better": bench.higher_is_better,
         "dense": dense_scores, "dense_per_sample": dense_per_sample,

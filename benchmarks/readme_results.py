@@ -635,6 +635,76 @@ def default_losses(quality: dict[str, dict], outside_noise: bool = False) -> lis
     return lines
 
 
+#: every SNOWS setting the README lists, and the starts alone, against which the default must hold
+ALTERNATIVES = {
+    "snows-k3-2x5": "2 x 5", "snows-fast": "snows-fast", "snows-block": "per block", "snows-lsq": "start: least squares",
+    "snows-magnitude": "magnitude mask", "lsq-sparsegpt": "least squares alone (SparseGPT mask)",
+    "lsq-magnitude": "least squares alone (magnitude mask)", "sparsegpt": "SparseGPT",
+}
+#: the regimes the default is checked in, per model: the light ones and the heavy ones
+REGIMES = {"vit": ("2:4", "50%", "90%", "95%"), "resnet": ("2:4", "50%", "90%", "95%"),
+           "minilm": ("2:4", "50%", "70%"), "smollm2": ("2:4", "50%", "70%")}
+
+
+def regime_cells(results: dict, spec: str) -> tuple[dict, list[tuple[str, float, tuple[float, float] | None]]] | None:
+    """The default's row at ``spec`` and, for each alternative run there, how much better the
+    default scored (positive: better) with its 95% paired interval; ``None`` without a default row."""
+    rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
+    mine = rows.get((spec, "snows-k3"))
+    if mine is None:
+        return None
+    metric, sign = results["metric"], 1.0 if results["higher_is_better"] else -1.0
+    cells = []
+    for method in ALTERNATIVES:
+        other = rows.get((spec, method))
+        if other is None:
+            continue
+        better = sign * (mine["scores"][metric] - other["scores"][metric])
+        cells.append((method, better, metric_interval(results, [other, mine], lambda o, m: sign * (m - o))))
+    return mine, cells
+
+
+def regimes_table(quality: dict[str, dict]) -> list[str]:
+    """Does the default hold in every regime? For each model and sparsity of ``REGIMES``, the
+    default's score and, for each alternative measured there, the default's margin over it
+    (positive: the default is better) with its 95% paired interval and the verdict "no worse"."""
+    lines = ["| model | sparsity | default | margin over each alternative (default minus it, better is +), "
+             "95% paired interval | default no worse than all |", "|---|---|---|---|---|"]
+    open_cases = []
+    for model, specs in REGIMES.items():
+        results = quality.get(model)
+        if not results:
+            continue
+        metric = results["metric"]
+        for spec in specs:
+            found = regime_cells(results, spec)
+            if found is None:
+                lines.append(f"| {SHORT[model]} | {spec} | not yet measured | | |")
+                continue
+            mine, cells = found
+            texts, verdicts = [], []
+            for method, better, interval in cells:
+                verdicts.append(no_worse(None if interval is None else (-interval[1], -interval[0])))
+                texts.append(f"{ALTERNATIVES[method]} {better:+.4f} {_fmt(interval) if interval else NO_DATA}")
+                if verdicts[-1] == "not met":
+                    open_cases.append(f"{SHORT[model]} {spec}: {ALTERNATIVES[method]} scores "
+                                      f"{-better:.4f} better ({_fmt(interval)})")
+            held = "no alternative measured" if not cells else (
+                "**no**" if "not met" in verdicts else ("yes" if all(v == "met" for v in verdicts)
+                                                        else "yes, within noise"))
+            lines.append(f"| {SHORT[model]} | {spec} | {mine['scores'][metric]:.4f} | {'; '.join(texts)} | {held} |")
+    if len(lines) == 2:
+        return []
+    budget = DEFAULT_BUDGET
+    lines = [f"**The default in every regime.** SNOWS at its defaults ({budget}, `newton_tol` "
+             f"{SnowsConfig().newton_tol:g}, start `{SnowsConfig().init}`) against every other SNOWS setting "
+             "listed here and the closed-form least-squares start alone, on the benchmark models at their light "
+             "and heavy sparsities (rows of `benchmarks/quality.py`):", ""] + lines
+    if open_cases:
+        lines += ["", "Where the default loses by more than noise:", ""] + [f"- {c}" for c in open_cases]
+    return lines
+
+
 def results_row(results: dict, spec: str, method: str) -> dict:
     return next(r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, method))
 
@@ -804,6 +874,9 @@ def results_block() -> list[list[str]]:
     parts: list[list[str]] = [quality_table(m, r) for m, r in quality.items()]
     if frontier_table(quality, frontier):
         parts.append(frontier_table(quality, frontier))
+    regimes = regimes_table(quality)
+    if regimes:
+        parts.append(regimes)
     order = statistics_order(quality)
     if order:
         parts.append(order)

@@ -16,7 +16,7 @@ from .fields import MAX_INT, SettingError, check_fields, check_keys, config_fiel
 from .masks import get_selector, parse_sparsity
 from .methods import METHODS, MethodConfig, get_method, without_method_alias
 
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 # The flat form lists the methods' options between the fields that choose what is pruned
 # and those that say how the run executes, where config_version 2 first put them:
 # recipes and reports of the same settings stay byte-identical.
@@ -72,7 +72,7 @@ def check_method_options(method: str, keys: Iterable[str]) -> None:
 
 @dataclass
 class PruneConfig:
-    """Settings of one pruning run (``config_version`` 4; a recipe of an older version is
+    """Settings of one pruning run (``config_version`` 5; a recipe of an older version is
     read with what its keys meant then). ``method`` takes a method's name (its default options) or
     its config; either way it holds the config once made.
 

@@ -138,11 +138,15 @@ def _names(keys: Any, prefix: str = "") -> str:
 # What version 1 of the settings meant by a key it did not have (or had another default
 # for): a recipe written then keeps producing the same weights.
 #: per older ``config_version``, what the keys it lacks meant then (defaults changed since)
+#: what files before version 5 wrote for an option at its default, where a missing key meant otherwise
+_WRITTEN = {"init": "auto"}
+_BEFORE_5 = {"init": "auto", "alternative_mask": "none", "newton_tol": 0.0}  # one start, a fixed number of steps
 _OLD_MEANINGS = {
-    1: {"preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10, "statistics": "module",
-        "newton_steps": 2},
-    2: {"statistics": "module", "newton_steps": 2},
-    3: {"newton_steps": 2},
+    1: {**_BEFORE_5, "preconditioner": "none", "mask": "magnitude", "init": "lsq", "cg_iters": 10,
+        "statistics": "module", "newton_steps": 2},
+    2: {**_BEFORE_5, "statistics": "module", "newton_steps": 2},
+    3: {**_BEFORE_5, "newton_steps": 2},
+    4: {**_BEFORE_5, "newton_steps": 1},
 }
 
 
@@ -155,7 +159,7 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
 
     Example:
         >>> _upgrade({"sparsity": "2:4", "method": "magnitude", "newton_steps": 2, "config_version": 3})
-        {'sparsity': '2:4', 'method': 'magnitude', 'config_version': 4}
+        {'sparsity': '2:4', 'method': 'magnitude', 'config_version': 5}
     """
     from .config import CONFIG_VERSION, option_owners
 
@@ -174,7 +178,8 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     method = upgraded.get("method", "snows")
     owners = option_owners()
     return {key: value for key, value in upgraded.items()
-            if not (key in then and key in owners and method not in owners[key] and value == then[key])}
+            if not (key in owners and method not in owners[key]
+                    and ((key in then and value == then[key]) or (key in _WRITTEN and value == _WRITTEN[key])))}
 
 
 def _build(make: Callable[[dict], Any], keys: list[str], values: Any, section: str, path: Any) -> Any:

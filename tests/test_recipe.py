@@ -81,24 +81,28 @@ def test_a_version_1_recipe_keeps_meaning_what_it_meant(tmp_path):
     path.write_text("prune: {sparsity: '2:4', config_version: 1, k_step: 2}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("magnitude", "lsq", 10, "none")
-    assert prune.method.k_step == 2 and prune.method.newton_steps == 2 and prune.config_version == 4
+    assert prune.method.k_step == 2 and prune.method.newton_steps == 2 and prune.config_version == 5
     path.write_text("prune: {sparsity: '2:4', config_version: 1, mask: wanda, cg_iters: 7}\n")
     prune, _, _ = load_recipe(path)
     assert (prune.mask, prune.method.cg_iters, prune.method.preconditioner) == ("wanda", 7, "none")
     path.write_text("prune: {sparsity: '2:4'}\n")  # hand-written, no version: today's defaults
     prune, _, _ = load_recipe(path)
-    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "auto", 5, "input-energy")
-    assert prune.method.newton_steps == 1
+    assert (prune.mask, prune.method.init, prune.method.cg_iters, prune.method.preconditioner) == ("sparsegpt", "best", 5, "input-energy")
+    assert (prune.method.newton_steps, prune.method.newton_tol, prune.method.alternative_mask) == (3, 0.05, "magnitude")
 
 
-@pytest.mark.parametrize("version, steps", [(2, 2), (3, 2), (4, 1)])
+@pytest.mark.parametrize("version, steps", [(2, 2), (3, 2), (4, 1), (5, 3)])
 def test_a_recipe_without_newton_steps_means_its_versions_default(tmp_path, version, steps):
     """Version 4 made one Newton step the default (the knee of the measured frontier);
     a hand-written recipe of an older version that leaves the key out meant two."""
     path = tmp_path / "recipe.yaml"
     path.write_text(f"prune: {{sparsity: '2:4', config_version: {version}, cg_iters: 4}}\n")
     prune, _, _ = load_recipe(path)
-    assert (prune.method.newton_steps, prune.method.cg_iters, prune.config_version) == (steps, 4, 4)
+    assert (prune.method.newton_steps, prune.method.cg_iters, prune.config_version) == (steps, 4, 5)
+    # before version 5 a module had one start and a fixed number of steps
+    old = version < 5
+    assert (prune.method.init, prune.method.newton_tol, prune.method.alternative_mask) == (
+        ("auto", 0.0, "none") if old else ("best", 0.05, "magnitude"))
 
 
 # Settings of a run with every default of config_version 3 (the version each is read
@@ -107,10 +111,10 @@ def test_a_recipe_without_newton_steps_means_its_versions_default(tmp_path, vers
 # changes. A version-1 file means what version 1 meant by the keys it lacks.
 COMMON = {"sparsity": "2:4", "mask": "sparsegpt", "allocation": "uniform", "max_layer_sparsity": None, "targets": None,
           "ignore": None, "diagnostics": True, "stats_dtype": "float32", "batch_size": 8, "offload_activations": "device",
-          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 4}
+          "offload_dir": None, "device": "auto", "max_memory": None, "block_path": None, "seed": 0, "config_version": 5}
 SNOWS = {"k_step": 3, "target": "dense-stream", "term_scale": "energy", "init": "auto", "hessian": "gauss-newton",
          "newton_steps": 2, "cg_iters": 5, "damping": 1e-4, "preconditioner": "input-energy", "holdout": 0.125,
-         "batches_per_step": None, "hessian_batches": None}
+         "batches_per_step": None, "hessian_batches": None, "newton_tol": 0.0, "alternative_mask": "none"}
 SAVED_RECIPES = [  # file, method (read as today's name), settings unlike COMMON, SNOWS options unlike SNOWS
     ("v1-snows-early.yaml", "snows", {"mask": "magnitude", "batch_size": 4},
      {"k_step": 1, "newton_steps": 1, "init": "lsq", "cg_iters": 10, "preconditioner": "none"}),
@@ -149,19 +153,24 @@ RENAMED = {"none": {"method": "mask-only"}, "magnitude": {"method": "mask-only",
 
 #: options added since without a new config_version: their default is what every older file meant
 ADDED = {"refit_unit": "module"}
+#: options version 5 added, as every older SNOWS file means them, and today's defaults (with the start)
+V5 = {"newton_tol": 0.0, "alternative_mask": "none"}
+TODAY_V5 = {"init": "best", "newton_tol": 0.05, "alternative_mask": "magnitude"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v3-*.yaml")))
 def test_a_version_3_recipe_writes_back_unchanged_but_for_its_version_and_method_name(name):
     prune, _, _ = load_recipe(SAVED / name)
-    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
+    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 5}
     written |= RENAMED.get(written["method"], {})  # an earlier method name: what it is called today
     back = recipe_dict(prune)["prune"]
-    other = {"newton_steps", *ADDED}
+    other = {"newton_steps", "init", *ADDED, *V5}
     assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
     assert {k: back[k] for k in ADDED} == ADDED
     # another method's options are stored at today's defaults; a SNOWS file keeps its own
-    assert back["newton_steps"] == (written["newton_steps"] if prune.method.name.startswith("snows") else 1)
+    snows = prune.method.name.startswith("snows")
+    assert back["newton_steps"] == (written["newton_steps"] if snows else 3)
+    assert {k: back[k] for k in ("init", *V5)} == ({"init": written["init"]} | V5 if snows else TODAY_V5)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAVED.glob("v2-*.yaml")))
@@ -169,14 +178,16 @@ def test_a_version_2_recipe_writes_back_its_settings_as_they_were(name):
     """Key for key and in the same order: rerunning an output's recipe rewrites it as
     version 4 with what version 2 meant by the key it lacked (statistics per module)."""
     prune, _, _ = load_recipe(SAVED / name)
-    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 4}
+    written = read_recipe_yaml(SAVED / name)["prune"] | {"config_version": 5}
     written |= RENAMED.get(written["method"], {})  # an earlier method name: what it is called today
     back = recipe_dict(prune)["prune"]
-    other = {"statistics", "newton_steps", *ADDED}  # keys whose value comes from another method's defaults
+    other = {"statistics", "newton_steps", "init", *ADDED, *V5}  # keys whose value comes from another method's defaults
     assert [(k, v) for k, v in back.items() if k not in other] == [(k, v) for k, v in written.items() if k not in other]
     assert {k: back[k] for k in ADDED} == ADDED
-    assert back["statistics"] == ("block" if prune.method.name == "snows" else "module")  # another method's default
-    assert back["newton_steps"] == (written["newton_steps"] if prune.method.name == "snows" else 1)
+    snows = prune.method.name == "snows"
+    assert back["statistics"] == ("block" if snows else "module")  # another method's default
+    assert back["newton_steps"] == (written["newton_steps"] if snows else 3)
+    assert {k: back[k] for k in ("init", *V5)} == ({"init": written["init"]} | V5 if snows else TODAY_V5)
 
 
 def test_the_flat_form_holds_every_methods_options_and_refuses_another_methods_that_would_be_ignored():
@@ -247,7 +258,7 @@ def test_which_method_owns_an_option_comes_from_each_methods_declared_options():
         del METHODS["keep"]
 
 
-@pytest.mark.parametrize("version", [True, 1.0, 3.0, "4", None, 0, 5])
+@pytest.mark.parametrize("version", [True, 1.0, 3.0, "4", None, 0, 6])
 def test_a_recipes_version_is_an_int_it_can_read(tmp_path, version):
     path = tmp_path / "recipe.yaml"
     path.write_text(f"prune: {{sparsity: '2:4', config_version: {yaml_text(version)}}}\n")

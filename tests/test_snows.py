@@ -323,3 +323,33 @@ def test_snows_fast_is_snows_with_at_most_two_cg_iterations_and_says_so():
         assert torch.equal(fast_model.get_parameter(name), slow_model.get_parameter(name)), name
     accepted = [layer for layer in fast.layers if layer.metrics["newton_steps"]]
     assert accepted and all(layer.metrics["train_loss_after"] is None for layer in accepted)
+
+
+@pytest.mark.parametrize("kind", ["llama", "vit"])
+def test_start_is_the_candidate_with_the_lowest_heldout_window_loss(kind):
+    """With an alternative mask, each module starts from whichever of SparseGPT's update, the
+    least-squares fit on SparseGPT's mask and the one on the magnitude mask has the lowest
+    held-out window loss; the saved mask is the chosen candidate's and keeps the pattern."""
+    model = FACTORIES[kind]()
+    options = _snows(sparsity="70%", init="lsq", alternative_mask="magnitude", newton_steps=1)
+    report = snows_hf.prune_(model, options, _inputs(kind, n=16))
+    chosen = set()
+    for layer in report.layers:
+        m = layer.metrics
+        losses = m["start_losses"]
+        assert set(losses) == {"sparsegpt", "lsq", "lsq-magnitude"}, layer.name
+        assert m["init"] == min(losses, key=losses.get), layer.name
+        assert m["heldout_loss_before"] == pytest.approx(losses[m["init"]], rel=1e-6), layer.name
+        assert m["heldout_loss_after"] <= m["heldout_loss_before"] + 1e-12, layer.name
+        weight = model.get_submodule(layer.name).weight.detach()
+        assert float((weight != 0).float().mean()) == pytest.approx(0.3, abs=0.01), layer.name  # per-row rounding
+        chosen.add(m["init"])
+    assert len(chosen) >= 2  # the choice is made per module, not once for the run
+    # without the alternative the magnitude candidate is never fitted
+    plain = snows_hf.prune_(FACTORIES[kind](), _snows(sparsity="70%", init="lsq"), _inputs(kind, n=16))
+    assert all(set(layer.metrics["start_losses"]) == {"sparsegpt", "lsq"} for layer in plain.layers)
+
+
+def test_alternative_mask_must_be_a_known_selector():
+    with pytest.raises(ValueError, match="unknown mask selector"):
+        snows_hf.PruneConfig.from_dict(_snows(alternative_mask="nope"))

@@ -543,6 +543,29 @@ def test_heldout_loss_never_increases(kind):
     assert bool((res.weight[~mask] == 0).all())
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 0.05, 0.5, 0.999])
+def test_min_decrease_stops_once_a_step_gains_too_little(tolerance):
+    residual_fn, W, batches = make_window(seed=9, n_batches=5, n=16)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(10)) > 0.5
+    cfg = NewtonConfig(steps=6, batches_per_step=2, cg_iters=3, min_decrease=tolerance)
+    res = newton_refit(W, mask, residual_fn, batches[:4], batches[4:], cfg)
+    gains = [(h["heldout_loss_before"] - h["heldout_loss_after"]) / h["heldout_loss_before"] for h in res.history]
+    # every step but the last gained more than the tolerance; the last one ended the loop
+    assert all(g > tolerance for g in gains[:-1])
+    if res.stop_reason == "small_decrease":
+        assert 0 <= gains[-1] <= tolerance and res.history[-1]["accepted"]
+    else:
+        assert res.stop_reason in ("steps", "line_search_failed")
+    # the steps taken are those of the run without a tolerance, cut where it says
+    free = newton_refit(W, mask, residual_fn, batches[:4], batches[4:], NewtonConfig(steps=6, batches_per_step=2,
+                                                                                     cg_iters=3))
+    assert res.history == free.history[: len(res.history)]
+    if tolerance == 0.0:
+        assert res.stop_reason != "small_decrease" and len(res.history) == len(free.history)
+    if tolerance == 0.999:
+        assert len(res.history) == 1
+
+
 def test_failed_line_search_keeps_weights():
     residual_fn, W, batches = make_window(seed=11, n_batches=3, n=16)
     mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(12)) > 0.5
@@ -608,6 +631,8 @@ def test_exact_hessian_flags_negative_curvature_in_newton():
         dict(batches_per_step=True),
         dict(hessian_batches=0),
         dict(hessian_batches=1.5),
+        dict(min_decrease=-0.1),
+        dict(min_decrease=1.5),
     ],
 )
 def test_bad_config_raises(kwargs):

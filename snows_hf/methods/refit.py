@@ -144,6 +144,8 @@ def solve_metrics(window, init: str, masked_loss: float, result, began: float) -
         "line_search_failed": result.line_search_failed,
         "stop_reason": result.stop_reason,
         "cg_converged": [h["cg_converged"] for h in result.history],
+        # each attempted step's held-out loss after it: what the budget bought, step by step
+        "heldout_losses": [h["heldout_loss_after"] for h in result.history],
         "solver_seconds": time.perf_counter() - began,
     }
 

@@ -15,7 +15,8 @@ from .base import LayerPlot
 METRIC_KEYS = frozenset({
     "k", "window", "init", "heldout_loss_masked", "train_loss_before", "train_loss_after", "heldout_loss_before",
     "heldout_loss_after", "newton_steps", "rejected_steps", "cg_iterations", "line_search_failed", "stop_reason",
-    "cg_converged", "solver_seconds", "numerics", "refit_unit", "joint_solve", "joint_modules",
+    "cg_converged", "solver_seconds", "numerics", "refit_unit", "joint_solve", "joint_modules", "heldout_losses",
+    "start_losses",
 })
 
 #: the model card's heading of the per-layer loss column

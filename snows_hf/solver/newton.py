@@ -25,6 +25,9 @@ class NewtonConfig:
     """Settings of :func:`newton_refit`.
 
     - ``steps``: Newton steps at most (the loop also stops at the first failed line search).
+    - ``min_decrease``: stop after an accepted step that lowered the held-out loss by at
+      most this share of its value (``0``: every step runs while the line search succeeds),
+      so the budget is spent while it still pays.
     - ``hessian``: ``"gauss-newton"`` (PSD, ``sum_k 2/numel J_k^T J_k``) or ``"exact"``.
     - ``cg_iters`` / ``cg_rtol``: CG budget and relative-residual tolerance per step.
     - ``damping``: added to the Hessian of the loss as ``damping * I`` (plain additive,
@@ -52,6 +55,7 @@ class NewtonConfig:
     """
 
     steps: int = 3
+    min_decrease: float = 0.0
     hessian: str = "gauss-newton"
     cg_iters: int = 50
     cg_rtol: float = 1e-2
@@ -69,6 +73,7 @@ class NewtonConfig:
         finite = 0.0 <= self.damping < float("inf")
         per_step = self.batches_per_step
         _require(_is_int(self.steps) and self.steps >= 0, "steps", "an int >= 0", self.steps)
+        _require(0.0 <= self.min_decrease <= 1.0, "min_decrease", "in [0, 1]", self.min_decrease)
         _require(self.hessian in HESSIAN_KINDS, "hessian", f"one of {HESSIAN_KINDS}", self.hessian)
         _require(_is_int(self.cg_iters) and self.cg_iters >= 1, "cg_iters", "an int >= 1", self.cg_iters)
         _require(0.0 <= self.cg_rtol < 1.0, "cg_rtol", "in [0, 1)", self.cg_rtol)
@@ -117,7 +122,8 @@ class NewtonResult:
     before the step), ``heldout_loss_before, heldout_loss_after, step_size`` (0.0 when
     rejected), ``accepted, cg_iterations, cg_relative_residual, cg_converged``. ``stop_reason`` is one
     of ``"steps"`` (all steps ran), ``"line_search_failed"`` (including a non-descent
-    direction), ``"zero_gradient"`` (already stationary on the support, nothing to do),
+    direction), ``"small_decrease"`` (the last accepted step lowered the held-out loss by at
+    most ``min_decrease`` of it), ``"zero_gradient"`` (already stationary on the support, nothing to do),
     ``"non_finite_loss"``, ``"non_finite_gradient"`` or ``"non_finite_direction"`` (NaN or
     Inf in the losses, the gradient or the CG solve: the weight stays the last finite one,
     ``w0`` when no step was taken).
@@ -335,5 +341,6 @@ class _NewtonLoop:
             res.line_search_failed = True
             return w, heldout, "line_search_failed"
         res.steps_accepted += 1
+        small = heldout - heldout_after <= self.config.min_decrease * heldout if self.config.min_decrease else False
         # d is exactly zero off the mask, so the new w is too; where() keeps it exact.
-        return project(w + step_size * d, self.mask), heldout_after, None
+        return project(w + step_size * d, self.mask), heldout_after, "small_decrease" if small else None
