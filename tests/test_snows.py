@@ -159,7 +159,8 @@ def test_k0_refit_is_least_squares_on_the_support():
     handle.remove()
     x = torch.cat(inputs)
     dense_w = blocks[0].attention.q_proj.weight.detach().clone()
-    config = _snows(k_step=0, damping=0.0, cg_iters=500, newton_steps=4, term_scale="none", batch_size=8)
+    config = _snows(k_step=0, damping=0.0, cg_iters=500, newton_steps=4, newton_tol=0.0, term_scale="none", batch_size=8,
+                    init="mask")  # Newton from SparseGPT's update, not the closed form itself
     report = snows_hf.prune_(model, config, batch)
     w = blocks[0].attention.q_proj.weight.detach()
     target = x @ dense_w.T
@@ -287,7 +288,7 @@ def test_start_and_preconditioner_follow_the_mask_and_the_layout(monkeypatch, ki
     monkeypatch.setattr(refit, "newton_refit", spy)
     make = tiny_gpt2 if kind == "gpt2" else tiny_llama
     axis = 0 if kind == "gpt2" else 1  # the input dimension of the stored weight
-    report = snows_hf.prune_(make(), _snows(k_step=1, newton_steps=1), _inputs("llama"))
+    report = snows_hf.prune_(make(), _snows(k_step=1, newton_steps=1, init="auto"), _inputs("llama"))
     assert {layer.metrics["init"] for layer in report.layers} == {"sparsegpt"}
     assert len(seen) == len(report.layers)
     if kind == "llama":  # q_proj of block 0 reads RMSNorm(embeddings): its energy, feature by feature
@@ -316,7 +317,7 @@ def test_snows_fast_is_snows_with_at_most_two_cg_iterations_and_says_so():
     a record only, is not computed."""
     fast_model, slow_model = tiny_llama(), tiny_llama()
     fast = snows_hf.prune_(fast_model, _snows(method="snows-fast", diagnostics=False), _inputs("llama"))
-    same = snows_hf.prune_(slow_model, _snows(cg_iters=2, diagnostics=False), _inputs("llama"))
+    same = snows_hf.prune_(slow_model, _snows(cg_iters=2, newton_steps=1, diagnostics=False), _inputs("llama"))
     assert (fast.config["method"], fast.config["cg_iters"], fast.config["newton_steps"]) == ("snows-fast", 2, 1)
     assert all(max(layer.metrics["cg_iterations"], default=0) <= 2 for layer in fast.layers)
     for name, _ in fast_model.named_parameters():
@@ -331,7 +332,7 @@ def test_start_is_the_candidate_with_the_lowest_heldout_window_loss(kind):
     least-squares fit on SparseGPT's mask and the one on the magnitude mask has the lowest
     held-out window loss; the saved mask is the chosen candidate's and keeps the pattern."""
     model = FACTORIES[kind]()
-    options = _snows(sparsity="70%", init="lsq", alternative_mask="magnitude", newton_steps=1)
+    options = _snows(sparsity="70%", newton_steps=1)  # the default start: init="best", alternative_mask="magnitude"
     report = snows_hf.prune_(model, options, _inputs(kind, n=16))
     chosen = set()
     for layer in report.layers:
@@ -346,7 +347,7 @@ def test_start_is_the_candidate_with_the_lowest_heldout_window_loss(kind):
         chosen.add(m["init"])
     assert len(chosen) >= 2  # the choice is made per module, not once for the run
     # without the alternative the magnitude candidate is never fitted
-    plain = snows_hf.prune_(FACTORIES[kind](), _snows(sparsity="70%", init="lsq"), _inputs(kind, n=16))
+    plain = snows_hf.prune_(FACTORIES[kind](), _snows(sparsity="70%", alternative_mask="none"), _inputs(kind, n=16))
     assert all(set(layer.metrics["start_losses"]) == {"sparsegpt", "lsq"} for layer in plain.layers)
 
 

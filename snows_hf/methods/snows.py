@@ -51,7 +51,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..fields import config_field, redeclared
+from ..fields import SettingError, config_field, redeclared
 from ..masks import apply_selector, from_rows, get_selector, to_rows
 from ..placement import format_size
 from ..solver import NewtonConfig, newton_refit, window_loss
