@@ -21,6 +21,10 @@ _EXPORTS = {
     "run": "workflow",
     "RunResult": "workflow",
     "evaluate": "workflow",
+    "LoadOptions": "workflow",
+    "SaveOptions": "workflow",
+    "PushOptions": "workflow",
+    "EvalOptions": "workflow",
     "RunRecord": "report",
     "save_pruned": "export",
     "prune_": "api",
@@ -43,7 +47,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .api import as_batches, prune_
     from .export import save_pruned
-    from .workflow import RunResult, evaluate, run
+    from .workflow import EvalOptions, LoadOptions, PushOptions, RunResult, SaveOptions, evaluate, run
     from .config import PruneConfig
     from .data import CalibrationConfig
     from .fields import SettingError

@@ -34,7 +34,7 @@ from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.allocation import allocate_global
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
 from .placement import BlockPlacement, block_budget
-from .methods import ModuleJob, block_input_stats, get_method, has_input_features, input_features
+from .methods import ModuleJob, block_input_stats, build_method, has_input_features, input_features
 from .report import LayerReport, PruneReport
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def prune_blocks(
 
     processes = current_processes()
     device = processes.device(resolve_device(config.device))
-    method = get_method(config.method)(config)
+    method = build_method(config)
     blocks = find_block_list(model, config.block_path)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
     shards = _Shards(processes, len(batches))
