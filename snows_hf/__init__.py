@@ -22,6 +22,10 @@ _EXPORTS = {
     "run": "workflow",
     "RunResult": "workflow",
     "evaluate": "workflow",
+    "LoadOptions": "workflow",
+    "SaveOptions": "workflow",
+    "PushOptions": "workflow",
+    "EvalOptions": "workflow",
     "RunRecord": "report",
     "save_pruned": "export",
     "prune_": "oneshot",
@@ -44,7 +48,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from .oneshot import as_batches, prune_
     from .export import save_pruned
-    from .workflow import RunResult, evaluate, run
+    from .workflow import EvalOptions, LoadOptions, PushOptions, RunResult, SaveOptions, evaluate, run
     from .config import PruneConfig
     from .data import CalibrationConfig
     from .fields import SettingError

@@ -16,7 +16,7 @@ shape, dtype and pattern against the model before writing it). A checkpoint that
 a check raises :class:`CheckpointError`: it cannot be continued, only deleted.
 
 A checkpoint belongs to its output: the run holds that output
-(:func:`snows_hf.export.claim_output`) for as long as it writes either, so one live run
+(:func:`snows_hf.output_claim.claim_output`) for as long as it writes either, so one live run
 at a time uses it.
 
 Example:
@@ -32,11 +32,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 
 from .fields import SettingError, setting
+
+if TYPE_CHECKING:  # for annotations only
+    from .config import PruneConfig
 
 STATE = "state.json"
 FORMAT = 1
@@ -44,7 +47,7 @@ FORMAT = 1
 _PLACEMENT_FIELDS = ("device", "offload_activations", "offload_dir", "max_memory", "diagnostics")
 
 
-def run_fingerprint(model: torch.nn.Module, config: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def run_fingerprint(model: torch.nn.Module, config: PruneConfig, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """What must match for a checkpoint to continue this run: the settings that change
     results, the model (config, parameter names/shapes, a strided sample of every weight)
     and the calibration tensors (hashed whole).

@@ -158,22 +158,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """``snows-hf prune``: :func:`snows_hf.run` with the recipe's settings and the flags on top."""
     from .config import PruneConfig
     from .data import CalibrationConfig
+    from .plan import plan
     from .recipe import resolve_settings
-    from .workflow import plan, push_saved, run
+    from .workflow import EvalOptions, LoadOptions, SaveOptions, push_saved, run
 
     args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
                                                    _split_fields(args, CalibrationConfig))
+    save = SaveOptions(args.output_dir, save_format=args.save_format, overwrite=args.overwrite, resume=args.resume)
+    load = LoadOptions(args.processor, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     if args.dry_run:  # what the run would do and where it would save; nothing written
-        found = plan(args.model, config, cal_cfg, output_dir=args.output_dir, save_format=args.save_format,
-                     overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        found = plan(args.model, config, cal_cfg, save=save, load=load)
         print(f"{found.format()}\n\nwould save to {found.output_dir}")
         print("dry run: nothing was loaded beyond the config" + ("" if found.traced_on == "meta" else " and weights")
               + ", nothing written")
         return 0
-    result = run(args.model, config, cal_cfg, output_dir=args.output_dir, evaluate=not args.no_eval,
-                 save_format=args.save_format, overwrite=args.overwrite, resume=args.resume,
-                 processor=args.processor, trust_remote_code=args.trust_remote_code,
-                 allow_pickle=args.allow_pickle, progress=not args.quiet, tasks=_task_settings(args))
+    # the push comes after the summary is printed, so a failed push still shows what was saved
+    result = run(args.model, config, cal_cfg, save=save, load=load, progress=not args.quiet,
+                 evaluation=EvalOptions(held_out=not args.no_eval, tasks=_task_settings(args)))
     if result.output_dir is None:  # a data-parallel process other than the main one
         return 0
     print(result.format())
@@ -227,13 +228,13 @@ def _push(push: Any, folder: str, repo: str, args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: :func:`snows_hf.workflow.evaluate`, printed (and written with ``--json``)."""
     from .data import CalibrationConfig
-    from .workflow import evaluate
+    from .workflow import EvalOptions, LoadOptions, evaluate
 
-    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference, dtype=args.dtype,
-                      sparse_inference=args.sparse_inference, processor=args.processor,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                      tasks=_task_settings(args), max_memory=args.max_memory,
-                      **_split_fields(args, ("batch_size", "device")))
+    load = LoadOptions(args.processor, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    evaluation = EvalOptions(tasks=_task_settings(args), **_split_fields(args, ("batch_size",)))
+    result = evaluate(args.model, _split_fields(args, CalibrationConfig), reference=args.reference, load=load,
+                      evaluation=evaluation, dtype=args.dtype, sparse_inference=args.sparse_inference,
+                      max_memory=args.max_memory, **_split_fields(args, ("device",)))
     print(result.format())
     _write_json(args.json, result.figures)
     return 0
@@ -249,8 +250,8 @@ def _write_json(path: str | None, value: Any) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``snows-hf convert``: :func:`snows_hf.workflow.convert`."""
-    from .workflow import convert
+    """``snows-hf convert``: :func:`snows_hf.export.convert`."""
+    from .export import convert
 
     saved, report = convert(args.model, args.to, args.output_dir, overwrite=args.overwrite,
                             trust_remote_code=args.trust_remote_code)

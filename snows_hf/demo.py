@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from .config import PruneConfig
+from .data import CalibrationConfig
 from .fields import check_fields, config_field
+from .loading import load_model
+from .output_claim import claim_output
+from .output_folder import foreign_files, output_files
+from .workflow import EvalOptions, LoadOptions, run
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +91,13 @@ def minilm_path() -> Path:
 
 def is_demo_output(path: Path) -> bool:
     """True when ``path`` holds an earlier demo's output and nothing else (every file one
-    that snows-hf writes, see :func:`snows_hf.export.foreign_files`), which a new demo may
+    that snows-hf writes, see :func:`snows_hf.output_folder.foreign_files`), which a new demo may
     replace without ``overwrite``.
 
     Example:
         >>> is_demo_output(Path("snows-hf-demo"))  # doctest: +SKIP
         True
     """
-    from .export import foreign_files, output_files
-
     if output_files(path) is None or foreign_files(path):
         return False
     return "demo" in json.loads((path / "report.json").read_text())
@@ -111,14 +117,6 @@ def run_demo(
         >>> figures["methods"]["snows K=3"]["cosine_mean"] > figures["methods"]["magnitude"]["cosine_mean"]  # doctest: +SKIP
         True
     """
-    import datasets
-
-    from .config import PruneConfig
-    from .data import CalibrationConfig
-    from .export import claim_output
-    from .loading import load_model
-    from .workflow import run
-
     settings = settings or DemoSettings()
     configs = {  # all refused before anything runs
         label: PruneConfig.from_dict({"sparsity": settings.sparsity, "batch_size": settings.batch_size, "seed": settings.seed,
@@ -137,8 +135,8 @@ def run_demo(
         for label, config in configs.items():
             model, tokenizer = load_model(str(minilm_path()), dtype="float32")  # each method starts from the dense weights
             logger.info("pruning with %s", label)
-            result = run(model, config, data, processor=tokenizer, save=False, eval_batch_size=settings.eval_batch_size,
-                         progress=progress)
+            result = run(model, config, data, save=None, load=LoadOptions(processor=tokenizer),
+                         evaluation=EvalOptions(batch_size=settings.eval_batch_size), progress=progress)
             pruned = result.evaluation["pruned"]
             methods[label] = {
                 **pruned, "cosine_mean": pruned["cosine_to_dense"], "cosine_min": pruned["cosine_to_dense_min"],

@@ -33,7 +33,7 @@ from .fields import SettingError, setting
 from .masks import SparsityPattern, from_rows, get_selector, to_rows
 from .masks.diagnostics import importance_diagnostics, magnitude_warning
 from .placement import BlockPlacement, block_budget
-from .methods import Method, ModuleJob, get_method
+from .methods import Method, ModuleJob, build_method
 from .report import LayerReport, PruneReport
 from .statistics import block_input_stats, has_input_features
 from .targets import Targets
@@ -161,7 +161,7 @@ def prune_blocks(
 
     processes = current_processes()
     device = processes.device(resolve_device(config.device))
-    method = get_method(config.method)(config)
+    method = build_method(config)
     blocks = find_block_list(model, config.block_path)
     num_samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
     shards = _Shards(processes, len(batches))

@@ -1,4 +1,4 @@
-"""What a run will do, before it does it: the plan ``snows-hf prune --dry-run`` prints.
+"""What a run will do, before it does it: :func:`plan`, which ``snows-hf prune --dry-run`` prints.
 
 The plan traces one forward of the blocks on a single example input to find the
 targeted modules, their shapes and patterns and each module's re-fit window. It runs on
@@ -9,18 +9,33 @@ Nothing is written and the model is left unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+import transformers
+from accelerate import init_empty_weights
 from torch import nn
 
-from .methods import MethodPlan, get_method
+from .adapters import BlockList, find_block_list, weight_layout
+from .blocks import BlockCall, run_block, tracked_hooks
+from .config import PruneConfig
+from .data import RANDOM, check_seq_len, dataset_label, random_calibration, with_default_dataset
+from .fields import setting
+from .loading import load_model, load_model_config
+from .methods import MethodPlan, build_method
+from .output_folder import check_output_dir, default_output_dir
+from .pipeline import Targets, capture_block_inputs, execution_order
 from .placement import format_size
+from .windows import WindowRunner, is_operation
+from .workflow.options import LoadOptions, SaveOptions
+from .workflow.setup import calibration_config, check_settings, prune_config
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("snows_hf")  # the dry run speaks as the run it plans
 
 
 @dataclass
@@ -109,13 +124,13 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3):]
 
 
-def empty_model(source: str, trust_remote_code: bool = False) -> Any:
-    """The model ``load_model`` would build, on the meta device: no weight is read."""
-    import transformers
-    from accelerate import init_empty_weights
+def empty_model(source: str, trust_remote_code: bool = False) -> nn.Module:
+    """The model ``load_model`` would build, on the meta device: no weight is read.
 
-    from .loading import load_model_config
-
+    Example:
+        >>> empty_model("google/vit-base-patch16-224").device  # doctest: +SKIP
+        device(type='meta')
+    """
     config, cls, _ = load_model_config(source, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=True):
         # eager attention: the SDPA mask path asks tensors for values (.all()), which meta ones have not
@@ -126,24 +141,19 @@ def empty_model(source: str, trust_remote_code: bool = False) -> Any:
     return model.eval()
 
 
-def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], calibration: str, num_samples: int) -> RunPlan:
+def plan_run(model: nn.Module, config: PruneConfig, example: dict[str, torch.Tensor], calibration: str, num_samples: int) -> RunPlan:
     """Trace ``model`` (on the meta device or not) on one example input and plan the run.
 
     Example:
         >>> plan = plan_run(model, PruneConfig(sparsity="2:4"), {"input_ids": ids[:1]}, "64 x 128 tokens", 64)  # doctest: +SKIP
         >>> print(plan.format())  # doctest: +SKIP
     """
-    from .adapters import find_block_list, weight_layout
-    from .blocks import run_block
-    from .pipeline import Targets, capture_block_inputs, execution_order
-    from .windows import WindowRunner
-
     blocks = find_block_list(model, config.block_path)
     targets = Targets(model, config, blocks)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = {k: v[:1].to(device) for k, v in example.items()}
     micro = math.ceil(num_samples / config.batch_size)
-    method = get_method(config.method)(config)
+    method = build_method(config)
     plan = RunPlan(
         model_type=getattr(model.config, "model_type", None), block_path=blocks.path, num_blocks=len(blocks),
         method=config.method.name, mask=method.mask_selector, sparsity=config.pattern.label, calibration=calibration,
@@ -175,12 +185,9 @@ def plan_run(model: nn.Module, config: Any, example: dict[str, torch.Tensor], ca
     return plan
 
 
-def _blocks_bytes(blocks: Any, index: int, last: int, call: Any) -> int:
+def _blocks_bytes(blocks: BlockList, index: int, last: int, call: BlockCall) -> int:
     """Bytes of every operation's output in blocks ``index..last`` for one sample: what
     the graph of a window reaching block ``last`` holds, at most."""
-    from .blocks import run_block, tracked_hooks
-    from .windows import is_operation
-
     sizes: list[int] = []
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -195,3 +202,47 @@ def _blocks_bytes(blocks: Any, index: int, last: int, call: Any) -> int:
             hidden = run_block(blocks.modules[b], call)
             call = blocks.next_call(blocks.modules[b], call, hidden)
     return sum(sizes)
+
+
+def plan(model: str | os.PathLike, config: PruneConfig | Mapping[str, Any], data: Any = None, *,
+         save: SaveOptions = SaveOptions(), load: LoadOptions = LoadOptions()) -> RunPlan:
+    """What :func:`~snows_hf.workflow.run` would do (blocks, modules, shapes, windows,
+    calibration, HVPs, memory, where it saves), traced without weights on the meta device
+    when the family's code allows, else on the loaded weights. Settings and an output
+    folder that ``run`` would refuse are refused here too. Writes nothing.
+
+    Example:
+        >>> found = plan("google/vit-base-patch16-224", {"sparsity": "2:4"})  # doctest: +SKIP
+        >>> print(found.format()); found.output_dir  # doctest: +SKIP
+        'vit-base-patch16-224-pruned-2of4'
+    """
+    config, cal_cfg = prune_config(config), calibration_config(data)
+    check_settings(config, save.save_format)
+    model_id = os.fspath(model)
+    output_dir = os.fspath(save.output_dir) if save.output_dir is not None else default_output_dir(model_id, config.sparsity)
+    check_output_dir(output_dir, save.overwrite, keep=[model_id])
+    model = empty_model(model_id, trust_remote_code=load.trust_remote_code)
+    check_seq_len(cal_cfg, model)
+    example = random_calibration(model, dataclasses.replace(cal_cfg, num_samples=1, dataset=RANDOM))
+    cal_cfg = with_default_dataset(cal_cfg, model)
+    source = (f"of random inputs ({setting('dataset', RANDOM)})" if cal_cfg.dataset == RANDOM
+              else f"of {dataset_label(cal_cfg.dataset)}")
+    ids = example.get("input_ids")
+    size = f"{cal_cfg.num_samples} images" if ids is None else f"{cal_cfg.num_samples} x {ids.shape[1]} tokens"
+    # Some mask code asks an all-ones attention mask for its values, which meta tensors
+    # cannot give: without one it is all ones anyway. Only then are the weights read.
+    bare = {k: v for k, v in example.items() if k != "attention_mask"}
+    for inputs in (example, bare) if len(bare) < len(example) else (example,):
+        try:
+            found = plan_run(model, config, inputs, f"{size} {source}", cal_cfg.num_samples)
+            break
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc).lower():
+                raise
+            reason = " ".join(str(exc).split())
+    else:
+        logger.info("this model's code needs values to run (%s): tracing on its weights", reason)
+        model, _ = load_model(model_id, trust_remote_code=load.trust_remote_code, allow_pickle=load.allow_pickle)
+        found = plan_run(model, config, example, f"{size} {source}", cal_cfg.num_samples)
+    found.output_dir = output_dir
+    return found

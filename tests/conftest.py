@@ -6,7 +6,10 @@ Every test runs inside its own temporary folder so nothing is left in the reposi
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,6 +21,20 @@ import transformers  # noqa: E402,F401 - its stderr handler is made now, on the 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 VOCAB = 128
+
+
+def patch_everywhere(monkeypatch, module, name: str, replacement) -> None:
+    """Replace ``module.name`` for the test, in ``module`` and in every snows_hf module that
+    imported it by name (``from .loading import load_model`` binds it there too), so a stub
+    takes effect wherever the library calls it from."""
+    import snows_hf
+
+    for info in pkgutil.walk_packages(snows_hf.__path__, "snows_hf."):
+        importlib.import_module(info.name)
+    original = getattr(module, name)
+    for found in list(sys.modules.values()):
+        if getattr(found, "__name__", "").startswith("snows_hf") and vars(found).get(name) is original:
+            monkeypatch.setattr(found, name, replacement)
 
 
 @pytest.fixture(autouse=True)

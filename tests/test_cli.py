@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import patch_everywhere
+
 from snows_hf.cli import main
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 
@@ -127,7 +129,7 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
         raise OSError(28, "No space left on device")
 
     original = snows_hf.card.write_card
-    monkeypatch.setattr(snows_hf.card, "write_card", card_fails)
+    patch_everywhere(monkeypatch, snows_hf.card, "write_card", card_fails)
     args = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--method", "mask-only", "--mask", "magnitude", "--output-dir", "out", "--overwrite",
             "--quiet"]
     assert main(args) == 1
@@ -136,7 +138,7 @@ def test_a_save_failing_halfway_leaves_the_old_output_and_no_temporary_folder(vi
     assert {p.name: p.read_bytes() for p in Path("out").iterdir()} == old
     # no .out.tmp-* folder; the pruned blocks wait in the checkpoint, so nothing is computed twice
     assert sorted(p.name for p in Path(".").iterdir()) == [".out.snows-hf-checkpoint", "out", "tiny-vit"]
-    monkeypatch.setattr(snows_hf.card, "write_card", original)
+    patch_everywhere(monkeypatch, snows_hf.card, "write_card", original)
     assert main(args + ["--resume"]) == 0
     assert Path("out/model.safetensors").exists() and Path("out/report.json").read_bytes() != old["report.json"]
     assert sorted(p.name for p in Path(".").iterdir()) == ["out", "tiny-vit"]
@@ -158,9 +160,9 @@ def test_images_of_any_mode_or_size_are_converted_not_refused(vit_dir, mode, siz
 
 
 def test_a_read_only_output_place_is_refused_before_loading(vit_dir, monkeypatch, capsys):
-    import snows_hf.export
+    import snows_hf.output_folder
 
-    monkeypatch.setattr(snows_hf.export.os, "access", lambda path, mode: False)  # as root, nothing is read-only
+    monkeypatch.setattr(snows_hf.output_folder.os, "access", lambda path, mode: False)  # as root, nothing is read-only
     assert main(["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:4", "--output-dir", "ro/out", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "is not writable; choose another --output-dir" in err and err.count("\n") == 1

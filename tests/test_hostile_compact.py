@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_llama, tiny_vit
+from conftest import VOCAB, patch_everywhere, tiny_llama, tiny_vit
 from safetensors.torch import load_file, save_file
 
 import snows_hf
@@ -206,7 +206,7 @@ def test_cli_refuses_compact_2_of_32_before_loading(vit_dir, tmp_path, capsys, m
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(snows_hf.loading, "load_model", no_load)
+    patch_everywhere(monkeypatch, snows_hf.loading, "load_model", no_load)
     before = _listing(tmp_path)
     argv = ["prune", str(vit_dir), "--dataset", "random", "--sparsity", "2:32", "--method", "mask-only", "--mask", "magnitude",
             "--save-format", "compact", "--no-eval", "--output-dir", "out", "--quiet"]

@@ -214,8 +214,8 @@ def sharded_hub(tmp_path):
 # its real value the 60,000 rows here are less than the bound allows.
 _EVAL = """
 import sys
-import snows_hf.workflow
-snows_hf.workflow.EVAL_SKIP_SAMPLES = {bound}
+import snows_hf.workflow.evaluating
+snows_hf.workflow.evaluating.EVAL_SKIP_SAMPLES = {bound}
 from snows_hf.cli import main
 sys.exit(main({argv!r}))
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import patch_everywhere
 from safetensors.torch import load_file, save_file
 
 import snows_hf.loading
@@ -63,7 +64,7 @@ def no_loading(monkeypatch):
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr(snows_hf.loading, "load_model", load_model)
+    patch_everywhere(monkeypatch, snows_hf.loading, "load_model", load_model)
 
 
 def _fake_output(folder, extra=()):
@@ -217,13 +218,13 @@ def test_output_folders_honour_the_umask(vit_dir, umask):
 
 KILLED_SAVE = """
 import os, signal, sys
-import snows_hf.export as export
-from snows_hf.export import atomic_output_dir
+import snows_hf.output_claim as claim
+from snows_hf.output_claim import atomic_output_dir
 
 if sys.argv[1] == "old":  # killed while removing the replaced folder
-    export.shutil.rmtree = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    claim.shutil.rmtree = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 else:  # keeps the first one's leftover, for the next run to find both
-    export.remove_stale_temporaries = lambda out: []
+    claim.remove_stale_temporaries = lambda out: []
 with atomic_output_dir("out", overwrite=True) as tmp:
     (tmp / "report.json").write_text('{"snows_hf_files": ["report.json"]}')
     if sys.argv[1] == "tmp":  # killed halfway through writing the new folder
@@ -248,7 +249,7 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run_only(vit_dir):
 
 HOLD_LOCK = """
 import time
-from snows_hf.export import claim_output
+from snows_hf.output_claim import claim_output
 
 with claim_output("out"):
     print("locked", flush=True)

@@ -30,7 +30,8 @@ from snows_hf.harness import TaskSettings
 from snows_hf.hub import push_folder
 from snows_hf.methods import METHODS
 from snows_hf.recipe import load_recipe, load_recipe_tasks
-from snows_hf.workflow import evaluate, run
+from snows_hf.workflow import EvalOptions, PushOptions, evaluate, run
+from snows_hf.workflow.options import EVALUATE_KEYWORDS, GROUPS, RUN_KEYWORDS
 
 # Which section of a recipe holds each settings class, with what else it needs.
 SECTIONS = {"prune": PruneConfig, "data": CalibrationConfig, "evaluation": TaskSettings}
@@ -62,7 +63,11 @@ def _fits(value: typing.Any, part: typing.Any) -> bool:
 def _hostile(owner: typing.Any, name: str, metadata: typing.Mapping) -> list:
     """Values the declaration of ``name`` refuses: None and other types it does not take,
     non-finite numbers, values past its bounds, a value outside its choices."""
-    parts = _parts(owner, name)
+    return _hostile_values(_parts(owner, name), metadata)
+
+
+def _hostile_values(parts: tuple, metadata: typing.Mapping) -> list:
+    """Values that types ``parts`` with rules ``metadata`` refuse (see :func:`_hostile`)."""
     values = [v for v in POOL if not any(_fits(v, part) for part in parts)]
     if float in parts:
         values += [NAN, INF, -INF]
@@ -152,7 +157,8 @@ def test_the_python_entry_points_name_the_field(where, name, value):
         _refused(lambda: run("no-model", {"sparsity": "2:4"}, {name: value}), name)
         _refused(lambda: evaluate("no-model", {name: value}), name)
     else:
-        _refused(lambda: run("no-model", {"sparsity": "2:4"}, tasks={name: value}), name)
+        _refused(lambda: EvalOptions(tasks={name: value}), name)
+        _refused(lambda: run("no-model", {"sparsity": "2:4"}, tasks={name: value}), name)  # the old spelling
         _refused(lambda: evaluate("no-model", tasks={name: value}), name)
 
 
@@ -216,8 +222,17 @@ def _argument_rows() -> list:
                 continue
             for value in _hostile(func, name, {}):
                 rows.append(pytest.param(label, name, value, id=f"{label}.{name}={value!r}"))
-    rows += [pytest.param("run", "eval_batch_size", 0, id="run.eval_batch_size=0"),
-             pytest.param("evaluate", "batch_size", 0, id="evaluate.batch_size=0"),
+    # the keywords run and evaluate took before their option groups, refused by their own names
+    for label, table in (("run", RUN_KEYWORDS), ("evaluate", EVALUATE_KEYWORDS)):
+        for name, (group, field, *own) in table.items():
+            cls = GROUPS[group]
+            parts = own[0] if own else _parts(cls, field)
+            if not all(part in CHECKED for part in parts):
+                continue
+            metadata = {f.name: f for f in dataclasses.fields(cls)}[field].metadata
+            for value in _hostile_values(parts, metadata):
+                rows.append(pytest.param(label, name, value, id=f"{label}.{name}={value!r}"))
+    rows += [pytest.param("run", "save", "3", id="run.save='3'"),
              pytest.param("as_batches", "batch_size", 0, id="as_batches.batch_size=0"),
              pytest.param("push_folder", "retries", -1, id="push_folder.retries=-1"),
              pytest.param("push_folder", "backoff", -1.0, id="push_folder.backoff=-1.0")]
@@ -229,8 +244,10 @@ ARGUMENT_ROWS = _argument_rows()
 
 def test_the_argument_table_covers_the_entry_points():
     ids = {row.id for row in ARGUMENT_ROWS}
-    for expected in ("run.overwrite='3'", "run.save=None", "run.eval_batch_size=2.5", "evaluate.batch_size=None",
-                     "evaluate.sparse_inference=3", "prune_.progress=None", "run.save_format=3"):
+    for expected in ("run.overwrite='3'", "run.save='3'", "run.eval_batch_size=2.5", "run.eval_batch_size=0",
+                     "evaluate.batch_size=None", "evaluate.batch_size=0", "evaluate.sparse_inference=3",
+                     "prune_.progress=None", "run.save_format=3", "run.save_format='nope'", "run.push_to_hub=3",
+                     "run.evaluate=None", "evaluate.allow_pickle='3'"):
         assert expected in ids, expected
 
 
@@ -238,6 +255,34 @@ def test_the_argument_table_covers_the_entry_points():
 def test_an_entry_points_arguments_are_named(label, name, value):
     _, call = ENTRY_POINTS[label]
     _refused(lambda: call(**{name: value}), name)
+
+
+def _group_rows() -> list:
+    """Each field of each option group, fed what its declaration does not take."""
+    rows = []
+    for cls in GROUPS.values():
+        for f in dataclasses.fields(cls):
+            if all(part in CHECKED for part in _parts(cls, f.name)):
+                rows += [pytest.param(cls, f.name, value, id=f"{cls.__name__}.{f.name}={value!r}")
+                         for value in _hostile(cls, f.name, f.metadata)]
+    return rows
+
+
+GROUP_ROWS = _group_rows()
+
+
+def test_the_group_table_covers_every_group():
+    ids = {row.id for row in GROUP_ROWS}
+    for expected in ("SaveOptions.overwrite=None", "SaveOptions.save_format='nope'", "PushOptions.repo_id=None",
+                     "PushOptions.token=3", "LoadOptions.trust_remote_code='3'", "EvalOptions.batch_size=0",
+                     "EvalOptions.held_out=None"):
+        assert expected in ids, expected
+
+
+@pytest.mark.parametrize("cls, name, value", GROUP_ROWS)
+def test_an_option_groups_fields_are_named(cls, name, value):
+    required = {"repo_id": "me/repo"} if cls is PushOptions else {}
+    _refused(lambda: cls(**(required | {name: value})), name)
 
 
 @pytest.mark.parametrize("call, name", [

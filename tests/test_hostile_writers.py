@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import patch_everywhere
 from test_hostile_outputs import ENV, FAST, _refused, _tree
 
 import snows_hf
@@ -94,7 +95,7 @@ def test_a_convert_into_the_output_of_a_running_prune_is_refused(source, vit_dir
 
 HOLD = """
 import time
-from snows_hf.export import claim_output
+from snows_hf.output_claim import claim_output
 
 with claim_output("out"):
     print("held", flush=True)
@@ -157,7 +158,7 @@ def _during_the_save(monkeypatch, event):
         original(*args, **kwargs)
         event()
 
-    monkeypatch.setattr(snows_hf.card, "write_card", write_card)
+    patch_everywhere(monkeypatch, snows_hf.card, "write_card", write_card)
 
 
 WRITERS = [
@@ -262,7 +263,7 @@ def test_a_failed_save_advises_a_resume_only_where_it_can_get_further(error, adv
     def write_card(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(snows_hf.card, "write_card", write_card)
+    patch_everywhere(monkeypatch, snows_hf.card, "write_card", write_card)
     assert main(["prune", str(vit_dir), "--output-dir", "out", *PRUNE]) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("snows-hf: error:")]

@@ -80,7 +80,8 @@ def test_dry_run_plan_lists_modules_windows_and_bounds(llama_dir, tmp_path, caps
 
 
 def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama_dir, tmp_path):
-    from snows_hf.workflow import plan
+    from snows_hf import SaveOptions
+    from snows_hf.plan import plan
 
     os.chdir(tmp_path)
     Path("full").mkdir()
@@ -88,11 +89,11 @@ def test_plan_says_where_the_run_would_save_and_refuses_what_the_run_would(llama
     before = _tree(tmp_path)
     found = plan(llama_dir, {"sparsity": "2:4", "method": "mask-only", "mask": "magnitude"}, "random")
     assert found.output_dir == "tiny-llama-pruned-2of4" and found.traced_on == "meta" and found.method == "mask-only"
-    assert plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir=Path("elsewhere")).output_dir == "elsewhere"
+    assert plan(llama_dir, {"sparsity": "2:4"}, "random", save=SaveOptions(Path("elsewhere"))).output_dir == "elsewhere"
     with pytest.raises(ValueError, match="full holds files snows-hf did not write"):
-        plan(llama_dir, {"sparsity": "2:4"}, "random", output_dir="full")
+        plan(llama_dir, {"sparsity": "2:4"}, "random", save=SaveOptions("full"))
     with pytest.raises(ValueError, match="the compact format codes groups of at most 16"):
-        plan(llama_dir, {"sparsity": "2:32"}, "random", save_format="compact")
+        plan(llama_dir, {"sparsity": "2:32"}, "random", save=SaveOptions(save_format="compact"))
     assert _tree(tmp_path) == before
 
 

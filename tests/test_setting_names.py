@@ -13,7 +13,7 @@ import pytest
 import snows_hf
 from snows_hf.cli import build_parser, main
 from snows_hf.cli_options import flag_spelling
-from snows_hf.export import FILES_KEY
+from snows_hf.output_folder import FILES_KEY
 from snows_hf.fields import UNSET, SettingError, setting, spelled
 
 PACKAGE = Path(snows_hf.__file__).parent
@@ -65,7 +65,7 @@ def test_every_setting_a_message_names_is_an_option_of_the_command_line():
     assert {"output_dir", "overwrite", "resume", "num_samples", "batch_size", "sparsity"} <= named  # the scan works
     spell = flag_spelling(build_parser())
     # arguments of snows_hf.run that the command line never passes, and a recipe's version
-    python_only = {"save", "eval_batch_size", "config", "data", "config_version"}
+    python_only = {"save", "eval_batch_size", "held_out", "config", "data", "config_version"}
     unspelled = sorted(n for n in named - python_only if spell(n, UNSET) == n)
     assert unspelled == []
     prune = flag_spelling(build_parser(), "prune")

@@ -2,16 +2,18 @@
 folder, a loaded model or a Hub id, and pushed to the loopback Hub; evaluate and convert."""
 
 import json
+import warnings
 
 import pytest
 import torch
-from conftest import tiny_llama, tiny_tokenizer
+from conftest import patch_everywhere, tiny_llama, tiny_tokenizer
 from hub_server import TOKEN
 
 import snows_hf
 from snows_hf.data import CalibrationConfig
 from snows_hf.config import PruneConfig
-from snows_hf.workflow import convert, evaluate
+from snows_hf.workflow import EvalOptions, LoadOptions, PushOptions, SaveOptions, convert, evaluate
+from snows_hf.workflow.options import run_options
 
 
 def _lines(rows=80):
@@ -179,9 +181,9 @@ def _sha256(path):
 
 
 def test_run_without_saving_writes_nothing_and_its_save_writes_what_a_saving_run_writes(llama_dir, tmp_path):
-    saved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), output_dir=tmp_path / "saved", progress=False)
+    saved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), save=SaveOptions(tmp_path / "saved"), progress=False)
     before = sorted(p.name for p in tmp_path.iterdir())
-    unsaved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), save=False, progress=False)
+    unsaved = snows_hf.run(str(llama_dir), MAGNITUDE, _data(tmp_path), save=None, progress=False)
 
     assert unsaved.output_dir is None and sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no checkpoint
     assert unsaved.evaluation == saved.evaluation and unsaved.report.sparsity == pytest.approx(0.5)
@@ -211,7 +213,7 @@ def test_run_evaluates_in_batches_of_eval_batch_size_and_refuses_none(tmp_path, 
 
     sizes = []
     outputs = snows_hf.evaluation.model_outputs
-    monkeypatch.setattr(snows_hf.evaluation, "model_outputs",
+    patch_everywhere(monkeypatch, snows_hf.evaluation, "model_outputs",
                         lambda model, eval_set, batch_size: sizes.append(batch_size) or outputs(model, eval_set, batch_size))
     snows_hf.run(tiny_llama(), MAGNITUDE, _data(tmp_path), processor=tiny_tokenizer(), save=False, eval_batch_size=3,
                  progress=False)
@@ -220,3 +222,105 @@ def test_run_evaluates_in_batches_of_eval_batch_size_and_refuses_none(tmp_path, 
     with pytest.raises(snows_hf.SettingError, match="eval_batch_size must be at least 1, got 0"):
         snows_hf.run(tiny_llama(), MAGNITUDE, {"dataset": "random", "num_samples": 4, "seq_len": 8}, save=False,
                      eval_batch_size=0, progress=False)
+
+
+def test_the_old_keywords_and_the_option_groups_write_the_same_folder(llama_dir, tmp_path):
+    data = _data(tmp_path)
+    with pytest.warns(FutureWarning):
+        old = snows_hf.run(str(llama_dir), MAGNITUDE, data, output_dir=tmp_path / "old", processor=str(llama_dir),
+                           eval_batch_size=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the groups are the current spelling: no warning
+        new = snows_hf.run(str(llama_dir), MAGNITUDE, data, save=SaveOptions(tmp_path / "new"),
+                           load=LoadOptions(processor=str(llama_dir)), evaluation=EvalOptions(batch_size=3),
+                           progress=False)
+    for name in ("model.safetensors", "recipe.yaml", "config.json"):
+        assert (old.output_dir / name).read_bytes() == (new.output_dir / name).read_bytes(), name
+    payload, again = (json.loads((r.output_dir / "report.json").read_text()) for r in (old, new))
+    untimed = [[{k: v for k, v in layer.items() if k != "seconds"} for layer in run["layers"]] for run in (payload, again)]
+    assert untimed[0] == untimed[1] and payload["evaluation"] == again["evaluation"]
+    assert isinstance(new.config, PruneConfig) and new.calibration.seq_len == 16
+
+
+def test_the_old_keywords_are_mapped_into_the_groups():
+    with pytest.warns(FutureWarning):
+        save, load, evaluation = run_options(True, LoadOptions(), EvalOptions(), {
+            "output_dir": "out", "save_format": "compact", "overwrite": True, "resume": True, "push_to_hub": "me/m",
+            "private": True, "token": "hf_secret", "processor": "tok", "trust_remote_code": True, "allow_pickle": True,
+            "evaluate": False, "eval_batch_size": 2, "tasks": "piqa"})
+    assert save == SaveOptions("out", "compact", overwrite=True, resume=True,
+                               push_to_hub=PushOptions("me/m", private=True, token="hf_secret"))
+    assert load == LoadOptions("tok", trust_remote_code=True, allow_pickle=True)
+    assert (evaluation.held_out, evaluation.batch_size, evaluation.tasks.tasks) == (False, 2, ["piqa"])
+    # a flat keyword goes on top of the group it belongs to; private and token without a repo push nothing
+    with pytest.warns(FutureWarning):
+        save, _, _ = run_options(SaveOptions("out", push_to_hub=PushOptions("me/m")), LoadOptions(), EvalOptions(),
+                                 {"overwrite": True, "private": True})
+    assert save == SaveOptions("out", overwrite=True, push_to_hub=PushOptions("me/m", private=True))
+    with pytest.warns(FutureWarning):
+        assert run_options(SaveOptions(), LoadOptions(), EvalOptions(), {"private": True})[0] == SaveOptions()
+
+
+@pytest.mark.parametrize("call, message", [
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, "random", output_dir="out", overwrite=True,
+                                      evaluate=False, eval_batch_size=2, push_to_hub="me/m"),
+                 "snows_hf.run: output_dir=, overwrite=, evaluate=, eval_batch_size=, push_to_hub= are deprecated; "
+                 "write save=SaveOptions(output_dir=..., overwrite=..., push_to_hub=PushOptions(repo_id=...)), "
+                 "evaluation=EvalOptions(held_out=..., batch_size=...)", id="run"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, "random", save=False, processor="tok"),
+                 "snows_hf.run: processor=, save=False are deprecated; write save=None, "
+                 "load=LoadOptions(processor=...)", id="run-unsaved"),
+    pytest.param(lambda: evaluate("no-model", "random", batch_size=2, trust_remote_code=False),
+                 "snows_hf.evaluate: batch_size=, trust_remote_code= are deprecated; write "
+                 "evaluation=EvalOptions(batch_size=...), load=LoadOptions(trust_remote_code=...)", id="evaluate"),
+])
+def test_the_old_keywords_warn_once_naming_the_new_spelling(call, message, tmp_path):
+    with pytest.warns(FutureWarning) as caught, pytest.raises(Exception):  # no-model: the run stops at loading
+        call()
+    lines = [str(w.message) for w in caught if w.category is FutureWarning]
+    assert lines == [message]
+    assert caught[0].filename == __file__  # it points at the caller's line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("call, field, message", [
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, save=None, output_dir="out"), "output_dir",
+                 "output_dir='out' only matters when saving, and a run with save=None saves nothing; leave it out, "
+                 "and pass it to result.save(...)", id="unsaved-output-dir"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, save=None, resume=True), "resume",
+                 "resume=True continues the checkpoint that a saving run keeps beside its output; a run with "
+                 "save=None keeps none; leave out resume=True or save=None", id="unsaved-resume"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, save=None, push_to_hub="me/m"), "push_to_hub",
+                 "push_to_hub='me/m' only matters when saving, and a run with save=None saves nothing; leave it out, "
+                 "and push the folder result.save(...) writes", id="unsaved-push"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, save=SaveOptions(save_format="zip")), "save_format",
+                 "save_format must be dense or compact, got 'zip'", id="save-format"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, save=SaveOptions(push_to_hub="me/m")), "push_to_hub",
+                 "push_to_hub must be a PushOptions or None, got 'me/m'", id="push-as-text"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, load={"processor": "tok"}), "load",
+                 "load must be a LoadOptions, got {'processor': 'tok'}", id="load-as-dict"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, evaluation=EvalOptions(batch_size=0)), "batch_size",
+                 "batch_size must be at least 1, got 0", id="eval-batch-size"),
+    pytest.param(lambda: evaluate("no-model", evaluation=EvalOptions(held_out=False)), "held_out",
+                 "held_out=False leaves nothing to evaluate without lm-eval tasks; name tasks with tasks or leave out "
+                 "held_out=False", id="evaluate-nothing"),
+])
+def test_a_combination_the_groups_cannot_hold_is_one_clear_error(call, field, message, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(snows_hf.SettingError) as err:
+            call()
+    assert (str(err.value), err.value.field) == (message, field)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_push_token_is_not_shown():
+    push = PushOptions("me/m", token="hf_secret")
+    assert "hf_secret" not in repr(push) and "hf_secret" not in repr(SaveOptions(push_to_hub=push))
+    with pytest.raises(AttributeError):  # frozen: a group is what it was checked as
+        push.repo_id = 3
+
+
+def test_an_unknown_keyword_is_pythons_own_error():
+    with pytest.raises(TypeError, match="run\\(\\) got an unexpected keyword argument 'outptu_dir'"):
+        snows_hf.run("no-model", MAGNITUDE, outptu_dir="out")

@@ -26,7 +26,7 @@ MARKER = re.compile(r"^<!-- reference:([a-z-]+) -->$", re.MULTILINE)
 #: Public names outside ``snows_hf.__all__`` that the API reference documents: the verbs
 #: and extension points a user reaches through a submodule.
 MORE_API = {
-    "Workflow": ["snows_hf.workflow.convert", "snows_hf.workflow.EvalResult", "snows_hf.hub.push_folder",
+    "Workflow": ["snows_hf.export.convert", "snows_hf.plan.plan", "snows_hf.workflow.EvalResult", "snows_hf.hub.push_folder",
                  "snows_hf.hub.PushError"],
     "Extension points": ["snows_hf.adapters.register_adapter", "snows_hf.adapters.Adapter",
                          "snows_hf.masks.register_selector", "snows_hf.methods.register_method",
