@@ -108,9 +108,9 @@ LAYERS = [
     {"methods", "config", "data", "report", "checkpoint", "compact_format", "compact_hook", "harness",
      "sparse_inference", "recipe", "inspection"},
     # the block loop and what is made of its result
-    {"pipeline", "targets", "oneshot", "plan", "card", "export", "hub"},
+    {"pipeline", "targets", "oneshot", "card", "export", "output_folder", "output_claim", "hub"},
     # the verbs: a whole run, the command line, the demo, the package's own top and earlier module names
-    {"workflow", "cli", "cli_options", "demo", "__main__", "", "api", "tasks"},
+    {"workflow", "plan", "cli", "cli_options", "demo", "__main__", "", "api", "tasks"},
 ]
 
 
