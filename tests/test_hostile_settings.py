@@ -22,7 +22,6 @@ import torch
 import yaml
 from torch import nn
 
-import snows_hf
 from snows_hf import CalibrationConfig, PruneConfig, SettingError
 from snows_hf.oneshot import as_batches, prune_
 from snows_hf.cli import main

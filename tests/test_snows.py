@@ -317,7 +317,7 @@ def test_snows_fast_is_snows_with_at_most_two_cg_iterations_and_says_so():
     a record only, is not computed."""
     fast_model, slow_model = tiny_llama(), tiny_llama()
     fast = snows_hf.prune_(fast_model, _snows(method="snows-fast", diagnostics=False), _inputs("llama"))
-    same = snows_hf.prune_(slow_model, _snows(cg_iters=2, newton_steps=1, diagnostics=False), _inputs("llama"))
+    snows_hf.prune_(slow_model, _snows(cg_iters=2, newton_steps=1, diagnostics=False), _inputs("llama"))
     assert (fast.config["method"], fast.config["cg_iters"], fast.config["newton_steps"]) == ("snows-fast", 2, 1)
     assert all(max(layer.metrics["cg_iterations"], default=0) <= 2 for layer in fast.layers)
     for name, _ in fast_model.named_parameters():

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--compare", help="an earlier --out file: print every difference, exit 1 if any")
+    parser.add_argument("--flags", default="", metavar="'FLAGS'",
+                        help="more flags for every SNOWS run, one string (pin a checkout to an earlier version's defaults)")
+    parser.add_argument("--shared-keys", action="store_true",
+                        help="compare per-layer records on the keys both files hold, and tensors; not recipe texts")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     results = {}
@@ -87,6 +92,8 @@ def main() -> None:
             out = Path(tmp) / name
             command = [sys.executable, "-m", "snows_hf", "prune", str(models[model]), "--dataset", "random",
                        "--num-samples", "16", "--batch-size", "4", "--output-dir", str(out), "--quiet", *extra]
+            if "snows" in name:
+                command += shlex.split(args.flags)
             done = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{name}: exit {done.returncode}\n{done.stderr}")
@@ -95,6 +102,16 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
     if args.compare:
         before = json.loads(Path(args.compare).read_text())
+        if args.shared_keys:
+            for runs in (before, results):
+                for run in runs.values():
+                    run.pop("recipe", None)
+            for name in set(before) & set(results):
+                for old, new in zip(before[name]["layers"], results[name]["layers"]):
+                    for record in (old, new):
+                        metrics = record.get("metrics", {})
+                        for key in set(old.get("metrics", {})) ^ set(new.get("metrics", {})):
+                            metrics.pop(key, None)
         differences = [f"{name}.{part}" for name in sorted(set(before) | set(results))
                        for part in ("tensors", "recipe", "layers")
                        if before.get(name, {}).get(part) != results.get(name, {}).get(part)]
