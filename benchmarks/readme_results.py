@@ -60,7 +60,10 @@ FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json"
 
 
 OLD_BUDGET = "2 x 5"  #: SNOWS's Newton steps x CG iterations before config_version 4
-DEFAULT_BUDGET = f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"  #: and since
+DEFAULT_BUDGET = f"{SnowsConfig().newton_steps} x {SnowsConfig().cg_iters}"  #: and since, at most
+#: the default budget in words: a cap, and the rule that spends it
+DEFAULT_BUDGET_TEXT = (f"at most {DEFAULT_BUDGET}, a further Newton step only while the last lowered the held-out "
+                       f"window loss by more than {SnowsConfig().newton_tol:.0%}")
 RESAMPLES, SEED, LEVEL = 2000, 0, 0.95
 NO_DATA = "no per-sample data: rerun the benchmark"
 
@@ -394,7 +397,7 @@ def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict]
     if vit:
         budget = budget_of(vit)
         lines.append(f"- ViT-L/16 at real shapes on CPU at most a third of the seconds per block of the {OLD_BUDGET} budget: "
-                     + (f"**not yet measured at the default budget** ({DEFAULT_BUDGET}); the file holds {budget}"
+                     + (f"**not yet measured at the default budget** ({DEFAULT_BUDGET_TEXT}); the file holds {budget}"
                         if budget != DEFAULT_BUDGET else
                         f"{sum(vit['block_seconds'].values()) / len(vit['block_seconds']):.1f} s per block at "
                         f"{DEFAULT_BUDGET}: **no verdict** (it needs the {OLD_BUDGET} budget timed in the same run)"))
@@ -496,7 +499,7 @@ def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[s
     lines += ["", "The knee of each frontier is the budget farthest below the straight line from SparseGPT to the "
               "costliest budget (time and perplexity scaled to that span; each budget from the latest run that "
               "measured it): past it, more time buys less than the average rate. " + "; ".join(knees) +
-              f". The default budget is {DEFAULT_BUDGET} (`--method snows`); `--method snows-fast` is the cheaper "
+              f". The default budget is {DEFAULT_BUDGET_TEXT} (`--method snows`); `--method snows-fast` is the cheaper "
               "preset; `--newton-steps` and `--cg-iters` choose any other point."]
     return lines
 
@@ -640,18 +643,31 @@ ALTERNATIVES = {
     "snows-k3-2x5": "2 x 5", "snows-fast": "snows-fast", "snows-block": "per block", "snows-lsq": "start: least squares",
     "snows-magnitude": "magnitude mask", "lsq-sparsegpt": "least squares alone (SparseGPT mask)",
     "lsq-magnitude": "least squares alone (magnitude mask)", "sparsegpt": "SparseGPT",
+    "snows-v4": "the defaults of version 4 (1 x 5, SparseGPT's update)", "snows-choose": "the default start, 1 step",
+    "snows-choose-tol": "the default start, up to 4 steps at 1%",
 }
 #: the regimes the default is checked in, per model: the light ones and the heavy ones
 REGIMES = {"vit": ("2:4", "50%", "90%", "95%"), "resnet": ("2:4", "50%", "90%", "95%"),
            "minilm": ("2:4", "50%", "70%"), "smollm2": ("2:4", "50%", "70%")}
 
 
+#: the SNOWS options today's defaults are judged by: a row ran at the defaults when it holds these
+DEFAULT_KEYS = ("init", "alternative_mask", "newton_steps", "newton_tol", "cg_iters", "k_step", "refit_unit")
+
+
+def at_defaults(row: dict) -> bool:
+    """Whether a SNOWS row ran with today's defaults (its recorded settings say so)."""
+    config, today = row.get("config") or {}, SnowsConfig()
+    return row["method"] == "snows-k3" and all(config.get(k) == getattr(today, k) for k in DEFAULT_KEYS)
+
+
 def regime_cells(results: dict, spec: str) -> tuple[dict, list[tuple[str, float, tuple[float, float] | None]]] | None:
     """The default's row at ``spec`` and, for each alternative run there, how much better the
-    default scored (positive: better) with its 95% paired interval; ``None`` without a default row."""
+    default scored (positive: better) with its 95% paired interval; ``None`` without a row
+    at today's defaults."""
     rows = {(r["sparsity"], r["method"]): r for r in results["rows"]}
     mine = rows.get((spec, "snows-k3"))
-    if mine is None:
+    if mine is None or not at_defaults(mine):
         return None
     metric, sign = results["metric"], 1.0 if results["higher_is_better"] else -1.0
     cells = []
@@ -672,14 +688,14 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
              "95% paired interval | default no worse than all |", "|---|---|---|---|---|"]
     open_cases = []
     for model, specs in REGIMES.items():
-        results = quality.get(model)
+        results = load(f"quality_{model}_regimes.json") or quality.get(model)  # a run of its own, where there is one
         if not results:
             continue
         metric = results["metric"]
         for spec in specs:
             found = regime_cells(results, spec)
             if found is None:
-                lines.append(f"| {SHORT[model]} | {spec} | not yet measured | | |")
+                lines.append(f"| {SHORT[model]} | {spec} | not yet measured at today's defaults | | |")
                 continue
             mine, cells = found
             texts, verdicts = [], []
@@ -695,11 +711,13 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
             lines.append(f"| {SHORT[model]} | {spec} | {mine['scores'][metric]:.4f} | {'; '.join(texts)} | {held} |")
     if len(lines) == 2:
         return []
-    budget = DEFAULT_BUDGET
-    lines = [f"**The default in every regime.** SNOWS at its defaults ({budget}, `newton_tol` "
-             f"{SnowsConfig().newton_tol:g}, start `{SnowsConfig().init}`) against every other SNOWS setting "
+    lines = [f"**The default in every regime.** SNOWS at its defaults ({DEFAULT_BUDGET_TEXT}, start "
+             f"`{SnowsConfig().init}`: the lowest held-out window loss among SparseGPT's update and the least-squares "
+             f"fits on its mask and on the {SnowsConfig().alternative_mask} mask) against every other SNOWS setting "
              "listed here and the closed-form least-squares start alone, on the benchmark models at their light "
-             "and heavy sparsities (rows of `benchmarks/quality.py`):", ""] + lines
+             "and heavy sparsities (rows of `benchmarks/quality.py`; the ViT rows from a model retrained on this "
+             "machine, `quality_vit_regimes.json`, dense top-1 "
+             f"{(load('quality_vit_regimes.json') or {}).get('dense', {}).get('top-1', float('nan')):.4f}):", ""] + lines
     if open_cases:
         lines += ["", "Where the default loses by more than noise:", ""] + [f"- {c}" for c in open_cases]
     return lines
@@ -780,7 +798,7 @@ def budget_knee(budget: dict, base_seconds: float | None) -> list[str]:
     return ["", f"Among the rows that differ from the defaults only in Newton steps x CG iterations "
                 f"({', '.join(point(r)['budget'] for r in same)}), the knee of output error against time (the point "
                 f"farthest below the line from SparseGPT to the costliest of them, both scaled to that span) is "
-                f"{found['budget']}; the default is {DEFAULT_BUDGET}."]
+                f"{found['budget']}; the default is {DEFAULT_BUDGET_TEXT}."]
 
 
 def block_refit_table(block: dict, budget: dict | None) -> list[str]:
@@ -923,8 +941,10 @@ def summary_block() -> list[list[str]]:
     commands = ", ".join(f"`python benchmarks/quality.py --model {m}`" for m in quality)
     parts = [lines, [f"Each row from one run of {commands} on 2 CPU cores (seconds are that machine's, with other "
                      "work sharing it; compare them within a row). The SNOWS rows ran with the budget in the last "
-                     f"column; the default is now {DEFAULT_BUDGET}, which on whole SmolLM2 costs 15x SparseGPT's "
-                     "time (docs/results.md has every table, the time/quality frontier and the goals)."]]
+                     f"column. The defaults changed in config_version 5 (each module's start chosen by its held-out window loss, "
+                     f"{DEFAULT_BUDGET_TEXT}); these rows ran with earlier defaults, and whole SmolLM2 is not yet measured at the "
+                     "new ones (version 4's 1 x 5 cost 15x SparseGPT's time). docs/results.md has every table, the "
+                     "time/quality frontier, the goals and the new defaults against the others in each regime."]]
     losses = default_losses(quality, outside_noise=True)
     if losses:
         parts.append(["Where SNOWS K=3 scores worse than another method of the full tables by more than noise "

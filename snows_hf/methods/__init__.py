@@ -12,6 +12,8 @@ Example:
     1
 """
 
+from __future__ import annotations
+
 from typing import TYPE_CHECKING
 
 from ..statistics import InputStats, block_input_stats, has_input_features, input_features
