@@ -759,6 +759,37 @@ def more_calibration(model: str, spec: str, method: str, results: dict) -> str:
                    "cannot tell whether the calibration set's size explains it")
 
 
+def variant_label(row: dict) -> str:
+    """A solver-budget row's name as the table shows it: rows measured before config_version 5
+    called that version's budget (1 x 5 from SparseGPT's update) "the defaults".
+
+    Example:
+        >>> variant_label({"variant": "SNOWS, 1 x 5 PCG (the defaults)"})
+        'SNOWS, 1 x 5 PCG (the defaults of version 4)'
+    """
+    return row["variant"].replace("(the defaults)", "(the defaults of version 4)")
+
+
+def regime_sentence() -> list[str]:
+    """The README's sentence on the version-5 defaults against version 4's, from the regime rows."""
+    results = load("quality_vit_regimes.json")
+    if not results:
+        return ["not yet measured (`python benchmarks/quality.py --model vit --sparsity 95% 90% 2:4` measures it)"]
+    parts = []
+    for spec in ("95%", "90%", "2:4"):
+        found = regime_cells(results, spec)
+        old = next((r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, "snows-v4")), None)
+        if found is None or old is None:
+            continue
+        mine = found[0]["scores"]["top-1"]
+        worst = min(found[1], key=lambda cell: cell[1], default=None)
+        text = f"at {spec} top-1 {old['scores']['top-1']:.4f} with version 4's defaults, {mine:.4f} with these"
+        if worst is not None and worst[1] < 0:
+            text += f" ({ALTERNATIVES[worst[0]]} scores {-worst[1]:.4f} more)"
+        parts.append(text)
+    return ["on the Fashion-MNIST ViT (retrained here) " + "; ".join(parts) if parts else "not yet measured"]
+
+
 def budget_table(budget: dict) -> list[str]:
     lines = [
         f"**Solver budget** (SmolLM2-135M, first {budget['blocks']} blocks, {budget['sparsity']}, "
@@ -775,7 +806,7 @@ def budget_table(budget: dict) -> list[str]:
     for r in budget["rows"]:
         loss = "" if r["window_loss_vs_mask"] is None else f"{r['window_loss_vs_mask']:.4f}"
         times = "" if base is None else f"{r['seconds'] / base:.1f}"
-        lines.append(f"| {r['variant']} | {r['output_error']:.5f} | {loss} | {r['hessian_vector_products']} | "
+        lines.append(f"| {variant_label(r)} | {r['output_error']:.5f} | {loss} | {r['hessian_vector_products']} | "
                      f"{r['seconds']:.1f} | {times} |")
     return lines + budget_knee(budget, base)
 
@@ -815,7 +846,7 @@ def block_refit_table(block: dict, budget: dict | None) -> list[str]:
         "| variant | output error | HVPs | seconds |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['variant']} | {r['output_error']:.5f} | {r['hessian_vector_products']} | {r['seconds']:.1f} |"
+    lines += [f"| {variant_label(r)} | {r['output_error']:.5f} | {r['hessian_vector_products']} | {r['seconds']:.1f} |"
               for r in block["rows"]]
     base = lambda b: next((r for r in b["rows"] if r["config"].get("method") in MASK_ONLY), None)  # noqa: E731
     here, there = base(block), base(budget) if budget else None
@@ -1022,7 +1053,7 @@ BLOCKS = {  #: marker name -> its parts
     "results": results_block,
     "measurements": readme_measurements.render,
 }
-INLINE = {"stream_order": readme_prose.stream_order}  #: marker name -> its sentence, inside a paragraph
+INLINE = {"stream_order": readme_prose.stream_order, "regimes": regime_sentence}  #: marker name -> its sentence, inside a paragraph
 
 
 def pages(root: Path = ROOT) -> list[Path]:
