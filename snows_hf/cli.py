@@ -17,10 +17,19 @@ from .cli_options import (Choices, Parser, add_allow_pickle, add_common, add_dat
                           flag_taken)
 from .config import PruneConfig
 from .console import log_to_console, other_libraries_to_log, output_closed, sigterm_as_interrupt
-from .demo import DemoSettings
+from .data import CalibrationConfig
+from .demo import DemoSettings, format_table, run_demo
+from .export import convert
 from .fields import spelled
+from .harness import TaskSettings
+from .hub import push_folder
+from .inspection import inspect_folder
 from .masks import SELECTORS
 from .methods import METHOD_ALIASES, METHODS
+from .plan import plan
+from .recipe import bundled_recipes, load_recipe, load_recipe_tasks, recipe_summary, resolve_recipe, resolve_settings
+from .report import dumps_json
+from .workflow import EvalOptions, LoadOptions, SaveOptions, evaluate, push_saved, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,8 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _task_settings(args: argparse.Namespace) -> Any:
     """The lm-eval tasks of a command: its recipe's (``prune --recipe``; registered names
     only), with the flags on top (``--tasks`` may name task files: the user's own choice)."""
-    from .harness import TaskSettings
-    from .recipe import load_recipe_tasks
 
     flags = _split_fields(args, TaskSettings)
     if getattr(args, "recipe", None):
@@ -156,11 +163,6 @@ def _split_fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """``snows-hf prune``: :func:`snows_hf.run` with the recipe's settings and the flags on top."""
-    from .config import PruneConfig
-    from .data import CalibrationConfig
-    from .plan import plan
-    from .recipe import resolve_settings
-    from .workflow import EvalOptions, LoadOptions, SaveOptions, push_saved, run
 
     args.model, config, cal_cfg = resolve_settings(args.model, args.recipe, _split_fields(args, PruneConfig.flat_keys()),
                                                    _split_fields(args, CalibrationConfig))
@@ -186,7 +188,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``snows-hf inspect DIR``: exit 0 when every layer follows its pattern, 1 when one breaks it."""
-    from .inspection import inspect_folder
 
     found = inspect_folder(args.model, allow_pickle=args.allow_pickle)
     print(found.format())
@@ -196,7 +197,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     """``snows-hf recipes [NAME]``: the bundled recipes, one line each, or one in full."""
-    from .recipe import bundled_recipes, load_recipe, recipe_summary, resolve_recipe
 
     if args.name:
         print(resolve_recipe(args.name).read_text(), end="")
@@ -215,7 +215,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """``snows-hf push``: one commit of a saved folder to a Hub model repo."""
-    from .hub import push_folder
 
     _push(push_folder, args.model, args.repo, args)
     return 0
@@ -227,8 +226,6 @@ def _push(push: Any, folder: str, repo: str, args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``snows-hf eval``: :func:`snows_hf.workflow.evaluate`, printed (and written with ``--json``)."""
-    from .data import CalibrationConfig
-    from .workflow import EvalOptions, LoadOptions, evaluate
 
     load = LoadOptions(args.processor, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     evaluation = EvalOptions(tasks=_task_settings(args), **_split_fields(args, ("batch_size",)))
@@ -242,7 +239,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _write_json(path: str | None, value: Any) -> None:
     """``value`` as JSON in ``path`` (``--json FILE``), when one is given."""
-    from .report import dumps_json
 
     if path:
         with open(path, "w") as fh:
@@ -251,7 +247,6 @@ def _write_json(path: str | None, value: Any) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """``snows-hf convert``: :func:`snows_hf.export.convert`."""
-    from .export import convert
 
     saved, report = convert(args.model, args.to, args.output_dir, overwrite=args.overwrite,
                             trust_remote_code=args.trust_remote_code)
@@ -261,7 +256,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``snows-hf demo``: the offline end-to-end run on a real model."""
-    from .demo import DemoSettings, format_table, run_demo
 
     settings = DemoSettings(num_samples=args.num_samples, eval_samples=args.eval_samples)
     print(f"snows-hf demo: all-MiniLM-L6-v2 to {settings.sparsity} on BBC News, magnitude and SparseGPT masks vs SNOWS on "
