@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from .methods import Method, ModuleJob, build_method
 from .report import LayerReport, PruneReport
 from .statistics import block_input_stats, has_input_features
 from .targets import Targets
+
+if TYPE_CHECKING:  # the settings name the methods: a run-time import would be a circle
+    from .config import PruneConfig
 
 logger = logging.getLogger(__name__)
 #: one line per pruned layer (sparsity, what the method says of its result, seconds): the
@@ -146,7 +149,7 @@ def _partial_groups(layout_rows: torch.Tensor, pattern) -> int:
 
 
 def prune_blocks(
-    model: nn.Module, config: Any, batches: list[Mapping[str, torch.Tensor]], progress: bool = False,
+    model: nn.Module, config: PruneConfig, batches: list[Mapping[str, torch.Tensor]], progress: bool = False,
     checkpoint: RunCheckpoint | None = None,
 ) -> PruneReport:
     """Prune every targeted module of ``model`` in place, block by block.

@@ -6,7 +6,7 @@ sparsities from one threshold on the dense model's scores.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from .masks.allocation import allocate_global
 from .placement import BlockPlacement
 from .statistics import input_features
 
+if TYPE_CHECKING:  # the settings name the methods: a run-time import would be a circle
+    from .config import PruneConfig
+
 # the block loop's log: run logs have always shown these warnings under its name
 logger = logging.getLogger("snows_hf.pipeline")
 
@@ -32,7 +35,7 @@ class Targets:
         >>> targets = Targets(model, PruneConfig(sparsity="2:4"), find_block_list(model))  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, config: Any, blocks: BlockList):
+    def __init__(self, model: nn.Module, config: PruneConfig, blocks: BlockList):
         self.model, self.config, self.blocks = model, config, blocks
         wanted = bool(config.targets or config.ignore)
         self.saved_names = checkpoint_names(model) if wanted else {}

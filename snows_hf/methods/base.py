@@ -11,12 +11,15 @@ Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..fields import check_fields
 from .job import ModuleJob
+
+if TYPE_CHECKING:  # the settings name the methods: a run-time import would be a circle
+    from ..config import PruneConfig
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Method:
     #: every key this method puts into a layer's ``metrics`` (only its own words read them)
     metric_keys: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PruneConfig) -> None:
         self.config = config
 
     @property
