@@ -51,7 +51,7 @@ HOSTILE = [
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "random", "--seed", str(2**70)], "seed must be an integer from 0 to", id="seed-overflow"),
     pytest.param(["prune", "{llama}", "--sparsity", "2:4", "--dataset", "random", "--seed", "-1"], "seed must be an integer from 0 to", id="seed-negative"),
     pytest.param(["eval", "{llama}", "--dataset", "d.jsonl", "--num-samples", "2", "--seq-len", "16", "--reference", "{vit}"], "the reference is a ViTForImageClassification (model_type vit), the model a LlamaForCausalLM", id="reference-other-architecture"),
-    pytest.param(["convert", "foreign", "--to", "compact"], "foreign/report.json' is not a snows-hf report (no 'layers')", id="convert-foreign-report"),
+    pytest.param(["convert", "foreign", "--to", "compact"], "foreign/report.json' is not a snows-hf report (no 'config')", id="convert-foreign-report"),
     pytest.param(["prune", "{vit}", "--sparsity", "2:4", "--dataset", "seven", "--num-samples", "4", "--method", "mask-only", "--mask", "magnitude"],
                  "labels in column 'label' (3, 4, 5, 6) are outside the model's 3 classes", id="labels-outside-classes"),
 ]
