@@ -89,11 +89,11 @@ class SnowsConfig(MethodConfig):
     )
     term_scale: str = config_field("energy", "SNOWS: weigh each window term by 1/its dense energy (energy) or not (none)",
                                    choices=("energy", "none"))
-    # The start decides heavy sparsity (issue 31, README "The default in every regime"): on
-    # the Fashion-MNIST ViT at 95% SNOWS from SparseGPT's update reached top-1 0.68, from the
-    # better least-squares fit 0.75, from the best of these and the fit on the magnitude mask
-    # 0.79; at light sparsity SparseGPT's update usually wins. So every candidate is fitted
-    # (one Gram matrix serves both least-squares fits) and the held-out window loss chooses.
+    # The start decides heavy sparsity (issue 31, docs/results.md "The default in every
+    # regime"): on the Fashion-MNIST ViT at 95% SNOWS from SparseGPT's update reached top-1
+    # 0.68, from the better least-squares fit 0.75, from the best of these and the fit on the
+    # magnitude mask 0.79 (quality_vit_regimes.json). Every candidate is fitted (one Gram
+    # matrix serves both least-squares fits) and the held-out window loss chooses per module.
     init: str = config_field(
         "best", "SNOWS: start from the candidate with the lowest held-out window loss among the mask selector's "
         "weight and the closed-form least-squares fits on its mask and on alternative_mask (best), from the "
@@ -112,8 +112,8 @@ class SnowsConfig(MethodConfig):
     # Newton steps go on while they pay: a second step is taken where the first lowered the
     # held-out window loss by more than 5%, up to 3 (issue 31). With a good start the second
     # step gained under 1% of that loss in 19 of 24 ViT modules at 95% (quality.py's
-    # snows-choose-tol row), and one step of 5 CG iterations stays the knee of the
-    # time/quality frontier at 2:4 (README "Results"), where the first step gains about 5%.
+    # snows-choose-tol row); on 2 SmolLM2 blocks at 2:4 one step from SparseGPT's update
+    # lowered the window loss by about 5% (solver_budget.json), the knee of that frontier.
     newton_steps: int = config_field(3, "SNOWS: Newton steps per module at most", minimum=0)
     newton_tol: float = config_field(
         0.05, "SNOWS: take another Newton step only while the last one lowered the held-out window loss by more "
