@@ -273,6 +273,8 @@ def test_the_old_keywords_are_mapped_into_the_groups():
     pytest.param(lambda: evaluate("no-model", "random", batch_size=2, trust_remote_code=False),
                  "snows_hf.evaluate: batch_size=, trust_remote_code= are deprecated; write "
                  "evaluation=EvalOptions(batch_size=...), load=LoadOptions(trust_remote_code=...)", id="evaluate"),
+    pytest.param(lambda: snows_hf.run("no-model", MAGNITUDE, "random", save=True),
+                 "snows_hf.run: save=True is deprecated; write save=SaveOptions()", id="run-saved"),
 ])
 def test_the_old_keywords_warn_once_naming_the_new_spelling(call, message, tmp_path):
     with pytest.warns(FutureWarning) as caught, pytest.raises(Exception):  # no-model: the run stops at loading

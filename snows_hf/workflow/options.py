@@ -228,5 +228,6 @@ def _warn(function: str, table: Mapping[str, tuple], old: Mapping[str, Any]) -> 
     parts = ["save=None"] if old.get("save") is False else []
     parts += [f"{group}={GROUPS[group].__name__}({', '.join(names)})" for group, names in fields.items()]
     spelled = ", ".join(f"save={old[name]}" if name == "save" else f"{name}=" for name in old)
-    warnings.warn(f"snows_hf.{function}: {spelled} are deprecated; write {', '.join(parts)}", FutureWarning,
+    verb = "are" if len(old) > 1 else "is"
+    warnings.warn(f"snows_hf.{function}: {spelled} {verb} deprecated; write {', '.join(parts)}", FutureWarning,
                   stacklevel=5)
