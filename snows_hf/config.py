@@ -223,9 +223,10 @@ class PruneConfig:
         a method config in place of a name, that config holds the options.
 
         Example:
+            >>> from snows_hf.methods import SnowsConfig
             >>> config = PruneConfig.from_dict({"sparsity": "2:4", "method": "snows", "k_step": 1})
-            >>> config.method.k_step, config.method.newton_steps
-            (1, 1)
+            >>> config.method.k_step, config.method.cg_iters == SnowsConfig().cg_iters
+            (1, True)
             >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "mask-only", "k_step": 3}).method
             MaskOnlyConfig(statistics='block')
             >>> PruneConfig.from_dict({"sparsity": "2:4", "method": "mask-only", "k_step": 1})

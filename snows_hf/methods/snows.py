@@ -72,8 +72,8 @@ class SnowsConfig(MethodConfig):
     """Options of the ``snows`` method: the re-fit window, its targets and the Newton-CG solve.
 
     Example:
-        >>> SnowsConfig(k_step=0, hessian="exact").newton_steps
-        1
+        >>> SnowsConfig(k_step=0, hessian="exact").k_step
+        0
         >>> SnowsConfig(holdout=1.0)
         Traceback (most recent call last):
         snows_hf.fields.SettingError: holdout must be strictly between 0 and 1, got 1.0
