@@ -239,7 +239,7 @@ class PeakMemory:
 
 def run_row(bench: Model, spec: str, method: str, calibration, held, dense, snows_mask: str | None) -> dict:
     import snows_hf
-    from snows_hf.pipeline import counted_solves
+    from snows_hf.methods.snows_report import counted_solves
 
     options = {"sparsity": spec, "batch_size": bench.batch_size, "diagnostics": False, **METHODS[method]}
     if options["method"].startswith("snows") and snows_mask:
