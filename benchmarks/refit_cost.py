@@ -6,13 +6,14 @@ SparseGPT (mask + update) runs first; then each SNOWS setting runs under ``cProf
 which splits its time into phases by the functions that do them:
 
 - mask selection: SparseGPT's solve (``sparsegpt_prune``), which SNOWS's default mask runs too;
-- dense targets: the window outputs of the dense network (``_targets``);
-- least-squares start: the Gram matrices of the module inputs (``_grams``);
+- dense targets: the window outputs of the dense network (``dense_targets``);
+- least-squares starts: the Gram matrices of the module inputs and the fits on them
+  (``input_grams``, ``lsq_start``);
 - gradient: the operator's loss and gradient over the training micro-batches, keeping
   their graphs for the products (``_summed_loss_and_grad``);
 - Hessian products: conjugate gradients (``masked_cg``);
 - line search: the held-out window losses of the Armijo search (``_line_search``);
-- the rest: statistics forwards, start choice, windows, bookkeeping.
+- the rest: statistics forwards, the held-out losses that choose the start, windows, bookkeeping.
 
 Every phase is given as a multiple of SparseGPT's seconds in the same process, so the
 table says what each would have to cost for SNOWS to stay within a given multiple. CPU
@@ -45,8 +46,8 @@ CONFIGS = {
 }
 PHASES = {  # phase -> the function names whose cumulative time it is
     "mask selection": ("sparsegpt_prune",),
-    "dense targets": ("_targets",),
-    "least-squares start": ("_grams",),
+    "dense targets": ("dense_targets",),
+    "least-squares starts": ("input_grams", "lsq_start"),
     "gradient": ("_summed_loss_and_grad",),
     "Hessian products": ("masked_cg",),
     "line search": ("_line_search",),
@@ -91,7 +92,7 @@ def main() -> None:
             profile.disable()
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    base_wall, base_cpu = timed({"method": "none", "mask": "sparsegpt"})
+    base_wall, base_cpu = timed({"method": "mask-only", "mask": "sparsegpt"})
     rows = []
     for name in args.configs:
         profile = cProfile.Profile()

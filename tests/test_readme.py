@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +148,24 @@ def test_each_goal_line_needs_only_its_own_file():
     case["config"] = {"newton_steps": 3, "cg_iters": 5}  # today's cap
     assert rr.goals({}, None, shapes={"cases": [case]})[-1].endswith(
         f"61.0 s per block at {rr.DEFAULT_BUDGET}: **no verdict** (it needs the 2 x 5 budget timed in the same run)")
+
+
+def test_the_time_goal_divides_the_defaults_seconds_by_sparsegpts_in_the_same_file():
+    """60 s against 20 s is 3.0x, met; a row at version 4's settings stands for no default."""
+    rr = _readme_results()
+    from snows_hf.methods import SnowsConfig
+
+    today = {k: getattr(SnowsConfig(), k) for k in rr.DEFAULT_KEYS}
+    nll = {"nll": [2.0, 3.0, 2.5, 1.0], "tokens": [1, 1, 1, 1]}
+    row = lambda method, seconds, cpu, config=None: {  # noqa: E731
+        "sparsity": "2:4", "method": method, "seconds": seconds, "cpu_seconds": cpu, "config": config or {},
+        "scores": {"perplexity": float(np.exp(np.mean(nll["nll"])))}, "per_sample": nll}
+    results = {"rows": [row("sparsegpt", 20.0, 40.0), row("snows-k3", 60.0, 100.0, today), row("snows-v4", 50.0, 90.0)]}
+    line = rr.default_time_goals(results)[0]
+    assert "60 s vs SparseGPT 20 s = 3.0x (2.5x in CPU seconds; goal at most 3x): **met**" in line
+    assert line.endswith("difference +0.00, 95% paired interval [+0.00, +0.00], no worse: **met**")
+    results["rows"][1]["seconds"] = 61.0
+    assert "= 3.0x" in rr.default_time_goals(results)[0] and "**not met**" in rr.default_time_goals(results)[0]
+    results["rows"][1]["config"] = dict(today, init="auto")  # not today's default: no figure
+    assert "not yet measured" in rr.default_time_goals(results)[0]
+    assert all("not yet measured" in line for line in rr.default_time_goals(None))
