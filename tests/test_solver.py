@@ -679,3 +679,58 @@ def test_lstsq_start_solves_in_float32_and_falls_back_to_float64_when_cholesky_f
     solved_in.clear()
     assert torch.allclose(masked_lstsq(well.T @ well, well.T @ well, weight.float(), mask), weight.float(), atol=1e-3)
     assert solved_in == [torch.float32]
+
+
+def _row_lstsq(x: torch.Tensor, x_target: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reference: each row's least squares on its support by ``torch.linalg.lstsq``."""
+    out = torch.zeros_like(weight)
+    for j in range(weight.shape[0]):
+        support = mask[j]
+        if support.any():
+            out[j, support] = torch.linalg.lstsq(x[:, support], x_target @ weight[j]).solution
+    return out
+
+
+@pytest.mark.parametrize("case", ["unequal supports", "empty and full rows", "N:M", "cross differs from gram"])
+def test_masked_lstsq_matches_each_rows_own_least_squares_exact_and_by_cg(case):
+    """Supports padded to the largest one (exact) and all rows by conjugate gradients give
+    each row's own least-squares fit on its support."""
+    from snows_hf.solver.lsq import exact_flops, masked_lstsq
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 12, generator=g, dtype=DT) * torch.logspace(0, 2, 12, dtype=DT)  # features on scales 1..100
+    x_target = x + 0.1 * torch.randn(300, 12, generator=g, dtype=DT) if case == "cross differs from gram" else x
+    weight = torch.randn(5, 12, generator=g, dtype=DT)
+    mask = torch.rand(5, 12, generator=g) > 0.5
+    if case == "empty and full rows":
+        mask[0], mask[1] = False, True
+    if case == "N:M":
+        mask = torch.zeros(5, 12, dtype=torch.bool)
+        mask.view(5, 3, 4)[..., :2] = True
+    ref = _row_lstsq(x, x_target, weight, mask)
+    gram, cross = x.T @ x, x.T @ x_target
+    exact = masked_lstsq(gram, cross, weight, mask, damping=0.0)
+    assert torch.allclose(exact, ref, atol=1e-8) and not exact[~mask].any()
+    assert exact_flops(mask) > 0
+    by_cg = masked_lstsq(gram, cross, weight, mask, damping=0.0, max_exact_flops=0, cg_tol=1e-13)
+    assert torch.allclose(by_cg, ref, atol=1e-7) and not by_cg[~mask].any()
+
+
+def test_masked_lstsq_by_cg_starts_where_told_and_stops_at_its_iteration_cap():
+    """From the exact answer CG has nothing to do; one iteration from elsewhere leaves a
+    residual; the iteration cap, not the tolerance, ends it."""
+    from snows_hf.solver.lsq import masked_lstsq
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(400, 16, generator=g, dtype=DT) * torch.logspace(0, 1, 16, dtype=DT)
+    weight, mask = torch.randn(6, 16, generator=g, dtype=DT), torch.rand(6, 16, generator=g) > 0.3
+    gram = x.T @ x
+    exact = masked_lstsq(gram, gram, weight, mask, damping=0.0)
+    fit = lambda w: float((x @ w.T - x @ weight.T).pow(2).sum())  # noqa: E731
+    from_exact = masked_lstsq(gram, gram, weight, mask, damping=0.0, max_exact_flops=0, start=exact, cg_iterations=0)
+    assert torch.equal(from_exact, exact)
+    one = masked_lstsq(gram, gram, weight, mask, damping=0.0, max_exact_flops=0, cg_iterations=1, cg_tol=0.0)
+    many = masked_lstsq(gram, gram, weight, mask, damping=0.0, max_exact_flops=0, cg_iterations=200, cg_tol=0.0)
+    assert fit(exact) < fit(one) < fit(weight * mask) and abs(fit(many) - fit(exact)) <= 1e-9 * fit(weight * mask)
+    with pytest.raises(ValueError, match="start must have"):
+        masked_lstsq(gram, gram, weight, mask, start=weight[:2])

@@ -68,9 +68,11 @@ def _zero_gram(job: ModuleJob) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lsq_start(job: ModuleJob, grams: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor,
-              mask_rows: torch.Tensor) -> torch.Tensor | None:
+              mask_rows: torch.Tensor, start_rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """The closed-form K=0 start of ``job``'s module (its weight's shape), or ``None`` when
-    the Gram matrices hold NaN/Inf (no closed form then).
+    the Gram matrices hold NaN/Inf (no closed form then). Where the exact per-row solve is
+    costly, :func:`~snows_hf.solver.lsq.masked_lstsq` iterates from ``start_rows`` (the
+    selector's own update, which is already close), else from the masked weight.
 
     Example:
         >>> start = lsq_start(job, input_grams([job], train, "dense-stream")[0], rows, mask_rows)  # doctest: +SKIP
@@ -78,7 +80,8 @@ def lsq_start(job: ModuleJob, grams: tuple[torch.Tensor, torch.Tensor], rows: to
     gram, cross = grams
     if not bool(torch.isfinite(gram).all() and torch.isfinite(cross).all()):
         return None
-    return from_rows(masked_lstsq(gram, cross, rows, mask_rows), job.layout, job.module.weight.shape)
+    fitted = masked_lstsq(gram, cross, rows, mask_rows, start=start_rows)
+    return from_rows(fitted, job.layout, job.module.weight.shape)
 
 
 class MicroBatch:

@@ -302,7 +302,7 @@ class SnowsMethod(Method):
         if self._uses_lsq(selector) and job.layout in ("linear", "conv1d"):
             (grams,) = input_grams([job], local_positions(job, train), cfg.target)
             for name, kept in self._lsq_masks(job, rows, mask_rows).items():
-                fitted = lsq_start(job, grams, rows, kept)
+                fitted = lsq_start(job, grams, rows, kept, start_rows if kept is mask_rows else None)
                 if fitted is not None:
                     candidates[name] = (fitted, kept)
         preconditioner = input_energy(job, rows, weight) if cfg.preconditioner == "input-energy" else None
