@@ -801,7 +801,8 @@ def variant_label(row: dict) -> str:
 
 def regime_sentence() -> list[str]:
     """The README's sentence on the version-5 defaults against version 4's, from each model's
-    regime rows (``quality_<model>_regimes.json``), and the models not yet measured there."""
+    regime rows (``quality_<model>_regimes.json``): the score with each, every alternative
+    that beat today's default by more than noise, and the models not yet measured there."""
     parts, missing = [], []
     for model, specs in REGIMES.items():
         results = load(f"quality_{model}_regimes.json")
@@ -812,21 +813,41 @@ def regime_sentence() -> list[str]:
             if found is None or old is None:
                 continue
             metric, digits = results["metric"], 2 if results["metric"] == "perplexity" else 4
-            text = f"at {spec} {old['scores'][metric]:.{digits}f} with version 4's defaults, {found[0]['scores'][metric]:.{digits}f} with these"
-            worst = min(found[1], key=lambda cell: cell[1], default=None)
-            if worst is not None and worst[1] < 0:
-                text += f" ({ALTERNATIVES[worst[0]]} {-worst[1]:.{digits}f} better)"
+            text = f"{spec} {old['scores'][metric]:.{digits}f} → {found[0]['scores'][metric]:.{digits}f}"
+            losses = [f"{ALTERNATIVES[m]} by {-better:.{digits}f}" for m, better, interval in found[1]
+                      if interval is not None and no_worse((-interval[1], -interval[0])) == "not met"]
+            if losses:
+                text += f" (beaten beyond noise: {', '.join(losses)})"
             texts.append(text)
+        name = SHORT[model].split(",")[0]
         if texts:
-            metric = results["metric"].replace("_", " ")
-            parts.append(f"{SHORT[model]} ({metric}, {'higher' if results['higher_is_better'] else 'lower'} is better): "
-                         + "; ".join(texts))
+            parts.append(f"{name} {results['metric'].replace('_', ' ')}: " + ", ".join(texts))
         else:
-            missing.append(SHORT[model].split(",")[0])
-    text = " · ".join(parts) if parts else "not yet measured on any model"
+            missing.append(name)
+    text = "; ".join(parts) if parts else "not yet measured on any model"
     if missing:
-        text += f"; not yet measured at these defaults: {', '.join(missing)}"
+        text += f"; not yet measured: {', '.join(missing)}"
     return [text]
+
+def cost_sentence() -> list[str]:
+    """The README's sentence on what SNOWS costs against SparseGPT on whole SmolLM2, at
+    version 4's defaults and today's, from the regime run (one run each sparsity)."""
+    results = load("quality_smollm2_regimes.json")
+    rows = {(r["sparsity"], r["method"]): r for r in (results or {}).get("rows", [])}
+    parts = []
+    for spec in ("2:4", "50%"):
+        base, old, mine = (rows.get((spec, m)) for m in ("sparsegpt", "snows-v4", "snows-k3"))
+        if base is None or old is None or mine is None or not at_defaults(mine):
+            continue
+        parts.append(f"at {spec} SparseGPT took {base['seconds']:.0f} s, SNOWS with version 4's defaults "
+                     f"{old['seconds']:.0f} s ({old['seconds'] / base['seconds']:.1f}x) and with today's "
+                     f"{mine['seconds']:.0f} s ({mine['seconds'] / base['seconds']:.1f}x)")
+    if not parts:
+        return ["on whole SmolLM2-135M its time against SparseGPT's is not yet measured at today's defaults "
+                "(`python benchmarks/quality.py --model smollm2 --sparsity 2:4 --methods sparsegpt snows-k3 snows-v4 "
+                "--out benchmarks/results/quality_smollm2_regimes.json`)"]
+    return ["on whole SmolLM2-135M, in one run per sparsity, " + "; ".join(parts)]
+
 
 def budget_table(budget: dict) -> list[str]:
     lines = [
@@ -1111,7 +1132,7 @@ BLOCKS = {  #: marker name -> its parts
     "results": results_block,
     "measurements": readme_measurements.render,
 }
-INLINE = {"stream_order": readme_prose.stream_order, "regimes": regime_sentence}  #: marker name -> its sentence, inside a paragraph
+INLINE = {"stream_order": readme_prose.stream_order, "regimes": regime_sentence, "cost": cost_sentence}  #: marker name -> its sentence, inside a paragraph
 
 
 def pages(root: Path = ROOT) -> list[Path]:
