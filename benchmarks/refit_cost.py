@@ -1,7 +1,7 @@
 """Where a SNOWS re-fit's time goes, against SparseGPT's whole time, on SmolLM2 blocks.
 
 The first ``--blocks`` blocks of SmolLM2-135M-Instruct (ASSETS.md; cached by
-``benchmarks/smollm2_bbc.py``), 2:4 on BBC News calibration (as ``solver_budget.py``).
+``benchmarks/smollm2_bbc.py``), at ``--sparsity`` (2:4) on BBC News calibration (as ``solver_budget.py``).
 SparseGPT (mask + update) runs first; then each SNOWS setting runs under ``cProfile``,
 which splits its time into phases by the functions that do them:
 
@@ -20,7 +20,7 @@ table says what each would have to cost for SNOWS to stay within a given multipl
 seconds (``time.process_time``) are recorded beside wall seconds: on a shared machine they
 move less. Writes ``benchmarks/results/refit_cost.json``.
 
-    python benchmarks/refit_cost.py [--blocks 1] [--configs default block]
+    python benchmarks/refit_cost.py [--blocks 1] [--sparsity 2:4] [--configs default block] [--out F]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 CONFIGS = {
     "default": {},
+    "version-4": {"init": "auto", "alternative_mask": "none", "newton_steps": 1, "newton_tol": 0.0},
     "block": {"refit_unit": "block"},
     "hessian-1": {"hessian_batches": 1},
     "block-hessian-1": {"refit_unit": "block", "hessian_batches": 1},
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--sparsity", default="2:4")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["default", "block"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "refit_cost.json"))
     args = parser.parse_args()
@@ -80,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model, tokenizer = truncated_smollm2(args.blocks)
     data = bbc_data(model, tokenizer, args.num_samples, args.seq_len, 8)
-    common = {"sparsity": "2:4", "diagnostics": False, "batch_size": 4}
+    common = {"sparsity": args.sparsity, "diagnostics": False, "batch_size": 4}
 
     def timed(options: dict, profile: cProfile.Profile | None = None) -> tuple[float, float]:
         model, _ = truncated_smollm2(args.blocks)
@@ -101,11 +103,11 @@ def main() -> None:
         phases["the rest"] = max(0.0, wall - sum(phases.values()))
         rows.append({"config": name, "options": CONFIGS[name], "seconds": wall, "cpu_seconds": cpu, "phases": phases})
         print(f"{name}: {wall:.1f} s ({wall / base_wall:.1f}x SparseGPT)", flush=True)
-    result = {"blocks": args.blocks, "num_samples": args.num_samples, "seq_len": args.seq_len,
+    result = {"sparsity": args.sparsity, "blocks": args.blocks, "num_samples": args.num_samples, "seq_len": args.seq_len,
               "sparsegpt_seconds": base_wall, "sparsegpt_cpu_seconds": base_cpu, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
-    print(f"\nSmolLM2-135M, first {args.blocks} blocks, 2:4, {args.num_samples} x {args.seq_len} tokens; "
+    print(f"\nSmolLM2-135M, first {args.blocks} blocks, {args.sparsity}, {args.num_samples} x {args.seq_len} tokens; "
           f"SparseGPT {base_wall:.1f} s ({base_cpu:.1f} CPU s)")
     head = f"{'phase':<22}" + "".join(f"{r['config']:>20}" for r in rows)
     print(head + "\n" + "-" * len(head))
