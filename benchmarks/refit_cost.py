@@ -10,7 +10,8 @@ which splits its time into phases by the functions that do them:
 - least-squares starts: the Gram matrices of the module inputs and the fits on them
   (``input_grams``, ``lsq_start``);
 - gradient: the operator's loss and gradient over the training micro-batches, keeping
-  their graphs for the products (``_summed_loss_and_grad``);
+  their graphs for the products (``_loss_and_grad``; files written before this name
+  show 0 here and count it in the rest);
 - Hessian products: conjugate gradients (``masked_cg``);
 - line search: the held-out window losses of the Armijo search (``_line_search``);
 - the rest: statistics forwards, the held-out losses that choose the start, windows, bookkeeping.
@@ -49,7 +50,7 @@ PHASES = {  # phase -> the function names whose cumulative time it is
     "mask selection": ("sparsegpt_prune",),
     "dense targets": ("dense_targets",),
     "least-squares starts": ("input_grams", "lsq_start"),
-    "gradient": ("_summed_loss_and_grad",),
+    "gradient": ("_loss_and_grad",),
     "Hessian products": ("masked_cg",),
     "line search": ("_line_search",),
 }
