@@ -715,7 +715,8 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
     default's score and, for each alternative measured there, the default's margin over it
     (positive: the default is better) with its 95% paired interval and the verdict "no worse"."""
     lines = ["| model | sparsity | default | margin over each alternative (default minus it, better is +), "
-             "95% paired interval | default no worse than all |", "|---|---|---|---|---|"]
+             "95% paired interval | default no worse than all | seconds: default / version 4's |",
+             "|---|---|---|---|---|---|"]
     open_cases = []
     for model, specs in REGIMES.items():
         results = load(f"quality_{model}_regimes.json") or quality.get(model)  # a run of its own, where there is one
@@ -725,7 +726,7 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
         for spec in specs:
             found = regime_cells(results, spec)
             if found is None:
-                lines.append(f"| {SHORT[model]} | {spec} | not yet measured at today's defaults | | |")
+                lines.append(f"| {SHORT[model]} | {spec} | not yet measured at today's defaults | | | |")
                 continue
             mine, cells = found
             texts, verdicts = [], []
@@ -738,14 +739,18 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
             held = "no alternative measured" if not cells else (
                 "**no**" if "not met" in verdicts else ("yes" if all(v == "met" for v in verdicts)
                                                         else "yes, within noise"))
-            lines.append(f"| {SHORT[model]} | {spec} | {mine['scores'][metric]:.4f} | {'; '.join(texts)} | {held} |")
+            old = next((r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, "snows-v4")), None)
+            seconds = (f"{mine['seconds']:.0f} / not run" if old is None else
+                       f"{mine['seconds']:.0f} / {old['seconds']:.0f}{_shared(mine, old)}")
+            lines.append(f"| {SHORT[model]} | {spec} | {mine['scores'][metric]:.4f} | {'; '.join(texts)} | {held} | {seconds} |")
     if len(lines) == 2:
         return []
     lines = [f"**The default in every regime.** SNOWS at its defaults ({DEFAULT_BUDGET_TEXT}, start "
              f"`{SnowsConfig().init}`: the lowest held-out window loss among SparseGPT's update and the least-squares "
              f"fits on its mask and on the {SnowsConfig().alternative_mask} mask) against every other SNOWS setting "
              "listed here and the closed-form least-squares start alone, on the benchmark models at their light "
-             "and heavy sparsities (rows of `benchmarks/quality.py`; the ViT rows from a model retrained on this "
+             "and heavy sparsities, with the seconds of both defaults (a load mark: timed while other work shared the "
+             "2-core machine) (rows of `benchmarks/quality.py`; the ViT rows from a model retrained on this "
              "machine, `quality_vit_regimes.json`, dense top-1 "
              f"{(load('quality_vit_regimes.json') or {}).get('dense', {}).get('top-1', float('nan')):.4f}):", ""] + lines
     if open_cases:
