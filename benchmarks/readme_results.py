@@ -436,8 +436,8 @@ def knee(points: Sequence[dict], metric: str) -> dict | None:
 
     Example:
         >>> pts = [{"ratio": r, "row": {"scores": {"ppl": p}}} for r, p in [(5, 70), (10, 62), (20, 60)]]
-        >>> knee(pts + [{"ratio": 1, "row": {"scores": {"ppl": 100}}, "base": True}], "ppl")["ratio"]
-        10
+        >>> knee(pts + [{"ratio": 1, "row": {"scores": {"ppl": 100}}, "base": True}], "ppl")["ratio"]  # 1 - 4/19 - 10/40 = 0.54 below, (10, 62) 0.48
+        5
     """
     base = next((p for p in points if p.get("base")), None)
     snows = [p for p in points if not p.get("base")]
@@ -1095,7 +1095,7 @@ def summary_block() -> list[list[str]]:
                      "work sharing it; compare them within a row). The defaults changed in config_version 5 (each "
                      f"module's start chosen by its held-out window loss, {DEFAULT_BUDGET_TEXT}); "
                      + (f"rows at today's defaults come from the regime runs (`quality_<model>_regimes.json`, "
-                        f"{', '.join(SHORT[m].split(',')[0] for m in current)}), the others ran earlier defaults, "
+                        f"{', '.join(SHORT[m].split(',')[0] for m in quality if m in current)}), the others ran earlier defaults, "
                         "with the budget in the last column. " if current else
                         "these rows ran with earlier defaults, with the budget in the last column. ")
                      + (f"Not yet measured at today's defaults: {', '.join(earlier)}. " if earlier else "")
