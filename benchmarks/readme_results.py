@@ -739,7 +739,7 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
             held = "no alternative measured" if not cells else (
                 "**no**" if "not met" in verdicts else ("yes" if all(v == "met" for v in verdicts)
                                                         else "yes, within noise"))
-            old = next((r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, "snows-v4")), None)
+            old = results_row(results, spec, "snows-v4", missing=True)
             seconds = (f"{mine['seconds']:.0f} / not run" if old is None else
                        f"{mine['seconds']:.0f} / {old['seconds']:.0f}{_shared(mine, old)}")
             lines.append(f"| {SHORT[model]} | {spec} | {mine['scores'][metric]:.4f} | {'; '.join(texts)} | {held} | {seconds} |")
@@ -758,8 +758,12 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
     return lines
 
 
-def results_row(results: dict, spec: str, method: str) -> dict:
-    return next(r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, method))
+def results_row(results: dict, spec: str, method: str, missing: bool = False) -> dict | None:
+    """The row of ``method`` at ``spec``; with ``missing``, ``None`` where there is none."""
+    found = next((r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, method)), None)
+    if found is None and not missing:
+        raise KeyError(f"no {method} row at {spec}")
+    return found
 
 
 def more_calibration(model: str, spec: str, method: str, results: dict) -> str:
@@ -815,7 +819,7 @@ def regime_sentence() -> list[str]:
         texts = []
         for spec in specs if results else ():
             found = regime_cells(results, spec)
-            old = next((r for r in results["rows"] if (r["sparsity"], r["method"]) == (spec, "snows-v4")), None)
+            old = results_row(results, spec, "snows-v4", missing=True)
             if found is None or old is None:
                 continue
             metric, digits = results["metric"], 2 if results["metric"] == "perplexity" else 4
