@@ -3,7 +3,8 @@
 # session, start-up included), each step bounded so the later ones still run:
 #   1. the tests marked gpu (2:4 kernels against their dense selves, fp16 and bf16);
 #   2. benchmarks/sparse_inference_gpu.py (dense vs 2:4 kernels per layer and end to end);
-#   3. benchmarks/gpu_check.py --quick (SNOWS at real shapes, with and without offload).
+#   3. benchmarks/gpu_check.py --quick (SNOWS at real shapes, with and without offload, and
+#      the block re-fit beside the per-module one on ViT-L/16 and SmolLM2).
 # Run it from the repository root:  run(command="bash benchmarks/device_checks.sh", timeout_s=590)
 # The benchmarks write benchmarks/results/{sparse_inference_gpu,gpu_check}.json (after every
 # case, so a step stopped by its timeout keeps what it measured); those files and the logs are
@@ -23,6 +24,6 @@ step() {  # name, seconds, command...
 }
 # the files that hold gpu tests, named: collecting all of tests/ would need datasets and evaluate there
 step gpu-tests 90 "$python" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" tests/test_sparse_inference.py
-step sparse-inference 330 "$python" benchmarks/sparse_inference_gpu.py --budget 240
-step gpu-check 150 "$python" benchmarks/gpu_check.py --quick
+step sparse-inference 280 "$python" benchmarks/sparse_inference_gpu.py --budget 200
+step gpu-check 200 "$python" benchmarks/gpu_check.py --quick
 cp benchmarks/results/sparse_inference_gpu.json benchmarks/results/gpu_check.json "$out"/ 2>/dev/null

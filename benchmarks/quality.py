@@ -15,7 +15,9 @@ and SNOWS (``snows-k0``, ``snows-k1``, ``snows-k3``: the re-fit over a window of
 operations, on the mask ``--snows-mask``, default the library's own default; ``snows-k3-2x5``:
 K=3 with the Newton-CG budget of ``config_version`` 3, 2 steps x 5 CG; ``snows-fast``: the
 cheaper preset; ``snows-block``, ``snows-block-1x35``: one re-fit per block, ``refit_unit="block"``,
-at 1 x 5 and at 1 x 35 CG, the products the per-module default takes on a Llama block). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
+at 1 x 5 and at 1 x 35 CG, the products the per-module default takes on a Llama block;
+``snows-block-h1``: per block at 1 x 5 with the Hessian products on one micro-batch, the
+gradient on all). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
 
     python benchmarks/quality.py --model smollm2 --sparsity 2:4 50% --methods sparsegpt snows-fast snows-k3 \
         --out benchmarks/results/quality_smollm2_frontier.json
@@ -69,6 +71,8 @@ METHODS = {
     "snows-block": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1},  # per block, 1 x 5
     "snows-block-1x35": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1,
                          "cg_iters": 35},  # a Llama block's 7 x 5
+    "snows-block-h1": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1,
+                       "hessian_batches": 1},  # per block, 1 x 5, the products on one micro-batch
     "snows-lsq": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "init": "lsq"},  # least squares where better
     "snows-magnitude": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "mask": "magnitude"},  # its own mask
     "lsq-magnitude": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "magnitude"},  # the start alone
