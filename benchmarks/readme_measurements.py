@@ -444,23 +444,66 @@ def resume_cost(results: dict) -> list[str]:
 MODEL_NAMES = {"vit-large": "ViT-Large/16", "resnet-50": "ResNet-50"}
 
 
+METHOD_NAMES = {"sparsegpt": "SparseGPT", "snows": "SNOWS", "snows-block": "SNOWS, block re-fit"}
+
+
+def real_shape_runs(results: dict) -> dict[str, dict[str, dict]]:
+    """Each model's runs by method (files written before ``--methods`` hold SNOWS only)."""
+    runs: dict[str, dict[str, dict]] = {}
+    for case in results["cases"]:
+        runs.setdefault(case["case"], {})[case.get("method", "snows")] = case
+    return runs
+
+
 def real_shapes_cpu(results: dict) -> list[str]:
-    cases, threads = results["cases"], results["settings"]["threads"]
-    config = cases[0]["config"]
-    lines = [f"**SNOWS at real shapes on CPU** (randomly initialised, {threads} threads, {cases[0]['samples']} images of "
-             f"224x224, the defaults of `snows-hf prune`: K={config['k_step']}, {config['sparsity']}, {config['mask']} "
-             f"mask, {snows_settings(config)}): {command(results)}", ""]
+    runs, threads = real_shape_runs(results), results["settings"]["threads"]
+    first = next(iter(next(iter(runs.values())).values()))
+    config = next((r["config"] for m in runs.values() for k, r in m.items() if k == "snows"), first["config"])
+    methods = list(dict.fromkeys(k for m in runs.values() for k in m))
+    lines = [f"**SNOWS at real shapes on CPU** (randomly initialised, {threads} threads, {first['samples']} images of "
+             f"224x224, 2:4; SNOWS at the defaults of `snows-hf prune`: K={config['k_step']}, {config['mask']} mask, "
+             f"{snows_settings(config)}; each model and method in a process of its own): {command(results)}", ""]
     body = []
-    for case in cases:
-        for block, count in case["whole_model_blocks"].items():
-            where = f"block {block} of {count}" if case["case"] == "vit-large" else f"stage {block} residual block (x{count})"
-            body.append([MODEL_NAMES.get(case["case"], case["case"]), where, str(case["layers_per_block"][block]),
-                         f"{case['block_seconds'][block]:.1f}", f"{case['peak_rss_gib']:.2f}"])
-    lines += table(["model", "block", "modules", "seconds", "peak RSS GiB"], body) + [""]
-    projected = [f"{MODEL_NAMES.get(c['case'], c['case'])} about {c['projected_seconds']:,.0f} s"
-                 + (f" ({c['projected_seconds'] / 3600:.1f} h)" if c["projected_seconds"] >= 3600 else "") for c in cases]
-    return lines + [f"Projected whole models at these settings (each timed block times the blocks it stands for): "
-                    f"{', '.join(projected)} on {threads} CPU threads."]
+    for name, by_method in runs.items():
+        some = next(iter(by_method.values()))
+        for block, count in some["whole_model_blocks"].items():
+            where = f"block {block} of {count}" if name == "vit-large" else f"stage {block} residual block (x{count})"
+            body.append([MODEL_NAMES.get(name, name), where, str(some["layers_per_block"][block])]
+                        + [f"{by_method[m]['block_seconds'][block]:.1f}" if m in by_method else "not run" for m in methods])
+        base = by_method.get("sparsegpt")
+        body.append([MODEL_NAMES.get(name, name), "whole run: seconds (x SparseGPT), peak RSS GiB", ""]
+                    + [f"{by_method[m]['total_seconds']:.0f}"
+                       + (f" ({by_method[m]['total_seconds'] / base['total_seconds']:.1f}x)" if base else "")
+                       + f", {by_method[m]['peak_rss_gib']:.2f}" if m in by_method else "not run" for m in methods])
+    lines += table(["model", "block", "modules"] + [f"{METHOD_NAMES.get(m, m)} s" for m in methods], body) + [""]
+    projected = [f"{MODEL_NAMES.get(name, name)}: " + ", ".join(
+        f"{METHOD_NAMES.get(m, m)} about {r['projected_seconds']:,.0f} s"
+        + (f" ({r['projected_seconds'] / 3600:.1f} h)" if r["projected_seconds"] >= 3600 else "")
+        for m, r in by_method.items()) for name, by_method in runs.items()]
+    return lines + ["Block seconds are the methods' own work on the block (the statistics forwards they share are "
+                    "outside them); the whole run's seconds include everything. Projected whole models (each timed "
+                    f"block times the blocks it stands for) on {threads} CPU threads: " + "; ".join(projected) + "."]
+
+
+# --- Gauss-Newton products two ways (hvp_modes.py) ----------------------------------------------------------------
+
+def hvp_modes(results: dict) -> list[str]:
+    args, rows = results["settings"]["arguments"], results["rows"]
+    fb = results["forward_backward_seconds"]
+    lines = [f"**Gauss-Newton products two ways** (one SmolLM2-135M block at real shapes, randomly initialised, eager "
+             f"attention, {args['batches']} x {args['tokens']} tokens, the weights of `{results['module']}`, "
+             f"{results['settings']['threads']} threads; median of {args['repeats']} products): {command(results)}", ""]
+    lines += table(["way", "build s (once per Newton step)", "product s", "x a forward+backward"],
+                   [[r["way"], f"{r['build_seconds']:.3f}", f"{r['product_seconds']:.3f}",
+                     f"{r['product_seconds'] / fb:.2f}"] for r in rows])
+    by_way = {r["way"]: r["product_seconds"] for r in rows}
+    return lines + ["", f"The two ways' products agree to {results['relative_difference']:.1e} (relative). Forward mode "
+                        f"reruns the window's forward for every product where the double vjp reuses the kept graph: its "
+                        f"product takes {by_way['jvp + vjp'] / by_way['double-vjp']:.1f}x as long here"
+                        + (", so SNOWS keeps the double vjp" if by_way["jvp + vjp"] >= by_way["double-vjp"] else
+                           ": faster, but SNOWS does not use it yet") + ". Forward mode through the SDPA attention of "
+                        "this block: "
+                        f"{results['sdpa_forward_mode']}."]
 
 
 # --- GPU runs (gpu_check.py, sparse_inference_gpu.py) ------------------------------------------------------------
@@ -523,6 +566,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict], list[str]]]] = [
      "`python benchmarks/resume_cost.py --num-samples 64 --seq-len 512 --stop-at 15`", resume_cost),
     ("real_shapes_cpu.json", "**SNOWS at real shapes on CPU**", "`python benchmarks/real_shapes_cpu.py`",
      real_shapes_cpu),
+    ("hvp_modes.json", "**Gauss-Newton products two ways**", "`python benchmarks/hvp_modes.py`", hvp_modes),
     ("gpu_check.json", "**SNOWS at real shapes on a GPU** (time per block and peak memory of magnitude, SparseGPT and "
      "SNOWS, with activations on the device, in pinned CPU memory, on disk, and with blocks streamed from CPU memory)",
      "on a machine with a GPU, `python benchmarks/gpu_check.py` (or `bash benchmarks/device_checks.sh`, which runs it "
