@@ -114,6 +114,12 @@ class SnowsConfig(MethodConfig):
     # step gained under 1% of that loss in 19 of 24 ViT modules at 95% (quality.py's
     # snows-choose-tol row); on 2 SmolLM2 blocks at 2:4 one step from SparseGPT's update
     # lowered the window loss by about 5% (solver_budget.json), the knee of that frontier.
+    # The default is not the knee of whole SmolLM2's time/perplexity frontier at 2:4 or 50%:
+    # the knee is the block re-fit at 1 x 5, whose perplexity is worse beyond noise, and
+    # version 4's 1 x 5 from SparseGPT's update gives perplexity within noise of the default
+    # for 1/1.3-1/1.9 of its time. The default is set for the heavy sparsities, where that
+    # start falls short (ViT 95% top-1 0.68 against 0.79, ResNet 95% 0.74 against 0.79,
+    # MiniLM 70% cosine 0.823 against 0.831: the quality_*_regimes.json files).
     newton_steps: int = config_field(3, "SNOWS: Newton steps per module at most", minimum=0)
     newton_tol: float = config_field(
         0.05, "SNOWS: take another Newton step only while the last one lowered the held-out window loss by more "
@@ -132,7 +138,11 @@ class SnowsConfig(MethodConfig):
         None, "SNOWS: of a Newton step's micro-batches, how many give the Hessian-vector products "
         "(sub-sampled Newton; the gradient uses all of them; default: all)", minimum=1,
     )
-    # "module" stays the default until measurements (issue 31) say which unit is the knee.
+    # "module" stays the default (issue 31, docs/results.md "SNOWS's time against its quality"):
+    # on whole SmolLM2 at 2:4 the block re-fit took 6.6x SparseGPT's time for perplexity 72.6
+    # and 3.1x with its products on one micro-batch for 85.6, where the per-module re-fit at
+    # version 4's defaults reached 65.7 at 13.6x (SparseGPT alone 95.4); at 50% 6.2x for 48.7
+    # against 46.2 (quality_smollm2_frontier_block.json, quality_smollm2_regimes.json).
     refit_unit: str = config_field(
         "module", "SNOWS: re-fit each module alone over its own window (module), or all of a block's modules "
         "together in one Newton-CG over the block's output and the K operations after it (block: masks and "
