@@ -103,13 +103,16 @@ def _command(model, out, *extra):
 def test_cli_killed_mid_loop_resumes_to_the_same_weights(six_blocks, uninterrupted, tmp_path, how):
     out = tmp_path / "out"
     state = Path(checkpoint_dir(str(out))) / "state.json"
-    run = subprocess.Popen(_command(six_blocks, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's Ctrl-C finds it: a suite started in the background of a
+    # non-interactive shell ignores SIGINT, and a child would inherit that and run to the end
+    run = subprocess.Popen(_command(six_blocks, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not state.exists() and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.02)
     run.send_signal(how)
     _, err = run.communicate(timeout=120)
-    assert not out.exists(), "the run finished before it could be stopped"
+    assert not out.exists(), f"the run finished before it could be stopped (exit {run.returncode}): {err[-800:]}"
     assert json.loads(state.read_text())["blocks_done"] < 6
     if how == signal.SIGINT:
         assert run.returncode == 130 and "--resume" in err
