@@ -458,7 +458,7 @@ def real_shape_runs(results: dict) -> dict[str, dict[str, dict]]:
 def real_shapes_cpu(results: dict) -> list[str]:
     runs, threads = real_shape_runs(results), results["settings"]["threads"]
     first = next(iter(next(iter(runs.values())).values()))
-    config = next((r["config"] for m in runs.values() for k, r in m.items() if k == "snows"), first["config"])
+    config = next((m["snows"]["config"] for m in runs.values() if "snows" in m), first["config"])
     methods = list(dict.fromkeys(k for m in runs.values() for k in m))
     lines = [f"**SNOWS at real shapes on CPU** (randomly initialised, {threads} threads, {first['samples']} images of "
              f"224x224, 2:4; SNOWS at the defaults of `snows-hf prune`: K={config['k_step']}, {config['mask']} mask, "
@@ -471,7 +471,7 @@ def real_shapes_cpu(results: dict) -> list[str]:
             body.append([MODEL_NAMES.get(name, name), where, str(some["layers_per_block"][block])]
                         + [f"{by_method[m]['block_seconds'][block]:.1f}" if m in by_method else "not run" for m in methods])
         base = by_method.get("sparsegpt")
-        body.append([MODEL_NAMES.get(name, name), "whole run: seconds (x SparseGPT), peak RSS GiB", ""]
+        body.append([MODEL_NAMES.get(name, name), f"whole run: seconds{' (x SparseGPT)' if base else ''}, peak RSS GiB", ""]
                     + [f"{by_method[m]['total_seconds']:.0f}"
                        + (f" ({by_method[m]['total_seconds'] / base['total_seconds']:.1f}x)" if base else "")
                        + f", {by_method[m]['peak_rss_gib']:.2f}" if m in by_method else "not run" for m in methods])

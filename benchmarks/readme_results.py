@@ -422,7 +422,7 @@ def real_shape_goals(shapes: dict | None) -> list[str]:
     for name, runs in readme_measurements.real_shape_runs(shapes or {"cases": []}).items():
         title = readme_measurements.MODEL_NAMES.get(name, name)
         mine, base = runs.get("snows"), runs.get("sparsegpt")
-        if mine is None or base is None or budget_of(mine) != DEFAULT_BUDGET:
+        if mine is None or base is None or not config_at_defaults(mine.get("config")):
             lines.append(f"- {title} at real shapes on CPU, SNOWS at its defaults at most 3x SparseGPT's time: not yet "
                          "measured (`python benchmarks/real_shapes_cpu.py` times both)")
             continue
@@ -740,10 +740,15 @@ REGIMES = {"vit": ("2:4", "50%", "90%", "95%"), "resnet": ("2:4", "50%", "90%", 
 DEFAULT_KEYS = ("init", "alternative_mask", "newton_steps", "newton_tol", "cg_iters", "k_step", "refit_unit")
 
 
+def config_at_defaults(config: dict | None) -> bool:
+    """Whether recorded SNOWS settings are today's defaults on every key they are judged by."""
+    today = SnowsConfig()
+    return all((config or {}).get(k) == getattr(today, k) for k in DEFAULT_KEYS)
+
+
 def at_defaults(row: dict) -> bool:
-    """Whether a SNOWS row ran with today's defaults (its recorded settings say so)."""
-    config, today = row.get("config") or {}, SnowsConfig()
-    return row["method"] == "snows-k3" and all(config.get(k) == getattr(today, k) for k in DEFAULT_KEYS)
+    """Whether a quality row is SNOWS K=3 run with today's defaults (its recorded settings say so)."""
+    return row["method"] == "snows-k3" and config_at_defaults(row.get("config"))
 
 
 def regime_cells(results: dict, spec: str) -> tuple[dict, list[tuple[str, float, tuple[float, float] | None]]] | None:
@@ -765,12 +770,12 @@ def regime_cells(results: dict, spec: str) -> tuple[dict, list[tuple[str, float,
     return mine, cells
 
 
-def retrained_note(quality: dict[str, dict]) -> str:
+def retrained_note(quality: dict[str, dict], regime_files: dict[str, dict | None]) -> str:
     """Which regime files pruned a classifier retrained on this machine (its dense score
     differs from the main table's: a retrained model differs from machine to machine)."""
     notes = []
-    for model in REGIMES:
-        regimes, main = load(f"quality_{model}_regimes.json"), quality.get(model)
+    for model, regimes in regime_files.items():
+        main = quality.get(model)
         metric = (regimes or {}).get("metric")
         if regimes and main and not math.isclose(regimes["dense"][metric], main["dense"].get(metric, math.nan),
                                                  rel_tol=1e-5):
@@ -787,8 +792,9 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
              "95% paired interval | default no worse than all | seconds: default / version 4's |",
              "|---|---|---|---|---|---|"]
     open_cases = []
+    regime_files = {model: load(f"quality_{model}_regimes.json") for model in REGIMES}
     for model, specs in REGIMES.items():
-        results = load(f"quality_{model}_regimes.json") or quality.get(model)  # a run of its own, where there is one
+        results = regime_files[model] or quality.get(model)  # a run of its own, where there is one
         if not results:
             continue
         metric = results["metric"]
@@ -820,8 +826,8 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
              "listed here and the closed-form least-squares start alone, on the benchmark models at their light "
              "and heavy sparsities, with the seconds of both defaults (a load mark: timed while other work shared the "
              "2-core machine) (rows of `benchmarks/quality.py`, each model's rows from one file"
-             f"{retrained_note(quality)}):", ""] + lines
-    same = [SHORT[m] for m in REGIMES if lsq_is_mask_alone(load(f"quality_{m}_regimes.json"))]
+             f"{retrained_note(quality, regime_files)}):", ""] + lines
+    same = [SHORT[m] for m, results in regime_files.items() if lsq_is_mask_alone(results)]
     if same:
         lines += ["", f"{', '.join(same)}: the least-squares start alone scores exactly as the magnitude mask alone, "
                       "sample for sample: the closed-form start covers Linear and Conv1D modules, and these models' "
@@ -944,7 +950,7 @@ def cost_sentence() -> list[str]:
         text = (f"at {spec} SparseGPT took {base['seconds']:.0f} s, SNOWS with version 4's defaults "
                 f"{old['seconds']:.0f} s ({ratios[-2]:.1f}x, perplexity {old['scores']['perplexity']:.2f}) and with "
                 f"today's {mine['seconds']:.0f} s ({ratios[-1]:.1f}x, perplexity {mine['scores']['perplexity']:.2f})")
-        fit_base = next((r for r in block_rows if (r["sparsity"], r["method"]) == (spec, "sparsegpt")), None)
+        fit_base = results_row({"rows": block_rows}, spec, "sparsegpt", missing=True)
         fits = [r for r in block_rows if r["sparsity"] == spec and (r.get("config") or {}).get("refit_unit") == "block"]
         if fits and fit_base is not None:
             fit = min(fits, key=lambda r: r["seconds"])  # the cheapest block re-fit measured
