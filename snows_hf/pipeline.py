@@ -132,6 +132,44 @@ def execution_order(block: nn.Module, targets: list[tuple[str, nn.Module]], call
     return sorted(used, key=lambda t: order[id(t[1])])
 
 
+def input_groups(block: nn.Module, modules: list[tuple[str, nn.Module]], call: BlockCall) -> list[list[tuple[str, nn.Module]]]:
+    """``modules`` (in execution order) in runs of consecutive ones that read one input
+    tensor in a traced forward of ``block`` (``q/k/v_proj``, ``gate/up_proj``); a module
+    sharing its input with no neighbour is a group of one.
+
+    Example:
+        >>> class Fork(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b, self.c = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         return self.c(self.a(x) * self.b(x))
+        >>> fork = Fork()
+        >>> groups = input_groups(fork, list(fork.named_children()), BlockCall((torch.ones(1, 2),), {}))
+        >>> [[name for name, _ in group] for group in groups]
+        [['a', 'b'], ['c']]
+    """
+    inputs: dict[int, torch.Tensor] = {}  # held to the end, so no two inputs share an id
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        found = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if found is not None:
+            inputs.setdefault(id(module), found)
+
+    with tracked_hooks() as hooks, torch.no_grad():
+        for _, module in modules:
+            hooks.append(module.register_forward_pre_hook(record, with_kwargs=True))
+        run_block(block, call)
+    groups: list[list[tuple[str, nn.Module]]] = []
+    for name, module in modules:
+        first = inputs.get(id(groups[-1][0][1])) if groups else None
+        if first is not None and inputs.get(id(module)) is first:
+            groups[-1].append((name, module))
+        else:
+            groups.append([(name, module)])
+    return groups
+
+
 def _write_weight(module: nn.Module, layout: str, weight_rows: torch.Tensor, mask_rows: torch.Tensor) -> None:
     weight = module.weight
     # where(), not a product: a pruned negative weight times 0 is -0.0, which the compact
@@ -305,14 +343,19 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
         for job, result, found in zip(jobs, results, diagnostics):
             _write_result(stream, report, job, result, share, found, method)
         return
-    bar = tqdm(modules, desc=f"block {index}", unit="module", leave=False, disable=not progress, dynamic_ncols=True)
-    for rel_name, module in bar:
-        bar.set_postfix_str(rel_name, refresh=False)
+    groups = input_groups(block, modules, stream.calls[0]) if method.prunes_groups else [[m] for m in modules]
+    bar = tqdm(groups, desc=f"block {index}", unit="group" if method.prunes_groups else "module", leave=False, disable=not progress, dynamic_ncols=True)
+    for group in bar:
+        bar.set_postfix_str(" + ".join(rel_name for rel_name, _ in group), refresh=False)
         t0 = time.perf_counter()
-        job = job_of(rel_name, module)
-        diagnostics = _diagnostics(job, method)
-        result = method.prune_module(job)
-        _write_result(stream, report, job, result, time.perf_counter() - t0, diagnostics, method)
+        jobs = [job_of(rel_name, module) for rel_name, module in group]  # none of the group is pruned yet
+        diagnostics = [_diagnostics(job, method) for job in jobs]
+        results = method.prune_group(jobs) if len(jobs) > 1 else [method.prune_module(jobs[0])]
+        if len(results) != len(jobs):
+            raise RuntimeError(f"{type(method).__name__}.prune_group gave {len(results)} results for {len(jobs)} modules")
+        share = (time.perf_counter() - t0) / len(jobs)
+        for job, result, found in zip(jobs, results, diagnostics):
+            _write_result(stream, report, job, result, share, found, method)
 
 
 def _write_result(stream: _BlockStream, report: PruneReport, job: ModuleJob, result, seconds: float,

@@ -10,7 +10,9 @@ output, then the next K operation outputs that *depend on its weight* (so the si
 MLP whose output is its last Linear's output, counts once). The trace runs on through
 later blocks when K is large, and simply ends with the network's last block, so windows
 near the end are shorter. The window of a block re-fit (:meth:`WindowRunner.trace_block`)
-is the block's output and the K operations after it that depend on any of its weights.
+is the block's output and the K operations after it that depend on any of its weights;
+that of a group of modules reading one input (:meth:`WindowRunner.trace_group`) is every
+member's output and the K operations after the first member that depend on any of them.
 
 Later blocks are called as the pipeline chains them (:attr:`BlockList.next_call
 <snows_hf.adapters.BlockList>`): the current block's other arguments (attention masks,
@@ -112,6 +114,7 @@ class WindowRunner:
         self._trace: list[tuple[OpKey, torch.Tensor]] = []
         self._trace_limit = 0
         self._trace_from: str | None = None  # a block's window starts at the block's output
+        self._trace_members: frozenset[str] = frozenset()  # a group's window holds every member's output
 
     def __enter__(self) -> "WindowRunner":
         self._frozen = [p for b in self.blocks[self.block_index :] for p in b.parameters() if p.requires_grad]
@@ -145,7 +148,7 @@ class WindowRunner:
                     return
                 if tensor.requires_grad and all(tensor is not t for _, t in self._trace):
                     self._trace.append((op, tensor))
-                    if len(self._trace) >= self._trace_limit:
+                    if self._window_full():
                         raise _StopWindow
             elif op in self._wanted:
                 self._outputs[self._wanted[op]] = tensor
@@ -153,6 +156,15 @@ class WindowRunner:
                     raise _StopWindow
 
         return hook
+
+    def _window_full(self) -> bool:
+        """Whether the trace holds the window: K + 1 operations, or for a group every
+        member's output and K operations that are not members."""
+        if not self._trace_members:
+            return len(self._trace) >= self._trace_limit
+        names = [name for (name, _), _ in self._trace]
+        downstream = sum(1 for name in names if name not in self._trace_members)
+        return downstream >= self._trace_limit - 1 and self._trace_members.issubset(names)
 
     def _forward(self, call: BlockCall, overrides: dict[str, torch.Tensor], last_block: int) -> None:
         self._seen = {}
@@ -186,16 +198,34 @@ class WindowRunner:
         """
         return self._traced(call, weights, k, start=str(self.block_index))
 
-    def _traced(self, call: BlockCall, weights: Mapping[str, torch.Tensor], k: int, start: str | None) -> Window:
+    def trace_group(self, call: BlockCall, weights: Mapping[str, torch.Tensor], k: int) -> Window:
+        """Find the window of a group of modules re-fitted together (modules reading one
+        input: ``q/k/v_proj``, ``gate/up_proj``): every member's output, and the next ``k``
+        operations that depend on any of ``weights`` (parameter name relative to the block
+        -> its value; a member is the module holding the parameter) and are not members.
+        Operations between two members (the activation after ``gate_proj``) count among
+        the ``k``.
+
+        Example:
+            >>> with WindowRunner(find_block_list(model), 0) as runner:  # doctest: +SKIP
+            ...     runner.trace_group(call, {"mlp.gate_proj.weight": w1, "mlp.up_proj.weight": w2}, k=2).names()
+            ['0.mlp.gate_proj', '0.mlp.act_fn', '0.mlp.up_proj', '0.mlp.down_proj']
+        """
+        members = frozenset(f"{self.block_index}.{name.rpartition('.')[0]}" for name in weights)
+        return self._traced(call, weights, k, start=None, members=members)
+
+    def _traced(self, call: BlockCall, weights: Mapping[str, torch.Tensor], k: int, start: str | None,
+                members: frozenset[str] = frozenset()) -> Window:
         if k < 0:
             raise ValueError(f"k_step must be >= 0, got {k}")
         self._mode, self._trace, self._trace_limit, self._trace_from = "trace", [], k + 1, start
+        self._trace_members = members
         probes = {name: w.detach().clone().requires_grad_(True) for name, w in weights.items()}
         try:
             with torch.enable_grad():
                 self._forward(call, probes, len(self.blocks) - 1)
         finally:
-            self._trace_from = None
+            self._trace_from, self._trace_members = None, frozenset()
         ops = tuple(op for op, _ in self._trace)
         self._trace = []
         if not ops:

@@ -20,6 +20,7 @@ def _inputs(kind):
 
 @pytest.mark.parametrize("kind", ["llama", "vit"])
 @pytest.mark.parametrize("options", [{"k_step": 2}, {"k_step": 2, "target": "official"}, {"k_step": 2, "refit_unit": "block"},
+                                     {"k_step": 2, "refit_unit": "group"},
                                      {"method": "mask-only", "mask": "sparsegpt", "sparsity": "0.5", "allocation": "global"}])
 def test_cpu_and_disk_offload_give_the_same_weights(kind, options, tmp_path):
     factory = tiny_llama if kind == "llama" else tiny_vit

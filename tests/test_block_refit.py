@@ -134,9 +134,11 @@ def test_linear_block_gradient_and_products_equal_the_closed_form(monkeypatch, k
     assert results[0].metrics["window"] == ["0"] and results[0].metrics["joint_solve"] == "layers.0.0"
 
 
+@pytest.mark.parametrize("unit", ["block", "group"])
 @pytest.mark.parametrize("kind", ["llama", "vit"])
-def test_block_objective_gradient_and_products_agree_with_autograd(monkeypatch, kind):
-    """On a real block (float64): the objective is zero at the dense weights (dense-stream
+def test_block_objective_gradient_and_products_agree_with_autograd(monkeypatch, kind, unit):
+    """On a real block (float64), re-fitted whole or by groups of modules reading one input
+    (the first: q/k/v): the objective is zero at the dense weights (dense-stream
     targets of block 0); the operator's gradient and products equal autograd's own
     (``torch.autograd.functional``: the loss's gradient, ``hvp``, and ``J^T (J v)`` from
     ``jvp`` then ``vjp`` of the residuals), and central differences. Llama's RMSNorm
@@ -145,12 +147,14 @@ def test_block_objective_gradient_and_products_agree_with_autograd(monkeypatch, 
 
     model = (tiny_llama() if kind == "llama" else tiny_vit()).double()
     first = find_block_list(model).modules[0]
-    dense = torch.cat([m.weight.detach().reshape(-1) for m in first.modules() if isinstance(m, nn.Linear)])
+    linears = [m.weight.detach().reshape(-1) for m in first.modules() if isinstance(m, nn.Linear)]  # in execution order
     eps = 1e-4
 
     def check(w0, mask, residual_fn, train, held):
         if seen:
-            return None  # block 0 only
+            return None  # block 0's first solve only
+        sizes = torch.tensor([w.numel() for w in linears]).cumsum(0).tolist()
+        dense = torch.cat(linears[:sizes.index(w0.numel()) + 1])  # the solve's modules, the first of the block
         at_dense = window_loss(residual_fn, dense, train + held)
         g = torch.Generator().manual_seed(2)
         w = w0 + 0.01 * torch.randn(w0.shape, generator=g, dtype=DT) * w0.abs().mean()
@@ -184,9 +188,10 @@ def test_block_objective_gradient_and_products_agree_with_autograd(monkeypatch, 
         return float(at_dense), errors
 
     seen = _spy_newton(monkeypatch, check)
-    snows_hf.prune_(model, _block(), _inputs(kind))
+    snows_hf.prune_(model, _block(refit_unit=unit), _inputs(kind))
     at_dense, errors = seen[0]
-    assert len(seen) == 2 and seen[1] is None and at_dense == 0.0
+    assert len(seen) == (4 if unit == "group" and kind == "llama" else 2) and set(seen[1:]) == {None}
+    assert at_dense == 0.0
     autograd_tolerance, differences_tolerance = (1e-6, 1e-2) if kind == "llama" else (1e-10, 1e-6)
     assert max(errors["gradient"], errors["exact"], errors["gauss-newton"]) < autograd_tolerance, errors
     assert max(errors["gradient, differences"], errors["exact, differences"]) < differences_tolerance, errors
@@ -293,36 +298,41 @@ def test_out_of_memory_in_a_block_window_holds_fewer_graphs_and_reaches_the_same
     assert difference < 1e-9  # summation order only
 
 
-def test_a_resumed_block_refit_ends_bit_identical(tmp_path, monkeypatch):
-    config = _block(k_step=3, batch_size=3)
-    reference = tiny_llama(layers=4)
+@pytest.mark.parametrize("unit, hook, stop_at, layers, blocks_done, solves", [
+    ("block", "prune_block", 3, 4, 2, 4),  # the third block's solve: blocks 0 and 1 saved
+    ("group", "prune_group", 4, 3, 1, 12),  # block 1's gate/up: block 0 saved, block 1 half done; 4 solves a block
+])
+def test_a_resumed_joint_refit_ends_bit_identical(tmp_path, monkeypatch, unit, hook, stop_at, layers, blocks_done, solves):
+    config = _block(k_step=3, batch_size=3, refit_unit=unit)
+    reference = tiny_llama(layers=layers)
     snows_hf.prune_(reference, config, IDS[:12])
     cls, calls = get_method("snows"), {"n": 0}
-    original = cls.prune_block
+    original = getattr(cls, hook)
 
     def interrupted(self, jobs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == stop_at:
             raise KeyboardInterrupt
         return original(self, jobs)
 
-    monkeypatch.setattr(cls, "prune_block", interrupted)
+    monkeypatch.setattr(cls, hook, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        snows_hf.prune_(tiny_llama(layers=4), config, IDS[:12], checkpoint=RunCheckpoint(tmp_path / "ckpt"))
-    monkeypatch.setattr(cls, "prune_block", original)
+        snows_hf.prune_(tiny_llama(layers=layers), config, IDS[:12], checkpoint=RunCheckpoint(tmp_path / "ckpt"))
+    monkeypatch.setattr(cls, hook, original)
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
-    assert state["blocks_done"] == 2 and len(state["layers"]) == 14
-    model = tiny_llama(layers=4)
+    assert state["blocks_done"] == blocks_done and len(state["layers"]) == 7 * blocks_done
+    model = tiny_llama(layers=layers)
     report = snows_hf.prune_(model, config, IDS[:12], checkpoint=RunCheckpoint(tmp_path / "ckpt", resume=True))
-    assert len(report.layers) == 28 and report.solver["solves"] == 4
+    assert len(report.layers) == 7 * layers and len(counted_solves(report)) == solves
     ref = reference.state_dict()
     assert all(torch.equal(value, ref[key]) for key, value in model.state_dict().items())
 
 
-def test_a_small_memory_budget_streams_blocks_and_changes_nothing(llama64_dir):
+@pytest.mark.parametrize("unit", ["block", "group"])
+def test_a_small_memory_budget_streams_blocks_and_changes_nothing(llama64_dir, unit):
     from transformers import AutoModelForCausalLM
 
-    config = _block(k_step=4, init="mask", batch_size=3)
+    config = _block(k_step=4, init="mask", batch_size=3, refit_unit=unit)
     weights = {}
     for budget in (None, "cpu=10KB"):
         model = AutoModelForCausalLM.from_pretrained(llama64_dir)
@@ -335,22 +345,26 @@ def test_a_small_memory_budget_streams_blocks_and_changes_nothing(llama64_dir):
 # 5. the setting: recipe, command line, report, card, plan
 
 
-def test_the_unit_is_a_setting_of_the_recipe_the_report_and_the_card(llama_dir, tmp_path):
+@pytest.mark.parametrize("unit, solves, recorded", [
+    ("block", 2, {"block"}),  # 2 blocks
+    ("group", 8, {"group", None}),  # q/k/v, o, gate/up, down in each: o and down re-fit alone
+])
+def test_the_unit_is_a_setting_of_the_recipe_the_report_and_the_card(llama_dir, tmp_path, unit, solves, recorded):
     from snows_hf.cli import main
     from snows_hf.recipe import load_recipe
 
     out = tmp_path / "out"
     code = main(["prune", str(llama_dir), "--dataset", "random", "--num-samples", "8", "--seq-len", "8", "--batch-size", "4",
-                 "--sparsity", "2:4", "--refit-unit", "block", "--no-eval", "--quiet", "--output-dir", str(out)])
+                 "--sparsity", "2:4", "--refit-unit", unit, "--no-eval", "--quiet", "--output-dir", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["refit_unit"] == "block" and report["solver"]["solves"] == 2
-    assert {layer["metrics"]["refit_unit"] for layer in report["layers"]} == {"block"}
-    assert "| re-fit unit | block |" in (out / "README.md").read_text()
+    assert report["config"]["refit_unit"] == unit and report["solver"]["solves"] == solves
+    assert {layer["metrics"].get("refit_unit") for layer in report["layers"]} == recorded
+    assert f"| re-fit unit | {unit} |" in (out / "README.md").read_text()
     prune, _, _ = load_recipe(out / "recipe.yaml")
-    assert prune.method.refit_unit == "block" and PruneConfig.from_dict(prune.to_dict()) == prune
+    assert prune.method.refit_unit == unit and PruneConfig.from_dict(prune.to_dict()) == prune
     assert PruneConfig(sparsity="2:4").method.refit_unit == "module"  # the default
-    with pytest.raises(ValueError, match="refit_unit must be module or block, got 'layer'"):
+    with pytest.raises(ValueError, match="refit_unit must be module, group or block, got 'layer'"):
         SnowsConfig(refit_unit="layer")
 
 
@@ -363,6 +377,9 @@ def test_the_plan_counts_one_refit_per_block():
     assert isinstance(per_block, SnowsPlan) and "one re-fit per block" in per_block.settings
     assert per_block.footer(modules, 4)[1] == "Hessian-vector products: at most 45"  # 3 blocks x 3 x 5
     assert per_module.footer(modules, 4)[1] == "Hessian-vector products: at most 135"  # 9 modules x 3 x 5
+    per_group = get_method("snows")(PruneConfig(sparsity="2:4", method=SnowsConfig(refit_unit="group"))).plan(8)
+    assert "one re-fit per group of modules reading one input" in per_group.settings
+    assert per_group.footer(modules, 4)[1] == "Hessian-vector products: at most 135"  # groups unknown before a forward
 
 
 def test_a_blocks_window_is_its_output_and_the_operations_after_it():

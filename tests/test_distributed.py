@@ -23,7 +23,8 @@ torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     ["--sparsity", "0.6", "--mask", "wanda", "--allocation", "global", "--batches-per-step", "3",
      "--offload-activations", "disk"],
     ["--sparsity", "2:4", "--mask", "magnitude", "--refit-unit", "block", "--newton-steps", "2"],
-], ids=["2of4-newton", "wanda-global-disk", "2of4-magnitude-block"])
+    ["--sparsity", "2:4", "--refit-unit", "group", "--newton-steps", "2"],
+], ids=["2of4-newton", "wanda-global-disk", "2of4-magnitude-block", "2of4-group"])
 def test_two_processes_give_the_weights_of_one(llama64_dir, tmp_path, options):
     common = ["prune", str(llama64_dir), "--dataset", "random", *options, "--num-samples", "14", "--seq-len", "16", "--batch-size", "2",
               "--stats-dtype", "float64", "--quiet", "--no-eval"]  # float64 throughout: only summation order differs

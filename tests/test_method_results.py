@@ -105,13 +105,13 @@ def test_a_registered_method_speaks_in_the_log_the_report_and_the_card(caplog, t
     assert _png_height(tmp_path / "echo.png") > _png_height(tmp_path / "plain.png")  # its own panel under sparsity
 
 
-@pytest.mark.parametrize("unit", ["module", "block"])
+@pytest.mark.parametrize("unit", ["module", "group", "block"])
 def test_snows_records_only_the_keys_it_declares_and_the_mask_only_methods_none(unit):
     settings = {"sparsity": "2:4", "k_step": 1, "newton_steps": 1, "cg_iters": 2, "batch_size": 4}
     report = snows_hf.prune_(tiny_llama(layers=1), {**settings, "method": "snows", "refit_unit": unit}, IDS)
     recorded = set().union(*(layer.metrics for layer in report.layers))
     assert "heldout_loss_after" in recorded and recorded <= METHODS["snows"].metric_keys
-    assert ("joint_solve" in recorded) == (unit == "block")
+    assert ("joint_solve" in recorded) == (unit != "module")
     plain = snows_hf.prune_(tiny_llama(layers=1), {"sparsity": "2:4", "method": "mask-only", "batch_size": 4}, IDS)
     assert all(layer.metrics == {} for layer in plain.layers) and plain.solver == {}
     assert METHODS["mask-only"].metric_keys == frozenset()

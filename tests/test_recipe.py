@@ -41,7 +41,7 @@ def test_every_output_carries_a_recipe_that_reruns_it(llama_dir, tmp_path):
      ("prune: {sparsity: '2:4', k_step: three}", "prune.k_step must be an int, got 'three'"),
      ("prune: {sparsity: '2:4', targets: 3}", "prune.targets must be a list of strings or None, got 3"),
      ("prune: {sparsity: '2:4', diagnostics: 'no'}", "prune.diagnostics must be a bool"),
-     ("prune: {sparsity: '2:4', refit_unit: layer}", "prune.refit_unit must be module or block, got 'layer'")],
+     ("prune: {sparsity: '2:4', refit_unit: layer}", "prune.refit_unit must be module, group or block, got 'layer'")],
 )
 def test_bad_recipes(tmp_path, text, message):
     path = tmp_path / "recipe.yaml"

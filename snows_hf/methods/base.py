@@ -3,7 +3,8 @@
 A method turns a :class:`ModuleJob` into a :class:`MethodResult` (new weight and keep-mask,
 both in the ``(rows, inputs)`` view of :mod:`snows_hf.masks.layout`), or, when it says it
 prunes blocks (:attr:`Method.prunes_blocks`), the jobs of all of a block's modules into
-one result each. It never writes into the model itself: the pipeline does, so every
+one result each, or, when it prunes groups (:attr:`Method.prunes_groups`), the jobs of the
+modules that read one input. It never writes into the model itself: the pipeline does, so every
 method gets the same bookkeeping.
 Its options are a :class:`MethodConfig` of its own, whose ``name`` it is registered under.
 """
@@ -162,6 +163,13 @@ class Method:
         (:meth:`prune_block`) instead of one at a time (:meth:`prune_module`, the default)."""
         return False
 
+    @property
+    def prunes_groups(self) -> bool:
+        """Whether the pipeline hands this method the modules that read one input (a
+        block's ``q/k/v_proj``, its ``gate/up_proj``) at once (:meth:`prune_group`); a
+        module that shares its input with none still goes to :meth:`prune_module`."""
+        return False
+
     def prune_module(self, job: ModuleJob) -> MethodResult:  # pragma: no cover - abstract
         """The extension point of a method: prune one module. ``job`` holds the module (its
         weight still the current one), its pattern, its block and that block's calibration
@@ -210,6 +218,19 @@ class Method:
             >>> class ShrinkBlock(Shrink):  # doctest: +SKIP
             ...     prunes_blocks = True
             ...     def prune_block(self, jobs):
+            ...         return [self.prune_module(job) for job in jobs]
+        """
+        raise NotImplementedError
+
+    def prune_group(self, jobs: list[ModuleJob]) -> list[MethodResult]:  # pragma: no cover - abstract
+        """The extension point of a method that prunes modules reading one input together
+        (when :attr:`prunes_groups` says so): one result per job, in execution order. The
+        modules before the group in the block are pruned, the group's own are not yet.
+
+        Example (each module as :meth:`prune_module` would):
+            >>> class ShrinkGroup(Shrink):  # doctest: +SKIP
+            ...     prunes_groups = True
+            ...     def prune_group(self, jobs):
             ...         return [self.prune_module(job) for job in jobs]
         """
         raise NotImplementedError

@@ -1,6 +1,6 @@
 """The pieces a SNOWS re-fit is built from, shared by the re-fit of one module
-(:meth:`~snows_hf.methods.SnowsMethod.prune_module`) and of a whole block
-(:func:`~snows_hf.methods.snows_block.refit_block`): the held-out split, the dense targets
+(:meth:`~snows_hf.methods.SnowsMethod.prune_module`) and of several together
+(:func:`~snows_hf.methods.snows_block.refit_jointly`): the held-out split, the dense targets
 and their scales, the least-squares start, CG's preconditioner, what a solve records, and
 the finite weight kept after NaN/Inf.
 """
@@ -183,6 +183,7 @@ def input_grams(jobs: list[ModuleJob], train: list[int], target: str,
     ``X`` comes from the partly pruned network, the block run with ``overrides`` in
     place of its own weights (``None``: as it is); ``X_t`` from the dense network
     (``target="dense-stream"``) or is ``X`` itself (``official``), sample for sample.
+    Modules that read one input (``q/k/v_proj``) share one product per call.
 
     Example:
         >>> (gram, cross), = input_grams([job], [0, 1, 2], "official")  # doctest: +SKIP
@@ -191,16 +192,20 @@ def input_grams(jobs: list[ModuleJob], train: list[int], target: str,
     modules = [(j.name, j.module, j.layout) for j in jobs]
     grams = {j.name: _zero_gram(j) for j in jobs}
     pruned = modules_inputs(job.block, modules, job.calls, train, overrides)
-    if target != "dense-stream":
-        for found in pruned:
-            for name, (gram, _) in grams.items():
-                gram += found[name].T @ found[name]
-        return [(gram, gram) for gram in (job.processes.sum(g) for g, _ in grams.values())]
-    dense = modules_inputs(job.block, modules, job.dense_calls, train, job.dense_overrides)
-    for found, found_t in zip(pruned, dense, strict=True):
+    if target == "dense-stream":
+        pairs = zip(pruned, modules_inputs(job.block, modules, job.dense_calls, train, job.dense_overrides), strict=True)
+    else:
+        pairs = ((found, found) for found in pruned)
+    for found, found_t in pairs:
+        products: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # modules reading one input share theirs
         for name, (gram, cross) in grams.items():
-            gram += found[name].T @ found[name]
-            cross += found[name].T @ found_t[name]
+            x, x_t = found[name], found_t[name]
+            key = tuple((t.data_ptr(), t.dtype, t.shape, t.stride()) for t in (x, x_t))
+            if key not in products:
+                xtx = x.T @ x
+                products[key] = (xtx, xtx if x_t is x else x.T @ x_t)
+            gram += products[key][0]
+            cross += products[key][1]
     return [(job.processes.sum(gram), job.processes.sum(cross)) for gram, cross in grams.values()]
 
 
