@@ -17,7 +17,8 @@ K=3 with the Newton-CG budget of ``config_version`` 3, 2 steps x 5 CG; ``snows-f
 cheaper preset; ``snows-block``, ``snows-block-1x35``: one re-fit per block, ``refit_unit="block"``,
 at 1 x 5 and at 1 x 35 CG, the products the per-module default takes on a Llama block;
 ``snows-block-h1``: per block at 1 x 5 with the Hessian products on one micro-batch, the
-gradient on all). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
+gradient on all; ``snows-group``, ``snows-group-v4``: the modules reading one input (q/k/v,
+gate/up) re-fitted together, ``refit_unit="group"``, at the defaults and at version 4's). The time/perplexity frontier of the SNOWS budgets on SmolLM2:
 
     python benchmarks/quality.py --model smollm2 --sparsity 2:4 50% --methods sparsegpt snows-fast snows-k3 \
         --out benchmarks/results/quality_smollm2_frontier.json
@@ -73,6 +74,9 @@ METHODS = {
                          "cg_iters": 35},  # a Llama block's 7 x 5
     "snows-block-h1": {"method": "snows", "k_step": 3, **V4, "refit_unit": "block", "newton_steps": 1,
                        "hessian_batches": 1},  # per block, 1 x 5, the products on one micro-batch
+    # the modules reading one input (q/k/v, gate/up) re-fitted together: at the defaults, and at version 4's
+    "snows-group": {"method": "snows", "k_step": 3, "refit_unit": "group"},
+    "snows-group-v4": {"method": "snows", "k_step": 3, **V4, "refit_unit": "group", "newton_steps": 1},
     "snows-lsq": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "init": "lsq"},  # least squares where better
     "snows-magnitude": {"method": "snows", "k_step": 3, **V4, "newton_steps": 1, "mask": "magnitude"},  # its own mask
     "lsq-magnitude": {"method": "snows", "k_step": 0, "newton_steps": 0, "init": "lsq", "mask": "magnitude"},  # the start alone

@@ -444,7 +444,8 @@ def resume_cost(results: dict) -> list[str]:
 MODEL_NAMES = {"vit-large": "ViT-Large/16", "resnet-50": "ResNet-50"}
 
 
-METHOD_NAMES = {"sparsegpt": "SparseGPT", "snows": "SNOWS", "snows-block": "SNOWS, block re-fit"}
+METHOD_NAMES = {"sparsegpt": "SparseGPT", "snows": "SNOWS", "snows-block": "SNOWS, block re-fit",
+                "snows-group": "SNOWS, group re-fit"}
 
 
 def real_shape_runs(results: dict) -> dict[str, dict[str, dict]]:

@@ -57,7 +57,14 @@ METHOD_NAMES = {
 #: SNOWS budgets on whole SmolLM2, each file with SparseGPT in the same run (beside quality_smollm2.json)
 MASK_ONLY = ("none", "mask-only")  #: the mask-only method as results name it, recorded before and since its rename
 FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json", "quality_smollm2_frontier_block.json",
-            "quality_smollm2_regimes.json")
+            "quality_smollm2_frontier_group.json", "quality_smollm2_regimes.json")
+#: the joint re-fit units (``refit_unit``): how a budget names its unit, the re-fit's name, and the file and
+#: preset that measure it on whole SmolLM2
+JOINT_UNITS = {
+    "block": ("per block", "the block re-fit", "quality_smollm2_frontier_block.json", "snows-block"),
+    "group": ("per input group", "the group re-fit (modules reading one input together)",
+              "quality_smollm2_frontier_group.json", "snows-group"),
+}
 FRONTIER_SPECS = ("2:4", "50%")  #: the sparsities the time goal is set at
 
 
@@ -305,8 +312,9 @@ def quality_table(model: str, results: dict) -> list[str]:
 
 def budget_of(row: dict) -> str | None:
     """``"N x C"``, the Newton steps x CG iterations a SNOWS row ran with, from its
-    recorded settings (``None`` for rows that recorded none), "per block" for the block re-fit,
-    and the micro-batches of the Hessian products where they were fewer than the gradient's.
+    recorded settings (``None`` for rows that recorded none), "per block" or "per input group"
+    for the joint re-fits, and the micro-batches of the Hessian products where they were fewer
+    than the gradient's.
 
     Example:
         >>> budget_of({"config": {"newton_steps": 1, "cg_iters": 5}}), budget_of({})
@@ -317,7 +325,7 @@ def budget_of(row: dict) -> str | None:
     config = row.get("config") or {}
     if "newton_steps" not in config:
         return None
-    unit = " per block" if config.get("refit_unit") == "block" else ""
+    unit = f" {JOINT_UNITS[config['refit_unit']][0]}" if config.get("refit_unit") in JOINT_UNITS else ""
     few = config.get("hessian_batches")
     subset = f", products on {few} micro-batch{'es' if few > 1 else ''}" if few else ""
     return f"{config['newton_steps']} x {config['cg_iters']}{unit}{subset}"
@@ -417,7 +425,7 @@ def goals(quality: dict[str, dict], speed: dict | None, frontier: Sequence[dict]
 
 def real_shape_goals(shapes: dict | None) -> list[str]:
     """The issue-31 time goal at real shapes on CPU: each model's whole run with SNOWS at its
-    defaults (and with the block re-fit) against SparseGPT's in the same file."""
+    defaults (and with each joint re-fit) against SparseGPT's in the same file."""
     lines = []
     for name, runs in readme_measurements.real_shape_runs(shapes or {"cases": []}).items():
         title = readme_measurements.MODEL_NAMES.get(name, name)
@@ -430,9 +438,11 @@ def real_shape_goals(shapes: dict | None) -> list[str]:
         text = (f"- {title} at real shapes on CPU (2 blocks or stages, one process each): SNOWS at its defaults "
                 f"{mine['total_seconds']:.0f} s vs SparseGPT {base['total_seconds']:.0f} s = {ratio:.1f}x (goal at "
                 f"most 3x): **{'met' if ratio <= 3 else 'not met'}**")
-        block = runs.get("snows-block")
-        if block is not None:
-            text += f"; the block re-fit {block['total_seconds']:.0f} s = {block['total_seconds'] / base['total_seconds']:.1f}x"
+        for _, label, _, preset in JOINT_UNITS.values():
+            joint = runs.get(preset)
+            if joint is not None:
+                text += (f"; {label.split(' (')[0]} {joint['total_seconds']:.0f} s = "
+                         f"{joint['total_seconds'] / base['total_seconds']:.1f}x")
         lines.append(text)
     return lines
 
@@ -501,6 +511,7 @@ def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[s
     knees: list[str] = []
     past_knee: list[str] = []
     knee_worse: list[str] = []  # where the knee's perplexity is worse than the default's beyond noise
+    knee_level: list[str] = []  # and where it is not
     for spec, points in by_spec.items():
         top = max(points, key=lambda p: p["ratio"])
         for p in points:
@@ -530,6 +541,8 @@ def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[s
                              f"{difference:+.2f} {_fmt(interval, 2) if interval else NO_DATA})")
             if interval is not None and interval[1] < 0:
                 knee_worse.append(spec)
+            else:
+                knee_level.append(f"{spec} ({found['budget']})")
     sparsegpt = {(spec, f"{p['sparsegpt']['scores']['perplexity']:.2f}") for spec, points in by_spec.items() for p in points}
     if len(sparsegpt) > len(by_spec):
         lines += ["", "The same SparseGPT settings prune to different perplexities in different runs (last column): "
@@ -546,43 +559,54 @@ def frontier_table(quality: dict[str, dict], frontier: Sequence[dict]) -> list[s
             lines[-1] += (f" At {' and '.join(knee_worse)} the knee's perplexity is worse than the default's beyond "
                           "noise, and the default may not give up perplexity for time (the goal: no worse than the "
                           "per-module re-fit), so the knee is an option, not the default.")
+        if knee_level:
+            lines[-1] += (f" At {' and '.join(knee_level)} the knee is within noise of the default, but the default is "
+                          "one setting for every sparsity and model" + (f", and the knee loses at {' and '.join(knee_worse)}"
+                                                                        if knee_worse else "") +
+                          " (and each regime where an alternative beats the default is named below).")
         lines[-1] += (" The default's start and step rule were chosen to hold at the heavy sparsities, where a start "
                       "from SparseGPT's update falls short (**The default in every regime** below).")
     return lines
 
 
 def frontier_goals(quality: dict[str, dict], frontier: Sequence[dict]) -> list[str]:
-    """The block re-fit on whole SmolLM2 at the goal sparsities: its time against SparseGPT's
-    in the same run (the 3x goal), and its perplexity against the per-module re-fit at the
-    2 x 5 budget and at today's defaults, with paired intervals over the same sequences."""
+    """The joint re-fits (per block, per input group) on whole SmolLM2 at the goal
+    sparsities: each one's time against SparseGPT's in the same run (the 3x goal), and its
+    perplexity against the per-module re-fit at the 2 x 5 budget and at today's defaults,
+    with paired intervals over the same sequences."""
     files = [r for r in (quality.get("smollm2"), *frontier) if r]
     lines = []
     for spec in FRONTIER_SPECS:
         points = frontier_points(files, spec)
-        blocks = list({p["budget"]: p for p in points if "per block" in p["budget"]}.values())  # the latest of each
-        if not blocks:
-            lines.append(f"- whole SmolLM2 at {spec}, the block re-fit at most 3x SparseGPT's time: not yet measured "
-                         f"(`python benchmarks/quality.py --model smollm2 --sparsity {spec} --methods sparsegpt "
-                         "snows-block --out benchmarks/results/quality_smollm2_frontier_block.json`)")
-            continue
         others = [(f"per module at {OLD_BUDGET}", [p for p in points if p["budget"] == OLD_BUDGET]),
                   ("per module at today's defaults", [p for p in points if at_defaults(p["row"])])]
-        for block in blocks:
-            row = block["row"]
-            text = (f"- whole SmolLM2 at {spec}, the block re-fit ({block['budget']}): {row['seconds']:.0f} s vs "
-                    f"SparseGPT {block['sparsegpt']['seconds']:.0f} s in the same run = {block['ratio']:.1f}x (goal at "
-                    f"most 3x): **{'met' if block['ratio'] <= 3 else 'not met'}**; perplexity "
-                    f"{row['scores']['perplexity']:.2f}")
-            for name, found in others:
-                if not found:
-                    continue
-                other = found[-1]["row"]
-                interval = metric_interval(block["results"], [other, row], lambda o, m: m - o)
-                text += (f"; against {name} {other['scores']['perplexity']:.2f}: "
-                         f"{row['scores']['perplexity'] - other['scores']['perplexity']:+.2f} "
-                         f"{_fmt(interval, 2) if interval else NO_DATA}, no worse: **{no_worse(interval)}**")
-            lines.append(text)
+        for unit, (_, name, file, preset) in JOINT_UNITS.items():
+            joint = [p for p in points if p["row"]["config"].get("refit_unit") == unit]
+            if not joint:
+                lines.append(f"- whole SmolLM2 at {spec}, {name} at most 3x SparseGPT's time: not yet measured "
+                             f"(`python benchmarks/quality.py --model smollm2 --sparsity {spec} --methods sparsegpt "
+                             f"{preset} --out benchmarks/results/{file}`)")
+                continue
+            lines += [_joint_goal(spec, name, point, others) for point in {p["budget"]: p for p in joint}.values()]
     return lines
+
+
+def _joint_goal(spec: str, name: str, point: dict, others: list[tuple[str, list[dict]]]) -> str:
+    """One joint re-fit point's goal line (:func:`frontier_goals`)."""
+    row = point["row"]
+    text = (f"- whole SmolLM2 at {spec}, {name} ({point['budget']}): {row['seconds']:.0f} s vs "
+            f"SparseGPT {point['sparsegpt']['seconds']:.0f} s in the same run = {point['ratio']:.1f}x (goal at "
+            f"most 3x): **{'met' if point['ratio'] <= 3 else 'not met'}**; perplexity "
+            f"{row['scores']['perplexity']:.2f}")
+    for other_name, found in others:
+        if not found:
+            continue
+        other = found[-1]["row"]
+        interval = metric_interval(point["results"], [other, row], lambda o, m: m - o)
+        text += (f"; against {other_name} {other['scores']['perplexity']:.2f}: "
+                 f"{row['scores']['perplexity'] - other['scores']['perplexity']:+.2f} "
+                 f"{_fmt(interval, 2) if interval else NO_DATA}, no worse: **{no_worse(interval)}**")
+    return text
 
 
 def default_time_goals(results: dict | None) -> list[str]:
@@ -719,7 +743,8 @@ def default_losses(quality: dict[str, dict], outside_noise: bool = False) -> lis
 
 #: every SNOWS setting the README lists, and the starts alone, against which the default must hold
 ALTERNATIVES = {
-    "snows-k3-2x5": "2 x 5", "snows-fast": "snows-fast", "snows-block": "per block", "snows-lsq": "start: least squares",
+    "snows-k3-2x5": "2 x 5", "snows-fast": "snows-fast", "snows-block": "per block",
+    "snows-group": "per input group (q/k/v, gate/up together)", "snows-lsq": "start: least squares",
     "snows-magnitude": "magnitude mask", "lsq-sparsegpt": "least squares alone (SparseGPT mask)",
     "lsq-magnitude": "least squares alone (magnitude mask)", "sparsegpt": "SparseGPT",
     "snows-v4": "the defaults of version 4 (1 x 5, SparseGPT's update)", "snows-choose": "the default start, 1 step",
@@ -730,7 +755,28 @@ LOSS_REASONS = {
     "snows-choose": ("; it differs only in stopping after one Newton step: the default's further steps lowered the "
                      "window loss on the held-out calibration micro-batches, which is not the test score"),
     "snows-choose-tol": "; it differs only in the step rule (up to 4 steps while each gains 1%)",
+    "snows-group": ("; it differs only in re-fitting the modules that read one input (q/k/v) in one Newton-CG, one "
+                    "budget for the three where the default spends one on each"),
 }
+
+
+def loss_reason(results: dict, spec: str, method: str) -> str:
+    """Why ``method`` beat the default at ``spec`` (:data:`LOSS_REASONS`), with the CG
+    iterations each spent in all where a joint re-fit's budget is the difference (from the
+    rows' per-re-fit records).
+
+    Example:
+        >>> rows = [{"sparsity": "95%", "method": m, "refits": [{"cg_iterations": c}]}
+        ...         for m, c in (("snows-k3", [5, 5, 5]), ("snows-group", [5]))]
+        >>> loss_reason({"rows": rows}, "95%", "snows-group").endswith("default spends one on each: 5 CG iterations in all against the default's 15")
+        True
+    """
+    reason = LOSS_REASONS.get(method, "")
+    mine, other = (results_row(results, spec, m, missing=True) for m in ("snows-k3", method))
+    if method == "snows-group" and mine and other and "refits" in mine and "refits" in other:
+        spent = [sum(sum(r["cg_iterations"]) for r in row["refits"]) for row in (other, mine)]
+        reason += f": {spent[0]} CG iterations in all against the default's {spent[1]}"
+    return reason
 #: the regimes the default is checked in, per model: the light ones and the heavy ones
 REGIMES = {"vit": ("2:4", "50%", "90%", "95%"), "resnet": ("2:4", "50%", "90%", "95%"),
            "minilm": ("2:4", "50%", "70%"), "smollm2": ("2:4", "50%", "70%")}
@@ -810,7 +856,7 @@ def regimes_table(quality: dict[str, dict]) -> list[str]:
                 texts.append(f"{ALTERNATIVES[method]} {better:+.4f} {_fmt(interval) if interval else NO_DATA}")
                 if verdicts[-1] == "not met":
                     open_cases.append(f"{SHORT[model]} {spec}: {ALTERNATIVES[method]} scores "
-                                      f"{-better:.4f} better ({_fmt(interval)}){LOSS_REASONS.get(method, '')}")
+                                      f"{-better:.4f} better ({_fmt(interval)}){loss_reason(results, spec, method)}")
             held = "no alternative measured" if not cells else (
                 "**no**" if "not met" in verdicts else ("yes" if all(v == "met" for v in verdicts)
                                                         else "yes, within noise"))
@@ -914,7 +960,7 @@ def regime_sentence() -> list[str]:
                 continue
             metric, digits = results["metric"], 2 if results["metric"] == "perplexity" else 4
             text = f"{spec} {old['scores'][metric]:.{digits}f} → {found[0]['scores'][metric]:.{digits}f}"
-            losses = [f"{ALTERNATIVES[m]} by {-better:.{digits}f}{LOSS_REASONS.get(m, '')}"
+            losses = [f"{ALTERNATIVES[m]} by {-better:.{digits}f}{loss_reason(results, spec, m)}"
                       for m, better, interval in found[1]
                       if interval is not None and no_worse((-interval[1], -interval[0])) == "not met"]
             if losses:
@@ -933,11 +979,11 @@ def regime_sentence() -> list[str]:
 
 def cost_sentence() -> list[str]:
     """The README's sentence on what SNOWS costs against SparseGPT on whole SmolLM2, at
-    version 4's defaults and today's, from the regime run (one run each sparsity), the block
-    re-fit from its own run, and whether the cheapest reaches the goal of 3x SparseGPT."""
+    version 4's defaults and today's, from the regime run (one run each sparsity), the
+    cheapest of each joint re-fit from its own run, and whether the cheapest reaches the goal
+    of 3x SparseGPT."""
     results = load("quality_smollm2_regimes.json")
     rows = {(r["sparsity"], r["method"]): r for r in (results or {}).get("rows", [])}
-    block_rows = (load("quality_smollm2_frontier_block.json") or {}).get("rows", [])
     parts, ratios, no_gain = [], [], []
     for spec in FRONTIER_SPECS:
         base, old, mine = (rows.get((spec, m)) for m in ("sparsegpt", "snows-v4", "snows-k3"))
@@ -950,13 +996,15 @@ def cost_sentence() -> list[str]:
         text = (f"at {spec} SparseGPT took {base['seconds']:.0f} s, SNOWS with version 4's defaults "
                 f"{old['seconds']:.0f} s ({ratios[-2]:.1f}x, perplexity {old['scores']['perplexity']:.2f}) and with "
                 f"today's {mine['seconds']:.0f} s ({ratios[-1]:.1f}x, perplexity {mine['scores']['perplexity']:.2f})")
-        fit_base = results_row({"rows": block_rows}, spec, "sparsegpt", missing=True)
-        fits = [r for r in block_rows if r["sparsity"] == spec and (r.get("config") or {}).get("refit_unit") == "block"]
-        if fits and fit_base is not None:
-            fit = min(fits, key=lambda r: r["seconds"])  # the cheapest block re-fit measured
-            ratios.append(fit["seconds"] / fit_base["seconds"])
-            text += (f"; the block re-fit (`--refit-unit block`, {budget_of(fit)}, its own run) {ratios[-1]:.1f}x its "
-                     f"SparseGPT's time, perplexity {fit['scores']['perplexity']:.2f}")
+        for unit, (_, name, file, _) in JOINT_UNITS.items():
+            joint_rows = (load(file) or {}).get("rows", [])
+            fit_base = results_row({"rows": joint_rows}, spec, "sparsegpt", missing=True)
+            fits = [r for r in joint_rows if r["sparsity"] == spec and (r.get("config") or {}).get("refit_unit") == unit]
+            if fits and fit_base is not None:
+                fit = min(fits, key=lambda r: r["seconds"])  # the cheapest measured
+                ratios.append(fit["seconds"] / fit_base["seconds"])
+                text += (f"; {name.split(' (')[0]} (`--refit-unit {unit}`, {budget_of(fit)}, its own run) "
+                         f"{ratios[-1]:.1f}x its SparseGPT's time, perplexity {fit['scores']['perplexity']:.2f}")
         parts.append(text)
     if not parts:
         return ["on whole SmolLM2-135M its time against SparseGPT's is not yet measured at today's defaults "
@@ -1192,7 +1240,7 @@ def summary_block() -> list[list[str]]:
     lines = ["| model (metric) | sparsity | dense | magnitude | SparseGPT | SNOWS K=3 | SNOWS minus SparseGPT "
              "(95% paired interval) | seconds: SparseGPT / SNOWS | SNOWS budget |",
              "|---|---|---|---|---|---|---|---|---|"]
-    current = set()
+    current, stale = set(), False
     for model, main_results in quality.items():
         for spec in ("2:4", "50%"):
             # today's default where a regime run measured it, else the model's main run
@@ -1210,6 +1258,7 @@ def summary_block() -> list[list[str]]:
             diff = snows["scores"][metric] - sgpt["scores"][metric]
             cell = lambda r: "not run" if r is None else f"{r['scores'][metric]:.4f}"  # noqa: E731
             budget = "today's defaults" if at_defaults(snows) else f"{budget_of(snows) or OLD_BUDGET} (earlier defaults)"
+            stale |= not at_defaults(snows)
             lines.append(
                 f"| {SHORT[model]} ({metric}, {'higher' if higher else 'lower'} is better) | {spec} | "
                 f"{results['dense'][metric]:.4f} | {cell(mag)} | {cell(sgpt)} | {cell(snows)} | {diff:+.4f} "
@@ -1221,8 +1270,9 @@ def summary_block() -> list[list[str]]:
                      "work sharing it; compare them within a row). The defaults changed in config_version 5 (each "
                      f"module's start chosen by its held-out window loss, {DEFAULT_BUDGET_TEXT}); "
                      + (f"rows at today's defaults come from the regime runs (`quality_<model>_regimes.json`, "
-                        f"{', '.join(SHORT[m].split(',')[0] for m in quality if m in current)}), the others ran earlier defaults, "
-                        "with the budget in the last column. " if current else
+                        f"{', '.join(SHORT[m].split(',')[0] for m in quality if m in current)})"
+                        + (", the others ran earlier defaults, with the budget in the last column. " if stale else ". ")
+                        if current else
                         "these rows ran with earlier defaults, with the budget in the last column. ")
                      + (f"Not yet measured at today's defaults: {', '.join(earlier)}. " if earlier else "")
                      + "docs/results.md has every table, the time/quality frontier, the goals and the new defaults "

@@ -6,7 +6,9 @@ default ResNetConfig (bottleneck blocks, depths 3-4-6-3) cut to one residual blo
 stage, so each stage's block is timed once. Every case and method runs in its own process
 so peak memory (max RSS) is its own. 2:4, each of ``--methods``: ``sparsegpt`` (its mask
 and update alone, the time baseline), ``snows`` (the defaults of ``snows-hf prune``) and
-``snows-block`` (the defaults with ``refit_unit="block"``); the JSON records each run's
+``snows-block`` and ``snows-group`` (the defaults with ``refit_unit="block"``, and with
+``refit_unit="group"``: ViT's q/k/v together; ResNet-50's modules never share an input
+with the module before them, so there it re-fits as per module); the JSON records each run's
 ``config``; ``--samples`` calibration images.
 
 The whole-model projection is per-block time x blocks (ViT-L: 24 equal blocks; ResNet-50:
@@ -14,7 +16,7 @@ sum over stages of the stage's block time x its depth; a stage's first block als
 the projection shortcut, so this slightly overstates). Writes
 ``benchmarks/results/real_shapes_cpu.json``.
 
-    python benchmarks/real_shapes_cpu.py [--samples 32] [--methods sparsegpt snows snows-block]
+    python benchmarks/real_shapes_cpu.py [--samples 32] [--methods sparsegpt snows snows-block snows-group]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ THREADS = 2
 WHOLE_MODEL = {"vit-large": {0: 24}, "resnet-50": dict(enumerate((3, 4, 6, 3)))}
 #: each method's settings beside ``sparsity="2:4"`` (everything else at the defaults)
 METHODS = {"sparsegpt": {"method": "mask-only", "mask": "sparsegpt"}, "snows": {},
-           "snows-block": {"refit_unit": "block"}}
+           "snows-block": {"refit_unit": "block"}, "snows-group": {"refit_unit": "group"}}
 
 
 def _model(case: str):

@@ -160,6 +160,9 @@ def test_each_goal_line_needs_only_its_own_file():
     case["total_seconds"] = 130.0
     assert rr.goals({}, None, shapes={"cases": [case, base, block]})[-1].endswith(
         "= 3.2x (goal at most 3x): **not met**; the block re-fit 100 s = 2.5x")
+    group = {"case": "vit-large", "method": "snows-group", "total_seconds": 90.0, "config": today}
+    assert rr.goals({}, None, shapes={"cases": [case, base, group, block]})[-1].endswith(
+        "; the block re-fit 100 s = 2.5x; the group re-fit 90 s = 2.2x")
 
 
 def test_the_time_goal_divides_the_defaults_seconds_by_sparsegpts_in_the_same_file():
@@ -204,7 +207,15 @@ def test_the_block_refit_goal_times_it_against_sparsegpt_in_its_own_run_and_comp
                                "the same run = 5.0x (goal at most 3x): **not met**; perplexity 8.37; against per module "
                                "at 2 x 5 9.25: -0.88 [")
     assert lines[0].endswith("no worse: **met**")
-    assert lines[1].startswith("- whole SmolLM2 at 50%, the block re-fit at most 3x SparseGPT's time: not yet measured")
+    assert lines[1] == ("- whole SmolLM2 at 2:4, the group re-fit (modules reading one input together) at most 3x "
+                        "SparseGPT's time: not yet measured (`python benchmarks/quality.py --model smollm2 --sparsity 2:4 "
+                        "--methods sparsegpt snows-group --out benchmarks/results/quality_smollm2_frontier_group.json`)")
+    assert lines[2].startswith("- whole SmolLM2 at 50%, the block re-fit at most 3x SparseGPT's time: not yet measured")
+    group_run = {"rows": [row("sparsegpt", 10.0, wide_nll),
+                          row("snows-group", 40.0, block_nll, newton_steps=3, cg_iters=5, refit_unit="group")]}
+    lines = rr.frontier_goals({}, [two_by_five, block_run, group_run])
+    assert lines[1].startswith("- whole SmolLM2 at 2:4, the group re-fit (modules reading one input together) (3 x 5 per "
+                               "input group): 40 s vs SparseGPT 10 s in the same run = 4.0x (goal at most 3x): **not met**")
     today = {k: getattr(SnowsConfig(), k) for k in rr.DEFAULT_KEYS}
     block_run["rows"][1]["seconds"] = 30.0
     two_by_five["rows"].append(row("snows-k3", 300.0, block_nll, **today))  # today's default, as good as the block
@@ -228,11 +239,14 @@ def test_the_cost_sentence_names_the_cheapest_ratio_and_where_todays_defaults_ga
     files = {"quality_smollm2_regimes.json": {"rows": [row("sparsegpt", 10.0), row("snows-v4", 100.0),
                                                        row("snows-k3", 150.0, today)]},
              "quality_smollm2_frontier_block.json": {"rows": [row("sparsegpt", 20.0), row(
-                 "snows-block", 120.0, {"newton_steps": 1, "cg_iters": 5, "refit_unit": "block"})]}}
+                 "snows-block", 120.0, {"newton_steps": 1, "cg_iters": 5, "refit_unit": "block"})]},
+             "quality_smollm2_frontier_group.json": {"rows": [row("sparsegpt", 20.0), row(
+                 "snows-group", 140.0, {"newton_steps": 3, "cg_iters": 5, "refit_unit": "group"})]}}
     monkeypatch.setattr(rr, "load", files.get)
     (text,) = rr.cost_sentence()
     assert "version 4's defaults 100 s (10.0x, perplexity 8.00) and with today's 150 s (15.0x" in text
     assert "the block re-fit (`--refit-unit block`, 1 x 5 per block, its own run) 6.0x its SparseGPT's time" in text
+    assert "the group re-fit (`--refit-unit group`, 3 x 5 per input group, its own run) 7.0x its SparseGPT's time" in text
     assert "the goal of at most 3x SparseGPT's time is not met: the cheapest of these is 6.0x" in text
     assert "at 2:4 today's defaults cost more than version 4's for no better perplexity beyond noise" in text
     files["quality_smollm2_regimes.json"]["rows"][2]["seconds"] = 90.0  # cheaper than version 4: nothing to say
