@@ -58,11 +58,11 @@ METHOD_NAMES = {
 MASK_ONLY = ("none", "mask-only")  #: the mask-only method as results name it, recorded before and since its rename
 FRONTIER = ("quality_smollm2_frontier.json", "quality_smollm2_frontier_2x5.json", "quality_smollm2_frontier_block.json",
             "quality_smollm2_frontier_group.json", "quality_smollm2_regimes.json")
-#: the joint re-fit units (``refit_unit``): how a budget names its unit, the re-fit's name, and the file and
-#: preset that measure it on whole SmolLM2
+#: the joint re-fit units (``refit_unit``): how a budget names its unit, the re-fit's short and full names,
+#: and the file and preset that measure it on whole SmolLM2
 JOINT_UNITS = {
-    "block": ("per block", "the block re-fit", "quality_smollm2_frontier_block.json", "snows-block"),
-    "group": ("per input group", "the group re-fit (modules reading one input together)",
+    "block": ("per block", "the block re-fit", "the block re-fit", "quality_smollm2_frontier_block.json", "snows-block"),
+    "group": ("per input group", "the group re-fit", "the group re-fit (modules reading one input together)",
               "quality_smollm2_frontier_group.json", "snows-group"),
 }
 FRONTIER_SPECS = ("2:4", "50%")  #: the sparsities the time goal is set at
@@ -438,10 +438,10 @@ def real_shape_goals(shapes: dict | None) -> list[str]:
         text = (f"- {title} at real shapes on CPU (2 blocks or stages, one process each): SNOWS at its defaults "
                 f"{mine['total_seconds']:.0f} s vs SparseGPT {base['total_seconds']:.0f} s = {ratio:.1f}x (goal at "
                 f"most 3x): **{'met' if ratio <= 3 else 'not met'}**")
-        for _, label, _, preset in JOINT_UNITS.values():
+        for _, short, _, _, preset in JOINT_UNITS.values():
             joint = runs.get(preset)
             if joint is not None:
-                text += (f"; {label.split(' (')[0]} {joint['total_seconds']:.0f} s = "
+                text += (f"; {short} {joint['total_seconds']:.0f} s = "
                          f"{joint['total_seconds'] / base['total_seconds']:.1f}x")
         lines.append(text)
     return lines
@@ -580,7 +580,7 @@ def frontier_goals(quality: dict[str, dict], frontier: Sequence[dict]) -> list[s
         points = frontier_points(files, spec)
         others = [(f"per module at {OLD_BUDGET}", [p for p in points if p["budget"] == OLD_BUDGET]),
                   ("per module at today's defaults", [p for p in points if at_defaults(p["row"])])]
-        for unit, (_, name, file, preset) in JOINT_UNITS.items():
+        for unit, (_, _, name, file, preset) in JOINT_UNITS.items():
             joint = [p for p in points if p["row"]["config"].get("refit_unit") == unit]
             if not joint:
                 lines.append(f"- whole SmolLM2 at {spec}, {name} at most 3x SparseGPT's time: not yet measured "
@@ -984,6 +984,7 @@ def cost_sentence() -> list[str]:
     of 3x SparseGPT."""
     results = load("quality_smollm2_regimes.json")
     rows = {(r["sparsity"], r["method"]): r for r in (results or {}).get("rows", [])}
+    joint_rows = {unit: (load(file) or {}).get("rows", []) for unit, (*_, file, _) in JOINT_UNITS.items()}
     parts, ratios, no_gain = [], [], []
     for spec in FRONTIER_SPECS:
         base, old, mine = (rows.get((spec, m)) for m in ("sparsegpt", "snows-v4", "snows-k3"))
@@ -996,14 +997,13 @@ def cost_sentence() -> list[str]:
         text = (f"at {spec} SparseGPT took {base['seconds']:.0f} s, SNOWS with version 4's defaults "
                 f"{old['seconds']:.0f} s ({ratios[-2]:.1f}x, perplexity {old['scores']['perplexity']:.2f}) and with "
                 f"today's {mine['seconds']:.0f} s ({ratios[-1]:.1f}x, perplexity {mine['scores']['perplexity']:.2f})")
-        for unit, (_, name, file, _) in JOINT_UNITS.items():
-            joint_rows = (load(file) or {}).get("rows", [])
-            fit_base = results_row({"rows": joint_rows}, spec, "sparsegpt", missing=True)
-            fits = [r for r in joint_rows if r["sparsity"] == spec and (r.get("config") or {}).get("refit_unit") == unit]
+        for unit, (_, short, *_) in JOINT_UNITS.items():
+            fit_base = results_row({"rows": joint_rows[unit]}, spec, "sparsegpt", missing=True)
+            fits = [r for r in joint_rows[unit] if r["sparsity"] == spec and (r.get("config") or {}).get("refit_unit") == unit]
             if fits and fit_base is not None:
                 fit = min(fits, key=lambda r: r["seconds"])  # the cheapest measured
                 ratios.append(fit["seconds"] / fit_base["seconds"])
-                text += (f"; {name.split(' (')[0]} (`--refit-unit {unit}`, {budget_of(fit)}, its own run) "
+                text += (f"; {short} (`--refit-unit {unit}`, {budget_of(fit)}, its own run) "
                          f"{ratios[-1]:.1f}x its SparseGPT's time, perplexity {fit['scores']['perplexity']:.2f}")
         parts.append(text)
     if not parts:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .activations import ActivationSpace, ActivationStore
 from .adapters import BlockList, find_block_list, weight_layout
+from .block_order import module_groups
 from .blocks import BlockCall, counted_forwards, run_block, tracked_hooks
 from .checkpoint import RunCheckpoint, run_fingerprint
 from .devices import embedding_device
@@ -108,66 +109,6 @@ def capture_block_inputs(
             missing = ", ".join(kind for kind in wanted if kind not in seen) or "first"
             raise RuntimeError(f"the model finished its forward pass without calling its {missing} block")
     return calls
-
-
-def execution_order(block: nn.Module, targets: list[tuple[str, nn.Module]], call: BlockCall) -> list[tuple[str, nn.Module]]:
-    """Sort ``targets`` by when they first run in one traced forward of ``block``.
-
-    Modules that never run on this input (unused branches) are left out: pruning them
-    without data would be blind.
-    """
-    order: dict[int, int] = {}
-
-    def record(module: nn.Module, args: tuple, output: Any) -> None:
-        order.setdefault(id(module), len(order))
-
-    with tracked_hooks() as hooks, torch.no_grad():
-        for _, module in targets:
-            hooks.append(module.register_forward_hook(record))
-        run_block(block, call)
-    used = [t for t in targets if id(t[1]) in order]
-    skipped = [name for name, module in targets if id(module) not in order]
-    if skipped:
-        logger.warning("not pruned (never ran on the calibration input): %s", ", ".join(skipped))
-    return sorted(used, key=lambda t: order[id(t[1])])
-
-
-def input_groups(block: nn.Module, modules: list[tuple[str, nn.Module]], call: BlockCall) -> list[list[tuple[str, nn.Module]]]:
-    """``modules`` (in execution order) in runs of consecutive ones that read one input
-    tensor in a traced forward of ``block`` (``q/k/v_proj``, ``gate/up_proj``); a module
-    sharing its input with no neighbour is a group of one.
-
-    Example:
-        >>> class Fork(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.a, self.b, self.c = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
-        ...     def forward(self, x):
-        ...         return self.c(self.a(x) * self.b(x))
-        >>> fork = Fork()
-        >>> groups = input_groups(fork, list(fork.named_children()), BlockCall((torch.ones(1, 2),), {}))
-        >>> [[name for name, _ in group] for group in groups]
-        [['a', 'b'], ['c']]
-    """
-    inputs: dict[int, torch.Tensor] = {}  # held to the end, so no two inputs share an id
-
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        found = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        if found is not None:
-            inputs.setdefault(id(module), found)
-
-    with tracked_hooks() as hooks, torch.no_grad():
-        for _, module in modules:
-            hooks.append(module.register_forward_pre_hook(record, with_kwargs=True))
-        run_block(block, call)
-    groups: list[list[tuple[str, nn.Module]]] = []
-    for name, module in modules:
-        first = inputs.get(id(groups[-1][0][1])) if groups else None
-        if first is not None and inputs.get(id(module)) is first:
-            groups[-1].append((name, module))
-        else:
-            groups.append([(name, module)])
-    return groups
 
 
 def _write_weight(module: nn.Module, layout: str, weight_rows: torch.Tensor, mask_rows: torch.Tensor) -> None:
@@ -315,45 +256,46 @@ def _prune_block(stream: _BlockStream, method, targets: Targets, report, shards:
 
     block, index = stream.block, stream.index
     stats_dtype = getattr(torch, targets.config.stats_dtype)
-    modules = execution_order(block, targets.of(index), stream.calls[0])
+    groups = module_groups(block, targets.of(index), stream.calls[0])
+    modules = [named for group in groups for named in group]
     collected: dict[str, dict[str, torch.Tensor]] = {}
     needed = method.block_statistics()
     if needed:  # every module's statistics in one forward, before any is pruned
         readable = [(rel, m, weight_layout(m)) for rel, m in modules if has_input_features(m, weight_layout(m))]
         collected = block_input_stats(block, readable, stream.calls, needed, stats_dtype, shards.processes)
 
-    def job_of(rel_name: str, module: nn.Module) -> ModuleJob:
+    def job_of(rel_name: str, module: nn.Module, stats: dict[str, torch.Tensor] | None = None) -> ModuleJob:
         name = targets.name(index, rel_name)
         return ModuleJob(
             name, module, weight_layout(module), targets.pattern(name), index, block, stream.calls,
             blocks=stream.blocks, param_name=f"{rel_name}.weight",
             dense_calls=stream.dense_calls, dense_overrides=dict(stream.dense_weights), stats_dtype=stats_dtype,
             batch_ids=shards.batch_ids, num_batches=shards.num_batches, processes=shards.processes,
-            stats=dict(collected.get(rel_name, {})),
+            stats=dict(collected.get(rel_name, {})) if stats is None else stats,
         )
 
-    if method.prunes_blocks and modules:  # one solve for every module of the block; each gets its share of the time
+    # the units solved at once: the whole block, the groups reading one input, or each module
+    if method.prunes_blocks:
+        units, prune, kind = ([modules] if modules else []), method.prune_block, "block"
+    elif method.prunes_groups:
+        units, prune, kind = groups, method.prune_group, "group"
+    else:
+        units, prune, kind = [[m] for m in modules], None, "module"
+    bar = tqdm(units, desc=f"block {index}", unit=kind, leave=False, disable=not progress, dynamic_ncols=True)
+    for unit in bar:
+        bar.set_postfix_str(" + ".join(rel_name for rel_name, _ in unit), refresh=False)
         t0 = time.perf_counter()
-        jobs = [job_of(rel_name, module) for rel_name, module in modules]
+        # none of the unit is pruned yet; a group's members read one tensor, so Linear and
+        # Conv1D members (whose statistics are of that tensor's last dimension) share theirs
+        shared = {} if kind == "group" else None
+        jobs = [job_of(rel_name, module, shared if weight_layout(module) in ("linear", "conv1d") else None)
+                for rel_name, module in unit]
         diagnostics = [_diagnostics(job, method) for job in jobs]
-        results = method.prune_block(jobs)
+        joint = kind == "block" or (kind == "group" and len(jobs) > 1)  # a group of one is a module
+        results = prune(jobs) if joint else [method.prune_module(jobs[0])]
         if len(results) != len(jobs):
-            raise RuntimeError(f"{type(method).__name__}.prune_block gave {len(results)} results for {len(jobs)} modules")
-        share = (time.perf_counter() - t0) / max(1, len(jobs))
-        for job, result, found in zip(jobs, results, diagnostics):
-            _write_result(stream, report, job, result, share, found, method)
-        return
-    groups = input_groups(block, modules, stream.calls[0]) if method.prunes_groups else [[m] for m in modules]
-    bar = tqdm(groups, desc=f"block {index}", unit="group" if method.prunes_groups else "module", leave=False, disable=not progress, dynamic_ncols=True)
-    for group in bar:
-        bar.set_postfix_str(" + ".join(rel_name for rel_name, _ in group), refresh=False)
-        t0 = time.perf_counter()
-        jobs = [job_of(rel_name, module) for rel_name, module in group]  # none of the group is pruned yet
-        diagnostics = [_diagnostics(job, method) for job in jobs]
-        results = method.prune_group(jobs) if len(jobs) > 1 else [method.prune_module(jobs[0])]
-        if len(results) != len(jobs):
-            raise RuntimeError(f"{type(method).__name__}.prune_group gave {len(results)} results for {len(jobs)} modules")
-        share = (time.perf_counter() - t0) / len(jobs)
+            raise RuntimeError(f"{type(method).__name__}.prune_{kind} gave {len(results)} results for {len(jobs)} modules")
+        share = (time.perf_counter() - t0) / len(jobs)  # each module gets its share of a joint solve's time
         for job, result, found in zip(jobs, results, diagnostics):
             _write_result(stream, report, job, result, share, found, method)
 

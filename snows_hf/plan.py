@@ -29,7 +29,8 @@ from .fields import setting
 from .loading import load_model, load_model_config
 from .methods import MethodPlan, build_method
 from .output_folder import check_output_dir, default_output_dir
-from .pipeline import Targets, capture_block_inputs, execution_order
+from .block_order import execution_order
+from .pipeline import Targets, capture_block_inputs
 from .placement import format_size
 from .windows import WindowRunner, is_operation
 from .workflow.options import LoadOptions, SaveOptions

@@ -17,7 +17,8 @@ from snows_hf.blocks import BlockCall
 from snows_hf.masks import parse_sparsity, satisfies, to_rows
 from snows_hf.methods import ModuleJob, SnowsConfig, SnowsMethod
 from snows_hf.methods.snows_report import counted_solves
-from snows_hf.pipeline import capture_block_inputs, execution_order, input_groups
+from snows_hf.block_order import execution_order, module_groups
+from snows_hf.pipeline import capture_block_inputs
 from snows_hf.solver import HessianOperator, window_loss
 from snows_hf.windows import WindowRunner
 
@@ -53,9 +54,9 @@ def _first_block(model, inputs):
 def test_modules_reading_one_input_are_grouped_in_every_family(factory, inputs, expected):
     model = factory()
     blocks, call, modules = _first_block(model, inputs)
-    groups = input_groups(blocks.modules[0], modules, call)
+    groups = module_groups(blocks.modules[0], modules, call)
     assert [[name for name, _ in group] for group in groups] == expected
-    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 
 def test_two_modules_reading_equal_but_distinct_tensors_are_not_a_group():
@@ -68,7 +69,7 @@ def test_two_modules_reading_equal_but_distinct_tensors_are_not_a_group():
             return self.a(x) + self.b(x.clone())  # the same values, another tensor
 
     block = TwoInputs()
-    groups = input_groups(block, list(block.named_children()), BlockCall((torch.ones(3, 2),), {}))
+    groups = module_groups(block, list(block.named_children()), BlockCall((torch.ones(3, 2),), {}))
     assert [[name for name, _ in group] for group in groups] == [["a"], ["b"]]
 
 
@@ -186,25 +187,25 @@ def test_a_groups_shared_input_gives_each_member_the_statistics_and_grams_it_wou
     """q/k/v's Gram matrices come from one product per call and their selector statistics
     from one pass, and equal what each module computes on its own, to the bit."""
     from snows_hf.methods.refit import input_grams
-    from snows_hf.methods.snows_block import _share_input_stats
 
     model = tiny_llama().double()
     blocks, _, modules = _first_block(model, {"input_ids": IDS[:2]})
     calls = capture_block_inputs(model, blocks.modules[0], [{"input_ids": IDS[i:i + 4]} for i in (0, 4, 8)],
                                  torch.device("cpu"))
 
-    def jobs():
+    def jobs(shared=None):  # the pipeline hands a group's members one statistics dict
         return [ModuleJob(f"model.layers.0.{n}", m, "linear", parse_sparsity("2:4"), 0, blocks.modules[0], calls,
-                          blocks=blocks, param_name=f"{n}.weight", dense_calls=calls, stats_dtype=DT)
+                          blocks=blocks, param_name=f"{n}.weight", dense_calls=calls, stats_dtype=DT,
+                          **({} if shared is None else {"stats": shared}))
                 for n, m in modules[:3]]
 
-    together, alone = jobs(), jobs()
+    together, alone = jobs({}), jobs()
     for target in ("dense-stream", "official"):
         shared = input_grams(together, [0, 1, 2], target)
         for job, (gram, cross) in zip(alone, shared, strict=True):
             ((own_gram, own_cross),) = input_grams([job], [0, 1, 2], target)
             assert torch.equal(gram, own_gram) and torch.equal(cross, own_cross) and gram.abs().sum() > 0
-    _share_input_stats(together, SnowsConfig(), frozenset({"gram"}))
+    together[0].input_stats(["gram", "input_sq"])  # one pass, for every member
     for job, own in zip(together, alone):
         assert set(job.stats) == {"gram", "input_sq"}
         for key, value in job.stats.items():

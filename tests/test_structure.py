@@ -102,7 +102,7 @@ LAYERS = [
     # settings, math and files, knowing nothing of models
     {"version", "fields", "safe_yaml", "provenance", "console", "blocks", "solver", "masks", "metrics"},
     # models and devices: architectures and heads as data, placement, loading, outputs and their scores
-    {"adapters", "heads", "devices", "distributed", "placement", "evaluation", "loading", "windows", "activations",
+    {"adapters", "heads", "devices", "distributed", "placement", "evaluation", "loading", "windows", "block_order", "activations",
      "statistics"},
     # what a run is made of: methods, settings, data, reports, formats, lm-eval tasks, recipes
     {"methods", "config", "data", "report", "checkpoint", "compact_format", "compact_hook", "harness",

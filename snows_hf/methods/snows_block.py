@@ -51,8 +51,6 @@ def refit_jointly(jobs: list[ModuleJob], options: MethodConfig, selector_name: s
     began = time.perf_counter()
     job = jobs[0]  # the jobs share the block, its calls and its processes
     selector = get_selector(selector_name)
-    if options.refit_unit == "group":
-        _share_input_stats(jobs, options, selector.needs)
     rows, mask_rows, masks, starts, start_rows = [], [], [], [], []
     for j in jobs:
         rows.append(j.weight_rows())
@@ -123,20 +121,6 @@ def refit_jointly(jobs: list[ModuleJob], options: MethodConfig, selector_name: s
             metrics["numerics"] = numerics
         results.append(MethodResult(weight_rows=to_rows(w, j.layout), mask_rows=kept, metrics=metrics))
     return results, result, numerics
-
-
-def _share_input_stats(jobs: list[ModuleJob], options: MethodConfig, needs: frozenset[str]) -> None:
-    """A group's modules read one input, so its statistics are computed once (the first
-    module's, in one pass over the calls) and handed to every member of the same layout
-    and input width: what the selectors, the alternative mask and CG's diagonal read."""
-    wanted = set(needs) | ({"input_sq"} if options.preconditioner == "input-energy" else set())
-    if options.alternative_mask != "none":
-        wanted |= get_selector(options.alternative_mask).needs
-    first = jobs[0]
-    stats = first.input_stats(wanted)
-    for j in jobs[1:]:
-        if j.layout == first.layout and j.weight_rows().shape[1] == first.weight_rows().shape[1]:
-            j.stats.update({k: v for k, v in stats.items() if k not in j.stats})
 
 
 def _joint_lsq(jobs: list[ModuleJob], train: list[int], starts: dict[str, torch.Tensor], rows: list[torch.Tensor],
